@@ -1,0 +1,80 @@
+//! Time as an argument: the store asks a [`Clock`] for wall-clock milliseconds (store
+//! timestamps, retention ages), so tests can move time by hand.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Wall-clock time in milliseconds since the Unix epoch.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now_ms(&self) -> u64;
+}
+
+/// The system's real-time clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that only moves when told to; for tests.
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    now_ms: AtomicU64,
+}
+
+impl ManualClock {
+    pub fn new(now_ms: u64) -> Self {
+        Self { now_ms: AtomicU64::new(now_ms) }
+    }
+
+    pub fn set_ms(&self, now_ms: u64) {
+        self.now_ms.store(now_ms, Ordering::SeqCst);
+    }
+
+    pub fn advance_ms(&self, delta_ms: u64) {
+        self.now_ms.fetch_add(delta_ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.now_ms.load(Ordering::SeqCst)
+    }
+}
+
+/// How full the file system holding the store is, as a ratio in `[0, 1]`.
+pub trait DiskProbe: Send + Sync + std::fmt::Debug {
+    /// # Errors
+    /// When the file system cannot be asked (`statvfs` failed).
+    fn used_ratio(&self, path: &std::path::Path) -> std::io::Result<f64>;
+}
+
+/// Asks the file system with `statvfs`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StatvfsProbe;
+
+impl DiskProbe for StatvfsProbe {
+    fn used_ratio(&self, path: &std::path::Path) -> std::io::Result<f64> {
+        use std::os::unix::ffi::OsStrExt;
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| std::io::Error::other("path contains a NUL byte"))?;
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: c_path is a valid NUL-terminated string and st points to writable memory of
+        // the right type; statvfs fills it on success.
+        let rc = unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: statvfs returned 0, so it initialised the struct.
+        let st = unsafe { st.assume_init() };
+        let total = st.f_blocks as f64;
+        if total == 0.0 {
+            return Ok(0.0);
+        }
+        Ok(1.0 - st.f_bavail as f64 / total)
+    }
+}
