@@ -1,1 +1,3 @@
+//! wasmq's end-to-end tests: real processes, real files, SIGKILL.
 
+mod store_crash;
