@@ -101,7 +101,7 @@ impl StoreConfig {
         if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
             return err("segment_bytes", format!("{} not in {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}", self.segment_bytes));
         }
-        if self.segment_bytes % 4096 != 0 {
+        if !self.segment_bytes.is_multiple_of(4096) {
             return err("segment_bytes", format!("{} is not a multiple of 4096", self.segment_bytes));
         }
         if self.message_bytes_max == 0 || self.message_bytes_max > MESSAGE_BYTES_LIMIT {

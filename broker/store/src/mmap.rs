@@ -118,10 +118,18 @@ impl LogFile {
     /// Faults every page in for writing ahead of use: first touch of a fresh page costs several
     /// times a warm write, and this runs on a background thread before the segment is active.
     fn pretouch(&self) {
+        self.pretouch_from(0);
+    }
+
+    /// Faults in the pages from `offset` to the end. Safe while the writer works on the same
+    /// range: populating a page never changes its contents.
+    pub(crate) fn pretouch_from(&self, offset: u64) {
         const MADV_POPULATE_WRITE: libc::c_int = 23;
-        // SAFETY: the range is exactly our own live mapping; madvise does not change its
-        // contents (the file is freshly allocated and zero), it only faults pages in.
-        let rc = unsafe { libc::madvise(self.map.as_mut_ptr().cast(), self.map.len(), MADV_POPULATE_WRITE) };
+        const PAGE_BYTES: usize = 4096;
+        let start = (usize::try_from(offset).unwrap_or(usize::MAX) / PAGE_BYTES * PAGE_BYTES).min(self.map.len());
+        // SAFETY: the range is page-aligned and lies within our own live mapping; madvise with
+        // MADV_POPULATE_WRITE only faults pages in and never changes their contents.
+        let rc = unsafe { libc::madvise(self.map.as_mut_ptr().add(start).cast(), self.map.len() - start, MADV_POPULATE_WRITE) };
         if rc != 0 {
             tracing::debug!(path = %self.path.display(), "MADV_POPULATE_WRITE unsupported; segment not pre-touched");
         }

@@ -115,8 +115,16 @@ type Waiter = Box<dyn FnOnce(Result<(), FlushError>) + Send>;
 
 #[derive(Default)]
 struct FlushState {
+    /// Callbacks waiting for durability (async callers).
     waiters: Vec<(u64, Waiter)>,
+    /// Threads parked in `wait_durable` until the log is durable up to their offset (one
+    /// targeted wake each, no herd on a shared lock; cheaper than a callback and channel).
+    parked: Vec<(u64, std::thread::Thread)>,
+    /// The flusher is waiting for work and needs a wake-up.
+    flusher_idle: bool,
     shutdown: bool,
+    /// The flusher has done its final flush; nothing more will become durable.
+    finished: bool,
 }
 
 struct Writer {
@@ -156,6 +164,7 @@ struct Inner {
     topics: RwLock<HashMap<Arc<str>, HashMap<u32, QueueHandle>>>,
     index: Mutex<Index>,
     flush: Mutex<FlushState>,
+    /// Wakes the flusher.
     flush_cv: Condvar,
     alloc: Mutex<Alloc>,
     alloc_cv: Condvar,
@@ -251,10 +260,10 @@ impl Store {
             }
             segments.insert(base, Arc::new(LogFile::open(&path, seg).map_err(io_err("map", &path))?));
         }
-        if let (Some(&first), Some(&last)) = (segments.keys().next(), segments.keys().next_back()) {
-            if let Some(missing_at) = (first..=last).step_by(seg as usize).find(|b| !segments.contains_key(b)) {
-                return Err(OpenError::SegmentGap { missing_at });
-            }
+        if let (Some(&first), Some(&last)) = (segments.keys().next(), segments.keys().next_back())
+            && let Some(missing_at) = (first..=last).step_by(seg as usize).find(|b| !segments.contains_key(b))
+        {
+            return Err(OpenError::SegmentGap { missing_at });
         }
         if segments.is_empty() {
             let path = log_dir.join(file_name(0));
@@ -385,18 +394,18 @@ impl Store {
         let end = pos;
         let truncated_at = bad.as_ref().map(|(o, _)| *o);
         let end_base = seg_base(end, seg);
-        if crashed || truncated_at.is_some() {
-            if let Some(f) = segments.get(&end_base) {
-                // SAFETY: the store is not shared yet.
-                unsafe { f.zero_from(end - end_base) }.map_err(io_err("zero the log tail", f.path()))?;
-            }
+        if (crashed || truncated_at.is_some())
+            && let Some(f) = segments.get(&end_base)
+        {
+            // SAFETY: the store is not shared yet.
+            unsafe { f.zero_from(end - end_base) }.map_err(io_err("zero the log tail", f.path()))?;
         }
         for (_, f) in segments.split_off(&(end_base + 1)) {
             std::fs::remove_file(f.path()).map_err(io_err("remove", f.path()))?;
         }
-        if !segments.contains_key(&end_base) {
+        if let std::collections::btree_map::Entry::Vacant(v) = segments.entry(end_base) {
             let path = log_dir.join(file_name(end_base));
-            segments.insert(end_base, Arc::new(LogFile::create(&path, seg, false).map_err(io_err("create", &path))?));
+            v.insert(Arc::new(LogFile::create(&path, seg, false).map_err(io_err("create", &path))?));
         }
         for (_, f) in segments.range(seg_base(start, seg)..) {
             f.sync().map_err(io_err("fsync", f.path()))?;
@@ -486,15 +495,7 @@ impl Store {
     /// # Errors
     /// [`FlushError`].
     pub fn wait_durable(&self, end_offset: u64, timeout: Duration) -> Result<(), FlushError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.on_durable(end_offset, move |r| {
-            let _ = tx.send(r);
-        });
-        match rx.recv_timeout(timeout) {
-            Ok(r) => r,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(FlushError::Timeout { end_offset }),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(FlushError::Closed),
-        }
+        self.inner.wait_durable(end_offset, timeout)
     }
 
     /// Calls `done` (on the flusher thread, or at once) when every byte below `end_offset` is
@@ -911,6 +912,15 @@ impl Inner {
     }
 
     fn run_allocator(&self) {
+        if self.config.pretouch_segments {
+            // The active segment was mapped at open without its pages; fault the rest of it in
+            // ahead of the writer.
+            let (active, pos) = {
+                let w = lock(&self.writer);
+                (Arc::clone(&w.active), w.pos - w.active_base)
+            };
+            active.pretouch_from(pos);
+        }
         let mut a = lock(&self.alloc);
         loop {
             if a.stop {
@@ -949,8 +959,51 @@ impl Inner {
             return done(Err(FlushError::Closed));
         }
         st.waiters.push((end_offset, done));
-        drop(st);
-        self.flush_cv.notify_one();
+        if st.flusher_idle {
+            self.flush_cv.notify_one();
+        }
+    }
+
+    fn wait_durable(&self, end_offset: u64, timeout: Duration) -> Result<(), FlushError> {
+        let deadline = Instant::now() + timeout;
+        let check = || {
+            if self.flushed.load(Ordering::Acquire) >= end_offset {
+                return Some(Ok(()));
+            }
+            if let Some(reason) = self.failure.get() {
+                return Some(Err(FlushError::Failed { reason: Arc::clone(reason) }));
+            }
+            None
+        };
+        if let Some(r) = check() {
+            return r;
+        }
+        let me = std::thread::current();
+        {
+            let mut st = lock(&self.flush);
+            if st.finished {
+                return Err(FlushError::Closed);
+            }
+            st.parked.push((end_offset, me.clone()));
+            if st.flusher_idle {
+                self.flush_cv.notify_one();
+            }
+        }
+        loop {
+            if let Some(r) = check() {
+                return r;
+            }
+            let now = Instant::now();
+            let finished = now >= deadline || lock(&self.flush).finished;
+            if finished {
+                let mut st = lock(&self.flush);
+                st.parked.retain(|(_, t)| t.id() != me.id());
+                let closed = st.finished;
+                drop(st);
+                return check().unwrap_or(Err(if closed { FlushError::Closed } else { FlushError::Timeout { end_offset } }));
+            }
+            std::thread::park_timeout(deadline - now);
+        }
     }
 
     /// fsyncs the log segments holding `[flushed, target)`.
@@ -996,12 +1049,14 @@ impl Inner {
         loop {
             let end = self.end.load(Ordering::Acquire);
             let behind = end > self.flushed.load(Ordering::Acquire);
-            let asked = !st.waiters.is_empty();
+            let asked = !st.waiters.is_empty() || !st.parked.is_empty();
             if st.shutdown {
                 break;
             }
             if !(behind && (sync || asked)) {
+                st.flusher_idle = true;
                 st = self.flush_cv.wait_timeout(st, wait).unwrap_or_else(|e| e.into_inner()).0;
+                st.flusher_idle = false;
                 if !sync && !st.shutdown {
                     // Async mode: flush once per interval whether or not anyone waits.
                     drop(st);
@@ -1035,6 +1090,14 @@ impl Inner {
                 self.fail("fsync", &e);
             })
         };
+        let parked = {
+            let mut st = lock(&self.flush);
+            st.finished = true;
+            std::mem::take(&mut st.parked)
+        };
+        for (_, t) in parked {
+            t.unpark();
+        }
         for (offset, w) in waiters {
             w(match r {
                 Ok(()) if offset <= self.flushed.load(Ordering::Acquire) => Ok(()),
@@ -1053,7 +1116,12 @@ impl Inner {
                 let mut st = lock(&self.flush);
                 let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut st.waiters).into_iter().partition(|(o, _)| *o <= flushed);
                 st.waiters = keep;
+                let (wake, parked): (Vec<_>, Vec<_>) = std::mem::take(&mut st.parked).into_iter().partition(|(o, _)| *o <= flushed);
+                st.parked = parked;
                 drop(st);
+                for (_, t) in wake {
+                    t.unpark();
+                }
                 for (_, w) in done {
                     w(Ok(()));
                 }
@@ -1067,7 +1135,13 @@ impl Inner {
 
     fn fail_waiters(&self) {
         let reason = self.failure.get().cloned().unwrap_or_else(|| "store failed".into());
-        let waiters = std::mem::take(&mut lock(&self.flush).waiters);
+        let (waiters, parked) = {
+            let mut st = lock(&self.flush);
+            (std::mem::take(&mut st.waiters), std::mem::take(&mut st.parked))
+        };
+        for (_, t) in parked {
+            t.unpark();
+        }
         for (_, w) in waiters {
             w(Err(FlushError::Failed { reason: Arc::clone(&reason) }));
         }
@@ -1215,7 +1289,7 @@ impl Inner {
         let mut w = lock(&self.writer);
         self.check_writable(&w)?;
         if at != w.pos {
-            let empty = w.pos == w.active_base && self.min.load(Ordering::Acquire) == w.active_base && at % seg == 0 && at > w.pos;
+            let empty = w.pos == w.active_base && self.min.load(Ordering::Acquire) == w.active_base && at.is_multiple_of(seg) && at > w.pos;
             if !empty {
                 return Err(ReplicaError::OffsetMismatch { expected: w.pos, got: at });
             }
