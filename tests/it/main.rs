@@ -1,3 +1,4 @@
 //! wasmq's end-to-end tests: real processes, real files, SIGKILL.
 
 mod store_crash;
+mod store_disk_full;

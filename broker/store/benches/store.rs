@@ -142,7 +142,12 @@ fn sync_acks(dir: &Path, appenders: usize, seconds: u64) -> f64 {
         .map(|t| {
             let (store, stop, acks) = (Arc::clone(&store), Arc::clone(&stop), Arc::clone(&acks));
             std::thread::spawn(move || {
-                let m = [NewMessage { topic: "bench".into(), queue_id: t as u32 % QUEUES, body: Bytes::from(vec![1u8; MESSAGE_BYTES]), ..NewMessage::default() }];
+                let m = [NewMessage {
+                    topic: "bench".into(),
+                    queue_id: t as u32 % QUEUES,
+                    body: Bytes::from(vec![1u8; MESSAGE_BYTES]),
+                    ..NewMessage::default()
+                }];
                 while !stop.load(Ordering::Relaxed) {
                     store.append_durable(&m).expect("durable append");
                     acks.fetch_add(1, Ordering::Relaxed);
@@ -207,7 +212,11 @@ fn main() {
         child_fill(dir, args.bytes);
     }
     std::fs::create_dir_all(&args.dir).expect("bench dir");
-    println!("wasmq store benchmark: {} MiB, {MESSAGE_BYTES}-byte messages, batches of {BATCH}, dir {}", args.bytes >> 20, args.dir.display());
+    println!(
+        "wasmq store benchmark: {} MiB, {MESSAGE_BYTES}-byte messages, batches of {BATCH}, dir {}",
+        args.bytes >> 20,
+        args.dir.display()
+    );
 
     let run = |name: &str| args.only.as_deref().is_none_or(|o| o == name);
     let mut summary = Vec::new();
@@ -219,14 +228,18 @@ fn main() {
         let raw_after = raw_write(&fresh_dir(&args.dir, "raw"), args.bytes);
         println!("raw buffered sequential write, again: {raw_after:.0} MB/s");
         let raw_best = raw.max(raw_after);
-        summary.push(format!("async append: {log:.0} MB/s, {:.0} % of raw disk ({raw_best:.0} MB/s, best of two runs)", 100.0 * log / raw_best));
+        summary.push(format!(
+            "async append: {log:.0} MB/s, {:.0} % of raw disk ({raw_best:.0} MB/s, best of two runs)",
+            100.0 * log / raw_best
+        ));
     }
     if run("sync") {
         let one = sync_acks(&fresh_dir(&args.dir, "sync1"), 1, args.seconds);
         println!("sync flush, 1 appender: {one:.0} acks/s");
         let many = sync_acks(&fresh_dir(&args.dir, "sync64"), 64, args.seconds);
         println!("sync flush, 64 appenders: {many:.0} acks/s");
-        summary.push(format!("sync group commit: {many:.0} acks/s with 64 appenders, {:.1} x the {one:.0} acks/s of 1 appender", many / one));
+        summary
+            .push(format!("sync group commit: {many:.0} acks/s with 64 appenders, {:.1} x the {one:.0} acks/s of 1 appender", many / one));
     }
     if run("recovery") {
         let (recovery, scanned, records) = recovery_after_sigkill(&fresh_dir(&args.dir, "recovery"), args.bytes);

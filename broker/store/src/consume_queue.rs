@@ -189,7 +189,8 @@ impl ConsumeQueue {
         self.truncate_to(keep)
     }
 
-    fn truncate_to(&mut self, keep: u64) -> io::Result<()> {
+    /// Drops entries from `keep` on (zeroing them) and deletes files past them.
+    pub(crate) fn truncate_to(&mut self, keep: u64) -> io::Result<()> {
         let (start, i) = self.locate(keep);
         let doomed: Vec<u64> = self.files.range(start + 1..).map(|(&s, _)| s).collect();
         for s in doomed {

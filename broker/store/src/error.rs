@@ -36,8 +36,10 @@ pub enum AppendError {
     BatchTooLarge { n_bytes: u64, max: u64 },
     #[error("message {index} of the batch: {source}")]
     Message { index: usize, source: MessageError },
-    #[error("disk full: cannot allocate the next {n_bytes}-byte segment")]
-    DiskFull { n_bytes: u64 },
+    /// No space for a new segment, consume-queue or index file (they are preallocated, so a
+    /// full disk shows here and never as a SIGBUS on a mapped page).
+    #[error("disk full: cannot allocate {what}")]
+    DiskFull { what: String },
     #[error("{op}: {reason}")]
     Io { op: &'static str, reason: Arc<str> },
     /// A flush failed earlier; the store accepts no more writes (see `Store::failure`).

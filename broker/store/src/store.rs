@@ -833,8 +833,13 @@ impl Inner {
             out.push(AppendedMessage { log_offset: pos, queue_offset, record_bytes: len as u32, store_ms });
             pos += len as u64;
         }
-        self.dispatch_batch(batch, &props, &queues, &out)
-            .map_err(|e| AppendError::Io { op: "write consume queue or index", reason: e.into() })?;
+        self.dispatch_batch(batch, &props, &queues, &out).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                AppendError::DiskFull { what: "a consume-queue or index file".into() }
+            } else {
+                AppendError::Io { op: "write consume queue or index", reason: e.to_string().into() }
+            }
+        })?;
         w.pos = pos;
         self.end.store(pos, Ordering::Release);
         self.dispatched.store(pos, Ordering::Release);
@@ -842,19 +847,44 @@ impl Inner {
         Ok(Appended { messages: out, end_offset: pos })
     }
 
+    /// Writes consume-queue and index entries for a batch. If any fails (a full disk when a
+    /// new queue or index file is needed), every entry of the batch is taken back, so the
+    /// derived data never points at records that were not published.
     fn dispatch_batch(
         &self,
         batch: &[NewMessage],
         props: &[Vec<u8>],
         queues: &[QueueHandle],
         placed: &[AppendedMessage],
-    ) -> Result<(), String> {
+    ) -> io::Result<()> {
         let mut index = lock(&self.index);
+        let mut undo: Vec<(usize, u64)> = Vec::new();
+        let mut result = Ok(());
         for (i, m) in batch.iter().enumerate() {
-            let info = record::dispatch_info(&props[i]).map_err(|e| e.to_string())?;
+            let info = record::dispatch_info(&props[i]).map_err(io::Error::other)?;
             let entry = CqEntry { log_offset: placed[i].log_offset, size: placed[i].record_bytes, tag_hash: info.tag_hash };
-            lock(&queues[i]).put(placed[i].queue_offset, entry).map_err(|e| e.to_string())?;
-            index_record(&mut index, &m.topic, &info, placed[i].log_offset).map_err(|e| e.to_string())?;
+            let mut cq = lock(&queues[i]);
+            if !undo.iter().any(|(k, _)| Arc::ptr_eq(&queues[*k], &queues[i])) {
+                undo.push((i, cq.max()));
+            }
+            result = cq.put(placed[i].queue_offset, entry).map_err(|e| match e {
+                PutError::Io(e) => e,
+                PutError::Order(e) => io::Error::other(e),
+            });
+            drop(cq);
+            if result.is_ok() {
+                result = index_record(&mut index, &m.topic, &info, placed[i].log_offset);
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        if let Err(e) = result {
+            for (k, max) in undo {
+                lock(&queues[k]).truncate_to(max)?;
+            }
+            index.truncate_from_log(placed[0].log_offset)?;
+            return Err(e);
         }
         Ok(())
     }
@@ -865,7 +895,7 @@ impl Inner {
         let next_base = w.active_base + seg;
         let next = self.take_spare(next_base).map_err(|e| {
             if e.raw_os_error() == Some(libc::ENOSPC) {
-                AppendError::DiskFull { n_bytes: seg }
+                AppendError::DiskFull { what: format!("the next {seg}-byte segment") }
             } else {
                 AppendError::Io { op: "create segment", reason: e.to_string().into() }
             }
@@ -1435,6 +1465,11 @@ impl Inner {
     fn run_retention(&self) {
         let mut stop = lock(&self.stop);
         loop {
+            // Checked before every wait: a stop signalled before this thread first waited
+            // must not be slept through.
+            if *stop {
+                return;
+            }
             stop = self.stop_cv.wait_timeout(stop, self.config.retention_check_interval).unwrap_or_else(|e| e.into_inner()).0;
             if *stop {
                 return;

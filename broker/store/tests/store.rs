@@ -24,7 +24,12 @@ fn message(topic: &str, queue_id: u32, body: Vec<u8>, id: String) -> NewMessage 
         queue_id,
         born_ms: 7,
         flags: 3,
-        properties: Properties { tags: Some(format!("tag{}", body.len() % 3)), keys: vec![format!("k-{id}")], unique_id: Some(id), ..Default::default() },
+        properties: Properties {
+            tags: Some(format!("tag{}", body.len() % 3)),
+            keys: vec![format!("k-{id}")],
+            unique_id: Some(id),
+            ..Default::default()
+        },
         body: Bytes::from(body),
     }
 }
