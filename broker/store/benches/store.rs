@@ -130,40 +130,88 @@ fn device_flushes() -> Option<u64> {
     seen.then_some(total)
 }
 
-fn sync_acks(dir: &Path, appenders: usize, seconds: u64) -> f64 {
+/// How concurrent appenders are driven.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Drive {
+    /// One OS thread per appender, each blocking in `append_durable`.
+    Threads,
+    /// One driver thread keeping N appends in flight with `on_durable` callbacks: how the
+    /// broker's few async workers serve many producer connections.
+    InFlight,
+}
+
+fn sync_store(dir: &Path) -> Arc<Store> {
     let mut config = StoreConfig::new(dir);
-    config.segment_bytes = 256 << 20;
+    // Small segments: pre-touching a fresh segment is slow on this VM (host page allocation)
+    // and would otherwise overlap the measurement; rolls during the run still pay pre-touch
+    // at its steady-state cost per byte.
+    config.segment_bytes = 16 << 20;
     config.flush = FlushMode::Sync { timeout: Duration::from_secs(10) };
-    let (store, _) = Store::open(config).expect("open");
-    let store = Arc::new(store);
+    Arc::new(Store::open(config).expect("open").0)
+}
+
+fn bench_message(i: usize) -> [NewMessage; 1] {
+    [NewMessage {
+        topic: "bench".into(),
+        queue_id: i as u32 % QUEUES,
+        body: Bytes::from(vec![1u8; MESSAGE_BYTES]),
+        ..NewMessage::default()
+    }]
+}
+
+fn sync_acks(dir: &Path, drive: Drive, appenders: usize, seconds: u64) -> f64 {
+    let store = sync_store(dir);
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(AtomicU64::new(0));
-    let threads: Vec<_> = (0..appenders)
-        .map(|t| {
-            let (store, stop, acks) = (Arc::clone(&store), Arc::clone(&stop), Arc::clone(&acks));
-            std::thread::spawn(move || {
-                let m = [NewMessage {
-                    topic: "bench".into(),
-                    queue_id: t as u32 % QUEUES,
-                    body: Bytes::from(vec![1u8; MESSAGE_BYTES]),
-                    ..NewMessage::default()
-                }];
-                while !stop.load(Ordering::Relaxed) {
-                    store.append_durable(&m).expect("durable append");
-                    acks.fetch_add(1, Ordering::Relaxed);
-                }
+    let threads: Vec<_> = match drive {
+        Drive::Threads => (0..appenders)
+            .map(|t| {
+                let (store, stop, acks) = (Arc::clone(&store), Arc::clone(&stop), Arc::clone(&acks));
+                std::thread::spawn(move || {
+                    let m = bench_message(t);
+                    while !stop.load(Ordering::Relaxed) {
+                        store.append_durable(&m).expect("durable append");
+                        acks.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
             })
-        })
-        .collect();
+            .collect(),
+        Drive::InFlight => {
+            let (store, stop, acks) = (Arc::clone(&store), Arc::clone(&stop), Arc::clone(&acks));
+            vec![std::thread::spawn(move || {
+                let (tx, rx) = std::sync::mpsc::channel::<usize>();
+                let messages: Vec<_> = (0..appenders).map(bench_message).collect();
+                let issue = |slot: usize| {
+                    let end = store.append(&messages[slot]).expect("append").end_offset;
+                    let tx = tx.clone();
+                    store.on_durable(end, move |r| {
+                        r.expect("durable");
+                        let _ = tx.send(slot);
+                    });
+                };
+                (0..appenders).for_each(issue);
+                let mut outstanding = appenders;
+                while outstanding > 0 {
+                    let slot = rx.recv().expect("completion");
+                    acks.fetch_add(1, Ordering::Relaxed);
+                    if stop.load(Ordering::Relaxed) {
+                        outstanding -= 1;
+                    } else {
+                        issue(slot);
+                    }
+                }
+            })]
+        }
+    };
     // Warm up: let the store pre-touch its segments and the threads settle before measuring.
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs(2));
     let acks_before = acks.load(Ordering::Relaxed);
     let started = Instant::now();
     let flushes_before = device_flushes();
     std::thread::sleep(Duration::from_secs(seconds));
-    stop.store(true, Ordering::Relaxed);
     let n = acks.load(Ordering::Relaxed) - acks_before;
     let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
     if let (Some(a), Some(b)) = (flushes_before, device_flushes()) {
         println!("  {appenders} appender(s): {} device flushes, {:.1} acks per flush", b - a, n as f64 / (b - a).max(1) as f64);
     }
@@ -221,25 +269,40 @@ fn main() {
     let run = |name: &str| args.only.as_deref().is_none_or(|o| o == name);
     let mut summary = Vec::new();
     if run("async") {
-        let raw = raw_write(&fresh_dir(&args.dir, "raw"), args.bytes);
-        println!("raw buffered sequential write (1 MiB writes, no fsync): {raw:.0} MB/s");
-        let (payload, log) = async_appends(&fresh_dir(&args.dir, "async"), args.bytes);
-        println!("async-flush append: {payload:.0} MB/s of message bodies, {log:.0} MB/s of log");
-        let raw_after = raw_write(&fresh_dir(&args.dir, "raw"), args.bytes);
-        println!("raw buffered sequential write, again: {raw_after:.0} MB/s");
-        let raw_best = raw.max(raw_after);
+        // The page cache is as fast as memory once the guest holds the pages and as slow as the
+        // host's page allocation before, so raw writes and appends alternate, each deleting its
+        // files before the next, and the ratio is taken between the two best of three.
+        let (mut raw_best, mut log_best) = (0f64, 0f64);
+        for round in 1..=3 {
+            let raw = raw_write(&fresh_dir(&args.dir, "raw"), args.bytes);
+            let _ = std::fs::remove_dir_all(args.dir.join("raw"));
+            println!("round {round}: raw buffered sequential write (1 MiB writes, no fsync): {raw:.0} MB/s");
+            let (payload, log) = async_appends(&fresh_dir(&args.dir, "async"), args.bytes);
+            let _ = std::fs::remove_dir_all(args.dir.join("async"));
+            println!("round {round}: async-flush append: {payload:.0} MB/s of message bodies, {log:.0} MB/s of log");
+            raw_best = raw_best.max(raw);
+            log_best = log_best.max(log);
+        }
         summary.push(format!(
-            "async append: {log:.0} MB/s, {:.0} % of raw disk ({raw_best:.0} MB/s, best of two runs)",
-            100.0 * log / raw_best
+            "async append: {log_best:.0} MB/s, {:.0} % of raw disk ({raw_best:.0} MB/s; best of 3 alternating runs each)",
+            100.0 * log_best / raw_best
         ));
     }
     if run("sync") {
-        let one = sync_acks(&fresh_dir(&args.dir, "sync1"), 1, args.seconds);
+        let one = sync_acks(&fresh_dir(&args.dir, "sync1"), Drive::InFlight, 1, args.seconds);
         println!("sync flush, 1 appender: {one:.0} acks/s");
-        let many = sync_acks(&fresh_dir(&args.dir, "sync64"), 64, args.seconds);
-        println!("sync flush, 64 appenders: {many:.0} acks/s");
+        let many = sync_acks(&fresh_dir(&args.dir, "sync64"), Drive::InFlight, 64, args.seconds);
+        println!("sync flush, 64 concurrent appenders (in flight on one driver thread): {many:.0} acks/s");
         summary
             .push(format!("sync group commit: {many:.0} acks/s with 64 appenders, {:.1} x the {one:.0} acks/s of 1 appender", many / one));
+        let one_t = sync_acks(&fresh_dir(&args.dir, "sync1t"), Drive::Threads, 1, args.seconds);
+        println!("sync flush, 1 appender thread: {one_t:.0} acks/s");
+        let many_t = sync_acks(&fresh_dir(&args.dir, "sync64t"), Drive::Threads, 64, args.seconds);
+        println!("sync flush, 64 appender threads: {many_t:.0} acks/s");
+        summary.push(format!(
+            "sync group commit, thread per appender: {many_t:.0} acks/s with 64 threads, {:.1} x the {one_t:.0} acks/s of 1 thread",
+            many_t / one_t
+        ));
     }
     if run("recovery") {
         let (recovery, scanned, records) = recovery_after_sigkill(&fresh_dir(&args.dir, "recovery"), args.bytes);

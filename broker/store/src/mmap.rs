@@ -99,14 +99,10 @@ pub(crate) struct LogFile {
 }
 
 impl LogFile {
-    pub(crate) fn create(path: &Path, n_bytes: u64, pretouch: bool) -> io::Result<Self> {
+    pub(crate) fn create(path: &Path, n_bytes: u64) -> io::Result<Self> {
         let file = create_preallocated(path, n_bytes)?;
         let map = MmapRaw::map_raw(&file)?;
-        let this = Self { path: path.to_owned(), file, map };
-        if pretouch {
-            this.pretouch();
-        }
-        Ok(this)
+        Ok(Self { path: path.to_owned(), file, map })
     }
 
     pub(crate) fn open(path: &Path, n_bytes: u64) -> io::Result<Self> {
@@ -115,21 +111,23 @@ impl LogFile {
         Ok(Self { path: path.to_owned(), file, map })
     }
 
-    /// Faults every page in for writing ahead of use: first touch of a fresh page costs several
-    /// times a warm write, and this runs on a background thread before the segment is active.
-    fn pretouch(&self) {
-        self.pretouch_from(0);
-    }
-
-    /// Faults in the pages from `offset` to the end. Safe while the writer works on the same
-    /// range: populating a page never changes its contents.
-    pub(crate) fn pretouch_from(&self, offset: u64) {
+    /// Faults in the pages from `from` up to `to` (bytes from the segment's start) ahead of the
+    /// writer, on a background thread: a first touch of a fresh page (allocate, zero, make
+    /// writable) costs several times a warm write. The pages become dirty, so flushes use
+    /// [`LogFile::sync_range`], which writes only the range written, not the zeros ahead.
+    /// (Read-faulting instead was measured slower: each first store then takes a fault.)
+    /// Safe while the writer works on the same range: populating never changes contents.
+    pub(crate) fn populate_to(&self, from: u64, to: u64) {
         const MADV_POPULATE_WRITE: libc::c_int = 23;
-        const PAGE_BYTES: usize = 4096;
-        let start = (usize::try_from(offset).unwrap_or(usize::MAX) / PAGE_BYTES * PAGE_BYTES).min(self.map.len());
-        // SAFETY: the range is page-aligned and lies within our own live mapping; madvise with
-        // MADV_POPULATE_WRITE only faults pages in and never changes their contents.
-        let rc = unsafe { libc::madvise(self.map.as_mut_ptr().add(start).cast(), self.map.len() - start, MADV_POPULATE_WRITE) };
+        const PAGE_BYTES: u64 = 4096;
+        let start = (from / PAGE_BYTES * PAGE_BYTES).min(self.len());
+        let end = to.min(self.len());
+        if start >= end {
+            return;
+        }
+        // SAFETY: [start, end) is page-aligned at its start and lies within our own live
+        // mapping; MADV_POPULATE_WRITE only faults pages in and never changes their contents.
+        let rc = unsafe { libc::madvise(self.map.as_mut_ptr().add(start as usize).cast(), (end - start) as usize, MADV_POPULATE_WRITE) };
         if rc != 0 {
             tracing::debug!(path = %self.path.display(), "MADV_POPULATE_WRITE unsupported; segment not pre-touched");
         }
@@ -195,6 +193,19 @@ impl LogFile {
     /// dirtied through the mapping; measured here ~3x faster than `msync`).
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    /// Makes `[from, to)` durable: `msync(MS_SYNC)` of the range, which on Linux writes back
+    /// only that range's dirty pages and flushes the device cache (`vfs_fsync_range` with
+    /// datasync), so pre-touched zero pages past the writer are not written out each time.
+    pub(crate) fn sync_range(&self, from: u64, to: u64) -> io::Result<()> {
+        const PAGE_BYTES: u64 = 4096;
+        let start = from / PAGE_BYTES * PAGE_BYTES;
+        let end = to.min(self.len());
+        if start >= end {
+            return Ok(());
+        }
+        self.map.flush_range(start as usize, (end - start) as usize)
     }
 
     /// Zeroes `[offset, len)`, on disk and in the mapping.
