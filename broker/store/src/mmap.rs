@@ -154,6 +154,21 @@ impl LogFile {
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(off), data.len()) };
     }
 
+    /// Copies `data` into the mapping at `offset` with non-temporal (streaming) stores, which
+    /// write whole cache lines without first reading them from memory: appends touch each log
+    /// byte once, so reading the just-zeroed destination into the cache would only double the
+    /// memory traffic. Ends with a store fence, so the bytes are visible before the caller
+    /// publishes them.
+    ///
+    /// # Safety
+    /// As for [`LogFile::write`].
+    pub(crate) unsafe fn write_streaming(&self, offset: u64, data: &[u8]) {
+        let off = usize::try_from(offset).expect("offset fits in usize");
+        assert!(off.checked_add(data.len()).is_some_and(|end| end <= self.map.len()), "write past end of segment");
+        // SAFETY: in bounds (checked above); exclusive per the caller's contract.
+        unsafe { copy_streaming(self.map.as_mut_ptr().add(off), data) };
+    }
+
     /// A mutable view of `[offset, offset + len)` for encoding a record in place.
     ///
     /// # Safety
@@ -216,6 +231,38 @@ impl LogFile {
         zero_file_range(&self.file, offset, self.len() - offset)?;
         self.file.sync_data()
     }
+}
+
+/// `memcpy` with streaming stores for the 16-byte-aligned middle.
+///
+/// # Safety
+/// `dst` must be valid for `src.len()` bytes of writes and not overlap `src`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn copy_streaming(dst: *mut u8, src: &[u8]) {
+    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+    let n = src.len();
+    let head = dst.align_offset(16).min(n);
+    // SAFETY: all ranges below lie within dst[..n] and src[..n], which the caller guarantees
+    // valid and disjoint; stream stores go to 16-byte-aligned addresses (dst + head is aligned
+    // and i advances by 16); SSE2 is part of the x86_64 baseline.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), dst, head);
+        let mut i = head;
+        while i + 16 <= n {
+            _mm_stream_si128(dst.add(i).cast::<__m128i>(), _mm_loadu_si128(src.as_ptr().add(i).cast::<__m128i>()));
+            i += 16;
+        }
+        std::ptr::copy_nonoverlapping(src.as_ptr().add(i), dst.add(i), n - i);
+        _mm_sfence();
+    }
+}
+
+/// # Safety
+/// As for the x86_64 version.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn copy_streaming(dst: *mut u8, src: &[u8]) {
+    // SAFETY: the caller guarantees dst valid for src.len() bytes and disjoint from src.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
 }
 
 /// Owner of a zero-copy view into a log segment.

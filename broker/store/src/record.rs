@@ -181,12 +181,13 @@ fn put_prop(out: &mut Vec<u8>, code: u8, value: &[u8]) {
     out.extend_from_slice(value);
 }
 
-/// Encodes properties, checking every limit.
+/// Encodes properties, appending to `out`, checking every limit. On error `out` may hold a
+/// partial encoding past its old length.
 ///
 /// # Errors
 /// A limit that the properties exceed.
 pub(crate) fn encode_properties(p: &Properties, out: &mut Vec<u8>) -> Result<(), MessageError> {
-    out.clear();
+    let start = out.len();
     let count = usize::from(p.tags.is_some())
         + p.keys.len()
         + usize::from(p.unique_id.is_some())
@@ -243,8 +244,8 @@ pub(crate) fn encode_properties(p: &Properties, out: &mut Vec<u8>) -> Result<(),
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(value.as_bytes());
     }
-    if out.len() > PROPERTIES_BYTES_MAX {
-        return Err(MessageError::PropertiesTooLarge { n_bytes: out.len() });
+    if out.len() - start > PROPERTIES_BYTES_MAX {
+        return Err(MessageError::PropertiesTooLarge { n_bytes: out.len() - start });
     }
     Ok(())
 }

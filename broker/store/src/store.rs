@@ -39,6 +39,8 @@ const SYNC_FLUSH_POLL: Duration = Duration::from_millis(10);
 /// TLB shootdowns) that the appenders need; the wait ends as soon as the group is complete,
 /// and a lone appender never waits (its group of one is complete at once).
 const GROUP_GATHER_MAX: Duration = Duration::from_micros(500);
+/// Largest encoding buffer the writer keeps between appends (a bigger one is freed).
+const SCRATCH_KEEP_BYTES: usize = 4 << 20;
 /// Pages are faulted in this much at a time, so a stop request is seen promptly.
 const POPULATE_STEP_BYTES: u64 = 16 << 20;
 /// Most chain entries one index lookup follows (a bound on lookup cost under hash collisions).
@@ -136,6 +138,9 @@ struct FlushState {
 }
 
 struct Writer {
+    /// A batch is encoded here (cache-hot, CRCs computed in place) and then streamed into the
+    /// segment in one copy.
+    scratch: Vec<u8>,
     active: Arc<LogFile>,
     active_base: u64,
     pos: u64,
@@ -431,7 +436,7 @@ impl Store {
         let active = Arc::clone(&segments[&end_base]);
         let record_max = config.message_bytes_max as usize + RECORD_OVERHEAD_MAX;
         let inner = Arc::new(Inner {
-            writer: Mutex::new(Writer { active, active_base: end_base, pos: end, last_store_ms: 0, closed: false }),
+            writer: Mutex::new(Writer { scratch: Vec::new(), active, active_base: end_base, pos: end, last_store_ms: 0, closed: false }),
             segments: RwLock::new(segments),
             end: AtomicU64::new(end),
             min: AtomicU64::new(min),
@@ -740,6 +745,16 @@ fn record_matches(
         && record::check(b, log_offset).is_ok_and(|h| h.topic == topic && h.queue_id == queue_id && h.queue_offset == queue_offset)
 }
 
+fn index_message(index: &mut Index, m: &NewMessage, log_offset: u64) -> io::Result<()> {
+    if let Some(id) = &m.properties.unique_id {
+        index.add(id_hash(id.as_bytes()), log_offset)?;
+    }
+    for k in &m.properties.keys {
+        index.add(key_hash(&m.topic, k.as_bytes()), log_offset)?;
+    }
+    Ok(())
+}
+
 fn index_record(index: &mut Index, topic: &str, info: &record::DispatchInfo<'_>, log_offset: u64) -> io::Result<()> {
     if let Some(id) = info.unique_id {
         index.add(id_hash(id), log_offset)?;
@@ -787,31 +802,42 @@ impl Inner {
             return Err(AppendError::TooManyMessages { n_messages: batch.len(), max: BATCH_MESSAGES_MAX });
         }
         // Validate and encode properties before taking the writer lock.
-        let mut props = Vec::with_capacity(batch.len());
+        // All properties of the batch in one buffer; message i's are props[ranges[i]].
+        let mut props = Vec::new();
+        let mut ranges = Vec::with_capacity(batch.len());
         let mut total = 0u64;
         for (index, m) in batch.iter().enumerate() {
             let bad = |source| AppendError::Message { index, source };
-            record::validate_topic(&m.topic).map_err(bad)?;
+            if index == 0 || batch[index - 1].topic != m.topic {
+                record::validate_topic(&m.topic).map_err(bad)?;
+            }
             if m.queue_id >= QUEUE_ID_LIMIT {
                 return Err(bad(MessageError::QueueIdTooLarge { queue_id: m.queue_id }));
             }
             if m.body.len() > self.config.message_bytes_max as usize {
                 return Err(bad(MessageError::MessageTooLarge { n_bytes: m.body.len(), max: self.config.message_bytes_max }));
             }
-            let mut p = Vec::new();
-            record::encode_properties(&m.properties, &mut p).map_err(bad)?;
-            total += record::record_bytes(&m.topic, p.len(), m.body.len()) as u64;
-            props.push(p);
+            let start = props.len();
+            record::encode_properties(&m.properties, &mut props).map_err(bad)?;
+            total += record::record_bytes(&m.topic, props.len() - start, m.body.len()) as u64;
+            ranges.push(start..props.len());
         }
         let seg = self.config.segment_bytes;
         if total + FILLER_BYTES_MIN as u64 > seg {
             return Err(AppendError::BatchTooLarge { n_bytes: total, max: seg - FILLER_BYTES_MIN as u64 });
         }
-        let queues = batch
-            .iter()
-            .map(|m| self.queue_or_create(&m.topic, m.queue_id))
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(|e| AppendError::Io { op: "create consume queue", reason: e.to_string().into() })?;
+        // Resolve each distinct (topic, queue) once per batch.
+        let mut queues: Vec<QueueHandle> = Vec::with_capacity(batch.len());
+        for (i, m) in batch.iter().enumerate() {
+            let same = (0..i).rev().take(8).find(|&j| batch[j].queue_id == m.queue_id && batch[j].topic == m.topic);
+            let q = match same {
+                Some(j) => Arc::clone(&queues[j]),
+                None => self
+                    .queue_or_create(&m.topic, m.queue_id)
+                    .map_err(|e| AppendError::Io { op: "create consume queue", reason: e.to_string().into() })?,
+            };
+            queues.push(q);
+        }
 
         let mut w = lock(&self.writer);
         self.check_writable(&w)?;
@@ -823,28 +849,38 @@ impl Inner {
         let mut out = Vec::with_capacity(batch.len());
         let mut next_q: Vec<(usize, u64)> = Vec::new();
         let mut pos = w.pos;
+        let mut scratch = std::mem::take(&mut w.scratch);
+        // Every byte of [0, total) is overwritten by the encoder, so old contents need no clearing.
+        if scratch.len() < total as usize {
+            scratch.resize(total as usize, 0);
+        }
+        let mut at = 0usize;
         for (i, m) in batch.iter().enumerate() {
             // Messages of one batch may share a queue: count on from its current end.
-            let qi = queues.iter().position(|q| Arc::ptr_eq(q, &queues[i])).expect("own queue");
-            let queue_offset = match next_q.iter_mut().find(|(k, _)| *k == qi) {
+            let queue_offset = match next_q.iter_mut().find(|(k, _)| Arc::ptr_eq(&queues[*k], &queues[i])) {
                 Some((_, n)) => {
                     *n += 1;
                     *n
                 }
                 None => {
-                    let n = lock(&queues[qi]).max();
-                    next_q.push((qi, n));
+                    let n = lock(&queues[i]).max();
+                    next_q.push((i, n));
                     n
                 }
             };
-            let len = record::record_bytes(&m.topic, props[i].len(), m.body.len());
-            // SAFETY: [pos, pos + len) lies past the published end, and we hold the writer lock.
-            let dst = unsafe { w.active.slice_mut(pos - w.active_base, len) };
-            record::encode_into(dst, m, &props[i], Placement { log_offset: pos, queue_offset, store_ms });
+            let p = &props[ranges[i].clone()];
+            let len = record::record_bytes(&m.topic, p.len(), m.body.len());
+            record::encode_into(&mut scratch[at..at + len], m, p, Placement { log_offset: pos, queue_offset, store_ms });
             out.push(AppendedMessage { log_offset: pos, queue_offset, record_bytes: len as u32, store_ms });
             pos += len as u64;
+            at += len;
         }
-        self.dispatch_batch(batch, &props, &queues, &out).map_err(|e| {
+        // SAFETY: [w.pos, pos) lies past the published end, and we hold the writer lock.
+        unsafe { w.active.write_streaming(w.pos - w.active_base, &scratch[..total as usize]) };
+        if scratch.capacity() <= SCRATCH_KEEP_BYTES {
+            w.scratch = scratch;
+        }
+        self.dispatch_batch(batch, &queues, &out).map_err(|e| {
             if e.raw_os_error() == Some(libc::ENOSPC) {
                 AppendError::DiskFull { what: "a consume-queue or index file".into() }
             } else {
@@ -861,19 +897,13 @@ impl Inner {
     /// Writes consume-queue and index entries for a batch. If any fails (a full disk when a
     /// new queue or index file is needed), every entry of the batch is taken back, so the
     /// derived data never points at records that were not published.
-    fn dispatch_batch(
-        &self,
-        batch: &[NewMessage],
-        props: &[Vec<u8>],
-        queues: &[QueueHandle],
-        placed: &[AppendedMessage],
-    ) -> io::Result<()> {
+    fn dispatch_batch(&self, batch: &[NewMessage], queues: &[QueueHandle], placed: &[AppendedMessage]) -> io::Result<()> {
         let mut index = lock(&self.index);
         let mut undo: Vec<(usize, u64)> = Vec::new();
         let mut result = Ok(());
         for (i, m) in batch.iter().enumerate() {
-            let info = record::dispatch_info(&props[i]).map_err(io::Error::other)?;
-            let entry = CqEntry { log_offset: placed[i].log_offset, size: placed[i].record_bytes, tag_hash: info.tag_hash };
+            let tag_hash = m.properties.tags.as_deref().map_or(0, record::tag_hash);
+            let entry = CqEntry { log_offset: placed[i].log_offset, size: placed[i].record_bytes, tag_hash };
             let mut cq = lock(&queues[i]);
             if !undo.iter().any(|(k, _)| Arc::ptr_eq(&queues[*k], &queues[i])) {
                 undo.push((i, cq.max()));
@@ -884,7 +914,7 @@ impl Inner {
             });
             drop(cq);
             if result.is_ok() {
-                result = index_record(&mut index, &m.topic, &info, placed[i].log_offset);
+                result = index_message(&mut index, m, placed[i].log_offset);
             }
             if result.is_err() {
                 break;
