@@ -254,16 +254,31 @@ fn utf8(b: &[u8]) -> Result<String, RecordError> {
     String::from_utf8(b.to_vec()).map_err(|_| RecordError::Malformed("property is not UTF-8"))
 }
 
-fn decode_properties(mut b: &[u8]) -> Result<Properties, RecordError> {
-    let mut p = Properties::default();
-    while !b.is_empty() {
-        if b.len() < 3 {
-            return Err(RecordError::Malformed("truncated property header"));
+/// The `(code, value)` entries of encoded properties.
+fn prop_entries(mut b: &[u8]) -> impl Iterator<Item = Result<(u8, &[u8]), RecordError>> {
+    std::iter::from_fn(move || {
+        if b.is_empty() {
+            return None;
         }
-        let code = b[0];
+        if b.len() < 3 {
+            b = &[];
+            return Some(Err(RecordError::Malformed("truncated property header")));
+        }
         let len = usize::from(u16::from_le_bytes([b[1], b[2]]));
-        let v = b.get(3..3 + len).ok_or(RecordError::Malformed("truncated property value"))?;
+        let Some(v) = b.get(3..3 + len) else {
+            b = &[];
+            return Some(Err(RecordError::Malformed("truncated property value")));
+        };
+        let code = b[0];
         b = &b[3 + len..];
+        Some(Ok((code, v)))
+    })
+}
+
+fn decode_properties(b: &[u8]) -> Result<Properties, RecordError> {
+    let mut p = Properties::default();
+    for entry in prop_entries(b) {
+        let (code, v) = entry?;
         match code {
             PROP_TAGS => p.tags = Some(utf8(v)?),
             PROP_KEY => p.keys.push(utf8(v)?),
@@ -465,15 +480,8 @@ pub(crate) struct DispatchInfo<'a> {
 /// produced by the encoder).
 pub(crate) fn dispatch_info(props: &[u8]) -> Result<DispatchInfo<'_>, RecordError> {
     let mut info = DispatchInfo { tag_hash: 0, unique_id: None, keys: Vec::new() };
-    let mut b = props;
-    while !b.is_empty() {
-        if b.len() < 3 {
-            return Err(RecordError::Malformed("truncated property header"));
-        }
-        let code = b[0];
-        let len = usize::from(u16::from_le_bytes([b[1], b[2]]));
-        let v = b.get(3..3 + len).ok_or(RecordError::Malformed("truncated property value"))?;
-        b = &b[3 + len..];
+    for entry in prop_entries(props) {
+        let (code, v) = entry?;
         match code {
             PROP_TAGS => {
                 let t = std::str::from_utf8(v).map_err(|_| RecordError::Malformed("tag is not UTF-8"))?;

@@ -243,6 +243,10 @@ impl Store {
         let seg = config.segment_bytes;
         let log_dir = dir.join("commitlog");
         let cq_dir = dir.join("consumequeue");
+        let index_dir = dir.join("index");
+        // Consume queues and index are derived from the log: when either directory is gone
+        // (an operator may delete them to force it), everything is rebuilt from the log.
+        let rebuild_derived = !cq_dir.is_dir() || !index_dir.is_dir();
         for d in [&dir, &log_dir, &cq_dir] {
             std::fs::create_dir_all(d).map_err(io_err("create directory", d))?;
         }
@@ -303,7 +307,6 @@ impl Store {
                 topics.entry(Arc::from(topic.as_str())).or_default().insert(queue_id, cq);
             }
         }
-        let index_dir = dir.join("index");
         let (mut index, index_rebuild_from) =
             Index::open(&index_dir, config.index_slots, config.index_entries_per_file).map_err(io_err("open index", &index_dir))?;
 
@@ -314,6 +317,10 @@ impl Store {
         let mut start = ck.log_flushed.min(ck.dispatch_safe);
         if let Some(r) = index_rebuild_from {
             start = start.min(r);
+        }
+        if rebuild_derived {
+            tracing::warn!("consume queues or index missing; rebuilding them from the whole log");
+            start = 0;
         }
         if crashed {
             start = seg_base(start, seg);
