@@ -1,0 +1,169 @@
+//! Primitive encoding: little-endian integers, `u16`-length strings, `u32`-length byte strings,
+//! `u32`-count lists. The reader checks every length against what is left before allocating,
+//! so no input makes it panic or allocate more than the frame holds.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Why a body could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("body ends early: {what} needs {needed} bytes, {left} left")]
+    Truncated { what: &'static str, needed: usize, left: usize },
+    #[error("{what} is not UTF-8")]
+    NotUtf8 { what: &'static str },
+    #[error("{what}: {count} exceeds the limit of {max}")]
+    TooMany { what: &'static str, count: usize, max: usize },
+    #[error("{0} trailing bytes after the body")]
+    Trailing(usize),
+    #[error("invalid value for {what}: {value}")]
+    Invalid { what: &'static str, value: u64 },
+}
+
+/// Reads a body. Byte strings are zero-copy slices of the frame.
+#[derive(Debug)]
+pub struct Reader {
+    buf: Bytes,
+}
+
+impl Reader {
+    pub fn new(buf: Bytes) -> Self {
+        Self { buf }
+    }
+
+    fn take(&mut self, what: &'static str, n: usize) -> Result<Bytes, DecodeError> {
+        if self.buf.len() < n {
+            return Err(DecodeError::Truncated { what, needed: n, left: self.buf.len() });
+        }
+        Ok(self.buf.split_to(n))
+    }
+
+    pub fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.take(what, 1)?[0])
+    }
+
+    pub fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
+        let b = self.take(what, 2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    pub fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+        let b = self.take(what, 4)?;
+        Ok(u32::from_le_bytes(b[..].try_into().expect("4 bytes")))
+    }
+
+    pub fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+        let b = self.take(what, 8)?;
+        Ok(u64::from_le_bytes(b[..].try_into().expect("8 bytes")))
+    }
+
+    pub fn bool(&mut self, what: &'static str) -> Result<bool, DecodeError> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(DecodeError::Invalid { what, value: u64::from(v) }),
+        }
+    }
+
+    pub fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
+        let n = usize::from(self.u16(what)?);
+        let b = self.take(what, n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| DecodeError::NotUtf8 { what })
+    }
+
+    /// An optional string: a presence byte, then the string.
+    pub fn opt_string(&mut self, what: &'static str) -> Result<Option<String>, DecodeError> {
+        if self.bool(what)? { self.string(what).map(Some) } else { Ok(None) }
+    }
+
+    pub fn bytes(&mut self, what: &'static str) -> Result<Bytes, DecodeError> {
+        let n = self.u32(what)? as usize;
+        self.take(what, n)
+    }
+
+    /// A list count, checked against `max` and against the bytes left (each item takes at
+    /// least `item_bytes_min`), so a forged count cannot make the caller allocate.
+    pub fn count(&mut self, what: &'static str, max: usize, item_bytes_min: usize) -> Result<usize, DecodeError> {
+        let n = self.u32(what)? as usize;
+        if n > max {
+            return Err(DecodeError::TooMany { what, count: n, max });
+        }
+        if n.saturating_mul(item_bytes_min) > self.buf.len() {
+            return Err(DecodeError::Truncated { what, needed: n * item_bytes_min, left: self.buf.len() });
+        }
+        Ok(n)
+    }
+
+    /// Fails if anything is left.
+    pub fn finish(self) -> Result<(), DecodeError> {
+        if self.buf.is_empty() { Ok(()) } else { Err(DecodeError::Trailing(self.buf.len())) }
+    }
+}
+
+/// Writes a body.
+#[derive(Debug, Default)]
+pub struct Writer {
+    buf: BytesMut,
+}
+
+impl Writer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn u8(&mut self, v: u8) -> &mut Self {
+        self.buf.put_u8(v);
+        self
+    }
+
+    pub fn u16(&mut self, v: u16) -> &mut Self {
+        self.buf.put_u16_le(v);
+        self
+    }
+
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.buf.put_u32_le(v);
+        self
+    }
+
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.buf.put_u64_le(v);
+        self
+    }
+
+    pub fn bool(&mut self, v: bool) -> &mut Self {
+        self.u8(u8::from(v))
+    }
+
+    /// Strings longer than 65,535 bytes are cut at a character boundary; callers validate
+    /// lengths first (topic, key and property limits are far below it).
+    pub fn string(&mut self, s: &str) -> &mut Self {
+        let mut n = s.len().min(usize::from(u16::MAX));
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.u16(n as u16);
+        self.buf.put_slice(&s.as_bytes()[..n]);
+        self
+    }
+
+    pub fn opt_string(&mut self, s: Option<&str>) -> &mut Self {
+        match s {
+            Some(s) => self.bool(true).string(s),
+            None => self.bool(false),
+        }
+    }
+
+    pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.u32(b.len() as u32);
+        self.buf.put_slice(b);
+        self
+    }
+
+    pub fn count(&mut self, n: usize) -> &mut Self {
+        self.u32(n as u32)
+    }
+
+    pub fn finish(self) -> Bytes {
+        self.buf.freeze()
+    }
+}

@@ -1,0 +1,552 @@
+//! Requests and responses, and their bodies.
+
+use bytes::Bytes;
+
+use crate::codec::{DecodeError, Reader, Writer};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Most messages in one send.
+pub const BATCH_MESSAGES_MAX: usize = 1024;
+/// Largest message body a client may send (the broker may set a lower limit).
+pub const MESSAGE_BYTES_MAX: usize = 4 << 20;
+/// Most messages one pull returns.
+pub const PULL_MESSAGES_MAX: u32 = 1024;
+/// Longest a pull may wait for messages (long polling).
+pub const PULL_WAIT_MAX_MS: u32 = 30_000;
+/// In a send: let the broker choose the queue (round robin).
+pub const QUEUE_ANY: u32 = u32::MAX;
+/// Most user properties, keys or topics in one message or request.
+const LIST_MAX: usize = 64;
+
+/// Request ops (the `code` of a request frame). Numbers are stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum Op {
+    Hello = 1,
+    Send = 2,
+    Pull = 3,
+    Route = 4,
+    OffsetCommit = 5,
+    OffsetQuery = 6,
+    Heartbeat = 7,
+}
+
+impl Op {
+    pub fn from_u16(v: u16) -> Option<Self> {
+        [Self::Hello, Self::Send, Self::Pull, Self::Route, Self::OffsetCommit, Self::OffsetQuery, Self::Heartbeat]
+            .into_iter()
+            .find(|o| *o as u16 == v)
+    }
+}
+
+/// First request on a connection: the client's version range and identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloRequest {
+    pub version_min: u16,
+    pub version_max: u16,
+    pub client_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloResponse {
+    pub version: u16,
+    pub broker_name: String,
+    pub frame_bytes_max: u32,
+    pub in_flight_max: u32,
+    pub message_bytes_max: u32,
+}
+
+/// A message as a producer sends it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    /// Producer-generated unique id (deduplication, lookup).
+    pub unique_id: String,
+    pub tags: Option<String>,
+    pub keys: Vec<String>,
+    pub ordering_key: Option<String>,
+    /// Deliver no earlier than this (ms since the epoch); 0 = now.
+    pub delivery_ms: u64,
+    pub born_ms: u64,
+    pub flags: u32,
+    pub properties: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// Send a batch to one queue of a topic (`QUEUE_ANY`: the broker picks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendRequest {
+    pub topic: String,
+    pub queue_id: u32,
+    pub producer_group: String,
+    pub messages: Vec<Message>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendResult {
+    pub queue_offset: u64,
+    pub log_offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendResponse {
+    pub queue_id: u32,
+    /// One per message, in order; message ids are the request's.
+    pub results: Vec<SendResult>,
+}
+
+/// Read a queue from an offset; wait up to `wait_ms` if nothing is there (long polling).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequest {
+    pub topic: String,
+    pub queue_id: u32,
+    pub offset: u64,
+    pub max_messages: u32,
+    pub max_bytes: u32,
+    pub wait_ms: u32,
+}
+
+/// A message as a consumer receives it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PulledMessage {
+    pub queue_offset: u64,
+    pub log_offset: u64,
+    pub store_ms: u64,
+    pub reconsume_times: u32,
+    pub message: Message,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullResponse {
+    pub messages: Vec<PulledMessage>,
+    pub next_offset: u64,
+    pub min_offset: u64,
+    pub max_offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRequest {
+    pub topic: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteResponse {
+    pub topic: String,
+    pub queues: u32,
+    pub broker_name: String,
+}
+
+/// Commit a consumer group's offset for a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetCommitRequest {
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetQueryRequest {
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetQueryResponse {
+    /// `None`: the group never committed for this queue.
+    pub offset: Option<u64>,
+}
+
+/// A client says it is alive, with the groups it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatRequest {
+    pub client_id: String,
+    pub producer_groups: Vec<String>,
+    pub consumer_groups: Vec<String>,
+}
+
+/// A request with its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Hello(HelloRequest),
+    Send(SendRequest),
+    Pull(PullRequest),
+    Route(RouteRequest),
+    OffsetCommit(OffsetCommitRequest),
+    OffsetQuery(OffsetQueryRequest),
+    Heartbeat(HeartbeatRequest),
+}
+
+/// A successful response with its body (errors are a status code and a text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Hello(HelloResponse),
+    Send(SendResponse),
+    Pull(PullResponse),
+    Route(RouteResponse),
+    OffsetQuery(OffsetQueryResponse),
+    /// OffsetCommit and Heartbeat answer with an empty body.
+    Empty,
+}
+
+fn put_strings(w: &mut Writer, v: &[String]) {
+    w.count(v.len());
+    for s in v {
+        w.string(s);
+    }
+}
+
+fn get_strings(r: &mut Reader, what: &'static str) -> Result<Vec<String>, DecodeError> {
+    let n = r.count(what, LIST_MAX, 2)?;
+    (0..n).map(|_| r.string(what)).collect()
+}
+
+fn put_message(w: &mut Writer, m: &Message) {
+    w.string(&m.unique_id).opt_string(m.tags.as_deref());
+    put_strings(w, &m.keys);
+    w.opt_string(m.ordering_key.as_deref()).u64(m.delivery_ms).u64(m.born_ms).u32(m.flags);
+    w.count(m.properties.len());
+    for (k, v) in &m.properties {
+        w.string(k).string(v);
+    }
+    w.bytes(&m.body);
+}
+
+fn get_message(r: &mut Reader) -> Result<Message, DecodeError> {
+    let unique_id = r.string("unique_id")?;
+    let tags = r.opt_string("tags")?;
+    let keys = get_strings(r, "keys")?;
+    let ordering_key = r.opt_string("ordering_key")?;
+    let delivery_ms = r.u64("delivery_ms")?;
+    let born_ms = r.u64("born_ms")?;
+    let flags = r.u32("flags")?;
+    let n = r.count("properties", LIST_MAX, 4)?;
+    let properties = (0..n).map(|_| Ok((r.string("property name")?, r.string("property value")?))).collect::<Result<_, _>>()?;
+    let body = r.bytes("body")?;
+    Ok(Message { unique_id, tags, keys, ordering_key, delivery_ms, born_ms, flags, properties, body })
+}
+
+/// Smallest encoded message (empty strings and lists).
+const MESSAGE_BYTES_MIN: usize = 2 + 1 + 4 + 1 + 8 + 8 + 4 + 4 + 4;
+
+impl Request {
+    pub fn op(&self) -> Op {
+        match self {
+            Self::Hello(_) => Op::Hello,
+            Self::Send(_) => Op::Send,
+            Self::Pull(_) => Op::Pull,
+            Self::Route(_) => Op::Route,
+            Self::OffsetCommit(_) => Op::OffsetCommit,
+            Self::OffsetQuery(_) => Op::OffsetQuery,
+            Self::Heartbeat(_) => Op::Heartbeat,
+        }
+    }
+
+    pub fn encode(&self) -> Bytes {
+        let mut w = Writer::new();
+        match self {
+            Self::Hello(h) => {
+                w.u16(h.version_min).u16(h.version_max).string(&h.client_id);
+            }
+            Self::Send(s) => {
+                w.string(&s.topic).u32(s.queue_id).string(&s.producer_group).count(s.messages.len());
+                for m in &s.messages {
+                    put_message(&mut w, m);
+                }
+            }
+            Self::Pull(p) => {
+                w.string(&p.topic).u32(p.queue_id).u64(p.offset).u32(p.max_messages).u32(p.max_bytes).u32(p.wait_ms);
+            }
+            Self::Route(r) => {
+                w.string(&r.topic);
+            }
+            Self::OffsetCommit(c) => {
+                w.string(&c.group).string(&c.topic).u32(c.queue_id).u64(c.offset);
+            }
+            Self::OffsetQuery(q) => {
+                w.string(&q.group).string(&q.topic).u32(q.queue_id);
+            }
+            Self::Heartbeat(h) => {
+                w.string(&h.client_id);
+                put_strings(&mut w, &h.producer_groups);
+                put_strings(&mut w, &h.consumer_groups);
+            }
+        }
+        w.finish()
+    }
+
+    /// Decodes a request body for `op`.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a malformed body.
+    pub fn decode(op: Op, body: Bytes) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let req = match op {
+            Op::Hello => Self::Hello(HelloRequest {
+                version_min: r.u16("version_min")?,
+                version_max: r.u16("version_max")?,
+                client_id: r.string("client_id")?,
+            }),
+            Op::Send => {
+                let topic = r.string("topic")?;
+                let queue_id = r.u32("queue_id")?;
+                let producer_group = r.string("producer_group")?;
+                let n = r.count("messages", BATCH_MESSAGES_MAX, MESSAGE_BYTES_MIN)?;
+                let messages = (0..n).map(|_| get_message(&mut r)).collect::<Result<_, _>>()?;
+                Self::Send(SendRequest { topic, queue_id, producer_group, messages })
+            }
+            Op::Pull => Self::Pull(PullRequest {
+                topic: r.string("topic")?,
+                queue_id: r.u32("queue_id")?,
+                offset: r.u64("offset")?,
+                max_messages: r.u32("max_messages")?,
+                max_bytes: r.u32("max_bytes")?,
+                wait_ms: r.u32("wait_ms")?,
+            }),
+            Op::Route => Self::Route(RouteRequest { topic: r.string("topic")? }),
+            Op::OffsetCommit => Self::OffsetCommit(OffsetCommitRequest {
+                group: r.string("group")?,
+                topic: r.string("topic")?,
+                queue_id: r.u32("queue_id")?,
+                offset: r.u64("offset")?,
+            }),
+            Op::OffsetQuery => {
+                Self::OffsetQuery(OffsetQueryRequest { group: r.string("group")?, topic: r.string("topic")?, queue_id: r.u32("queue_id")? })
+            }
+            Op::Heartbeat => Self::Heartbeat(HeartbeatRequest {
+                client_id: r.string("client_id")?,
+                producer_groups: get_strings(&mut r, "producer_groups")?,
+                consumer_groups: get_strings(&mut r, "consumer_groups")?,
+            }),
+        };
+        r.finish()?;
+        Ok(req)
+    }
+}
+
+impl Response {
+    pub fn encode(&self) -> Bytes {
+        let mut w = Writer::new();
+        match self {
+            Self::Hello(h) => {
+                w.u16(h.version).string(&h.broker_name).u32(h.frame_bytes_max).u32(h.in_flight_max).u32(h.message_bytes_max);
+            }
+            Self::Send(s) => {
+                w.u32(s.queue_id).count(s.results.len());
+                for r in &s.results {
+                    w.u64(r.queue_offset).u64(r.log_offset);
+                }
+            }
+            Self::Pull(p) => {
+                w.u64(p.next_offset).u64(p.min_offset).u64(p.max_offset).count(p.messages.len());
+                for m in &p.messages {
+                    w.u64(m.queue_offset).u64(m.log_offset).u64(m.store_ms).u32(m.reconsume_times);
+                    put_message(&mut w, &m.message);
+                }
+            }
+            Self::Route(r) => {
+                w.string(&r.topic).u32(r.queues).string(&r.broker_name);
+            }
+            Self::OffsetQuery(q) => {
+                match q.offset {
+                    Some(o) => w.bool(true).u64(o),
+                    None => w.bool(false),
+                };
+            }
+            Self::Empty => {}
+        }
+        w.finish()
+    }
+
+    /// Decodes the body of a successful response to `op`.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a malformed body.
+    pub fn decode(op: Op, body: Bytes) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let resp = match op {
+            Op::Hello => Self::Hello(HelloResponse {
+                version: r.u16("version")?,
+                broker_name: r.string("broker_name")?,
+                frame_bytes_max: r.u32("frame_bytes_max")?,
+                in_flight_max: r.u32("in_flight_max")?,
+                message_bytes_max: r.u32("message_bytes_max")?,
+            }),
+            Op::Send => {
+                let queue_id = r.u32("queue_id")?;
+                let n = r.count("results", BATCH_MESSAGES_MAX, 16)?;
+                let results = (0..n)
+                    .map(|_| Ok(SendResult { queue_offset: r.u64("queue_offset")?, log_offset: r.u64("log_offset")? }))
+                    .collect::<Result<_, _>>()?;
+                Self::Send(SendResponse { queue_id, results })
+            }
+            Op::Pull => {
+                let next_offset = r.u64("next_offset")?;
+                let min_offset = r.u64("min_offset")?;
+                let max_offset = r.u64("max_offset")?;
+                let n = r.count("messages", PULL_MESSAGES_MAX as usize, 28 + MESSAGE_BYTES_MIN)?;
+                let messages = (0..n)
+                    .map(|_| {
+                        Ok(PulledMessage {
+                            queue_offset: r.u64("queue_offset")?,
+                            log_offset: r.u64("log_offset")?,
+                            store_ms: r.u64("store_ms")?,
+                            reconsume_times: r.u32("reconsume_times")?,
+                            message: get_message(&mut r)?,
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                Self::Pull(PullResponse { messages, next_offset, min_offset, max_offset })
+            }
+            Op::Route => {
+                Self::Route(RouteResponse { topic: r.string("topic")?, queues: r.u32("queues")?, broker_name: r.string("broker_name")? })
+            }
+            Op::OffsetQuery => {
+                Self::OffsetQuery(OffsetQueryResponse { offset: if r.bool("has_offset")? { Some(r.u64("offset")?) } else { None } })
+            }
+            Op::OffsetCommit | Op::Heartbeat => Self::Empty,
+        };
+        r.finish()?;
+        Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn s() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9é _-]{0,12}"
+    }
+
+    prop_compose! {
+        fn message()(unique_id in s(), tags in proptest::option::of(s()), keys in proptest::collection::vec(s(), 0..3),
+                     ordering_key in proptest::option::of(s()), delivery_ms: u64, born_ms: u64, flags: u32,
+                     properties in proptest::collection::vec((s(), s()), 0..3), body in proptest::collection::vec(any::<u8>(), 0..100))
+                     -> Message {
+            Message { unique_id, tags, keys, ordering_key, delivery_ms, born_ms, flags, properties, body: Bytes::from(body) }
+        }
+    }
+
+    fn request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            (any::<u16>(), any::<u16>(), s()).prop_map(|(a, b, c)| Request::Hello(HelloRequest {
+                version_min: a,
+                version_max: b,
+                client_id: c
+            })),
+            (s(), any::<u32>(), s(), proptest::collection::vec(message(), 0..4)).prop_map(|(topic, queue_id, producer_group, messages)| {
+                Request::Send(SendRequest { topic, queue_id, producer_group, messages })
+            }),
+            (s(), any::<u32>(), any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(topic, queue_id, offset, m, b, w)| {
+                Request::Pull(PullRequest { topic, queue_id, offset, max_messages: m, max_bytes: b, wait_ms: w })
+            }),
+            s().prop_map(|topic| Request::Route(RouteRequest { topic })),
+            (s(), s(), any::<u32>(), any::<u64>())
+                .prop_map(|(group, topic, queue_id, offset)| Request::OffsetCommit(OffsetCommitRequest { group, topic, queue_id, offset })),
+            (s(), s(), any::<u32>()).prop_map(|(group, topic, queue_id)| Request::OffsetQuery(OffsetQueryRequest {
+                group,
+                topic,
+                queue_id
+            })),
+            (s(), proptest::collection::vec(s(), 0..3), proptest::collection::vec(s(), 0..3)).prop_map(|(client_id, p, c)| {
+                Request::Heartbeat(HeartbeatRequest { client_id, producer_groups: p, consumer_groups: c })
+            }),
+        ]
+    }
+
+    fn response() -> impl Strategy<Value = (Op, Response)> {
+        prop_oneof![
+            (any::<u16>(), s(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(v, n, f, i, m)| (
+                Op::Hello,
+                Response::Hello(HelloResponse { version: v, broker_name: n, frame_bytes_max: f, in_flight_max: i, message_bytes_max: m })
+            )),
+            (any::<u32>(), proptest::collection::vec((any::<u64>(), any::<u64>()), 0..5)).prop_map(|(q, r)| (
+                Op::Send,
+                Response::Send(SendResponse {
+                    queue_id: q,
+                    results: r.into_iter().map(|(a, b)| SendResult { queue_offset: a, log_offset: b }).collect()
+                })
+            )),
+            (
+                proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), message()), 0..4),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>()
+            )
+                .prop_map(|(ms, n, lo, hi)| (
+                    Op::Pull,
+                    Response::Pull(PullResponse {
+                        messages: ms
+                            .into_iter()
+                            .map(|(q, l, st, rc, message)| PulledMessage {
+                                queue_offset: q,
+                                log_offset: l,
+                                store_ms: st,
+                                reconsume_times: rc,
+                                message
+                            })
+                            .collect(),
+                        next_offset: n,
+                        min_offset: lo,
+                        max_offset: hi
+                    })
+                )),
+            (s(), any::<u32>(), s())
+                .prop_map(|(t, q, b)| (Op::Route, Response::Route(RouteResponse { topic: t, queues: q, broker_name: b }))),
+            proptest::option::of(any::<u64>()).prop_map(|o| (Op::OffsetQuery, Response::OffsetQuery(OffsetQueryResponse { offset: o }))),
+            Just((Op::Heartbeat, Response::Empty)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip(req in request()) {
+            prop_assert_eq!(Request::decode(req.op(), req.encode()).unwrap(), req);
+        }
+
+        #[test]
+        fn responses_round_trip((op, resp) in response()) {
+            prop_assert_eq!(Response::decode(op, resp.encode()).unwrap(), resp);
+        }
+
+        #[test]
+        fn random_bodies_never_panic(op in 1u16..8, body in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let op = Op::from_u16(op).unwrap();
+            let _ = Request::decode(op, Bytes::from(body.clone()));
+            let _ = Response::decode(op, Bytes::from(body));
+        }
+
+        #[test]
+        fn truncated_bodies_are_errors(req in request(), cut in any::<proptest::sample::Index>()) {
+            let b = req.encode();
+            if !b.is_empty() {
+                let n = cut.index(b.len());
+                prop_assert!(Request::decode(req.op(), b.slice(..n)).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn forged_counts_do_not_allocate() {
+        let mut w = Writer::new();
+        w.string("t").u32(0).string("g").u32(1_000);
+        assert!(matches!(Request::decode(Op::Send, w.finish()), Err(DecodeError::Truncated { .. })));
+        let mut w = Writer::new();
+        w.string("t").u32(0).string("g").u32(u32::MAX);
+        assert!(matches!(Request::decode(Op::Send, w.finish()), Err(DecodeError::TooMany { .. })));
+    }
+
+    #[test]
+    fn op_numbers_are_pinned() {
+        for (op, n) in
+            [(Op::Hello, 1), (Op::Send, 2), (Op::Pull, 3), (Op::Route, 4), (Op::OffsetCommit, 5), (Op::OffsetQuery, 6), (Op::Heartbeat, 7)]
+        {
+            assert_eq!(op as u16, n);
+            assert_eq!(Op::from_u16(n), Some(op));
+        }
+        assert_eq!(Op::from_u16(0), None);
+    }
+}
