@@ -1,1 +1,14 @@
-//! x
+//! wasmq's broker domain over the store: the topic registry, sends with queue selection,
+//! pulls with long-poll waiters, consumer-group offsets and client liveness.
+//!
+//! Knows topics, queues, groups and offsets; knows nothing of sockets, TLS, the wire format or
+//! async runtimes. Long polling is a callback ([`Wake`]) the I/O shell implements; time comes
+//! from the store's [`wasmq_store::Clock`].
+
+mod engine;
+mod offsets;
+mod topics;
+
+pub use engine::{ClientInfo, Engine, EngineError, PullError, SendError, Wake};
+pub use offsets::OffsetTable;
+pub use topics::{QUEUES_PER_TOPIC_MAX, QueueStatus, TOPICS_MAX, TopicConfig, TopicError, TopicStatus, validate_group};

@@ -189,6 +189,8 @@ struct Inner {
     /// Test hook: the next log fsync reports an I/O error.
     #[cfg(test)]
     fail_next_sync: AtomicBool,
+    /// Removed topics → the log offset they were removed at.
+    removed: Mutex<BTreeMap<String, u64>>,
     _lock: File,
 }
 
@@ -244,6 +246,8 @@ impl Store {
         let log_dir = dir.join("commitlog");
         let cq_dir = dir.join("consumequeue");
         let index_dir = dir.join("index");
+        let removed_path = dir.join(REMOVED_TOPICS_FILE);
+        let removed_topics = load_removed(&removed_path).map_err(io_err("read", &removed_path))?;
         // Consume queues and index are derived from the log: when either directory is gone
         // (an operator may delete them to force it), everything is rebuilt from the log.
         let rebuild_derived = !cq_dir.is_dir() || !index_dir.is_dir();
@@ -369,6 +373,12 @@ impl Store {
                         break 'segments;
                     }
                 };
+                if removed_topics.get(head.topic).is_some_and(|&at| pos < at) {
+                    // A record of a topic removed later: checked, kept in the log, not indexed.
+                    records_recovered += 1;
+                    pos += len as u64;
+                    continue;
+                }
                 let cq = topics.entry(Arc::from(head.topic)).or_default().entry(head.queue_id);
                 let cq = match cq {
                     std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
@@ -468,6 +478,7 @@ impl Store {
             config,
             clock,
             disk,
+            removed: Mutex::new(removed_topics),
             _lock: lock_file,
         });
         inner.checkpoint().map_err(io_err("write checkpoint", &ckpt_path))?;
@@ -589,10 +600,20 @@ impl Store {
     ///
     /// # Errors
     /// Removing the queue directories failed.
+    ///
+    /// The log offset of the removal is recorded (`removed-topics`), so recovery never
+    /// re-dispatches the removed topic's old records into a topic created later with the same
+    /// name.
     pub fn remove_topic(&self, topic: &str) -> io::Result<()> {
-        let _w = lock(&self.inner.writer);
-        let removed = self.inner.topics.write().unwrap_or_else(|e| e.into_inner()).remove(topic);
-        if removed.is_some() {
+        let w = lock(&self.inner.writer);
+        let mut removed = lock(&self.inner.removed);
+        removed.insert(topic.to_owned(), w.pos);
+        let min = self.inner.min.load(Ordering::Acquire);
+        removed.retain(|_, at| *at > min);
+        save_removed(&self.inner.config.dir.join(REMOVED_TOPICS_FILE), &removed)?;
+        drop(removed);
+        let cq = self.inner.topics.write().unwrap_or_else(|e| e.into_inner()).remove(topic);
+        if cq.is_some() {
             std::fs::remove_dir_all(self.inner.config.dir.join("consumequeue").join(topic))?;
         }
         Ok(())
@@ -729,6 +750,37 @@ pub enum AppendDurableError {
     /// Stored at the given offsets but not known durable.
     #[error("{0}")]
     Flush(FlushError, Appended),
+}
+
+/// The file recording removed topics: lines `<log offset> <topic>`.
+const REMOVED_TOPICS_FILE: &str = "removed-topics";
+
+fn load_removed(path: &Path) -> io::Result<BTreeMap<String, u64>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e),
+    };
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (at, topic) = l.split_once(' ').ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad line {l:?}")))?;
+            let at = at.parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad offset in {l:?}")))?;
+            Ok((topic.to_owned(), at))
+        })
+        .collect()
+}
+
+fn save_removed(path: &Path, removed: &BTreeMap<String, u64>) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    for (topic, at) in removed {
+        writeln!(f, "{at} {topic}")?;
+    }
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_parent_dir(path)
 }
 
 fn record_matches(

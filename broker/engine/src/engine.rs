@@ -1,0 +1,429 @@
+//! The engine: one per broker, shared by every connection.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use wasmq_store::{AppendError, Appended, Clock, NewMessage, QueueRead, ReadError, Store};
+
+use crate::offsets::OffsetTable;
+use crate::topics::{self, QUEUES_PER_TOPIC_MAX, QueueStatus, TOPICS_MAX, TopicConfig, TopicError, TopicStatus};
+
+/// Most long-poll waiters parked on one queue; past it, a pull answers empty at once.
+const WAITERS_PER_QUEUE_MAX: usize = 10_000;
+/// Most clients remembered by heartbeat.
+const CLIENTS_MAX: usize = 100_000;
+
+/// A parked long poll: woken when its queue may have new messages.
+pub trait Wake: Send {
+    fn wake(self: Box<Self>);
+    /// The poller gave up (deadline or disconnect); the waiter can be dropped.
+    fn is_cancelled(&self) -> bool;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub last_seen_ms: u64,
+    pub producer_groups: Vec<String>,
+    pub consumer_groups: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("topic {0} does not exist")]
+    UnknownTopic(String),
+    #[error("queue {queue_id} does not exist: topic {topic} has {queues} queues")]
+    InvalidQueue { topic: String, queue_id: u32, queues: u32 },
+    #[error(transparent)]
+    Append(#[from] AppendError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("topic {0} does not exist")]
+    UnknownTopic(String),
+    #[error("queue {queue_id} does not exist: topic {topic} has {queues} queues")]
+    InvalidQueue { topic: String, queue_id: u32, queues: u32 },
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("loading {path}: {source}")]
+    Load { path: PathBuf, source: std::io::Error },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("saving {path}: {source}")]
+    Save { path: PathBuf, source: std::io::Error },
+}
+
+type QueueKey = (Arc<str>, u32);
+
+/// The broker's domain state. Every method takes `&self`; share it in an `Arc`.
+pub struct Engine {
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+    broker_name: String,
+    topics_path: PathBuf,
+    /// Read-mostly snapshot, replaced whole on create and delete.
+    topics: RwLock<Arc<BTreeMap<String, TopicConfig>>>,
+    topics_write: Mutex<()>,
+    waiters: Mutex<HashMap<QueueKey, Vec<Box<dyn Wake>>>>,
+    offsets_path: PathBuf,
+    offsets: Mutex<OffsetTable>,
+    offsets_dirty: AtomicBool,
+    clients: Mutex<HashMap<String, ClientInfo>>,
+    round_robin: AtomicU32,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("broker_name", &self.broker_name).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Engine {
+    /// Opens the engine over `store`, with its registry files in `config_dir`.
+    ///
+    /// # Errors
+    /// A registry file that cannot be read or parsed.
+    pub fn open(store: Arc<Store>, config_dir: impl Into<PathBuf>, broker_name: &str, clock: Arc<dyn Clock>) -> Result<Self, EngineError> {
+        let dir = config_dir.into();
+        std::fs::create_dir_all(&dir).map_err(|source| EngineError::Load { path: dir.clone(), source })?;
+        let topics_path = dir.join("topics.json");
+        let topics = topics::load(&topics_path).map_err(|source| EngineError::Load { path: topics_path.clone(), source })?;
+        let offsets_path = dir.join("offsets.json");
+        let offsets: OffsetTable = match std::fs::read(&offsets_path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| EngineError::Load {
+                path: offsets_path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => OffsetTable::default(),
+            Err(source) => return Err(EngineError::Load { path: offsets_path, source }),
+        };
+        Ok(Self {
+            store,
+            clock,
+            broker_name: broker_name.to_owned(),
+            topics_path,
+            topics: RwLock::new(Arc::new(topics)),
+            topics_write: Mutex::new(()),
+            waiters: Mutex::new(HashMap::new()),
+            offsets_path,
+            offsets: Mutex::new(offsets),
+            offsets_dirty: AtomicBool::new(false),
+            clients: Mutex::new(HashMap::new()),
+            round_robin: AtomicU32::new(0),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn broker_name(&self) -> &str {
+        &self.broker_name
+    }
+
+    fn snapshot(&self) -> Arc<BTreeMap<String, TopicConfig>> {
+        Arc::clone(&self.topics.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn topic(&self, name: &str) -> Option<TopicConfig> {
+        self.snapshot().get(name).copied()
+    }
+
+    pub fn topics(&self) -> Vec<(String, TopicConfig)> {
+        self.snapshot().iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Creates a topic with `queues` queues.
+    ///
+    /// # Errors
+    /// [`TopicError`]: exists, bad name or queue count, too many topics, registry not saved.
+    pub fn create_topic(&self, name: &str, queues: u32) -> Result<TopicConfig, TopicError> {
+        self.create(name, queues, false)
+    }
+
+    /// Creates one of the broker's own topics (`%RETRY%…`, `%DLQ%…`) if it is missing.
+    ///
+    /// # Errors
+    /// As [`Engine::create_topic`], but an existing topic is fine.
+    pub fn ensure_system_topic(&self, name: &str, queues: u32) -> Result<TopicConfig, TopicError> {
+        match self.create(name, queues, true) {
+            Err(TopicError::Exists(_)) => Ok(self.topic(name).expect("exists")),
+            other => other,
+        }
+    }
+
+    fn create(&self, name: &str, queues: u32, system: bool) -> Result<TopicConfig, TopicError> {
+        wasmq_store::validate_topic(name).map_err(|e| TopicError::Invalid(e.to_string()))?;
+        if name.starts_with('%') && !system {
+            return Err(TopicError::Reserved);
+        }
+        if queues == 0 || queues > QUEUES_PER_TOPIC_MAX {
+            return Err(TopicError::BadQueueCount { queues });
+        }
+        let _w = lock(&self.topics_write);
+        let mut table = (*self.snapshot()).clone();
+        if table.contains_key(name) {
+            return Err(TopicError::Exists(name.to_owned()));
+        }
+        if table.len() >= TOPICS_MAX {
+            return Err(TopicError::TooMany);
+        }
+        let config = TopicConfig { queues, created_ms: self.clock.now_ms() };
+        table.insert(name.to_owned(), config);
+        topics::save_json(&self.topics_path, &table)?;
+        *self.topics.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        tracing::info!(topic = name, queues, "topic created");
+        Ok(config)
+    }
+
+    /// Deletes a topic: it stops taking sends and pulls at once; its consume queues go, and
+    /// its messages stay in the log until retention.
+    ///
+    /// # Errors
+    /// Unknown topic, or the registry could not be saved.
+    pub fn delete_topic(&self, name: &str) -> Result<(), TopicError> {
+        let _w = lock(&self.topics_write);
+        let mut table = (*self.snapshot()).clone();
+        if table.remove(name).is_none() {
+            return Err(TopicError::Unknown(name.to_owned()));
+        }
+        topics::save_json(&self.topics_path, &table)?;
+        *self.topics.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        self.store.remove_topic(name)?;
+        lock(&self.offsets).remove_topic(name);
+        self.offsets_dirty.store(true, Ordering::Release);
+        // Pollers on the deleted topic learn it on their next pull.
+        let woken: Vec<Box<dyn Wake>> = {
+            let mut w = lock(&self.waiters);
+            let keys: Vec<QueueKey> = w.keys().filter(|(t, _)| &**t == name).cloned().collect();
+            keys.into_iter().flat_map(|k| w.remove(&k).unwrap_or_default()).collect()
+        };
+        woken.into_iter().for_each(|w| w.wake());
+        tracing::info!(topic = name, "topic deleted");
+        Ok(())
+    }
+
+    /// A topic with each queue's offsets.
+    ///
+    /// # Errors
+    /// Unknown topic.
+    pub fn describe(&self, name: &str) -> Result<TopicStatus, TopicError> {
+        let config = self.topic(name).ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
+        let queues = (0..config.queues)
+            .map(|q| {
+                let (min_offset, max_offset) = self.store.queue_bounds(name, q);
+                QueueStatus { queue_id: q, min_offset, max_offset }
+            })
+            .collect();
+        Ok(TopicStatus { name: name.to_owned(), queues, created_ms: config.created_ms })
+    }
+
+    fn check_queue(&self, topic: &str, queue_id: u32) -> Result<u32, (bool, u32)> {
+        match self.topic(topic) {
+            None => Err((true, 0)),
+            Some(c) if queue_id < c.queues => Ok(c.queues),
+            Some(c) => Err((false, c.queues)),
+        }
+    }
+
+    /// Appends a batch to one queue of a topic (`None`: round robin) and wakes the queue's
+    /// long polls. The messages' topic and queue fields are set here. Durability (sync flush)
+    /// is the caller's to wait for, with [`Store::on_durable`] on the returned end offset.
+    ///
+    /// # Errors
+    /// [`SendError`].
+    pub fn send(&self, topic: &str, queue_id: Option<u32>, mut messages: Vec<NewMessage>) -> Result<(u32, Appended), SendError> {
+        let config = self.topic(topic).ok_or_else(|| SendError::UnknownTopic(topic.to_owned()))?;
+        let queue_id = queue_id.unwrap_or_else(|| self.round_robin.fetch_add(1, Ordering::Relaxed) % config.queues);
+        if queue_id >= config.queues {
+            return Err(SendError::InvalidQueue { topic: topic.to_owned(), queue_id, queues: config.queues });
+        }
+        for m in &mut messages {
+            topic.clone_into(&mut m.topic);
+            m.queue_id = queue_id;
+        }
+        let appended = self.store.append(&messages)?;
+        self.wake(topic, queue_id);
+        Ok((queue_id, appended))
+    }
+
+    fn wake(&self, topic: &str, queue_id: u32) {
+        let woken = {
+            let mut w = lock(&self.waiters);
+            if w.is_empty() {
+                return;
+            }
+            w.remove(&(Arc::from(topic), queue_id))
+        };
+        for w in woken.into_iter().flatten() {
+            w.wake();
+        }
+    }
+
+    /// Reads a queue.
+    ///
+    /// # Errors
+    /// [`PullError`].
+    pub fn pull(&self, topic: &str, queue_id: u32, offset: u64, max_messages: usize, max_bytes: usize) -> Result<QueueRead, PullError> {
+        match self.check_queue(topic, queue_id) {
+            Ok(_) => {}
+            Err((true, _)) => return Err(PullError::UnknownTopic(topic.to_owned())),
+            Err((false, queues)) => return Err(PullError::InvalidQueue { topic: topic.to_owned(), queue_id, queues }),
+        }
+        Ok(self.store.read_queue(topic, queue_id, offset, max_messages, max_bytes)?)
+    }
+
+    /// Parks `waker` until the queue has a message at `offset` or later. Returns it back if
+    /// there is one already (pull again now), or if the queue has too many waiters.
+    pub fn wait_for(&self, topic: &str, queue_id: u32, offset: u64, waker: Box<dyn Wake>) -> Option<Box<dyn Wake>> {
+        let mut w = lock(&self.waiters);
+        if self.store.queue_bounds(topic, queue_id).1 > offset || self.topic(topic).is_none() {
+            return Some(waker);
+        }
+        let list = w.entry((Arc::from(topic), queue_id)).or_default();
+        list.retain(|x| !x.is_cancelled());
+        if list.len() >= WAITERS_PER_QUEUE_MAX {
+            return Some(waker);
+        }
+        list.push(waker);
+        None
+    }
+
+    /// Commits a group's offset for a queue.
+    ///
+    /// # Errors
+    /// Invalid group, unknown topic or queue.
+    pub fn commit_offset(&self, group: &str, topic: &str, queue_id: u32, offset: u64) -> Result<(), EngineError> {
+        topics::validate_group(group).map_err(EngineError::Invalid)?;
+        self.check_queue(topic, queue_id).map_err(|_| EngineError::Invalid(format!("no queue {queue_id} in topic {topic}")))?;
+        lock(&self.offsets).set(group, topic, queue_id, offset);
+        self.offsets_dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn query_offset(&self, group: &str, topic: &str, queue_id: u32) -> Option<u64> {
+        lock(&self.offsets).get(group, topic, queue_id)
+    }
+
+    pub fn offsets(&self) -> OffsetTable {
+        lock(&self.offsets).clone()
+    }
+
+    /// Writes the offsets to disk if they changed.
+    ///
+    /// # Errors
+    /// The file could not be written.
+    pub fn persist_offsets(&self) -> Result<(), EngineError> {
+        if !self.offsets_dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let table = lock(&self.offsets).clone();
+        topics::save_json(&self.offsets_path, &table).map_err(|source| {
+            self.offsets_dirty.store(true, Ordering::Release);
+            EngineError::Save { path: self.offsets_path.clone(), source }
+        })
+    }
+
+    /// Records that a client is alive.
+    ///
+    /// # Errors
+    /// Invalid group names, or too many clients.
+    pub fn heartbeat(&self, client_id: &str, producer_groups: Vec<String>, consumer_groups: Vec<String>) -> Result<(), EngineError> {
+        for g in producer_groups.iter().chain(&consumer_groups) {
+            topics::validate_group(g).map_err(EngineError::Invalid)?;
+        }
+        let mut clients = lock(&self.clients);
+        if clients.len() >= CLIENTS_MAX && !clients.contains_key(client_id) {
+            return Err(EngineError::Invalid(format!("more than {CLIENTS_MAX} clients")));
+        }
+        clients.insert(client_id.to_owned(), ClientInfo { last_seen_ms: self.clock.now_ms(), producer_groups, consumer_groups });
+        Ok(())
+    }
+
+    pub fn clients(&self) -> HashMap<String, ClientInfo> {
+        lock(&self.clients).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use wasmq_store::{ManualClock, StoreConfig};
+
+    struct Count(Arc<AtomicUsize>, Arc<AtomicBool>);
+    impl Wake for Count {
+        fn wake(self: Box<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn is_cancelled(&self) -> bool {
+            self.1.load(Ordering::SeqCst)
+        }
+    }
+
+    fn engine(dir: &std::path::Path) -> Engine {
+        let (store, _) = Store::open(StoreConfig::small_for_tests(dir.join("store"))).unwrap();
+        Engine::open(Arc::new(store), dir.join("config"), "b0", Arc::new(ManualClock::new(5))).unwrap()
+    }
+
+    fn msg(body: &str) -> NewMessage {
+        NewMessage { body: bytes::Bytes::copy_from_slice(body.as_bytes()), ..Default::default() }
+    }
+
+    #[test]
+    fn topics_sends_pulls_waiters_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        assert!(matches!(e.send("t", None, vec![msg("x")]), Err(SendError::UnknownTopic(_))));
+        e.create_topic("t", 4).unwrap();
+        assert!(matches!(e.create_topic("t", 4), Err(TopicError::Exists(_))));
+        assert!(matches!(e.create_topic("%RETRY%g", 1), Err(TopicError::Reserved)));
+        assert!(matches!(e.create_topic("u", 0), Err(TopicError::BadQueueCount { .. })));
+        assert!(matches!(e.send("t", Some(4), vec![msg("x")]), Err(SendError::InvalidQueue { queues: 4, .. })));
+        let picked: Vec<u32> = (0..8).map(|_| e.send("t", None, vec![msg("x")]).unwrap().0).collect();
+        assert_eq!(picked, vec![0, 1, 2, 3, 0, 1, 2, 3], "round robin");
+
+        let woken = Arc::new(AtomicUsize::new(0));
+        let cancelled = Arc::new(AtomicBool::new(false));
+        assert!(e.wait_for("t", 1, 0, Box::new(Count(woken.clone(), cancelled.clone()))).is_some(), "data is there: no wait");
+        assert!(e.wait_for("t", 1, 2, Box::new(Count(woken.clone(), cancelled.clone()))).is_none());
+        e.send("t", Some(2), vec![msg("other queue")]).unwrap();
+        assert_eq!(woken.load(Ordering::SeqCst), 0);
+        e.send("t", Some(1), vec![msg("y")]).unwrap();
+        assert_eq!(woken.load(Ordering::SeqCst), 1);
+        let read = e.pull("t", 1, 2, 10, 1 << 20).unwrap();
+        assert_eq!(read.messages[0].body, "y");
+
+        e.commit_offset("g1", "t", 1, 3).unwrap();
+        assert_eq!(e.query_offset("g1", "t", 1), Some(3));
+        assert!(e.commit_offset("g1", "t", 9, 3).is_err());
+        e.persist_offsets().unwrap();
+        e.heartbeat("c1", vec!["pg".into()], vec!["g1".into()]).unwrap();
+        assert!(e.heartbeat("c1", vec!["bad group!".into()], vec![]).is_err());
+        assert_eq!(e.describe("t").unwrap().queues[1].max_offset, 3);
+        drop(e);
+
+        let e = engine(dir.path());
+        assert_eq!(e.topic("t").map(|c| c.queues), Some(4), "topics persist");
+        assert_eq!(e.query_offset("g1", "t", 1), Some(3), "offsets persist");
+        e.delete_topic("t").unwrap();
+        assert!(matches!(e.pull("t", 0, 0, 1, 1), Err(PullError::UnknownTopic(_))));
+        assert_eq!(e.query_offset("g1", "t", 1), None);
+        e.create_topic("t", 2).unwrap();
+        assert_eq!(
+            e.describe("t").unwrap().queues[0],
+            QueueStatus { queue_id: 0, min_offset: 0, max_offset: 0 },
+            "a new topic starts empty"
+        );
+    }
+}

@@ -1,0 +1,81 @@
+//! The topic registry: name → queue count, persisted as `topics.json` (replaced atomically).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Most queues one topic may have on one broker.
+pub const QUEUES_PER_TOPIC_MAX: u32 = 1024;
+/// Most topics one broker holds.
+pub const TOPICS_MAX: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    pub queues: u32,
+    pub created_ms: u64,
+}
+
+/// A topic with each queue's readable offsets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicStatus {
+    pub name: String,
+    pub queues: Vec<QueueStatus>,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStatus {
+    pub queue_id: u32,
+    pub min_offset: u64,
+    pub max_offset: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("topic {0} exists already")]
+    Exists(String),
+    #[error("topic {0} does not exist")]
+    Unknown(String),
+    #[error("invalid topic name: {0}")]
+    Invalid(String),
+    #[error("{queues} queues: a topic has 1..={QUEUES_PER_TOPIC_MAX}")]
+    BadQueueCount { queues: u32 },
+    #[error("this broker holds the maximum of {TOPICS_MAX} topics")]
+    TooMany,
+    #[error("names starting with % are reserved for the broker's own topics")]
+    Reserved,
+    #[error("saving the topic registry: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Group names follow topic names' rules (they become file and topic name parts).
+///
+/// # Errors
+/// What is wrong with the name.
+pub fn validate_group(group: &str) -> Result<(), String> {
+    wasmq_store::validate_topic(group).map_err(|e| e.to_string())
+}
+
+pub(crate) fn load(path: &Path) -> io::Result<BTreeMap<String, TopicConfig>> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `value` as JSON to `path` atomically: temporary file, fsync, rename, fsync directory.
+pub(crate) fn save_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(value).map_err(io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
