@@ -1,1 +1,206 @@
-//! x
+//! `wasmq-broker`: the I/O shell and composition root. Opens the store and the engine, serves
+//! the binary protocol over TLS and the admin API over HTTPS, and shuts down cleanly.
+//!
+//! Knows sockets, TLS, HTTP and configuration; the domain lives in `wasmq-engine` and the bytes
+//! in `wasmq-store`.
+
+pub mod admin;
+pub mod config;
+pub mod conn;
+pub mod tls;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wasmq_engine::Engine;
+use wasmq_store::{Store, SystemClock};
+
+pub use config::{Config, RawConfig};
+
+/// How often consumer offsets are written to disk.
+const OFFSETS_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest the shutdown waits for connections to finish their requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time an admin client has to send its request headers.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a started broker listens, and what clients need.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// The development CA (when no certificate was configured).
+    pub ca_path: Option<std::path::PathBuf>,
+    pub admin_token: String,
+}
+
+/// Runs a broker until `shutdown` is cancelled, then drains, flushes and checkpoints.
+/// `started` is called once the listeners are bound.
+///
+/// # Errors
+/// Start-up failures (store, certificates, binding); a clean shutdown returns `Ok`.
+pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOnce(&Started)) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let (cert, key, ca_path) = match &config.tls {
+        Some((c, k)) => (c.clone(), k.clone(), None),
+        None => {
+            let (c, k) = tls::ensure_dev_certificates(&config.data_dir)?;
+            (c, k, Some(tls::dev_ca_path(&config.data_dir)))
+        }
+    };
+    let token = match &config.admin_token {
+        Some(t) => t.clone(),
+        None => {
+            let path = config.data_dir.join("admin-token");
+            match std::fs::read_to_string(&path) {
+                Ok(t) if t.trim().len() >= 16 => t.trim().to_owned(),
+                _ => {
+                    let t = tls::random_token();
+                    std::fs::write(&path, &t).with_context(|| format!("writing {}", path.display()))?;
+                    t
+                }
+            }
+        }
+    };
+    let store_config = config.store.clone();
+    let (store, report) = tokio::task::spawn_blocking(move || Store::open(store_config)).await?.context("opening the store")?;
+    if report.crashed {
+        tracing::warn!(?report, "recovered after an unclean shutdown");
+    }
+    let store = Arc::new(store);
+    let engine = Arc::new(Engine::open(Arc::clone(&store), config.data_dir.join("config"), &config.broker_name, Arc::new(SystemClock))?);
+
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin_listen).await.with_context(|| format!("binding {}", config.admin_listen))?;
+    let info = Started { listen: listener.local_addr()?, admin_listen: admin_listener.local_addr()?, ca_path, admin_token: token.clone() };
+    let broker_tls = tokio_rustls::TlsAcceptor::from(tls::server_config(&cert, &key, &[b"wasmq/1"])?);
+    let admin_tls = tokio_rustls::TlsAcceptor::from(tls::server_config(&cert, &key, &[b"http/1.1"])?);
+
+    let tracker = TaskTracker::new();
+    let shared = Arc::new(conn::Shared {
+        engine: Arc::clone(&engine),
+        in_flight_max: config.in_flight_max.get(),
+        frame_bytes_max: config.frame_bytes_max,
+        flush: config.store.flush,
+        shutdown: shutdown.clone(),
+    });
+    tracker.spawn(accept_clients(listener, broker_tls, shared, config.connections_max.get(), tracker.clone()));
+    let admin_state = admin::AdminState {
+        engine: Arc::clone(&engine),
+        token: token.into(),
+        listen: info.listen.to_string(),
+        admin_listen: info.admin_listen.to_string(),
+    };
+    tracker.spawn(accept_admin(admin_listener, admin_tls, admin::router(admin_state), shutdown.clone(), tracker.clone()));
+    let persist_engine = Arc::clone(&engine);
+    let persist_stop = shutdown.clone();
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(OFFSETS_PERSIST_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => if let Err(e) = persist_engine.persist_offsets() { tracing::error!(error = %e, "saving offsets"); },
+                () = persist_stop.cancelled() => return,
+            }
+        }
+    });
+    started(&info);
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: no new connections; draining");
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
+        tracing::warn!("some connections did not finish within {DRAIN_TIMEOUT:?}");
+    }
+    engine.persist_offsets()?;
+    drop(engine);
+    let store = Arc::try_unwrap(store).map_err(|_| anyhow::anyhow!("store still in use at shutdown"));
+    match store {
+        Ok(store) => tokio::task::spawn_blocking(move || store.close()).await?.context("final flush")?,
+        Err(e) => tracing::warn!(error = %e, "store will be flushed when its last user drops it"),
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn accept_clients(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<conn::Shared>,
+    connections_max: u32,
+    tracker: TaskTracker,
+) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(connections_max as usize));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shared.shutdown.cancelled() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            tracing::warn!(%peer, connections_max, "connection limit reached; refusing");
+            drop(tcp);
+            continue;
+        };
+        let (acceptor, shared) = (acceptor.clone(), Arc::clone(&shared));
+        tracker.spawn(async move {
+            conn::serve(tcp, peer, acceptor, shared).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn accept_admin(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: axum::Router,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.cancelled() => return,
+        };
+        let Ok((tcp, peer)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let (acceptor, router, shutdown) = (acceptor.clone(), router.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let tls = match tokio::time::timeout(conn::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                _ => {
+                    tracing::info!(%peer, "admin TLS handshake failed");
+                    return;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+}

@@ -263,7 +263,9 @@ impl Store {
         let abort_path = dir.join("abort");
         let ckpt_path = dir.join("checkpoint");
         let checkpoint = Checkpoint::read(&ckpt_path).map_err(io_err("read", &ckpt_path))?;
-        let crashed = abort_path.exists() || checkpoint.is_none();
+        let has_segments = std::fs::read_dir(&log_dir).map_err(io_err("list", &log_dir))?.next().is_some();
+        // A store with no segments yet is new, not crashed.
+        let crashed = abort_path.exists() || (checkpoint.is_none() && has_segments);
         File::create(&abort_path).and_then(|_| sync_parent_dir(&abort_path)).map_err(io_err("create", &abort_path))?;
 
         // Log segments.

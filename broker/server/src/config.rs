@@ -1,0 +1,214 @@
+//! Configuration: a TOML file (optional) and `WASMQ_*` environment overrides give a
+//! [`RawConfig`]; [`Config::try_from`] checks every value once and names the bad key.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use wasmq_store::{FlushMode, StoreConfig};
+
+/// Most concurrent client connections (a semaphore bounds them).
+pub const CONNECTIONS_MAX_DEFAULT: u32 = 1024;
+/// Most requests in flight on one connection.
+pub const IN_FLIGHT_MAX_DEFAULT: u32 = 256;
+
+/// The configuration as written: every field optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    pub broker_name: Option<String>,
+    /// Client (binary protocol over TLS) address, e.g. `127.0.0.1:7070`; port 0 picks one.
+    pub listen: Option<String>,
+    /// Admin HTTPS address.
+    pub admin_listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    /// PEM server certificate chain and key; without them a development CA and certificate are
+    /// generated in `<data_dir>/tls/` on first start.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Bearer token of the admin API; without one, one is generated into `<data_dir>/admin-token`.
+    pub admin_token: Option<String>,
+    /// `sync` or `async`.
+    pub flush: Option<String>,
+    pub flush_interval_ms: Option<u64>,
+    pub flush_timeout_ms: Option<u64>,
+    pub segment_bytes: Option<u64>,
+    pub message_bytes_max: Option<u32>,
+    pub retention_hours: Option<u64>,
+    pub connections_max: Option<u32>,
+    pub in_flight_max: Option<u32>,
+    pub frame_bytes_max: Option<u32>,
+}
+
+/// A bad configuration value, by key.
+#[derive(Debug, thiserror::Error)]
+#[error("config `{key}`: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.to_owned(), reason: reason.into() }
+}
+
+impl RawConfig {
+    /// Reads `path` (TOML) if given, then applies `WASMQ_<KEY>` environment variables.
+    ///
+    /// # Errors
+    /// Unreadable file, bad TOML, unknown key, or an environment value of the wrong type.
+    pub fn load(path: Option<&std::path::Path>, env: impl Iterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut raw = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| bad("config", format!("{}: {e}", p.display())))?;
+                toml::from_str(&text).map_err(|e| bad("config", format!("{}: {e}", p.display())))?
+            }
+            None => RawConfig::default(),
+        };
+        for (k, v) in env {
+            let Some(key) = k.strip_prefix("WASMQ_") else { continue };
+            let key = key.to_ascii_lowercase();
+            let num = |v: &str| v.parse::<u64>().map_err(|_| bad(&key, format!("{v:?} is not a number")));
+            match key.as_str() {
+                "broker_name" => raw.broker_name = Some(v),
+                "listen" => raw.listen = Some(v),
+                "admin_listen" => raw.admin_listen = Some(v),
+                "data_dir" => raw.data_dir = Some(v.into()),
+                "tls_cert" => raw.tls_cert = Some(v.into()),
+                "tls_key" => raw.tls_key = Some(v.into()),
+                "admin_token" => raw.admin_token = Some(v),
+                "flush" => raw.flush = Some(v),
+                "flush_interval_ms" => raw.flush_interval_ms = Some(num(&v)?),
+                "flush_timeout_ms" => raw.flush_timeout_ms = Some(num(&v)?),
+                "segment_bytes" => raw.segment_bytes = Some(num(&v)?),
+                "message_bytes_max" => raw.message_bytes_max = Some(num(&v)? as u32),
+                "retention_hours" => raw.retention_hours = Some(num(&v)?),
+                "connections_max" => raw.connections_max = Some(num(&v)? as u32),
+                "in_flight_max" => raw.in_flight_max = Some(num(&v)? as u32),
+                "frame_bytes_max" => raw.frame_bytes_max = Some(num(&v)? as u32),
+                _ => {} // WASMQ_LOG and other variables are not configuration keys
+            }
+        }
+        Ok(raw)
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub broker_name: String,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub admin_token: Option<String>,
+    pub store: StoreConfig,
+    pub connections_max: NonZeroU32,
+    pub in_flight_max: NonZeroU32,
+    pub frame_bytes_max: u32,
+}
+
+fn addr(key: &str, v: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let v = v.unwrap_or_else(|| default.to_owned());
+    v.parse().map_err(|_| bad(key, format!("{v:?} is not an address like 127.0.0.1:7070")))
+}
+
+fn non_zero(key: &str, v: Option<u32>, default: u32) -> Result<NonZeroU32, ConfigError> {
+    NonZeroU32::new(v.unwrap_or(default)).ok_or_else(|| bad(key, "must be > 0"))
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("data"));
+        let broker_name = raw.broker_name.unwrap_or_else(|| "broker-a".to_owned());
+        wasmq_store::validate_topic(&broker_name).map_err(|e| bad("broker_name", e.to_string()))?;
+        let tls = match (raw.tls_cert, raw.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err(bad("tls_cert/tls_key", "give both or neither")),
+        };
+        if let Some(t) = &raw.admin_token
+            && t.len() < 16
+        {
+            return Err(bad("admin_token", "at least 16 characters"));
+        }
+        let mut store = StoreConfig::new(data_dir.join("store"));
+        let timeout = Duration::from_millis(raw.flush_timeout_ms.unwrap_or(5000));
+        let interval = Duration::from_millis(raw.flush_interval_ms.unwrap_or(500));
+        store.flush = match raw.flush.as_deref().unwrap_or("async") {
+            "sync" => FlushMode::Sync { timeout },
+            "async" => FlushMode::Async { interval },
+            other => return Err(bad("flush", format!("{other:?}: `sync` or `async`"))),
+        };
+        if let Some(b) = raw.segment_bytes {
+            store.segment_bytes = b;
+        }
+        if let Some(m) = raw.message_bytes_max {
+            store.message_bytes_max = m;
+        }
+        if let Some(h) = raw.retention_hours {
+            store.retention = Duration::from_secs(h.saturating_mul(3600));
+        }
+        store.validate().map_err(|e| bad(e.key, e.reason))?;
+        if store.message_bytes_max as usize > wasmq_protocol::MESSAGE_BYTES_MAX {
+            return Err(bad("message_bytes_max", format!("at most {}", wasmq_protocol::MESSAGE_BYTES_MAX)));
+        }
+        let frame_bytes_max = raw.frame_bytes_max.unwrap_or(wasmq_protocol::FRAME_BYTES_MAX as u32);
+        if (frame_bytes_max as usize) < store.message_bytes_max as usize + 64 * 1024
+            || frame_bytes_max as usize > wasmq_protocol::FRAME_BYTES_MAX
+        {
+            return Err(bad("frame_bytes_max", format!("between message_bytes_max + 64 KiB and {}", wasmq_protocol::FRAME_BYTES_MAX)));
+        }
+        Ok(Self {
+            broker_name,
+            listen: addr("listen", raw.listen, "127.0.0.1:7070")?,
+            admin_listen: addr("admin_listen", raw.admin_listen, "127.0.0.1:7071")?,
+            data_dir,
+            tls,
+            admin_token: raw.admin_token,
+            store,
+            connections_max: non_zero("connections_max", raw.connections_max, CONNECTIONS_MAX_DEFAULT)?,
+            in_flight_max: non_zero("in_flight_max", raw.in_flight_max, IN_FLIGHT_MAX_DEFAULT)?,
+            frame_bytes_max,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>().into_iter()
+    }
+
+    #[test]
+    fn defaults_env_overrides_and_named_errors() {
+        let c = Config::try_from(RawConfig::load(None, env(&[])).unwrap()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
+        assert!(matches!(c.store.flush, FlushMode::Async { .. }));
+        let c = Config::try_from(RawConfig::load(None, env(&[("WASMQ_FLUSH", "sync"), ("WASMQ_LISTEN", "127.0.0.1:0")])).unwrap()).unwrap();
+        assert!(matches!(c.store.flush, FlushMode::Sync { .. }));
+        assert_eq!(c.listen.port(), 0);
+        for (k, v, key) in [
+            ("WASMQ_FLUSH", "sometimes", "flush"),
+            ("WASMQ_LISTEN", "nowhere", "listen"),
+            ("WASMQ_SEGMENT_BYTES", "1000", "segment_bytes"),
+            ("WASMQ_CONNECTIONS_MAX", "0", "connections_max"),
+            ("WASMQ_ADMIN_TOKEN", "short", "admin_token"),
+        ] {
+            let e = Config::try_from(RawConfig::load(None, env(&[(k, v)])).unwrap()).unwrap_err();
+            assert_eq!(e.key, key, "{k}={v}: {e}");
+        }
+        let e = RawConfig::load(None, env(&[("WASMQ_SEGMENT_BYTES", "lots")])).unwrap_err();
+        assert_eq!(e.key, "segment_bytes");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "listen = \"127.0.0.1:9\"\nbogus = 1\n").unwrap();
+        assert!(RawConfig::load(Some(&p), env(&[])).unwrap_err().reason.contains("bogus"));
+    }
+}

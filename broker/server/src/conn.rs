@@ -1,0 +1,296 @@
+//! Client connections: TLS, frames, version handshake, concurrent requests, long polls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use wasmq_engine::{Engine, Wake};
+use wasmq_protocol::{
+    ErrorCode, Frame, FrameDecoder, HelloResponse, Kind, OffsetQueryResponse, Op, PROTOCOL_VERSION, PULL_MESSAGES_MAX, PULL_WAIT_MAX_MS,
+    PullResponse, QUEUE_ANY, Request, Response, RouteResponse, SendResponse, SendResult,
+};
+use wasmq_store::FlushMode;
+
+use crate::wire::{self, WireError};
+
+/// Time a client has to finish the TLS handshake and send Hello.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Responses queued for one connection's writer; a client that stops reading fills it, and
+/// then its requests wait (backpressure) instead of the broker's memory growing.
+const OUTBOUND_FRAMES_MAX: usize = 64;
+/// A connection whose socket accepts nothing for this long is closed.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest pull response body the broker builds.
+const PULL_BYTES_MAX: u32 = 8 << 20;
+/// Read buffer growth step.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub engine: Arc<Engine>,
+    pub in_flight_max: u32,
+    pub frame_bytes_max: u32,
+    pub flush: FlushMode,
+    pub shutdown: CancellationToken,
+}
+
+fn response(request_id: u32, status: u16, body: Bytes) -> Frame {
+    Frame { kind: Kind::Response, request_id, code: status, body }
+}
+
+fn error_frame(request_id: u32, e: &WireError) -> Frame {
+    response(request_id, e.code as u16, wire::error_body(e))
+}
+
+/// Serves one accepted TCP connection until it closes, fails, or the broker shuts down.
+pub async fn serve(tcp: TcpStream, peer: std::net::SocketAddr, acceptor: tokio_rustls::TlsAcceptor, shared: Arc<Shared>) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "TLS handshake failed (plaintext on the TLS port?)");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let (tx, mut rx) = mpsc::channel::<Frame>(OUTBOUND_FRAMES_MAX);
+    let writer = tokio::spawn(async move {
+        let mut buf = BytesMut::new();
+        while let Some(f) = rx.recv().await {
+            f.encode(&mut buf);
+            // Gather whatever else is ready into the same write.
+            while buf.len() < (1 << 20) {
+                match rx.try_recv() {
+                    Ok(f) => f.encode(&mut buf),
+                    Err(_) => break,
+                }
+            }
+            let write = async {
+                wr.write_all(&buf).await?;
+                wr.flush().await
+            };
+            match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+                Ok(Ok(())) => buf.clear(),
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::info!(%peer, "client stopped reading; closing the connection");
+                    return;
+                }
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+
+    let decoder = FrameDecoder::new(shared.frame_bytes_max as usize);
+    let in_flight = Arc::new(Semaphore::new(shared.in_flight_max as usize));
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut hello_done = false;
+    let hello_deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let conn_cancel = shared.shutdown.child_token();
+    'conn: loop {
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    if frame.kind != Kind::Request {
+                        tracing::info!(%peer, "client sent a response frame; closing");
+                        let _ = tx.send(error_frame(0, &WireError::new(ErrorCode::Malformed, "clients send requests only"))).await;
+                        break 'conn;
+                    }
+                    if !hello_done && frame.code != Op::Hello as u16 {
+                        let _ =
+                            tx.send(error_frame(frame.request_id, &WireError::new(ErrorCode::HandshakeRequired, "send Hello first"))).await;
+                        break 'conn;
+                    }
+                    let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
+                        let e =
+                            WireError::new(ErrorCode::TooManyInFlight, format!("more than {} requests in flight", shared.in_flight_max));
+                        if tx.send(error_frame(frame.request_id, &e)).await.is_err() {
+                            break 'conn;
+                        }
+                        continue;
+                    };
+                    if frame.code == Op::Hello as u16 {
+                        let (reply, ok) = hello(&shared, frame.request_id, frame.body);
+                        hello_done |= ok;
+                        if tx.send(reply).await.is_err() || !ok {
+                            break 'conn;
+                        }
+                        continue;
+                    }
+                    let (shared, tx, cancel) = (Arc::clone(&shared), tx.clone(), conn_cancel.clone());
+                    tokio::spawn(async move {
+                        let one_way = frame.request_id == 0;
+                        let reply = handle(&shared, frame, &cancel).await;
+                        if !one_way {
+                            let _ = tx.send(reply).await;
+                        }
+                        drop(permit);
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!(%peer, error = %e, "bad frame; closing the connection");
+                    let _ = tx.send(error_frame(0, &WireError::new(ErrorCode::FrameTooLarge, e.to_string()))).await;
+                    break 'conn;
+                }
+            }
+        }
+        buf.reserve(READ_CHUNK_BYTES);
+        let read = async {
+            if hello_done {
+                rd.read_buf(&mut buf).await
+            } else {
+                tokio::time::timeout_at(hello_deadline, rd.read_buf(&mut buf)).await.unwrap_or(Ok(0))
+            }
+        };
+        tokio::select! {
+            n = read => match n {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            },
+            () = shared.shutdown.cancelled() => break,
+        }
+    }
+    // Stop long polls of this connection; let in-flight requests finish, then close.
+    conn_cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), in_flight.acquire_many(shared.in_flight_max)).await;
+    drop(tx);
+    let _ = writer.await;
+}
+
+fn hello(shared: &Shared, request_id: u32, body: Bytes) -> (Frame, bool) {
+    let req = match Request::decode(Op::Hello, body) {
+        Ok(Request::Hello(h)) => h,
+        Ok(_) => unreachable!("decoded as Hello"),
+        Err(e) => return (error_frame(request_id, &WireError::new(ErrorCode::Malformed, e.to_string())), false),
+    };
+    if !(req.version_min..=req.version_max).contains(&PROTOCOL_VERSION) {
+        let e = WireError::new(
+            ErrorCode::UnsupportedVersion,
+            format!("broker speaks version {PROTOCOL_VERSION}; client offered {}..={}", req.version_min, req.version_max),
+        );
+        return (error_frame(request_id, &e), false);
+    }
+    let resp = Response::Hello(HelloResponse {
+        version: PROTOCOL_VERSION,
+        broker_name: shared.engine.broker_name().to_owned(),
+        frame_bytes_max: shared.frame_bytes_max,
+        in_flight_max: shared.in_flight_max,
+        message_bytes_max: shared.engine.store().config().message_bytes_max,
+    });
+    (response(request_id, 0, resp.encode()), true)
+}
+
+async fn handle(shared: &Shared, frame: Frame, cancel: &CancellationToken) -> Frame {
+    let id = frame.request_id;
+    let Some(op) = Op::from_u16(frame.code) else {
+        return error_frame(id, &WireError::new(ErrorCode::UnknownOp, format!("unknown op {}", frame.code)));
+    };
+    let req = match Request::decode(op, frame.body) {
+        Ok(r) => r,
+        Err(e) => return error_frame(id, &WireError::new(ErrorCode::Malformed, e.to_string())),
+    };
+    match dispatch(shared, req, cancel).await {
+        Ok(resp) => response(id, 0, resp.encode()),
+        Err(e) => error_frame(id, &e),
+    }
+}
+
+async fn dispatch(shared: &Shared, req: Request, cancel: &CancellationToken) -> Result<Response, WireError> {
+    let engine = &shared.engine;
+    match req {
+        Request::Hello(_) => Err(WireError::new(ErrorCode::InvalidRequest, "Hello was already sent")),
+        Request::Send(s) => {
+            let queue = (s.queue_id != QUEUE_ANY).then_some(s.queue_id);
+            let messages = s.messages.into_iter().map(wire::to_store).collect();
+            let (queue_id, appended) = engine.send(&s.topic, queue, messages).map_err(|e| wire::send_error(&e))?;
+            if let FlushMode::Sync { timeout } = shared.flush {
+                let (tx, rx) = oneshot::channel();
+                engine.store().on_durable(appended.end_offset, move |r| {
+                    let _ = tx.send(r);
+                });
+                match tokio::time::timeout(timeout, rx).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => return Err(WireError::new(ErrorCode::StoreFailed, e.to_string())),
+                    Ok(Err(_)) => return Err(WireError::new(ErrorCode::ShuttingDown, "store closed before the flush")),
+                    Err(_) => {
+                        return Err(WireError::new(
+                            ErrorCode::FlushTimeout,
+                            format!("stored at log offset {} but not flushed within {timeout:?}", appended.messages[0].log_offset),
+                        ));
+                    }
+                }
+            }
+            let results = appended.messages.iter().map(|m| SendResult { queue_offset: m.queue_offset, log_offset: m.log_offset }).collect();
+            Ok(Response::Send(SendResponse { queue_id, results }))
+        }
+        Request::Pull(p) => {
+            let max_messages = p.max_messages.clamp(1, PULL_MESSAGES_MAX) as usize;
+            let max_bytes = p.max_bytes.clamp(1, PULL_BYTES_MAX) as usize;
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(p.wait_ms.min(PULL_WAIT_MAX_MS)));
+            loop {
+                let read = engine.pull(&p.topic, p.queue_id, p.offset, max_messages, max_bytes).map_err(|e| wire::pull_error(&e))?;
+                let now = tokio::time::Instant::now();
+                if !read.messages.is_empty() || now >= deadline || cancel.is_cancelled() {
+                    return Ok(Response::Pull(PullResponse {
+                        messages: read.messages.into_iter().map(wire::from_store).collect(),
+                        next_offset: read.next_offset,
+                        min_offset: read.min_offset,
+                        max_offset: read.max_offset,
+                    }));
+                }
+                let (tx, rx) = oneshot::channel();
+                if engine.wait_for(&p.topic, p.queue_id, p.offset, Box::new(Waker(tx))).is_some() {
+                    // Something arrived meanwhile (or the queue has too many waiters): read
+                    // again after a short pause so a waiter flood cannot spin.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                tokio::select! {
+                    _ = rx => {}
+                    () = tokio::time::sleep_until(deadline) => {}
+                    () = cancel.cancelled() => {}
+                }
+            }
+        }
+        Request::Route(r) => {
+            let c = engine
+                .topic(&r.topic)
+                .ok_or_else(|| WireError::new(ErrorCode::UnknownTopic, format!("topic {} does not exist", r.topic)))?;
+            Ok(Response::Route(RouteResponse { topic: r.topic, queues: c.queues, broker_name: engine.broker_name().to_owned() }))
+        }
+        Request::OffsetCommit(c) => {
+            engine.commit_offset(&c.group, &c.topic, c.queue_id, c.offset).map_err(|e| wire::engine_error(&e))?;
+            Ok(Response::Empty)
+        }
+        Request::OffsetQuery(q) => {
+            Ok(Response::OffsetQuery(OffsetQueryResponse { offset: engine.query_offset(&q.group, &q.topic, q.queue_id) }))
+        }
+        Request::Heartbeat(h) => {
+            engine.heartbeat(&h.client_id, h.producer_groups, h.consumer_groups).map_err(|e| wire::engine_error(&e))?;
+            Ok(Response::Empty)
+        }
+    }
+}
+
+/// A long poll's wake-up: a oneshot to the waiting request task.
+struct Waker(oneshot::Sender<()>);
+
+impl Wake for Waker {
+    fn wake(self: Box<Self>) {
+        let _ = self.0.send(());
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.0.is_closed()
+    }
+}
