@@ -1,1 +1,21 @@
-//! x
+//! Async Rust client for wasmq: a multiplexed TLS [`Connection`], a [`Producer`] (sync, async,
+//! one-way, batches, retries, round-robin or ordering-key queue choice), a [`PullConsumer`]
+//! with long polling, and an [`Admin`] client for the HTTPS admin API.
+//!
+//! Knows the wire protocol and TLS; knows nothing of the broker's internals.
+
+mod admin;
+mod connection;
+mod consumer;
+mod error;
+mod producer;
+mod tls;
+
+pub use admin::Admin;
+pub use connection::{Connection, ConnectionOptions};
+pub use consumer::{PullConsumer, QueueReader};
+pub use error::ClientError;
+pub use producer::{OutgoingMessage, Producer, RETRIES_DEFAULT, SendReceipt, queue_for_key};
+pub use tls::client_config;
+pub use wasmq_admin_types as admin_types;
+pub use wasmq_protocol::{ErrorCode, Message, PullResponse, PulledMessage};

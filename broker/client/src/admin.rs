@@ -1,0 +1,96 @@
+//! A client of the admin HTTPS API.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use wasmq_admin_types::{ApiError, BrokerInfo, CreateTopic, TopicDetail, TopicSummary};
+
+use crate::ClientError;
+
+/// Talks to `https://<addr>/api/v1` with a bearer token. Each call opens a connection (admin
+/// calls are rare).
+#[derive(Debug, Clone)]
+pub struct Admin {
+    addr: String,
+    token: String,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Admin {
+    /// # Errors
+    /// The CA file cannot be read.
+    pub fn new(addr: impl Into<String>, ca: &std::path::Path, token: impl Into<String>) -> Result<Self, ClientError> {
+        Ok(Self { addr: addr.into(), token: token.into(), tls: crate::tls::client_config(ca, b"http/1.1")? })
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Option<T>, ClientError> {
+        let connect_err = |reason: String| ClientError::Connect { addr: self.addr.clone(), reason };
+        let tcp = tokio::net::TcpStream::connect(&self.addr).await.map_err(|e| connect_err(e.to_string()))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
+            .connect(crate::tls::server_name(&self.addr)?, tcp)
+            .await
+            .map_err(|e| connect_err(format!("TLS: {e}")))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.map_err(|e| connect_err(e.to_string()))?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("/api/v1{path}"))
+            .header("host", &self.addr)
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| ClientError::Closed(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Closed(e.to_string()))?.to_bytes();
+        if status >= 400 {
+            let message = serde_json::from_slice::<ApiError>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ClientError::Admin { status, message });
+        }
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| ClientError::Malformed(e.to_string()))
+    }
+
+    /// # Errors
+    /// Connection failure or the API's error.
+    pub async fn broker_info(&self) -> Result<BrokerInfo, ClientError> {
+        self.call("GET", "/broker", None).await?.ok_or_else(|| ClientError::Malformed("empty answer".into()))
+    }
+
+    /// # Errors
+    /// Exists, invalid name or queue count, connection failure.
+    pub async fn create_topic(&self, name: &str, queues: u32) -> Result<TopicSummary, ClientError> {
+        let body = serde_json::to_vec(&CreateTopic { name: name.to_owned(), queues }).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.call("POST", "/topics", Some(body)).await?.ok_or_else(|| ClientError::Malformed("empty answer".into()))
+    }
+
+    /// # Errors
+    /// Connection failure or the API's error.
+    pub async fn list_topics(&self) -> Result<Vec<TopicSummary>, ClientError> {
+        Ok(self.call("GET", "/topics", None).await?.unwrap_or_default())
+    }
+
+    /// # Errors
+    /// Unknown topic, connection failure.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDetail, ClientError> {
+        self.call("GET", &format!("/topics/{name}"), None).await?.ok_or_else(|| ClientError::Malformed("empty answer".into()))
+    }
+
+    /// # Errors
+    /// Unknown topic, connection failure.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
+        self.call::<serde_json::Value>("DELETE", &format!("/topics/{name}"), None).await.map(|_| ())
+    }
+}
