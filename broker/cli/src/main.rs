@@ -1,1 +1,203 @@
-fn main() {}
+//! `wasmq`: manage topics, send and consume messages, and benchmark a broker.
+
+mod bench;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use wasmq_client::{Admin, Connection, ConnectionOptions, OutgoingMessage, Producer, PullConsumer};
+
+#[derive(Debug, Parser)]
+#[command(name = "wasmq", version, about = "wasmq command line")]
+pub(crate) struct Cli {
+    /// Broker protocol address.
+    #[arg(long, global = true, env = "WASMQ_SERVER", default_value = "127.0.0.1:7070")]
+    server: String,
+    /// Broker admin (HTTPS) address.
+    #[arg(long, global = true, env = "WASMQ_ADMIN", default_value = "127.0.0.1:7071")]
+    admin: String,
+    /// CA certificate (PEM) the broker's certificate is signed by.
+    #[arg(long, global = true, env = "WASMQ_CA", default_value = "data/tls/ca.pem")]
+    ca: PathBuf,
+    /// Admin API token (default: the contents of data/admin-token).
+    #[arg(long, global = true, env = "WASMQ_TOKEN")]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, list, describe and delete topics.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
+    /// Send messages: the arguments, or each line of standard input.
+    Send {
+        topic: String,
+        messages: Vec<String>,
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        tags: Option<String>,
+        /// Same ordering key → same queue, in order.
+        #[arg(long)]
+        ordering_key: Option<String>,
+        #[arg(long, default_value = "wasmq-cli")]
+        group: String,
+    },
+    /// Print the messages of a topic's queues.
+    Consume {
+        topic: String,
+        /// `earliest`, `latest`, or a queue offset.
+        #[arg(long, default_value = "earliest")]
+        from: String,
+        /// Only this queue (default: all).
+        #[arg(long)]
+        queue: Option<u32>,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Keep waiting for new messages instead of stopping at the end.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Measure throughput and latency against a running broker.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicCommand {
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 8)]
+        queues: u32,
+    },
+    List,
+    Describe {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+impl Cli {
+    pub(crate) fn admin(&self) -> Result<Admin> {
+        let token = match &self.token {
+            Some(t) => t.clone(),
+            None => std::fs::read_to_string("data/admin-token")
+                .map(|t| t.trim().to_owned())
+                .context("no --token given and data/admin-token not readable")?,
+        };
+        Ok(Admin::new(&self.admin, &self.ca, token)?)
+    }
+
+    pub(crate) async fn connect(&self) -> Result<Connection> {
+        Ok(Connection::connect(ConnectionOptions::new(&self.server, &self.ca)).await?)
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Topic { command } => topic(&cli, command).await,
+        Command::Send { topic, messages, key, tags, ordering_key, group } => {
+            let producer = Producer::new(cli.connect().await?, group);
+            let lines: Vec<String> =
+                if messages.is_empty() { std::io::stdin().lines().collect::<Result<_, _>>()? } else { messages.clone() };
+            for line in lines {
+                let mut m = OutgoingMessage::new(line.into_bytes());
+                m.keys.extend(key.clone());
+                m.tags.clone_from(tags);
+                m.ordering_key.clone_from(ordering_key);
+                let r = producer.send(topic, m).await?;
+                println!("sent {} to queue {} at offset {}", r.message_id, r.queue_id, r.queue_offset);
+            }
+            Ok(())
+        }
+        Command::Consume { topic, from, queue, count, follow } => consume(&cli, topic, from, *queue, *count, *follow).await,
+        Command::Bench { command } => bench::run(&cli, command).await,
+    }
+}
+
+async fn topic(cli: &Cli, command: &TopicCommand) -> Result<()> {
+    let admin = cli.admin()?;
+    match command {
+        TopicCommand::Create { name, queues } => {
+            let t = admin.create_topic(name, *queues).await?;
+            println!("created topic {} with {} queues", t.name, t.queues);
+        }
+        TopicCommand::List => {
+            for t in admin.list_topics().await? {
+                println!("{}\t{} queues", t.name, t.queues);
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let t = admin.describe_topic(name).await?;
+            println!("topic {}", t.name);
+            println!("queue\tmin\tmax");
+            for q in t.queues {
+                println!("{}\t{}\t{}", q.queue_id, q.min_offset, q.max_offset);
+            }
+        }
+        TopicCommand::Delete { name } => {
+            admin.delete_topic(name).await?;
+            println!("deleted topic {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn consume(cli: &Cli, topic: &str, from: &str, queue: Option<u32>, count: Option<u64>, follow: bool) -> Result<()> {
+    let conn = cli.connect().await?;
+    let queues = Producer::new(conn.clone(), "wasmq-cli").queues(topic).await?;
+    let consumer = PullConsumer::new(conn);
+    let ids: Vec<u32> = match queue {
+        Some(q) if q < queues => vec![q],
+        Some(q) => bail!("topic {topic} has {queues} queues; there is no queue {q}"),
+        None => (0..queues).collect(),
+    };
+    let mut offsets = Vec::new();
+    for &q in &ids {
+        let probe = consumer.pull(topic, q, 0, 1, Duration::ZERO).await?;
+        offsets.push(match from {
+            "earliest" => probe.min_offset,
+            "latest" => probe.max_offset,
+            n => n.parse().with_context(|| format!("--from {n}: earliest, latest or a number"))?,
+        });
+    }
+    let mut printed = 0u64;
+    loop {
+        let mut got_any = false;
+        for (i, &q) in ids.iter().enumerate() {
+            let wait = if follow && ids.len() == 1 { Duration::from_secs(5) } else { Duration::ZERO };
+            let p = consumer.pull(topic, q, offsets[i], 256, wait).await?;
+            offsets[i] = p.next_offset.max(offsets[i]);
+            for m in p.messages {
+                got_any = true;
+                let key = m.message.keys.first().map_or("-", String::as_str);
+                println!("{q}\t{}\t{key}\t{}", m.queue_offset, String::from_utf8_lossy(&m.message.body));
+                printed += 1;
+                if count.is_some_and(|c| printed >= c) {
+                    return Ok(());
+                }
+            }
+        }
+        if !got_any {
+            if !follow {
+                return Ok(());
+            }
+            if ids.len() > 1 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
