@@ -1,4 +1,5 @@
 //! wasmq's end-to-end tests: real processes, real files, SIGKILL.
 
+mod broker;
 mod store_crash;
 mod store_disk_full;

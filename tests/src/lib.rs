@@ -33,3 +33,141 @@ pub fn crash_store_config(dir: &std::path::Path, sync: bool) -> wasmq_store::Sto
     };
     c
 }
+
+/// A real `wasmq-broker` process on ports picked by the OS, with its own data directory.
+pub mod broker {
+    use std::io::{BufRead, BufReader};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    /// Builds (if needed) and finds the broker binary next to this test binary.
+    pub fn broker_binary() -> PathBuf {
+        static BUILT: OnceLock<PathBuf> = OnceLock::new();
+        BUILT
+            .get_or_init(|| {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let status = Command::new(cargo)
+                    .args(["build", "-q", "-p", "wasmq-server", "--bin", "wasmq-broker"])
+                    .status()
+                    .expect("run cargo build for the broker");
+                assert!(status.success(), "building wasmq-broker failed");
+                let exe = std::env::current_exe().expect("own path");
+                let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+                let bin = dir.join("wasmq-broker");
+                assert!(bin.exists(), "{} missing", bin.display());
+                bin
+            })
+            .clone()
+    }
+
+    #[derive(Debug)]
+    pub struct Broker {
+        pub child: Child,
+        pub data_dir: PathBuf,
+        pub listen: String,
+        pub admin_listen: String,
+        pub ca: PathBuf,
+        pub token: String,
+        env: Vec<(String, String)>,
+    }
+
+    impl Broker {
+        /// Starts a broker on `data_dir` with extra `WASMQ_*` settings.
+        pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+            Self::start_with(data_dir, env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        }
+
+        fn start_with(data_dir: &Path, env: Vec<(String, String)>) -> Self {
+            let mut cmd = Command::new(broker_binary());
+            cmd.env("WASMQ_DATA_DIR", data_dir)
+                .env("WASMQ_LISTEN", "127.0.0.1:0")
+                .env("WASMQ_ADMIN_LISTEN", "127.0.0.1:0")
+                .env("WASMQ_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            for (k, v) in &env {
+                cmd.env(k, v);
+            }
+            let mut child = cmd.spawn().expect("start wasmq-broker");
+            let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+            let (mut listen, mut admin_listen, mut ca, mut token) = (String::new(), String::new(), PathBuf::new(), String::new());
+            for line in lines.by_ref() {
+                let line = line.expect("broker output");
+                if let Some(rest) = line.strip_prefix("wasmq-broker listening on ") {
+                    let (l, a) = rest.split_once(" (admin https://").expect("listen line");
+                    listen = l.to_owned();
+                    admin_listen = a.trim_end_matches(')').to_owned();
+                } else if let Some(rest) = line.strip_prefix("development CA: ") {
+                    ca = PathBuf::from(rest.split(' ').next().expect("ca path"));
+                } else if let Some(t) = line.strip_prefix("admin token: ") {
+                    token = t.to_owned();
+                    break;
+                }
+            }
+            assert!(!token.is_empty(), "the broker did not start");
+            // Keep draining stdout so the broker never blocks on it.
+            std::thread::spawn(move || for _ in lines {});
+            Self { child, data_dir: data_dir.to_owned(), listen, admin_listen, ca, token, env }
+        }
+
+        pub fn options(&self) -> wasmq_client::ConnectionOptions {
+            wasmq_client::ConnectionOptions::new(&self.listen, &self.ca)
+        }
+
+        pub async fn connect(&self) -> wasmq_client::Connection {
+            wasmq_client::Connection::connect(self.options()).await.expect("connect")
+        }
+
+        pub fn admin(&self) -> wasmq_client::Admin {
+            wasmq_client::Admin::new(&self.admin_listen, &self.ca, &self.token).expect("admin client")
+        }
+
+        /// SIGTERM and wait: the broker drains, flushes and exits 0.
+        pub fn stop(mut self) -> std::process::ExitStatus {
+            // SAFETY: kill(2) with a pid we own; no memory is passed.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let status = wait_timeout(&mut self.child, Duration::from_secs(30));
+            std::mem::forget(self);
+            status
+        }
+
+        /// SIGKILL: no drain, no flush, no checkpoint.
+        pub fn kill(mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            std::mem::forget(self);
+        }
+
+        /// Starts again on the same data directory and settings.
+        pub fn restart_from(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+            Self::start(data_dir, env)
+        }
+
+        pub fn env(&self) -> &[(String, String)] {
+            &self.env
+        }
+    }
+
+    fn wait_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                return s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("broker did not stop within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    impl Drop for Broker {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -250,7 +250,8 @@ impl Store {
         let removed_topics = load_removed(&removed_path).map_err(io_err("read", &removed_path))?;
         // Consume queues and index are derived from the log: when either directory is gone
         // (an operator may delete them to force it), everything is rebuilt from the log.
-        let rebuild_derived = !cq_dir.is_dir() || !index_dir.is_dir();
+        let rebuild_derived =
+            (!cq_dir.is_dir() || !index_dir.is_dir()) && std::fs::read_dir(&log_dir).is_ok_and(|mut d| d.next().is_some());
         for d in [&dir, &log_dir, &cq_dir] {
             std::fs::create_dir_all(d).map_err(io_err("create directory", d))?;
         }

@@ -1,0 +1,341 @@
+//! The broker end to end: the real `wasmq-broker` binary on ports chosen by the OS, real TLS
+//! with its generated development CA, the Rust client. Guards against lost or reordered
+//! messages, acknowledged messages lost across restarts and SIGKILL, long polls that do not
+//! wake, and bad input that takes the broker down.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wasmq_client::{ErrorCode, OutgoingMessage, Producer, PullConsumer, queue_for_key};
+use wasmq_protocol::{Frame, Kind, Op};
+use wasmq_tests::broker::Broker;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+async fn read_all(consumer: &PullConsumer, topic: &str, queue: u32) -> Vec<wasmq_client::PulledMessage> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    loop {
+        let p = consumer.pull(topic, queue, at, 1024, Duration::ZERO).await.unwrap();
+        if p.messages.is_empty() {
+            return out;
+        }
+        at = p.next_offset;
+        out.extend(p.messages);
+    }
+}
+
+/// 100k messages from 4 concurrent producers over 8 queues: none lost or duplicated, each
+/// queue in send order, every key on its queue.
+#[test]
+fn hundred_thousand_messages_from_four_producers() {
+    const PRODUCERS: usize = 4;
+    const BATCHES: usize = 250;
+    const BATCH: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    runtime().block_on(async {
+        broker.admin().create_topic("load", 8).await.unwrap();
+        let mut tasks = Vec::new();
+        for p in 0..PRODUCERS {
+            let producer = Producer::new(broker.connect().await, "load-producers");
+            tasks.push(tokio::spawn(async move {
+                for b in 0..BATCHES {
+                    let key = format!("p{p}-k{}", b % 16);
+                    let msgs = (0..BATCH)
+                        .map(|i| OutgoingMessage::new(format!("{p}:{}", b * BATCH + i).into_bytes()).with_ordering_key(key.clone()))
+                        .collect();
+                    let receipts = producer.send_batch("load", msgs).await.unwrap();
+                    assert!(receipts.iter().all(|r| r.queue_id == queue_for_key(&key, 8)));
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let consumer = PullConsumer::new(broker.connect().await);
+        let mut seen = HashSet::new();
+        let mut total = 0;
+        for q in 0..8 {
+            let msgs = read_all(&consumer, "load", q).await;
+            let mut last_seq: HashMap<usize, usize> = HashMap::new();
+            for (i, m) in msgs.iter().enumerate() {
+                assert_eq!(m.queue_offset, i as u64, "dense offsets");
+                let key = m.message.ordering_key.clone().unwrap();
+                assert_eq!(queue_for_key(&key, 8), q, "key {key} on queue {q}");
+                let text = String::from_utf8(m.message.body.to_vec()).unwrap();
+                let (p, seq) = text.split_once(':').unwrap();
+                let (p, seq): (usize, usize) = (p.parse().unwrap(), seq.parse().unwrap());
+                if let Some(prev) = last_seq.insert(p, seq) {
+                    assert!(seq > prev, "queue {q}: producer {p} sent {prev} before {seq}, read after");
+                }
+                assert!(seen.insert(m.message.unique_id.clone()), "duplicate {}", m.message.unique_id);
+            }
+            total += msgs.len();
+        }
+        assert_eq!(total, PRODUCERS * BATCHES * BATCH);
+    });
+    assert!(broker.stop().success());
+}
+
+/// Acknowledged messages survive a clean restart and a SIGKILL under sync flush.
+#[test]
+fn restarts_keep_every_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("WASMQ_FLUSH", "sync")];
+    let broker = Broker::start(dir.path(), &env);
+    let rt = runtime();
+    let mut acked = rt.block_on(async {
+        broker.admin().create_topic("durable", 4).await.unwrap();
+        let producer = Producer::new(broker.connect().await, "g");
+        let mut acked = Vec::new();
+        for i in 0..500 {
+            acked.push((
+                producer.send("durable", OutgoingMessage::new(format!("clean-{i}").into_bytes())).await.unwrap(),
+                format!("clean-{i}"),
+            ));
+        }
+        acked
+    });
+    assert!(broker.stop().success(), "SIGTERM: drain, flush, exit 0");
+
+    let broker = Broker::restart_from(dir.path(), &env);
+    let more = rt.block_on(async {
+        let producer = Producer::new(broker.connect().await, "g");
+        let stop = Instant::now() + Duration::from_millis(1500);
+        let mut tasks = Vec::new();
+        for t in 0..4 {
+            let producer = producer.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut i = 0;
+                while Instant::now() < stop {
+                    let body = format!("kill-{t}-{i}");
+                    match producer.send("durable", OutgoingMessage::new(body.clone().into_bytes())).await {
+                        Ok(r) => acked.push((r, body)),
+                        Err(_) => break,
+                    }
+                    i += 1;
+                }
+                acked
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        tasks
+    });
+    broker.kill();
+    let more: Vec<_> = rt.block_on(async {
+        let mut all = Vec::new();
+        for t in more {
+            all.extend(t.await.unwrap());
+        }
+        all
+    });
+    assert!(!more.is_empty(), "some sends were acknowledged before the kill");
+    acked.extend(more);
+
+    let broker = Broker::restart_from(dir.path(), &env);
+    rt.block_on(async {
+        let consumer = PullConsumer::new(broker.connect().await);
+        for (receipt, body) in &acked {
+            let p = consumer.pull("durable", receipt.queue_id, receipt.queue_offset, 1, Duration::ZERO).await.unwrap();
+            assert_eq!(p.messages.len(), 1, "acknowledged {} lost", receipt.message_id);
+            assert_eq!(p.messages[0].message.body, body.as_bytes(), "queue {} offset {}", receipt.queue_id, receipt.queue_offset);
+            assert_eq!(p.messages[0].message.unique_id, receipt.message_id);
+        }
+    });
+    drop(broker);
+}
+
+/// A pull waiting on an empty queue answers as soon as a message arrives.
+#[test]
+fn long_poll_wakes_when_a_message_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    runtime().block_on(async {
+        broker.admin().create_topic("poll", 1).await.unwrap();
+        let consumer = PullConsumer::new(broker.connect().await);
+        let started = Instant::now();
+        let waiting = tokio::spawn(async move { consumer.pull("poll", 0, 0, 10, Duration::from_secs(20)).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let producer = Producer::new(broker.connect().await, "g");
+        producer.send("poll", OutgoingMessage::new(b"wake up".to_vec())).await.unwrap();
+        let p = waiting.await.unwrap();
+        let waited = started.elapsed();
+        assert_eq!(p.messages.len(), 1);
+        assert_eq!(p.messages[0].message.body, &b"wake up"[..]);
+        assert!(waited >= Duration::from_millis(300), "it did wait ({waited:?})");
+        assert!(waited < Duration::from_secs(5), "it woke promptly ({waited:?}), not at the 20 s deadline");
+        // An empty long poll ends at its deadline with nothing.
+        let consumer = PullConsumer::new(broker.connect().await);
+        let t = Instant::now();
+        let p = consumer.pull("poll", 0, 1, 10, Duration::from_millis(400)).await.unwrap();
+        assert!(p.messages.is_empty());
+        assert!(t.elapsed() >= Duration::from_millis(350));
+    });
+}
+
+async fn raw_tls(broker: &Broker) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let config = wasmq_client::client_config(&broker.ca, b"wasmq/1").unwrap();
+    let tcp = tokio::net::TcpStream::connect(&broker.listen).await.unwrap();
+    tokio_rustls::TlsConnector::from(config).connect("127.0.0.1".try_into().unwrap(), tcp).await.unwrap()
+}
+
+async fn read_frame(s: &mut (impl AsyncReadExt + Unpin)) -> Option<Frame> {
+    let mut buf = bytes::BytesMut::new();
+    let dec = wasmq_protocol::FrameDecoder::new(1 << 24);
+    loop {
+        if let Some(f) = dec.decode(&mut buf).unwrap() {
+            return Some(f);
+        }
+        let n = tokio::time::timeout(Duration::from_secs(15), s.read_buf(&mut buf)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+    }
+}
+
+fn hello_frame() -> Frame {
+    let h = wasmq_protocol::Request::Hello(wasmq_protocol::HelloRequest { version_min: 1, version_max: 1, client_id: "raw".into() });
+    Frame { kind: Kind::Request, request_id: 1, code: Op::Hello as u16, body: h.encode() }
+}
+
+/// Each kind of bad input gets a clear error or a disconnect, and the broker keeps serving.
+#[test]
+fn bad_input_gets_an_error_and_the_broker_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[("WASMQ_MESSAGE_BYTES_MAX", "65536")]);
+    runtime().block_on(async {
+        broker.admin().create_topic("t", 2).await.unwrap();
+
+        // Plaintext on the TLS port: the handshake fails and the connection is closed.
+        let mut tcp = tokio::net::TcpStream::connect(&broker.listen).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut b = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut b)).await.expect("closed promptly");
+        assert!(matches!(n, Ok(n) if n < 64) || n.is_err());
+
+        // A request before Hello.
+        let mut s = raw_tls(&broker).await;
+        s.write_all(&Frame { kind: Kind::Request, request_id: 5, code: Op::Route as u16, body: bytes::Bytes::new() }.to_bytes())
+            .await
+            .unwrap();
+        let f = read_frame(&mut s).await.expect("an answer");
+        assert_eq!((f.request_id, f.code), (5, ErrorCode::HandshakeRequired as u16));
+        assert!(read_frame(&mut s).await.is_none(), "then closed");
+
+        // An unsupported version.
+        let mut s = raw_tls(&broker).await;
+        let h = wasmq_protocol::Request::Hello(wasmq_protocol::HelloRequest { version_min: 7, version_max: 9, client_id: "x".into() });
+        s.write_all(&Frame { kind: Kind::Request, request_id: 1, code: Op::Hello as u16, body: h.encode() }.to_bytes()).await.unwrap();
+        assert_eq!(read_frame(&mut s).await.unwrap().code, ErrorCode::UnsupportedVersion as u16);
+
+        // Unknown op and malformed body: an error answer, and the connection stays usable.
+        let mut s = raw_tls(&broker).await;
+        s.write_all(&hello_frame().to_bytes()).await.unwrap();
+        assert_eq!(read_frame(&mut s).await.unwrap().code, 0);
+        s.write_all(&Frame { kind: Kind::Request, request_id: 2, code: 999, body: bytes::Bytes::new() }.to_bytes()).await.unwrap();
+        assert_eq!(read_frame(&mut s).await.unwrap().code, ErrorCode::UnknownOp as u16);
+        s.write_all(
+            &Frame { kind: Kind::Request, request_id: 3, code: Op::Pull as u16, body: bytes::Bytes::from_static(b"\x05") }.to_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(read_frame(&mut s).await.unwrap().code, ErrorCode::Malformed as u16);
+        let route = wasmq_protocol::Request::Route(wasmq_protocol::RouteRequest { topic: "t".into() });
+        s.write_all(&Frame { kind: Kind::Request, request_id: 4, code: Op::Route as u16, body: route.encode() }.to_bytes()).await.unwrap();
+        let f = read_frame(&mut s).await.unwrap();
+        assert_eq!((f.request_id, f.code), (4, 0), "still serving this connection");
+
+        // An oversized frame: refused from its length field, then the connection is closed.
+        s.write_all(&(64u32 << 20).to_le_bytes()).await.unwrap();
+        let f = read_frame(&mut s).await.expect("an error answer");
+        assert_eq!(f.code, ErrorCode::FrameTooLarge as u16);
+        assert!(read_frame(&mut s).await.is_none());
+
+        // Unknown topic, oversized message, bad queue: clear error codes.
+        let producer = Producer::new(broker.connect().await, "g").with_retries(0);
+        let e = producer.send("nope", OutgoingMessage::new(b"x".to_vec())).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::UnknownTopic));
+        let e = producer.send("t", OutgoingMessage::new(vec![0u8; 65537])).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::MessageTooLarge), "{e}");
+        let consumer = PullConsumer::new(broker.connect().await);
+        assert_eq!(consumer.pull("t", 7, 0, 1, Duration::ZERO).await.unwrap_err().code(), Some(ErrorCode::InvalidQueue));
+
+        // The admin API refuses a missing or wrong token.
+        let wrong = wasmq_client::Admin::new(&broker.admin_listen, &broker.ca, "wrong-token-wrong-token").unwrap();
+        assert!(matches!(wrong.list_topics().await, Err(wasmq_client::ClientError::Admin { status: 401, .. })));
+
+        // A flood of idle connections does not stop service.
+        let mut idle = Vec::new();
+        for _ in 0..200 {
+            idle.push(tokio::net::TcpStream::connect(&broker.listen).await.unwrap());
+        }
+        let r = producer.send("t", OutgoingMessage::new(b"still here".to_vec())).await.unwrap();
+        assert_eq!(r.queue_offset, 0);
+        drop(idle);
+
+        // A client that sends pulls and never reads the answers: others are served meanwhile.
+        let mut s = raw_tls(&broker).await;
+        s.write_all(&hello_frame().to_bytes()).await.unwrap();
+        let big = Producer::new(broker.connect().await, "g");
+        for _ in 0..40 {
+            big.send("t", OutgoingMessage::new(vec![1u8; 60_000])).await.unwrap();
+        }
+        for id in 10..210u32 {
+            let pull = wasmq_protocol::Request::Pull(wasmq_protocol::PullRequest {
+                topic: "t".into(),
+                queue_id: 0,
+                offset: 0,
+                max_messages: 1024,
+                max_bytes: 8 << 20,
+                wait_ms: 0,
+            });
+            if s.write_all(&Frame { kind: Kind::Request, request_id: id, code: Op::Pull as u16, body: pull.encode() }.to_bytes())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let t = Instant::now();
+        producer.send("t", OutgoingMessage::new(b"not blocked".to_vec())).await.unwrap();
+        assert!(t.elapsed() < Duration::from_secs(2));
+        let info = broker.admin().broker_info().await.unwrap();
+        assert!(info.store_failure.is_none());
+    });
+    assert!(broker.stop().success());
+}
+
+#[test]
+fn many_requests_in_flight_on_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    runtime().block_on(async {
+        broker.admin().create_topic("mux", 4).await.unwrap();
+        let producer = Arc::new(Producer::new(broker.connect().await, "g"));
+        let handles: Vec<_> = (0..200).map(|i| producer.send_async("mux", OutgoingMessage::new(format!("{i}").into_bytes()))).collect();
+        let mut ids = HashSet::new();
+        for h in handles {
+            assert!(ids.insert(h.await.unwrap().unwrap().message_id));
+        }
+        producer.send_one_way("mux", OutgoingMessage::new(b"fire and forget".to_vec())).await.unwrap();
+        let consumer = PullConsumer::new(broker.connect().await);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut n = 0;
+            for q in 0..4 {
+                n += read_all(&consumer, "mux", q).await.len();
+            }
+            if n == 201 || Instant::now() > deadline {
+                assert_eq!(n, 201);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
