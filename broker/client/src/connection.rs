@@ -57,6 +57,9 @@ struct Inner {
     hello: HelloResponse,
     options: ConnectionOptions,
     closed: Arc<Mutex<Option<String>>>,
+    /// Keeps this client within the broker's in-flight limit (it waits instead of being
+    /// refused with TooManyInFlight).
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Connection {
@@ -146,11 +149,15 @@ impl Connection {
         });
         let placeholder =
             HelloResponse { version: 0, broker_name: String::new(), frame_bytes_max: 0, in_flight_max: 0, message_bytes_max: 0 };
-        let mut conn = Self { inner: Arc::new(Inner { tx, pending, next_id: AtomicU32::new(1), hello: placeholder, options, closed }) };
+        let mut conn = Self {
+            inner: Arc::new(Inner { tx, pending, next_id: AtomicU32::new(1), hello: placeholder, options, closed, in_flight: tokio::sync::Semaphore::new(1) }),
+        };
         let Response::Hello(hello) = conn.call(hello_req).await? else {
             return Err(ClientError::Malformed("Hello answered with another response".into()));
         };
-        Arc::get_mut(&mut conn.inner).expect("not shared yet").hello = hello;
+        let inner = Arc::get_mut(&mut conn.inner).expect("not shared yet");
+        inner.in_flight = tokio::sync::Semaphore::new(hello.in_flight_max.max(1) as usize);
+        inner.hello = hello;
         Ok(conn)
     }
 
@@ -182,6 +189,7 @@ impl Connection {
     /// # Errors
     /// The broker's error answer, a closed connection, a timeout, a malformed answer.
     pub async fn call_with_timeout(&self, req: Request, timeout: Duration) -> Result<Response, ClientError> {
+        let _permit = self.inner.in_flight.acquire().await.map_err(|_| ClientError::Closed("connection dropped".into()))?;
         let op = req.op();
         let id = self.next_id();
         let (tx, rx) = oneshot::channel();
