@@ -150,9 +150,17 @@ impl Connection {
         let placeholder =
             HelloResponse { version: 0, broker_name: String::new(), frame_bytes_max: 0, in_flight_max: 0, message_bytes_max: 0 };
         let mut conn = Self {
-            inner: Arc::new(Inner { tx, pending, next_id: AtomicU32::new(1), hello: placeholder, options, closed, in_flight: tokio::sync::Semaphore::new(1) }),
+            inner: Arc::new(Inner {
+                tx,
+                pending,
+                next_id: AtomicU32::new(1),
+                hello: placeholder,
+                options,
+                closed,
+                in_flight: tokio::sync::Semaphore::new(1),
+            }),
         };
-        let Response::Hello(hello) = conn.call(hello_req).await? else {
+        let Response::Hello(hello) = conn.call(&hello_req).await? else {
             return Err(ClientError::Malformed("Hello answered with another response".into()));
         };
         let inner = Arc::get_mut(&mut conn.inner).expect("not shared yet");
@@ -188,7 +196,7 @@ impl Connection {
     ///
     /// # Errors
     /// The broker's error answer, a closed connection, a timeout, a malformed answer.
-    pub async fn call_with_timeout(&self, req: Request, timeout: Duration) -> Result<Response, ClientError> {
+    pub async fn call_with_timeout(&self, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
         let _permit = self.inner.in_flight.acquire().await.map_err(|_| ClientError::Closed("connection dropped".into()))?;
         let op = req.op();
         let id = self.next_id();
@@ -214,7 +222,7 @@ impl Connection {
     ///
     /// # Errors
     /// As [`Connection::call_with_timeout`].
-    pub async fn call(&self, req: Request) -> Result<Response, ClientError> {
+    pub async fn call(&self, req: &Request) -> Result<Response, ClientError> {
         self.call_with_timeout(req, self.inner.options.request_timeout).await
     }
 

@@ -38,7 +38,7 @@ impl PullConsumer {
             wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
         });
         let timeout = self.conn.options().request_timeout + wait;
-        match self.conn.call_with_timeout(req, timeout).await? {
+        match self.conn.call_with_timeout(&req, timeout).await? {
             Response::Pull(p) => Ok(p),
             _ => Err(ClientError::Malformed("Pull answered with another response".into())),
         }

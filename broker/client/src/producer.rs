@@ -58,6 +58,10 @@ pub struct SendReceipt {
     pub log_offset: u64,
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 pub(crate) fn random_hex(n_bytes: usize) -> String {
     use rand::Rng;
     let mut rng = rand::rng();
@@ -127,9 +131,20 @@ impl Producer {
 
     /// A new unique message id: producer prefix, milliseconds, counter (32 hex characters).
     pub fn new_message_id(&self) -> String {
+        self.message_id(now_ms())
+    }
+
+    fn message_id(&self, ms: u64) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
-        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        format!("{}{:08x}{:08x}", self.inner.id_prefix, ms as u32, n as u32)
+        let mut id = String::with_capacity(32);
+        id.push_str(&self.inner.id_prefix);
+        for v in [ms as u32, n as u32] {
+            for shift in (0..8).rev() {
+                id.push(HEX[((v >> (shift * 4)) & 0xF) as usize] as char);
+            }
+        }
+        id
     }
 
     /// The number of queues of `topic` (cached).
@@ -142,7 +157,7 @@ impl Producer {
         {
             return Ok(*n);
         }
-        let Response::Route(r) = self.inner.conn.call(Request::Route(RouteRequest { topic: topic.to_owned() })).await? else {
+        let Response::Route(r) = self.inner.conn.call(&Request::Route(RouteRequest { topic: topic.to_owned() })).await? else {
             return Err(ClientError::Malformed("Route answered with another response".into()));
         };
         self.inner.routes.lock().unwrap_or_else(|p| p.into_inner()).insert(topic.to_owned(), (r.queues, std::time::Instant::now()));
@@ -153,10 +168,9 @@ impl Producer {
         self.inner.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(topic);
     }
 
-    fn to_wire(&self, m: OutgoingMessage) -> Message {
-        let born_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    fn to_wire(&self, m: OutgoingMessage, born_ms: u64) -> Message {
         Message {
-            unique_id: if m.unique_id.is_empty() { self.new_message_id() } else { m.unique_id },
+            unique_id: if m.unique_id.is_empty() { self.message_id(born_ms) } else { m.unique_id },
             tags: m.tags,
             keys: m.keys,
             ordering_key: m.ordering_key,
@@ -187,8 +201,11 @@ impl Producer {
             return Err(ClientError::Invalid("empty batch".into()));
         }
         let key = messages[0].ordering_key.clone();
-        let wire: Vec<Message> = messages.into_iter().map(|m| self.to_wire(m)).collect();
+        let born_ms = now_ms();
+        let wire: Vec<Message> = messages.into_iter().map(|m| self.to_wire(m, born_ms)).collect();
         let ids: Vec<String> = wire.iter().map(|m| m.unique_id.clone()).collect();
+        let mut req =
+            Request::Send(SendRequest { topic: topic.to_owned(), queue_id: 0, producer_group: self.inner.group.clone(), messages: wire });
         let mut last = None;
         for attempt in 0..=self.inner.retries {
             let queues = match self.queues(topic).await {
@@ -203,13 +220,10 @@ impl Producer {
                 Some(k) => queue_for_key(k, queues),
                 None => self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % queues,
             };
-            let req = Request::Send(SendRequest {
-                topic: topic.to_owned(),
-                queue_id,
-                producer_group: self.inner.group.clone(),
-                messages: wire.clone(),
-            });
-            match self.inner.conn.call(req).await {
+            if let Request::Send(s) = &mut req {
+                s.queue_id = queue_id;
+            }
+            match self.inner.conn.call(&req).await {
                 Ok(Response::Send(r)) => {
                     return Ok(ids
                         .into_iter()
@@ -258,7 +272,7 @@ impl Producer {
             Some(k) => queue_for_key(k, queues),
             None => self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % queues,
         };
-        let m = self.to_wire(message);
+        let m = self.to_wire(message, now_ms());
         self.inner
             .conn
             .send_one_way(Request::Send(SendRequest {

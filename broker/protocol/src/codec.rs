@@ -110,6 +110,10 @@ impl Writer {
         Self::default()
     }
 
+    pub fn with_capacity(n_bytes: usize) -> Self {
+        Self { buf: BytesMut::with_capacity(n_bytes) }
+    }
+
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.buf.put_u8(v);
         self

@@ -202,6 +202,16 @@ fn get_strings(r: &mut Reader, what: &'static str) -> Result<Vec<String>, Decode
     (0..n).map(|_| r.string(what)).collect()
 }
 
+/// Roughly the encoded size of a message, to size buffers once.
+fn message_bytes_hint(m: &Message) -> usize {
+    64 + m.unique_id.len()
+        + m.tags.as_ref().map_or(0, String::len)
+        + m.keys.iter().map(|k| k.len() + 2).sum::<usize>()
+        + m.ordering_key.as_ref().map_or(0, String::len)
+        + m.properties.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>()
+        + m.body.len()
+}
+
 fn put_message(w: &mut Writer, m: &Message) {
     w.string(&m.unique_id).opt_string(m.tags.as_deref());
     put_strings(w, &m.keys);
@@ -244,7 +254,11 @@ impl Request {
     }
 
     pub fn encode(&self) -> Bytes {
-        let mut w = Writer::new();
+        let hint = match self {
+            Self::Send(s) => 64 + s.topic.len() + s.producer_group.len() + s.messages.iter().map(message_bytes_hint).sum::<usize>(),
+            _ => 128,
+        };
+        let mut w = Writer::with_capacity(hint);
         match self {
             Self::Hello(h) => {
                 w.u16(h.version_min).u16(h.version_max).string(&h.client_id);
@@ -327,7 +341,12 @@ impl Request {
 
 impl Response {
     pub fn encode(&self) -> Bytes {
-        let mut w = Writer::new();
+        let hint = match self {
+            Self::Pull(p) => 64 + p.messages.iter().map(|m| 28 + message_bytes_hint(&m.message)).sum::<usize>(),
+            Self::Send(s) => 16 + 16 * s.results.len(),
+            _ => 128,
+        };
+        let mut w = Writer::with_capacity(hint);
         match self {
             Self::Hello(h) => {
                 w.u16(h.version).string(&h.broker_name).u32(h.frame_bytes_max).u32(h.in_flight_max).u32(h.message_bytes_max);

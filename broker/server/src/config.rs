@@ -37,6 +37,8 @@ pub struct RawConfig {
     pub segment_bytes: Option<u64>,
     pub message_bytes_max: Option<u32>,
     pub retention_hours: Option<u64>,
+    /// Fault the next log segment's pages in ahead of the writer (default true).
+    pub pretouch_segments: Option<bool>,
     pub connections_max: Option<u32>,
     pub in_flight_max: Option<u32>,
     pub frame_bytes_max: Option<u32>,
@@ -85,6 +87,9 @@ impl RawConfig {
                 "segment_bytes" => raw.segment_bytes = Some(num(&v)?),
                 "message_bytes_max" => raw.message_bytes_max = Some(num(&v)? as u32),
                 "retention_hours" => raw.retention_hours = Some(num(&v)?),
+                "pretouch_segments" => {
+                    raw.pretouch_segments = Some(v.parse().map_err(|_| bad(&key, format!("{v:?} is not true or false")))?);
+                }
                 "connections_max" => raw.connections_max = Some(num(&v)? as u32),
                 "in_flight_max" => raw.in_flight_max = Some(num(&v)? as u32),
                 "frame_bytes_max" => raw.frame_bytes_max = Some(num(&v)? as u32),
@@ -149,6 +154,9 @@ impl TryFrom<RawConfig> for Config {
         }
         if let Some(m) = raw.message_bytes_max {
             store.message_bytes_max = m;
+        }
+        if let Some(p) = raw.pretouch_segments {
+            store.pretouch_segments = p;
         }
         if let Some(h) = raw.retention_hours {
             store.retention = Duration::from_secs(h.saturating_mul(3600));
