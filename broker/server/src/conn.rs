@@ -238,7 +238,16 @@ async fn dispatch(shared: &Shared, req: Request, cancel: &CancellationToken) -> 
             let max_bytes = p.max_bytes.clamp(1, PULL_BYTES_MAX) as usize;
             let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(p.wait_ms.min(PULL_WAIT_MAX_MS)));
             loop {
-                let read = engine.pull(&p.topic, p.queue_id, p.offset, max_messages, max_bytes).map_err(|e| wire::pull_error(&e))?;
+                let read = match engine.pull(&p.topic, p.queue_id, p.offset, max_messages, max_bytes) {
+                    Ok(r) => r,
+                    // Below the retained range (retention deleted it): answer where the queue
+                    // now begins, as RocketMQ's OFFSET_TOO_SMALL with its next begin offset.
+                    Err(wasmq_engine::PullError::Read(wasmq_store::ReadError::Trimmed { .. })) => {
+                        let (min_offset, max_offset) = engine.store().queue_bounds(&p.topic, p.queue_id);
+                        return Ok(Response::Pull(PullResponse { messages: Vec::new(), next_offset: min_offset, min_offset, max_offset }));
+                    }
+                    Err(e) => return Err(wire::pull_error(&e)),
+                };
                 let now = tokio::time::Instant::now();
                 if !read.messages.is_empty() || now >= deadline || cancel.is_cancelled() {
                     return Ok(Response::Pull(PullResponse {

@@ -71,10 +71,14 @@ impl DiskProbe for StatvfsProbe {
         }
         // SAFETY: statvfs returned 0, so it initialised the struct.
         let st = unsafe { st.assume_init() };
-        let total = st.f_blocks as f64;
-        if total == 0.0 {
+        #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+        // As df's Use%: blocks in use over blocks usable by us (in use + available), so space
+        // reserved for root or held back by the device does not count as used.
+        let used = st.f_blocks.saturating_sub(st.f_bfree) as f64;
+        let usable = used + st.f_bavail as f64;
+        if usable == 0.0 {
             return Ok(0.0);
         }
-        Ok(1.0 - st.f_bavail as f64 / total)
+        Ok(used / usable)
     }
 }
