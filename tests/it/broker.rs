@@ -102,6 +102,7 @@ fn restarts_keep_every_acknowledged_message() {
         acked
     });
     assert!(broker.stop().success(), "SIGTERM: drain, flush, exit 0");
+    assert!(!dir.path().join("store").join("abort").exists(), "a clean stop leaves no abort marker");
 
     let broker = Broker::restart_from(dir.path(), &env);
     let more = rt.block_on(async {

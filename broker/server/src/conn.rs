@@ -144,6 +144,10 @@ pub async fn serve(tcp: TcpStream, peer: std::net::SocketAddr, acceptor: tokio_r
                 }
             }
         }
+        if tx.is_closed() {
+            // The writer gave up (the client stopped reading): stop reading requests too.
+            break;
+        }
         buf.reserve(READ_CHUNK_BYTES);
         let read = async {
             if hello_done {

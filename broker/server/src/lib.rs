@@ -119,11 +119,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
     }
     engine.persist_offsets()?;
     drop(engine);
-    let store = Arc::try_unwrap(store).map_err(|_| anyhow::anyhow!("store still in use at shutdown"));
-    match store {
-        Ok(store) => tokio::task::spawn_blocking(move || store.close()).await?.context("final flush")?,
-        Err(e) => tracing::warn!(error = %e, "store will be flushed when its last user drops it"),
-    }
+    tokio::task::spawn_blocking(move || store.shutdown()).await?.context("final flush")?;
     tracing::info!("stopped cleanly");
     Ok(())
 }

@@ -707,7 +707,12 @@ impl Store {
         self.shutdown()
     }
 
-    fn shutdown(&self) -> Result<(), FlushError> {
+    /// As [`Store::close`], for a store shared behind an `Arc`: afterwards every append fails
+    /// with [`AppendError::Closed`]; reads keep working. Calling it again does nothing.
+    ///
+    /// # Errors
+    /// The final flush failed; the abort marker stays, so the next open recovers.
+    pub fn shutdown(&self) -> Result<(), FlushError> {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
