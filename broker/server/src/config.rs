@@ -39,6 +39,9 @@ pub struct RawConfig {
     pub retention_hours: Option<u64>,
     /// Fault the next log segment's pages in ahead of the writer (default true).
     pub pretouch_segments: Option<bool>,
+    /// Full segments behind the active one kept in the page cache (default 2); older flushed
+    /// segments' pages are dropped so new segments reuse warm memory. -1: leave it to the kernel.
+    pub cached_segments_behind: Option<i64>,
     pub connections_max: Option<u32>,
     pub in_flight_max: Option<u32>,
     pub frame_bytes_max: Option<u32>,
@@ -87,6 +90,9 @@ impl RawConfig {
                 "segment_bytes" => raw.segment_bytes = Some(num(&v)?),
                 "message_bytes_max" => raw.message_bytes_max = Some(num(&v)? as u32),
                 "retention_hours" => raw.retention_hours = Some(num(&v)?),
+                "cached_segments_behind" => {
+                    raw.cached_segments_behind = Some(v.parse().map_err(|_| bad(&key, format!("{v:?} is not a number")))?);
+                }
                 "pretouch_segments" => {
                     raw.pretouch_segments = Some(v.parse().map_err(|_| bad(&key, format!("{v:?} is not true or false")))?);
                 }
@@ -157,6 +163,13 @@ impl TryFrom<RawConfig> for Config {
         }
         if let Some(p) = raw.pretouch_segments {
             store.pretouch_segments = p;
+        }
+        match raw.cached_segments_behind {
+            None => {}
+            Some(-1) => store.cached_segments_behind = None,
+            Some(n) => {
+                store.cached_segments_behind = Some(u32::try_from(n).map_err(|_| bad("cached_segments_behind", format!("{n}: -1 or 0..")))?)
+            }
         }
         if let Some(h) = raw.retention_hours {
             store.retention = Duration::from_secs(h.saturating_mul(3600));

@@ -59,6 +59,9 @@ pub struct StoreConfig {
     pub retention_check_interval: Duration,
     /// Fault the next segment's pages in on a background thread before it becomes active.
     pub pretouch_segments: bool,
+    /// How many full segments behind the active one stay in the page cache; older ones have
+    /// their pages dropped once flushed (`None`: leave it all to the kernel).
+    pub cached_segments_behind: Option<u32>,
 }
 
 impl StoreConfig {
@@ -78,6 +81,7 @@ impl StoreConfig {
             retention_disk_ratio_max: 0.75,
             retention_check_interval: Duration::from_secs(10),
             pretouch_segments: true,
+            cached_segments_behind: Some(2),
         }
     }
 

@@ -173,6 +173,8 @@ struct Inner {
     dispatched: AtomicU64,
     /// Log end known fsynced.
     flushed: AtomicU64,
+    /// Segments below this have had their cached pages dropped.
+    uncached_below: AtomicU64,
     failure: OnceLock<Arc<str>>,
     topics: RwLock<HashMap<Arc<str>, HashMap<u32, QueueHandle>>>,
     index: Mutex<Index>,
@@ -462,6 +464,7 @@ impl Store {
             min: AtomicU64::new(min),
             dispatched: AtomicU64::new(end),
             flushed: AtomicU64::new(end),
+            uncached_below: AtomicU64::new(0),
             failure: OnceLock::new(),
             topics: RwLock::new(
                 topics.into_iter().map(|(t, qs)| (t, qs.into_iter().map(|(q, cq)| (q, Arc::new(Mutex::new(cq)))).collect())).collect(),
@@ -1193,6 +1196,26 @@ impl Inner {
         Ok(())
     }
 
+    /// Drops the cached pages of flushed segments more than `cached_segments_behind` behind
+    /// the active one.
+    fn drop_cold_caches(&self) {
+        let Some(keep) = self.config.cached_segments_behind else { return };
+        let seg = self.config.segment_bytes;
+        let active_base = seg_base(self.end.load(Ordering::Acquire), seg);
+        let flushed = self.flushed.load(Ordering::Acquire);
+        let limit = active_base.saturating_sub(u64::from(keep) * seg).min(seg_base(flushed, seg));
+        let from = self.uncached_below.load(Ordering::Acquire);
+        if limit <= from {
+            return;
+        }
+        let cold: Vec<Arc<LogFile>> =
+            self.segments.read().unwrap_or_else(|e| e.into_inner()).range(from..limit).map(|(_, f)| Arc::clone(f)).collect();
+        for f in cold {
+            f.drop_cache();
+        }
+        self.uncached_below.store(limit, Ordering::Release);
+    }
+
     fn fail(&self, what: &str, e: &io::Error) -> Arc<str> {
         let reason: Arc<str> = format!("{what} failed: {e}; writes stopped (a failed fsync is never retried)").into();
         if self.failure.set(Arc::clone(&reason)).is_ok() {
@@ -1297,6 +1320,7 @@ impl Inner {
                 for (_, w) in done {
                     w(Ok(()));
                 }
+                self.drop_cold_caches();
                 n
             }
             Err(e) => {
