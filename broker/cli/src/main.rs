@@ -96,11 +96,13 @@ impl Cli {
                 .map(|t| t.trim().to_owned())
                 .context("no --token given and data/admin-token not readable")?,
         };
-        Ok(Admin::new(&self.admin, &self.ca, token)?)
+        Admin::new(&self.admin, &self.ca, token).with_context(|| format!("reading the CA certificate {} (--ca)", self.ca.display()))
     }
 
     pub(crate) async fn connect(&self) -> Result<Connection> {
-        Ok(Connection::connect(ConnectionOptions::new(&self.server, &self.ca)).await?)
+        Connection::connect(ConnectionOptions::new(&self.server, &self.ca)).await.with_context(|| {
+            format!("is wasmq-broker running on {}? (--server, --ca {} for another broker)", self.server, self.ca.display())
+        })
     }
 }
 

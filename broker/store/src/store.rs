@@ -1097,18 +1097,27 @@ impl Inner {
             }
             a.busy = Some(base);
             drop(a);
-            let made = LogFile::create(&self.segment_path(base), self.config.segment_bytes).inspect(|f| {
-                if self.config.pretouch_segments {
-                    self.populate(f, 0);
-                }
-            });
+            let made = LogFile::create(&self.segment_path(base), self.config.segment_bytes).map(Arc::new);
             a = lock(&self.alloc);
             a.busy = None;
-            match made {
-                Ok(f) => a.ready = Some((base, Arc::new(f))),
-                Err(e) => tracing::warn!(base, error = %e, "could not preallocate the next segment"),
-            }
+            let populate = match made {
+                Ok(f) => {
+                    a.ready = Some((base, Arc::clone(&f)));
+                    self.config.pretouch_segments.then_some(f)
+                }
+                Err(e) => {
+                    tracing::warn!(base, error = %e, "could not preallocate the next segment");
+                    None
+                }
+            };
             self.alloc_cv.notify_all();
+            // The segment is usable from here on: a writer that rolls before the pre-touch ends
+            // takes it at once (pre-touching never changes contents), instead of waiting.
+            if let Some(f) = populate {
+                drop(a);
+                self.populate(&f, 0);
+                a = lock(&self.alloc);
+            }
         }
     }
 
