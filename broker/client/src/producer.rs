@@ -58,6 +58,21 @@ pub struct SendReceipt {
     pub log_offset: u64,
 }
 
+/// Strings travel with 16-bit lengths; longer ones are refused here rather than cut on the wire.
+fn check_lengths(m: &OutgoingMessage) -> Result<(), ClientError> {
+    let max = usize::from(u16::MAX);
+    let too_long = [m.tags.as_deref(), m.ordering_key.as_deref(), Some(m.unique_id.as_str())]
+        .into_iter()
+        .flatten()
+        .chain(m.keys.iter().map(String::as_str))
+        .chain(m.properties.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]))
+        .find(|s| s.len() > max);
+    match too_long {
+        Some(s) => Err(ClientError::Invalid(format!("a key, tag, id or property of {} bytes is longer than {max}", s.len()))),
+        None => Ok(()),
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -200,6 +215,9 @@ impl Producer {
         if messages.is_empty() {
             return Err(ClientError::Invalid("empty batch".into()));
         }
+        for m in &messages {
+            check_lengths(m)?;
+        }
         let key = messages[0].ordering_key.clone();
         let born_ms = now_ms();
         let wire: Vec<Message> = messages.into_iter().map(|m| self.to_wire(m, born_ms)).collect();
@@ -267,6 +285,7 @@ impl Producer {
     /// # Errors
     /// Unknown topic (from the route lookup) or a closed connection.
     pub async fn send_one_way(&self, topic: &str, message: OutgoingMessage) -> Result<(), ClientError> {
+        check_lengths(&message)?;
         let queues = self.queues(topic).await?;
         let queue_id = match &message.ordering_key {
             Some(k) => queue_for_key(k, queues),
