@@ -295,6 +295,7 @@ fn bad_input_gets_an_error_and_the_broker_stays_up() {
                 max_messages: 1024,
                 max_bytes: 8 << 20,
                 wait_ms: 0,
+                filter: None,
             });
             if s.write_all(&Frame { kind: Kind::Request, request_id: id, code: Op::Pull as u16, body: pull.encode() }.to_bytes())
                 .await

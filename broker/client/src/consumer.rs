@@ -29,6 +29,23 @@ impl PullConsumer {
         max_messages: u32,
         wait: Duration,
     ) -> Result<PullResponse, ClientError> {
+        self.pull_filtered(topic, queue_id, offset, max_messages, wait, None).await
+    }
+
+    /// As [`PullConsumer::pull`], keeping only messages whose tag matches `filter` (`A || B`);
+    /// skipped messages still advance `next_offset`.
+    ///
+    /// # Errors
+    /// As [`PullConsumer::pull`], or an invalid filter.
+    pub async fn pull_filtered(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_messages: u32,
+        wait: Duration,
+        filter: Option<&str>,
+    ) -> Result<PullResponse, ClientError> {
         let req = Request::Pull(PullRequest {
             topic: topic.to_owned(),
             queue_id,
@@ -36,6 +53,7 @@ impl PullConsumer {
             max_messages,
             max_bytes: 4 << 20,
             wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+            filter: filter.map(str::to_owned),
         });
         let timeout = self.conn.options().request_timeout + wait;
         match self.conn.call_with_timeout(&req, timeout).await? {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use wasmq_store::{AppendError, Appended, Clock, NewMessage, QueueRead, ReadError, Store};
 
+use crate::groups::{Assignment, Coordinator, FenceError, GroupMode, GroupView, TagFilter};
 use crate::offsets::OffsetTable;
 use crate::topics::{self, QUEUES_PER_TOPIC_MAX, QueueStatus, TOPICS_MAX, TopicConfig, TopicError, TopicStatus};
 
@@ -14,6 +15,11 @@ use crate::topics::{self, QUEUES_PER_TOPIC_MAX, QueueStatus, TOPICS_MAX, TopicCo
 const WAITERS_PER_QUEUE_MAX: usize = 10_000;
 /// Most clients remembered by heartbeat.
 const CLIENTS_MAX: usize = 100_000;
+/// Most consume-queue entries one filtered pull examines (a bound on the work a sparse filter
+/// can cause); the pull returns what it found and where to continue.
+const FILTER_SCAN_MAX: usize = 16_384;
+/// A group member silent this long loses its queues (default; see `Engine::set_session_timeout`).
+pub const GROUP_SESSION_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 
 /// A parked long poll: woken when its queue may have new messages.
 pub trait Wake: Send {
@@ -47,6 +53,16 @@ pub enum PullError {
     InvalidQueue { topic: String, queue_id: u32, queues: u32 },
     #[error(transparent)]
     Read(#[from] ReadError),
+    #[error("invalid filter: {0}")]
+    Filter(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroupCommitError {
+    #[error(transparent)]
+    Fenced(FenceError),
+    #[error(transparent)]
+    Engine(EngineError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +92,7 @@ pub struct Engine {
     offsets_dirty: AtomicBool,
     clients: Mutex<HashMap<String, ClientInfo>>,
     round_robin: AtomicU32,
+    coordinator: Mutex<Coordinator>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -120,6 +137,7 @@ impl Engine {
             offsets_dirty: AtomicBool::new(false),
             clients: Mutex::new(HashMap::new()),
             round_robin: AtomicU32::new(0),
+            coordinator: Mutex::new(Coordinator::new(GROUP_SESSION_TIMEOUT_MS_DEFAULT)),
         })
     }
 
@@ -299,6 +317,117 @@ impl Engine {
         None
     }
 
+    /// Sets how long a silent group member keeps its queues.
+    pub fn set_session_timeout(&self, timeout_ms: u64) {
+        *lock(&self.coordinator) = Coordinator::new(timeout_ms);
+    }
+
+    fn queues_of(&self) -> impl Fn(&str) -> Option<u32> + '_ {
+        let snapshot = self.snapshot();
+        move |t: &str| snapshot.get(t).map(|c| c.queues)
+    }
+
+    /// A group member joins or heartbeats; returns its assignment.
+    ///
+    /// # Errors
+    /// Invalid names or filters, mode conflicts, limits.
+    pub fn group_heartbeat(
+        &self,
+        group: &str,
+        member: &str,
+        mode: GroupMode,
+        subscriptions: Vec<(String, String)>,
+    ) -> Result<Assignment, EngineError> {
+        topics::validate_group(group).map_err(EngineError::Invalid)?;
+        if member.is_empty() || member.len() > 255 {
+            return Err(EngineError::Invalid("client id must be 1..=255 bytes".into()));
+        }
+        let subs = subscriptions.into_iter().collect();
+        let now = self.clock.now_ms();
+        lock(&self.coordinator).heartbeat(group, member, mode, subs, now, self.queues_of()).map_err(EngineError::Invalid)
+    }
+
+    pub fn group_leave(&self, group: &str, member: &str) {
+        lock(&self.coordinator).leave(group, member, self.queues_of());
+    }
+
+    /// Drops group members that stopped heartbeating; returns how many.
+    pub fn expire_members(&self) -> usize {
+        let now = self.clock.now_ms();
+        lock(&self.coordinator).expire(now, &self.queues_of())
+    }
+
+    /// Commits an offset for a member that must still own the queue at this generation.
+    ///
+    /// # Errors
+    /// [`FenceError`] (as `Fenced`), or an invalid queue.
+    pub fn group_commit(
+        &self,
+        group: &str,
+        member: &str,
+        generation: u64,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+    ) -> Result<(), GroupCommitError> {
+        lock(&self.coordinator).check_commit(group, member, generation, topic, queue_id).map_err(GroupCommitError::Fenced)?;
+        self.commit_offset(group, topic, queue_id, offset).map_err(GroupCommitError::Engine)
+    }
+
+    pub fn describe_group(&self, group: &str) -> Option<GroupView> {
+        lock(&self.coordinator).describe(group, self.queues_of())
+    }
+
+    pub fn groups(&self) -> Vec<String> {
+        let mut g: Vec<String> = lock(&self.coordinator).groups();
+        g.extend(lock(&self.offsets).groups.keys().cloned());
+        g.sort();
+        g.dedup();
+        g
+    }
+
+    /// Reads a queue, keeping only messages whose tag passes `filter` (decided on the consume
+    /// queue's tag hashes; the log is read only for messages that pass). `next_offset` moves
+    /// past skipped messages too, so a group's offset advances through filtered-out ones.
+    ///
+    /// # Errors
+    /// [`PullError`]; a bad filter is [`PullError::Filter`].
+    pub fn pull_filtered(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_messages: usize,
+        max_bytes: usize,
+        filter: &str,
+    ) -> Result<QueueRead, PullError> {
+        let filter = TagFilter::parse(filter).map_err(PullError::Filter)?;
+        if filter == TagFilter::All {
+            return self.pull(topic, queue_id, offset, max_messages, max_bytes);
+        }
+        match self.check_queue(topic, queue_id) {
+            Ok(_) => {}
+            Err((true, _)) => return Err(PullError::UnknownTopic(topic.to_owned())),
+            Err((false, queues)) => return Err(PullError::InvalidQueue { topic: topic.to_owned(), queue_id, queues }),
+        }
+        let (min_offset, max_offset) = self.store.queue_bounds(topic, queue_id);
+        let entries = self.store.queue_entries(topic, queue_id, offset, FILTER_SCAN_MAX)?;
+        let mut messages = Vec::new();
+        let mut next = offset.max(min_offset);
+        let mut n_bytes = 0usize;
+        for e in entries {
+            if messages.len() >= max_messages || (!messages.is_empty() && n_bytes + e.size as usize > max_bytes) {
+                break;
+            }
+            if filter.matches(e.tag_hash) {
+                messages.push(self.store.read(e.log_offset)?);
+                n_bytes += e.size as usize;
+            }
+            next += 1;
+        }
+        Ok(QueueRead { messages, next_offset: next, min_offset, max_offset })
+    }
+
     /// Commits a group's offset for a queue.
     ///
     /// # Errors
@@ -425,5 +554,35 @@ mod tests {
             QueueStatus { queue_id: 0, min_offset: 0, max_offset: 0 },
             "a new topic starts empty"
         );
+    }
+
+    #[test]
+    fn filtered_pulls_and_fenced_group_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        e.create_topic("tags", 1).unwrap();
+        let tagged = |t: &str| {
+            let mut m = msg(t);
+            m.properties.tags = Some(t.to_owned());
+            m
+        };
+        e.send("tags", Some(0), ["A", "C", "B", "C", "C", "A"].into_iter().map(tagged).collect()).unwrap();
+        let r = e.pull_filtered("tags", 0, 0, 10, 1 << 20, "A || B").unwrap();
+        let bodies: Vec<_> = r.messages.iter().map(|m| m.body.clone()).collect();
+        assert_eq!(bodies, vec!["A", "B", "A"]);
+        assert_eq!(r.next_offset, 6, "filtered-out messages advance the offset");
+        let r = e.pull_filtered("tags", 0, 0, 2, 1 << 20, "C").unwrap();
+        assert_eq!((r.messages.len(), r.next_offset), (2, 4), "stops after max messages, continues after the last one read");
+        assert!(matches!(e.pull_filtered("tags", 0, 0, 2, 1 << 20, "A ||"), Err(PullError::Filter(_))));
+
+        let a = e.group_heartbeat("g", "m1", GroupMode::Clustering, vec![("tags".into(), "*".into())]).unwrap();
+        assert_eq!(a.queues, vec![("tags".to_owned(), 0)]);
+        e.group_commit("g", "m1", a.generation, "tags", 0, 6).unwrap();
+        assert_eq!(e.query_offset("g", "tags", 0), Some(6));
+        let b = e.group_heartbeat("g", "m2", GroupMode::Clustering, vec![("tags".into(), "*".into())]).unwrap();
+        assert!(matches!(e.group_commit("g", "m1", a.generation, "tags", 0, 7), Err(GroupCommitError::Fenced(_))), "stale generation");
+        assert!(b.generation > a.generation);
+        e.group_leave("g", "m1");
+        assert_eq!(e.describe_group("g").unwrap().members.len(), 1);
     }
 }

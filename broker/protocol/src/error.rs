@@ -46,12 +46,14 @@ pub enum ErrorCode {
     Corrupt = 34,
     /// The group, client or offset request is invalid.
     InvalidRequest = 40,
+    /// A group commit from a member that no longer owns the queue at that generation: rejoin.
+    Fenced = 41,
     /// An unexpected broker error; the body says what.
     Internal = 50,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         Self::Malformed,
         Self::UnsupportedVersion,
         Self::UnknownOp,
@@ -72,6 +74,7 @@ impl ErrorCode {
         Self::ShuttingDown,
         Self::Corrupt,
         Self::InvalidRequest,
+        Self::Fenced,
         Self::Internal,
     ];
 
@@ -119,6 +122,7 @@ mod tests {
             (ErrorCode::ShuttingDown, 33),
             (ErrorCode::Corrupt, 34),
             (ErrorCode::InvalidRequest, 40),
+            (ErrorCode::Fenced, 41),
             (ErrorCode::Internal, 50),
         ];
         assert_eq!(golden.len(), ErrorCode::ALL.len(), "every code is pinned");

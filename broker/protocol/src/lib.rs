@@ -19,7 +19,8 @@ pub use codec::{DecodeError, Reader, Writer};
 pub use error::ErrorCode;
 pub use frame::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES, Frame, FrameDecoder, FrameError, Kind};
 pub use message::{
-    BATCH_MESSAGES_MAX, HeartbeatRequest, HelloRequest, HelloResponse, MESSAGE_BYTES_MAX, Message, OffsetCommitRequest, OffsetQueryRequest,
-    OffsetQueryResponse, Op, PROTOCOL_VERSION, PULL_MESSAGES_MAX, PULL_WAIT_MAX_MS, PullRequest, PullResponse, PulledMessage, QUEUE_ANY,
-    Request, Response, RouteRequest, RouteResponse, SendRequest, SendResponse, SendResult,
+    BATCH_MESSAGES_MAX, GroupCommitRequest, GroupHeartbeatRequest, GroupHeartbeatResponse, GroupLeaveRequest, GroupMode, HeartbeatRequest,
+    HelloRequest, HelloResponse, MESSAGE_BYTES_MAX, Message, OffsetCommitRequest, OffsetQueryRequest, OffsetQueryResponse, Op,
+    PROTOCOL_VERSION, PULL_MESSAGES_MAX, PULL_WAIT_MAX_MS, PullRequest, PullResponse, PulledMessage, QUEUE_ANY, Request, Response,
+    RouteRequest, RouteResponse, SendRequest, SendResponse, SendResult,
 };

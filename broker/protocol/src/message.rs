@@ -30,13 +30,27 @@ pub enum Op {
     OffsetCommit = 5,
     OffsetQuery = 6,
     Heartbeat = 7,
+    GroupHeartbeat = 8,
+    GroupLeave = 9,
+    GroupCommit = 10,
 }
 
 impl Op {
     pub fn from_u16(v: u16) -> Option<Self> {
-        [Self::Hello, Self::Send, Self::Pull, Self::Route, Self::OffsetCommit, Self::OffsetQuery, Self::Heartbeat]
-            .into_iter()
-            .find(|o| *o as u16 == v)
+        [
+            Self::Hello,
+            Self::Send,
+            Self::Pull,
+            Self::Route,
+            Self::OffsetCommit,
+            Self::OffsetQuery,
+            Self::Heartbeat,
+            Self::GroupHeartbeat,
+            Self::GroupLeave,
+            Self::GroupCommit,
+        ]
+        .into_iter()
+        .find(|o| *o as u16 == v)
     }
 }
 
@@ -104,6 +118,9 @@ pub struct PullRequest {
     pub max_messages: u32,
     pub max_bytes: u32,
     pub wait_ms: u32,
+    /// Tag filter (`*`, `A || B`); messages that do not match are skipped and still advance
+    /// `next_offset`.
+    pub filter: Option<String>,
 }
 
 /// A message as a consumer receives it.
@@ -166,6 +183,49 @@ pub struct HeartbeatRequest {
     pub consumer_groups: Vec<String>,
 }
 
+/// How a consumer group consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupMode {
+    /// The group's queues are shared out among its members.
+    Clustering = 1,
+    /// Every member reads every queue.
+    Broadcasting = 2,
+}
+
+/// A group member joins, or says it is alive, with what it subscribes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupHeartbeatRequest {
+    pub group: String,
+    pub client_id: String,
+    pub mode: GroupMode,
+    /// (topic, tag filter).
+    pub subscriptions: Vec<(String, String)>,
+}
+
+/// The member's assignment: read these queues; commit with this generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupHeartbeatResponse {
+    pub generation: u64,
+    pub queues: Vec<(String, u32)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLeaveRequest {
+    pub group: String,
+    pub client_id: String,
+}
+
+/// An offset commit fenced by membership and generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupCommitRequest {
+    pub group: String,
+    pub client_id: String,
+    pub generation: u64,
+    pub topic: String,
+    pub queue_id: u32,
+    pub offset: u64,
+}
+
 /// A request with its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -176,6 +236,9 @@ pub enum Request {
     OffsetCommit(OffsetCommitRequest),
     OffsetQuery(OffsetQueryRequest),
     Heartbeat(HeartbeatRequest),
+    GroupHeartbeat(GroupHeartbeatRequest),
+    GroupLeave(GroupLeaveRequest),
+    GroupCommit(GroupCommitRequest),
 }
 
 /// A successful response with its body (errors are a status code and a text).
@@ -186,7 +249,8 @@ pub enum Response {
     Pull(PullResponse),
     Route(RouteResponse),
     OffsetQuery(OffsetQueryResponse),
-    /// OffsetCommit and Heartbeat answer with an empty body.
+    GroupHeartbeat(GroupHeartbeatResponse),
+    /// OffsetCommit, Heartbeat, GroupLeave and GroupCommit answer with an empty body.
     Empty,
 }
 
@@ -250,6 +314,9 @@ impl Request {
             Self::OffsetCommit(_) => Op::OffsetCommit,
             Self::OffsetQuery(_) => Op::OffsetQuery,
             Self::Heartbeat(_) => Op::Heartbeat,
+            Self::GroupHeartbeat(_) => Op::GroupHeartbeat,
+            Self::GroupLeave(_) => Op::GroupLeave,
+            Self::GroupCommit(_) => Op::GroupCommit,
         }
     }
 
@@ -270,7 +337,13 @@ impl Request {
                 }
             }
             Self::Pull(p) => {
-                w.string(&p.topic).u32(p.queue_id).u64(p.offset).u32(p.max_messages).u32(p.max_bytes).u32(p.wait_ms);
+                w.string(&p.topic)
+                    .u32(p.queue_id)
+                    .u64(p.offset)
+                    .u32(p.max_messages)
+                    .u32(p.max_bytes)
+                    .u32(p.wait_ms)
+                    .opt_string(p.filter.as_deref());
             }
             Self::Route(r) => {
                 w.string(&r.topic);
@@ -285,6 +358,18 @@ impl Request {
                 w.string(&h.client_id);
                 put_strings(&mut w, &h.producer_groups);
                 put_strings(&mut w, &h.consumer_groups);
+            }
+            Self::GroupHeartbeat(h) => {
+                w.string(&h.group).string(&h.client_id).u8(h.mode as u8).count(h.subscriptions.len());
+                for (t, f) in &h.subscriptions {
+                    w.string(t).string(f);
+                }
+            }
+            Self::GroupLeave(l) => {
+                w.string(&l.group).string(&l.client_id);
+            }
+            Self::GroupCommit(c) => {
+                w.string(&c.group).string(&c.client_id).u64(c.generation).string(&c.topic).u32(c.queue_id).u64(c.offset);
             }
         }
         w.finish()
@@ -317,6 +402,7 @@ impl Request {
                 max_messages: r.u32("max_messages")?,
                 max_bytes: r.u32("max_bytes")?,
                 wait_ms: r.u32("wait_ms")?,
+                filter: r.opt_string("filter")?,
             }),
             Op::Route => Self::Route(RouteRequest { topic: r.string("topic")? }),
             Op::OffsetCommit => Self::OffsetCommit(OffsetCommitRequest {
@@ -332,6 +418,27 @@ impl Request {
                 client_id: r.string("client_id")?,
                 producer_groups: get_strings(&mut r, "producer_groups")?,
                 consumer_groups: get_strings(&mut r, "consumer_groups")?,
+            }),
+            Op::GroupHeartbeat => {
+                let group = r.string("group")?;
+                let client_id = r.string("client_id")?;
+                let mode = match r.u8("mode")? {
+                    1 => GroupMode::Clustering,
+                    2 => GroupMode::Broadcasting,
+                    v => return Err(DecodeError::Invalid { what: "mode", value: u64::from(v) }),
+                };
+                let n = r.count("subscriptions", LIST_MAX, 4)?;
+                let subscriptions = (0..n).map(|_| Ok((r.string("topic")?, r.string("filter")?))).collect::<Result<_, _>>()?;
+                Self::GroupHeartbeat(GroupHeartbeatRequest { group, client_id, mode, subscriptions })
+            }
+            Op::GroupLeave => Self::GroupLeave(GroupLeaveRequest { group: r.string("group")?, client_id: r.string("client_id")? }),
+            Op::GroupCommit => Self::GroupCommit(GroupCommitRequest {
+                group: r.string("group")?,
+                client_id: r.string("client_id")?,
+                generation: r.u64("generation")?,
+                topic: r.string("topic")?,
+                queue_id: r.u32("queue_id")?,
+                offset: r.u64("offset")?,
             }),
         };
         r.finish()?;
@@ -372,6 +479,12 @@ impl Response {
                     Some(o) => w.bool(true).u64(o),
                     None => w.bool(false),
                 };
+            }
+            Self::GroupHeartbeat(g) => {
+                w.u64(g.generation).count(g.queues.len());
+                for (t, q) in &g.queues {
+                    w.string(t).u32(*q);
+                }
             }
             Self::Empty => {}
         }
@@ -424,7 +537,13 @@ impl Response {
             Op::OffsetQuery => {
                 Self::OffsetQuery(OffsetQueryResponse { offset: if r.bool("has_offset")? { Some(r.u64("offset")?) } else { None } })
             }
-            Op::OffsetCommit | Op::Heartbeat => Self::Empty,
+            Op::GroupHeartbeat => {
+                let generation = r.u64("generation")?;
+                let n = r.count("queues", 1 << 16, 6)?;
+                let queues = (0..n).map(|_| Ok((r.string("topic")?, r.u32("queue_id")?))).collect::<Result<_, _>>()?;
+                Self::GroupHeartbeat(GroupHeartbeatResponse { generation, queues })
+            }
+            Op::OffsetCommit | Op::Heartbeat | Op::GroupLeave | Op::GroupCommit => Self::Empty,
         };
         r.finish()?;
         Ok(resp)
@@ -459,9 +578,25 @@ mod tests {
             (s(), any::<u32>(), s(), proptest::collection::vec(message(), 0..4)).prop_map(|(topic, queue_id, producer_group, messages)| {
                 Request::Send(SendRequest { topic, queue_id, producer_group, messages })
             }),
-            (s(), any::<u32>(), any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(topic, queue_id, offset, m, b, w)| {
-                Request::Pull(PullRequest { topic, queue_id, offset, max_messages: m, max_bytes: b, wait_ms: w })
+            (s(), any::<u32>(), any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>(), proptest::option::of(s())).prop_map(
+                |(topic, queue_id, offset, m, b, w, filter)| {
+                    Request::Pull(PullRequest { topic, queue_id, offset, max_messages: m, max_bytes: b, wait_ms: w, filter })
+                }
+            ),
+            (s(), s(), any::<bool>(), proptest::collection::vec((s(), s()), 0..3)).prop_map(|(group, client_id, b, subscriptions)| {
+                Request::GroupHeartbeat(GroupHeartbeatRequest {
+                    group,
+                    client_id,
+                    mode: if b { GroupMode::Clustering } else { GroupMode::Broadcasting },
+                    subscriptions,
+                })
             }),
+            (s(), s()).prop_map(|(group, client_id)| Request::GroupLeave(GroupLeaveRequest { group, client_id })),
+            (s(), s(), any::<u64>(), s(), any::<u32>(), any::<u64>()).prop_map(
+                |(group, client_id, generation, topic, queue_id, offset)| {
+                    Request::GroupCommit(GroupCommitRequest { group, client_id, generation, topic, queue_id, offset })
+                }
+            ),
             s().prop_map(|topic| Request::Route(RouteRequest { topic })),
             (s(), s(), any::<u32>(), any::<u64>())
                 .prop_map(|(group, topic, queue_id, offset)| Request::OffsetCommit(OffsetCommitRequest { group, topic, queue_id, offset })),
@@ -517,6 +652,10 @@ mod tests {
                 .prop_map(|(t, q, b)| (Op::Route, Response::Route(RouteResponse { topic: t, queues: q, broker_name: b }))),
             proptest::option::of(any::<u64>()).prop_map(|o| (Op::OffsetQuery, Response::OffsetQuery(OffsetQueryResponse { offset: o }))),
             Just((Op::Heartbeat, Response::Empty)),
+            (any::<u64>(), proptest::collection::vec((s(), any::<u32>()), 0..5)).prop_map(|(generation, queues)| (
+                Op::GroupHeartbeat,
+                Response::GroupHeartbeat(GroupHeartbeatResponse { generation, queues })
+            )),
         ]
     }
 
@@ -532,7 +671,7 @@ mod tests {
         }
 
         #[test]
-        fn random_bodies_never_panic(op in 1u16..8, body in proptest::collection::vec(any::<u8>(), 0..400)) {
+        fn random_bodies_never_panic(op in 1u16..11, body in proptest::collection::vec(any::<u8>(), 0..400)) {
             let op = Op::from_u16(op).unwrap();
             let _ = Request::decode(op, Bytes::from(body.clone()));
             let _ = Response::decode(op, Bytes::from(body));

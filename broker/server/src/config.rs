@@ -42,6 +42,8 @@ pub struct RawConfig {
     /// Full segments behind the active one kept in the page cache (default 2); older flushed
     /// segments' pages are dropped so new segments reuse warm memory. -1: leave it to the kernel.
     pub cached_segments_behind: Option<i64>,
+    /// A consumer-group member silent this long loses its queues.
+    pub group_session_timeout_ms: Option<u64>,
     pub connections_max: Option<u32>,
     pub in_flight_max: Option<u32>,
     pub frame_bytes_max: Option<u32>,
@@ -97,6 +99,7 @@ impl RawConfig {
                     raw.pretouch_segments = Some(v.parse().map_err(|_| bad(&key, format!("{v:?} is not true or false")))?);
                 }
                 "connections_max" => raw.connections_max = Some(num(&v)? as u32),
+                "group_session_timeout_ms" => raw.group_session_timeout_ms = Some(num(&v)?),
                 "in_flight_max" => raw.in_flight_max = Some(num(&v)? as u32),
                 "frame_bytes_max" => raw.frame_bytes_max = Some(num(&v)? as u32),
                 _ => {} // WASMQ_LOG and other variables are not configuration keys
@@ -119,6 +122,7 @@ pub struct Config {
     pub connections_max: NonZeroU32,
     pub in_flight_max: NonZeroU32,
     pub frame_bytes_max: u32,
+    pub group_session_timeout: Duration,
 }
 
 fn addr(key: &str, v: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
@@ -195,6 +199,11 @@ impl TryFrom<RawConfig> for Config {
             connections_max: non_zero("connections_max", raw.connections_max, CONNECTIONS_MAX_DEFAULT)?,
             in_flight_max: non_zero("in_flight_max", raw.in_flight_max, IN_FLIGHT_MAX_DEFAULT)?,
             frame_bytes_max,
+            group_session_timeout: match raw.group_session_timeout_ms {
+                Some(ms) if !(1000..=600_000).contains(&ms) => return Err(bad("group_session_timeout_ms", "between 1000 and 600000")),
+                Some(ms) => Duration::from_millis(ms),
+                None => Duration::from_millis(wasmq_engine::GROUP_SESSION_TIMEOUT_MS_DEFAULT),
+            },
         })
     }
 }

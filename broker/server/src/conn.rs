@@ -242,7 +242,11 @@ async fn dispatch(shared: &Shared, req: Request, cancel: &CancellationToken) -> 
             let max_bytes = p.max_bytes.clamp(1, PULL_BYTES_MAX) as usize;
             let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(p.wait_ms.min(PULL_WAIT_MAX_MS)));
             loop {
-                let read = match engine.pull(&p.topic, p.queue_id, p.offset, max_messages, max_bytes) {
+                let pulled = match p.filter.as_deref() {
+                    Some(f) => engine.pull_filtered(&p.topic, p.queue_id, p.offset, max_messages, max_bytes, f),
+                    None => engine.pull(&p.topic, p.queue_id, p.offset, max_messages, max_bytes),
+                };
+                let read = match pulled {
                     Ok(r) => r,
                     // Below the retained range (retention deleted it): answer where the queue
                     // now begins, as RocketMQ's OFFSET_TOO_SMALL with its next begin offset.
@@ -253,7 +257,8 @@ async fn dispatch(shared: &Shared, req: Request, cancel: &CancellationToken) -> 
                     Err(e) => return Err(wire::pull_error(&e)),
                 };
                 let now = tokio::time::Instant::now();
-                if !read.messages.is_empty() || now >= deadline || cancel.is_cancelled() {
+                // A filtered pull that skipped messages answers at once, so the offset moves on.
+                if !read.messages.is_empty() || read.next_offset > p.offset || now >= deadline || cancel.is_cancelled() {
                     return Ok(Response::Pull(PullResponse {
                         messages: read.messages.into_iter().map(wire::from_store).collect(),
                         next_offset: read.next_offset,
@@ -290,6 +295,24 @@ async fn dispatch(shared: &Shared, req: Request, cancel: &CancellationToken) -> 
         }
         Request::Heartbeat(h) => {
             engine.heartbeat(&h.client_id, h.producer_groups, h.consumer_groups).map_err(|e| wire::engine_error(&e))?;
+            Ok(Response::Empty)
+        }
+        Request::GroupHeartbeat(h) => {
+            let mode = match h.mode {
+                wasmq_protocol::GroupMode::Clustering => wasmq_engine::GroupMode::Clustering,
+                wasmq_protocol::GroupMode::Broadcasting => wasmq_engine::GroupMode::Broadcasting,
+            };
+            let a = engine.group_heartbeat(&h.group, &h.client_id, mode, h.subscriptions).map_err(|e| wire::engine_error(&e))?;
+            Ok(Response::GroupHeartbeat(wasmq_protocol::GroupHeartbeatResponse { generation: a.generation, queues: a.queues }))
+        }
+        Request::GroupLeave(l) => {
+            engine.group_leave(&l.group, &l.client_id);
+            Ok(Response::Empty)
+        }
+        Request::GroupCommit(c) => {
+            engine
+                .group_commit(&c.group, &c.client_id, c.generation, &c.topic, c.queue_id, c.offset)
+                .map_err(|e| wire::group_commit_error(&e))?;
             Ok(Response::Empty)
         }
     }

@@ -25,6 +25,8 @@ pub use config::{Config, RawConfig};
 
 /// How often consumer offsets are written to disk.
 const OFFSETS_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
+/// How often silent group members are looked for.
+const GROUP_EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest the shutdown waits for connections to finish their requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time an admin client has to send its request headers.
@@ -75,6 +77,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
     }
     let store = Arc::new(store);
     let engine = Arc::new(Engine::open(Arc::clone(&store), config.data_dir.join("config"), &config.broker_name, Arc::new(SystemClock))?);
+    engine.set_session_timeout(u64::try_from(config.group_session_timeout.as_millis()).unwrap_or(u64::MAX));
 
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let admin_listener = TcpListener::bind(config.admin_listen).await.with_context(|| format!("binding {}", config.admin_listen))?;
@@ -101,10 +104,17 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
     let persist_engine = Arc::clone(&engine);
     let persist_stop = shutdown.clone();
     tracker.spawn(async move {
-        let mut tick = tokio::time::interval(OFFSETS_PERSIST_INTERVAL);
+        let mut persist = tokio::time::interval(OFFSETS_PERSIST_INTERVAL);
+        let mut expire = tokio::time::interval(GROUP_EXPIRY_INTERVAL);
         loop {
             tokio::select! {
-                _ = tick.tick() => if let Err(e) = persist_engine.persist_offsets() { tracing::error!(error = %e, "saving offsets"); },
+                _ = persist.tick() => if let Err(e) = persist_engine.persist_offsets() { tracing::error!(error = %e, "saving offsets"); },
+                _ = expire.tick() => {
+                    let n = persist_engine.expire_members();
+                    if n > 0 {
+                        tracing::info!(members = n, "group members expired; their queues were reassigned");
+                    }
+                }
                 () = persist_stop.cancelled() => return,
             }
         }

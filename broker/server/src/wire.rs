@@ -57,6 +57,14 @@ pub fn pull_error(e: &PullError) -> WireError {
         PullError::UnknownTopic(_) => WireError::new(ErrorCode::UnknownTopic, e.to_string()),
         PullError::InvalidQueue { .. } => WireError::new(ErrorCode::InvalidQueue, e.to_string()),
         PullError::Read(r) => read_error(r),
+        PullError::Filter(_) => WireError::new(ErrorCode::InvalidRequest, e.to_string()),
+    }
+}
+
+pub fn group_commit_error(e: &wasmq_engine::GroupCommitError) -> WireError {
+    match e {
+        wasmq_engine::GroupCommitError::Fenced(_) => WireError::new(ErrorCode::Fenced, e.to_string()),
+        wasmq_engine::GroupCommitError::Engine(inner) => engine_error(inner),
     }
 }
 
