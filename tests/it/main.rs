@@ -1,5 +1,6 @@
 //! wasmq's end-to-end tests: real processes, real files, SIGKILL.
 
 mod broker;
+mod groups;
 mod store_crash;
 mod store_disk_full;

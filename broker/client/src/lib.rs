@@ -8,6 +8,7 @@ mod admin;
 mod connection;
 mod consumer;
 mod error;
+mod group;
 mod producer;
 mod tls;
 
@@ -15,7 +16,8 @@ pub use admin::Admin;
 pub use connection::{Connection, ConnectionOptions};
 pub use consumer::{PullConsumer, QueueReader};
 pub use error::ClientError;
+pub use group::{GroupConsumer, GroupOptions, Handler, StartFrom};
 pub use producer::{OutgoingMessage, Producer, RETRIES_DEFAULT, SendReceipt, queue_for_key};
 pub use tls::client_config;
 pub use wasmq_admin_types as admin_types;
-pub use wasmq_protocol::{ErrorCode, Message, PullResponse, PulledMessage};
+pub use wasmq_protocol::{ErrorCode, GroupMode, Message, PullResponse, PulledMessage};

@@ -1,0 +1,241 @@
+//! A consumer-group member: joins the group, reads the queues the broker assigns it with long
+//! polling, calls the handler for each message, and commits offsets fenced by the group's
+//! generation. Delivery is at-least-once: a message handled but not yet committed when its queue
+//! moves is handled again by the new owner; each message carries its unique id for deduplication.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use wasmq_protocol::{
+    ErrorCode, GroupCommitRequest, GroupHeartbeatRequest, GroupLeaveRequest, GroupMode, OffsetQueryRequest, PulledMessage, Request,
+    Response,
+};
+
+use crate::{ClientError, Connection, PullConsumer};
+
+/// Where a group starts reading a queue it has never committed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+}
+
+/// Settings of a group member.
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    pub group: String,
+    pub mode: GroupMode,
+    /// (topic, tag filter: `*` or `A || B`).
+    pub subscriptions: Vec<(String, String)>,
+    pub start_from: StartFrom,
+    /// How often the member heartbeats; keep it well below the broker's session timeout.
+    pub heartbeat_interval: Duration,
+    /// Longest one pull waits for messages.
+    pub pull_wait: Duration,
+    /// Messages per pull.
+    pub batch: u32,
+}
+
+impl GroupOptions {
+    pub fn new(group: impl Into<String>, topic: impl Into<String>) -> Self {
+        Self {
+            group: group.into(),
+            mode: GroupMode::Clustering,
+            subscriptions: vec![(topic.into(), "*".into())],
+            start_from: StartFrom::Earliest,
+            heartbeat_interval: Duration::from_secs(3),
+            pull_wait: Duration::from_secs(1),
+            batch: 64,
+        }
+    }
+}
+
+/// Called for every message, with its topic and queue.
+pub type Handler = Arc<dyn Fn(&str, u32, &PulledMessage) + Send + Sync>;
+
+/// A running group member. [`GroupConsumer::shutdown`] leaves the group cleanly; dropping it
+/// stops it without leaving (the broker expires it after the session timeout, like a crash).
+#[derive(Debug)]
+pub struct GroupConsumer {
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+struct Member {
+    conn: Connection,
+    options: GroupOptions,
+    handler: Handler,
+    generation: AtomicU64,
+}
+
+impl GroupConsumer {
+    /// Joins the group and starts consuming.
+    ///
+    /// # Errors
+    /// The first heartbeat failed (unknown group mode conflict, bad filter, connection).
+    pub async fn start(conn: Connection, options: GroupOptions, handler: Handler) -> Result<Self, ClientError> {
+        let member = Arc::new(Member { conn, options, handler, generation: AtomicU64::new(0) });
+        let first = member.heartbeat().await?;
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(member, first, stop_rx));
+        Ok(Self { stop, task: Some(task) })
+    }
+
+    /// Stops reading, waits for the queue readers, and leaves the group so its queues move at once.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Member {
+    fn client_id(&self) -> String {
+        self.conn.options().client_id.clone()
+    }
+
+    async fn heartbeat(&self) -> Result<(u64, Vec<(String, u32)>), ClientError> {
+        let req = Request::GroupHeartbeat(GroupHeartbeatRequest {
+            group: self.options.group.clone(),
+            client_id: self.client_id(),
+            mode: self.options.mode,
+            subscriptions: self.options.subscriptions.clone(),
+        });
+        match self.conn.call(&req).await? {
+            Response::GroupHeartbeat(a) => {
+                self.generation.store(a.generation, Ordering::Release);
+                Ok((a.generation, a.queues))
+            }
+            _ => Err(ClientError::Malformed("GroupHeartbeat answered with another response".into())),
+        }
+    }
+}
+
+async fn run(member: Arc<Member>, first: (u64, Vec<(String, u32)>), mut stop: watch::Receiver<bool>) {
+    let mut readers: HashMap<(String, u32), (watch::Sender<bool>, JoinHandle<()>)> = HashMap::new();
+    let mut assignment = first.1;
+    loop {
+        // Stop readers of queues no longer ours, start readers for new ones.
+        readers.retain(|k, (s, _)| {
+            let keep = assignment.contains(k);
+            if !keep {
+                let _ = s.send(true);
+            }
+            keep
+        });
+        for q in &assignment {
+            if !readers.contains_key(q) {
+                let (tx, rx) = watch::channel(false);
+                let task = tokio::spawn(read_queue(Arc::clone(&member), q.0.clone(), q.1, rx));
+                readers.insert(q.clone(), (tx, task));
+            }
+        }
+        // Drop finished readers (fenced ones) so the next round restarts them if still ours.
+        readers.retain(|_, (_, t)| !t.is_finished());
+        tokio::select! {
+            () = tokio::time::sleep(member.options.heartbeat_interval) => {}
+            _ = stop.changed() => break,
+        }
+        match member.heartbeat().await {
+            Ok((_, queues)) => assignment = queues,
+            Err(e) => tracing::warn!(error = %e, "group heartbeat failed; retrying"),
+        }
+    }
+    for (_, (s, t)) in readers.drain() {
+        let _ = s.send(true);
+        let _ = t.await;
+    }
+    let leave = Request::GroupLeave(GroupLeaveRequest { group: member.options.group.clone(), client_id: member.client_id() });
+    let _ = member.conn.call(&leave).await;
+}
+
+async fn read_queue(member: Arc<Member>, topic: String, queue_id: u32, mut stop: watch::Receiver<bool>) {
+    let consumer = PullConsumer::new(member.conn.clone());
+    let filter = member.options.subscriptions.iter().find(|(t, _)| *t == topic).map(|(_, f)| f.clone()).filter(|f| f.trim() != "*");
+    // Broadcasting members keep their own place in memory (as RocketMQ keeps it on the client):
+    // the group's broker-side offsets belong to clustering.
+    let broadcasting = member.options.mode == GroupMode::Broadcasting;
+    let query = Request::OffsetQuery(OffsetQueryRequest { group: member.options.group.clone(), topic: topic.clone(), queue_id });
+    let committed = if broadcasting { Ok(Response::Empty) } else { member.conn.call(&query).await };
+    let mut offset = match committed {
+        Ok(Response::OffsetQuery(q)) if q.offset.is_some() => q.offset.unwrap_or(0),
+        Ok(_) => match consumer.pull(&topic, queue_id, 0, 1, Duration::ZERO).await {
+            Ok(p) if member.options.start_from == StartFrom::Latest => p.max_offset,
+            Ok(p) => p.min_offset,
+            Err(_) => return,
+        },
+        Err(_) => return,
+    };
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let pulled = tokio::select! {
+            p = consumer.pull_filtered(&topic, queue_id, offset, member.options.batch, member.options.pull_wait, filter.as_deref()) => p,
+            _ = stop.changed() => return,
+        };
+        let p = match pulled {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(topic, queue_id, error = %e, "pull failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        for m in &p.messages {
+            (member.handler)(&topic, queue_id, m);
+        }
+        if p.next_offset == offset {
+            continue;
+        }
+        offset = p.next_offset;
+        if broadcasting {
+            continue;
+        }
+        if !commit(&member, &topic, queue_id, offset).await {
+            tracing::debug!(topic, queue_id, "queue no longer ours; releasing it");
+            return;
+        }
+    }
+}
+
+/// Commits; on `Fenced` (the group moved to a new generation) heartbeats once and, if the queue
+/// is still this member's, commits again with the new generation. Returns whether the queue is
+/// still ours.
+async fn commit(member: &Member, topic: &str, queue_id: u32, offset: u64) -> bool {
+    for _ in 0..2 {
+        let req = Request::GroupCommit(GroupCommitRequest {
+            group: member.options.group.clone(),
+            client_id: member.client_id(),
+            generation: member.generation.load(Ordering::Acquire),
+            topic: topic.to_owned(),
+            queue_id,
+            offset,
+        });
+        match member.conn.call(&req).await {
+            Ok(_) => return true,
+            Err(e) if e.code() == Some(ErrorCode::Fenced) => match member.heartbeat().await {
+                Ok((_, queues)) if queues.iter().any(|(t, q)| t == topic && *q == queue_id) => continue,
+                _ => return false,
+            },
+            Err(e) => {
+                tracing::warn!(topic, queue_id, error = %e, "commit failed");
+                return true;
+            }
+        }
+    }
+    false
+}
