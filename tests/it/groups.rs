@@ -92,10 +92,10 @@ fn clustering_shares_queues_and_takes_over_from_a_dead_member() {
             let mut first_seen: HashSet<(u32, u64)> = HashSet::new();
             let mut last: HashMap<u32, u64> = HashMap::new();
             for (_, _, q, off, _) in s.iter() {
-                if first_seen.insert((*q, *off)) {
-                    if let Some(prev) = last.insert(*q, *off) {
-                        assert!(*off > prev, "queue {q}: offset {off} handled first after {prev}");
-                    }
+                if first_seen.insert((*q, *off))
+                    && let Some(prev) = last.insert(*q, *off)
+                {
+                    assert!(*off > prev, "queue {q}: offset {off} handled first after {prev}");
                 }
             }
             eprintln!("30000 messages, {} deliveries, {} duplicates", s.len(), s.len() - 30_000);
