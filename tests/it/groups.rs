@@ -113,6 +113,9 @@ fn clustering_shares_queues_and_takes_over_from_a_dead_member() {
             m.shutdown().await;
         }
         let admin = broker.admin();
+        let group = admin.describe_group("workers").await.unwrap();
+        assert_eq!(group.queues.iter().map(|q| q.lag).sum::<u64>(), 0, "the admin API shows no lag: {group:?}");
+        assert!(group.members.is_empty(), "members that shut down left the group");
         let detail = admin.describe_topic("work").await.unwrap();
         detail.queues.iter().map(|q| q.max_offset).sum::<u64>()
     });

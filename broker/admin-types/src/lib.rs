@@ -54,3 +54,52 @@ pub struct QueueOffsets {
 pub struct ApiError {
     pub error: String,
 }
+
+/// An item of `GET /api/v1/groups`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSummary {
+    pub name: String,
+    /// `clustering`, `broadcasting`, or `none` when no member is connected.
+    pub mode: String,
+    pub members: usize,
+}
+
+/// `GET /api/v1/groups/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDetail {
+    pub name: String,
+    pub mode: String,
+    pub generation: u64,
+    pub members: Vec<GroupMember>,
+    /// One per (topic, queue) the group has committed for or is assigned.
+    pub queues: Vec<GroupQueue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    pub client_id: String,
+    /// `topic/queue` items assigned to the member.
+    pub queues: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupQueue {
+    pub topic: String,
+    pub queue_id: u32,
+    pub committed: Option<u64>,
+    pub max_offset: u64,
+    /// Messages not yet committed.
+    pub lag: u64,
+    /// Age in ms of the oldest message not yet committed (0 without lag).
+    pub lag_ms: u64,
+    pub owner: Option<String>,
+}
+
+/// `POST /api/v1/groups/{name}/reset-offset`: move the group's offsets of a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetOffset {
+    pub topic: String,
+    /// `earliest`, `latest`, or a timestamp in ms since the epoch (the first message stored at
+    /// or after it).
+    pub to: String,
+}

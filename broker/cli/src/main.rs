@@ -65,10 +65,35 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// List and describe consumer groups, reset their offsets, delete them.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
     /// Measure throughput and latency against a running broker.
     Bench {
         #[command(subcommand)]
         command: bench::BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    List,
+    /// Mode, members, assignments, per-queue committed offset and lag.
+    Describe {
+        name: String,
+    },
+    /// Move the group's offsets of a topic.
+    ResetOffset {
+        name: String,
+        topic: String,
+        /// `earliest`, `latest`, or a timestamp in ms since the epoch.
+        #[arg(long)]
+        to: String,
+    },
+    Delete {
+        name: String,
     },
 }
 
@@ -126,8 +151,46 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Consume { topic, from, queue, count, follow } => consume(&cli, topic, from, *queue, *count, *follow).await,
+        Command::Group { command } => group(&cli, command).await,
         Command::Bench { command } => bench::run(&cli, command).await,
     }
+}
+
+async fn group(cli: &Cli, command: &GroupCommand) -> Result<()> {
+    let admin = cli.admin()?;
+    let print = |g: wasmq_client::admin_types::GroupDetail| {
+        println!("group {} ({} mode, generation {})", g.name, g.mode, g.generation);
+        for m in &g.members {
+            println!("member {}: {}", m.client_id, m.queues.join(" "));
+        }
+        println!("topic\tqueue\tcommitted\tmax\tlag\tlag_ms\towner");
+        for q in g.queues {
+            let committed = q.committed.map_or("-".to_owned(), |c| c.to_string());
+            println!(
+                "{}\t{}\t{committed}\t{}\t{}\t{}\t{}",
+                q.topic,
+                q.queue_id,
+                q.max_offset,
+                q.lag,
+                q.lag_ms,
+                q.owner.as_deref().unwrap_or("-")
+            );
+        }
+    };
+    match command {
+        GroupCommand::List => {
+            for g in admin.list_groups().await? {
+                println!("{}\t{}\t{} members", g.name, g.mode, g.members);
+            }
+        }
+        GroupCommand::Describe { name } => print(admin.describe_group(name).await?),
+        GroupCommand::ResetOffset { name, topic, to } => print(admin.reset_group_offsets(name, topic, to).await?),
+        GroupCommand::Delete { name } => {
+            admin.delete_group(name).await?;
+            println!("deleted group {name}");
+        }
+    }
+    Ok(())
 }
 
 async fn topic(cli: &Cli, command: &TopicCommand) -> Result<()> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use wasmq_admin_types::{ApiError, BrokerInfo, CreateTopic, TopicDetail, TopicSummary};
+use wasmq_admin_types::{ApiError, BrokerInfo, CreateTopic, GroupDetail, GroupSummary, ResetOffset, TopicDetail, TopicSummary};
 
 use crate::ClientError;
 
@@ -92,5 +92,35 @@ impl Admin {
     /// Unknown topic, connection failure.
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
         self.call::<serde_json::Value>("DELETE", &format!("/topics/{name}"), None).await.map(|_| ())
+    }
+
+    /// # Errors
+    /// Connection failure or the API's error.
+    pub async fn list_groups(&self) -> Result<Vec<GroupSummary>, ClientError> {
+        Ok(self.call("GET", "/groups", None).await?.unwrap_or_default())
+    }
+
+    /// # Errors
+    /// Unknown group, connection failure.
+    pub async fn describe_group(&self, name: &str) -> Result<GroupDetail, ClientError> {
+        self.call("GET", &format!("/groups/{name}"), None).await?.ok_or_else(|| ClientError::Malformed("empty answer".into()))
+    }
+
+    /// Moves a group's offsets of a topic to `earliest`, `latest` or a timestamp (ms).
+    ///
+    /// # Errors
+    /// Unknown topic, bad target, connection failure.
+    pub async fn reset_group_offsets(&self, name: &str, topic: &str, to: &str) -> Result<GroupDetail, ClientError> {
+        let body = serde_json::to_vec(&ResetOffset { topic: topic.to_owned(), to: to.to_owned() })
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.call("POST", &format!("/groups/{name}/reset-offset"), Some(body))
+            .await?
+            .ok_or_else(|| ClientError::Malformed("empty answer".into()))
+    }
+
+    /// # Errors
+    /// Live members, unknown group, connection failure.
+    pub async fn delete_group(&self, name: &str) -> Result<(), ClientError> {
+        self.call::<serde_json::Value>("DELETE", &format!("/groups/{name}"), None).await.map(|_| ())
     }
 }

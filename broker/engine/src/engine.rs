@@ -386,6 +386,72 @@ impl Engine {
         g
     }
 
+    /// The first queue offset whose message was stored at or after `ts_ms` (the queue's end if
+    /// none): a binary search over store times, which never decrease along a queue.
+    ///
+    /// # Errors
+    /// A record that cannot be read.
+    pub fn offset_for_time(&self, topic: &str, queue_id: u32, ts_ms: u64) -> Result<u64, PullError> {
+        let (min, max) = self.store.queue_bounds(topic, queue_id);
+        let (mut lo, mut hi) = (min, max);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let e = self.store.queue_entries(topic, queue_id, mid, 1)?;
+            let Some(e) = e.first() else { break };
+            if self.store.read(e.log_offset)?.store_ms < ts_ms {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// Sets a group's offsets for every queue of `topic`.
+    ///
+    /// # Errors
+    /// Unknown topic, a bad target, or live members in clustering (they would commit over it).
+    pub fn reset_offsets(&self, group: &str, topic: &str, to: &str) -> Result<Vec<(u32, u64)>, EngineError> {
+        topics::validate_group(group).map_err(EngineError::Invalid)?;
+        let config = self.topic(topic).ok_or_else(|| EngineError::Invalid(format!("topic {topic} does not exist")))?;
+        let mut set = Vec::new();
+        for q in 0..config.queues {
+            let (min, max) = self.store.queue_bounds(topic, q);
+            let offset = match to {
+                "earliest" => min,
+                "latest" => max,
+                ts => {
+                    let ts: u64 = ts.parse().map_err(|_| EngineError::Invalid(format!("{ts:?}: earliest, latest or a timestamp in ms")))?;
+                    self.offset_for_time(topic, q, ts).map_err(|e| EngineError::Invalid(e.to_string()))?
+                }
+            };
+            set.push((q, offset));
+        }
+        let mut offsets = lock(&self.offsets);
+        for &(q, o) in &set {
+            offsets.set(group, topic, q, o);
+        }
+        drop(offsets);
+        self.offsets_dirty.store(true, Ordering::Release);
+        tracing::info!(group, topic, to, "group offsets reset");
+        Ok(set)
+    }
+
+    /// Deletes a group's offsets.
+    ///
+    /// # Errors
+    /// The group has live members, or does not exist.
+    pub fn delete_group(&self, group: &str) -> Result<(), EngineError> {
+        if self.describe_group(group).is_some_and(|g| !g.members.is_empty()) {
+            return Err(EngineError::Invalid(format!("group {group} has live members; stop them first")));
+        }
+        if lock(&self.offsets).groups.remove(group).is_none() {
+            return Err(EngineError::Invalid(format!("group {group} does not exist")));
+        }
+        self.offsets_dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
     /// Reads a queue, keeping only messages whose tag passes `filter` (decided on the consume
     /// queue's tag hashes; the log is read only for messages that pass). `next_offset` moves
     /// past skipped messages too, so a group's offset advances through filtered-out ones.

@@ -7,9 +7,12 @@ use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use wasmq_admin_types::{ApiError, BrokerInfo, CreateTopic, QueueOffsets, TopicDetail, TopicSummary};
+use wasmq_admin_types::{
+    ApiError, BrokerInfo, CreateTopic, GroupDetail, GroupMember, GroupQueue, GroupSummary, QueueOffsets, ResetOffset, TopicDetail,
+    TopicSummary,
+};
 use wasmq_engine::Engine;
 
 #[derive(Debug, Clone)]
@@ -44,6 +47,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/broker", get(broker_info))
         .route("/api/v1/topics", get(list_topics).post(create_topic))
         .route("/api/v1/topics/{name}", get(describe_topic).delete(delete_topic))
+        .route("/api/v1/groups", get(list_groups))
+        .route("/api/v1/groups/{name}", get(describe_group).delete(delete_group))
+        .route("/api/v1/groups/{name}/reset-offset", post(reset_offset))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
         .fallback(|| async { error(404, "no such endpoint") })
         .with_state(state)
@@ -106,6 +112,103 @@ async fn delete_topic(State(s): State<AdminState>, Path(name): Path<String>) -> 
     }
 }
 
+fn mode_name(m: wasmq_engine::GroupMode) -> String {
+    match m {
+        wasmq_engine::GroupMode::Clustering => "clustering".into(),
+        wasmq_engine::GroupMode::Broadcasting => "broadcasting".into(),
+    }
+}
+
+async fn list_groups(State(s): State<AdminState>) -> Json<Vec<GroupSummary>> {
+    Json(
+        s.engine
+            .groups()
+            .into_iter()
+            .map(|name| {
+                let view = s.engine.describe_group(&name);
+                GroupSummary {
+                    mode: view.as_ref().filter(|v| !v.members.is_empty()).map_or_else(|| "none".into(), |v| mode_name(v.mode)),
+                    members: view.map_or(0, |v| v.members.len()),
+                    name,
+                }
+            })
+            .collect(),
+    )
+}
+
+async fn describe_group(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    let engine = &s.engine;
+    let view = engine.describe_group(&name);
+    let committed = engine.offsets().groups.get(&name).cloned().unwrap_or_default();
+    if view.is_none() && committed.is_empty() {
+        return error(404, format!("group {name} does not exist"));
+    }
+    let mut owners = std::collections::BTreeMap::new();
+    let mut members = Vec::new();
+    for (client_id, a) in view.as_ref().map(|v| v.members.clone()).unwrap_or_default() {
+        for q in &a.queues {
+            owners.insert(q.clone(), client_id.clone());
+        }
+        members.push(GroupMember { client_id, queues: a.queues.iter().map(|(t, q)| format!("{t}/{q}")).collect() });
+    }
+    let mut keys: std::collections::BTreeSet<(String, u32)> = owners.keys().cloned().collect();
+    for (topic, queues) in &committed {
+        keys.extend(queues.keys().map(|q| (topic.clone(), *q)));
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let queues = keys
+        .into_iter()
+        .map(|(topic, queue_id)| {
+            let (min, max_offset) = engine.store().queue_bounds(&topic, queue_id);
+            let c = committed.get(&topic).and_then(|q| q.get(&queue_id)).copied();
+            let from = c.unwrap_or(min).max(min);
+            let lag = max_offset.saturating_sub(from);
+            let lag_ms = if lag == 0 {
+                0
+            } else {
+                engine
+                    .store()
+                    .queue_entries(&topic, queue_id, from, 1)
+                    .ok()
+                    .and_then(|e| e.first().and_then(|e| engine.store().read(e.log_offset).ok()))
+                    .map_or(0, |m| now.saturating_sub(m.store_ms))
+            };
+            let owner = owners.get(&(topic.clone(), queue_id)).cloned();
+            GroupQueue { topic, queue_id, committed: c, max_offset, lag, lag_ms, owner }
+        })
+        .collect();
+    Json(GroupDetail {
+        name,
+        mode: view.as_ref().map_or_else(|| "none".into(), |v| mode_name(v.mode)),
+        generation: view.map_or(0, |v| v.generation),
+        members,
+        queues,
+    })
+    .into_response()
+}
+
+async fn reset_offset(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    body: Result<Json<ResetOffset>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(r) = match body {
+        Ok(b) => b,
+        Err(e) => return error(400, e.body_text()),
+    };
+    match s.engine.reset_offsets(&name, &r.topic, &r.to) {
+        Ok(_) => describe_group(State(s), Path(name)).await,
+        Err(e) => error(400, e.to_string()),
+    }
+}
+
+async fn delete_group(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    match s.engine.delete_group(&name) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error(409, e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,7 +233,8 @@ mod tests {
         let (store, _) = wasmq_store::Store::open(wasmq_store::StoreConfig::small_for_tests(dir.path().join("s"))).unwrap();
         let engine = Engine::open(Arc::new(store), dir.path().join("c"), "b", Arc::new(wasmq_store::SystemClock)).unwrap();
         let token = "0123456789abcdef0123";
-        let app = router(AdminState { engine: Arc::new(engine), token: token.into(), listen: "l".into(), admin_listen: "a".into() });
+        let app_engine = Arc::new(engine);
+        let app = router(AdminState { engine: Arc::clone(&app_engine), token: token.into(), listen: "l".into(), admin_listen: "a".into() });
         assert_eq!(call(&app, "GET", "/api/v1/topics", None, "").await.0, 401);
         assert_eq!(call(&app, "GET", "/api/v1/topics", Some("wrong-token-xxxxxx"), "").await.0, 401);
         let (s, v) = call(&app, "POST", "/api/v1/topics", Some(token), r#"{"name":"orders","queues":4}"#).await;
@@ -143,6 +247,26 @@ mod tests {
         assert_eq!((s, v["queues"].as_array().map(Vec::len)), (200, Some(4)));
         assert_eq!(call(&app, "GET", "/api/v1/topics", Some(token), "").await.1.as_array().map(Vec::len), Some(1));
         assert_eq!(call(&app, "GET", "/api/v1/broker", Some(token), "").await.1["topics"], 1);
+        // Groups: offsets, lag, reset, delete.
+        let engine = &app_engine;
+        engine
+            .send("orders", Some(1), vec![wasmq_store::NewMessage { body: bytes::Bytes::from_static(b"x"), ..Default::default() }; 3])
+            .unwrap();
+        engine.commit_offset("g1", "orders", 1, 1).unwrap();
+        let (s, v) = call(&app, "GET", "/api/v1/groups/g1", Some(token), "").await;
+        assert_eq!(s, 200);
+        assert_eq!((v["queues"][0]["lag"].as_u64(), v["queues"][0]["committed"].as_u64()), (Some(2), Some(1)));
+        assert_eq!(call(&app, "GET", "/api/v1/groups", Some(token), "").await.1[0]["name"], "g1");
+        let (s, v) = call(&app, "POST", "/api/v1/groups/g1/reset-offset", Some(token), r#"{"topic":"orders","to":"latest"}"#).await;
+        assert_eq!(s, 200);
+        assert_eq!(v["queues"].as_array().unwrap().iter().map(|q| q["lag"].as_u64().unwrap()).sum::<u64>(), 0);
+        let (s, _) = call(&app, "POST", "/api/v1/groups/g1/reset-offset", Some(token), r#"{"topic":"orders","to":"0"}"#).await;
+        assert_eq!(s, 200, "a timestamp before everything is the earliest offset");
+        assert_eq!(engine.query_offset("g1", "orders", 1), Some(0));
+        assert_eq!(call(&app, "POST", "/api/v1/groups/g1/reset-offset", Some(token), r#"{"topic":"orders","to":"soon"}"#).await.0, 400);
+        assert_eq!(call(&app, "DELETE", "/api/v1/groups/g1", Some(token), "").await.0, 204);
+        assert_eq!(call(&app, "GET", "/api/v1/groups/g1", Some(token), "").await.0, 404);
+
         assert_eq!(call(&app, "DELETE", "/api/v1/topics/orders", Some(token), "").await.0, 204);
         assert_eq!(call(&app, "GET", "/api/v1/topics/orders", Some(token), "").await.0, 404);
     }
