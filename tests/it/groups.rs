@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmq_client::{GroupConsumer, GroupMode, GroupOptions, OutgoingMessage, Producer, PulledMessage};
+use wasmq_client::{ConsumeResult, GroupConsumer, GroupMode, GroupOptions, OutgoingMessage, Producer, PullConsumer, PulledMessage};
 use wasmq_tests::broker::Broker;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -22,6 +22,7 @@ fn recorder(seen: &Seen, member: usize) -> wasmq_client::Handler {
     let seen = Arc::clone(seen);
     Arc::new(move |topic: &str, queue: u32, m: &PulledMessage| {
         seen.lock().unwrap().push((member, topic.to_owned(), queue, m.queue_offset, m.message.unique_id.clone()));
+        ConsumeResult::Success
     })
 }
 
@@ -214,5 +215,56 @@ fn broadcasting_and_tag_filters() {
         member.shutdown().await;
         let got: HashSet<String> = seen.lock().unwrap().iter().map(|s| s.4.clone()).collect();
         assert!(got.is_disjoint(&c), "a message tagged C reached an `A || B` subscription");
+    });
+}
+
+/// A handler failing twice then succeeding sees the message three times, each retry no earlier
+/// than its delay; one that always fails sees it 1 + max times, then it is in the DLQ.
+#[test]
+fn failed_messages_come_back_after_their_delays_then_go_to_the_dead_letter_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[("WASMQ_RETRY_DELAYS_MS", "500,1000"), ("WASMQ_MAX_RECONSUME_TIMES", "3")]);
+    runtime().block_on(async {
+        broker.admin().create_topic("jobs", 2).await.unwrap();
+        let attempts: Arc<Mutex<Vec<(String, String, u32, Instant)>>> = Arc::default();
+        let log = Arc::clone(&attempts);
+        let handler: wasmq_client::Handler = Arc::new(move |topic: &str, _q: u32, m: &PulledMessage| {
+            let body = String::from_utf8_lossy(&m.message.body).into_owned();
+            log.lock().unwrap().push((body.clone(), topic.to_owned(), m.reconsume_times, Instant::now()));
+            match body.as_str() {
+                "flaky" if m.reconsume_times < 2 => ConsumeResult::ReconsumeLater,
+                "poison" => ConsumeResult::ReconsumeLater,
+                _ => ConsumeResult::Success,
+            }
+        });
+        let member = GroupConsumer::start(broker.connect().await, options("workers", "jobs"), handler).await.unwrap();
+        let producer = Producer::new(broker.connect().await, "p");
+        for body in ["flaky", "poison", "fine"] {
+            producer.send("jobs", OutgoingMessage::new(body.as_bytes().to_vec())).await.unwrap();
+        }
+        let consumer = PullConsumer::new(broker.connect().await);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let flaky = attempts.lock().unwrap().iter().filter(|a| a.0 == "flaky").count();
+            let dlq = consumer.pull("%DLQ%workers", 0, 0, 10, Duration::ZERO).await.map(|p| p.messages).unwrap_or_default();
+            if flaky == 3 && dlq.len() == 1 {
+                assert_eq!(&dlq[0].message.body[..], b"poison");
+                assert_eq!(dlq[0].reconsume_times, 4);
+                break;
+            }
+            assert!(Instant::now() < deadline, "flaky seen {flaky} times, DLQ holds {}", dlq.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        member.shutdown().await;
+        let a = attempts.lock().unwrap();
+        let flaky: Vec<_> = a.iter().filter(|x| x.0 == "flaky").collect();
+        assert_eq!(flaky.iter().map(|x| x.2).collect::<Vec<_>>(), vec![0, 1, 2], "reconsume counts");
+        assert!(flaky.iter().all(|x| x.1 == "jobs"), "a retried message shows its original topic");
+        let gaps: Vec<Duration> = flaky.windows(2).map(|w| w[1].3 - w[0].3).collect();
+        eprintln!("retry gaps {gaps:?} for delays 500 ms, 1000 ms");
+        assert!(gaps[0] >= Duration::from_millis(500) && gaps[1] >= Duration::from_millis(1000), "never early: {gaps:?}");
+        assert!(gaps[0] < Duration::from_millis(2500) && gaps[1] < Duration::from_millis(3000), "not much late: {gaps:?}");
+        assert_eq!(a.iter().filter(|x| x.0 == "poison").count(), 4, "1 delivery + 3 reconsumes, then the DLQ");
+        assert_eq!(a.iter().filter(|x| x.0 == "fine").count(), 1);
     });
 }

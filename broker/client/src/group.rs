@@ -12,8 +12,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wasmq_protocol::{
     ErrorCode, GroupCommitRequest, GroupHeartbeatRequest, GroupLeaveRequest, GroupMode, OffsetQueryRequest, PulledMessage, Request,
-    Response,
+    Response, SendBackRequest,
 };
+
+/// Tries to hand a failed message back before the reader stops and re-reads from its last
+/// commit (so the message is not skipped).
+const SEND_BACK_TRIES: u32 = 3;
+/// The user property naming a retried message's first topic (set by the broker).
+const ORIGIN_TOPIC_PROPERTY: &str = "ORIGIN_TOPIC";
 
 use crate::{ClientError, Connection, PullConsumer};
 
@@ -54,8 +60,18 @@ impl GroupOptions {
     }
 }
 
-/// Called for every message, with its topic and queue.
-pub type Handler = Arc<dyn Fn(&str, u32, &PulledMessage) + Send + Sync>;
+/// What a handler made of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumeResult {
+    Success,
+    /// Deliver it again later (through the group's retry topic, with a growing delay; after
+    /// the broker's maximum it goes to the dead-letter topic).
+    ReconsumeLater,
+}
+
+/// Called for every message with its topic (for a redelivered message, the topic it was first
+/// sent to) and queue; `reconsume_times` on the message says how often it came back.
+pub type Handler = Arc<dyn Fn(&str, u32, &PulledMessage) -> ConsumeResult + Send + Sync>;
 
 /// A running group member. [`GroupConsumer::shutdown`] leaves the group cleanly; dropping it
 /// stops it without leaving (the broker expires it after the session timeout, like a crash).
@@ -195,13 +211,19 @@ async fn read_queue(member: Arc<Member>, topic: String, queue_id: u32, mut stop:
                 continue;
             }
         };
+        let mut next = p.next_offset;
         for m in &p.messages {
-            (member.handler)(&topic, queue_id, m);
+            let shown = m.message.properties.iter().find(|(k, _)| k == ORIGIN_TOPIC_PROPERTY).map_or(topic.as_str(), |(_, v)| v.as_str());
+            if (member.handler)(shown, queue_id, m) == ConsumeResult::ReconsumeLater && !send_back(&member, &topic, queue_id, m).await {
+                // Could not hand it back: do not commit past it; it will be read again.
+                next = m.queue_offset;
+                break;
+            }
         }
-        if p.next_offset == offset {
+        if next == offset {
             continue;
         }
-        offset = p.next_offset;
+        offset = next;
         if broadcasting {
             continue;
         }
@@ -210,6 +232,25 @@ async fn read_queue(member: Arc<Member>, topic: String, queue_id: u32, mut stop:
             return;
         }
     }
+}
+
+async fn send_back(member: &Member, topic: &str, queue_id: u32, m: &PulledMessage) -> bool {
+    let req = Request::SendBack(SendBackRequest {
+        group: member.options.group.clone(),
+        topic: topic.to_owned(),
+        queue_id,
+        log_offset: m.log_offset,
+    });
+    for _ in 0..SEND_BACK_TRIES {
+        match member.conn.call(&req).await {
+            Ok(_) => return true,
+            Err(e) => {
+                tracing::warn!(topic, queue_id, error = %e, "send back failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    false
 }
 
 /// Commits; on `Fenced` (the group moved to a new generation) heartbeats once and, if the queue

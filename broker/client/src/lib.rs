@@ -16,7 +16,7 @@ pub use admin::Admin;
 pub use connection::{Connection, ConnectionOptions};
 pub use consumer::{PullConsumer, QueueReader};
 pub use error::ClientError;
-pub use group::{GroupConsumer, GroupOptions, Handler, StartFrom};
+pub use group::{ConsumeResult, GroupConsumer, GroupOptions, Handler, StartFrom};
 pub use producer::{OutgoingMessage, Producer, RETRIES_DEFAULT, SendReceipt, queue_for_key};
 pub use tls::client_config;
 pub use wasmq_admin_types as admin_types;

@@ -20,6 +20,34 @@ const CLIENTS_MAX: usize = 100_000;
 const FILTER_SCAN_MAX: usize = 16_384;
 /// A group member silent this long loses its queues (default; see `Engine::set_session_timeout`).
 pub const GROUP_SESSION_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Redelivery delays by reconsume count, as RocketMQ's levels 3.. (1s 5s 10s 30s 1m … 2h).
+pub const RETRY_DELAYS_MS_DEFAULT: [u64; 18] = [
+    1_000, 5_000, 10_000, 30_000, 60_000, 120_000, 180_000, 240_000, 300_000, 360_000, 420_000, 480_000, 540_000, 600_000, 1_200_000,
+    1_800_000, 3_600_000, 7_200_000,
+];
+/// Sends back after which a message goes to the dead-letter topic.
+pub const MAX_RECONSUME_TIMES_DEFAULT: u32 = 16;
+/// The user property naming the topic a retried message first came from.
+pub const ORIGIN_TOPIC_PROPERTY: &str = "ORIGIN_TOPIC";
+
+/// The retry topic of a group: one queue per delay, so each queue is in due-time order.
+pub fn retry_topic(group: &str) -> String {
+    format!("%RETRY%{group}")
+}
+
+/// The dead-letter topic of a group.
+pub fn dlq_topic(group: &str) -> String {
+    format!("%DLQ%{group}")
+}
+
+/// Where a sent-back message went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendBackOutcome {
+    /// Redelivered through the retry topic no earlier than `due_ms`.
+    Retry { reconsume_times: u32, due_ms: u64 },
+    /// Past the maximum: stored in the dead-letter topic.
+    DeadLetter { reconsume_times: u32 },
+}
 
 /// A parked long poll: woken when its queue may have new messages.
 pub trait Wake: Send {
@@ -93,6 +121,7 @@ pub struct Engine {
     clients: Mutex<HashMap<String, ClientInfo>>,
     round_robin: AtomicU32,
     coordinator: Mutex<Coordinator>,
+    retry: RwLock<(Vec<u64>, u32)>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -138,6 +167,7 @@ impl Engine {
             clients: Mutex::new(HashMap::new()),
             round_robin: AtomicU32::new(0),
             coordinator: Mutex::new(Coordinator::new(GROUP_SESSION_TIMEOUT_MS_DEFAULT)),
+            retry: RwLock::new((RETRY_DELAYS_MS_DEFAULT.to_vec(), MAX_RECONSUME_TIMES_DEFAULT)),
         })
     }
 
@@ -298,7 +328,8 @@ impl Engine {
             Err((true, _)) => return Err(PullError::UnknownTopic(topic.to_owned())),
             Err((false, queues)) => return Err(PullError::InvalidQueue { topic: topic.to_owned(), queue_id, queues }),
         }
-        Ok(self.store.read_queue(topic, queue_id, offset, max_messages, max_bytes)?)
+        let read = self.store.read_queue(topic, queue_id, offset, max_messages, max_bytes)?;
+        Ok(self.hold_until_due(topic, read))
     }
 
     /// Parks `waker` until the queue has a message at `offset` or later. Returns it back if
@@ -327,6 +358,72 @@ impl Engine {
         move |t: &str| snapshot.get(t).map(|c| c.queues)
     }
 
+    /// Sets the redelivery delays (one per reconsume count; the last repeats) and the maximum
+    /// number of reconsumes before the dead-letter topic.
+    ///
+    /// # Errors
+    /// No delays, or more than 64.
+    pub fn set_retry_policy(&self, delays_ms: Vec<u64>, max_reconsume_times: u32) -> Result<(), EngineError> {
+        if delays_ms.is_empty() || delays_ms.len() > 64 {
+            return Err(EngineError::Invalid("retry delays: 1 to 64 values".into()));
+        }
+        *self.retry.write().unwrap_or_else(|e| e.into_inner()) = (delays_ms, max_reconsume_times);
+        Ok(())
+    }
+
+    /// A consumer failed a message: schedule it again through the group's retry topic (at the
+    /// delay of its new reconsume count), or move it to the dead-letter topic past the maximum.
+    /// The message keeps its body, unique id, keys and tags, and records its origin topic.
+    ///
+    /// # Errors
+    /// Unknown message (not at `log_offset` of that topic and queue), or the append failed.
+    pub fn send_back(&self, group: &str, topic: &str, queue_id: u32, log_offset: u64) -> Result<SendBackOutcome, EngineError> {
+        topics::validate_group(group).map_err(EngineError::Invalid)?;
+        let m = self.store.read(log_offset).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        if m.topic != topic || m.queue_id != queue_id {
+            return Err(EngineError::Invalid(format!("no message of {topic}/{queue_id} at log offset {log_offset}")));
+        }
+        let (delays, max) = self.retry.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let reconsume_times = m.properties.reconsume_times + 1;
+        let mut properties = m.properties;
+        properties.reconsume_times = reconsume_times;
+        if !properties.user.iter().any(|(k, _)| k == ORIGIN_TOPIC_PROPERTY) {
+            properties.user.push((ORIGIN_TOPIC_PROPERTY.to_owned(), m.topic.clone()));
+        }
+        let save = |e: SendError| EngineError::Invalid(e.to_string());
+        if reconsume_times > max {
+            let dlq = dlq_topic(group);
+            self.ensure_system_topic(&dlq, 1).map_err(|e| EngineError::Invalid(e.to_string()))?;
+            properties.delivery_ms = None;
+            let msg = NewMessage { topic: dlq.clone(), queue_id: 0, born_ms: m.born_ms, flags: m.flags, properties, body: m.body };
+            self.send(&dlq, Some(0), vec![msg]).map_err(save)?;
+            tracing::info!(group, topic, reconsume_times, "message moved to the dead-letter topic");
+            return Ok(SendBackOutcome::DeadLetter { reconsume_times });
+        }
+        let retry = retry_topic(group);
+        self.ensure_system_topic(&retry, delays.len() as u32).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let level = (reconsume_times as usize).min(delays.len());
+        let due_ms = self.clock.now_ms() + delays[level - 1];
+        properties.delivery_ms = Some(due_ms);
+        let msg = NewMessage { topic: retry.clone(), queue_id: 0, born_ms: m.born_ms, flags: m.flags, properties, body: m.body };
+        self.send(&retry, Some(level as u32 - 1), vec![msg]).map_err(save)?;
+        Ok(SendBackOutcome::Retry { reconsume_times, due_ms })
+    }
+
+    /// Retry topics deliver a message only once due: a pull stops at the first message whose
+    /// delivery time is still ahead (each retry queue holds one delay, so it is in due order).
+    fn hold_until_due(&self, topic: &str, mut read: QueueRead) -> QueueRead {
+        if !topic.starts_with("%RETRY%") {
+            return read;
+        }
+        let now = self.clock.now_ms();
+        if let Some(i) = read.messages.iter().position(|m| m.properties.delivery_ms.is_some_and(|d| d > now)) {
+            read.next_offset = read.messages[i].queue_offset;
+            read.messages.truncate(i);
+        }
+        read
+    }
+
     /// A group member joins or heartbeats; returns its assignment.
     ///
     /// # Errors
@@ -342,7 +439,14 @@ impl Engine {
         if member.is_empty() || member.len() > 255 {
             return Err(EngineError::Invalid("client id must be 1..=255 bytes".into()));
         }
-        let subs = subscriptions.into_iter().collect();
+        let mut subs: std::collections::BTreeMap<String, String> = subscriptions.into_iter().collect();
+        if mode == GroupMode::Clustering {
+            // Clustering members also read the group's retry topic, shared out like the rest.
+            let queues = self.retry.read().unwrap_or_else(|e| e.into_inner()).0.len() as u32;
+            let retry = retry_topic(group);
+            self.ensure_system_topic(&retry, queues).map_err(|e| EngineError::Invalid(e.to_string()))?;
+            subs.entry(retry).or_insert_with(|| "*".to_owned());
+        }
         let now = self.clock.now_ms();
         lock(&self.coordinator).heartbeat(group, member, mode, subs, now, self.queues_of()).map_err(EngineError::Invalid)
     }
@@ -491,7 +595,7 @@ impl Engine {
             }
             next += 1;
         }
-        Ok(QueueRead { messages, next_offset: next, min_offset, max_offset })
+        Ok(self.hold_until_due(topic, QueueRead { messages, next_offset: next, min_offset, max_offset }))
     }
 
     /// Commits a group's offset for a queue.
@@ -642,7 +746,8 @@ mod tests {
         assert!(matches!(e.pull_filtered("tags", 0, 0, 2, 1 << 20, "A ||"), Err(PullError::Filter(_))));
 
         let a = e.group_heartbeat("g", "m1", GroupMode::Clustering, vec![("tags".into(), "*".into())]).unwrap();
-        assert_eq!(a.queues, vec![("tags".to_owned(), 0)]);
+        assert!(a.queues.contains(&("tags".to_owned(), 0)));
+        assert_eq!(a.queues.len(), 1 + RETRY_DELAYS_MS_DEFAULT.len(), "plus the group's retry queues");
         e.group_commit("g", "m1", a.generation, "tags", 0, 6).unwrap();
         assert_eq!(e.query_offset("g", "tags", 0), Some(6));
         let b = e.group_heartbeat("g", "m2", GroupMode::Clustering, vec![("tags".into(), "*".into())]).unwrap();
@@ -650,5 +755,48 @@ mod tests {
         assert!(b.generation > a.generation);
         e.group_leave("g", "m1");
         assert_eq!(e.describe_group("g").unwrap().members.len(), 1);
+    }
+
+    #[test]
+    fn send_back_retries_with_delays_then_dead_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(StoreConfig::small_for_tests(dir.path().join("store"))).unwrap();
+        let clock = Arc::new(ManualClock::new(1_000));
+        let e = Engine::open(Arc::new(store), dir.path().join("config"), "b0", clock.clone()).unwrap();
+        e.set_retry_policy(vec![100, 300], 3).unwrap();
+        e.create_topic("jobs", 1).unwrap();
+        let mut m = msg("work");
+        m.properties.unique_id = Some("id-1".into());
+        let (_, a) = e.send("jobs", Some(0), vec![m]).unwrap();
+        let mut at = ("jobs".to_owned(), 0u32, a.messages[0].log_offset);
+        let mut seen = Vec::new();
+        for attempt in 1..=4u32 {
+            let outcome = e.send_back("g", &at.0, at.1, at.2).unwrap();
+            if attempt == 4 {
+                assert_eq!(outcome, SendBackOutcome::DeadLetter { reconsume_times: 4 });
+                break;
+            }
+            let SendBackOutcome::Retry { reconsume_times, due_ms } = outcome else { panic!("{outcome:?}") };
+            assert_eq!(reconsume_times, attempt);
+            assert_eq!(due_ms, clock.now_ms() + if attempt == 1 { 100 } else { 300 }, "the last delay repeats");
+            let q = attempt.min(2) - 1;
+            let retry = retry_topic("g");
+            let offset = e.store().queue_bounds(&retry, q).1 - 1;
+            assert!(e.pull(&retry, q, offset, 10, 1 << 20).unwrap().messages.is_empty(), "never early");
+            clock.set_ms(due_ms);
+            let r = e.pull(&retry, q, offset, 10, 1 << 20).unwrap();
+            let got = &r.messages[0];
+            assert_eq!(
+                (got.properties.reconsume_times, got.properties.unique_id.as_deref(), &got.body[..]),
+                (attempt, Some("id-1"), &b"work"[..])
+            );
+            assert!(got.properties.user.contains(&(ORIGIN_TOPIC_PROPERTY.to_owned(), "jobs".to_owned())));
+            seen.push(got.log_offset);
+            at = (retry, q, got.log_offset);
+        }
+        let dlq = e.pull(&dlq_topic("g"), 0, 0, 10, 1 << 20).unwrap();
+        assert_eq!(dlq.messages.len(), 1);
+        assert_eq!(dlq.messages[0].properties.reconsume_times, 4);
+        assert!(e.send_back("g", "jobs", 0, 12_345).is_err(), "no message there");
     }
 }

@@ -10,7 +10,10 @@ mod groups;
 mod offsets;
 mod topics;
 
-pub use engine::{ClientInfo, Engine, EngineError, GROUP_SESSION_TIMEOUT_MS_DEFAULT, GroupCommitError, PullError, SendError, Wake};
+pub use engine::{
+    ClientInfo, Engine, EngineError, GROUP_SESSION_TIMEOUT_MS_DEFAULT, GroupCommitError, MAX_RECONSUME_TIMES_DEFAULT,
+    ORIGIN_TOPIC_PROPERTY, PullError, RETRY_DELAYS_MS_DEFAULT, SendBackOutcome, SendError, Wake, dlq_topic, retry_topic,
+};
 pub use groups::{Assignment, Coordinator, FenceError, GROUP_MEMBERS_MAX, GROUP_TOPICS_MAX, GroupMode, GroupView, TagFilter};
 pub use offsets::OffsetTable;
 pub use topics::{QUEUES_PER_TOPIC_MAX, QueueStatus, TOPICS_MAX, TopicConfig, TopicError, TopicStatus, validate_group};

@@ -22,5 +22,5 @@ pub use message::{
     BATCH_MESSAGES_MAX, GroupCommitRequest, GroupHeartbeatRequest, GroupHeartbeatResponse, GroupLeaveRequest, GroupMode, HeartbeatRequest,
     HelloRequest, HelloResponse, MESSAGE_BYTES_MAX, Message, OffsetCommitRequest, OffsetQueryRequest, OffsetQueryResponse, Op,
     PROTOCOL_VERSION, PULL_MESSAGES_MAX, PULL_WAIT_MAX_MS, PullRequest, PullResponse, PulledMessage, QUEUE_ANY, Request, Response,
-    RouteRequest, RouteResponse, SendRequest, SendResponse, SendResult,
+    RouteRequest, RouteResponse, SendBackRequest, SendRequest, SendResponse, SendResult,
 };

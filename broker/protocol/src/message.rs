@@ -33,6 +33,7 @@ pub enum Op {
     GroupHeartbeat = 8,
     GroupLeave = 9,
     GroupCommit = 10,
+    SendBack = 11,
 }
 
 impl Op {
@@ -48,6 +49,7 @@ impl Op {
             Self::GroupHeartbeat,
             Self::GroupLeave,
             Self::GroupCommit,
+            Self::SendBack,
         ]
         .into_iter()
         .find(|o| *o as u16 == v)
@@ -226,6 +228,16 @@ pub struct GroupCommitRequest {
     pub offset: u64,
 }
 
+/// A consumer could not handle a message: the broker schedules it again through the group's
+/// retry topic (or moves it to the dead-letter topic after the maximum).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendBackRequest {
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+    pub log_offset: u64,
+}
+
 /// A request with its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -239,6 +251,7 @@ pub enum Request {
     GroupHeartbeat(GroupHeartbeatRequest),
     GroupLeave(GroupLeaveRequest),
     GroupCommit(GroupCommitRequest),
+    SendBack(SendBackRequest),
 }
 
 /// A successful response with its body (errors are a status code and a text).
@@ -317,6 +330,7 @@ impl Request {
             Self::GroupHeartbeat(_) => Op::GroupHeartbeat,
             Self::GroupLeave(_) => Op::GroupLeave,
             Self::GroupCommit(_) => Op::GroupCommit,
+            Self::SendBack(_) => Op::SendBack,
         }
     }
 
@@ -370,6 +384,9 @@ impl Request {
             }
             Self::GroupCommit(c) => {
                 w.string(&c.group).string(&c.client_id).u64(c.generation).string(&c.topic).u32(c.queue_id).u64(c.offset);
+            }
+            Self::SendBack(b) => {
+                w.string(&b.group).string(&b.topic).u32(b.queue_id).u64(b.log_offset);
             }
         }
         w.finish()
@@ -439,6 +456,12 @@ impl Request {
                 topic: r.string("topic")?,
                 queue_id: r.u32("queue_id")?,
                 offset: r.u64("offset")?,
+            }),
+            Op::SendBack => Self::SendBack(SendBackRequest {
+                group: r.string("group")?,
+                topic: r.string("topic")?,
+                queue_id: r.u32("queue_id")?,
+                log_offset: r.u64("log_offset")?,
             }),
         };
         r.finish()?;
@@ -543,7 +566,7 @@ impl Response {
                 let queues = (0..n).map(|_| Ok((r.string("topic")?, r.u32("queue_id")?))).collect::<Result<_, _>>()?;
                 Self::GroupHeartbeat(GroupHeartbeatResponse { generation, queues })
             }
-            Op::OffsetCommit | Op::Heartbeat | Op::GroupLeave | Op::GroupCommit => Self::Empty,
+            Op::OffsetCommit | Op::Heartbeat | Op::GroupLeave | Op::GroupCommit | Op::SendBack => Self::Empty,
         };
         r.finish()?;
         Ok(resp)
@@ -671,7 +694,7 @@ mod tests {
         }
 
         #[test]
-        fn random_bodies_never_panic(op in 1u16..11, body in proptest::collection::vec(any::<u8>(), 0..400)) {
+        fn random_bodies_never_panic(op in 1u16..12, body in proptest::collection::vec(any::<u8>(), 0..400)) {
             let op = Op::from_u16(op).unwrap();
             let _ = Request::decode(op, Bytes::from(body.clone()));
             let _ = Response::decode(op, Bytes::from(body));

@@ -44,6 +44,10 @@ pub struct RawConfig {
     pub cached_segments_behind: Option<i64>,
     /// A consumer-group member silent this long loses its queues.
     pub group_session_timeout_ms: Option<u64>,
+    /// Redelivery delays of sent-back messages, by reconsume count (the last repeats).
+    pub retry_delays_ms: Option<Vec<u64>>,
+    /// Sends back after which a message goes to the group's dead-letter topic.
+    pub max_reconsume_times: Option<u32>,
     pub connections_max: Option<u32>,
     pub in_flight_max: Option<u32>,
     pub frame_bytes_max: Option<u32>,
@@ -100,6 +104,8 @@ impl RawConfig {
                 }
                 "connections_max" => raw.connections_max = Some(num(&v)? as u32),
                 "group_session_timeout_ms" => raw.group_session_timeout_ms = Some(num(&v)?),
+                "retry_delays_ms" => raw.retry_delays_ms = Some(v.split(',').map(|x| num(x.trim())).collect::<Result<_, _>>()?),
+                "max_reconsume_times" => raw.max_reconsume_times = Some(num(&v)? as u32),
                 "in_flight_max" => raw.in_flight_max = Some(num(&v)? as u32),
                 "frame_bytes_max" => raw.frame_bytes_max = Some(num(&v)? as u32),
                 _ => {} // WASMQ_LOG and other variables are not configuration keys
@@ -123,6 +129,8 @@ pub struct Config {
     pub in_flight_max: NonZeroU32,
     pub frame_bytes_max: u32,
     pub group_session_timeout: Duration,
+    pub retry_delays_ms: Vec<u64>,
+    pub max_reconsume_times: u32,
 }
 
 fn addr(key: &str, v: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
@@ -203,6 +211,18 @@ impl TryFrom<RawConfig> for Config {
                 Some(ms) if !(1000..=600_000).contains(&ms) => return Err(bad("group_session_timeout_ms", "between 1000 and 600000")),
                 Some(ms) => Duration::from_millis(ms),
                 None => Duration::from_millis(wasmq_engine::GROUP_SESSION_TIMEOUT_MS_DEFAULT),
+            },
+            retry_delays_ms: match raw.retry_delays_ms {
+                Some(d) if d.is_empty() || d.len() > 64 || d.contains(&0) => {
+                    return Err(bad("retry_delays_ms", "1 to 64 delays, each > 0"));
+                }
+                Some(d) => d,
+                None => wasmq_engine::RETRY_DELAYS_MS_DEFAULT.to_vec(),
+            },
+            max_reconsume_times: match raw.max_reconsume_times {
+                Some(n) if n > 1000 => return Err(bad("max_reconsume_times", "at most 1000")),
+                Some(n) => n,
+                None => wasmq_engine::MAX_RECONSUME_TIMES_DEFAULT,
             },
         })
     }

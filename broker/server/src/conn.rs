@@ -26,6 +26,9 @@ const OUTBOUND_FRAMES_MAX: usize = 64;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest pull response body the broker builds.
 const PULL_BYTES_MAX: u32 = 8 << 20;
+/// How often a long poll on a queue whose next message is not yet due looks again (retry
+/// topics): a redelivery is at most this late, never early.
+const RETRY_POLL: Duration = Duration::from_millis(50);
 /// Read buffer growth step.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
@@ -266,6 +269,14 @@ async fn dispatch(shared: &Shared, req: Request, cancel: &CancellationToken) -> 
                         max_offset: read.max_offset,
                     }));
                 }
+                if read.max_offset > p.offset {
+                    // Messages are there but not due yet (a retry queue): look again shortly.
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY_POLL.min(deadline - now)) => {}
+                        () = cancel.cancelled() => {}
+                    }
+                    continue;
+                }
                 let (tx, rx) = oneshot::channel();
                 if engine.wait_for(&p.topic, p.queue_id, p.offset, Box::new(Waker(tx))).is_some() {
                     // Something arrived meanwhile (or the queue has too many waiters): read
@@ -307,6 +318,10 @@ async fn dispatch(shared: &Shared, req: Request, cancel: &CancellationToken) -> 
         }
         Request::GroupLeave(l) => {
             engine.group_leave(&l.group, &l.client_id);
+            Ok(Response::Empty)
+        }
+        Request::SendBack(b) => {
+            engine.send_back(&b.group, &b.topic, b.queue_id, b.log_offset).map_err(|e| wire::engine_error(&e))?;
             Ok(Response::Empty)
         }
         Request::GroupCommit(c) => {

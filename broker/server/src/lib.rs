@@ -78,6 +78,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
     let store = Arc::new(store);
     let engine = Arc::new(Engine::open(Arc::clone(&store), config.data_dir.join("config"), &config.broker_name, Arc::new(SystemClock))?);
     engine.set_session_timeout(u64::try_from(config.group_session_timeout.as_millis()).unwrap_or(u64::MAX));
+    engine.set_retry_policy(config.retry_delays_ms.clone(), config.max_reconsume_times)?;
 
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let admin_listener = TcpListener::bind(config.admin_listen).await.with_context(|| format!("binding {}", config.admin_listen))?;
