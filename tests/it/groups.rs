@@ -218,6 +218,9 @@ fn broadcasting_and_tag_filters() {
     });
 }
 
+/// (body, topic shown to the handler, reconsume times, when)
+type Attempts = Arc<Mutex<Vec<(String, String, u32, Instant)>>>;
+
 /// A handler failing twice then succeeding sees the message three times, each retry no earlier
 /// than its delay; one that always fails sees it 1 + max times, then it is in the DLQ.
 #[test]
@@ -226,7 +229,7 @@ fn failed_messages_come_back_after_their_delays_then_go_to_the_dead_letter_topic
     let broker = Broker::start(dir.path(), &[("WASMQ_RETRY_DELAYS_MS", "500,1000"), ("WASMQ_MAX_RECONSUME_TIMES", "3")]);
     runtime().block_on(async {
         broker.admin().create_topic("jobs", 2).await.unwrap();
-        let attempts: Arc<Mutex<Vec<(String, String, u32, Instant)>>> = Arc::default();
+        let attempts: Attempts = Arc::default();
         let log = Arc::clone(&attempts);
         let handler: wasmq_client::Handler = Arc::new(move |topic: &str, _q: u32, m: &PulledMessage| {
             let body = String::from_utf8_lossy(&m.message.body).into_owned();
