@@ -271,3 +271,66 @@ fn failed_messages_come_back_after_their_delays_then_go_to_the_dead_letter_topic
         assert_eq!(a.iter().filter(|x| x.0 == "fine").count(), 1);
     });
 }
+
+/// Orderly: 4 members, 10k messages over 100 keys, one member killed midway: every key's
+/// messages are processed for the first time in send order.
+#[test]
+fn orderly_consumption_keeps_each_keys_order_across_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[("WASMQ_ORDER_LOCK_TTL_MS", "2000"), ("WASMQ_GROUP_SESSION_TIMEOUT_MS", "2000")]);
+    runtime().block_on(async {
+        broker.admin().create_topic("orders", 8).await.unwrap();
+        let producer = Producer::new(broker.connect().await, "p");
+        for round in 0..10 {
+            for k in 0..100 {
+                let msgs = (0..10)
+                    .map(|i| OutgoingMessage::new(format!("{k}:{}", round * 10 + i).into_bytes()).with_ordering_key(format!("key-{k}")))
+                    .collect();
+                producer.send_batch("orders", msgs).await.unwrap();
+            }
+        }
+        let processed: Arc<Mutex<Vec<(usize, u32, u32)>>> = Arc::default();
+        let mut members = Vec::new();
+        for id in 0..4 {
+            let log = Arc::clone(&processed);
+            let handler: wasmq_client::Handler = Arc::new(move |_t: &str, _q: u32, m: &PulledMessage| {
+                let text = String::from_utf8_lossy(&m.message.body).into_owned();
+                let (k, seq) = text.split_once(':').unwrap();
+                log.lock().unwrap().push((id, k.parse().unwrap(), seq.parse().unwrap()));
+                ConsumeResult::Success
+            });
+            let mut o = options("ordered", "orders");
+            o.orderly = true;
+            o.batch = 32;
+            members.push(GroupConsumer::start(broker.connect().await, o, handler).await.unwrap());
+        }
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while processed.lock().unwrap().len() < 3_000 {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(members.pop()); // killed: no leave, no unlock; its locks expire
+        loop {
+            let done: HashSet<(u32, u32)> = processed.lock().unwrap().iter().map(|p| (p.1, p.2)).collect();
+            if done.len() == 10_000 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} of 10000 processed", done.len());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for m in members {
+            m.shutdown().await;
+        }
+        let p = processed.lock().unwrap();
+        let mut first: HashSet<(u32, u32)> = HashSet::new();
+        let mut last: HashMap<u32, u32> = HashMap::new();
+        for (_, k, seq) in p.iter() {
+            if first.insert((*k, *seq))
+                && let Some(prev) = last.insert(*k, *seq)
+            {
+                assert!(*seq > prev, "key {k}: message {seq} processed before {prev}'s successor order");
+            }
+        }
+        eprintln!("orderly: 10000 messages, {} processings ({} duplicates)", p.len(), p.len() - 10_000);
+    });
+}

@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wasmq_protocol::{
-    ErrorCode, GroupCommitRequest, GroupHeartbeatRequest, GroupLeaveRequest, GroupMode, OffsetQueryRequest, PulledMessage, Request,
-    Response, SendBackRequest,
+    ErrorCode, GroupCommitRequest, GroupHeartbeatRequest, GroupLeaveRequest, GroupMode, LockQueueRequest, OffsetQueryRequest,
+    PulledMessage, Request, Response, SendBackRequest,
 };
 
 /// Tries to hand a failed message back before the reader stops and re-reads from its last
@@ -44,6 +44,13 @@ pub struct GroupOptions {
     pub pull_wait: Duration,
     /// Messages per pull.
     pub batch: u32,
+    /// Orderly: each queue is consumed by one member at a time (a broker lock, renewed while
+    /// held), strictly in offset order; a failing message is retried in place after
+    /// `orderly_retry_delay`, never skipped, and goes to the dead-letter topic only after
+    /// `max_reconsume_times` failures.
+    pub orderly: bool,
+    pub orderly_retry_delay: Duration,
+    pub max_reconsume_times: u32,
 }
 
 impl GroupOptions {
@@ -56,6 +63,9 @@ impl GroupOptions {
             heartbeat_interval: Duration::from_secs(3),
             pull_wait: Duration::from_secs(1),
             batch: 64,
+            orderly: false,
+            orderly_retry_delay: Duration::from_secs(1),
+            max_reconsume_times: 16,
         }
     }
 }
@@ -178,7 +188,112 @@ async fn run(member: Arc<Member>, first: (u64, Vec<(String, u32)>), mut stop: wa
     let _ = member.conn.call(&leave).await;
 }
 
-async fn read_queue(member: Arc<Member>, topic: String, queue_id: u32, mut stop: watch::Receiver<bool>) {
+/// Takes (or renews) the queue lock; `Some(valid for)` when granted.
+async fn lock_queue(member: &Member, topic: &str, queue_id: u32, unlock: bool) -> Option<Duration> {
+    let req = Request::LockQueue(LockQueueRequest {
+        group: member.options.group.clone(),
+        client_id: member.client_id(),
+        topic: topic.to_owned(),
+        queue_id,
+        unlock,
+    });
+    match member.conn.call(&req).await {
+        Ok(Response::LockQueue { granted: true, expires_in_ms }) => Some(Duration::from_millis(expires_in_ms)),
+        _ => None,
+    }
+}
+
+async fn read_queue(member: Arc<Member>, topic: String, queue_id: u32, stop: watch::Receiver<bool>) {
+    if !member.options.orderly {
+        return read_queue_concurrently(member, topic, queue_id, stop).await;
+    }
+    // Orderly: hold the queue's lock before reading it, renew it well before it expires, and
+    // stop at once if it cannot be renewed (another member may own the queue now).
+    let mut stop = stop;
+    let valid = loop {
+        if let Some(v) = lock_queue(&member, &topic, queue_id, false).await {
+            break v;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.changed() => return,
+        }
+    };
+    let renew_every = valid / 3;
+    let mut renew_at = tokio::time::Instant::now() + renew_every;
+    let consumer = PullConsumer::new(member.conn.clone());
+    let mut offset = match start_offset(&member, &consumer, &topic, queue_id).await {
+        Some(o) => o,
+        None => return,
+    };
+    'read: loop {
+        if *stop.borrow() {
+            break;
+        }
+        if tokio::time::Instant::now() >= renew_at {
+            if lock_queue(&member, &topic, queue_id, false).await.is_none() {
+                return;
+            }
+            renew_at = tokio::time::Instant::now() + renew_every;
+        }
+        let pulled = tokio::select! {
+            p = consumer.pull(&topic, queue_id, offset, member.options.batch, member.options.pull_wait.min(renew_every)) => p,
+            _ = stop.changed() => break,
+        };
+        let Ok(p) = pulled else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        for m in &p.messages {
+            let mut failures = 0;
+            while (member.handler)(&topic, queue_id, m) == ConsumeResult::ReconsumeLater {
+                failures += 1;
+                if failures > member.options.max_reconsume_times {
+                    let req = Request::SendBack(SendBackRequest {
+                        group: member.options.group.clone(),
+                        topic: topic.clone(),
+                        queue_id,
+                        log_offset: m.log_offset,
+                        dead_letter: true,
+                    });
+                    if member.conn.call(&req).await.is_err() {
+                        break 'read;
+                    }
+                    break;
+                }
+                tokio::time::sleep(member.options.orderly_retry_delay).await;
+                if lock_queue(&member, &topic, queue_id, false).await.is_none() {
+                    return;
+                }
+                renew_at = tokio::time::Instant::now() + renew_every;
+            }
+            offset = m.queue_offset + 1;
+            if !commit(&member, &topic, queue_id, offset).await {
+                return;
+            }
+        }
+        if p.messages.is_empty() && p.next_offset > offset {
+            offset = p.next_offset;
+        }
+    }
+    let _ = lock_queue(&member, &topic, queue_id, true).await;
+}
+
+/// Where a reader starts: the group's committed offset, else the configured end.
+async fn start_offset(member: &Member, consumer: &PullConsumer, topic: &str, queue_id: u32) -> Option<u64> {
+    let query = Request::OffsetQuery(OffsetQueryRequest { group: member.options.group.clone(), topic: topic.to_owned(), queue_id });
+    match member.conn.call(&query).await {
+        Ok(Response::OffsetQuery(q)) if q.offset.is_some() => q.offset,
+        Ok(_) => match consumer.pull(topic, queue_id, 0, 1, Duration::ZERO).await {
+            Ok(p) if member.options.start_from == StartFrom::Latest => Some(p.max_offset),
+            Ok(p) => Some(p.min_offset),
+            Err(_) => None,
+        },
+        Err(_) => None,
+    }
+}
+
+async fn read_queue_concurrently(member: Arc<Member>, topic: String, queue_id: u32, mut stop: watch::Receiver<bool>) {
     let consumer = PullConsumer::new(member.conn.clone());
     let filter = member.options.subscriptions.iter().find(|(t, _)| *t == topic).map(|(_, f)| f.clone()).filter(|f| f.trim() != "*");
     // Broadcasting members keep their own place in memory (as RocketMQ keeps it on the client):
@@ -240,6 +355,7 @@ async fn send_back(member: &Member, topic: &str, queue_id: u32, m: &PulledMessag
         topic: topic.to_owned(),
         queue_id,
         log_offset: m.log_offset,
+        dead_letter: false,
     });
     for _ in 0..SEND_BACK_TRIES {
         match member.conn.call(&req).await {

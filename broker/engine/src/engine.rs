@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use wasmq_store::{AppendError, Appended, Clock, NewMessage, QueueRead, ReadError, Store};
@@ -27,6 +27,10 @@ pub const RETRY_DELAYS_MS_DEFAULT: [u64; 18] = [
 ];
 /// Sends back after which a message goes to the dead-letter topic.
 pub const MAX_RECONSUME_TIMES_DEFAULT: u32 = 16;
+/// How long an orderly consumer's queue lock lasts unless renewed (default).
+pub const ORDER_LOCK_TTL_MS_DEFAULT: u64 = 30_000;
+/// Most queue locks the broker holds.
+const ORDER_LOCKS_MAX: usize = 1 << 20;
 /// The user property naming the topic a retried message first came from.
 pub const ORIGIN_TOPIC_PROPERTY: &str = "ORIGIN_TOPIC";
 
@@ -122,6 +126,9 @@ pub struct Engine {
     round_robin: AtomicU32,
     coordinator: Mutex<Coordinator>,
     retry: RwLock<(Vec<u64>, u32)>,
+    /// Orderly consumption: (group, topic, queue) → (member, expiry ms).
+    locks: Mutex<HashMap<(String, String, u32), (String, u64)>>,
+    lock_ttl_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -168,6 +175,8 @@ impl Engine {
             round_robin: AtomicU32::new(0),
             coordinator: Mutex::new(Coordinator::new(GROUP_SESSION_TIMEOUT_MS_DEFAULT)),
             retry: RwLock::new((RETRY_DELAYS_MS_DEFAULT.to_vec(), MAX_RECONSUME_TIMES_DEFAULT)),
+            locks: Mutex::new(HashMap::new()),
+            lock_ttl_ms: AtomicU64::new(ORDER_LOCK_TTL_MS_DEFAULT),
         })
     }
 
@@ -371,13 +380,62 @@ impl Engine {
         Ok(())
     }
 
+    /// Sets how long an orderly queue lock lasts unless renewed.
+    pub fn set_lock_ttl(&self, ttl_ms: u64) {
+        self.lock_ttl_ms.store(ttl_ms, Ordering::Release);
+    }
+
+    /// Orderly consumption: takes or renews a group's lock on a queue for `member`. Granted when
+    /// the queue is unlocked, its lock expired, or `member` holds it. Returns the grant and how
+    /// long it lasts. While one member holds it, no other member of the group may consume the
+    /// queue, so a queue is processed by one member at a time, in offset order.
+    ///
+    /// # Errors
+    /// Invalid group, too many locks.
+    pub fn lock_queue(&self, group: &str, member: &str, topic: &str, queue_id: u32) -> Result<(bool, u64), EngineError> {
+        topics::validate_group(group).map_err(EngineError::Invalid)?;
+        let now = self.clock.now_ms();
+        let ttl = self.lock_ttl_ms.load(Ordering::Acquire);
+        let mut locks = lock(&self.locks);
+        let key = (group.to_owned(), topic.to_owned(), queue_id);
+        match locks.get(&key) {
+            Some((holder, expires)) if holder != member && *expires > now => Ok((false, 0)),
+            _ => {
+                if locks.len() >= ORDER_LOCKS_MAX && !locks.contains_key(&key) {
+                    locks.retain(|_, (_, e)| *e > now);
+                    if locks.len() >= ORDER_LOCKS_MAX {
+                        return Err(EngineError::Invalid(format!("more than {ORDER_LOCKS_MAX} queue locks")));
+                    }
+                }
+                locks.insert(key, (member.to_owned(), now + ttl));
+                Ok((true, ttl))
+            }
+        }
+    }
+
+    /// Releases `member`'s lock on a queue (a lock held by another member is left alone).
+    pub fn unlock_queue(&self, group: &str, member: &str, topic: &str, queue_id: u32) {
+        let mut locks = lock(&self.locks);
+        let key = (group.to_owned(), topic.to_owned(), queue_id);
+        if locks.get(&key).is_some_and(|(holder, _)| holder == member) {
+            locks.remove(&key);
+        }
+    }
+
     /// A consumer failed a message: schedule it again through the group's retry topic (at the
     /// delay of its new reconsume count), or move it to the dead-letter topic past the maximum.
     /// The message keeps its body, unique id, keys and tags, and records its origin topic.
     ///
     /// # Errors
     /// Unknown message (not at `log_offset` of that topic and queue), or the append failed.
-    pub fn send_back(&self, group: &str, topic: &str, queue_id: u32, log_offset: u64) -> Result<SendBackOutcome, EngineError> {
+    pub fn send_back(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        log_offset: u64,
+        dead_letter: bool,
+    ) -> Result<SendBackOutcome, EngineError> {
         topics::validate_group(group).map_err(EngineError::Invalid)?;
         let m = self.store.read(log_offset).map_err(|e| EngineError::Invalid(e.to_string()))?;
         if m.topic != topic || m.queue_id != queue_id {
@@ -391,7 +449,7 @@ impl Engine {
             properties.user.push((ORIGIN_TOPIC_PROPERTY.to_owned(), m.topic.clone()));
         }
         let save = |e: SendError| EngineError::Invalid(e.to_string());
-        if reconsume_times > max {
+        if reconsume_times > max || dead_letter {
             let dlq = dlq_topic(group);
             self.ensure_system_topic(&dlq, 1).map_err(|e| EngineError::Invalid(e.to_string()))?;
             properties.delivery_ms = None;
@@ -771,7 +829,7 @@ mod tests {
         let mut at = ("jobs".to_owned(), 0u32, a.messages[0].log_offset);
         let mut seen = Vec::new();
         for attempt in 1..=4u32 {
-            let outcome = e.send_back("g", &at.0, at.1, at.2).unwrap();
+            let outcome = e.send_back("g", &at.0, at.1, at.2, false).unwrap();
             if attempt == 4 {
                 assert_eq!(outcome, SendBackOutcome::DeadLetter { reconsume_times: 4 });
                 break;
@@ -797,6 +855,24 @@ mod tests {
         let dlq = e.pull(&dlq_topic("g"), 0, 0, 10, 1 << 20).unwrap();
         assert_eq!(dlq.messages.len(), 1);
         assert_eq!(dlq.messages[0].properties.reconsume_times, 4);
-        assert!(e.send_back("g", "jobs", 0, 12_345).is_err(), "no message there");
+        assert!(e.send_back("g", "jobs", 0, 12_345, false).is_err(), "no message there");
+        let first = e.pull("jobs", 0, 0, 1, 1 << 20).unwrap().messages[0].log_offset;
+        assert_eq!(
+            e.send_back("g", "jobs", 0, first, true).unwrap(),
+            SendBackOutcome::DeadLetter { reconsume_times: 1 },
+            "orderly: straight to the DLQ"
+        );
+
+        // Queue locks: one member at a time; expiry frees it; only the holder unlocks.
+        e.set_lock_ttl(1_000);
+        assert_eq!(e.lock_queue("g", "m1", "jobs", 0).unwrap(), (true, 1_000));
+        assert!(!e.lock_queue("g", "m2", "jobs", 0).unwrap().0);
+        assert!(e.lock_queue("g", "m1", "jobs", 0).unwrap().0, "renewal");
+        e.unlock_queue("g", "m2", "jobs", 0);
+        assert!(!e.lock_queue("g", "m2", "jobs", 0).unwrap().0, "m2 cannot release m1's lock");
+        clock.advance_ms(1_001);
+        assert!(e.lock_queue("g", "m2", "jobs", 0).unwrap().0, "expired: m2 takes it");
+        e.unlock_queue("g", "m2", "jobs", 0);
+        assert!(e.lock_queue("g", "m1", "jobs", 0).unwrap().0);
     }
 }

@@ -34,6 +34,7 @@ pub enum Op {
     GroupLeave = 9,
     GroupCommit = 10,
     SendBack = 11,
+    LockQueue = 12,
 }
 
 impl Op {
@@ -50,6 +51,7 @@ impl Op {
             Self::GroupLeave,
             Self::GroupCommit,
             Self::SendBack,
+            Self::LockQueue,
         ]
         .into_iter()
         .find(|o| *o as u16 == v)
@@ -236,6 +238,20 @@ pub struct SendBackRequest {
     pub topic: String,
     pub queue_id: u32,
     pub log_offset: u64,
+    /// Straight to the dead-letter topic (an orderly consumer that retried in place up to the
+    /// maximum).
+    pub dead_letter: bool,
+}
+
+/// Orderly consumption: take (or renew) a group's lock on a queue, or release it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockQueueRequest {
+    pub group: String,
+    pub client_id: String,
+    pub topic: String,
+    pub queue_id: u32,
+    /// Release instead of take.
+    pub unlock: bool,
 }
 
 /// A request with its body.
@@ -252,6 +268,7 @@ pub enum Request {
     GroupLeave(GroupLeaveRequest),
     GroupCommit(GroupCommitRequest),
     SendBack(SendBackRequest),
+    LockQueue(LockQueueRequest),
 }
 
 /// A successful response with its body (errors are a status code and a text).
@@ -263,6 +280,11 @@ pub enum Response {
     Route(RouteResponse),
     OffsetQuery(OffsetQueryResponse),
     GroupHeartbeat(GroupHeartbeatResponse),
+    /// Whether the lock is now this member's (until `expires_in_ms`).
+    LockQueue {
+        granted: bool,
+        expires_in_ms: u64,
+    },
     /// OffsetCommit, Heartbeat, GroupLeave and GroupCommit answer with an empty body.
     Empty,
 }
@@ -331,6 +353,7 @@ impl Request {
             Self::GroupLeave(_) => Op::GroupLeave,
             Self::GroupCommit(_) => Op::GroupCommit,
             Self::SendBack(_) => Op::SendBack,
+            Self::LockQueue(_) => Op::LockQueue,
         }
     }
 
@@ -386,7 +409,10 @@ impl Request {
                 w.string(&c.group).string(&c.client_id).u64(c.generation).string(&c.topic).u32(c.queue_id).u64(c.offset);
             }
             Self::SendBack(b) => {
-                w.string(&b.group).string(&b.topic).u32(b.queue_id).u64(b.log_offset);
+                w.string(&b.group).string(&b.topic).u32(b.queue_id).u64(b.log_offset).bool(b.dead_letter);
+            }
+            Self::LockQueue(l) => {
+                w.string(&l.group).string(&l.client_id).string(&l.topic).u32(l.queue_id).bool(l.unlock);
             }
         }
         w.finish()
@@ -462,6 +488,14 @@ impl Request {
                 topic: r.string("topic")?,
                 queue_id: r.u32("queue_id")?,
                 log_offset: r.u64("log_offset")?,
+                dead_letter: r.bool("dead_letter")?,
+            }),
+            Op::LockQueue => Self::LockQueue(LockQueueRequest {
+                group: r.string("group")?,
+                client_id: r.string("client_id")?,
+                topic: r.string("topic")?,
+                queue_id: r.u32("queue_id")?,
+                unlock: r.bool("unlock")?,
             }),
         };
         r.finish()?;
@@ -508,6 +542,9 @@ impl Response {
                 for (t, q) in &g.queues {
                     w.string(t).u32(*q);
                 }
+            }
+            Self::LockQueue { granted, expires_in_ms } => {
+                w.bool(*granted).u64(*expires_in_ms);
             }
             Self::Empty => {}
         }
@@ -566,6 +603,7 @@ impl Response {
                 let queues = (0..n).map(|_| Ok((r.string("topic")?, r.u32("queue_id")?))).collect::<Result<_, _>>()?;
                 Self::GroupHeartbeat(GroupHeartbeatResponse { generation, queues })
             }
+            Op::LockQueue => Self::LockQueue { granted: r.bool("granted")?, expires_in_ms: r.u64("expires_in_ms")? },
             Op::OffsetCommit | Op::Heartbeat | Op::GroupLeave | Op::GroupCommit | Op::SendBack => Self::Empty,
         };
         r.finish()?;
@@ -694,7 +732,7 @@ mod tests {
         }
 
         #[test]
-        fn random_bodies_never_panic(op in 1u16..12, body in proptest::collection::vec(any::<u8>(), 0..400)) {
+        fn random_bodies_never_panic(op in 1u16..13, body in proptest::collection::vec(any::<u8>(), 0..400)) {
             let op = Op::from_u16(op).unwrap();
             let _ = Request::decode(op, Bytes::from(body.clone()));
             let _ = Response::decode(op, Bytes::from(body));

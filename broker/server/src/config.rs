@@ -48,6 +48,8 @@ pub struct RawConfig {
     pub retry_delays_ms: Option<Vec<u64>>,
     /// Sends back after which a message goes to the group's dead-letter topic.
     pub max_reconsume_times: Option<u32>,
+    /// How long an orderly consumer's queue lock lasts unless renewed.
+    pub order_lock_ttl_ms: Option<u64>,
     pub connections_max: Option<u32>,
     pub in_flight_max: Option<u32>,
     pub frame_bytes_max: Option<u32>,
@@ -106,6 +108,7 @@ impl RawConfig {
                 "group_session_timeout_ms" => raw.group_session_timeout_ms = Some(num(&v)?),
                 "retry_delays_ms" => raw.retry_delays_ms = Some(v.split(',').map(|x| num(x.trim())).collect::<Result<_, _>>()?),
                 "max_reconsume_times" => raw.max_reconsume_times = Some(num(&v)? as u32),
+                "order_lock_ttl_ms" => raw.order_lock_ttl_ms = Some(num(&v)?),
                 "in_flight_max" => raw.in_flight_max = Some(num(&v)? as u32),
                 "frame_bytes_max" => raw.frame_bytes_max = Some(num(&v)? as u32),
                 _ => {} // WASMQ_LOG and other variables are not configuration keys
@@ -131,6 +134,7 @@ pub struct Config {
     pub group_session_timeout: Duration,
     pub retry_delays_ms: Vec<u64>,
     pub max_reconsume_times: u32,
+    pub order_lock_ttl: Duration,
 }
 
 fn addr(key: &str, v: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
@@ -223,6 +227,11 @@ impl TryFrom<RawConfig> for Config {
                 Some(n) if n > 1000 => return Err(bad("max_reconsume_times", "at most 1000")),
                 Some(n) => n,
                 None => wasmq_engine::MAX_RECONSUME_TIMES_DEFAULT,
+            },
+            order_lock_ttl: match raw.order_lock_ttl_ms {
+                Some(ms) if !(1000..=600_000).contains(&ms) => return Err(bad("order_lock_ttl_ms", "between 1000 and 600000")),
+                Some(ms) => Duration::from_millis(ms),
+                None => Duration::from_millis(wasmq_engine::ORDER_LOCK_TTL_MS_DEFAULT),
             },
         })
     }

@@ -321,8 +321,17 @@ async fn dispatch(shared: &Shared, req: Request, cancel: &CancellationToken) -> 
             Ok(Response::Empty)
         }
         Request::SendBack(b) => {
-            engine.send_back(&b.group, &b.topic, b.queue_id, b.log_offset).map_err(|e| wire::engine_error(&e))?;
+            engine.send_back(&b.group, &b.topic, b.queue_id, b.log_offset, b.dead_letter).map_err(|e| wire::engine_error(&e))?;
             Ok(Response::Empty)
+        }
+        Request::LockQueue(l) => {
+            if l.unlock {
+                engine.unlock_queue(&l.group, &l.client_id, &l.topic, l.queue_id);
+                return Ok(Response::LockQueue { granted: false, expires_in_ms: 0 });
+            }
+            let (granted, expires_in_ms) =
+                engine.lock_queue(&l.group, &l.client_id, &l.topic, l.queue_id).map_err(|e| wire::engine_error(&e))?;
+            Ok(Response::LockQueue { granted, expires_in_ms })
         }
         Request::GroupCommit(c) => {
             engine

@@ -79,6 +79,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
     let engine = Arc::new(Engine::open(Arc::clone(&store), config.data_dir.join("config"), &config.broker_name, Arc::new(SystemClock))?);
     engine.set_session_timeout(u64::try_from(config.group_session_timeout.as_millis()).unwrap_or(u64::MAX));
     engine.set_retry_policy(config.retry_delays_ms.clone(), config.max_reconsume_times)?;
+    engine.set_lock_ttl(u64::try_from(config.order_lock_ttl.as_millis()).unwrap_or(u64::MAX));
 
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let admin_listener = TcpListener::bind(config.admin_listen).await.with_context(|| format!("binding {}", config.admin_listen))?;
