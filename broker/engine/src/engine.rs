@@ -108,6 +108,8 @@ pub enum EngineError {
 }
 
 type QueueKey = (Arc<str>, u32);
+/// (group, topic, queue) of an orderly queue lock.
+type LockKey = (String, String, u32);
 
 /// The broker's domain state. Every method takes `&self`; share it in an `Arc`.
 pub struct Engine {
@@ -127,7 +129,7 @@ pub struct Engine {
     coordinator: Mutex<Coordinator>,
     retry: RwLock<(Vec<u64>, u32)>,
     /// Orderly consumption: (group, topic, queue) → (member, expiry ms).
-    locks: Mutex<HashMap<(String, String, u32), (String, u64)>>,
+    locks: Mutex<HashMap<LockKey, (String, u64)>>,
     lock_ttl_ms: AtomicU64,
 }
 
