@@ -269,6 +269,18 @@ fn failed_messages_come_back_after_their_delays_then_go_to_the_dead_letter_topic
         assert!(gaps[0] < Duration::from_millis(2500) && gaps[1] < Duration::from_millis(3000), "not much late: {gaps:?}");
         assert_eq!(a.iter().filter(|x| x.0 == "poison").count(), 4, "1 delivery + 3 reconsumes, then the DLQ");
         assert_eq!(a.iter().filter(|x| x.0 == "fine").count(), 1);
+        drop(a);
+
+        // The DLQ can be inspected and a dead letter sent back to its topic.
+        let admin = broker.admin();
+        let dead = admin.dead_letters("workers").await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!((dead[0].origin_topic.as_str(), dead[0].body_preview.as_str(), dead[0].reconsume_times), ("jobs", "poison", 4));
+        let resent = admin.resend_dead_letter("workers", dead[0].queue_offset).await.unwrap();
+        assert_eq!(resent.topic, "jobs");
+        let p = consumer.pull("jobs", resent.queue_id, resent.queue_offset, 1, Duration::ZERO).await.unwrap();
+        assert_eq!((&p.messages[0].message.body[..], p.messages[0].reconsume_times), (&b"poison"[..], 0));
+        assert!(admin.resend_dead_letter("workers", 99).await.is_err(), "no dead letter there");
     });
 }
 

@@ -103,3 +103,29 @@ pub struct ResetOffset {
     /// or after it).
     pub to: String,
 }
+
+/// An item of `GET /api/v1/groups/{name}/dlq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub queue_offset: u64,
+    pub message_id: String,
+    pub origin_topic: String,
+    pub reconsume_times: u32,
+    pub store_ms: u64,
+    /// The body as text (lossy), at most 256 bytes of it.
+    pub body_preview: String,
+}
+
+/// `POST /api/v1/groups/{name}/dlq/resend`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resend {
+    pub queue_offset: u64,
+}
+
+/// The answer to a resend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resent {
+    pub topic: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+}

@@ -95,6 +95,16 @@ enum GroupCommand {
     Delete {
         name: String,
     },
+    /// List the group's dead letters.
+    Dlq {
+        name: String,
+    },
+    /// Send a dead letter back to its origin topic.
+    Resend {
+        name: String,
+        /// Its offset in the dead-letter queue (see `group dlq`).
+        offset: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,6 +198,16 @@ async fn group(cli: &Cli, command: &GroupCommand) -> Result<()> {
         GroupCommand::Delete { name } => {
             admin.delete_group(name).await?;
             println!("deleted group {name}");
+        }
+        GroupCommand::Dlq { name } => {
+            println!("offset\tmessage id\torigin\treconsumes\tbody");
+            for d in admin.dead_letters(name).await? {
+                println!("{}\t{}\t{}\t{}\t{}", d.queue_offset, d.message_id, d.origin_topic, d.reconsume_times, d.body_preview);
+            }
+        }
+        GroupCommand::Resend { name, offset } => {
+            let r = admin.resend_dead_letter(name, *offset).await?;
+            println!("resent to {} queue {} at offset {}", r.topic, r.queue_id, r.queue_offset);
         }
     }
     Ok(())

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use wasmq_admin_types::{ApiError, BrokerInfo, CreateTopic, GroupDetail, GroupSummary, ResetOffset, TopicDetail, TopicSummary};
+use wasmq_admin_types::{
+    ApiError, BrokerInfo, CreateTopic, DeadLetter, GroupDetail, GroupSummary, Resend, Resent, ResetOffset, TopicDetail, TopicSummary,
+};
 
 use crate::ClientError;
 
@@ -122,5 +124,24 @@ impl Admin {
     /// Live members, unknown group, connection failure.
     pub async fn delete_group(&self, name: &str) -> Result<(), ClientError> {
         self.call::<serde_json::Value>("DELETE", &format!("/groups/{name}"), None).await.map(|_| ())
+    }
+
+    /// The group's dead letters (oldest first, at most 1000).
+    ///
+    /// # Errors
+    /// Connection failure or the API's error.
+    pub async fn dead_letters(&self, group: &str) -> Result<Vec<DeadLetter>, ClientError> {
+        Ok(self.call("GET", &format!("/groups/{group}/dlq"), None).await?.unwrap_or_default())
+    }
+
+    /// Sends the dead letter at `queue_offset` back to its origin topic.
+    ///
+    /// # Errors
+    /// No such dead letter, connection failure.
+    pub async fn resend_dead_letter(&self, group: &str, queue_offset: u64) -> Result<Resent, ClientError> {
+        let body = serde_json::to_vec(&Resend { queue_offset }).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.call("POST", &format!("/groups/{group}/dlq/resend"), Some(body))
+            .await?
+            .ok_or_else(|| ClientError::Malformed("empty answer".into()))
     }
 }

@@ -470,6 +470,32 @@ impl Engine {
         Ok(SendBackOutcome::Retry { reconsume_times, due_ms })
     }
 
+    /// Sends a dead-lettered message (at `queue_offset` of the group's DLQ) back to the topic it
+    /// first came from, as a new message with its reconsume count reset; returns its new queue
+    /// and queue offset. The DLQ copy stays (a DLQ is an audit trail).
+    ///
+    /// # Errors
+    /// No such dead letter, its origin topic is gone, or the append failed.
+    pub fn resend_dead_letter(&self, group: &str, queue_offset: u64) -> Result<(String, u32, u64), EngineError> {
+        let dlq = dlq_topic(group);
+        let read = self.pull(&dlq, 0, queue_offset, 1, usize::MAX).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let m = read
+            .messages
+            .into_iter()
+            .next()
+            .filter(|m| m.queue_offset == queue_offset)
+            .ok_or_else(|| EngineError::Invalid(format!("no dead letter at offset {queue_offset} of {dlq}")))?;
+        let mut properties = m.properties;
+        let origin = properties.user.iter().find(|(k, _)| k == ORIGIN_TOPIC_PROPERTY).map(|(_, v)| v.clone()).unwrap_or_default();
+        properties.user.retain(|(k, _)| k != ORIGIN_TOPIC_PROPERTY);
+        properties.reconsume_times = 0;
+        properties.delivery_ms = None;
+        let msg = NewMessage { topic: origin.clone(), queue_id: 0, born_ms: m.born_ms, flags: m.flags, properties, body: m.body };
+        let (queue_id, appended) = self.send(&origin, None, vec![msg]).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        tracing::info!(group, origin, queue_offset, "dead letter resent");
+        Ok((origin, queue_id, appended.messages[0].queue_offset))
+    }
+
     /// Retry topics deliver a message only once due: a pull stops at the first message whose
     /// delivery time is still ahead (each retry queue holds one delay, so it is in due order).
     fn hold_until_due(&self, topic: &str, mut read: QueueRead) -> QueueRead {

@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use wasmq_admin_types::{
-    ApiError, BrokerInfo, CreateTopic, GroupDetail, GroupMember, GroupQueue, GroupSummary, QueueOffsets, ResetOffset, TopicDetail,
-    TopicSummary,
+    ApiError, BrokerInfo, CreateTopic, DeadLetter, GroupDetail, GroupMember, GroupQueue, GroupSummary, QueueOffsets, Resend, Resent,
+    ResetOffset, TopicDetail, TopicSummary,
 };
 use wasmq_engine::Engine;
 
@@ -50,6 +50,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/groups", get(list_groups))
         .route("/api/v1/groups/{name}", get(describe_group).delete(delete_group))
         .route("/api/v1/groups/{name}/reset-offset", post(reset_offset))
+        .route("/api/v1/groups/{name}/dlq", get(list_dead_letters))
+        .route("/api/v1/groups/{name}/dlq/resend", post(resend_dead_letter))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
         .fallback(|| async { error(404, "no such endpoint") })
         .with_state(state)
@@ -198,6 +200,53 @@ async fn reset_offset(
     };
     match s.engine.reset_offsets(&name, &r.topic, &r.to) {
         Ok(_) => describe_group(State(s), Path(name)).await,
+        Err(e) => error(400, e.to_string()),
+    }
+}
+
+/// Most dead letters one listing returns.
+const DEAD_LETTERS_LIST_MAX: usize = 1000;
+
+async fn list_dead_letters(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    let dlq = wasmq_engine::dlq_topic(&name);
+    let (min, _) = s.engine.store().queue_bounds(&dlq, 0);
+    let read = match s.engine.pull(&dlq, 0, min, DEAD_LETTERS_LIST_MAX, 64 << 20) {
+        Ok(r) => r,
+        Err(wasmq_engine::PullError::UnknownTopic(_)) => return Json(Vec::<DeadLetter>::new()).into_response(),
+        Err(e) => return error(500, e.to_string()),
+    };
+    let items: Vec<DeadLetter> = read
+        .messages
+        .into_iter()
+        .map(|m| DeadLetter {
+            queue_offset: m.queue_offset,
+            message_id: m.properties.unique_id.clone().unwrap_or_default(),
+            origin_topic: m
+                .properties
+                .user
+                .iter()
+                .find(|(k, _)| k == wasmq_engine::ORIGIN_TOPIC_PROPERTY)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+            reconsume_times: m.properties.reconsume_times,
+            store_ms: m.store_ms,
+            body_preview: String::from_utf8_lossy(&m.body[..m.body.len().min(256)]).into_owned(),
+        })
+        .collect();
+    Json(items).into_response()
+}
+
+async fn resend_dead_letter(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    body: Result<Json<Resend>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(r) = match body {
+        Ok(b) => b,
+        Err(e) => return error(400, e.body_text()),
+    };
+    match s.engine.resend_dead_letter(&name, r.queue_offset) {
+        Ok((topic, queue_id, queue_offset)) => Json(Resent { topic, queue_id, queue_offset }).into_response(),
         Err(e) => error(400, e.to_string()),
     }
 }
