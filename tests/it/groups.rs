@@ -259,17 +259,18 @@ fn failed_messages_come_back_after_their_delays_then_go_to_the_dead_letter_topic
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         member.shutdown().await;
-        let a = attempts.lock().unwrap();
-        let flaky: Vec<_> = a.iter().filter(|x| x.0 == "flaky").collect();
-        assert_eq!(flaky.iter().map(|x| x.2).collect::<Vec<_>>(), vec![0, 1, 2], "reconsume counts");
-        assert!(flaky.iter().all(|x| x.1 == "jobs"), "a retried message shows its original topic");
-        let gaps: Vec<Duration> = flaky.windows(2).map(|w| w[1].3 - w[0].3).collect();
-        eprintln!("retry gaps {gaps:?} for delays 500 ms, 1000 ms");
-        assert!(gaps[0] >= Duration::from_millis(500) && gaps[1] >= Duration::from_millis(1000), "never early: {gaps:?}");
-        assert!(gaps[0] < Duration::from_millis(2500) && gaps[1] < Duration::from_millis(3000), "not much late: {gaps:?}");
-        assert_eq!(a.iter().filter(|x| x.0 == "poison").count(), 4, "1 delivery + 3 reconsumes, then the DLQ");
-        assert_eq!(a.iter().filter(|x| x.0 == "fine").count(), 1);
-        drop(a);
+        {
+            let a = attempts.lock().unwrap();
+            let flaky: Vec<_> = a.iter().filter(|x| x.0 == "flaky").collect();
+            assert_eq!(flaky.iter().map(|x| x.2).collect::<Vec<_>>(), vec![0, 1, 2], "reconsume counts");
+            assert!(flaky.iter().all(|x| x.1 == "jobs"), "a retried message shows its original topic");
+            let gaps: Vec<Duration> = flaky.windows(2).map(|w| w[1].3 - w[0].3).collect();
+            eprintln!("retry gaps {gaps:?} for delays 500 ms, 1000 ms");
+            assert!(gaps[0] >= Duration::from_millis(500) && gaps[1] >= Duration::from_millis(1000), "never early: {gaps:?}");
+            assert!(gaps[0] < Duration::from_millis(2500) && gaps[1] < Duration::from_millis(3000), "not much late: {gaps:?}");
+            assert_eq!(a.iter().filter(|x| x.0 == "poison").count(), 4, "1 delivery + 3 reconsumes, then the DLQ");
+            assert_eq!(a.iter().filter(|x| x.0 == "fine").count(), 1);
+        }
 
         // The DLQ can be inspected and a dead letter sent back to its topic.
         let admin = broker.admin();
