@@ -278,7 +278,9 @@ fn failed_messages_come_back_after_their_delays_then_go_to_the_dead_letter_topic
                 _ => ConsumeResult::Success,
             }
         });
-        let member = GroupConsumer::start(broker.connect().await, options("workers", "jobs"), handler).await.unwrap();
+        let mut o = options("workers", "jobs");
+        o.handler_concurrency = 4;
+        let member = GroupConsumer::start(broker.connect().await, o, handler).await.unwrap();
         let producer = Producer::new(broker.connect().await, "p");
         for body in ["flaky", "poison", "fine"] {
             producer.send("jobs", OutgoingMessage::new(body.as_bytes().to_vec())).await.unwrap();

@@ -51,6 +51,11 @@ pub struct GroupOptions {
     pub orderly: bool,
     pub orderly_retry_delay: Duration,
     pub max_reconsume_times: u32,
+    /// Most messages handled at once by this member, across its queues (not orderly). With 1
+    /// (the default) each queue's messages are handled one after another, in offset order, and
+    /// queues in parallel; above 1 a pulled batch runs on blocking threads this many at a time,
+    /// and a queue's messages may finish out of order.
+    pub handler_concurrency: usize,
 }
 
 impl GroupOptions {
@@ -66,6 +71,7 @@ impl GroupOptions {
             orderly: false,
             orderly_retry_delay: Duration::from_secs(1),
             max_reconsume_times: 16,
+            handler_concurrency: 1,
         }
     }
 }
@@ -96,6 +102,8 @@ struct Member {
     options: GroupOptions,
     handler: Handler,
     generation: AtomicU64,
+    /// Bounds concurrently running handlers across all of this member's queues.
+    handler_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl GroupConsumer {
@@ -104,7 +112,8 @@ impl GroupConsumer {
     /// # Errors
     /// The first heartbeat failed (unknown group mode conflict, bad filter, connection).
     pub async fn start(conn: Connection, options: GroupOptions, handler: Handler) -> Result<Self, ClientError> {
-        let member = Arc::new(Member { conn, options, handler, generation: AtomicU64::new(0) });
+        let slots = Arc::new(tokio::sync::Semaphore::new(options.handler_concurrency.max(1)));
+        let member = Arc::new(Member { conn, options, handler, generation: AtomicU64::new(0), handler_slots: slots });
         let first = member.heartbeat().await?;
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(member, first, stop_rx));
@@ -327,9 +336,9 @@ async fn read_queue_concurrently(member: Arc<Member>, topic: String, queue_id: u
             }
         };
         let mut next = p.next_offset;
-        for m in &p.messages {
-            let shown = m.message.properties.iter().find(|(k, _)| k == ORIGIN_TOPIC_PROPERTY).map_or(topic.as_str(), |(_, v)| v.as_str());
-            if (member.handler)(shown, queue_id, m) == ConsumeResult::ReconsumeLater && !send_back(&member, &topic, queue_id, m).await {
+        let results = handle_batch(&member, &topic, queue_id, &p.messages).await;
+        for (m, result) in p.messages.iter().zip(results) {
+            if result == ConsumeResult::ReconsumeLater && !send_back(&member, &topic, queue_id, m).await {
                 // Could not hand it back: do not commit past it; it will be read again.
                 next = m.queue_offset;
                 break;
@@ -347,6 +356,34 @@ async fn read_queue_concurrently(member: Arc<Member>, topic: String, queue_id: u
             return;
         }
     }
+}
+
+/// Runs the handler over a batch, up to `handler_concurrency` messages at once (on blocking
+/// threads: handlers may block). The batch is committed only after every message in it was
+/// handled or sent back, so a commit never passes a message not yet handled.
+async fn handle_batch(member: &Arc<Member>, topic: &str, queue_id: u32, messages: &[PulledMessage]) -> Vec<ConsumeResult> {
+    let shown = |m: &PulledMessage| -> String {
+        m.message.properties.iter().find(|(k, _)| k == ORIGIN_TOPIC_PROPERTY).map_or(topic.to_owned(), |(_, v)| v.clone())
+    };
+    if messages.len() <= 1 || member.options.handler_concurrency <= 1 {
+        return messages.iter().map(|m| (member.handler)(&shown(m), queue_id, m)).collect();
+    }
+    let mut tasks = Vec::with_capacity(messages.len());
+    for m in messages {
+        let permit = Arc::clone(&member.handler_slots).acquire_owned().await.expect("never closed");
+        let (member, m, t) = (Arc::clone(member), m.clone(), shown(m));
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let r = (member.handler)(&t, queue_id, &m);
+            drop(permit);
+            r
+        }));
+    }
+    let mut results = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        // A handler that panicked is treated as a failure: the message comes back later.
+        results.push(t.await.unwrap_or(ConsumeResult::ReconsumeLater));
+    }
+    results
 }
 
 async fn send_back(member: &Member, topic: &str, queue_id: u32, m: &PulledMessage) -> bool {
