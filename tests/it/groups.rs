@@ -253,6 +253,22 @@ fn broadcasting_and_tag_filters() {
         member.shutdown().await;
         let got: HashSet<String> = seen.lock().unwrap().iter().map(|s| s.4.clone()).collect();
         assert!(got.is_disjoint(&c), "a message tagged C reached an `A || B` subscription");
+
+        // A new group can start from a point in time.
+        admin.create_topic("timeline", 2).await.unwrap();
+        let before: HashSet<String> = produce(&broker, "timeline", 200, None).await.into_iter().collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let after: HashSet<String> = produce(&broker, "timeline", 200, None).await.into_iter().collect();
+        let seen: Seen = Arc::default();
+        let mut o = options("late-joiners", "timeline");
+        o.start_from = wasmq_client::StartFrom::Timestamp(since);
+        let member = GroupConsumer::start(broker.connect().await, o, recorder(&seen, 0)).await.unwrap();
+        wait_for(&seen, &after, Duration::from_secs(20)).await;
+        member.shutdown().await;
+        let got: HashSet<String> = seen.lock().unwrap().iter().map(|s| s.4.clone()).collect();
+        assert!(got.is_disjoint(&before), "messages stored before the start time were delivered");
     });
 }
 
@@ -264,7 +280,7 @@ type Attempts = Arc<Mutex<Vec<(String, String, u32, Instant)>>>;
 #[test]
 fn failed_messages_come_back_after_their_delays_then_go_to_the_dead_letter_topic() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), &[("WASMQ_RETRY_DELAYS_MS", "500,1000"), ("WASMQ_MAX_RECONSUME_TIMES", "3")]);
+    let broker = Broker::start(dir.path(), &[("WASMQ_RETRY_DELAYS_MS", "500,1000")]);
     runtime().block_on(async {
         broker.admin().create_topic("jobs", 2).await.unwrap();
         let attempts: Attempts = Arc::default();
@@ -280,6 +296,7 @@ fn failed_messages_come_back_after_their_delays_then_go_to_the_dead_letter_topic
         });
         let mut o = options("workers", "jobs");
         o.handler_concurrency = 4;
+        o.max_reconsume_times = 3; // the group's own maximum (the broker's default is 16)
         let member = GroupConsumer::start(broker.connect().await, o, handler).await.unwrap();
         let producer = Producer::new(broker.connect().await, "p");
         for body in ["flaky", "poison", "fine"] {

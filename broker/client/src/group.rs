@@ -28,6 +28,8 @@ use crate::{ClientError, Connection, PullConsumer};
 pub enum StartFrom {
     Earliest,
     Latest,
+    /// The first message stored at or after this time (ms since the epoch).
+    Timestamp(u64),
 }
 
 /// Settings of a group member.
@@ -50,6 +52,8 @@ pub struct GroupOptions {
     /// `max_reconsume_times` failures.
     pub orderly: bool,
     pub orderly_retry_delay: Duration,
+    /// The group's maximum number of reconsumes before a message goes to the dead-letter topic
+    /// (16, as RocketMQ; 0: the broker's `max_reconsume_times`).
     pub max_reconsume_times: u32,
     /// Most messages handled at once by this member, across its queues (not orderly). With 1
     /// (the default) each queue's messages are handled one after another, in offset order, and
@@ -264,6 +268,7 @@ async fn read_queue(member: Arc<Member>, topic: String, queue_id: u32, stop: wat
                         queue_id,
                         log_offset: m.log_offset,
                         dead_letter: true,
+                        max_reconsume_times: member.options.max_reconsume_times,
                     });
                     if member.conn.call(&req).await.is_err() {
                         break 'read;
@@ -288,17 +293,33 @@ async fn read_queue(member: Arc<Member>, topic: String, queue_id: u32, stop: wat
     let _ = lock_queue(&member, &topic, queue_id, true).await;
 }
 
-/// Where a reader starts: the group's committed offset, else the configured end.
+/// Where a reader starts: the group's committed offset, else the configured start.
 async fn start_offset(member: &Member, consumer: &PullConsumer, topic: &str, queue_id: u32) -> Option<u64> {
     let query = Request::OffsetQuery(OffsetQueryRequest { group: member.options.group.clone(), topic: topic.to_owned(), queue_id });
-    match member.conn.call(&query).await {
-        Ok(Response::OffsetQuery(q)) if q.offset.is_some() => q.offset,
-        Ok(_) => match consumer.pull(topic, queue_id, 0, 1, Duration::ZERO).await {
-            Ok(p) if member.options.start_from == StartFrom::Latest => Some(p.max_offset),
-            Ok(p) => Some(p.min_offset),
-            Err(_) => None,
-        },
-        Err(_) => None,
+    if !matches!(member.options.mode, GroupMode::Broadcasting)
+        && let Ok(Response::OffsetQuery(q)) = member.conn.call(&query).await
+        && q.offset.is_some()
+    {
+        return q.offset;
+    }
+    let bounds = consumer.pull(topic, queue_id, 0, 1, Duration::ZERO).await.ok()?;
+    match member.options.start_from {
+        StartFrom::Earliest => Some(bounds.min_offset),
+        StartFrom::Latest => Some(bounds.max_offset),
+        StartFrom::Timestamp(ts) => {
+            // Store times never decrease along a queue: binary search with one-message pulls.
+            let (mut lo, mut hi) = (bounds.min_offset, bounds.max_offset);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                let p = consumer.pull(topic, queue_id, mid, 1, Duration::ZERO).await.ok()?;
+                match p.messages.first() {
+                    Some(m) if m.store_ms < ts => lo = m.queue_offset + 1,
+                    Some(_) => hi = mid,
+                    None => break,
+                }
+            }
+            Some(lo)
+        }
     }
 }
 
@@ -308,17 +329,7 @@ async fn read_queue_concurrently(member: Arc<Member>, topic: String, queue_id: u
     // Broadcasting members keep their own place in memory (as RocketMQ keeps it on the client):
     // the group's broker-side offsets belong to clustering.
     let broadcasting = member.options.mode == GroupMode::Broadcasting;
-    let query = Request::OffsetQuery(OffsetQueryRequest { group: member.options.group.clone(), topic: topic.clone(), queue_id });
-    let committed = if broadcasting { Ok(Response::Empty) } else { member.conn.call(&query).await };
-    let mut offset = match committed {
-        Ok(Response::OffsetQuery(q)) if q.offset.is_some() => q.offset.unwrap_or(0),
-        Ok(_) => match consumer.pull(&topic, queue_id, 0, 1, Duration::ZERO).await {
-            Ok(p) if member.options.start_from == StartFrom::Latest => p.max_offset,
-            Ok(p) => p.min_offset,
-            Err(_) => return,
-        },
-        Err(_) => return,
-    };
+    let Some(mut offset) = start_offset(&member, &consumer, &topic, queue_id).await else { return };
     loop {
         if *stop.borrow() {
             return;
@@ -393,6 +404,7 @@ async fn send_back(member: &Member, topic: &str, queue_id: u32, m: &PulledMessag
         queue_id,
         log_offset: m.log_offset,
         dead_letter: false,
+        max_reconsume_times: member.options.max_reconsume_times,
     });
     for _ in 0..SEND_BACK_TRIES {
         match member.conn.call(&req).await {

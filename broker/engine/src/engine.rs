@@ -428,6 +428,8 @@ impl Engine {
     /// delay of its new reconsume count), or move it to the dead-letter topic past the maximum.
     /// The message keeps its body, unique id, keys and tags, and records its origin topic.
     ///
+    /// `max_reconsume_times`: the group's own maximum, or `None` for the broker's.
+    ///
     /// # Errors
     /// Unknown message (not at `log_offset` of that topic and queue), or the append failed.
     pub fn send_back(
@@ -437,13 +439,15 @@ impl Engine {
         queue_id: u32,
         log_offset: u64,
         dead_letter: bool,
+        max_reconsume_times: Option<u32>,
     ) -> Result<SendBackOutcome, EngineError> {
         topics::validate_group(group).map_err(EngineError::Invalid)?;
         let m = self.store.read(log_offset).map_err(|e| EngineError::Invalid(e.to_string()))?;
         if m.topic != topic || m.queue_id != queue_id {
             return Err(EngineError::Invalid(format!("no message of {topic}/{queue_id} at log offset {log_offset}")));
         }
-        let (delays, max) = self.retry.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let (delays, default_max) = self.retry.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let max = max_reconsume_times.unwrap_or(default_max);
         let reconsume_times = m.properties.reconsume_times + 1;
         let mut properties = m.properties;
         properties.reconsume_times = reconsume_times;
@@ -857,7 +861,7 @@ mod tests {
         let mut at = ("jobs".to_owned(), 0u32, a.messages[0].log_offset);
         let mut seen = Vec::new();
         for attempt in 1..=4u32 {
-            let outcome = e.send_back("g", &at.0, at.1, at.2, false).unwrap();
+            let outcome = e.send_back("g", &at.0, at.1, at.2, false, None).unwrap();
             if attempt == 4 {
                 assert_eq!(outcome, SendBackOutcome::DeadLetter { reconsume_times: 4 });
                 break;
@@ -883,12 +887,17 @@ mod tests {
         let dlq = e.pull(&dlq_topic("g"), 0, 0, 10, 1 << 20).unwrap();
         assert_eq!(dlq.messages.len(), 1);
         assert_eq!(dlq.messages[0].properties.reconsume_times, 4);
-        assert!(e.send_back("g", "jobs", 0, 12_345, false).is_err(), "no message there");
+        assert!(e.send_back("g", "jobs", 0, 12_345, false, None).is_err(), "no message there");
         let first = e.pull("jobs", 0, 0, 1, 1 << 20).unwrap().messages[0].log_offset;
         assert_eq!(
-            e.send_back("g", "jobs", 0, first, true).unwrap(),
+            e.send_back("g", "jobs", 0, first, true, None).unwrap(),
             SendBackOutcome::DeadLetter { reconsume_times: 1 },
             "orderly: straight to the DLQ"
+        );
+        assert_eq!(
+            e.send_back("g2", "jobs", 0, first, false, Some(0)).unwrap(),
+            SendBackOutcome::DeadLetter { reconsume_times: 1 },
+            "a group's own maximum wins over the broker's"
         );
 
         // Queue locks: one member at a time; expiry frees it; only the holder unlocks.

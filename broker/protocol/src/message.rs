@@ -241,6 +241,9 @@ pub struct SendBackRequest {
     /// Straight to the dead-letter topic (an orderly consumer that retried in place up to the
     /// maximum).
     pub dead_letter: bool,
+    /// The group's maximum number of reconsumes before the dead-letter topic; 0: the broker's
+    /// default (`max_reconsume_times`).
+    pub max_reconsume_times: u32,
 }
 
 /// Orderly consumption: take (or renew) a group's lock on a queue, or release it.
@@ -409,7 +412,7 @@ impl Request {
                 w.string(&c.group).string(&c.client_id).u64(c.generation).string(&c.topic).u32(c.queue_id).u64(c.offset);
             }
             Self::SendBack(b) => {
-                w.string(&b.group).string(&b.topic).u32(b.queue_id).u64(b.log_offset).bool(b.dead_letter);
+                w.string(&b.group).string(&b.topic).u32(b.queue_id).u64(b.log_offset).bool(b.dead_letter).u32(b.max_reconsume_times);
             }
             Self::LockQueue(l) => {
                 w.string(&l.group).string(&l.client_id).string(&l.topic).u32(l.queue_id).bool(l.unlock);
@@ -489,6 +492,7 @@ impl Request {
                 queue_id: r.u32("queue_id")?,
                 log_offset: r.u64("log_offset")?,
                 dead_letter: r.bool("dead_letter")?,
+                max_reconsume_times: r.u32("max_reconsume_times")?,
             }),
             Op::LockQueue => Self::LockQueue(LockQueueRequest {
                 group: r.string("group")?,

@@ -321,7 +321,8 @@ async fn dispatch(shared: &Shared, req: Request, cancel: &CancellationToken) -> 
             Ok(Response::Empty)
         }
         Request::SendBack(b) => {
-            engine.send_back(&b.group, &b.topic, b.queue_id, b.log_offset, b.dead_letter).map_err(|e| wire::engine_error(&e))?;
+            let max = (b.max_reconsume_times > 0).then_some(b.max_reconsume_times);
+            engine.send_back(&b.group, &b.topic, b.queue_id, b.log_offset, b.dead_letter, max).map_err(|e| wire::engine_error(&e))?;
             Ok(Response::Empty)
         }
         Request::LockQueue(l) => {
