@@ -86,13 +86,7 @@ impl Connection {
         tokio::spawn(async move {
             let mut buf = BytesMut::new();
             while let Some(f) = rx.recv().await {
-                f.encode(&mut buf);
-                while buf.len() < (1 << 20) {
-                    match rx.try_recv() {
-                        Ok(f) => f.encode(&mut buf),
-                        Err(_) => break,
-                    }
-                }
+                wasmq_protocol::encode_batch(&f, std::iter::from_fn(|| rx.try_recv().ok()), &mut buf);
                 if let Err(e) = async {
                     wr.write_all(&buf).await?;
                     wr.flush().await

@@ -42,6 +42,21 @@ impl Frame {
     }
 }
 
+/// Most bytes of frames gathered into one socket write.
+pub const WRITE_BATCH_BYTES_MAX: usize = 1 << 20;
+
+/// Encodes `first` and then as many of `more` as are ready, up to [`WRITE_BATCH_BYTES_MAX`], into
+/// `out`: one write for everything queued instead of one per frame.
+pub fn encode_batch(first: &Frame, more: impl Iterator<Item = Frame>, out: &mut BytesMut) {
+    first.encode(out);
+    for f in more {
+        f.encode(out);
+        if out.len() >= WRITE_BATCH_BYTES_MAX {
+            break;
+        }
+    }
+}
+
 /// A frame that cannot be accepted; the connection cannot continue after it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {

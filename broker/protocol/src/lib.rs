@@ -17,7 +17,7 @@ mod message;
 
 pub use codec::{DecodeError, Reader, Writer};
 pub use error::ErrorCode;
-pub use frame::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES, Frame, FrameDecoder, FrameError, Kind};
+pub use frame::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES, Frame, FrameDecoder, FrameError, Kind, WRITE_BATCH_BYTES_MAX, encode_batch};
 pub use message::{
     BATCH_MESSAGES_MAX, GroupCommitRequest, GroupHeartbeatRequest, GroupHeartbeatResponse, GroupLeaveRequest, GroupMode, HeartbeatRequest,
     HelloRequest, HelloResponse, LockQueueRequest, MESSAGE_BYTES_MAX, Message, OffsetCommitRequest, OffsetQueryRequest,

@@ -23,6 +23,11 @@ pub struct AdminState {
     pub admin_listen: String,
 }
 
+/// The body of a JSON request, or a 400 answer saying what is wrong with it.
+fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, Box<Response>> {
+    body.map(|Json(b)| b).map_err(|e| Box::new(error(400, e.body_text())))
+}
+
 fn error(status: u16, message: impl Into<String>) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, Json(ApiError { error: message.into() })).into_response()
@@ -81,9 +86,9 @@ async fn list_topics(State(s): State<AdminState>) -> Json<Vec<TopicSummary>> {
 }
 
 async fn create_topic(State(s): State<AdminState>, body: Result<Json<CreateTopic>, axum::extract::rejection::JsonRejection>) -> Response {
-    let Json(t) = match body {
+    let t = match json_body(body) {
         Ok(b) => b,
-        Err(e) => return error(400, e.body_text()),
+        Err(resp) => return *resp,
     };
     match s.engine.create_topic(&t.name, t.queues) {
         Ok(c) => (StatusCode::CREATED, Json(TopicSummary { name: t.name, queues: c.queues, created_ms: c.created_ms })).into_response(),
@@ -194,9 +199,9 @@ async fn reset_offset(
     Path(name): Path<String>,
     body: Result<Json<ResetOffset>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Json(r) = match body {
+    let r = match json_body(body) {
         Ok(b) => b,
-        Err(e) => return error(400, e.body_text()),
+        Err(resp) => return *resp,
     };
     match s.engine.reset_offsets(&name, &r.topic, &r.to) {
         Ok(_) => describe_group(State(s), Path(name)).await,
@@ -241,9 +246,9 @@ async fn resend_dead_letter(
     Path(name): Path<String>,
     body: Result<Json<Resend>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Json(r) = match body {
+    let r = match json_body(body) {
         Ok(b) => b,
-        Err(e) => return error(400, e.body_text()),
+        Err(resp) => return *resp,
     };
     match s.engine.resend_dead_letter(&name, r.queue_offset) {
         Ok((topic, queue_id, queue_offset)) => Json(Resent { topic, queue_id, queue_offset }).into_response(),

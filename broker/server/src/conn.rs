@@ -69,14 +69,7 @@ pub async fn serve(tcp: TcpStream, peer: std::net::SocketAddr, acceptor: tokio_r
     let writer = tokio::spawn(async move {
         let mut buf = BytesMut::new();
         while let Some(f) = rx.recv().await {
-            f.encode(&mut buf);
-            // Gather whatever else is ready into the same write.
-            while buf.len() < (1 << 20) {
-                match rx.try_recv() {
-                    Ok(f) => f.encode(&mut buf),
-                    Err(_) => break,
-                }
-            }
+            wasmq_protocol::encode_batch(&f, std::iter::from_fn(|| rx.try_recv().ok()), &mut buf);
             let write = async {
                 wr.write_all(&buf).await?;
                 wr.flush().await
