@@ -64,6 +64,13 @@ enum Command {
         /// Keep waiting for new messages instead of stopping at the end.
         #[arg(long)]
         follow: bool,
+        /// Consume as a member of this consumer group (clustering: offsets kept by the broker;
+        /// runs until ctrl-c or --count; --from applies to a group's first run).
+        #[arg(long)]
+        group: Option<String>,
+        /// With --group: only messages whose tag matches (`A || B`).
+        #[arg(long, default_value = "*")]
+        filter: String,
     },
     /// List and describe consumer groups, reset their offsets, delete them.
     Group {
@@ -160,7 +167,12 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Consume { topic, from, queue, count, follow } => consume(&cli, topic, from, *queue, *count, *follow).await,
+        Command::Consume { topic, from, group: Some(group), filter, count, .. } => {
+            consume_group(&cli, topic, group, filter, from, *count).await
+        }
+        Command::Consume { topic, from, queue, count, follow, group: None, .. } => {
+            consume(&cli, topic, from, *queue, *count, *follow).await
+        }
         Command::Group { command } => group(&cli, command).await,
         Command::Bench { command } => bench::run(&cli, command).await,
     }
@@ -238,6 +250,43 @@ async fn topic(cli: &Cli, command: &TopicCommand) -> Result<()> {
             println!("deleted topic {name}");
         }
     }
+    Ok(())
+}
+
+async fn consume_group(cli: &Cli, topic: &str, group: &str, filter: &str, from: &str, count: Option<u64>) -> Result<()> {
+    let mut options = wasmq_client::GroupOptions::new(group, topic);
+    options.subscriptions = vec![(topic.to_owned(), filter.to_owned())];
+    options.start_from = match from {
+        "earliest" => wasmq_client::StartFrom::Earliest,
+        "latest" => wasmq_client::StartFrom::Latest,
+        ms => {
+            wasmq_client::StartFrom::Timestamp(ms.parse().with_context(|| format!("--from {ms}: earliest, latest or a timestamp in ms"))?)
+        }
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let handler: wasmq_client::Handler = std::sync::Arc::new(move |_t: &str, q: u32, m: &wasmq_client::PulledMessage| {
+        let key = m.message.keys.first().map_or("-", String::as_str);
+        println!("{q}\t{}\t{key}\t{}", m.queue_offset, String::from_utf8_lossy(&m.message.body));
+        let _ = tx.send(());
+        wasmq_client::ConsumeResult::Success
+    });
+    let member = wasmq_client::GroupConsumer::start(cli.connect().await?, options, handler).await?;
+    let mut printed = 0u64;
+    loop {
+        tokio::select! {
+            got = rx.recv() => {
+                if got.is_none() {
+                    break;
+                }
+                printed += 1;
+                if count.is_some_and(|c| printed >= c) {
+                    break;
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    member.shutdown().await;
     Ok(())
 }
 
