@@ -99,6 +99,7 @@ pub type Handler = Arc<dyn Fn(&str, u32, &PulledMessage) -> ConsumeResult + Send
 pub struct GroupConsumer {
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    member: Arc<Member>,
 }
 
 struct Member {
@@ -108,6 +109,8 @@ struct Member {
     generation: AtomicU64,
     /// Bounds concurrently running handlers across all of this member's queues.
     handler_slots: Arc<tokio::sync::Semaphore>,
+    /// Abort handles of the queue readers, so dropping the consumer stops them all.
+    readers: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl GroupConsumer {
@@ -117,11 +120,18 @@ impl GroupConsumer {
     /// The first heartbeat failed (unknown group mode conflict, bad filter, connection).
     pub async fn start(conn: Connection, options: GroupOptions, handler: Handler) -> Result<Self, ClientError> {
         let slots = Arc::new(tokio::sync::Semaphore::new(options.handler_concurrency.max(1)));
-        let member = Arc::new(Member { conn, options, handler, generation: AtomicU64::new(0), handler_slots: slots });
+        let member = Arc::new(Member {
+            conn,
+            options,
+            handler,
+            generation: AtomicU64::new(0),
+            handler_slots: slots,
+            readers: std::sync::Mutex::new(Vec::new()),
+        });
         let first = member.heartbeat().await?;
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(member, first, stop_rx));
-        Ok(Self { stop, task: Some(task) })
+        let task = tokio::spawn(run(Arc::clone(&member), first, stop_rx));
+        Ok(Self { stop, task: Some(task), member: Arc::clone(&member) })
     }
 
     /// Stops reading, waits for the queue readers, and leaves the group so its queues move at once.
@@ -137,7 +147,21 @@ impl Drop for GroupConsumer {
     fn drop(&mut self) {
         if let Some(t) = self.task.take() {
             t.abort();
+            // The queue readers too: a dropped member must stop reading and committing, as a
+            // crashed one does.
+            for r in self.member.readers.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+                r.abort();
+            }
         }
+    }
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("group", &self.options.group)
+            .field("client_id", &self.conn.options().client_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -179,6 +203,11 @@ async fn run(member: Arc<Member>, first: (u64, Vec<(String, u32)>), mut stop: wa
             if !readers.contains_key(q) {
                 let (tx, rx) = watch::channel(false);
                 let task = tokio::spawn(read_queue(Arc::clone(&member), q.0.clone(), q.1, rx));
+                {
+                    let mut handles = member.readers.lock().unwrap_or_else(|p| p.into_inner());
+                    handles.retain(|h| !h.is_finished());
+                    handles.push(task.abort_handle());
+                }
                 readers.insert(q.clone(), (tx, task));
             }
         }
