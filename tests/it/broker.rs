@@ -11,10 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmq_client::{ErrorCode, OutgoingMessage, Producer, PullConsumer, queue_for_key};
 use wasmq_protocol::{Frame, Kind, Op};
 use wasmq_tests::broker::Broker;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
+use wasmq_tests::runtime;
 
 async fn read_all(consumer: &PullConsumer, topic: &str, queue: u32) -> Vec<wasmq_client::PulledMessage> {
     let mut out = Vec::new();

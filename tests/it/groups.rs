@@ -10,10 +10,7 @@ use std::time::{Duration, Instant};
 
 use wasmq_client::{ConsumeResult, GroupConsumer, GroupMode, GroupOptions, OutgoingMessage, Producer, PullConsumer, PulledMessage};
 use wasmq_tests::broker::Broker;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
+use wasmq_tests::runtime;
 
 /// (member, topic, queue, queue offset, unique id)
 type Seen = Arc<Mutex<Vec<(usize, String, u32, u64, String)>>>;

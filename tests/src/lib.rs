@@ -34,6 +34,11 @@ pub fn crash_store_config(dir: &std::path::Path, sync: bool) -> wasmq_store::Sto
     c
 }
 
+/// The runtime the end-to-end tests drive clients with: two workers, like the machine.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+}
+
 /// A real `wasmq-broker` process on ports picked by the OS, with its own data directory.
 pub mod broker {
     use std::io::{BufRead, BufReader};
