@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub use wasmq_plugin_host::{
     Attachment, Batch, BatchBuilder, CallError, Delivery, Fields, Limits, LoadError, LogLine, Manifest, OrderingKey, Plugin, Role, Route,
-    Runtime, Session, TrapKind,
+    Runtime, Session, TrapKind, key_hash,
 };
 pub use wasmq_plugin_sdk::MessageBuf;
 
