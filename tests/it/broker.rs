@@ -198,7 +198,11 @@ async fn read_frame(s: &mut (impl AsyncReadExt + Unpin)) -> Option<Frame> {
 }
 
 fn hello_frame() -> Frame {
-    let h = wasmq_protocol::Request::Hello(wasmq_protocol::HelloRequest { version_min: 1, version_max: 1, client_id: "raw".into() });
+    let h = wasmq_protocol::Request::Hello(wasmq_protocol::HelloRequest {
+        version_min: wasmq_protocol::PROTOCOL_VERSION,
+        version_max: wasmq_protocol::PROTOCOL_VERSION,
+        client_id: "raw".into(),
+    });
     Frame { kind: Kind::Request, request_id: 1, code: Op::Hello as u16, body: h.encode() }
 }
 
@@ -293,6 +297,7 @@ fn bad_input_gets_an_error_and_the_broker_stays_up() {
                 max_bytes: 8 << 20,
                 wait_ms: 0,
                 filter: None,
+                group: None,
             });
             if s.write_all(&Frame { kind: Kind::Request, request_id: id, code: Op::Pull as u16, body: pull.encode() }.to_bytes())
                 .await

@@ -2,5 +2,6 @@
 
 mod broker;
 mod groups;
+mod plugins;
 mod store_crash;
 mod store_disk_full;

@@ -50,21 +50,24 @@ pub mod broker {
     /// Builds (if needed) and finds the broker binary next to this test binary.
     pub fn broker_binary() -> PathBuf {
         static BUILT: OnceLock<PathBuf> = OnceLock::new();
-        BUILT
-            .get_or_init(|| {
-                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-                let status = Command::new(cargo)
-                    .args(["build", "-q", "-p", "wasmq-server", "--bin", "wasmq-broker"])
-                    .status()
-                    .expect("run cargo build for the broker");
-                assert!(status.success(), "building wasmq-broker failed");
-                let exe = std::env::current_exe().expect("own path");
-                let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-                let bin = dir.join("wasmq-broker");
-                assert!(bin.exists(), "{} missing", bin.display());
-                bin
-            })
-            .clone()
+        BUILT.get_or_init(|| workspace_binary("wasmq-server", "wasmq-broker")).clone()
+    }
+
+    /// Builds (if needed) and finds the `wasmq` CLI next to this test binary.
+    pub fn cli_binary() -> PathBuf {
+        static BUILT: OnceLock<PathBuf> = OnceLock::new();
+        BUILT.get_or_init(|| workspace_binary("wasmq-cli", "wasmq")).clone()
+    }
+
+    fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo).args(["build", "-q", "-p", package, "--bin", bin]).status().expect("run cargo build for a binary");
+        assert!(status.success(), "building {bin} failed");
+        let exe = std::env::current_exe().expect("own path");
+        let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+        let path = dir.join(bin);
+        assert!(path.exists(), "{} missing", path.display());
+        path
     }
 
     #[derive(Debug)]
@@ -127,6 +130,19 @@ pub mod broker {
 
         pub fn admin(&self) -> wasmq_client::Admin {
             wasmq_client::Admin::new(&self.admin_listen, &self.ca, &self.token).expect("admin client")
+        }
+
+        /// Runs the `wasmq` CLI against this broker; returns its stdout, panicking with its
+        /// stderr when it fails.
+        pub fn cli(&self, args: &[&str]) -> String {
+            let out = Command::new(cli_binary())
+                .args(["--server", &self.listen, "--admin", &self.admin_listen, "--token", &self.token, "--ca"])
+                .arg(&self.ca)
+                .args(args)
+                .output()
+                .expect("run wasmq");
+            assert!(out.status.success(), "wasmq {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
         }
 
         /// SIGTERM and wait: the broker drains, flushes and exits 0.

@@ -129,3 +129,90 @@ pub struct Resent {
     pub queue_id: u32,
     pub queue_offset: u64,
 }
+
+/// A plugin version: the answer to an upload (`POST /api/v1/plugins`, body: the `.wasm`), and an
+/// item of a plugin's versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginVersion {
+    pub name: String,
+    /// The broker's version number for this name: 1, 2, … in upload order. Immutable.
+    pub version: u32,
+    /// SHA-256 of the uploaded bytes: the same bytes uploaded again give the same version.
+    pub sha256: String,
+    pub size: usize,
+    /// The author's version label (the plugin crate's version).
+    pub label: String,
+    /// `router`, `ordering-key`, `filter`.
+    pub roles: Vec<String>,
+    /// The message fields it reads: `key`, `tags`, `properties`, `body`.
+    pub needs: Vec<String>,
+    pub uploaded_ms: u64,
+    /// False when these bytes were uploaded before (the existing version is returned).
+    #[serde(default)]
+    pub created: bool,
+}
+
+/// An item of `GET /api/v1/plugins`; also `GET /api/v1/plugins/{name}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginDetail {
+    pub name: String,
+    pub versions: Vec<PluginVersion>,
+    /// Where its versions are attached, with each attachment's stats.
+    pub attachments: Vec<AttachmentView>,
+}
+
+/// `PUT /api/v1/topics/{topic}/plugins/{role}` (role `router` or `ordering-key`) and
+/// `PUT /api/v1/groups/{group}/filters/{topic}`: attach a pinned plugin version, or swap the
+/// attached one (takes effect at the next batch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachPlugin {
+    pub plugin: String,
+    pub version: u32,
+    #[serde(default)]
+    pub config: std::collections::BTreeMap<String, String>,
+    /// `fail-open` (default: carry on as without the plugin) or `fail-closed` (refuse the send;
+    /// dead-letter the message on delivery).
+    #[serde(default)]
+    pub on_error: Option<String>,
+}
+
+/// An attachment (`GET /api/v1/attachments`, and the answer to an attach).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttachmentView {
+    /// `router`, `ordering-key` or `filter`.
+    pub role: String,
+    pub topic: String,
+    /// The consumer group (filters).
+    pub group: Option<String>,
+    pub plugin: String,
+    pub version: u32,
+    pub sha256: String,
+    pub config: std::collections::BTreeMap<String, String>,
+    pub on_error: String,
+    pub attached_ms: u64,
+    /// Why the attachment is not running (its module failed to load at start-up); its
+    /// failure policy then applies to every message.
+    pub error: Option<String>,
+    pub stats: PluginStats,
+}
+
+/// Counters of one attachment since it was attached (or the broker started).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PluginStats {
+    pub calls: u64,
+    pub messages: u64,
+    pub errors: u64,
+    pub traps: u64,
+    pub timeouts: u64,
+    pub memory_exhausted: u64,
+    pub stack_overflows: u64,
+    pub breaker_trips: u64,
+    pub breaker_open: bool,
+    pub instances: u64,
+    /// Mean time per message, host side included.
+    pub ns_per_message: f64,
+    /// Messages for which the failure policy decided (the plugin could not).
+    pub policy_applied: u64,
+    /// The plugin's own counters.
+    pub counters: std::collections::BTreeMap<String, u64>,
+}

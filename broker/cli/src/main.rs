@@ -1,6 +1,7 @@
 //! `wasmq`: manage topics, send and consume messages, and benchmark a broker.
 
 mod bench;
+mod plugin;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -76,6 +77,11 @@ enum Command {
     Group {
         #[command(subcommand)]
         command: GroupCommand,
+    },
+    /// Upload WebAssembly plugins and attach them to topics and groups.
+    Plugin {
+        #[command(subcommand)]
+        command: plugin::PluginCommand,
     },
     /// Measure throughput and latency against a running broker.
     Bench {
@@ -174,6 +180,7 @@ async fn main() -> Result<()> {
             consume(&cli, topic, from, *queue, *count, *follow).await
         }
         Command::Group { command } => group(&cli, command).await,
+        Command::Plugin { command } => plugin::run(&cli, command).await,
         Command::Bench { command } => bench::run(&cli, command).await,
     }
 }

@@ -6,7 +6,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use wasmq_admin_types::{
-    ApiError, BrokerInfo, CreateTopic, DeadLetter, GroupDetail, GroupSummary, Resend, Resent, ResetOffset, TopicDetail, TopicSummary,
+    ApiError, AttachPlugin, AttachmentView, BrokerInfo, CreateTopic, DeadLetter, GroupDetail, GroupSummary, PluginDetail, PluginVersion,
+    Resend, Resent, ResetOffset, TopicDetail, TopicSummary,
 };
 
 use crate::ClientError;
@@ -143,5 +144,66 @@ impl Admin {
         self.call("POST", &format!("/groups/{group}/dlq/resend"), Some(body))
             .await?
             .ok_or_else(|| ClientError::Malformed("empty answer".into()))
+    }
+
+    async fn call_some<T: serde::de::DeserializeOwned>(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<T, ClientError> {
+        self.call(method, path, body).await?.ok_or_else(|| ClientError::Malformed("empty answer".into()))
+    }
+
+    /// Uploads a plugin (`.wasm`: a component, or a core module built with the SDK). The same
+    /// bytes again return the existing version (`created: false`).
+    ///
+    /// # Errors
+    /// The broker refuses the module (the message says why), connection failure.
+    pub async fn upload_plugin(&self, wasm: Vec<u8>) -> Result<PluginVersion, ClientError> {
+        self.call_some("POST", "/plugins", Some(wasm)).await
+    }
+
+    /// # Errors
+    /// Connection failure or the API's error.
+    pub async fn list_plugins(&self) -> Result<Vec<PluginDetail>, ClientError> {
+        Ok(self.call("GET", "/plugins", None).await?.unwrap_or_default())
+    }
+
+    /// # Errors
+    /// Unknown plugin, connection failure.
+    pub async fn describe_plugin(&self, name: &str) -> Result<PluginDetail, ClientError> {
+        self.call_some("GET", &format!("/plugins/{name}"), None).await
+    }
+
+    /// # Errors
+    /// Connection failure or the API's error.
+    pub async fn attachments(&self) -> Result<Vec<AttachmentView>, ClientError> {
+        Ok(self.call("GET", "/attachments", None).await?.unwrap_or_default())
+    }
+
+    /// Attaches (or swaps) a `router` or `ordering-key` plugin version on a topic.
+    ///
+    /// # Errors
+    /// Unknown topic, plugin or version; a role the plugin lacks; a refused configuration.
+    pub async fn attach_topic_plugin(&self, topic: &str, role: &str, req: &AttachPlugin) -> Result<AttachmentView, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.call_some("PUT", &format!("/topics/{topic}/plugins/{role}"), Some(body)).await
+    }
+
+    /// # Errors
+    /// Nothing attached there, connection failure.
+    pub async fn detach_topic_plugin(&self, topic: &str, role: &str) -> Result<(), ClientError> {
+        self.call::<serde_json::Value>("DELETE", &format!("/topics/{topic}/plugins/{role}"), None).await.map(|_| ())
+    }
+
+    /// Attaches (or swaps) a filter plugin version on a group's subscription to a topic.
+    ///
+    /// # Errors
+    /// As [`Admin::attach_topic_plugin`].
+    pub async fn attach_filter(&self, group: &str, topic: &str, req: &AttachPlugin) -> Result<AttachmentView, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.call_some("PUT", &format!("/groups/{group}/filters/{topic}"), Some(body)).await
+    }
+
+    /// # Errors
+    /// Nothing attached there, connection failure.
+    pub async fn detach_filter(&self, group: &str, topic: &str) -> Result<(), ClientError> {
+        self.call::<serde_json::Value>("DELETE", &format!("/groups/{group}/filters/{topic}"), None).await.map(|_| ())
     }
 }

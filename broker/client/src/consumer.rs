@@ -10,11 +10,18 @@ use crate::{ClientError, Connection};
 #[derive(Debug, Clone)]
 pub struct PullConsumer {
     conn: Connection,
+    group: Option<String>,
 }
 
 impl PullConsumer {
     pub fn new(conn: Connection) -> Self {
-        Self { conn }
+        Self { conn, group: None }
+    }
+
+    /// A consumer that pulls on behalf of `group`: a filter plugin attached to the group's
+    /// subscription then runs on the broker for these pulls.
+    pub fn for_group(conn: Connection, group: impl Into<String>) -> Self {
+        Self { conn, group: Some(group.into()) }
     }
 
     /// One pull: up to `max_messages` from `offset`; waits up to `wait` when there is nothing.
@@ -54,6 +61,7 @@ impl PullConsumer {
             max_bytes: 4 << 20,
             wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
             filter: filter.map(str::to_owned),
+            group: self.group.clone(),
         });
         let timeout = self.conn.options().request_timeout + wait;
         match self.conn.call_with_timeout(&req, timeout).await? {
@@ -69,6 +77,7 @@ impl PullConsumer {
             topic: topic.to_owned(),
             queue_id,
             offset,
+            skip_to: offset,
             buffered: std::collections::VecDeque::new(),
             wait: Duration::from_secs(5),
         }
@@ -83,6 +92,8 @@ pub struct QueueReader {
     topic: String,
     queue_id: u32,
     offset: u64,
+    /// Where the last pull said the next one starts (past messages it skipped).
+    skip_to: u64,
     buffered: std::collections::VecDeque<PulledMessage>,
     wait: Duration,
 }
@@ -99,9 +110,12 @@ impl QueueReader {
     /// As [`PullConsumer::pull`].
     pub async fn next(&mut self) -> Result<Option<PulledMessage>, ClientError> {
         if self.buffered.is_empty() {
+            // Messages the broker skipped after the last one returned are passed too.
+            self.offset = self.offset.max(self.skip_to);
             let p = self.consumer.pull(&self.topic, self.queue_id, self.offset, 256, self.wait).await?;
-            if p.messages.is_empty() && p.next_offset > self.offset {
-                self.offset = p.next_offset;
+            self.skip_to = p.next_offset;
+            if p.messages.is_empty() {
+                self.offset = self.offset.max(p.next_offset);
             }
             self.buffered.extend(p.messages);
         }

@@ -263,7 +263,8 @@ async fn read_queue(member: Arc<Member>, topic: String, queue_id: u32, stop: wat
     };
     let renew_every = valid / 3;
     let mut renew_at = tokio::time::Instant::now() + renew_every;
-    let consumer = PullConsumer::new(member.conn.clone());
+    let consumer = PullConsumer::for_group(member.conn.clone(), member.options.group.clone());
+    let filter = subscription_filter(&member, &topic);
     let mut offset = match start_offset(&member, &consumer, &topic, queue_id).await {
         Some(o) => o,
         None => return,
@@ -279,7 +280,7 @@ async fn read_queue(member: Arc<Member>, topic: String, queue_id: u32, stop: wat
             renew_at = tokio::time::Instant::now() + renew_every;
         }
         let pulled = tokio::select! {
-            p = consumer.pull(&topic, queue_id, offset, member.options.batch, member.options.pull_wait.min(renew_every)) => p,
+            p = consumer.pull_filtered(&topic, queue_id, offset, member.options.batch, member.options.pull_wait.min(renew_every), filter.as_deref()) => p,
             _ = stop.changed() => break,
         };
         let Ok(p) = pulled else {
@@ -315,8 +316,13 @@ async fn read_queue(member: Arc<Member>, topic: String, queue_id: u32, stop: wat
                 return;
             }
         }
-        if p.messages.is_empty() && p.next_offset > offset {
+        // Messages the broker skipped after the last one delivered (a tag or plugin filter)
+        // are passed too, and committed, so the group's lag reaches zero.
+        if p.next_offset > offset {
             offset = p.next_offset;
+            if !commit(&member, &topic, queue_id, offset).await {
+                return;
+            }
         }
     }
     let _ = lock_queue(&member, &topic, queue_id, true).await;
@@ -352,9 +358,14 @@ async fn start_offset(member: &Member, consumer: &PullConsumer, topic: &str, que
     }
 }
 
+/// The tag filter of the member's subscription to `topic` (`None` for all).
+fn subscription_filter(member: &Member, topic: &str) -> Option<String> {
+    member.options.subscriptions.iter().find(|(t, _)| t == topic).map(|(_, f)| f.clone()).filter(|f| f.trim() != "*")
+}
+
 async fn read_queue_concurrently(member: Arc<Member>, topic: String, queue_id: u32, mut stop: watch::Receiver<bool>) {
-    let consumer = PullConsumer::new(member.conn.clone());
-    let filter = member.options.subscriptions.iter().find(|(t, _)| *t == topic).map(|(_, f)| f.clone()).filter(|f| f.trim() != "*");
+    let consumer = PullConsumer::for_group(member.conn.clone(), member.options.group.clone());
+    let filter = subscription_filter(&member, &topic);
     // Broadcasting members keep their own place in memory (as RocketMQ keeps it on the client):
     // the group's broker-side offsets belong to clustering.
     let broadcasting = member.options.mode == GroupMode::Broadcasting;

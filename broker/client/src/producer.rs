@@ -47,6 +47,12 @@ impl OutgoingMessage {
         self.ordering_key = Some(key.into());
         self
     }
+
+    /// Adds a user property (plugins and consumers see it).
+    pub fn with_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.push((name.into(), value.into()));
+        self
+    }
 }
 
 /// Where a sent message was stored.
@@ -248,7 +254,7 @@ impl Producer {
                         .zip(r.results)
                         .map(|(message_id, s)| SendReceipt {
                             message_id,
-                            queue_id: r.queue_id,
+                            queue_id: s.queue_id,
                             queue_offset: s.queue_offset,
                             log_offset: s.log_offset,
                         })

@@ -304,16 +304,39 @@ impl Engine {
     pub fn send(&self, topic: &str, queue_id: Option<u32>, mut messages: Vec<NewMessage>) -> Result<(u32, Appended), SendError> {
         let config = self.topic(topic).ok_or_else(|| SendError::UnknownTopic(topic.to_owned()))?;
         let queue_id = queue_id.unwrap_or_else(|| self.round_robin.fetch_add(1, Ordering::Relaxed) % config.queues);
-        if queue_id >= config.queues {
-            return Err(SendError::InvalidQueue { topic: topic.to_owned(), queue_id, queues: config.queues });
+        for m in &mut messages {
+            m.queue_id = queue_id;
+        }
+        Ok((queue_id, self.send_routed(topic, messages)?))
+    }
+
+    /// The next queue of the broker's round robin over `queues` queues.
+    pub fn pick_queue(&self, queues: u32) -> u32 {
+        self.round_robin.fetch_add(1, Ordering::Relaxed) % queues.max(1)
+    }
+
+    /// Appends a batch whose messages each name their queue (as routing plugins decide) as one
+    /// contiguous append, and wakes each queue's long polls. The topic field is set here.
+    ///
+    /// # Errors
+    /// [`SendError`]; nothing is stored if any queue is out of range.
+    pub fn send_routed(&self, topic: &str, mut messages: Vec<NewMessage>) -> Result<Appended, SendError> {
+        let config = self.topic(topic).ok_or_else(|| SendError::UnknownTopic(topic.to_owned()))?;
+        if let Some(m) = messages.iter().find(|m| m.queue_id >= config.queues) {
+            return Err(SendError::InvalidQueue { topic: topic.to_owned(), queue_id: m.queue_id, queues: config.queues });
         }
         for m in &mut messages {
             topic.clone_into(&mut m.topic);
-            m.queue_id = queue_id;
         }
         let appended = self.store.append(&messages)?;
-        self.wake(topic, queue_id);
-        Ok((queue_id, appended))
+        let mut woken: Vec<u32> = Vec::with_capacity(1);
+        for m in &messages {
+            if !woken.contains(&m.queue_id) {
+                woken.push(m.queue_id);
+                self.wake(topic, m.queue_id);
+            }
+        }
+        Ok(appended)
     }
 
     fn wake(&self, topic: &str, queue_id: u32) {

@@ -356,9 +356,16 @@ fn classify(e: &wasmtime::Error, store: &Store<HostState>) -> CallError {
         _ if data.limiter.hit => TrapKind::MemoryExhausted,
         _ => TrapKind::Trap,
     };
-    let mut message = format!("{e:#}");
-    if let Some(p) = &data.last_panic {
-        message = format!("{p} ({message})");
-    }
-    CallError::Trap { kind, message }
+    // One line for the log and the client: the trap (or the plugin's panic message), and the
+    // innermost named wasm function, not the whole backtrace.
+    let cause = e.root_cause().to_string();
+    let message = match (&data.last_panic, e.downcast_ref::<wasmtime::WasmBacktrace>()) {
+        (Some(p), _) => format!("{p} ({cause})"),
+        (None, Some(bt)) => match bt.frames().iter().find_map(|f| f.func_name()) {
+            Some(f) => format!("{cause} in {f}"),
+            None => cause,
+        },
+        (None, None) => cause,
+    };
+    CallError::Trap { kind, message: message.replace('\n', " ") }
 }

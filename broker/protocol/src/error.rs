@@ -50,10 +50,16 @@ pub enum ErrorCode {
     Fenced = 41,
     /// An unexpected broker error; the body says what.
     Internal = 50,
+    /// A plugin attached to the topic refused the message (the body gives its reason); sending
+    /// it again gets the same answer.
+    PluginRejected = 60,
+    /// A fail-closed plugin attached to the topic failed (trap, timeout, open breaker): nothing
+    /// was stored. Retrying later may succeed.
+    PluginFailed = 61,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 24] = [
         Self::Malformed,
         Self::UnsupportedVersion,
         Self::UnknownOp,
@@ -76,6 +82,8 @@ impl ErrorCode {
         Self::InvalidRequest,
         Self::Fenced,
         Self::Internal,
+        Self::PluginRejected,
+        Self::PluginFailed,
     ];
 
     pub fn from_u16(v: u16) -> Option<Self> {
@@ -84,7 +92,10 @@ impl ErrorCode {
 
     /// Whether sending the same request again (to another queue) may succeed.
     pub fn is_retryable(self) -> bool {
-        matches!(self, Self::TooManyInFlight | Self::FlushTimeout | Self::ShuttingDown | Self::Internal | Self::DiskFull)
+        matches!(
+            self,
+            Self::TooManyInFlight | Self::FlushTimeout | Self::ShuttingDown | Self::Internal | Self::DiskFull | Self::PluginFailed
+        )
     }
 }
 
@@ -124,6 +135,8 @@ mod tests {
             (ErrorCode::InvalidRequest, 40),
             (ErrorCode::Fenced, 41),
             (ErrorCode::Internal, 50),
+            (ErrorCode::PluginRejected, 60),
+            (ErrorCode::PluginFailed, 61),
         ];
         assert_eq!(golden.len(), ErrorCode::ALL.len(), "every code is pinned");
         for (code, n) in golden {

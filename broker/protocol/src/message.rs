@@ -5,7 +5,7 @@ use bytes::Bytes;
 use crate::codec::{DecodeError, Reader, Writer};
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Most messages in one send.
 pub const BATCH_MESSAGES_MAX: usize = 1024;
 /// Largest message body a client may send (the broker may set a lower limit).
@@ -102,12 +102,16 @@ pub struct SendRequest {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendResult {
+    /// The queue the message went to: the request's, unless a routing or ordering-key plugin
+    /// attached to the topic chose another.
+    pub queue_id: u32,
     pub queue_offset: u64,
     pub log_offset: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendResponse {
+    /// The first message's queue (see each result's `queue_id`).
     pub queue_id: u32,
     /// One per message, in order; message ids are the request's.
     pub results: Vec<SendResult>,
@@ -125,6 +129,9 @@ pub struct PullRequest {
     /// Tag filter (`*`, `A || B`); messages that do not match are skipped and still advance
     /// `next_offset`.
     pub filter: Option<String>,
+    /// The consumer group pulling, if any: a filter plugin attached to the group's subscription
+    /// of this topic then decides which messages are delivered.
+    pub group: Option<String>,
 }
 
 /// A message as a consumer receives it.
@@ -383,7 +390,8 @@ impl Request {
                     .u32(p.max_messages)
                     .u32(p.max_bytes)
                     .u32(p.wait_ms)
-                    .opt_string(p.filter.as_deref());
+                    .opt_string(p.filter.as_deref())
+                    .opt_string(p.group.as_deref());
             }
             Self::Route(r) => {
                 w.string(&r.topic);
@@ -449,6 +457,7 @@ impl Request {
                 max_bytes: r.u32("max_bytes")?,
                 wait_ms: r.u32("wait_ms")?,
                 filter: r.opt_string("filter")?,
+                group: r.opt_string("group")?,
             }),
             Op::Route => Self::Route(RouteRequest { topic: r.string("topic")? }),
             Op::OffsetCommit => Self::OffsetCommit(OffsetCommitRequest {
@@ -511,7 +520,7 @@ impl Response {
     pub fn encode(&self) -> Bytes {
         let hint = match self {
             Self::Pull(p) => 64 + p.messages.iter().map(|m| 28 + message_bytes_hint(&m.message)).sum::<usize>(),
-            Self::Send(s) => 16 + 16 * s.results.len(),
+            Self::Send(s) => 16 + 20 * s.results.len(),
             _ => 128,
         };
         let mut w = Writer::with_capacity(hint);
@@ -522,7 +531,7 @@ impl Response {
             Self::Send(s) => {
                 w.u32(s.queue_id).count(s.results.len());
                 for r in &s.results {
-                    w.u64(r.queue_offset).u64(r.log_offset);
+                    w.u32(r.queue_id).u64(r.queue_offset).u64(r.log_offset);
                 }
             }
             Self::Pull(p) => {
@@ -571,9 +580,15 @@ impl Response {
             }),
             Op::Send => {
                 let queue_id = r.u32("queue_id")?;
-                let n = r.count("results", BATCH_MESSAGES_MAX, 16)?;
+                let n = r.count("results", BATCH_MESSAGES_MAX, 20)?;
                 let results = (0..n)
-                    .map(|_| Ok(SendResult { queue_offset: r.u64("queue_offset")?, log_offset: r.u64("log_offset")? }))
+                    .map(|_| {
+                        Ok(SendResult {
+                            queue_id: r.u32("queue_id")?,
+                            queue_offset: r.u64("queue_offset")?,
+                            log_offset: r.u64("log_offset")?,
+                        })
+                    })
                     .collect::<Result<_, _>>()?;
                 Self::Send(SendResponse { queue_id, results })
             }
@@ -643,11 +658,19 @@ mod tests {
             (s(), any::<u32>(), s(), proptest::collection::vec(message(), 0..4)).prop_map(|(topic, queue_id, producer_group, messages)| {
                 Request::Send(SendRequest { topic, queue_id, producer_group, messages })
             }),
-            (s(), any::<u32>(), any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>(), proptest::option::of(s())).prop_map(
-                |(topic, queue_id, offset, m, b, w, filter)| {
-                    Request::Pull(PullRequest { topic, queue_id, offset, max_messages: m, max_bytes: b, wait_ms: w, filter })
-                }
-            ),
+            (
+                s(),
+                any::<u32>(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                proptest::option::of(s()),
+                proptest::option::of(s())
+            )
+                .prop_map(|(topic, queue_id, offset, m, b, w, filter, group)| {
+                    Request::Pull(PullRequest { topic, queue_id, offset, max_messages: m, max_bytes: b, wait_ms: w, filter, group })
+                }),
             (s(), s(), any::<bool>(), proptest::collection::vec((s(), s()), 0..3)).prop_map(|(group, client_id, b, subscriptions)| {
                 Request::GroupHeartbeat(GroupHeartbeatRequest {
                     group,
@@ -682,11 +705,11 @@ mod tests {
                 Op::Hello,
                 Response::Hello(HelloResponse { version: v, broker_name: n, frame_bytes_max: f, in_flight_max: i, message_bytes_max: m })
             )),
-            (any::<u32>(), proptest::collection::vec((any::<u64>(), any::<u64>()), 0..5)).prop_map(|(q, r)| (
+            (any::<u32>(), proptest::collection::vec((any::<u32>(), any::<u64>(), any::<u64>()), 0..5)).prop_map(|(q, r)| (
                 Op::Send,
                 Response::Send(SendResponse {
                     queue_id: q,
-                    results: r.into_iter().map(|(a, b)| SendResult { queue_offset: a, log_offset: b }).collect()
+                    results: r.into_iter().map(|(queue_id, a, b)| SendResult { queue_id, queue_offset: a, log_offset: b }).collect()
                 })
             )),
             (

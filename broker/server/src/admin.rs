@@ -3,21 +3,23 @@
 
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use wasmq_admin_types::{
-    ApiError, BrokerInfo, CreateTopic, DeadLetter, GroupDetail, GroupMember, GroupQueue, GroupSummary, QueueOffsets, Resend, Resent,
-    ResetOffset, TopicDetail, TopicSummary,
+    ApiError, AttachPlugin, AttachmentView, BrokerInfo, CreateTopic, DeadLetter, GroupDetail, GroupMember, GroupQueue, GroupSummary,
+    PluginDetail, PluginVersion, QueueOffsets, Resend, Resent, ResetOffset, TopicDetail, TopicSummary,
 };
 use wasmq_engine::Engine;
 
 #[derive(Debug, Clone)]
 pub struct AdminState {
     pub engine: Arc<Engine>,
+    pub plugins: Arc<crate::plugins::Plugins>,
     pub token: Arc<str>,
     pub listen: String,
     pub admin_listen: String,
@@ -57,6 +59,14 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/groups/{name}/reset-offset", post(reset_offset))
         .route("/api/v1/groups/{name}/dlq", get(list_dead_letters))
         .route("/api/v1/groups/{name}/dlq/resend", post(resend_dead_letter))
+        .route(
+            "/api/v1/plugins",
+            get(list_plugins).post(upload_plugin).layer(DefaultBodyLimit::max(wasmq_plugin_host::PLUGIN_BYTES_MAX + 1)),
+        )
+        .route("/api/v1/plugins/{name}", get(describe_plugin))
+        .route("/api/v1/attachments", get(list_attachments))
+        .route("/api/v1/topics/{topic}/plugins/{role}", put(attach_topic_plugin).delete(detach_topic_plugin))
+        .route("/api/v1/groups/{group}/filters/{topic}", put(attach_filter).delete(detach_filter))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
         .fallback(|| async { error(404, "no such endpoint") })
         .with_state(state)
@@ -114,8 +124,106 @@ async fn describe_topic(State(s): State<AdminState>, Path(name): Path<String>) -
 
 async fn delete_topic(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
     match s.engine.delete_topic(&name) {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Ok(()) => {
+            s.plugins.forget_topic(&name);
+            StatusCode::NO_CONTENT.into_response()
+        }
         Err(e) => error(crate::wire::topic_status(&e), e.to_string()),
+    }
+}
+
+fn plugin_error(e: &crate::plugins::PluginError) -> Response {
+    error(e.status(), e.to_string())
+}
+
+/// Runs a blocking plugin operation (compiling, `init`) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, crate::plugins::PluginError> + Send + 'static) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| plugin_error(&e)),
+        Err(e) => Err(error(500, format!("plugin task failed: {e}"))),
+    }
+}
+
+async fn list_plugins(State(s): State<AdminState>) -> Json<Vec<PluginDetail>> {
+    Json(s.plugins.list())
+}
+
+async fn upload_plugin(State(s): State<AdminState>, body: axum::body::Bytes) -> Response {
+    if body.is_empty() {
+        return error(400, "empty body: send the plugin's .wasm bytes");
+    }
+    let plugins = Arc::clone(&s.plugins);
+    match blocking(move || plugins.upload(&body)).await {
+        Ok(v) => (if v.created { StatusCode::CREATED } else { StatusCode::OK }, Json::<PluginVersion>(v)).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn describe_plugin(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    match s.plugins.describe(&name) {
+        Some(p) => Json(p).into_response(),
+        None => error(404, format!("no plugin {name}")),
+    }
+}
+
+async fn list_attachments(State(s): State<AdminState>) -> Json<Vec<AttachmentView>> {
+    Json(s.plugins.attachments())
+}
+
+/// A topic plugin's role from the path; the error is the 400 answer's text.
+fn topic_role(role: &str) -> Result<wasmq_plugin_host::Role, String> {
+    match wasmq_plugin_host::parse_role(role) {
+        Some(r @ (wasmq_plugin_host::Role::Router | wasmq_plugin_host::Role::OrderingKey)) => Ok(r),
+        _ => Err(format!("role {role:?}: a topic takes a `router` or an `ordering-key` plugin (filters attach to groups)")),
+    }
+}
+
+async fn attach(s: AdminState, role: wasmq_plugin_host::Role, topic: String, group: Option<String>, req: AttachPlugin) -> Response {
+    let plugins = Arc::clone(&s.plugins);
+    match blocking(move || plugins.attach(role, &topic, group.as_deref(), req)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn attach_topic_plugin(
+    State(s): State<AdminState>,
+    Path((topic, role)): Path<(String, String)>,
+    body: Result<Json<AttachPlugin>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let role = match topic_role(&role) {
+        Ok(r) => r,
+        Err(m) => return error(400, m),
+    };
+    match json_body(body) {
+        Ok(req) => attach(s, role, topic, None, req).await,
+        Err(r) => *r,
+    }
+}
+
+async fn detach_topic_plugin(State(s): State<AdminState>, Path((topic, role)): Path<(String, String)>) -> Response {
+    match topic_role(&role).map(|r| s.plugins.detach(r, &topic, None)) {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => plugin_error(&e),
+        Err(m) => error(400, m),
+    }
+}
+
+async fn attach_filter(
+    State(s): State<AdminState>,
+    Path((group, topic)): Path<(String, String)>,
+    body: Result<Json<AttachPlugin>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    match json_body(body) {
+        Ok(req) => attach(s, wasmq_plugin_host::Role::Filter, topic, Some(group), req).await,
+        Err(r) => *r,
+    }
+}
+
+async fn detach_filter(State(s): State<AdminState>, Path((group, topic)): Path<(String, String)>) -> Response {
+    match s.plugins.detach(wasmq_plugin_host::Role::Filter, &topic, Some(&group)) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => plugin_error(&e),
     }
 }
 
@@ -288,7 +396,15 @@ mod tests {
         let engine = Engine::open(Arc::new(store), dir.path().join("c"), "b", Arc::new(wasmq_store::SystemClock)).unwrap();
         let token = "0123456789abcdef0123";
         let app_engine = Arc::new(engine);
-        let app = router(AdminState { engine: Arc::clone(&app_engine), token: token.into(), listen: "l".into(), admin_listen: "a".into() });
+        let limits = wasmq_plugin_host::Limits { instances_max: 4, ..Default::default() };
+        let plugins = Arc::new(crate::plugins::Plugins::open(Arc::clone(&app_engine), dir.path(), limits).unwrap());
+        let app = router(AdminState {
+            engine: Arc::clone(&app_engine),
+            plugins,
+            token: token.into(),
+            listen: "l".into(),
+            admin_listen: "a".into(),
+        });
         assert_eq!(call(&app, "GET", "/api/v1/topics", None, "").await.0, 401);
         assert_eq!(call(&app, "GET", "/api/v1/topics", Some("wrong-token-xxxxxx"), "").await.0, 401);
         let (s, v) = call(&app, "POST", "/api/v1/topics", Some(token), r#"{"name":"orders","queues":4}"#).await;
@@ -301,6 +417,25 @@ mod tests {
         assert_eq!((s, v["queues"].as_array().map(Vec::len)), (200, Some(4)));
         assert_eq!(call(&app, "GET", "/api/v1/topics", Some(token), "").await.1.as_array().map(Vec::len), Some(1));
         assert_eq!(call(&app, "GET", "/api/v1/broker", Some(token), "").await.1["topics"], 1);
+        // Plugins: bad uploads and attachments are refused with the reason.
+        let (s, v) = call(&app, "POST", "/api/v1/plugins", Some(token), "definitely not wasm").await;
+        assert_eq!(s, 400);
+        assert!(v["error"].as_str().unwrap().contains("bad magic"), "{v}");
+        assert_eq!(call(&app, "POST", "/api/v1/plugins", Some(token), "").await.0, 400);
+        let attach = r#"{"plugin":"nope","version":1}"#;
+        assert_eq!(call(&app, "PUT", "/api/v1/topics/orders/plugins/router", Some(token), attach).await.0, 404, "unknown plugin");
+        assert_eq!(call(&app, "PUT", "/api/v1/topics/ghost/plugins/router", Some(token), attach).await.0, 404, "unknown topic");
+        let (s, v) = call(&app, "PUT", "/api/v1/topics/orders/plugins/filter", Some(token), attach).await;
+        assert_eq!(s, 400, "{v}");
+        assert_eq!(
+            call(&app, "PUT", "/api/v1/topics/orders/plugins/router", Some(token), r#"{"plugin":"x","version":1,"on_error":"maybe"}"#)
+                .await
+                .0,
+            400
+        );
+        assert_eq!(call(&app, "DELETE", "/api/v1/topics/orders/plugins/router", Some(token), "").await.0, 404);
+        assert_eq!(call(&app, "GET", "/api/v1/plugins", Some(token), "").await.1.as_array().map(Vec::len), Some(0));
+        assert_eq!(call(&app, "GET", "/api/v1/plugins/nope", Some(token), "").await.0, 404);
         // Groups: offsets, lag, reset, delete.
         let engine = &app_engine;
         engine

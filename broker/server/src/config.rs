@@ -53,6 +53,12 @@ pub struct RawConfig {
     pub connections_max: Option<u32>,
     pub in_flight_max: Option<u32>,
     pub frame_bytes_max: Option<u32>,
+    /// Linear memory cap of a plugin instance, MiB (default 16).
+    pub plugin_memory_mib: Option<u32>,
+    /// Deadline of one plugin batch call, ms (default 10).
+    pub plugin_call_timeout_ms: Option<u64>,
+    /// Live plugin instances, all plugins together (default 128).
+    pub plugin_instances_max: Option<u32>,
 }
 
 /// A bad configuration value, by key.
@@ -111,6 +117,9 @@ impl RawConfig {
                 "order_lock_ttl_ms" => raw.order_lock_ttl_ms = Some(num(&v)?),
                 "in_flight_max" => raw.in_flight_max = Some(num(&v)? as u32),
                 "frame_bytes_max" => raw.frame_bytes_max = Some(num(&v)? as u32),
+                "plugin_memory_mib" => raw.plugin_memory_mib = Some(num(&v)? as u32),
+                "plugin_call_timeout_ms" => raw.plugin_call_timeout_ms = Some(num(&v)?),
+                "plugin_instances_max" => raw.plugin_instances_max = Some(num(&v)? as u32),
                 _ => {} // WASMQ_LOG and other variables are not configuration keys
             }
         }
@@ -135,6 +144,7 @@ pub struct Config {
     pub retry_delays_ms: Vec<u64>,
     pub max_reconsume_times: u32,
     pub order_lock_ttl: Duration,
+    pub plugin_limits: wasmq_plugin_host::Limits,
 }
 
 fn addr(key: &str, v: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
@@ -232,6 +242,27 @@ impl TryFrom<RawConfig> for Config {
                 Some(ms) if !(1000..=600_000).contains(&ms) => return Err(bad("order_lock_ttl_ms", "between 1000 and 600000")),
                 Some(ms) => Duration::from_millis(ms),
                 None => Duration::from_millis(wasmq_engine::ORDER_LOCK_TTL_MS_DEFAULT),
+            },
+            plugin_limits: {
+                let d = wasmq_plugin_host::Limits::default();
+                wasmq_plugin_host::Limits {
+                    memory_bytes: match raw.plugin_memory_mib {
+                        Some(m) if !(1..=4096).contains(&m) => return Err(bad("plugin_memory_mib", "between 1 and 4096")),
+                        Some(m) => (m as usize) << 20,
+                        None => d.memory_bytes,
+                    },
+                    call_timeout: match raw.plugin_call_timeout_ms {
+                        Some(ms) if !(1..=10_000).contains(&ms) => return Err(bad("plugin_call_timeout_ms", "between 1 and 10000")),
+                        Some(ms) => Duration::from_millis(ms),
+                        None => d.call_timeout,
+                    },
+                    instances_max: match raw.plugin_instances_max {
+                        Some(n) if !(1..=10_000).contains(&n) => return Err(bad("plugin_instances_max", "between 1 and 10000")),
+                        Some(n) => n,
+                        None => d.instances_max,
+                    },
+                    ..d
+                }
             },
         })
     }

@@ -36,6 +36,7 @@ const READ_CHUNK_BYTES: usize = 64 << 10;
 #[derive(Debug)]
 pub struct Shared {
     pub engine: Arc<Engine>,
+    pub plugins: Arc<crate::plugins::Plugins>,
     pub in_flight_max: u32,
     pub frame_bytes_max: u32,
     pub flush: FlushMode,
@@ -211,8 +212,23 @@ async fn dispatch(shared: &Shared, req: Request, cancel: &CancellationToken) -> 
         Request::Hello(_) => Err(WireError::new(ErrorCode::InvalidRequest, "Hello was already sent")),
         Request::Send(s) => {
             let queue = (s.queue_id != QUEUE_ANY).then_some(s.queue_id);
-            let messages = s.messages.into_iter().map(wire::to_store).collect();
-            let (queue_id, appended) = engine.send(&s.topic, queue, messages).map_err(|e| wire::send_error(&e))?;
+            let mut messages: Vec<_> = s.messages.into_iter().map(wire::to_store).collect();
+            let queues = engine.topic(&s.topic).map(|c| c.queues);
+            // Routing and ordering-key plugins attached to the topic choose each message's queue.
+            let routed = match queues {
+                Some(n) => {
+                    let default_queue = queue.unwrap_or_else(|| engine.pick_queue(n));
+                    shared.plugins.route(&s.topic, n, default_queue, &mut messages)?
+                }
+                None => false,
+            };
+            let queue_ids: Vec<u32> = if routed { messages.iter().map(|m| m.queue_id).collect() } else { Vec::new() };
+            let (queue_id, appended) = if routed {
+                let first = queue_ids.first().copied().unwrap_or_default();
+                (first, engine.send_routed(&s.topic, messages).map_err(|e| wire::send_error(&e))?)
+            } else {
+                engine.send(&s.topic, queue, messages).map_err(|e| wire::send_error(&e))?
+            };
             if let FlushMode::Sync { timeout } = shared.flush {
                 let (tx, rx) = oneshot::channel();
                 engine.store().on_durable(appended.end_offset, move |r| {
@@ -230,7 +246,16 @@ async fn dispatch(shared: &Shared, req: Request, cancel: &CancellationToken) -> 
                     }
                 }
             }
-            let results = appended.messages.iter().map(|m| SendResult { queue_offset: m.queue_offset, log_offset: m.log_offset }).collect();
+            let results = appended
+                .messages
+                .iter()
+                .enumerate()
+                .map(|(i, m)| SendResult {
+                    queue_id: queue_ids.get(i).copied().unwrap_or(queue_id),
+                    queue_offset: m.queue_offset,
+                    log_offset: m.log_offset,
+                })
+                .collect();
             Ok(Response::Send(SendResponse { queue_id, results }))
         }
         Request::Pull(p) => {
@@ -243,7 +268,11 @@ async fn dispatch(shared: &Shared, req: Request, cancel: &CancellationToken) -> 
                     None => engine.pull(&p.topic, p.queue_id, p.offset, max_messages, max_bytes),
                 };
                 let read = match pulled {
-                    Ok(r) => r,
+                    // A filter plugin on the group's subscription keeps what the group gets.
+                    Ok(r) => match p.group.as_deref() {
+                        Some(g) => shared.plugins.filter(g, &p.topic, r),
+                        None => r,
+                    },
                     // Below the retained range (retention deleted it): answer where the queue
                     // now begins, as RocketMQ's OFFSET_TOO_SMALL with its next begin offset.
                     Err(wasmq_engine::PullError::Read(wasmq_store::ReadError::Trimmed { .. })) => {

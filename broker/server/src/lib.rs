@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod plugins;
 pub mod tls;
 pub mod wire;
 
@@ -80,6 +81,12 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
     engine.set_session_timeout(u64::try_from(config.group_session_timeout.as_millis()).unwrap_or(u64::MAX));
     engine.set_retry_policy(config.retry_delays_ms.clone(), config.max_reconsume_times)?;
     engine.set_lock_ttl(u64::try_from(config.order_lock_ttl.as_millis()).unwrap_or(u64::MAX));
+    let (plugin_engine, data_dir, limits) = (Arc::clone(&engine), config.data_dir.clone(), config.plugin_limits.clone());
+    let plugins = Arc::new(
+        tokio::task::spawn_blocking(move || plugins::Plugins::open(plugin_engine, &data_dir, limits))
+            .await?
+            .context("opening the plugin registry")?,
+    );
 
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let admin_listener = TcpListener::bind(config.admin_listen).await.with_context(|| format!("binding {}", config.admin_listen))?;
@@ -90,6 +97,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
     let tracker = TaskTracker::new();
     let shared = Arc::new(conn::Shared {
         engine: Arc::clone(&engine),
+        plugins: Arc::clone(&plugins),
         in_flight_max: config.in_flight_max.get(),
         frame_bytes_max: config.frame_bytes_max,
         flush: config.store.flush,
@@ -98,6 +106,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
     tracker.spawn(accept_clients(listener, broker_tls, shared, config.connections_max.get(), tracker.clone()));
     let admin_state = admin::AdminState {
         engine: Arc::clone(&engine),
+        plugins,
         token: token.into(),
         listen: info.listen.to_string(),
         admin_listen: info.admin_listen.to_string(),

@@ -20,8 +20,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub use wasmq_plugin_host::{
-    Attachment, Batch, BatchBuilder, CallError, Delivery, Fields, Limits, LoadError, LogLine, Manifest, OrderingKey, Plugin, Role, Route,
-    Runtime, Session, TrapKind, key_hash,
+    Attachment, Batch, BatchBuilder, CallError, Delivery, Fields, Limits, LoadError, LogLine, Manifest, OrderingKey, PLUGIN_BYTES_MAX,
+    Plugin, Role, Route, Runtime, Session, TrapKind, key_hash,
 };
 pub use wasmq_plugin_sdk::MessageBuf;
 

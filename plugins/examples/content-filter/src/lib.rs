@@ -62,6 +62,9 @@ fn parse_condition(c: &str) -> Result<Condition, String> {
     } else {
         return Err(format!("condition {c:?}: field must be prop:<name>, tag or json:<path>"));
     };
+    if rhs.is_empty() || rhs.starts_with(['=', '<', '>', '!']) || lhs.ends_with(['=', '<', '>', '!']) {
+        return Err(format!("condition {c:?}: after the operator comes a value (operators: == != > >= < <=)"));
+    }
     Ok(Condition { field, op, value: rhs.to_owned() })
 }
 
@@ -163,5 +166,9 @@ mod tests {
         assert_eq!(filter("").filter(&MessageBuf::new().view()), Delivery::Deliver, "no conditions: everything");
         assert!(ContentFilter::init(&Attachment::for_test(Role::Filter, &[("where", "body == x")])).is_err());
         assert!(ContentFilter::init(&Attachment::for_test(Role::Filter, &[("where", "tag x")])).is_err());
+        for bad in ["tag === x", "tag == ", "prop:a =< 3", "prop:a >> 3"] {
+            let e = ContentFilter::init(&Attachment::for_test(Role::Filter, &[("where", bad)])).unwrap_err();
+            assert!(e.contains("operator"), "{bad}: {e}");
+        }
     }
 }

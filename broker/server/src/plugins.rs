@@ -1,0 +1,681 @@
+//! Plugins in the broker: the registry of uploaded versions and attachments (persisted under
+//! the data directory), and applying plugin decisions on the send path (routers, ordering-key
+//! selectors) and the delivery path (a group's filters).
+//!
+//! Layout: `plugins/modules/<sha256>.wasm` (the uploaded bytes, content-addressed),
+//! `plugins/cache/` (compiled artifacts), `config/plugins.json` (versions and attachments).
+//!
+//! Hot swap: each send or pull takes the attachment's `Arc` once and uses it for the whole
+//! batch; an attach replaces the `Arc` only after the new instance's `init` succeeded, so a
+//! batch is judged by exactly one version and nothing is lost or evaluated twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use serde::{Deserialize, Serialize};
+use wasmq_admin_types::{AttachPlugin, AttachmentView, PluginDetail, PluginStats, PluginVersion};
+use wasmq_engine::Engine;
+use wasmq_plugin_host::{
+    Attached, Attachment, Batch, BatchBuilder, CallError, Delivery, FailurePolicy, Fields, Limits, OrderingKey, Plugin, Role, Route,
+    Runtime, field_names, key_hash, parse_role, role_name,
+};
+use wasmq_protocol::ErrorCode;
+use wasmq_store::{NewMessage, Properties, QueueRead, StoredMessage};
+
+use crate::wire::WireError;
+
+/// Why an admin operation on plugins failed; maps to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("{0}")]
+    BadModule(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl PluginError {
+    #[must_use]
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadModule(_) | Self::Invalid(_) => 400,
+            Self::NotFound(_) => 404,
+            Self::Io(_) => 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct VersionRecord {
+    name: String,
+    version: u32,
+    sha256: String,
+    size: usize,
+    label: String,
+    roles: Vec<String>,
+    needs: Vec<String>,
+    uploaded_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AttachmentRecord {
+    role: String,
+    topic: String,
+    group: Option<String>,
+    plugin: String,
+    version: u32,
+    sha256: String,
+    config: BTreeMap<String, String>,
+    on_error: String,
+    attached_ms: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Registry {
+    versions: Vec<VersionRecord>,
+    attachments: Vec<AttachmentRecord>,
+}
+
+/// A running attachment (or one whose module failed to load: then its policy decides alone).
+#[derive(Debug)]
+struct Live {
+    record: AttachmentRecord,
+    attached: Result<Attached, String>,
+    policy: FailurePolicy,
+    policy_applied: AtomicU64,
+}
+
+impl Live {
+    fn label(&self) -> String {
+        format!("{}#{}", self.record.plugin, self.record.version)
+    }
+
+    fn needs(&self) -> Fields {
+        self.attached.as_ref().map_or(Fields::empty(), |a| a.plugin().manifest().needs)
+    }
+}
+
+/// The router and the ordering-key selector of a topic, taken once for a whole batch.
+type SendPath = (Option<Arc<Live>>, Option<Arc<Live>>);
+
+#[derive(Debug, Default, Clone)]
+struct TopicPlugins {
+    router: Option<Arc<Live>>,
+    key: Option<Arc<Live>>,
+    filters: HashMap<String, Arc<Live>>,
+}
+
+impl TopicPlugins {
+    fn is_empty(&self) -> bool {
+        self.router.is_none() && self.key.is_none() && self.filters.is_empty()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The broker's plugins. Admin operations are serialized; the hot path takes one read lock.
+pub struct Plugins {
+    runtime: Runtime,
+    engine: Arc<Engine>,
+    modules_dir: PathBuf,
+    registry_path: PathBuf,
+    registry: Mutex<Registry>,
+    loaded: Mutex<HashMap<String, Plugin>>,
+    live: RwLock<HashMap<String, TopicPlugins>>,
+}
+
+impl std::fmt::Debug for Plugins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugins").field("modules_dir", &self.modules_dir).finish_non_exhaustive()
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn io(e: impl std::fmt::Display) -> PluginError {
+    PluginError::Io(e.to_string())
+}
+
+impl Plugins {
+    /// Opens the registry under `data_dir` and re-attaches every saved attachment. A module
+    /// that no longer loads is logged and its attachment kept in its failure policy's hands.
+    ///
+    /// # Errors
+    /// The plugin runtime cannot start, or the registry file is unreadable.
+    pub fn open(engine: Arc<Engine>, data_dir: &Path, limits: Limits) -> anyhow::Result<Self> {
+        let modules_dir = data_dir.join("plugins").join("modules");
+        std::fs::create_dir_all(&modules_dir)?;
+        let runtime = Runtime::new(limits, Some(data_dir.join("plugins").join("cache")))?;
+        let registry_path = data_dir.join("config").join("plugins.json");
+        let registry: Registry = match std::fs::read(&registry_path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| anyhow::anyhow!("{}: {e}", registry_path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Registry::default(),
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", registry_path.display())),
+        };
+        let this = Self {
+            runtime,
+            engine,
+            modules_dir,
+            registry_path,
+            registry: Mutex::new(Registry::default()),
+            loaded: Mutex::default(),
+            live: RwLock::default(),
+        };
+        for rec in &registry.attachments {
+            let attached = this.load_sha(&rec.sha256).map_err(|e| e.to_string()).and_then(|p| {
+                let role = parse_role(&rec.role).ok_or_else(|| format!("unknown role {}", rec.role))?;
+                Attached::new(p, attachment_of(role, rec), policy_of(&rec.on_error)).map_err(|e| e.to_string())
+            });
+            if let Err(e) = &attached {
+                tracing::error!(plugin = %rec.plugin, version = rec.version, topic = %rec.topic, group = ?rec.group, "plugin attachment not running ({e}); its failure policy ({}) applies", rec.on_error);
+            }
+            this.install(Live { record: rec.clone(), policy: policy_of(&rec.on_error), attached, policy_applied: AtomicU64::new(0) });
+        }
+        *lock(&this.registry) = registry;
+        Ok(this)
+    }
+
+    fn load_sha(&self, sha256: &str) -> Result<Plugin, PluginError> {
+        if let Some(p) = lock(&self.loaded).get(sha256) {
+            return Ok(p.clone());
+        }
+        let path = self.modules_dir.join(format!("{sha256}.wasm"));
+        let bytes = std::fs::read(&path).map_err(|e| PluginError::Io(format!("{}: {e}", path.display())))?;
+        let p = self.runtime.load(&bytes).map_err(|e| PluginError::BadModule(e.to_string()))?;
+        lock(&self.loaded).insert(sha256.to_owned(), p.clone());
+        Ok(p)
+    }
+
+    fn install(&self, live: Live) {
+        let live = Arc::new(live);
+        let mut map = self.live.write().unwrap_or_else(PoisonError::into_inner);
+        let t = map.entry(live.record.topic.clone()).or_default();
+        match (live.record.role.as_str(), &live.record.group) {
+            ("router", _) => t.router = Some(live),
+            ("ordering-key", _) => t.key = Some(live),
+            (_, Some(g)) => {
+                t.filters.insert(g.clone(), live);
+            }
+            _ => {}
+        }
+    }
+
+    fn save(&self, registry: &Registry) -> Result<(), PluginError> {
+        let bytes = serde_json::to_vec_pretty(registry).map_err(io)?;
+        if let Some(d) = self.registry_path.parent() {
+            std::fs::create_dir_all(d).map_err(io)?;
+        }
+        write_atomically(&self.registry_path, &bytes).map_err(io)
+    }
+
+    /// Validates, compiles and stores a plugin binary; the same bytes again return the existing
+    /// version. Blocking (compiles): call from a blocking thread.
+    ///
+    /// # Errors
+    /// [`PluginError::BadModule`] naming what is wrong with the binary.
+    pub fn upload(&self, bytes: &[u8]) -> Result<PluginVersion, PluginError> {
+        let plugin = self.runtime.load(bytes).map_err(|e| PluginError::BadModule(e.to_string()))?;
+        let mut reg = lock(&self.registry);
+        if let Some(v) = reg.versions.iter().find(|v| v.sha256 == plugin.sha256()) {
+            return Ok(version_view(v, false));
+        }
+        let m = plugin.manifest();
+        let version = reg.versions.iter().filter(|v| v.name == m.name).map(|v| v.version).max().unwrap_or(0) + 1;
+        write_atomically(&self.modules_dir.join(format!("{}.wasm", plugin.sha256())), bytes).map_err(io)?;
+        let rec = VersionRecord {
+            name: m.name.clone(),
+            version,
+            sha256: plugin.sha256().to_owned(),
+            size: bytes.len(),
+            label: m.version.clone(),
+            roles: m.roles.iter().map(|r| role_name(*r).to_owned()).collect(),
+            needs: field_names(m.needs).into_iter().map(str::to_owned).collect(),
+            uploaded_ms: now_ms(),
+        };
+        reg.versions.push(rec.clone());
+        if let Err(e) = self.save(&reg) {
+            reg.versions.pop();
+            return Err(e);
+        }
+        lock(&self.loaded).insert(rec.sha256.clone(), plugin);
+        tracing::info!(plugin = %rec.name, version, sha256 = %rec.sha256, "plugin uploaded");
+        Ok(version_view(&rec, true))
+    }
+
+    /// Attaches (or swaps) a pinned plugin version: `router` / `ordering-key` on a topic, or
+    /// `filter` on a group's subscription to a topic. The new instance's `init` runs first; only
+    /// then does it replace the old one, at the next batch. Blocking: call from a blocking thread.
+    ///
+    /// # Errors
+    /// Unknown topic, plugin or version; a role the plugin lacks; a configuration its `init`
+    /// refuses.
+    pub fn attach(&self, role: Role, topic: &str, group: Option<&str>, req: AttachPlugin) -> Result<AttachmentView, PluginError> {
+        if self.engine.topic(topic).is_none() {
+            return Err(PluginError::NotFound(format!("topic {topic} does not exist")));
+        }
+        if let Some(g) = group {
+            wasmq_engine::validate_group(g).map_err(PluginError::Invalid)?;
+        }
+        let on_error = req.on_error.as_deref().unwrap_or("fail-open");
+        let policy = FailurePolicy::parse(on_error)
+            .ok_or_else(|| PluginError::Invalid(format!("on_error {on_error:?}: use fail-open or fail-closed")))?;
+        let mut reg = lock(&self.registry);
+        let v = reg
+            .versions
+            .iter()
+            .find(|v| v.name == req.plugin && v.version == req.version)
+            .cloned()
+            .ok_or_else(|| PluginError::NotFound(format!("no plugin {} version {}", req.plugin, req.version)))?;
+        let plugin = self.load_sha(&v.sha256)?;
+        let rec = AttachmentRecord {
+            role: role_name(role).to_owned(),
+            topic: topic.to_owned(),
+            group: group.map(str::to_owned),
+            plugin: v.name.clone(),
+            version: v.version,
+            sha256: v.sha256.clone(),
+            config: req.config,
+            on_error: policy.as_str().to_owned(),
+            attached_ms: now_ms(),
+        };
+        let attached = Attached::new(plugin, attachment_of(role, &rec), policy).map_err(|e| PluginError::Invalid(e.to_string()))?;
+        let previous = reg.attachments.iter().position(|a| a.role == rec.role && a.topic == rec.topic && a.group == rec.group);
+        let old = match previous {
+            Some(i) => Some(std::mem::replace(&mut reg.attachments[i], rec.clone())),
+            None => {
+                reg.attachments.push(rec.clone());
+                None
+            }
+        };
+        if let Err(e) = self.save(&reg) {
+            match (previous, old) {
+                (Some(i), Some(o)) => reg.attachments[i] = o,
+                _ => {
+                    reg.attachments.pop();
+                }
+            }
+            return Err(e);
+        }
+        let live = Live { record: rec, attached: Ok(attached), policy, policy_applied: AtomicU64::new(0) };
+        let view = view_of(&live);
+        self.install(live);
+        tracing::info!(plugin = %view.plugin, version = view.version, role = %view.role, topic, group, "plugin attached");
+        Ok(view)
+    }
+
+    /// Removes an attachment.
+    ///
+    /// # Errors
+    /// [`PluginError::NotFound`] when nothing is attached there.
+    pub fn detach(&self, role: Role, topic: &str, group: Option<&str>) -> Result<(), PluginError> {
+        let role = role_name(role);
+        let mut reg = lock(&self.registry);
+        let i =
+            reg.attachments.iter().position(|a| a.role == role && a.topic == topic && a.group.as_deref() == group).ok_or_else(|| {
+                PluginError::NotFound(format!(
+                    "no {role} attached to {topic}{}",
+                    group.map(|g| format!(" for group {g}")).unwrap_or_default()
+                ))
+            })?;
+        let rec = reg.attachments.remove(i);
+        if let Err(e) = self.save(&reg) {
+            reg.attachments.insert(i, rec);
+            return Err(e);
+        }
+        self.uninstall(|t| match role {
+            "router" if t.0 == topic => t.1.router = None,
+            "ordering-key" if t.0 == topic => t.1.key = None,
+            "filter" if t.0 == topic => {
+                t.1.filters.remove(group.unwrap_or_default());
+            }
+            _ => {}
+        });
+        Ok(())
+    }
+
+    fn uninstall(&self, mut f: impl FnMut((&str, &mut TopicPlugins))) {
+        let mut map = self.live.write().unwrap_or_else(PoisonError::into_inner);
+        for (k, v) in map.iter_mut() {
+            f((k, v));
+        }
+        map.retain(|_, v| !v.is_empty());
+    }
+
+    /// Drops the attachments of a deleted topic.
+    pub fn forget_topic(&self, topic: &str) {
+        let mut reg = lock(&self.registry);
+        let before = reg.attachments.len();
+        reg.attachments.retain(|a| a.topic != topic);
+        if reg.attachments.len() != before
+            && let Err(e) = self.save(&reg)
+        {
+            tracing::error!(topic, "saving plugin attachments: {e}");
+        }
+        self.uninstall(|t| {
+            if t.0 == topic {
+                *t.1 = TopicPlugins::default();
+            }
+        });
+    }
+
+    /// Every attachment with its stats.
+    #[must_use]
+    pub fn attachments(&self) -> Vec<AttachmentView> {
+        let map = self.live.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<AttachmentView> =
+            map.values().flat_map(|t| t.router.iter().chain(t.key.iter()).chain(t.filters.values())).map(|l| view_of(l)).collect();
+        out.sort_by(|a, b| (&a.topic, &a.role, &a.group).cmp(&(&b.topic, &b.role, &b.group)));
+        out
+    }
+
+    /// Every plugin with its versions and attachments.
+    #[must_use]
+    pub fn list(&self) -> Vec<PluginDetail> {
+        let attachments = self.attachments();
+        let reg = lock(&self.registry);
+        let mut names: Vec<&str> = reg.versions.iter().map(|v| v.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|n| PluginDetail {
+                name: n.to_owned(),
+                versions: reg.versions.iter().filter(|v| v.name == n).map(|v| version_view(v, false)).collect(),
+                attachments: attachments.iter().filter(|a| a.plugin == n).cloned().collect(),
+            })
+            .collect()
+    }
+
+    /// One plugin, if uploaded.
+    #[must_use]
+    pub fn describe(&self, name: &str) -> Option<PluginDetail> {
+        self.list().into_iter().find(|p| p.name == name)
+    }
+
+    fn send_path(&self, topic: &str) -> Option<SendPath> {
+        let map = self.live.read().unwrap_or_else(PoisonError::into_inner);
+        let t = map.get(topic)?;
+        (t.router.is_some() || t.key.is_some()).then(|| (t.router.clone(), t.key.clone()))
+    }
+
+    fn filter_of(&self, topic: &str, group: &str) -> Option<Arc<Live>> {
+        let map = self.live.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(topic)?.filters.get(group).cloned()
+    }
+
+    /// Sets each message's queue as the topic's router and ordering-key selector decide; the
+    /// rest go to `default_queue`. Returns false (and changes nothing) when neither is
+    /// attached.
+    ///
+    /// # Errors
+    /// [`ErrorCode::PluginRejected`] when the router rejects a message (nothing of the batch
+    /// is stored); [`ErrorCode::PluginFailed`] when a fail-closed plugin fails.
+    pub fn route(&self, topic: &str, queues: u32, default_queue: u32, messages: &mut [NewMessage]) -> Result<bool, WireError> {
+        let Some((router, key)) = self.send_path(topic) else { return Ok(false) };
+        let n = messages.len();
+        let mut decided: Vec<Option<u32>> = vec![None; n];
+        let all: Vec<usize> = (0..n).collect();
+        if let Some(live) = &router {
+            let results = evaluate(live, &all, |i| view_new(&messages[i]), |a, b| a.route(queues, b));
+            for (i, r) in results.into_iter().enumerate() {
+                match r {
+                    Ok(Route::Queue(q)) => decided[i] = Some(q),
+                    Ok(Route::DefaultRouting) => {}
+                    Ok(Route::Reject(reason)) => {
+                        return Err(WireError::new(
+                            ErrorCode::PluginRejected,
+                            format!("plugin {} rejected message {i}: {reason}", live.label()),
+                        ));
+                    }
+                    Err(e) => fail_closed(live, i, &e)?,
+                }
+            }
+        }
+        if let Some(live) = &key {
+            let open: Vec<usize> = (0..n).filter(|&i| decided[i].is_none()).collect();
+            let results = evaluate(live, &open, |i| view_new(&messages[i]), |a, b| a.ordering_key(b));
+            for (&i, r) in open.iter().zip(results) {
+                let k = match r {
+                    Ok(k) => k,
+                    Err(e) => {
+                        fail_closed(live, i, &e)?;
+                        OrderingKey::MessageKey
+                    }
+                };
+                decided[i] = match k {
+                    OrderingKey::Hashed(h) => Some((h % u64::from(queues)) as u32),
+                    OrderingKey::MessageKey => {
+                        message_key(&messages[i].properties).map(|k| (key_hash(k.as_bytes()) % u64::from(queues)) as u32)
+                    }
+                    OrderingKey::None => None,
+                };
+            }
+        }
+        for (m, q) in messages.iter_mut().zip(decided) {
+            m.queue_id = q.unwrap_or(default_queue);
+        }
+        Ok(true)
+    }
+
+    /// Keeps the messages of a group's pull that its filter delivers; skipped ones are dropped
+    /// (the group's offset still moves past them), dead-lettered ones go to the group's
+    /// dead-letter topic. Without a filter, returns `read` as it is.
+    #[must_use]
+    pub fn filter(&self, group: &str, topic: &str, read: QueueRead) -> QueueRead {
+        let Some(live) = self.filter_of(topic, group) else { return read };
+        if read.messages.is_empty() {
+            return read;
+        }
+        let all: Vec<usize> = (0..read.messages.len()).collect();
+        let results = evaluate(&live, &all, |i| view_stored(&read.messages[i]), |a, b| a.filter(b));
+        let QueueRead { messages, next_offset, min_offset, max_offset } = read;
+        let mut kept = Vec::with_capacity(messages.len());
+        for (m, r) in messages.into_iter().zip(results) {
+            let d = r.unwrap_or_else(|_| {
+                live.policy_applied.fetch_add(1, Ordering::Relaxed);
+                match live.policy {
+                    FailurePolicy::Open => Delivery::Deliver,
+                    FailurePolicy::Closed => Delivery::DeadLetter,
+                }
+            });
+            match d {
+                Delivery::Deliver => kept.push(m),
+                Delivery::Skip => {}
+                Delivery::DeadLetter => {
+                    if let Err(e) = self.engine.send_back(group, topic, m.queue_id, m.log_offset, true, None) {
+                        // Never a silent drop: a message that cannot be dead-lettered is delivered.
+                        tracing::error!(
+                            group,
+                            topic,
+                            log_offset = m.log_offset,
+                            "cannot dead-letter a filtered message ({e}); delivering it"
+                        );
+                        kept.push(m);
+                    }
+                }
+            }
+        }
+        QueueRead { messages: kept, next_offset, min_offset, max_offset }
+    }
+}
+
+/// Under fail-closed, a failed decision fails the send; under fail-open it is counted and the
+/// caller falls back.
+fn fail_closed(live: &Live, i: usize, e: &CallError) -> Result<(), WireError> {
+    live.policy_applied.fetch_add(1, Ordering::Relaxed);
+    match live.policy {
+        FailurePolicy::Open => Ok(()),
+        FailurePolicy::Closed => {
+            Err(WireError::new(ErrorCode::PluginFailed, format!("plugin {} (fail-closed) failed on message {i}: {e}", live.label())))
+        }
+    }
+}
+
+/// What a plugin sees of a message.
+struct View<'a> {
+    born_ms: u64,
+    properties: &'a Properties,
+    body: &'a [u8],
+}
+
+fn view_new(m: &NewMessage) -> View<'_> {
+    View { born_ms: m.born_ms, properties: &m.properties, body: &m.body }
+}
+
+fn view_stored(m: &StoredMessage) -> View<'_> {
+    View { born_ms: m.born_ms, properties: &m.properties, body: &m.body }
+}
+
+/// The key a plugin sees: the ordering key, else the first key.
+fn message_key(p: &Properties) -> Option<&str> {
+    p.ordering_key.as_deref().or_else(|| p.keys.first().map(String::as_str))
+}
+
+fn batch_of<'a>(needs: Fields, indices: &[usize], view: &impl Fn(usize) -> View<'a>) -> Batch {
+    let mut b = BatchBuilder::new(needs);
+    for &i in indices {
+        let v = view(i);
+        let p = v.properties;
+        b.push(
+            i64::try_from(v.born_ms).unwrap_or(i64::MAX),
+            message_key(p).unwrap_or_default().as_bytes(),
+            p.tags.as_deref().unwrap_or_default().as_bytes(),
+            p.user.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
+            v.body,
+        );
+    }
+    b.finish()
+}
+
+/// Runs a plugin on the messages at `indices` and returns one result per message. When the
+/// batch call fails with a trap other than a timeout, each message is tried alone (on fresh
+/// instances) so one poison message does not condemn its batch; a timeout or an open breaker
+/// fails them all at once. Runs the calls with `block_in_place` so other tasks of this
+/// worker thread move elsewhere meanwhile.
+fn evaluate<'a, D>(
+    live: &Live,
+    indices: &[usize],
+    view: impl Fn(usize) -> View<'a>,
+    call: impl Fn(&Attached, &Batch) -> Result<Vec<D>, CallError>,
+) -> Vec<Result<D, CallError>> {
+    if indices.is_empty() {
+        return Vec::new();
+    }
+    let attached = match &live.attached {
+        Ok(a) => a,
+        Err(e) => return indices.iter().map(|_| Err(CallError::Instantiate(e.clone()))).collect(),
+    };
+    let needs = live.needs();
+    let run = || {
+        let batch = batch_of(needs, indices, &view);
+        match call(attached, &batch) {
+            Ok(ds) => ds.into_iter().map(Ok).collect(),
+            Err(e)
+                if indices.len() == 1
+                    || matches!(e, CallError::BreakerOpen(_))
+                    || e.trap_kind() == Some(wasmq_plugin_host::TrapKind::Timeout) =>
+            {
+                indices.iter().map(|_| Err(e.clone())).collect()
+            }
+            Err(_) => indices
+                .iter()
+                .map(|&i| {
+                    call(attached, &batch_of(needs, &[i], &view))
+                        .and_then(|mut d| d.pop().ok_or_else(|| CallError::BadDecision("no decision".into())))
+                })
+                .collect(),
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+        _ => run(),
+    }
+}
+
+fn attachment_of(role: Role, rec: &AttachmentRecord) -> Attachment {
+    Attachment {
+        role,
+        topic: rec.topic.clone(),
+        group: rec.group.clone(),
+        config: rec.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+fn policy_of(s: &str) -> FailurePolicy {
+    FailurePolicy::parse(s).unwrap_or_default()
+}
+
+fn version_view(v: &VersionRecord, created: bool) -> PluginVersion {
+    PluginVersion {
+        name: v.name.clone(),
+        version: v.version,
+        sha256: v.sha256.clone(),
+        size: v.size,
+        label: v.label.clone(),
+        roles: v.roles.clone(),
+        needs: v.needs.clone(),
+        uploaded_ms: v.uploaded_ms,
+        created,
+    }
+}
+
+fn view_of(l: &Live) -> AttachmentView {
+    let r = &l.record;
+    let stats = match &l.attached {
+        Ok(a) => {
+            let s = a.stats();
+            PluginStats {
+                calls: s.calls,
+                messages: s.messages,
+                errors: s.errors,
+                traps: s.traps,
+                timeouts: s.timeouts,
+                memory_exhausted: s.memory_exhausted,
+                stack_overflows: s.stack_overflows,
+                breaker_trips: s.breaker_trips,
+                breaker_open: s.breaker_open,
+                instances: s.instances,
+                ns_per_message: s.ns_per_message(),
+                policy_applied: 0,
+                counters: s.counters,
+            }
+        }
+        Err(_) => PluginStats::default(),
+    };
+    AttachmentView {
+        role: r.role.clone(),
+        topic: r.topic.clone(),
+        group: r.group.clone(),
+        plugin: r.plugin.clone(),
+        version: r.version,
+        sha256: r.sha256.clone(),
+        config: r.config.clone(),
+        on_error: r.on_error.clone(),
+        attached_ms: r.attached_ms,
+        error: l.attached.as_ref().err().cloned(),
+        stats: PluginStats { policy_applied: l.policy_applied.load(Ordering::Relaxed), ..stats },
+    }
+}

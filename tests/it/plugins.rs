@@ -1,0 +1,626 @@
+//! WebAssembly plugins through the real broker over TLS: the example plugins uploaded,
+//! attached and observed (routing, per-key order under a key selector with four consumers,
+//! per-group filters, a PII guard), hostile plugins contained within their limits with their
+//! failure policies honoured, and versions swapped under load. Guards against a plugin that
+//! takes the broker or another topic down, a failure that silently drops a message, a swap that
+//! loses, duplicates or reorders messages, and attachments forgotten across a restart.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmq_client::admin_types::{AttachPlugin, AttachmentView};
+use wasmq_client::{Admin, ClientError, ConsumeResult, ErrorCode, GroupConsumer, GroupOptions, OutgoingMessage, Producer, PullConsumer};
+use wasmq_tests::broker::Broker;
+use wasmq_tests::runtime;
+
+/// The `.wasm` of a plugin crate under `plugins/`, built for the sandbox.
+fn plugin_wasm(dir: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins").join(dir);
+    let wasm = wasmq_plugin_testkit::build_plugin(path).unwrap();
+    std::fs::read(wasm).unwrap()
+}
+
+/// The same code as a new version: a rebuilt plugin differs in its bytes, here in a custom
+/// section (which the runtime ignores).
+fn rebuilt(wasm: &[u8], build: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { b } else { b | 0x80 });
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    let name = b"wasmq-test-build";
+    let mut payload = Vec::new();
+    leb(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(build.as_bytes());
+    let mut out = wasm.to_vec();
+    out.push(0);
+    leb(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn attach_req(plugin: &str, version: u32, config: &[(&str, &str)], on_error: &str) -> AttachPlugin {
+    AttachPlugin {
+        plugin: plugin.to_owned(),
+        version,
+        config: config.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        on_error: Some(on_error.to_owned()),
+    }
+}
+
+async fn attachment(admin: &Admin, topic: &str, role: &str, group: Option<&str>) -> AttachmentView {
+    admin
+        .attachments()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.topic == topic && a.role == role && a.group.as_deref() == group)
+        .unwrap_or_else(|| panic!("no {role} attached to {topic}"))
+}
+
+/// Every message of a topic, by queue, in queue order: (queue, offset, body, message).
+async fn read_all(broker: &Broker, topic: &str) -> Vec<(u32, u64, String, wasmq_client::Message)> {
+    let consumer = PullConsumer::new(broker.connect().await);
+    let detail = broker.admin().describe_topic(topic).await.unwrap();
+    let mut out = Vec::new();
+    for q in detail.queues {
+        let mut offset = q.min_offset;
+        while offset < q.max_offset {
+            let p = consumer.pull(topic, q.queue_id, offset, 512, Duration::ZERO).await.unwrap();
+            for m in &p.messages {
+                out.push((q.queue_id, m.queue_offset, String::from_utf8_lossy(&m.message.body).into_owned(), m.message.clone()));
+            }
+            assert!(p.next_offset > offset, "queue {} stuck at {offset}", q.queue_id);
+            offset = p.next_offset;
+        }
+    }
+    out
+}
+
+fn property<'a>(m: &'a wasmq_client::Message, name: &str) -> Option<&'a str> {
+    m.properties.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// tenant-router attached with the CLI: tenants land in their queue ranges, one key keeps one
+/// queue, unknown tenants are refused with the reason and nothing of their batch is stored;
+/// the attachment and its module survive a restart.
+#[test]
+fn a_router_places_tenants_in_their_queues_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let wasm_path = dir.path().join("tenant-router.wasm");
+    std::fs::write(&wasm_path, plugin_wasm("examples/tenant-router")).unwrap();
+    let rt = runtime();
+    rt.block_on(async { broker.admin().create_topic("orders", 8).await.unwrap() });
+
+    let out = broker.cli(&["plugin", "upload", wasm_path.to_str().unwrap()]);
+    assert!(out.starts_with("uploaded tenant-router@1 (router 1.0.0"), "{out}");
+    let out = broker.cli(&["plugin", "upload", wasm_path.to_str().unwrap()]);
+    assert!(out.starts_with("already uploaded as tenant-router@1"), "the same bytes are the same version: {out}");
+    let out = broker.cli(&[
+        "plugin",
+        "attach",
+        "tenant-router@1",
+        "--topic",
+        "orders",
+        "--role",
+        "router",
+        "--config",
+        "tenants=acme=0-3,globex=4-7",
+        "--on-error",
+        "fail-closed",
+    ]);
+    assert!(out.contains("router tenant-router#1 on topic orders (fail-closed)"), "{out}");
+
+    let check_placement = |receipts: &[(String, String, u32)]| {
+        let mut queue_of_key: HashMap<(&str, &str), u32> = HashMap::new();
+        for (tenant, key, q) in receipts {
+            let range = if tenant == "acme" { 0..=3 } else { 4..=7 };
+            assert!(range.contains(q), "{tenant} message with key {key} went to queue {q}");
+            assert_eq!(*queue_of_key.entry((tenant, key)).or_insert(*q), *q, "{tenant}'s key {key} changed queue");
+        }
+    };
+    let sent = rt.block_on(async {
+        let producer = Producer::new(broker.connect().await, "shop");
+        let mut receipts = Vec::new();
+        for batch in 0..8 {
+            let msgs: Vec<OutgoingMessage> = (0..50)
+                .map(|i| {
+                    let tenant = if i % 3 == 0 { "globex" } else { "acme" };
+                    OutgoingMessage::new(format!("{batch}-{i}")).with_property("tenant", tenant).with_key(format!("cust-{}", i % 17))
+                })
+                .collect();
+            let tenants: Vec<(String, String)> = msgs.iter().map(|m| (m.properties[0].1.clone(), m.keys[0].clone())).collect();
+            let r = producer.send_batch("orders", msgs).await.unwrap();
+            receipts.extend(tenants.into_iter().zip(r).map(|((t, k), r)| (t, k, r.queue_id)));
+        }
+        check_placement(&receipts);
+        // An unknown tenant is refused with the plugin's reason, and takes its batch with it.
+        let before = read_all(&broker, "orders").await.len();
+        let e = producer
+            .send_batch(
+                "orders",
+                vec![
+                    OutgoingMessage::new("fine").with_property("tenant", "acme"),
+                    OutgoingMessage::new("intruder").with_property("tenant", "initech"),
+                ],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::PluginRejected), "{e}");
+        assert!(e.to_string().contains("unknown tenant \"initech\""), "{e}");
+        let e = producer.send("orders", OutgoingMessage::new("no tenant")).await.unwrap_err();
+        assert!(e.to_string().contains("no tenant property"), "{e}");
+        let stored = read_all(&broker, "orders").await;
+        assert_eq!(stored.len(), before, "nothing of a rejected batch is stored");
+        assert_eq!(stored.len(), 400);
+        for (q, _, body, m) in &stored {
+            let tenant = property(m, "tenant").unwrap();
+            assert!(if tenant == "acme" { *q <= 3 } else { *q >= 4 }, "{body} of {tenant} in queue {q}");
+        }
+        let a = attachment(&broker.admin(), "orders", "router", None).await;
+        assert_eq!(a.stats.messages, 403, "{:?}", a.stats);
+        assert_eq!(a.stats.counters.get("rejected"), Some(&2));
+        assert_eq!(a.stats.errors, 0);
+        receipts.len()
+    });
+    assert_eq!(sent, 400);
+    let stats = broker.cli(&["plugin", "stats"]);
+    assert!(stats.contains("tenant-router#1 router orders\t"), "{stats}");
+    let list = broker.cli(&["plugin", "list"]);
+    assert!(list.contains("tenant-router\t1\t1.0.0\trouter\t"), "{list}");
+
+    // A clean restart: module and attachment come back, and routing goes on as before.
+    assert!(broker.stop().success());
+    let broker = Broker::restart_from(dir.path(), &[]);
+    rt.block_on(async {
+        let a = attachment(&broker.admin(), "orders", "router", None).await;
+        assert_eq!((a.plugin.as_str(), a.version, a.on_error.as_str(), a.error), ("tenant-router", 1, "fail-closed", None));
+        let producer = Producer::new(broker.connect().await, "shop");
+        let r = producer.send("orders", OutgoingMessage::new("after").with_property("tenant", "globex").with_key("k")).await.unwrap();
+        assert!((4..=7).contains(&r.queue_id), "{r:?}");
+        let e = producer.send("orders", OutgoingMessage::new("x").with_property("tenant", "initech")).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::PluginRejected));
+        // Detached: the producer's own choice stands again.
+        broker.admin().detach_topic_plugin("orders", "router").await.unwrap();
+        producer.send("orders", OutgoingMessage::new("free").with_property("tenant", "initech")).await.unwrap();
+        assert!(broker.admin().attachments().await.unwrap().is_empty());
+    });
+}
+
+/// json-order-key picks the order id out of JSON bodies the producer sent without keys; four
+/// orderly members of a group consume: every order's messages are in one queue, handled in the
+/// order they were sent.
+#[test]
+fn an_ordering_key_plugin_keeps_each_orders_messages_in_order_across_four_consumers() {
+    const ORDERS: usize = 60;
+    const STEPS: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[("WASMQ_GROUP_SESSION_TIMEOUT_MS", "3000")]);
+    let rt = runtime();
+    rt.block_on(async {
+        let admin = broker.admin();
+        admin.create_topic("shop", 8).await.unwrap();
+        let v = admin.upload_plugin(plugin_wasm("examples/json-order-key")).await.unwrap();
+        assert_eq!(
+            (v.name.as_str(), v.version, v.roles.clone(), v.needs.clone()),
+            ("json-order-key", 1, vec!["ordering-key".into()], vec!["body".into()])
+        );
+        admin
+            .attach_topic_plugin("shop", "ordering-key", &attach_req("json-order-key", 1, &[("field", "order.id")], "fail-open"))
+            .await
+            .unwrap();
+
+        // (member, order, step, queue, message id), in handling order.
+        type Seen = Arc<Mutex<Vec<(usize, String, usize, u32, String)>>>;
+        let seen: Seen = Arc::default();
+        let mut members = Vec::new();
+        for member in 0..4 {
+            let seen = Arc::clone(&seen);
+            let mut o = GroupOptions::new("fulfil", "shop");
+            o.orderly = true;
+            o.heartbeat_interval = Duration::from_millis(300);
+            o.pull_wait = Duration::from_millis(300);
+            let handler: wasmq_client::Handler = Arc::new(move |_topic: &str, queue: u32, m: &wasmq_client::PulledMessage| {
+                let v: serde_json::Value = serde_json::from_slice(&m.message.body).unwrap();
+                let order = v["order"]["id"].as_str().unwrap().to_owned();
+                let step = v["step"].as_u64().unwrap() as usize;
+                seen.lock().unwrap().push((member, order, step, queue, m.message.unique_id.clone()));
+                ConsumeResult::Success
+            });
+            members.push(GroupConsumer::start(broker.connect().await, o, handler).await.unwrap());
+        }
+        // Sent in batches that interleave orders, with no key: without the plugin they would
+        // spread round robin.
+        let producer = Producer::new(broker.connect().await, "shop");
+        let mut all = Vec::new();
+        for step in 0..STEPS {
+            let msgs =
+                (0..ORDERS).map(|o| OutgoingMessage::new(format!(r#"{{"order":{{"id":"o{o}"}},"step":{step}}}"#))).collect::<Vec<_>>();
+            all.extend(producer.send_batch("shop", msgs).await.unwrap().into_iter().map(|r| r.message_id));
+        }
+        // A body without the field falls back to the message key (counted by the plugin).
+        producer.send("shop", OutgoingMessage::new("not json").with_ordering_key("o0")).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got: HashSet<String> = seen.lock().unwrap().iter().map(|s| s.4.clone()).collect();
+            if all.iter().all(|id| got.contains(id)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} of {} handled", got.len(), all.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for m in members {
+            m.shutdown().await;
+        }
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        let mut first: HashSet<&str> = HashSet::new();
+        let mut steps: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        let mut queue_of: HashMap<&str, u32> = HashMap::new();
+        let mut members_used = HashSet::new();
+        for (member, order, step, queue, id) in seen.iter() {
+            assert_eq!(*queue_of.entry(order).or_insert(*queue), *queue, "order {order} in two queues");
+            members_used.insert(*member);
+            if first.insert(id) {
+                steps.entry(order).or_default().push(*step);
+            }
+        }
+        assert_eq!(steps.len(), ORDERS);
+        for (order, s) in &steps {
+            assert_eq!(*s, (0..STEPS).collect::<Vec<_>>(), "order {order} handled out of order");
+        }
+        assert_eq!(members_used.len(), 4, "all four members took part");
+        let queues: HashSet<u32> = queue_of.values().copied().collect();
+        assert!(queues.len() >= 6, "orders spread over the queues: {queues:?}");
+        let a = attachment(&admin, "shop", "ordering-key", None).await;
+        assert_eq!(a.stats.counters.get("missing"), Some(&1));
+        assert_eq!(a.stats.messages, (ORDERS * STEPS + 1) as u64);
+        println!(
+            "ordering-key: {} messages, {} orders in {} queues, {} handlings ({} duplicates), {:.0} ns/message in the plugin",
+            all.len(),
+            ORDERS,
+            queues.len(),
+            seen.len(),
+            seen.len() - first.len(),
+            a.stats.ns_per_message
+        );
+    });
+}
+
+/// Filters run on the broker, per group: `eu` gets only EU messages (its offsets still pass
+/// the rest, so its lag reaches zero), `clean` gets everything but card numbers (those go to
+/// its dead-letter topic), `audit` (no filter) gets everything. The PII guard attached as a
+/// router refuses card numbers at the door of another topic.
+#[test]
+fn filters_decide_per_group_and_the_pii_guard_keeps_card_numbers_out() {
+    const N: usize = 1_000;
+    let card = "4111 1111 1111 1111";
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let rt = runtime();
+    rt.block_on(async {
+        let admin = broker.admin();
+        admin.create_topic("events", 4).await.unwrap();
+        admin.create_topic("payments", 2).await.unwrap();
+        admin.upload_plugin(plugin_wasm("examples/content-filter")).await.unwrap();
+        admin.upload_plugin(plugin_wasm("examples/pii-guard")).await.unwrap();
+        let e =
+            admin.attach_filter("eu", "events", &attach_req("content-filter", 1, &[("where", "prop:region === eu")], "fail-open")).await;
+        assert!(matches!(&e, Err(ClientError::Admin { status: 400, message }) if message.contains("init refused")), "{e:?}");
+        admin
+            .attach_filter("eu", "events", &attach_req("content-filter", 1, &[("where", "prop:region == eu")], "fail-open"))
+            .await
+            .unwrap();
+        admin.attach_filter("clean", "events", &attach_req("pii-guard", 1, &[], "fail-closed")).await.unwrap();
+        admin.attach_topic_plugin("payments", "router", &attach_req("pii-guard", 1, &[("emails", "true")], "fail-closed")).await.unwrap();
+
+        let producer = Producer::new(broker.connect().await, "app");
+        let mut expected: HashMap<&str, HashSet<String>> = HashMap::new();
+        for chunk in 0..N / 100 {
+            let msgs: Vec<OutgoingMessage> = (0..100)
+                .map(|i| {
+                    let n = chunk * 100 + i;
+                    let region = if n % 2 == 0 { "eu" } else { "us" };
+                    let body = if n % 50 == 7 { format!("event {n} paid with {card}") } else { format!("event {n}") };
+                    OutgoingMessage::new(body).with_property("region", region)
+                })
+                .collect();
+            let regions: Vec<bool> = (0..100).map(|i| (chunk * 100 + i) % 2 == 0).collect();
+            let cards: Vec<bool> = (0..100).map(|i| (chunk * 100 + i) % 50 == 7).collect();
+            for (j, r) in producer.send_batch("events", msgs).await.unwrap().into_iter().enumerate() {
+                expected.entry("audit").or_default().insert(r.message_id.clone());
+                if regions[j] {
+                    expected.entry("eu").or_default().insert(r.message_id.clone());
+                }
+                if cards[j] {
+                    expected.entry("dlq").or_default().insert(r.message_id.clone());
+                } else {
+                    expected.entry("clean").or_default().insert(r.message_id.clone());
+                }
+            }
+        }
+        let seen: Arc<Mutex<HashMap<String, Vec<String>>>> = Arc::default();
+        let mut members = Vec::new();
+        for group in ["eu", "eu", "clean", "audit"] {
+            let seen = Arc::clone(&seen);
+            let mut o = GroupOptions::new(group, "events");
+            o.heartbeat_interval = Duration::from_millis(300);
+            o.pull_wait = Duration::from_millis(300);
+            let handler: wasmq_client::Handler = Arc::new(move |_t: &str, _q: u32, m: &wasmq_client::PulledMessage| {
+                seen.lock().unwrap().entry(group.to_owned()).or_default().push(m.message.unique_id.clone());
+                ConsumeResult::Success
+            });
+            members.push(GroupConsumer::start(broker.connect().await, o, handler).await.unwrap());
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let lag: u64 = total_lag(&admin, &["eu", "clean", "audit"]).await;
+            if lag == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "lag still {lag}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for m in members {
+            m.shutdown().await;
+        }
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        for group in ["eu", "clean", "audit"] {
+            let got: HashSet<String> = seen.get(group).cloned().unwrap_or_default().into_iter().collect();
+            assert_eq!(got, expected[group], "group {group} got what its filter keeps, exactly");
+        }
+        assert_eq!(expected["eu"].len(), N / 2);
+        // Dead-lettered by the filter, not lost: the group's DLQ holds exactly the card messages.
+        let dlq = admin.dead_letters("clean").await.unwrap();
+        let dlq_ids: HashSet<String> = dlq.iter().map(|d| d.message_id.clone()).collect();
+        assert_eq!(dlq_ids, expected["dlq"]);
+        assert!(dlq.iter().all(|d| d.origin_topic == "events" && d.body_preview.contains(card)));
+        let eu = attachment(&admin, "events", "filter", Some("eu")).await;
+        assert!(eu.stats.messages >= N as u64, "{:?}", eu.stats);
+        let clean = attachment(&admin, "events", "filter", Some("clean")).await;
+        assert_eq!(clean.stats.counters.get("pii.cards"), Some(&(N as u64 / 50)), "{:?}", clean.stats);
+
+        // The guard as a router: card numbers and e-mail addresses never get in.
+        let e = producer.send("payments", OutgoingMessage::new(format!("card {card}"))).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::PluginRejected), "{e}");
+        assert!(!e.to_string().contains(card), "the refusal does not echo the card number: {e}");
+        let e = producer.send("payments", OutgoingMessage::new("mail me at jane.doe@example.com")).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::PluginRejected), "{e}");
+        for i in 0..20 {
+            producer.send("payments", OutgoingMessage::new(format!("payment {i} of 12.50 EUR, order 4111"))).await.unwrap();
+        }
+        let stored = read_all(&broker, "payments").await;
+        assert_eq!(stored.len(), 20);
+        assert!(stored.iter().all(|(_, _, body, _)| body.starts_with("payment ")));
+    });
+}
+
+/// The total lag of some groups.
+async fn total_lag(admin: &Admin, groups: &[&str]) -> u64 {
+    let mut total = 0;
+    for g in groups {
+        match admin.describe_group(g).await {
+            Ok(d) if !d.queues.is_empty() => total += d.queues.iter().map(|q| q.lag).sum::<u64>(),
+            _ => total += 1,
+        }
+    }
+    total
+}
+
+/// Hostile plugins (endless loop, deep recursion, memory bomb, a trap every k-th message)
+/// and a module importing what the broker does not offer: each is stopped within its limits
+/// and counted, its attachment's failure policy decides (fail-open: stored as without the
+/// plugin; fail-closed: refused, or dead-lettered on delivery), nothing is lost, and a topic
+/// without plugins carries on undisturbed meanwhile.
+#[test]
+fn hostile_plugins_are_contained_and_their_failure_policies_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[("WASMQ_PLUGIN_CALL_TIMEOUT_MS", "20")]);
+    let rt = runtime();
+    rt.block_on(async {
+        let admin = broker.admin();
+        // Refused at upload, with the reason.
+        let wasi = wat::parse_str(r#"(component (import "wasi:filesystem/types@0.2.0" (instance)))"#).unwrap();
+        let e = admin.upload_plugin(wasi).await.unwrap_err();
+        assert!(matches!(&e, ClientError::Admin { status: 400, message } if message.contains("may import only wasmq:plugin/host")), "{e}");
+        let e = admin.upload_plugin(b"\0asm but not really".to_vec()).await.unwrap_err();
+        assert!(matches!(&e, ClientError::Admin { status: 400, .. }), "{e}");
+        let e = admin.upload_plugin(vec![0; wasmq_plugin_testkit::PLUGIN_BYTES_MAX + 1]).await.unwrap_err();
+        assert!(matches!(&e, ClientError::Admin { status: 413 | 400, .. }), "{e}");
+        let v = admin.upload_plugin(plugin_wasm("fixtures/hostile")).await.unwrap();
+        assert_eq!(v.name, "hostile");
+        for t in ["calm", "loop", "bomb", "trap", "recurse"] {
+            admin.create_topic(t, 4).await.unwrap();
+        }
+        let e = admin.attach_topic_plugin("loop", "router", &attach_req("hostile", 1, &[("mode", "init-fail")], "fail-open")).await;
+        assert!(matches!(&e, Err(ClientError::Admin { status: 400, message }) if message.contains("refusing this attachment")), "{e:?}");
+        admin.attach_topic_plugin("loop", "router", &attach_req("hostile", 1, &[("mode", "loop")], "fail-open")).await.unwrap();
+        admin.attach_topic_plugin("bomb", "ordering-key", &attach_req("hostile", 1, &[("mode", "bomb")], "fail-closed")).await.unwrap();
+        admin.attach_topic_plugin("trap", "router", &attach_req("hostile", 1, &[("mode", "trap-every"), ("k", "7")], "fail-open")).await.unwrap();
+        admin.attach_filter("g", "recurse", &attach_req("hostile", 1, &[("mode", "recurse")], "fail-closed")).await.unwrap();
+
+        // The calm topic is produced to throughout, and must not notice.
+        let calm_conn = broker.connect().await;
+        let calm = tokio::spawn(async move {
+            let producer = Producer::new(calm_conn, "calm");
+            let mut worst = Duration::ZERO;
+            let mut n = 0;
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(4) && n < 20_000 {
+                let t = Instant::now();
+                let msgs = (0..10).map(|i| OutgoingMessage::new(format!("calm {n}-{i}"))).collect();
+                producer.send_batch("calm", msgs).await.unwrap();
+                worst = worst.max(t.elapsed());
+                n += 10;
+            }
+            (n, worst)
+        });
+        let producer = Producer::new(broker.connect().await, "hostile");
+        // Fail-open router in an endless loop: interrupted at its deadline, then the breaker
+        // opens; every message is stored by default routing.
+        let t = Instant::now();
+        for i in 0..40 {
+            producer.send("loop", OutgoingMessage::new(format!("loop {i}"))).await.unwrap();
+        }
+        let loop_time = t.elapsed();
+        // Fail-closed key selector that eats memory: every send refused, nothing stored.
+        for i in 0..5 {
+            let e = producer.send("bomb", OutgoingMessage::new(format!("bomb {i}")).with_key("k")).await.unwrap_err();
+            assert_eq!(e.code(), Some(ErrorCode::PluginFailed), "{e}");
+            assert!(e.to_string().contains("fail-closed"), "{e}");
+        }
+        // Fail-open router trapping on every 7th message: all stored.
+        for i in 0..100 {
+            producer.send("trap", OutgoingMessage::new(format!("trap {i}")).with_key(format!("k{i}"))).await.unwrap();
+        }
+        // Fail-closed filter recursing without end: the group gets nothing, and every message
+        // is in its dead-letter topic instead.
+        let ids: HashSet<String> = producer
+            .send_batch("recurse", (0..20).map(|i| OutgoingMessage::new(format!("deep {i}"))).collect())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.message_id)
+            .collect();
+        let delivered: Arc<Mutex<Vec<String>>> = Arc::default();
+        let d = Arc::clone(&delivered);
+        let mut o = GroupOptions::new("g", "recurse");
+        o.heartbeat_interval = Duration::from_millis(300);
+        o.pull_wait = Duration::from_millis(300);
+        let member = GroupConsumer::start(
+            broker.connect().await,
+            o,
+            Arc::new(move |_t: &str, _q: u32, m: &wasmq_client::PulledMessage| {
+                d.lock().unwrap().push(m.message.unique_id.clone());
+                ConsumeResult::Success
+            }),
+        )
+        .await
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let dlq = loop {
+            let dlq: HashSet<String> = admin.dead_letters("g").await.unwrap().into_iter().map(|d| d.message_id).collect();
+            if dlq.len() >= ids.len() {
+                break dlq;
+            }
+            assert!(Instant::now() < deadline, "{} of {} dead-lettered", dlq.len(), ids.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        member.shutdown().await;
+        assert_eq!(dlq, ids);
+        assert!(delivered.lock().unwrap().is_empty(), "a fail-closed filter that cannot decide delivers nothing");
+
+        let (calm_sent, calm_worst) = calm.await.unwrap();
+        assert_eq!(read_all(&broker, "calm").await.len(), calm_sent);
+        assert_eq!(read_all(&broker, "loop").await.len(), 40);
+        assert_eq!(read_all(&broker, "bomb").await.len(), 0);
+        let trap = read_all(&broker, "trap").await;
+        assert_eq!(trap.len(), 100);
+
+        let stats = |topic: &str, role: &str, group: Option<&str>| {
+            let (admin, topic, role, group) = (admin.clone(), topic.to_owned(), role.to_owned(), group.map(str::to_owned));
+            async move { attachment(&admin, &topic, &role, group.as_deref()).await.stats }
+        };
+        let s = stats("loop", "router", None).await;
+        assert!(s.timeouts >= 1 && s.breaker_trips >= 1 && s.policy_applied == 40, "{s:?}");
+        let s = stats("bomb", "ordering-key", None).await;
+        assert!(s.memory_exhausted >= 1, "{s:?}");
+        let s = stats("trap", "router", None).await;
+        assert!(s.traps >= 1 && s.policy_applied >= 1, "{s:?}");
+        let s = stats("recurse", "filter", Some("g")).await;
+        assert!(s.stack_overflows >= 1, "{s:?}");
+        let info = admin.broker_info().await.unwrap();
+        assert!(info.store_failure.is_none());
+        println!(
+            "hostile: 40 sends past an endless loop in {loop_time:?}; calm topic {calm_sent} messages meanwhile, slowest batch {calm_worst:?}"
+        );
+        assert!(calm_worst < Duration::from_secs(2), "the calm topic waited {calm_worst:?}");
+    });
+}
+
+/// Versions swapped every few milliseconds while four producers send: every message stored
+/// once, each key in one queue and in send order, whichever version judged its batch.
+#[test]
+fn swapping_versions_under_load_loses_duplicates_and_reorders_nothing() {
+    const PRODUCERS: usize = 4;
+    const KEYS_PER_PRODUCER: usize = 25;
+    const BATCHES: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let rt = runtime();
+    rt.block_on(async {
+        let admin = broker.admin();
+        admin.create_topic("swap", 8).await.unwrap();
+        let v1 = plugin_wasm("examples/json-order-key");
+        assert_eq!(admin.upload_plugin(v1.clone()).await.unwrap().version, 1);
+        assert_eq!(admin.upload_plugin(rebuilt(&v1, "2")).await.unwrap().version, 2);
+        admin.attach_topic_plugin("swap", "ordering-key", &attach_req("json-order-key", 1, &[], "fail-closed")).await.unwrap();
+
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (admin, done) = (admin.clone(), Arc::clone(&done));
+            tokio::spawn(async move {
+                let mut swaps = 0u32;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) && swaps < 1_000 {
+                    let version = if swaps.is_multiple_of(2) { 2 } else { 1 };
+                    // Alternate versions, and now and then the same version with another config.
+                    let config: &[(&str, &str)] = if swaps.is_multiple_of(3) { &[("missing", "none")] } else { &[] };
+                    admin
+                        .attach_topic_plugin("swap", "ordering-key", &attach_req("json-order-key", version, config, "fail-closed"))
+                        .await
+                        .unwrap();
+                    swaps += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                swaps
+            })
+        };
+        let mut tasks = Vec::new();
+        for p in 0..PRODUCERS {
+            let producer = Producer::new(broker.connect().await, "swap");
+            tasks.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for b in 0..BATCHES {
+                    let msgs =
+                        (0..KEYS_PER_PRODUCER).map(|k| OutgoingMessage::new(format!(r#"{{"order_id":"p{p}-k{k}","seq":{b}}}"#))).collect();
+                    ids.extend(producer.send_batch("swap", msgs).await.unwrap().into_iter().map(|r| r.message_id));
+                }
+                ids
+            }));
+        }
+        let mut sent = Vec::new();
+        for t in tasks {
+            sent.extend(t.await.unwrap());
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let swaps = swapper.await.unwrap();
+        assert!(swaps >= 10, "only {swaps} swaps happened during the run");
+
+        let stored = read_all(&broker, "swap").await;
+        let ids: Vec<&str> = stored.iter().map(|s| s.3.unique_id.as_str()).collect();
+        let unique: HashSet<&str> = ids.iter().copied().collect();
+        assert_eq!(unique.len(), ids.len(), "no message stored twice");
+        assert_eq!(unique, sent.iter().map(String::as_str).collect::<HashSet<_>>(), "every acknowledged message stored");
+        let mut per_key: BTreeMap<String, (u32, Vec<u64>)> = BTreeMap::new();
+        for (q, _, body, _) in &stored {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            let e = per_key.entry(v["order_id"].as_str().unwrap().to_owned()).or_insert((*q, Vec::new()));
+            assert_eq!(e.0, *q, "a key moved queue across a swap");
+            e.1.push(v["seq"].as_u64().unwrap());
+        }
+        assert_eq!(per_key.len(), PRODUCERS * KEYS_PER_PRODUCER);
+        for (k, (_, seqs)) in &per_key {
+            assert_eq!(*seqs, (0..BATCHES as u64).collect::<Vec<_>>(), "key {k} out of order or incomplete");
+        }
+        let a = attachment(&admin, "swap", "ordering-key", None).await;
+        println!("hot swap: {} messages from {PRODUCERS} producers across {swaps} swaps; ends on version {}", sent.len(), a.version);
+    });
+}
