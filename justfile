@@ -1,5 +1,9 @@
 # wasmq — one place for the commands CI and developers run.
 
+# Where plugins built for the sandbox go (beside the native build, as the test kit puts them).
+plugin_dir := env_var_or_default("CARGO_TARGET_DIR", "target") / "wasm-plugins"
+plugin_out := plugin_dir / "wasm32-unknown-unknown/plugin"
+
 # Start a development broker (127.0.0.1:7070, admin https://127.0.0.1:7071, data in ./data).
 run:
     cargo run --release -p wasmq-server
@@ -12,8 +16,13 @@ test:
 ci:
     bash .ci/run
 
-# All benchmarks: the store, then the broker (start one with `just run` first).
-bench: bench-store bench-broker
+# Build the example plugins for the sandbox (target/wasm-plugins/wasm32-unknown-unknown/plugin/).
+plugins:
+    rustup target add wasm32-unknown-unknown
+    cargo build --profile plugin --target wasm32-unknown-unknown --target-dir {{plugin_dir}} -p tenant-router -p json-order-key -p content-filter -p pii-guard
+
+# All benchmarks: the store, then the broker and plugins (start a broker with `just run` first).
+bench: bench-store bench-broker bench-plugins
 
 # Store throughput vs this disk's raw write bandwidth, group commit, recovery time.
 bench-store *ARGS:
@@ -25,6 +34,12 @@ bench-broker:
     cargo run --release -p wasmq-cli -- bench produce --concurrency 4 --duration 10
     cargo run --release -p wasmq-cli -- bench consume --concurrency 2
     cargo run --release -p wasmq-cli -- bench e2e --rate 20000 --duration 10
+
+# Plugin cost per message (batches of 100 and 1), then produce / consume through the running
+# broker with a router and a filter attached vs without.
+bench-plugins: plugins
+    cargo bench -p wasmq-server --bench plugins
+    cargo run --release -p wasmq-cli -- bench plugins --router {{plugin_out}}/tenant_router.wasm --filter {{plugin_out}}/content_filter.wasm
 
 # The SIGKILL crash test with more cycles than CI runs (e.g. `just crash 200`).
 crash CYCLES="200":

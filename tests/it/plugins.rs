@@ -15,6 +15,11 @@ use wasmq_client::{Admin, ClientError, ConsumeResult, ErrorCode, GroupConsumer, 
 use wasmq_tests::broker::Broker;
 use wasmq_tests::runtime;
 
+/// Tests of behaviour (not of deadlines) give each plugin call a second: they run a debug build
+/// of the runtime on a shared 2-core machine, where a 10 ms deadline can pass by load alone.
+/// The hostile test sets a tight deadline and checks it.
+const PATIENT: (&str, &str) = ("WASMQ_PLUGIN_CALL_TIMEOUT_MS", "1000");
+
 /// The `.wasm` of a plugin crate under `plugins/`, built for the sandbox.
 fn plugin_wasm(dir: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins").join(dir);
@@ -95,7 +100,7 @@ fn property<'a>(m: &'a wasmq_client::Message, name: &str) -> Option<&'a str> {
 #[test]
 fn a_router_places_tenants_in_their_queues_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), &[]);
+    let broker = Broker::start(dir.path(), &[PATIENT]);
     let wasm_path = dir.path().join("tenant-router.wasm");
     std::fs::write(&wasm_path, plugin_wasm("examples/tenant-router")).unwrap();
     let rt = runtime();
@@ -180,7 +185,7 @@ fn a_router_places_tenants_in_their_queues_and_survives_a_restart() {
 
     // A clean restart: module and attachment come back, and routing goes on as before.
     assert!(broker.stop().success());
-    let broker = Broker::restart_from(dir.path(), &[]);
+    let broker = Broker::restart_from(dir.path(), &[PATIENT]);
     rt.block_on(async {
         let a = attachment(&broker.admin(), "orders", "router", None).await;
         assert_eq!((a.plugin.as_str(), a.version, a.on_error.as_str(), a.error), ("tenant-router", 1, "fail-closed", None));
@@ -204,7 +209,7 @@ fn an_ordering_key_plugin_keeps_each_orders_messages_in_order_across_four_consum
     const ORDERS: usize = 60;
     const STEPS: usize = 50;
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), &[("WASMQ_GROUP_SESSION_TIMEOUT_MS", "3000")]);
+    let broker = Broker::start(dir.path(), &[("WASMQ_GROUP_SESSION_TIMEOUT_MS", "3000"), PATIENT]);
     let rt = runtime();
     rt.block_on(async {
         let admin = broker.admin();
@@ -304,7 +309,7 @@ fn filters_decide_per_group_and_the_pii_guard_keeps_card_numbers_out() {
     const N: usize = 1_000;
     let card = "4111 1111 1111 1111";
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), &[]);
+    let broker = Broker::start(dir.path(), &[PATIENT]);
     let rt = runtime();
     rt.block_on(async {
         let admin = broker.admin();
@@ -423,7 +428,7 @@ async fn total_lag(admin: &Admin, groups: &[&str]) -> u64 {
 #[test]
 fn hostile_plugins_are_contained_and_their_failure_policies_honoured() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), &[("WASMQ_PLUGIN_CALL_TIMEOUT_MS", "20")]);
+    let broker = Broker::start(dir.path(), &[("WASMQ_PLUGIN_CALL_TIMEOUT_MS", "200")]);
     let rt = runtime();
     rt.block_on(async {
         let admin = broker.admin();
@@ -445,7 +450,7 @@ fn hostile_plugins_are_contained_and_their_failure_policies_honoured() {
         admin.attach_topic_plugin("loop", "router", &attach_req("hostile", 1, &[("mode", "loop")], "fail-open")).await.unwrap();
         admin.attach_topic_plugin("bomb", "ordering-key", &attach_req("hostile", 1, &[("mode", "bomb")], "fail-closed")).await.unwrap();
         admin.attach_topic_plugin("trap", "router", &attach_req("hostile", 1, &[("mode", "trap-every"), ("k", "7")], "fail-open")).await.unwrap();
-        admin.attach_filter("g", "recurse", &attach_req("hostile", 1, &[("mode", "recurse")], "fail-closed")).await.unwrap();
+        admin.attach_filter("g", "recurse", &attach_req("hostile", 1, &[("mode", "recurse"), ("tag", "poison")], "fail-closed")).await.unwrap();
 
         // The calm topic is produced to throughout, and must not notice.
         let calm_conn = broker.connect().await;
@@ -481,15 +486,25 @@ fn hostile_plugins_are_contained_and_their_failure_policies_honoured() {
         for i in 0..100 {
             producer.send("trap", OutgoingMessage::new(format!("trap {i}")).with_key(format!("k{i}"))).await.unwrap();
         }
-        // Fail-closed filter recursing without end: the group gets nothing, and every message
-        // is in its dead-letter topic instead.
-        let ids: HashSet<String> = producer
-            .send_batch("recurse", (0..20).map(|i| OutgoingMessage::new(format!("deep {i}"))).collect())
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.message_id)
-            .collect();
+        // Fail-closed filter recursing without end on poison messages: each is dead-lettered
+        // (it alone makes the plugin fail); the rest of their batches are still delivered, and
+        // what the open breaker keeps from being judged waits for it, never delivered unjudged.
+        let mut ids = HashSet::new();
+        let mut poison = HashSet::new();
+        for batch in 0..5 {
+            let msgs = (0..20)
+                .map(|i| {
+                    let m = OutgoingMessage::new(format!("deep {batch}-{i}"));
+                    if i == 7 { m.with_tags("poison") } else { m }
+                })
+                .collect();
+            for (i, r) in producer.send_batch("recurse", msgs).await.unwrap().into_iter().enumerate() {
+                if i == 7 {
+                    poison.insert(r.message_id.clone());
+                }
+                ids.insert(r.message_id);
+            }
+        }
         let delivered: Arc<Mutex<Vec<String>>> = Arc::default();
         let d = Arc::clone(&delivered);
         let mut o = GroupOptions::new("g", "recurse");
@@ -505,18 +520,20 @@ fn hostile_plugins_are_contained_and_their_failure_policies_honoured() {
         )
         .await
         .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         let dlq = loop {
             let dlq: HashSet<String> = admin.dead_letters("g").await.unwrap().into_iter().map(|d| d.message_id).collect();
-            if dlq.len() >= ids.len() {
+            let got = delivered.lock().unwrap().len();
+            if dlq.len() + got >= ids.len() {
                 break dlq;
             }
-            assert!(Instant::now() < deadline, "{} of {} dead-lettered", dlq.len(), ids.len());
+            assert!(Instant::now() < deadline, "{} dead-lettered and {got} delivered of {}", dlq.len(), ids.len());
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         member.shutdown().await;
-        assert_eq!(dlq, ids);
-        assert!(delivered.lock().unwrap().is_empty(), "a fail-closed filter that cannot decide delivers nothing");
+        assert_eq!(dlq, poison, "exactly the poison messages are dead-lettered");
+        let delivered: HashSet<String> = delivered.lock().unwrap().iter().cloned().collect();
+        assert_eq!(delivered, &ids - &poison, "every other message is delivered, none lost");
 
         let (calm_sent, calm_worst) = calm.await.unwrap();
         assert_eq!(read_all(&broker, "calm").await.len(), calm_sent);
@@ -554,7 +571,7 @@ fn swapping_versions_under_load_loses_duplicates_and_reorders_nothing() {
     const KEYS_PER_PRODUCER: usize = 25;
     const BATCHES: usize = 100;
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), &[]);
+    let broker = Broker::start(dir.path(), &[PATIENT]);
     let rt = runtime();
     rt.block_on(async {
         let admin = broker.admin();
@@ -623,4 +640,74 @@ fn swapping_versions_under_load_loses_duplicates_and_reorders_nothing() {
         let a = attachment(&admin, "swap", "ordering-key", None).await;
         println!("hot swap: {} messages from {PRODUCERS} producers across {swaps} swaps; ends on version {}", sent.len(), a.version);
     });
+}
+
+/// The author's guide (`docs/plugins.md`) followed as written: its `Cargo.toml` and code
+/// become a new crate outside the workspace, whose native tests pass; it builds for the
+/// sandbox, uploads and attaches with the CLI, and routes messages in a real broker.
+#[test]
+fn the_authoring_guide_works_from_cargo_new_to_an_attached_plugin() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let guide = std::fs::read_to_string(root.join("docs/plugins.md")).unwrap();
+    let block = |lang: &str, nth: usize| -> String {
+        let fence = format!("```{lang}\n");
+        let start =
+            guide.match_indices(&fence).nth(nth).unwrap_or_else(|| panic!("docs/plugins.md: no {lang} block {nth}")).0 + fence.len();
+        guide[start..start + guide[start..].find("```").unwrap()].to_owned()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let krate = dir.path().join("vip-first");
+    std::fs::create_dir_all(krate.join("src")).unwrap();
+    let sdk = root.join("plugins/sdk").canonicalize().unwrap();
+    let manifest = block("toml", 0).replace("../wasmq/plugins/sdk", sdk.to_str().unwrap());
+    assert_ne!(manifest, block("toml", 0), "the guide's SDK path is where the test expects it");
+    std::fs::write(krate.join("Cargo.toml"), manifest).unwrap();
+    std::fs::write(krate.join("src/lib.rs"), block("rust", 0) + &block("rust", 1)).unwrap();
+    // The workspace's lock file pins the same dependency versions (cargo drops the rest).
+    std::fs::copy(root.join("Cargo.lock"), krate.join("Cargo.lock")).unwrap();
+
+    // Step 3: the native unit test.
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from).join("authoring");
+    let out = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["test", "--quiet", "--manifest-path"])
+        .arg(krate.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("1 passed"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+
+    // Steps 5 and 6: build, upload, attach, send.
+    let wasm = wasmq_plugin_testkit::build_plugin(&krate).unwrap();
+    assert!(wasm.ends_with("wasm32-unknown-unknown/release/vip_first.wasm"), "{}", wasm.display());
+    let broker = Broker::start(dir.path().join("data").as_path(), &[PATIENT]);
+    let rt = runtime();
+    rt.block_on(async { broker.admin().create_topic("orders", 8).await.unwrap() });
+    let out = broker.cli(&["plugin", "upload", wasm.to_str().unwrap()]);
+    assert!(out.starts_with("uploaded vip-first@1 (router 0.1.0, "), "{out}");
+    let out = broker.cli(&["plugin", "attach", "vip-first@1", "--topic", "orders", "--role", "router", "--config", "vips=c1,c2"]);
+    assert!(out.contains("attached router vip-first#1 on topic orders (fail-open)"), "{out}");
+    rt.block_on(async {
+        let producer = Producer::new(broker.connect().await, "guide");
+        for i in 0..20 {
+            let vip = producer.send("orders", OutgoingMessage::new(format!("{i}")).with_property("customer", "c2")).await.unwrap();
+            assert_eq!(vip.queue_id, 0, "VIP message {i}");
+        }
+        let others: HashSet<u32> = non_vip_queues(&producer).await;
+        assert!(others.len() > 1, "non-VIP messages keep the producer's round robin: {others:?}");
+        let e = producer.send("orders", OutgoingMessage::new("anonymous")).await.unwrap_err();
+        assert!(e.to_string().contains("no customer property"), "{e}");
+    });
+}
+
+/// The queues 20 non-VIP messages land in.
+async fn non_vip_queues(producer: &Producer) -> HashSet<u32> {
+    let mut queues = HashSet::new();
+    for i in 0..20 {
+        queues
+            .insert(producer.send("orders", OutgoingMessage::new(format!("{i}")).with_property("customer", "c9")).await.unwrap().queue_id);
+    }
+    queues
 }

@@ -23,6 +23,9 @@ pub(crate) enum BenchCommand {
     Consume(Common),
     /// End-to-end latency at a fixed rate.
     E2e(E2e),
+    /// Produce and consume with a router and a filter plugin attached, against the same run
+    /// without plugins, in alternating rounds; plus each plugin's time per message.
+    Plugins(PluginBench),
     /// The TLS copy ceiling alone.
     Ceiling {
         #[arg(long, default_value_t = 1 << 30)]
@@ -57,6 +60,48 @@ pub(crate) struct Common {
     /// Skip the TLS ceiling measurement.
     #[arg(long)]
     no_ceiling: bool,
+    /// A user property on every message, `name=value` (repeatable).
+    #[arg(long = "property", value_name = "NAME=VALUE")]
+    properties: Vec<String>,
+    /// Give messages keys `k0`..`k<N-1>` in turn.
+    #[arg(long)]
+    keys: Option<u64>,
+    /// With --keys: one key per send (every message of a batch shares it) instead of per message.
+    #[arg(long)]
+    key_per_batch: bool,
+    /// Consume: pull as this consumer group (a filter plugin attached to it then runs).
+    #[arg(long)]
+    group: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PluginBench {
+    /// The router's `.wasm` (examples/tenant-router), attached with `tenants=acme=0-<queues-1>`.
+    #[arg(long)]
+    router: std::path::PathBuf,
+    /// The filter's `.wasm` (examples/content-filter), attached with `where=prop:tenant == acme`
+    /// (every message matches, so both runs deliver the same messages).
+    #[arg(long)]
+    filter: std::path::PathBuf,
+    #[arg(long, default_value_t = 8)]
+    queues: u32,
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Producer connections.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Seconds per produce round (each round adds to the topics the consume rounds read).
+    #[arg(long, default_value_t = 3)]
+    duration: u64,
+    /// Rounds of each (best of).
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// Keys per message (the router then spreads each batch over many queues, which costs the
+    /// store more than the one queue a plugin-free batch goes to); default: one key per batch.
+    #[arg(long)]
+    spread: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -110,6 +155,7 @@ pub(crate) async fn run(cli: &Cli, command: &BenchCommand) -> Result<()> {
             println!("--- summary ---");
             println!("e2e at {} msgs/s: {} ({} samples)", e.rate, pct(&h), h.len());
         }
+        BenchCommand::Plugins(p) => plugins(cli, p).await?,
         BenchCommand::Ceiling { bytes } => {
             let mb = ceiling(*bytes).await?;
             println!("--- summary ---");
@@ -136,20 +182,29 @@ async fn produce(cli: &Cli, c: &Common) -> Result<(u64, f64, Histogram<u64>)> {
     let body = Bytes::from(vec![b'x'; c.size]);
     let deadline = Instant::now() + Duration::from_secs(c.duration);
     let limit = c.count.unwrap_or(u64::MAX);
+    let properties = c.properties.iter().map(|kv| crate::key_value(kv, "--property")).collect::<Result<Vec<_>>>()?;
+    let template = OutgoingMessage { properties, ..OutgoingMessage::new(body) };
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..c.concurrency {
         let producer = Producer::new(cli.connect().await?, "bench");
         for _ in 0..c.in_flight {
-            let (producer, sent, stop, body, topic, batch) =
-                (producer.clone(), sent.clone(), stop.clone(), body.clone(), c.topic.clone(), c.batch);
+            let (producer, sent, stop, template, topic, batch, keys) =
+                (producer.clone(), sent.clone(), stop.clone(), template.clone(), c.topic.clone(), c.batch, c.keys);
+            let key_step = if c.key_per_batch { batch as u64 } else { 1 };
             tasks.push(tokio::spawn(async move {
                 let mut h = histogram();
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    if sent.fetch_add(batch as u64, Ordering::Relaxed) >= limit {
+                    let first = sent.fetch_add(batch as u64, Ordering::Relaxed);
+                    if first >= limit {
                         break;
                     }
-                    let msgs = (0..batch).map(|_| OutgoingMessage::new(body.clone())).collect();
+                    let msgs = (first..first + batch as u64)
+                        .map(|i| match keys {
+                            Some(n) => template.clone().with_key(format!("k{}", (i / key_step) % n.max(1))),
+                            None => template.clone(),
+                        })
+                        .collect();
                     let t = Instant::now();
                     producer.send_batch(&topic, msgs).await?;
                     h.saturating_record(t.elapsed().as_micros() as u64);
@@ -203,7 +258,11 @@ async fn consume(cli: &Cli, c: &Common) -> Result<(u64, f64)> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..c.concurrency.max(1) {
-        let consumer = PullConsumer::new(cli.connect().await?);
+        let conn = cli.connect().await?;
+        let consumer = match &c.group {
+            Some(g) => PullConsumer::for_group(conn, g.clone()),
+            None => PullConsumer::new(conn),
+        };
         let mine: Vec<(u32, u64, u64)> = (0..c.queues)
             .filter(|q| *q as usize % c.concurrency.max(1) == worker)
             .map(|q| (q, ends[q as usize].0, ends[q as usize].1))
@@ -297,6 +356,101 @@ async fn e2e(cli: &Cli, e: &E2e) -> Result<Histogram<u64>> {
         h.add(r.await??)?;
     }
     Ok(h)
+}
+
+/// Router on the send path and filter on the delivery path against the same workload without
+/// plugins: `bench-plain` and `bench-plugins` topics, produce rounds alternating between them
+/// (best of `rounds` each), then catch-up consumption of each (the plugin topic pulled as the
+/// filtered group), then the plugins' own time per message from their stats.
+async fn plugins(cli: &Cli, p: &PluginBench) -> Result<()> {
+    let admin = cli.admin()?;
+    let upload = |path: &std::path::Path| {
+        let (admin, path) = (admin.clone(), path.to_owned());
+        async move {
+            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            anyhow::Ok(admin.upload_plugin(bytes).await?)
+        }
+    };
+    let router = upload(&p.router).await?;
+    let filter = upload(&p.filter).await?;
+    let (plain, routed, group) = ("bench-plain", "bench-plugins", "bench-filtered");
+    for t in [plain, routed] {
+        // Fresh topics each run, so both consume the same amount from the same state.
+        match admin.delete_topic(t).await {
+            Ok(()) | Err(ClientError::Admin { status: 404, .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        admin.create_topic(t, p.queues).await?;
+    }
+    let attach = |name: &str, version: u32, config: &[(&str, String)]| wasmq_client::admin_types::AttachPlugin {
+        plugin: name.to_owned(),
+        version,
+        config: config.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+        on_error: Some("fail-open".into()),
+    };
+    admin
+        .attach_topic_plugin(routed, "router", &attach(&router.name, router.version, &[("tenants", format!("acme=0-{}", p.queues - 1))]))
+        .await?;
+    admin.attach_filter(group, routed, &attach(&filter.name, filter.version, &[("where", "prop:tenant == acme".to_owned())])).await?;
+    let common = |topic: &str| Common {
+        topic: topic.to_owned(),
+        queues: p.queues,
+        size: p.size,
+        batch: p.batch,
+        concurrency: p.concurrency,
+        in_flight: 8,
+        count: None,
+        duration: p.duration,
+        no_ceiling: true,
+        properties: vec!["tenant=acme".into()],
+        keys: Some(1024),
+        key_per_batch: !p.spread,
+        group: None,
+    };
+    // Rounds alternate which side goes first, so drift on a shared machine hits both alike.
+    let (mut best_plain, mut best_routed) = (0f64, 0f64);
+    for round in 1..=p.rounds {
+        let mut sides = [(plain, &mut best_plain), (routed, &mut best_routed)];
+        if round % 2 == 0 {
+            sides.reverse();
+        }
+        for (topic, best) in sides {
+            let (msgs, secs, h) = produce(cli, &common(topic)).await?;
+            let rate = msgs as f64 / secs;
+            eprintln!("round {round}: produce to {topic}: {rate:.0} msgs/s; batch ack latency {}", pct(&h));
+            *best = best.max(rate);
+        }
+    }
+    // Consumption reads the same messages (the plugin topic's) both ways: plainly, and as the
+    // group whose filter then judges every message on the broker.
+    let (mut consume_plain, mut consume_filtered) = (0f64, 0f64);
+    for round in 1..=p.rounds {
+        let mut sides = [(None, &mut consume_plain), (Some(group.to_owned()), &mut consume_filtered)];
+        if round % 2 == 0 {
+            sides.reverse();
+        }
+        for (g, best) in sides {
+            let label = if g.is_some() { "with the filter" } else { "without" };
+            let (msgs, secs) = consume(cli, &Common { group: g, concurrency: 1, ..common(routed) }).await?;
+            let rate = msgs as f64 / secs;
+            eprintln!("round {round}: consume {routed} {label}: {msgs} messages, {rate:.0} msgs/s");
+            *best = best.max(rate);
+        }
+    }
+    let stats = admin.attachments().await?;
+    let cost = |role: &str| stats.iter().find(|a| a.topic == routed && a.role == role).map_or(0.0, |a| a.stats.ns_per_message);
+    println!("--- summary ---");
+    println!(
+        "produce with router: {best_routed:.0} msgs/s, {:.0} % of {best_plain:.0} msgs/s without (router {:.0} ns/message in the broker)",
+        100.0 * best_routed / best_plain,
+        cost("router")
+    );
+    println!(
+        "consume with filter: {consume_filtered:.0} msgs/s, {:.0} % of {consume_plain:.0} msgs/s without (filter {:.0} ns/message in the broker)",
+        100.0 * consume_filtered / consume_plain,
+        cost("filter")
+    );
+    Ok(())
 }
 
 /// The ceiling, measured before the workload (so the broker is idle) as the best of three

@@ -47,6 +47,9 @@ enum Command {
         /// Same ordering key → same queue, in order.
         #[arg(long)]
         ordering_key: Option<String>,
+        /// A user property, `name=value` (repeatable).
+        #[arg(long = "property", value_name = "NAME=VALUE")]
+        properties: Vec<String>,
         #[arg(long, default_value = "wasmq-cli")]
         group: String,
     },
@@ -154,12 +157,18 @@ impl Cli {
     }
 }
 
+/// Splits a `key=value` argument of `flag`.
+pub(crate) fn key_value(kv: &str, flag: &str) -> Result<(String, String)> {
+    kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).with_context(|| format!("{flag} {kv:?} is not key=value"))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Command::Topic { command } => topic(&cli, command).await,
-        Command::Send { topic, messages, key, tags, ordering_key, group } => {
+        Command::Send { topic, messages, key, tags, ordering_key, properties, group } => {
+            let properties = properties.iter().map(|kv| key_value(kv, "--property")).collect::<Result<Vec<_>>>()?;
             let producer = Producer::new(cli.connect().await?, group);
             let lines: Vec<String> =
                 if messages.is_empty() { std::io::stdin().lines().collect::<Result<_, _>>()? } else { messages.clone() };
@@ -168,6 +177,7 @@ async fn main() -> Result<()> {
                 m.keys.extend(key.clone());
                 m.tags.clone_from(tags);
                 m.ordering_key.clone_from(ordering_key);
+                m.properties.clone_from(&properties);
                 let r = producer.send(topic, m).await?;
                 println!("sent {} to queue {} at offset {}", r.message_id, r.queue_id, r.queue_offset);
             }

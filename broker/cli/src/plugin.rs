@@ -108,14 +108,7 @@ pub(crate) async fn run(cli: &Cli, command: &PluginCommand) -> Result<()> {
         }
         PluginCommand::Attach { plugin, topic, role, group, config, on_error } => {
             let (name, version) = parse_pinned(plugin)?;
-            let config = config
-                .iter()
-                .map(|kv| {
-                    kv.split_once('=')
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                        .with_context(|| format!("--config {kv:?} is not key=value"))
-                })
-                .collect::<Result<BTreeMap<_, _>>>()?;
+            let config = config.iter().map(|kv| crate::key_value(kv, "--config")).collect::<Result<BTreeMap<_, _>>>()?;
             let req = AttachPlugin { plugin: name, version, config, on_error: Some(on_error.clone()) };
             let a = match (group, role.as_deref()) {
                 (Some(g), None | Some("filter")) => admin.attach_filter(g, topic, &req).await?,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::runtime::Plugin;
 use crate::session::{CallError, Session, TrapKind};
-use crate::{Attachment, Batch, Delivery, OrderingKey, Route, role_name};
+use crate::{Attachment, Batch, Delivery, Fields, OrderingKey, Route, role_name};
 
 /// What a failed call means for the messages of that batch. The caller applies it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -163,6 +163,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Attached {
     plugin: Plugin,
     attachment: Attachment,
+    /// What this attachment's `init` said it reads: the columns to fill.
+    needs: Fields,
     policy: FailurePolicy,
     idle: Mutex<Vec<Session>>,
     stats: Stats,
@@ -193,12 +195,20 @@ impl Attached {
         let stats = Stats::default();
         let first = Session::with_counters(&plugin, &attachment, stats.counters.clone(), false)?;
         stats.instances.store(1, Ordering::Relaxed);
-        Ok(Self { plugin, attachment, policy, idle: Mutex::new(vec![first]), stats, breaker: Mutex::new(Breaker::default()) })
+        let needs = first.needs();
+        Ok(Self { plugin, attachment, needs, policy, idle: Mutex::new(vec![first]), stats, breaker: Mutex::new(Breaker::default()) })
     }
 
     #[must_use]
     pub fn plugin(&self) -> &Plugin {
         &self.plugin
+    }
+
+    /// The message fields to pass in batches (the attachment's `init` may read less than the
+    /// manifest's needs).
+    #[must_use]
+    pub fn needs(&self) -> Fields {
+        self.needs
     }
 
     #[must_use]
@@ -318,5 +328,56 @@ impl Attached {
             nanos: g(&s.nanos),
             counters: lock(&s.counters).clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_opens_after_repeated_failures_half_opens_and_backs_off() {
+        let t0 = Instant::now();
+        let mut b = Breaker::default();
+        for i in 0..BREAKER_FAILURES - 1 {
+            assert!(!b.failure(t0 + Duration::from_millis(i as u64)), "failure {i} does not open it yet");
+            assert!(b.check(t0).is_ok());
+        }
+        assert!(b.failure(t0), "the fifth failure in the window opens it");
+        assert_eq!(b.check(t0), Err(BREAKER_BACKOFF));
+        // Half open after the backoff: a failure reopens it for twice as long.
+        let t1 = t0 + BREAKER_BACKOFF;
+        assert!(b.check(t1).is_ok());
+        assert!(b.failure(t1));
+        assert_eq!(b.check(t1), Err(BREAKER_BACKOFF * 2));
+        // A success closes it and forgets the past.
+        b.success();
+        assert!(b.check(t1).is_ok());
+        assert!(!b.failure(t1));
+    }
+
+    #[test]
+    fn failures_outside_the_window_do_not_count() {
+        let t0 = Instant::now();
+        let mut b = Breaker::default();
+        for i in 0..BREAKER_FAILURES - 1 {
+            b.failure(t0 + Duration::from_millis(i as u64));
+        }
+        assert!(!b.failure(t0 + BREAKER_WINDOW + Duration::from_secs(1)), "the old failures fell out of the window");
+        assert!(!b.is_open(t0 + BREAKER_WINDOW + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn the_backoff_stops_growing_at_its_maximum() {
+        let mut t = Instant::now();
+        let mut b = Breaker::default();
+        for _ in 0..BREAKER_FAILURES {
+            b.failure(t);
+        }
+        for _ in 0..20 {
+            t += BREAKER_BACKOFF_MAX;
+            b.failure(t);
+        }
+        assert_eq!(b.check(t), Err(BREAKER_BACKOFF_MAX));
     }
 }

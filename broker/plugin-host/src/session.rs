@@ -175,6 +175,8 @@ pub struct Session {
     store: Store<HostState>,
     world: PluginWorld,
     plugin: Plugin,
+    /// The fields this instance's `init` said it reads (within the manifest's needs).
+    needs: crate::Fields,
     last_fuel: u64,
     poisoned: bool,
 }
@@ -210,7 +212,8 @@ impl Session {
             CallError::Trap { kind: crate::TrapKind::Trap, message } => CallError::Instantiate(message),
             other => other,
         })?;
-        Ok(Self { store, world, plugin: plugin.clone(), last_fuel: 0, poisoned: false })
+        let needs = plugin.manifest().needs;
+        Ok(Self { store, world, plugin: plugin.clone(), needs, last_fuel: 0, poisoned: false })
     }
 
     pub(crate) fn describe(plugin: &Plugin) -> Result<Manifest, CallError> {
@@ -241,7 +244,9 @@ impl Session {
     ) -> Result<Self, CallError> {
         let mut s = Self::instantiate(plugin, counters, capture_logs)?;
         let timeout = plugin.0.runtime.limits().init_timeout;
-        s.run(timeout, |w, st| w.wasmq_plugin_lifecycle().call_init(st, attachment))?.map_err(CallError::Init)?;
+        let needs = s.run(timeout, |w, st| w.wasmq_plugin_lifecycle().call_init(st, attachment))?.map_err(CallError::Init)?;
+        // A plugin may narrow what it reads, never widen it past its manifest.
+        s.needs = needs & s.plugin.manifest().needs;
         Ok(s)
     }
 
@@ -306,6 +311,12 @@ impl Session {
         let d = self.run(self.call_timeout(), |w, st| w.wasmq_plugin_filter().call_filter_batch(st, batch))?;
         check_len(d.len(), batch)?;
         Ok(d)
+    }
+
+    /// The fields to fill in this instance's batches: what its `init` asked for.
+    #[must_use]
+    pub fn needs(&self) -> crate::Fields {
+        self.needs
     }
 
     /// True once a call trapped: the instance must not be used again.

@@ -11,8 +11,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use wasmq_admin_types::{AttachPlugin, AttachmentView, PluginDetail, PluginStats, PluginVersion};
@@ -88,15 +89,28 @@ struct Live {
     attached: Result<Attached, String>,
     policy: FailurePolicy,
     policy_applied: AtomicU64,
+    /// The last call took longer than [`INLINE_CALL_MAX`] (or failed by its deadline): the next
+    /// runs with `block_in_place`, so the worker's other tasks move to another thread.
+    slow: AtomicBool,
 }
 
+/// Calls that recently took at most this long run inline on the async worker: handing the
+/// worker's tasks to another thread (`block_in_place`) costs more than such a call. A plugin
+/// that turns slow blocks one worker for at most one call (bounded by its deadline).
+const INLINE_CALL_MAX: Duration = Duration::from_micros(500);
+
 impl Live {
+    fn new(record: AttachmentRecord, attached: Result<Attached, String>) -> Self {
+        let policy = policy_of(&record.on_error);
+        Self { record, attached, policy, policy_applied: AtomicU64::new(0), slow: AtomicBool::new(false) }
+    }
+
     fn label(&self) -> String {
         format!("{}#{}", self.record.plugin, self.record.version)
     }
 
     fn needs(&self) -> Fields {
-        self.attached.as_ref().map_or(Fields::empty(), |a| a.plugin().manifest().needs)
+        self.attached.as_ref().map_or(Fields::empty(), Attached::needs)
     }
 }
 
@@ -192,7 +206,7 @@ impl Plugins {
             if let Err(e) = &attached {
                 tracing::error!(plugin = %rec.plugin, version = rec.version, topic = %rec.topic, group = ?rec.group, "plugin attachment not running ({e}); its failure policy ({}) applies", rec.on_error);
             }
-            this.install(Live { record: rec.clone(), policy: policy_of(&rec.on_error), attached, policy_applied: AtomicU64::new(0) });
+            this.install(Live::new(rec.clone(), attached));
         }
         *lock(&this.registry) = registry;
         Ok(this)
@@ -319,7 +333,7 @@ impl Plugins {
             }
             return Err(e);
         }
-        let live = Live { record: rec, attached: Ok(attached), policy, policy_applied: AtomicU64::new(0) };
+        let live = Live::new(rec, Ok(attached));
         let view = view_of(&live);
         self.install(live);
         tracing::info!(plugin = %view.plugin, version = view.version, role = %view.role, topic, group, "plugin attached");
@@ -442,15 +456,15 @@ impl Plugins {
             let results = evaluate(live, &all, |i| view_new(&messages[i]), |a, b| a.route(queues, b));
             for (i, r) in results.into_iter().enumerate() {
                 match r {
-                    Ok(Route::Queue(q)) => decided[i] = Some(q),
-                    Ok(Route::DefaultRouting) => {}
-                    Ok(Route::Reject(reason)) => {
+                    Outcome::Decided(Route::Queue(q)) => decided[i] = Some(q),
+                    Outcome::Decided(Route::DefaultRouting) => {}
+                    Outcome::Decided(Route::Reject(reason)) => {
                         return Err(WireError::new(
                             ErrorCode::PluginRejected,
                             format!("plugin {} rejected message {i}: {reason}", live.label()),
                         ));
                     }
-                    Err(e) => fail_closed(live, i, &e)?,
+                    Outcome::Failed(e) | Outcome::Undecided(e) => fail_closed(live, i, &e)?,
                 }
             }
         }
@@ -459,8 +473,8 @@ impl Plugins {
             let results = evaluate(live, &open, |i| view_new(&messages[i]), |a, b| a.ordering_key(b));
             for (&i, r) in open.iter().zip(results) {
                 let k = match r {
-                    Ok(k) => k,
-                    Err(e) => {
+                    Outcome::Decided(k) => k,
+                    Outcome::Failed(e) | Outcome::Undecided(e) => {
                         fail_closed(live, i, &e)?;
                         OrderingKey::MessageKey
                     }
@@ -482,7 +496,10 @@ impl Plugins {
 
     /// Keeps the messages of a group's pull that its filter delivers; skipped ones are dropped
     /// (the group's offset still moves past them), dead-lettered ones go to the group's
-    /// dead-letter topic. Without a filter, returns `read` as it is.
+    /// dead-letter topic. When the filter cannot decide, fail-open delivers; fail-closed
+    /// dead-letters a message that makes the plugin fail on its own, and holds back a message
+    /// nothing is known about (the pull ends before it, so it is judged again by a later
+    /// pull). Without a filter, returns `read` as it is.
     #[must_use]
     pub fn filter(&self, group: &str, topic: &str, read: QueueRead) -> QueueRead {
         let Some(live) = self.filter_of(topic, group) else { return read };
@@ -491,29 +508,33 @@ impl Plugins {
         }
         let all: Vec<usize> = (0..read.messages.len()).collect();
         let results = evaluate(&live, &all, |i| view_stored(&read.messages[i]), |a, b| a.filter(b));
-        let QueueRead { messages, next_offset, min_offset, max_offset } = read;
+        let QueueRead { messages, mut next_offset, min_offset, max_offset } = read;
         let mut kept = Vec::with_capacity(messages.len());
         for (m, r) in messages.into_iter().zip(results) {
-            let d = r.unwrap_or_else(|_| {
-                live.policy_applied.fetch_add(1, Ordering::Relaxed);
-                match live.policy {
-                    FailurePolicy::Open => Delivery::Deliver,
-                    FailurePolicy::Closed => Delivery::DeadLetter,
+            let d = match (r, live.policy) {
+                (Outcome::Decided(d), _) => d,
+                (Outcome::Failed(_) | Outcome::Undecided(_), FailurePolicy::Open) => {
+                    live.policy_applied.fetch_add(1, Ordering::Relaxed);
+                    Delivery::Deliver
                 }
-            });
+                (Outcome::Failed(_), FailurePolicy::Closed) => {
+                    live.policy_applied.fetch_add(1, Ordering::Relaxed);
+                    Delivery::DeadLetter
+                }
+                (Outcome::Undecided(_), FailurePolicy::Closed) => {
+                    next_offset = m.queue_offset;
+                    break;
+                }
+            };
             match d {
                 Delivery::Deliver => kept.push(m),
                 Delivery::Skip => {}
                 Delivery::DeadLetter => {
                     if let Err(e) = self.engine.send_back(group, topic, m.queue_id, m.log_offset, true, None) {
-                        // Never a silent drop: a message that cannot be dead-lettered is delivered.
-                        tracing::error!(
-                            group,
-                            topic,
-                            log_offset = m.log_offset,
-                            "cannot dead-letter a filtered message ({e}); delivering it"
-                        );
-                        kept.push(m);
+                        // Never a silent drop, nor an unfiltered delivery: hold it back.
+                        tracing::error!(group, topic, log_offset = m.log_offset, "cannot dead-letter a filtered message ({e}); holding it");
+                        next_offset = m.queue_offset;
+                        break;
                     }
                 }
             }
@@ -555,7 +576,7 @@ fn message_key(p: &Properties) -> Option<&str> {
 }
 
 fn batch_of<'a>(needs: Fields, indices: &[usize], view: &impl Fn(usize) -> View<'a>) -> Batch {
-    let mut b = BatchBuilder::new(needs);
+    let mut b = BatchBuilder::with_capacity(needs, indices.len());
     for &i in indices {
         let v = view(i);
         let p = v.properties;
@@ -570,49 +591,82 @@ fn batch_of<'a>(needs: Fields, indices: &[usize], view: &impl Fn(usize) -> View<
     b.finish()
 }
 
-/// Runs a plugin on the messages at `indices` and returns one result per message. When the
-/// batch call fails with a trap other than a timeout, each message is tried alone (on fresh
-/// instances) so one poison message does not condemn its batch; a timeout or an open breaker
-/// fails them all at once. Runs the calls with `block_in_place` so other tasks of this
-/// worker thread move elsewhere meanwhile.
+/// What a plugin said about one message.
+#[derive(Debug)]
+enum Outcome<D> {
+    Decided(D),
+    /// The call failed with this message alone in it (a trap, a timeout, a bad answer): the
+    /// message itself makes the plugin fail.
+    Failed(CallError),
+    /// No call judged this message on its own (the breaker is open, no instance could be
+    /// made, or its batch failed and it was not tried alone): nothing is known about it.
+    Undecided(CallError),
+}
+
+impl<D> Outcome<D> {
+    fn single(r: Result<Vec<D>, CallError>) -> Self {
+        match r.and_then(|mut d| if d.len() == 1 { Ok(d.remove(0)) } else { Err(CallError::BadDecision("no decision".into())) }) {
+            Ok(d) => Self::Decided(d),
+            Err(e @ (CallError::BreakerOpen(_) | CallError::Instantiate(_))) => Self::Undecided(e),
+            Err(e) => Self::Failed(e),
+        }
+    }
+}
+
+/// Runs a plugin on the messages at `indices` and returns one outcome per message. When the
+/// batch call traps, each message is tried alone (on fresh instances) so one poison message
+/// does not condemn its batch; after a timeout only the first is tried alone (each try may
+/// cost a whole deadline) and the rest stay undecided. A plugin whose last call was slow runs
+/// under `block_in_place`, so other tasks of this worker thread move elsewhere meanwhile; a
+/// fast one runs inline.
 fn evaluate<'a, D>(
     live: &Live,
     indices: &[usize],
     view: impl Fn(usize) -> View<'a>,
     call: impl Fn(&Attached, &Batch) -> Result<Vec<D>, CallError>,
-) -> Vec<Result<D, CallError>> {
+) -> Vec<Outcome<D>> {
     if indices.is_empty() {
         return Vec::new();
     }
     let attached = match &live.attached {
         Ok(a) => a,
-        Err(e) => return indices.iter().map(|_| Err(CallError::Instantiate(e.clone()))).collect(),
+        Err(e) => return indices.iter().map(|_| Outcome::Undecided(CallError::Instantiate(e.clone()))).collect(),
     };
     let needs = live.needs();
+    let alone = |i: usize| Outcome::single(call(attached, &batch_of(needs, &[i], &view)));
     let run = || {
         let batch = batch_of(needs, indices, &view);
         match call(attached, &batch) {
-            Ok(ds) => ds.into_iter().map(Ok).collect(),
-            Err(e)
-                if indices.len() == 1
-                    || matches!(e, CallError::BreakerOpen(_))
-                    || e.trap_kind() == Some(wasmq_plugin_host::TrapKind::Timeout) =>
-            {
-                indices.iter().map(|_| Err(e.clone())).collect()
+            Ok(ds) => {
+                // The host checks there is one decision per message; a short answer would
+                // leave the rest undecided, never invented.
+                let mut ds = ds.into_iter();
+                indices
+                    .iter()
+                    .map(|_| ds.next().map_or_else(|| Outcome::Undecided(CallError::BadDecision("no decision".into())), Outcome::Decided))
+                    .collect()
             }
-            Err(_) => indices
-                .iter()
-                .map(|&i| {
-                    call(attached, &batch_of(needs, &[i], &view))
-                        .and_then(|mut d| d.pop().ok_or_else(|| CallError::BadDecision("no decision".into())))
-                })
-                .collect(),
+            Err(e) if indices.len() == 1 => vec![Outcome::single(Err(e))],
+            Err(e @ (CallError::BreakerOpen(_) | CallError::Instantiate(_))) => {
+                indices.iter().map(|_| Outcome::Undecided(e.clone())).collect()
+            }
+            Err(e) if e.trap_kind() == Some(wasmq_plugin_host::TrapKind::Timeout) => {
+                let mut out = vec![alone(indices[0])];
+                out.extend(indices[1..].iter().map(|_| Outcome::Undecided(e.clone())));
+                out
+            }
+            Err(_) => indices.iter().map(|&i| alone(i)).collect(),
         }
     };
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+    let started = Instant::now();
+    let out = match tokio::runtime::Handle::try_current() {
+        Ok(h) if live.slow.load(Ordering::Relaxed) && h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(run)
+        }
         _ => run(),
-    }
+    };
+    live.slow.store(started.elapsed() > INLINE_CALL_MAX, Ordering::Relaxed);
+    out
 }
 
 fn attachment_of(role: Role, rec: &AttachmentRecord) -> Attachment {

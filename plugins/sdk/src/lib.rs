@@ -6,7 +6,7 @@
 //! a time. Build it for `wasm32-unknown-unknown` and upload the `.wasm`: the broker turns it into
 //! a component of the `wasmq:plugin/plugin` world (`plugins/wit/plugin.wit`).
 //!
-//! ```ignore
+//! ```
 //! use wasmq_plugin_sdk::{export, Attachment, Fields, Message, Plugin, Role, Route};
 //!
 //! struct ByTenant { queues_per_tenant: u32 }
@@ -72,6 +72,13 @@ pub trait Plugin: Sized + 'static {
     /// # Errors
     /// A configuration the plugin cannot work with.
     fn init(attachment: &Attachment) -> Result<Self, String>;
+
+    /// The fields this attachment reads, asked once after [`Plugin::init`]: [`Plugin::NEEDS`]
+    /// by default. Return fewer when the configuration reads less (a filter on a property need
+    /// not be passed bodies); anything beyond `NEEDS` is ignored.
+    fn needs(&self) -> Fields {
+        Self::NEEDS
+    }
 
     /// Router: the queue for `message` in a topic of `queues` queues.
     fn route(&mut self, message: &Message<'_>, queues: u32) -> Route {
@@ -179,12 +186,13 @@ impl<P: Plugin + Described> lifecycle::Guest for Adapter<P> {
         Manifest { name: P::NAME.to_owned(), version: P::VERSION.to_owned(), roles: P::ROLES.to_vec(), needs: P::NEEDS }
     }
 
-    fn init(attachment: Attachment) -> Result<(), String> {
+    fn init(attachment: Attachment) -> Result<Fields, String> {
         #[cfg(target_arch = "wasm32")]
         std::panic::set_hook(Box::new(|info| log(Level::Error, &format!("panic: {info}"))));
         let p = P::init(&attachment)?;
+        let needs = p.needs() & P::NEEDS;
         STATE.with(|s| *s.borrow_mut() = Some(Box::new(p)));
-        Ok(())
+        Ok(needs)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Test a built plugin in the broker's own plugin runtime.
 //!
-//! ```ignore
+//! ```no_run
 //! use wasmq_plugin_testkit::{Harness, MessageBuf, Role, Route};
 //!
 //! let wasm = wasmq_plugin_testkit::build_plugin(env!("CARGO_MANIFEST_DIR"))?;
@@ -8,6 +8,7 @@
 //! let report = run.route(8, &[MessageBuf::new().property("tenant", "acme").key("k1")])?;
 //! assert!(matches!(report.decisions[0], Route::Queue(0..=3)));
 //! println!("{} instructions per message, {} bytes peak memory", report.fuel_per_message, report.peak_memory);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! [`Harness`] uses the same `wasmq-plugin-host` crate as the broker (same sandbox limits,
@@ -29,7 +30,8 @@ pub use wasmq_plugin_sdk::MessageBuf;
 pub const TARGET: &str = "wasm32-unknown-unknown";
 
 /// Builds the plugin crate at `crate_dir` (its directory, holding `Cargo.toml`) for
-/// [`TARGET`] with the workspace's `plugin` profile and returns the `.wasm` path. Builds go to
+/// [`TARGET`] (with the `plugin` profile inside the wasmq workspace, else `--release`) and
+/// returns the `.wasm` path. Builds go to
 /// `$CARGO_TARGET_DIR/wasm-plugins` (else `target/wasm-plugins` beside the workspace), so they
 /// do not disturb the native build. Installs the target with rustup if it is missing.
 /// Results are remembered for the life of the process.
@@ -45,15 +47,21 @@ pub fn build_plugin(crate_dir: impl AsRef<Path>) -> Result<PathBuf, String> {
     }
     let manifest = dir.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
-    let package = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("name").map(|r| r.trim_start().trim_start_matches('=').trim().trim_matches('"').to_owned()))
-        .ok_or_else(|| format!("{}: no package name", manifest.display()))?;
-    let target_dir =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root(&dir).join("target"), PathBuf::from).join("wasm-plugins");
+    let parsed: toml::Table = text.parse().map_err(|e| format!("{}: {e}", manifest.display()))?;
+    let package = parsed
+        .get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(toml::Value::as_str)
+        .ok_or_else(|| format!("{}: no package name", manifest.display()))?
+        .to_owned();
+    let root = workspace_root(&dir);
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from).join("wasm-plugins");
+    // wasmq's workspace has a `plugin` profile; a plugin of one's own builds with `--release`.
+    let has_plugin_profile = std::fs::read_to_string(root.join("Cargo.toml")).is_ok_and(|t| t.contains("[profile.plugin]"));
+    let profile = if has_plugin_profile { "plugin" } else { "release" };
     let run = || {
         Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["build", "--profile", "plugin", "--quiet", "--target", TARGET, "--manifest-path"])
+            .args(["build", "--profile", profile, "--quiet", "--target", TARGET, "--manifest-path"])
             .arg(&manifest)
             .arg("--target-dir")
             .arg(&target_dir)
@@ -71,7 +79,7 @@ pub fn build_plugin(crate_dir: impl AsRef<Path>) -> Result<PathBuf, String> {
     if !out.status.success() {
         return Err(format!("building {package} for {TARGET} failed:\n{}", String::from_utf8_lossy(&out.stderr)));
     }
-    let wasm = target_dir.join(TARGET).join("plugin").join(format!("{}.wasm", package.replace('-', "_")));
+    let wasm = target_dir.join(TARGET).join(profile).join(format!("{}.wasm", package.replace('-', "_")));
     if !wasm.exists() {
         return Err(format!("{} was not produced (is the crate a cdylib?)", wasm.display()));
     }
@@ -151,7 +159,8 @@ impl Harness {
         };
         let mut session = Session::with_counters(&self.plugin, &attachment, Arc::default(), true)?;
         let init_logs = session.take_logs();
-        Ok(Run { session, attachment, needs: self.plugin.manifest().needs, init_logs })
+        let needs = session.needs();
+        Ok(Run { session, attachment, needs, init_logs })
     }
 }
 

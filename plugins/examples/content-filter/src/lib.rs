@@ -36,6 +36,8 @@ struct Condition {
     field: Field,
     op: Op,
     value: String,
+    /// The value as a number, parsed once at `init`.
+    number: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -65,13 +67,14 @@ fn parse_condition(c: &str) -> Result<Condition, String> {
     if rhs.is_empty() || rhs.starts_with(['=', '<', '>', '!']) || lhs.ends_with(['=', '<', '>', '!']) {
         return Err(format!("condition {c:?}: after the operator comes a value (operators: == != > >= < <=)"));
     }
-    Ok(Condition { field, op, value: rhs.to_owned() })
+    Ok(Condition { field, op, value: rhs.to_owned(), number: rhs.parse().ok() })
 }
 
-fn compare(actual: &str, op: Op, want: &str) -> bool {
-    let ord = match (actual.parse::<f64>(), want.parse::<f64>()) {
-        (Ok(a), Ok(b)) => a.partial_cmp(&b),
-        _ => Some(actual.cmp(want)),
+fn compare(actual: &str, c: &Condition) -> bool {
+    let op = c.op;
+    let ord = match (c.number, c.number.and_then(|_| actual.parse::<f64>().ok())) {
+        (Some(want), Some(a)) => a.partial_cmp(&want),
+        _ => Some(actual.cmp(c.value.as_str())),
     };
     let Some(ord) = ord else { return op == Op::Ne };
     match op {
@@ -84,10 +87,10 @@ fn compare(actual: &str, op: Op, want: &str) -> bool {
     }
 }
 
-fn json_text(v: &Value) -> Option<String> {
+fn json_text(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
     match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(_) | Value::Bool(_) => Some(v.to_string()),
+        Value::String(s) => Some(s.as_str().into()),
+        Value::Number(_) | Value::Bool(_) => Some(v.to_string().into()),
         _ => None,
     }
 }
@@ -96,13 +99,13 @@ impl ContentFilter {
     fn matches(&self, m: &Message<'_>) -> bool {
         let doc: Option<Value> = if self.needs_json { serde_json::from_slice(m.body()).ok() } else { None };
         self.conditions.iter().all(|c| {
-            let actual = match &c.field {
-                Field::Tag => Some(m.tags().to_owned()),
-                Field::Prop(p) => m.property_str(p).map(str::to_owned),
+            let actual: Option<std::borrow::Cow<'_, str>> = match &c.field {
+                Field::Tag => Some(m.tags().into()),
+                Field::Prop(p) => m.property_str(p).map(Into::into),
                 Field::Json(path) => doc.as_ref().and_then(|d| path.iter().try_fold(d, |v, p| v.get(p))).and_then(json_text),
             };
             match actual {
-                Some(a) => compare(&a, c.op, &c.value),
+                Some(a) => compare(&a, c),
                 None => c.op == Op::Ne,
             }
         })
@@ -128,6 +131,17 @@ impl Plugin for ContentFilter {
         };
         let needs_json = conditions.iter().any(|c| matches!(c.field, Field::Json(_)));
         Ok(Self { conditions, otherwise, needs_json })
+    }
+
+    /// Only what the conditions look at: a filter on properties is not passed bodies.
+    fn needs(&self) -> Fields {
+        self.conditions.iter().fold(Fields::empty(), |f, c| {
+            f | match c.field {
+                Field::Tag => Fields::TAGS,
+                Field::Prop(_) => Fields::PROPERTIES,
+                Field::Json(_) => Fields::BODY,
+            }
+        })
     }
 
     fn filter(&mut self, m: &Message<'_>) -> Delivery {
@@ -166,6 +180,8 @@ mod tests {
         assert_eq!(filter("").filter(&MessageBuf::new().view()), Delivery::Deliver, "no conditions: everything");
         assert!(ContentFilter::init(&Attachment::for_test(Role::Filter, &[("where", "body == x")])).is_err());
         assert!(ContentFilter::init(&Attachment::for_test(Role::Filter, &[("where", "tag x")])).is_err());
+        assert_eq!(filter("prop:a == 1 and tag == x").needs(), Fields::PROPERTIES | Fields::TAGS);
+        assert_eq!(filter("json:a.b > 2").needs(), Fields::BODY);
         for bad in ["tag === x", "tag == ", "prop:a =< 3", "prop:a >> 3"] {
             let e = ContentFilter::init(&Attachment::for_test(Role::Filter, &[("where", bad)])).unwrap_err();
             assert!(e.contains("operator"), "{bad}: {e}");

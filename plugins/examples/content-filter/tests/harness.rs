@@ -17,6 +17,10 @@ fn one_binary_filters_differently_per_attachment() {
     assert_eq!(r.decisions, vec![Delivery::DeadLetter, Delivery::DeadLetter, Delivery::Deliver]);
     println!("content-filter: {:.0} instructions/message", r.fuel_per_message);
     assert!(r.fuel_per_message < 50_000.0, "{} instructions per message", r.fuel_per_message);
+    // Each attachment is passed only what its conditions read: no bodies for the `us` group.
+    assert!(!eu.batch(&msgs).bodies.is_empty());
+    let b = us.batch(&msgs);
+    assert!(b.bodies.is_empty() && b.body_offsets.is_empty() && !b.properties.is_empty(), "{b:?}");
     let e = h.attach(Role::Filter, &[("where", "nonsense")]).unwrap_err();
     assert!(e.to_string().contains("no operator"), "{e}");
 }
