@@ -35,8 +35,7 @@ bench-broker:
     cargo run --release -p wasmq-cli -- bench consume --concurrency 2
     cargo run --release -p wasmq-cli -- bench e2e --rate 20000 --duration 10
 
-# Plugin cost per message (batches of 100 and 1), then produce / consume through the running
-# broker with a router and a filter attached vs without.
+# Plugin cost per message, then throughput with a router and a filter vs without (needs `just run`).
 bench-plugins: plugins
     cargo bench -p wasmq-server --bench plugins
     cargo run --release -p wasmq-cli -- bench plugins --router {{plugin_out}}/tenant_router.wasm --filter {{plugin_out}}/content_filter.wasm

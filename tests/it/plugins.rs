@@ -235,7 +235,8 @@ fn an_ordering_key_plugin_keeps_each_orders_messages_in_order_across_four_consum
             o.heartbeat_interval = Duration::from_millis(300);
             o.pull_wait = Duration::from_millis(300);
             let handler: wasmq_client::Handler = Arc::new(move |_topic: &str, queue: u32, m: &wasmq_client::PulledMessage| {
-                let v: serde_json::Value = serde_json::from_slice(&m.message.body).unwrap();
+                // The one body that is not JSON (keyed by the producer instead) is not an order step.
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.message.body) else { return ConsumeResult::Success };
                 let order = v["order"]["id"].as_str().unwrap().to_owned();
                 let step = v["step"].as_u64().unwrap() as usize;
                 seen.lock().unwrap().push((member, order, step, queue, m.message.unique_id.clone()));
@@ -569,7 +570,11 @@ fn hostile_plugins_are_contained_and_their_failure_policies_honoured() {
 fn swapping_versions_under_load_loses_duplicates_and_reorders_nothing() {
     const PRODUCERS: usize = 4;
     const KEYS_PER_PRODUCER: usize = 25;
-    const BATCHES: usize = 100;
+    /// Producers send at least this many batches each, and go on until enough swaps happened
+    /// (at most `BATCHES_MAX`).
+    const BATCHES: u64 = 100;
+    const BATCHES_MAX: u64 = 5_000;
+    const SWAPS: u32 = 12;
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), &[PATIENT]);
     let rt = runtime();
@@ -581,45 +586,48 @@ fn swapping_versions_under_load_loses_duplicates_and_reorders_nothing() {
         assert_eq!(admin.upload_plugin(rebuilt(&v1, "2")).await.unwrap().version, 2);
         admin.attach_topic_plugin("swap", "ordering-key", &attach_req("json-order-key", 1, &[], "fail-closed")).await.unwrap();
 
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The swapper makes SWAPS swaps while the producers send; the producers go on until it
+        // is done (and at least BATCHES batches each).
+        let swapped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let swapper = {
-            let (admin, done) = (admin.clone(), Arc::clone(&done));
+            let (admin, swapped) = (admin.clone(), Arc::clone(&swapped));
             tokio::spawn(async move {
-                let mut swaps = 0u32;
-                while !done.load(std::sync::atomic::Ordering::Relaxed) && swaps < 1_000 {
-                    let version = if swaps.is_multiple_of(2) { 2 } else { 1 };
+                for swap in 0..SWAPS {
+                    let version = if swap.is_multiple_of(2) { 2 } else { 1 };
                     // Alternate versions, and now and then the same version with another config.
-                    let config: &[(&str, &str)] = if swaps.is_multiple_of(3) { &[("missing", "none")] } else { &[] };
+                    let config: &[(&str, &str)] = if swap.is_multiple_of(3) { &[("missing", "none")] } else { &[] };
                     admin
                         .attach_topic_plugin("swap", "ordering-key", &attach_req("json-order-key", version, config, "fail-closed"))
                         .await
                         .unwrap();
-                    swaps += 1;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                swaps
+                swapped.store(true, std::sync::atomic::Ordering::Release);
             })
         };
         let mut tasks = Vec::new();
         for p in 0..PRODUCERS {
-            let producer = Producer::new(broker.connect().await, "swap");
+            let (producer, swapped) = (Producer::new(broker.connect().await, "swap"), Arc::clone(&swapped));
             tasks.push(tokio::spawn(async move {
-                let mut ids = Vec::new();
-                for b in 0..BATCHES {
+                let (mut ids, mut b) = (Vec::new(), 0u64);
+                while b < BATCHES_MAX && (b < BATCHES || !swapped.load(std::sync::atomic::Ordering::Acquire)) {
                     let msgs =
                         (0..KEYS_PER_PRODUCER).map(|k| OutgoingMessage::new(format!(r#"{{"order_id":"p{p}-k{k}","seq":{b}}}"#))).collect();
                     ids.extend(producer.send_batch("swap", msgs).await.unwrap().into_iter().map(|r| r.message_id));
+                    b += 1;
                 }
-                ids
+                (ids, b)
             }));
         }
         let mut sent = Vec::new();
-        for t in tasks {
-            sent.extend(t.await.unwrap());
+        let mut batches = HashMap::new();
+        for (p, t) in tasks.into_iter().enumerate() {
+            let (ids, b) = t.await.unwrap();
+            sent.extend(ids);
+            batches.insert(p, b);
         }
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        let swaps = swapper.await.unwrap();
-        assert!(swaps >= 10, "only {swaps} swaps happened during the run");
+        swapper.await.unwrap();
+        assert!(swapped.load(std::sync::atomic::Ordering::Acquire), "the swaps finished while producing");
 
         let stored = read_all(&broker, "swap").await;
         let ids: Vec<&str> = stored.iter().map(|s| s.3.unique_id.as_str()).collect();
@@ -635,10 +643,11 @@ fn swapping_versions_under_load_loses_duplicates_and_reorders_nothing() {
         }
         assert_eq!(per_key.len(), PRODUCERS * KEYS_PER_PRODUCER);
         for (k, (_, seqs)) in &per_key {
-            assert_eq!(*seqs, (0..BATCHES as u64).collect::<Vec<_>>(), "key {k} out of order or incomplete");
+            let producer: usize = k[1..k.find('-').unwrap()].parse().unwrap();
+            assert_eq!(*seqs, (0..batches[&producer]).collect::<Vec<_>>(), "key {k} out of order or incomplete");
         }
         let a = attachment(&admin, "swap", "ordering-key", None).await;
-        println!("hot swap: {} messages from {PRODUCERS} producers across {swaps} swaps; ends on version {}", sent.len(), a.version);
+        println!("hot swap: {} messages from {PRODUCERS} producers across {SWAPS} swaps; ends on version {}", sent.len(), a.version);
     });
 }
 

@@ -258,7 +258,7 @@ impl Attached {
                 self.stats.instances.fetch_add(1, Ordering::Relaxed);
                 match Session::with_counters(&self.plugin, &self.attachment, self.stats.counters.clone(), false) {
                     Ok(s) => s,
-                    Err(e) => return Err(self.failed(now, e)),
+                    Err(e) => return Err(self.failed(now, e, 1)),
                 }
             }
         };
@@ -277,11 +277,15 @@ impl Attached {
                 lock(&self.breaker).success();
                 Ok(v)
             }
-            Err(e) => Err(self.failed(now, e)),
+            Err(e) => Err(self.failed(now, e, batch.count)),
         }
     }
 
-    fn failed(&self, now: Instant, e: CallError) -> CallError {
+    /// Counts and logs a failed call. A failure of a batch of several messages that is not a
+    /// timeout is not held against the plugin by the breaker: the broker then tries those
+    /// messages one by one (so one poison message does not condemn a batch), and those calls
+    /// count. A timeout always counts (its messages are not all tried again).
+    fn failed(&self, now: Instant, e: CallError, messages: u32) -> CallError {
         let s = &self.stats;
         s.errors.fetch_add(1, Ordering::Relaxed);
         if let Some(kind) = e.trap_kind() {
@@ -293,7 +297,8 @@ impl Attached {
                 TrapKind::OutOfFuel | TrapKind::Trap => 0,
             };
         }
-        let tripped = lock(&self.breaker).failure(now);
+        let counts = messages <= 1 || e.trap_kind() == Some(TrapKind::Timeout);
+        let tripped = counts && lock(&self.breaker).failure(now);
         if tripped {
             s.breaker_trips.fetch_add(1, Ordering::Relaxed);
         }

@@ -9,7 +9,7 @@
 //! batch; an attach replaces the `Arc` only after the new instance's `init` succeeded, so a
 //! batch is judged by exactly one version and nothing is lost or evaluated twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -89,20 +89,22 @@ struct Live {
     attached: Result<Attached, String>,
     policy: FailurePolicy,
     policy_applied: AtomicU64,
-    /// The last call took longer than [`INLINE_CALL_MAX`] (or failed by its deadline): the next
-    /// runs with `block_in_place`, so the worker's other tasks move to another thread.
+    /// The last call took longer than [`INLINE_CALL_MAX`] (or failed by its deadline), or
+    /// there was none yet: the next runs with `block_in_place`, so the worker's other tasks
+    /// move to another thread.
     slow: AtomicBool,
 }
 
 /// Calls that recently took at most this long run inline on the async worker: handing the
-/// worker's tasks to another thread (`block_in_place`) costs more than such a call. A plugin
-/// that turns slow blocks one worker for at most one call (bounded by its deadline).
+/// worker's tasks to another thread (`block_in_place`) costs more than such a call. A new
+/// attachment must first show a fast call; one that turns slow blocks one worker for at most
+/// one call (bounded by its deadline) before it runs aside again.
 const INLINE_CALL_MAX: Duration = Duration::from_micros(500);
 
 impl Live {
     fn new(record: AttachmentRecord, attached: Result<Attached, String>) -> Self {
         let policy = policy_of(&record.on_error);
-        Self { record, attached, policy, policy_applied: AtomicU64::new(0), slow: AtomicBool::new(false) }
+        Self { record, attached, policy, policy_applied: AtomicU64::new(0), slow: AtomicBool::new(true) }
     }
 
     fn label(&self) -> String {
@@ -138,6 +140,9 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Compiled but unattached versions kept in memory (others load again from the artifact cache).
+const LOADED_UNATTACHED_MAX: usize = 8;
+
 /// The broker's plugins. Admin operations are serialized; the hot path takes one read lock.
 pub struct Plugins {
     runtime: Runtime,
@@ -145,6 +150,7 @@ pub struct Plugins {
     modules_dir: PathBuf,
     registry_path: PathBuf,
     registry: Mutex<Registry>,
+    /// Compiled versions: every attached one (shared by its attachments) and a few others.
     loaded: Mutex<HashMap<String, Plugin>>,
     live: RwLock<HashMap<String, TopicPlugins>>,
 }
@@ -275,6 +281,7 @@ impl Plugins {
             return Err(e);
         }
         lock(&self.loaded).insert(rec.sha256.clone(), plugin);
+        self.forget_unattached(&reg);
         tracing::info!(plugin = %rec.name, version, sha256 = %rec.sha256, "plugin uploaded");
         Ok(version_view(&rec, true))
     }
@@ -336,6 +343,7 @@ impl Plugins {
         let live = Live::new(rec, Ok(attached));
         let view = view_of(&live);
         self.install(live);
+        self.forget_unattached(&reg);
         tracing::info!(plugin = %view.plugin, version = view.version, role = %view.role, topic, group, "plugin attached");
         Ok(view)
     }
@@ -359,7 +367,7 @@ impl Plugins {
             reg.attachments.insert(i, rec);
             return Err(e);
         }
-        self.uninstall(|t| match role {
+        self.uninstall(&reg, |t| match role {
             "router" if t.0 == topic => t.1.router = None,
             "ordering-key" if t.0 == topic => t.1.key = None,
             "filter" if t.0 == topic => {
@@ -370,12 +378,25 @@ impl Plugins {
         Ok(())
     }
 
-    fn uninstall(&self, mut f: impl FnMut((&str, &mut TopicPlugins))) {
+    /// Changes the live attachments with `f`, under the registry lock the caller holds.
+    fn uninstall(&self, reg: &Registry, mut f: impl FnMut((&str, &mut TopicPlugins))) {
         let mut map = self.live.write().unwrap_or_else(PoisonError::into_inner);
         for (k, v) in map.iter_mut() {
             f((k, v));
         }
         map.retain(|_, v| !v.is_empty());
+        drop(map);
+        self.forget_unattached(reg);
+    }
+
+    /// Drops compiled versions no attachment of `reg` uses, once there are more than
+    /// [`LOADED_UNATTACHED_MAX`] of them (a few stay so swapping back and forth is quick).
+    fn forget_unattached(&self, reg: &Registry) {
+        let attached: HashSet<&str> = reg.attachments.iter().map(|a| a.sha256.as_str()).collect();
+        let mut loaded = lock(&self.loaded);
+        if loaded.keys().filter(|sha| !attached.contains(sha.as_str())).count() > LOADED_UNATTACHED_MAX {
+            loaded.retain(|sha, _| attached.contains(sha.as_str()));
+        }
     }
 
     /// Drops the attachments of a deleted topic.
@@ -388,7 +409,7 @@ impl Plugins {
         {
             tracing::error!(topic, "saving plugin attachments: {e}");
         }
-        self.uninstall(|t| {
+        self.uninstall(&reg, |t| {
             if t.0 == topic {
                 *t.1 = TopicPlugins::default();
             }

@@ -124,3 +124,24 @@ fn bad_binaries_are_refused_at_load_with_the_reason() {
     let empty = wat::parse_str("(component)").unwrap();
     assert!(matches!(runtime.load(&empty), Err(LoadError::World(_))));
 }
+
+#[test]
+fn a_poison_message_in_a_batch_counts_against_the_plugin_only_when_tried_alone() {
+    let h = hostile();
+    let a = Attachment { role: Role::Filter, topic: "t".into(), group: Some("g".into()), config: vec![("mode".into(), "trap-tag".into())] };
+    let bad = Attached::new(h.plugin().clone(), a, FailurePolicy::Closed).unwrap();
+    let run = h.attach(Role::Filter, &[]).unwrap();
+    let mut with_poison = msgs(5);
+    with_poison.push(MessageBuf::new().tags("trap"));
+    let mixed = run.batch(&with_poison);
+    for _ in 0..2 * wasmq_plugin_host::BREAKER_FAILURES {
+        assert!(matches!(bad.filter(&mixed), Err(CallError::Trap { .. })));
+    }
+    let s = bad.stats();
+    assert!(!s.breaker_open && s.breaker_trips == 0, "the caller tries such batches message by message: {s:?}");
+    let alone = run.batch(&[MessageBuf::new().tags("trap")]);
+    for _ in 0..wasmq_plugin_host::BREAKER_FAILURES {
+        assert!(bad.filter(&alone).is_err());
+    }
+    assert!(bad.stats().breaker_open, "a message that fails alone counts");
+}
