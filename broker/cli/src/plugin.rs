@@ -22,14 +22,8 @@ pub(crate) enum PluginCommand {
     Attach {
         /// `name@version`, e.g. `tenant-router@2`.
         plugin: String,
-        #[arg(long)]
-        topic: String,
-        /// `router` or `ordering-key` (topic plugins); omit with --group.
-        #[arg(long)]
-        role: Option<String>,
-        /// Attach as a filter of this consumer group's subscription to --topic.
-        #[arg(long)]
-        group: Option<String>,
+        #[command(flatten)]
+        target: Target,
         /// Configuration passed to the plugin's init, `key=value` (repeatable).
         #[arg(long = "config", value_name = "KEY=VALUE")]
         config: Vec<String>,
@@ -39,15 +33,34 @@ pub(crate) enum PluginCommand {
     },
     /// Remove an attachment: `--topic T --role R`, or `--group G --topic T`.
     Detach {
-        #[arg(long)]
-        topic: String,
-        #[arg(long)]
-        role: Option<String>,
-        #[arg(long)]
-        group: Option<String>,
+        #[command(flatten)]
+        target: Target,
     },
     /// Calls, messages, errors, traps and time per message of every attachment (of one plugin).
     Stats { name: Option<String> },
+}
+
+/// Where a plugin is attached: a topic's router or ordering-key selector, or a group's filter.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Target {
+    #[arg(long)]
+    topic: String,
+    /// `router` or `ordering-key` (topic plugins); omit with --group.
+    #[arg(long)]
+    role: Option<String>,
+    /// A filter of this consumer group's subscription to --topic.
+    #[arg(long)]
+    group: Option<String>,
+}
+
+/// The attachment's place: `Ok(Some(group))` for a filter, `Ok(None)` with a topic role.
+fn place(t: &Target) -> Result<Option<&str>> {
+    match (t.group.as_deref(), t.role.as_deref()) {
+        (Some(g), None | Some("filter")) => Ok(Some(g)),
+        (None, Some(_)) => Ok(None),
+        (Some(_), Some(r)) => bail!("--group places a filter; --role {r} is for topic plugins"),
+        (None, None) => bail!("give --role router|ordering-key (a topic plugin) or --group G (a filter)"),
+    }
 }
 
 fn parse_pinned(s: &str) -> Result<(String, u32)> {
@@ -106,24 +119,21 @@ pub(crate) async fn run(cli: &Cli, command: &PluginCommand) -> Result<()> {
                 print_attachment(a);
             }
         }
-        PluginCommand::Attach { plugin, topic, role, group, config, on_error } => {
+        PluginCommand::Attach { plugin, target, config, on_error } => {
             let (name, version) = parse_pinned(plugin)?;
             let config = config.iter().map(|kv| crate::key_value(kv, "--config")).collect::<Result<BTreeMap<_, _>>>()?;
             let req = AttachPlugin { plugin: name, version, config, on_error: Some(on_error.clone()) };
-            let a = match (group, role.as_deref()) {
-                (Some(g), None | Some("filter")) => admin.attach_filter(g, topic, &req).await?,
-                (None, Some(r)) => admin.attach_topic_plugin(topic, r, &req).await?,
-                (Some(_), Some(r)) => bail!("--group attaches a filter; --role {r} is for topic plugins"),
-                (None, None) => bail!("give --role router|ordering-key (topic plugin) or --group G (filter)"),
+            let a = match place(target)? {
+                Some(g) => admin.attach_filter(g, &target.topic, &req).await?,
+                None => admin.attach_topic_plugin(&target.topic, target.role.as_deref().unwrap_or_default(), &req).await?,
             };
             print!("attached ");
             print_attachment(&a);
         }
-        PluginCommand::Detach { topic, role, group } => {
-            match (group, role.as_deref()) {
-                (Some(g), None | Some("filter")) => admin.detach_filter(g, topic).await?,
-                (None, Some(r)) => admin.detach_topic_plugin(topic, r).await?,
-                _ => bail!("give --role router|ordering-key, or --group G"),
+        PluginCommand::Detach { target } => {
+            match place(target)? {
+                Some(g) => admin.detach_filter(g, &target.topic).await?,
+                None => admin.detach_topic_plugin(&target.topic, target.role.as_deref().unwrap_or_default()).await?,
             }
             println!("detached");
         }

@@ -303,11 +303,11 @@ impl Engine {
     /// [`SendError`].
     pub fn send(&self, topic: &str, queue_id: Option<u32>, mut messages: Vec<NewMessage>) -> Result<(u32, Appended), SendError> {
         let config = self.topic(topic).ok_or_else(|| SendError::UnknownTopic(topic.to_owned()))?;
-        let queue_id = queue_id.unwrap_or_else(|| self.round_robin.fetch_add(1, Ordering::Relaxed) % config.queues);
+        let queue_id = queue_id.unwrap_or_else(|| self.pick_queue(config.queues));
         for m in &mut messages {
             m.queue_id = queue_id;
         }
-        Ok((queue_id, self.send_routed(topic, messages)?))
+        Ok((queue_id, self.append_and_wake(topic, config.queues, messages)?))
     }
 
     /// The next queue of the broker's round robin over `queues` queues.
@@ -320,19 +320,29 @@ impl Engine {
     ///
     /// # Errors
     /// [`SendError`]; nothing is stored if any queue is out of range.
-    pub fn send_routed(&self, topic: &str, mut messages: Vec<NewMessage>) -> Result<Appended, SendError> {
+    pub fn send_routed(&self, topic: &str, messages: Vec<NewMessage>) -> Result<Appended, SendError> {
         let config = self.topic(topic).ok_or_else(|| SendError::UnknownTopic(topic.to_owned()))?;
-        if let Some(m) = messages.iter().find(|m| m.queue_id >= config.queues) {
-            return Err(SendError::InvalidQueue { topic: topic.to_owned(), queue_id: m.queue_id, queues: config.queues });
+        self.append_and_wake(topic, config.queues, messages)
+    }
+
+    /// The append shared by both sends: checks every queue, appends, wakes each queue once.
+    fn append_and_wake(&self, topic: &str, queues: u32, mut messages: Vec<NewMessage>) -> Result<Appended, SendError> {
+        if let Some(m) = messages.iter().find(|m| m.queue_id >= queues) {
+            return Err(SendError::InvalidQueue { topic: topic.to_owned(), queue_id: m.queue_id, queues });
         }
         for m in &mut messages {
             topic.clone_into(&mut m.topic);
         }
         let appended = self.store.append(&messages)?;
-        let mut woken: Vec<u32> = Vec::with_capacity(1);
+        // Most batches go to one queue: that case allocates nothing.
+        let first = messages.first().map(|m| m.queue_id);
+        if let Some(q) = first {
+            self.wake(topic, q);
+        }
+        let mut others: Vec<u32> = Vec::new();
         for m in &messages {
-            if !woken.contains(&m.queue_id) {
-                woken.push(m.queue_id);
+            if Some(m.queue_id) != first && !others.contains(&m.queue_id) {
+                others.push(m.queue_id);
                 self.wake(topic, m.queue_id);
             }
         }

@@ -84,7 +84,7 @@ fn main() {
         let mut routed = batch.clone();
         let ns = time(n, || {
             routed.clone_from(&batch);
-            assert!(plugins.route("t", QUEUES, 0, &mut routed).expect("routed"));
+            assert!(plugins.route("t", &mut routed, || Some((QUEUES, 0))).expect("routed"));
         });
         let copy = time(n, || routed.clone_from(&batch));
         let route_ns = ns - copy;

@@ -213,15 +213,11 @@ async fn dispatch(shared: &Shared, req: Request, cancel: &CancellationToken) -> 
         Request::Send(s) => {
             let queue = (s.queue_id != QUEUE_ANY).then_some(s.queue_id);
             let mut messages: Vec<_> = s.messages.into_iter().map(wire::to_store).collect();
-            let queues = engine.topic(&s.topic).map(|c| c.queues);
-            // Routing and ordering-key plugins attached to the topic choose each message's queue.
-            let routed = match queues {
-                Some(n) => {
-                    let default_queue = queue.unwrap_or_else(|| engine.pick_queue(n));
-                    shared.plugins.route(&s.topic, n, default_queue, &mut messages)?
-                }
-                None => false,
-            };
+            // Routing and ordering-key plugins attached to the topic choose each message's
+            // queue; a topic without them costs one map lookup here.
+            let routed = shared.plugins.route(&s.topic, &mut messages, || {
+                engine.topic(&s.topic).map(|c| (c.queues, queue.unwrap_or_else(|| engine.pick_queue(c.queues))))
+            })?;
             let queue_ids: Vec<u32> = if routed { messages.iter().map(|m| m.queue_id).collect() } else { Vec::new() };
             let (queue_id, appended) = if routed {
                 let first = queue_ids.first().copied().unwrap_or_default();

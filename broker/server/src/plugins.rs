@@ -462,14 +462,21 @@ impl Plugins {
     }
 
     /// Sets each message's queue as the topic's router and ordering-key selector decide; the
-    /// rest go to `default_queue`. Returns false (and changes nothing) when neither is
-    /// attached.
+    /// rest go to the default queue. `placement` gives (the topic's queue count, the default
+    /// queue) and is asked only when a plugin is attached. Returns false (and changes nothing)
+    /// when neither is attached or the topic is unknown.
     ///
     /// # Errors
     /// [`ErrorCode::PluginRejected`] when the router rejects a message (nothing of the batch
     /// is stored); [`ErrorCode::PluginFailed`] when a fail-closed plugin fails.
-    pub fn route(&self, topic: &str, queues: u32, default_queue: u32, messages: &mut [NewMessage]) -> Result<bool, WireError> {
+    pub fn route(
+        &self,
+        topic: &str,
+        messages: &mut [NewMessage],
+        placement: impl FnOnce() -> Option<(u32, u32)>,
+    ) -> Result<bool, WireError> {
         let Some((router, key)) = self.send_path(topic) else { return Ok(false) };
+        let Some((queues, default_queue)) = placement() else { return Ok(false) };
         let n = messages.len();
         let mut decided: Vec<Option<u32>> = vec![None; n];
         let all: Vec<usize> = (0..n).collect();
@@ -570,9 +577,13 @@ fn fail_closed(live: &Live, i: usize, e: &CallError) -> Result<(), WireError> {
     live.policy_applied.fetch_add(1, Ordering::Relaxed);
     match live.policy {
         FailurePolicy::Open => Ok(()),
-        FailurePolicy::Closed => {
-            Err(WireError::new(ErrorCode::PluginFailed, format!("plugin {} (fail-closed) failed on message {i}: {e}", live.label())))
-        }
+        FailurePolicy::Closed => Err(WireError::new(
+            ErrorCode::PluginFailed,
+            format!(
+                "plugin {} (fail-closed) failed on message {i}: {e}; nothing was stored, try again later (`wasmq plugin stats` shows its failures)",
+                live.label()
+            ),
+        )),
     }
 }
 
