@@ -5,3 +5,4 @@ mod groups;
 mod plugins;
 mod store_crash;
 mod store_disk_full;
+mod transactions;

@@ -216,3 +216,58 @@ pub struct PluginStats {
     /// The plugin's own counters.
     pub counters: std::collections::BTreeMap<String, u64>,
 }
+
+/// `GET /api/v1/transactions`: undecided transactions and what happened to the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transactions {
+    pub pending: Vec<PendingTransactions>,
+    /// Connected producers per producer group (those a check-back can reach).
+    pub producers: Vec<ProducerGroupLive>,
+    /// Counters since the broker started.
+    pub committed: u64,
+    pub rolled_back: u64,
+    /// Still unknown after the maximum number of checks (or their topic was deleted).
+    pub discarded: u64,
+    pub checks_sent: u64,
+    pub unknown_answers: u64,
+    /// Ends of transactions that had already ended (changed nothing).
+    pub late_ends: u64,
+}
+
+/// Undecided transactions of one (topic, producer group).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingTransactions {
+    pub topic: String,
+    pub producer_group: String,
+    pub pending: u64,
+    pub oldest_stored_ms: u64,
+    /// Checks sent for these transactions in total, and the most for one.
+    pub checks: u64,
+    pub most_checks: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerGroupLive {
+    pub producer_group: String,
+    pub connections: usize,
+}
+
+/// `GET /api/v1/scheduled`: scheduled messages not yet delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scheduled {
+    pub pending: u64,
+    /// Due now and not yet moved (normally 0 or a handful).
+    pub overdue: u64,
+    pub next_due_ms: Option<u64>,
+    /// Cumulative: how many are due within each horizon from now.
+    pub due_within: Vec<DueWithin>,
+    /// Since the broker started: delivered, and dropped because their topic was deleted.
+    pub released: u64,
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DueWithin {
+    pub within_ms: u64,
+    pub count: u64,
+}

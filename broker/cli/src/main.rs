@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use wasmq_client::{Admin, Connection, ConnectionOptions, OutgoingMessage, Producer, PullConsumer};
+use wasmq_client::{Admin, Connection, ConnectionOptions, OutgoingMessage, Producer, PullConsumer, TransactionProducer, TxDecision};
 
 #[derive(Debug, Parser)]
 #[command(name = "wasmq", version, about = "wasmq command line")]
@@ -52,7 +52,30 @@ enum Command {
         properties: Vec<String>,
         #[arg(long, default_value = "wasmq-cli")]
         group: String,
+        /// Deliver no earlier than this many ms from now (a scheduled message).
+        #[arg(long, conflicts_with = "deliver_at")]
+        delay_ms: Option<u64>,
+        /// Deliver no earlier than this time, in ms since the epoch.
+        #[arg(long)]
+        deliver_at: Option<u64>,
+        /// Send each message as a transaction of the producer group: a half message, then
+        /// `--decision`.
+        #[arg(long, conflicts_with_all = ["delay_ms", "deliver_at"])]
+        transactional: bool,
+        /// The local transaction's outcome; `unknown` leaves it to the broker's check-back.
+        #[arg(long, value_enum, default_value = "commit", requires = "transactional")]
+        decision: DecisionArg,
+        /// Then stay connected this long, answering the broker's checks for the group with
+        /// `--check-answer` (a second instance of a producer group).
+        #[arg(long, default_value_t = 0, requires = "transactional")]
+        answer_checks_secs: u64,
+        #[arg(long, value_enum, default_value = "commit", requires = "transactional")]
+        check_answer: DecisionArg,
     },
+    /// Undecided transactions by topic and producer group, and what became of the others.
+    Transactions,
+    /// Scheduled messages not yet delivered, by due time.
+    Scheduled,
     /// Print the messages of a topic's queues.
     Consume {
         topic: String,
@@ -91,6 +114,23 @@ enum Command {
         #[command(subcommand)]
         command: bench::BenchCommand,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DecisionArg {
+    Commit,
+    Rollback,
+    Unknown,
+}
+
+impl From<DecisionArg> for TxDecision {
+    fn from(d: DecisionArg) -> Self {
+        match d {
+            DecisionArg::Commit => TxDecision::Commit,
+            DecisionArg::Rollback => TxDecision::Rollback,
+            DecisionArg::Unknown => TxDecision::Unknown,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,9 +207,36 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Command::Topic { command } => topic(&cli, command).await,
-        Command::Send { topic, messages, key, tags, ordering_key, properties, group } => {
+        Command::Send {
+            topic,
+            messages,
+            key,
+            tags,
+            ordering_key,
+            properties,
+            group,
+            delay_ms,
+            deliver_at,
+            transactional,
+            decision,
+            answer_checks_secs,
+            check_answer,
+        } => {
             let properties = properties.iter().map(|kv| key_value(kv, "--property")).collect::<Result<Vec<_>>>()?;
-            let producer = Producer::new(cli.connect().await?, group);
+            let conn = cli.connect().await?;
+            let check_answer = TxDecision::from(*check_answer);
+            let tx_producer = if *transactional {
+                Some(
+                    TransactionProducer::start(conn.clone(), group.clone(), move |c| {
+                        println!("check-back for transaction {} (check {}): answering {check_answer:?}", c.log_offset, c.checks + 1);
+                        check_answer
+                    })
+                    .await?,
+                )
+            } else {
+                None
+            };
+            let producer = Producer::new(conn, group);
             let lines: Vec<String> =
                 if messages.is_empty() { std::io::stdin().lines().collect::<Result<_, _>>()? } else { messages.clone() };
             for line in lines {
@@ -178,9 +245,36 @@ async fn main() -> Result<()> {
                 m.tags.clone_from(tags);
                 m.ordering_key.clone_from(ordering_key);
                 m.properties.clone_from(&properties);
-                let r = producer.send(topic, m).await?;
-                println!("sent {} to queue {} at offset {}", r.message_id, r.queue_id, r.queue_offset);
+                if let Some(d) = delay_ms {
+                    m = m.with_delay(Duration::from_millis(*d));
+                } else if let Some(at) = deliver_at {
+                    m = m.with_delivery_at(*at);
+                }
+                if let Some(tp) = &tx_producer {
+                    let t = tp.send(topic, m, |_| TxDecision::from(*decision)).await?;
+                    let r = &t.receipt;
+                    let ended = match &t.ended {
+                        Ok(e) => format!("{:?}", e.state),
+                        Err(e) => format!("not ended ({e}); the broker will check back"),
+                    };
+                    println!("transaction {} ({}) for queue {}: {:?} → {ended}", r.log_offset, r.message_id, r.queue_id, t.decision);
+                } else {
+                    let r = producer.send(topic, m).await?;
+                    println!("sent {} to queue {} at offset {}", r.message_id, r.queue_id, r.queue_offset);
+                }
             }
+            if *answer_checks_secs > 0 {
+                println!("answering check-backs for group {group} for {answer_checks_secs} s");
+                tokio::time::sleep(Duration::from_secs(*answer_checks_secs)).await;
+            }
+            Ok(())
+        }
+        Command::Transactions => {
+            println!("{}", serde_json::to_string_pretty(&cli.admin()?.transactions().await?)?);
+            Ok(())
+        }
+        Command::Scheduled => {
+            println!("{}", serde_json::to_string_pretty(&cli.admin()?.scheduled().await?)?);
             Ok(())
         }
         Command::Consume { topic, from, group: Some(group), filter, count, .. } => {

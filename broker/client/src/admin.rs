@@ -79,6 +79,22 @@ impl Admin {
         self.call("POST", "/topics", Some(body)).await?.ok_or_else(|| ClientError::Malformed("empty answer".into()))
     }
 
+    /// Undecided transactions by topic and producer group, with counters.
+    ///
+    /// # Errors
+    /// Connection failure or the API's error.
+    pub async fn transactions(&self) -> Result<wasmq_admin_types::Transactions, ClientError> {
+        self.call("GET", "/transactions", None).await?.ok_or_else(|| ClientError::Malformed("empty answer".into()))
+    }
+
+    /// Scheduled messages not yet delivered, by due time.
+    ///
+    /// # Errors
+    /// Connection failure or the API's error.
+    pub async fn scheduled(&self) -> Result<wasmq_admin_types::Scheduled, ClientError> {
+        self.call("GET", "/scheduled", None).await?.ok_or_else(|| ClientError::Malformed("empty answer".into()))
+    }
+
     /// # Errors
     /// Connection failure or the API's error.
     pub async fn list_topics(&self) -> Result<Vec<TopicSummary>, ClientError> {

@@ -42,6 +42,11 @@ fn default_client_id() -> String {
 }
 
 type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>>;
+/// Where requests the broker sends (transaction checks) go.
+type Inbound = Arc<Mutex<Option<mpsc::Sender<Request>>>>;
+/// Broker requests queued for the application; past it they are dropped (the broker asks
+/// again later).
+const INBOUND_MAX: usize = 1024;
 
 /// A connection. Cheap to clone; every clone shares the socket.
 #[derive(Debug, Clone)]
@@ -57,6 +62,7 @@ struct Inner {
     hello: HelloResponse,
     options: ConnectionOptions,
     closed: Arc<Mutex<Option<String>>>,
+    inbound: Inbound,
     /// Keeps this client within the broker's in-flight limit (it waits instead of being
     /// refused with TooManyInFlight).
     in_flight: tokio::sync::Semaphore,
@@ -101,13 +107,21 @@ impl Connection {
             let _ = wr.shutdown().await;
         });
 
-        let (pending_r, closed_r) = (Arc::clone(&pending), Arc::clone(&closed));
+        let inbound: Inbound = Arc::default();
+        let (pending_r, closed_r, inbound_r) = (Arc::clone(&pending), Arc::clone(&closed), Arc::clone(&inbound));
         tokio::spawn(async move {
             let decoder = FrameDecoder::new(FRAME_BYTES_MAX);
             let mut buf = BytesMut::with_capacity(64 << 10);
             let reason = 'read: loop {
                 loop {
                     match decoder.decode(&mut buf) {
+                        Ok(Some(f)) if f.kind == Kind::Request => {
+                            let req = Op::from_u16(f.code).and_then(|op| Request::decode(op, f.body).ok());
+                            let to = inbound_r.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                            if let (Some(req), Some(to)) = (req, to) {
+                                let _ = to.try_send(req);
+                            }
+                        }
                         Ok(Some(f)) => {
                             let waiter = pending_r.lock().unwrap_or_else(|p| p.into_inner()).remove(&f.request_id);
                             match waiter {
@@ -151,6 +165,7 @@ impl Connection {
                 hello: placeholder,
                 options,
                 closed,
+                inbound,
                 in_flight: tokio::sync::Semaphore::new(1),
             }),
         };
@@ -170,6 +185,14 @@ impl Connection {
 
     pub fn options(&self) -> &ConnectionOptions {
         &self.inner.options
+    }
+
+    /// Requests the broker sends on this connection (transaction checks), from now on; a later
+    /// call takes them over.
+    pub fn broker_requests(&self) -> mpsc::Receiver<Request> {
+        let (tx, rx) = mpsc::channel(INBOUND_MAX);
+        *self.inner.inbound.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
     }
 
     /// Why the connection is closed, if it is.

@@ -11,6 +11,7 @@ mod error;
 mod group;
 mod producer;
 mod tls;
+mod transaction;
 
 pub use admin::Admin;
 pub use connection::{Connection, ConnectionOptions};
@@ -19,5 +20,6 @@ pub use error::ClientError;
 pub use group::{ConsumeResult, GroupConsumer, GroupOptions, Handler, StartFrom};
 pub use producer::{OutgoingMessage, Producer, RETRIES_DEFAULT, SendReceipt, queue_for_key};
 pub use tls::client_config;
+pub use transaction::{Checker, Transaction, TransactionCheck, TransactionProducer, TxDecision, TxState};
 pub use wasmq_admin_types as admin_types;
 pub use wasmq_protocol::{ErrorCode, GroupMode, Message, PullResponse, PulledMessage};

@@ -48,6 +48,18 @@ impl OutgoingMessage {
         self
     }
 
+    /// Delivers the message no earlier than `delay` from now (a scheduled message).
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delivery_ms = now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX / 2);
+        self
+    }
+
+    /// Delivers the message no earlier than `at_ms` (ms since the epoch).
+    pub fn with_delivery_at(mut self, at_ms: u64) -> Self {
+        self.delivery_ms = at_ms;
+        self
+    }
+
     /// Adds a user property (plugins and consumers see it).
     pub fn with_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.properties.push((name.into(), value.into()));
@@ -79,7 +91,7 @@ fn check_lengths(m: &OutgoingMessage) -> Result<(), ClientError> {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -144,6 +156,11 @@ impl Producer {
             routes: Mutex::new(HashMap::new()),
         });
         Self { inner: Arc::new(ProducerInner { retries, ..inner }) }
+    }
+
+    /// The producer group.
+    pub fn group(&self) -> &str {
+        &self.inner.group
     }
 
     pub fn connection(&self) -> &Connection {
@@ -218,6 +235,16 @@ impl Producer {
     /// # Errors
     /// After the retries, the last error.
     pub async fn send_batch(&self, topic: &str, messages: Vec<OutgoingMessage>) -> Result<Vec<SendReceipt>, ClientError> {
+        self.send_batch_as(topic, messages, None).await
+    }
+
+    /// [`Producer::send_batch`]; `transaction: Some(check_after_ms)` sends half messages.
+    pub(crate) async fn send_batch_as(
+        &self,
+        topic: &str,
+        messages: Vec<OutgoingMessage>,
+        transaction: Option<u32>,
+    ) -> Result<Vec<SendReceipt>, ClientError> {
         if messages.is_empty() {
             return Err(ClientError::Invalid("empty batch".into()));
         }
@@ -228,8 +255,14 @@ impl Producer {
         let born_ms = now_ms();
         let wire: Vec<Message> = messages.into_iter().map(|m| self.to_wire(m, born_ms)).collect();
         let ids: Vec<String> = wire.iter().map(|m| m.unique_id.clone()).collect();
-        let mut req =
-            Request::Send(SendRequest { topic: topic.to_owned(), queue_id: 0, producer_group: self.inner.group.clone(), messages: wire });
+        let mut req = Request::Send(SendRequest {
+            topic: topic.to_owned(),
+            queue_id: 0,
+            producer_group: self.inner.group.clone(),
+            messages: wire,
+            transactional: transaction.is_some(),
+            check_after_ms: transaction.unwrap_or(0),
+        });
         let mut last = None;
         for attempt in 0..=self.inner.retries {
             let queues = match self.queues(topic).await {
@@ -305,6 +338,8 @@ impl Producer {
                 queue_id,
                 producer_group: self.inner.group.clone(),
                 messages: vec![m],
+                transactional: false,
+                check_after_ms: 0,
             }))
             .await
     }

@@ -9,6 +9,7 @@ use wasmq_store::{AppendError, Appended, Clock, NewMessage, QueueRead, ReadError
 
 use crate::groups::{Assignment, Coordinator, FenceError, GroupMode, GroupView, TagFilter};
 use crate::offsets::OffsetTable;
+use crate::parked::{HALF_TOPIC, Parked, SCHEDULE_QUEUES, SCHEDULE_TOPIC, TX_OP_TOPIC};
 use crate::topics::{self, QUEUES_PER_TOPIC_MAX, QueueStatus, TOPICS_MAX, TopicConfig, TopicError, TopicStatus};
 
 /// Most long-poll waiters parked on one queue; past it, a pull answers empty at once.
@@ -73,6 +74,8 @@ pub enum SendError {
     UnknownTopic(String),
     #[error("queue {queue_id} does not exist: topic {topic} has {queues} queues")]
     InvalidQueue { topic: String, queue_id: u32, queues: u32 },
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Append(#[from] AppendError),
 }
@@ -113,8 +116,8 @@ type LockKey = (String, String, u32);
 
 /// The broker's domain state. Every method takes `&self`; share it in an `Arc`.
 pub struct Engine {
-    store: Arc<Store>,
-    clock: Arc<dyn Clock>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) clock: Arc<dyn Clock>,
     broker_name: String,
     topics_path: PathBuf,
     /// Read-mostly snapshot, replaced whole on create and delete.
@@ -131,6 +134,9 @@ pub struct Engine {
     /// Orderly consumption: (group, topic, queue) → (member, expiry ms).
     locks: Mutex<HashMap<LockKey, (String, u64)>>,
     lock_ttl_ms: AtomicU64,
+    /// Half messages and scheduled messages (`parked.rs`).
+    pub(crate) parked: Parked,
+    parked_path: PathBuf,
 }
 
 impl std::fmt::Debug for Engine {
@@ -139,7 +145,7 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -162,7 +168,7 @@ impl Engine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => OffsetTable::default(),
             Err(source) => return Err(EngineError::Load { path: offsets_path, source }),
         };
-        Ok(Self {
+        let engine = Self {
             store,
             clock,
             broker_name: broker_name.to_owned(),
@@ -179,7 +185,16 @@ impl Engine {
             retry: RwLock::new((RETRY_DELAYS_MS_DEFAULT.to_vec(), MAX_RECONSUME_TIMES_DEFAULT)),
             locks: Mutex::new(HashMap::new()),
             lock_ttl_ms: AtomicU64::new(ORDER_LOCK_TTL_MS_DEFAULT),
-        })
+            parked: Parked::default(),
+            parked_path: dir.join("parked.json"),
+        };
+        for (topic, queues) in [(HALF_TOPIC, 1), (TX_OP_TOPIC, 1), (SCHEDULE_TOPIC, SCHEDULE_QUEUES)] {
+            engine
+                .ensure_system_topic(topic, queues)
+                .map_err(|e| EngineError::Load { path: engine.topics_path.clone(), source: std::io::Error::other(e.to_string()) })?;
+        }
+        engine.recover_parked(&engine.parked_path)?;
+        Ok(engine)
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -251,6 +266,9 @@ impl Engine {
     /// # Errors
     /// Unknown topic, or the registry could not be saved.
     pub fn delete_topic(&self, name: &str) -> Result<(), TopicError> {
+        if crate::parked::is_internal_topic(name) {
+            return Err(TopicError::Reserved);
+        }
         let _w = lock(&self.topics_write);
         let mut table = (*self.snapshot()).clone();
         if table.remove(name).is_none() {
@@ -349,7 +367,7 @@ impl Engine {
         Ok(appended)
     }
 
-    fn wake(&self, topic: &str, queue_id: u32) {
+    pub(crate) fn wake(&self, topic: &str, queue_id: u32) {
         let woken = {
             let mut w = lock(&self.waiters);
             if w.is_empty() {
@@ -746,6 +764,7 @@ impl Engine {
     /// # Errors
     /// The file could not be written.
     pub fn persist_offsets(&self) -> Result<(), EngineError> {
+        self.save_watermarks(&self.parked_path).map_err(|source| EngineError::Save { path: self.parked_path.clone(), source })?;
         if !self.offsets_dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }

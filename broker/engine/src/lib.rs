@@ -8,6 +8,7 @@
 mod engine;
 mod groups;
 mod offsets;
+mod parked;
 mod topics;
 
 pub use engine::{
@@ -17,4 +18,9 @@ pub use engine::{
 };
 pub use groups::{Assignment, Coordinator, FenceError, GROUP_MEMBERS_MAX, GROUP_TOPICS_MAX, GroupMode, GroupView, TagFilter};
 pub use offsets::OffsetTable;
+pub use parked::{
+    CheckDue, DELAY_MAX_MS_DEFAULT, Decided, Decision, EndOutcome, HALF_TOPIC, PENDING_HALVES_MAX, ParkPolicy, PendingTransactions,
+    SCHEDULE_TOPIC, SCHEDULED_MAX, ScheduleStatus, TX_CHECK_INTERVAL_MS_DEFAULT, TX_CHECKS_MAX_DEFAULT, TX_OP_TOPIC, TxCounters,
+    is_internal_topic,
+};
 pub use topics::{QUEUES_PER_TOPIC_MAX, QueueStatus, TOPICS_MAX, TopicConfig, TopicError, TopicStatus, validate_group};

@@ -19,8 +19,9 @@ pub use codec::{DecodeError, Reader, Writer};
 pub use error::ErrorCode;
 pub use frame::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES, Frame, FrameDecoder, FrameError, Kind, WRITE_BATCH_BYTES_MAX, encode_batch};
 pub use message::{
-    BATCH_MESSAGES_MAX, GroupCommitRequest, GroupHeartbeatRequest, GroupHeartbeatResponse, GroupLeaveRequest, GroupMode, HeartbeatRequest,
-    HelloRequest, HelloResponse, LockQueueRequest, MESSAGE_BYTES_MAX, Message, OffsetCommitRequest, OffsetQueryRequest,
-    OffsetQueryResponse, Op, PROTOCOL_VERSION, PULL_MESSAGES_MAX, PULL_WAIT_MAX_MS, PullRequest, PullResponse, PulledMessage, QUEUE_ANY,
-    Request, Response, RouteRequest, RouteResponse, SendBackRequest, SendRequest, SendResponse, SendResult,
+    BATCH_MESSAGES_MAX, CheckTransactionRequest, EndTransactionRequest, EndTransactionResponse, GroupCommitRequest, GroupHeartbeatRequest,
+    GroupHeartbeatResponse, GroupLeaveRequest, GroupMode, HeartbeatRequest, HelloRequest, HelloResponse, LockQueueRequest,
+    MESSAGE_BYTES_MAX, Message, OffsetCommitRequest, OffsetQueryRequest, OffsetQueryResponse, Op, PROTOCOL_VERSION, PULL_MESSAGES_MAX,
+    PULL_WAIT_MAX_MS, PullRequest, PullResponse, PulledMessage, QUEUE_ANY, Request, Response, RouteRequest, RouteResponse, SendBackRequest,
+    SendRequest, SendResponse, SendResult, TxDecision, TxState,
 };

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use crate::codec::{DecodeError, Reader, Writer};
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Most messages in one send.
 pub const BATCH_MESSAGES_MAX: usize = 1024;
 /// Largest message body a client may send (the broker may set a lower limit).
@@ -35,6 +35,10 @@ pub enum Op {
     GroupCommit = 10,
     SendBack = 11,
     LockQueue = 12,
+    /// A producer commits or rolls back a transaction (or answers a check).
+    EndTransaction = 13,
+    /// Sent by the broker to a producer of a group (one-way): what became of this transaction?
+    CheckTransaction = 14,
 }
 
 impl Op {
@@ -52,6 +56,8 @@ impl Op {
             Self::GroupCommit,
             Self::SendBack,
             Self::LockQueue,
+            Self::EndTransaction,
+            Self::CheckTransaction,
         ]
         .into_iter()
         .find(|o| *o as u16 == v)
@@ -98,6 +104,12 @@ pub struct SendRequest {
     pub queue_id: u32,
     pub producer_group: String,
     pub messages: Vec<Message>,
+    /// Store the messages as half messages of a transaction of `producer_group`: invisible
+    /// until an [`EndTransactionRequest`] commits them.
+    pub transactional: bool,
+    /// Transactional: ask the producer group after this long without a decision (0: the
+    /// broker's check interval).
+    pub check_after_ms: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,6 +276,57 @@ pub struct LockQueueRequest {
     pub unlock: bool,
 }
 
+/// A producer's decision on a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxDecision {
+    Commit = 1,
+    Rollback = 2,
+    /// Not known yet (the broker asks again later).
+    Unknown = 3,
+}
+
+/// Ends a transaction: the half message at `log_offset` (the send result's) with `unique_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndTransactionRequest {
+    pub producer_group: String,
+    pub log_offset: u64,
+    pub unique_id: String,
+    pub decision: TxDecision,
+    /// An answer to a [`CheckTransactionRequest`] rather than the sender's own end.
+    pub from_check: bool,
+}
+
+/// Where a transaction stands after an end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxState {
+    Committed = 1,
+    RolledBack = 2,
+    /// No decision after the broker's maximum number of checks (or its topic was deleted).
+    Discarded = 3,
+    /// Still undecided (an unknown answer).
+    Pending = 4,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndTransactionResponse {
+    pub state: TxState,
+    /// False when the transaction had already ended: a late or repeated end changes nothing.
+    pub applied: bool,
+}
+
+/// The broker asks a producer of the group how a transaction ended (request id 0: the
+/// producer answers with an [`EndTransactionRequest`] with `from_check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckTransactionRequest {
+    pub producer_group: String,
+    pub log_offset: u64,
+    /// Checks sent before this one.
+    pub checks: u32,
+    pub topic: String,
+    pub queue_id: u32,
+    pub message: Message,
+}
+
 /// A request with its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -279,6 +342,8 @@ pub enum Request {
     GroupCommit(GroupCommitRequest),
     SendBack(SendBackRequest),
     LockQueue(LockQueueRequest),
+    EndTransaction(EndTransactionRequest),
+    CheckTransaction(CheckTransactionRequest),
 }
 
 /// A successful response with its body (errors are a status code and a text).
@@ -295,6 +360,7 @@ pub enum Response {
         granted: bool,
         expires_in_ms: u64,
     },
+    EndTransaction(EndTransactionResponse),
     /// OffsetCommit, Heartbeat, GroupLeave and GroupCommit answer with an empty body.
     Empty,
 }
@@ -364,6 +430,8 @@ impl Request {
             Self::GroupCommit(_) => Op::GroupCommit,
             Self::SendBack(_) => Op::SendBack,
             Self::LockQueue(_) => Op::LockQueue,
+            Self::EndTransaction(_) => Op::EndTransaction,
+            Self::CheckTransaction(_) => Op::CheckTransaction,
         }
     }
 
@@ -382,6 +450,7 @@ impl Request {
                 for m in &s.messages {
                     put_message(&mut w, m);
                 }
+                w.bool(s.transactional).u32(s.check_after_ms);
             }
             Self::Pull(p) => {
                 w.string(&p.topic)
@@ -425,6 +494,13 @@ impl Request {
             Self::LockQueue(l) => {
                 w.string(&l.group).string(&l.client_id).string(&l.topic).u32(l.queue_id).bool(l.unlock);
             }
+            Self::EndTransaction(e) => {
+                w.string(&e.producer_group).u64(e.log_offset).string(&e.unique_id).u8(e.decision as u8).bool(e.from_check);
+            }
+            Self::CheckTransaction(c) => {
+                w.string(&c.producer_group).u64(c.log_offset).u32(c.checks).string(&c.topic).u32(c.queue_id);
+                put_message(&mut w, &c.message);
+            }
         }
         w.finish()
     }
@@ -447,7 +523,9 @@ impl Request {
                 let producer_group = r.string("producer_group")?;
                 let n = r.count("messages", BATCH_MESSAGES_MAX, MESSAGE_BYTES_MIN)?;
                 let messages = (0..n).map(|_| get_message(&mut r)).collect::<Result<_, _>>()?;
-                Self::Send(SendRequest { topic, queue_id, producer_group, messages })
+                let transactional = r.bool("transactional")?;
+                let check_after_ms = r.u32("check_after_ms")?;
+                Self::Send(SendRequest { topic, queue_id, producer_group, messages, transactional, check_after_ms })
             }
             Op::Pull => Self::Pull(PullRequest {
                 topic: r.string("topic")?,
@@ -510,6 +588,26 @@ impl Request {
                 queue_id: r.u32("queue_id")?,
                 unlock: r.bool("unlock")?,
             }),
+            Op::EndTransaction => Self::EndTransaction(EndTransactionRequest {
+                producer_group: r.string("producer_group")?,
+                log_offset: r.u64("log_offset")?,
+                unique_id: r.string("unique_id")?,
+                decision: match r.u8("decision")? {
+                    1 => TxDecision::Commit,
+                    2 => TxDecision::Rollback,
+                    3 => TxDecision::Unknown,
+                    v => return Err(DecodeError::Invalid { what: "decision", value: u64::from(v) }),
+                },
+                from_check: r.bool("from_check")?,
+            }),
+            Op::CheckTransaction => Self::CheckTransaction(CheckTransactionRequest {
+                producer_group: r.string("producer_group")?,
+                log_offset: r.u64("log_offset")?,
+                checks: r.u32("checks")?,
+                topic: r.string("topic")?,
+                queue_id: r.u32("queue_id")?,
+                message: get_message(&mut r)?,
+            }),
         };
         r.finish()?;
         Ok(req)
@@ -558,6 +656,9 @@ impl Response {
             }
             Self::LockQueue { granted, expires_in_ms } => {
                 w.bool(*granted).u64(*expires_in_ms);
+            }
+            Self::EndTransaction(e) => {
+                w.u8(e.state as u8).bool(e.applied);
             }
             Self::Empty => {}
         }
@@ -623,7 +724,17 @@ impl Response {
                 Self::GroupHeartbeat(GroupHeartbeatResponse { generation, queues })
             }
             Op::LockQueue => Self::LockQueue { granted: r.bool("granted")?, expires_in_ms: r.u64("expires_in_ms")? },
-            Op::OffsetCommit | Op::Heartbeat | Op::GroupLeave | Op::GroupCommit | Op::SendBack => Self::Empty,
+            Op::EndTransaction => Self::EndTransaction(EndTransactionResponse {
+                state: match r.u8("state")? {
+                    1 => TxState::Committed,
+                    2 => TxState::RolledBack,
+                    3 => TxState::Discarded,
+                    4 => TxState::Pending,
+                    v => return Err(DecodeError::Invalid { what: "state", value: u64::from(v) }),
+                },
+                applied: r.bool("applied")?,
+            }),
+            Op::OffsetCommit | Op::Heartbeat | Op::GroupLeave | Op::GroupCommit | Op::SendBack | Op::CheckTransaction => Self::Empty,
         };
         r.finish()?;
         Ok(resp)
@@ -655,9 +766,20 @@ mod tests {
                 version_max: b,
                 client_id: c
             })),
-            (s(), any::<u32>(), s(), proptest::collection::vec(message(), 0..4)).prop_map(|(topic, queue_id, producer_group, messages)| {
-                Request::Send(SendRequest { topic, queue_id, producer_group, messages })
+            (s(), any::<u32>(), s(), proptest::collection::vec(message(), 0..4), any::<bool>(), any::<u32>()).prop_map(
+                |(topic, queue_id, producer_group, messages, transactional, check_after_ms)| {
+                    Request::Send(SendRequest { topic, queue_id, producer_group, messages, transactional, check_after_ms })
+                }
+            ),
+            (s(), any::<u64>(), s(), 1u8..=3, any::<bool>()).prop_map(|(producer_group, log_offset, unique_id, d, from_check)| {
+                let decision = [TxDecision::Commit, TxDecision::Rollback, TxDecision::Unknown][usize::from(d - 1)];
+                Request::EndTransaction(EndTransactionRequest { producer_group, log_offset, unique_id, decision, from_check })
             }),
+            (s(), any::<u64>(), any::<u32>(), s(), any::<u32>(), message()).prop_map(
+                |(producer_group, log_offset, checks, topic, queue_id, message)| {
+                    Request::CheckTransaction(CheckTransactionRequest { producer_group, log_offset, checks, topic, queue_id, message })
+                }
+            ),
             (
                 s(),
                 any::<u32>(),
@@ -740,6 +862,13 @@ mod tests {
                 .prop_map(|(t, q, b)| (Op::Route, Response::Route(RouteResponse { topic: t, queues: q, broker_name: b }))),
             proptest::option::of(any::<u64>()).prop_map(|o| (Op::OffsetQuery, Response::OffsetQuery(OffsetQueryResponse { offset: o }))),
             Just((Op::Heartbeat, Response::Empty)),
+            (0usize..4, any::<bool>()).prop_map(|(i, applied)| (
+                Op::EndTransaction,
+                Response::EndTransaction(EndTransactionResponse {
+                    state: [TxState::Committed, TxState::RolledBack, TxState::Discarded, TxState::Pending][i],
+                    applied
+                })
+            )),
             (any::<u64>(), proptest::collection::vec((s(), any::<u32>()), 0..5)).prop_map(|(generation, queues)| (
                 Op::GroupHeartbeat,
                 Response::GroupHeartbeat(GroupHeartbeatResponse { generation, queues })
@@ -759,7 +888,7 @@ mod tests {
         }
 
         #[test]
-        fn random_bodies_never_panic(op in 1u16..13, body in proptest::collection::vec(any::<u8>(), 0..400)) {
+        fn random_bodies_never_panic(op in 1u16..15, body in proptest::collection::vec(any::<u8>(), 0..400)) {
             let op = Op::from_u16(op).unwrap();
             let _ = Request::decode(op, Bytes::from(body.clone()));
             let _ = Response::decode(op, Bytes::from(body));
@@ -787,9 +916,17 @@ mod tests {
 
     #[test]
     fn op_numbers_are_pinned() {
-        for (op, n) in
-            [(Op::Hello, 1), (Op::Send, 2), (Op::Pull, 3), (Op::Route, 4), (Op::OffsetCommit, 5), (Op::OffsetQuery, 6), (Op::Heartbeat, 7)]
-        {
+        for (op, n) in [
+            (Op::Hello, 1),
+            (Op::Send, 2),
+            (Op::Pull, 3),
+            (Op::Route, 4),
+            (Op::OffsetCommit, 5),
+            (Op::OffsetQuery, 6),
+            (Op::Heartbeat, 7),
+            (Op::EndTransaction, 13),
+            (Op::CheckTransaction, 14),
+        ] {
             assert_eq!(op as u16, n);
             assert_eq!(Op::from_u16(n), Some(op));
         }

@@ -20,6 +20,7 @@ use wasmq_engine::Engine;
 pub struct AdminState {
     pub engine: Arc<Engine>,
     pub plugins: Arc<crate::plugins::Plugins>,
+    pub producers: Arc<crate::held::Producers>,
     pub token: Arc<str>,
     pub listen: String,
     pub admin_listen: String,
@@ -65,6 +66,8 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/api/v1/plugins/{name}", get(describe_plugin))
         .route("/api/v1/attachments", get(list_attachments))
+        .route("/api/v1/transactions", get(transactions))
+        .route("/api/v1/scheduled", get(scheduled))
         .route("/api/v1/topics/{topic}/plugins/{role}", put(attach_topic_plugin).delete(detach_topic_plugin))
         .route("/api/v1/groups/{group}/filters/{topic}", put(attach_filter).delete(detach_filter))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
@@ -87,12 +90,62 @@ async fn broker_info(State(s): State<AdminState>) -> Json<BrokerInfo> {
         log_end_offset: store.end_offset(),
         log_durable_offset: store.durable_offset(),
         store_failure: store.failure().map(|f| f.to_string()),
-        topics: s.engine.topics().len(),
+        topics: s.engine.topics().iter().filter(|(t, _)| !wasmq_engine::is_internal_topic(t)).count(),
+    })
+}
+
+async fn transactions(State(s): State<AdminState>) -> Json<wasmq_admin_types::Transactions> {
+    let (pending, c) = s.engine.transactions();
+    let mut producers: Vec<_> = s
+        .producers
+        .counts()
+        .into_iter()
+        .map(|(producer_group, connections)| wasmq_admin_types::ProducerGroupLive { producer_group, connections })
+        .collect();
+    producers.sort_by(|a, b| a.producer_group.cmp(&b.producer_group));
+    Json(wasmq_admin_types::Transactions {
+        pending: pending
+            .into_iter()
+            .map(|p| wasmq_admin_types::PendingTransactions {
+                topic: p.topic,
+                producer_group: p.producer_group,
+                pending: p.pending,
+                oldest_stored_ms: p.oldest_stored_ms,
+                checks: p.checks,
+                most_checks: p.most_checks,
+            })
+            .collect(),
+        producers,
+        committed: c.committed,
+        rolled_back: c.rolled_back,
+        discarded: c.discarded,
+        checks_sent: c.checks_sent,
+        unknown_answers: c.unknown_answers,
+        late_ends: c.late_ends,
+    })
+}
+
+async fn scheduled(State(s): State<AdminState>) -> Json<wasmq_admin_types::Scheduled> {
+    let st = s.engine.schedule_status();
+    Json(wasmq_admin_types::Scheduled {
+        pending: st.pending,
+        overdue: st.overdue,
+        next_due_ms: st.next_due_ms,
+        due_within: st.due_within.into_iter().map(|(within_ms, count)| wasmq_admin_types::DueWithin { within_ms, count }).collect(),
+        released: st.released,
+        dropped: st.dropped,
     })
 }
 
 async fn list_topics(State(s): State<AdminState>) -> Json<Vec<TopicSummary>> {
-    Json(s.engine.topics().into_iter().map(|(name, c)| TopicSummary { name, queues: c.queues, created_ms: c.created_ms }).collect())
+    Json(
+        s.engine
+            .topics()
+            .into_iter()
+            .filter(|(name, _)| !wasmq_engine::is_internal_topic(name))
+            .map(|(name, c)| TopicSummary { name, queues: c.queues, created_ms: c.created_ms })
+            .collect(),
+    )
 }
 
 async fn create_topic(State(s): State<AdminState>, body: Result<Json<CreateTopic>, axum::extract::rejection::JsonRejection>) -> Response {
@@ -401,6 +454,7 @@ mod tests {
         let app = router(AdminState {
             engine: Arc::clone(&app_engine),
             plugins,
+            producers: Arc::default(),
             token: token.into(),
             listen: "l".into(),
             admin_listen: "a".into(),

@@ -50,6 +50,13 @@ pub struct RawConfig {
     pub max_reconsume_times: Option<u32>,
     /// How long an orderly consumer's queue lock lasts unless renewed.
     pub order_lock_ttl_ms: Option<u64>,
+    /// A transaction without a decision is first checked with its producer group this long
+    /// after its half message was stored, then at this interval (default 30000).
+    pub transaction_check_interval_ms: Option<u64>,
+    /// Checks answered unknown (or not at all) before a half message is discarded (default 15).
+    pub transaction_checks_max: Option<u32>,
+    /// Longest delay of a scheduled message (default 7 days).
+    pub delay_max_ms: Option<u64>,
     pub connections_max: Option<u32>,
     pub in_flight_max: Option<u32>,
     pub frame_bytes_max: Option<u32>,
@@ -115,6 +122,9 @@ impl RawConfig {
                 "retry_delays_ms" => raw.retry_delays_ms = Some(v.split(',').map(|x| num(x.trim())).collect::<Result<_, _>>()?),
                 "max_reconsume_times" => raw.max_reconsume_times = Some(num(&v)? as u32),
                 "order_lock_ttl_ms" => raw.order_lock_ttl_ms = Some(num(&v)?),
+                "transaction_check_interval_ms" => raw.transaction_check_interval_ms = Some(num(&v)?),
+                "transaction_checks_max" => raw.transaction_checks_max = Some(num(&v)? as u32),
+                "delay_max_ms" => raw.delay_max_ms = Some(num(&v)?),
                 "in_flight_max" => raw.in_flight_max = Some(num(&v)? as u32),
                 "frame_bytes_max" => raw.frame_bytes_max = Some(num(&v)? as u32),
                 "plugin_memory_mib" => raw.plugin_memory_mib = Some(num(&v)? as u32),
@@ -144,6 +154,7 @@ pub struct Config {
     pub retry_delays_ms: Vec<u64>,
     pub max_reconsume_times: u32,
     pub order_lock_ttl: Duration,
+    pub park: wasmq_engine::ParkPolicy,
     pub plugin_limits: wasmq_plugin_host::Limits,
 }
 
@@ -242,6 +253,25 @@ impl TryFrom<RawConfig> for Config {
                 Some(ms) if !(1000..=600_000).contains(&ms) => return Err(bad("order_lock_ttl_ms", "between 1000 and 600000")),
                 Some(ms) => Duration::from_millis(ms),
                 None => Duration::from_millis(wasmq_engine::ORDER_LOCK_TTL_MS_DEFAULT),
+            },
+            park: wasmq_engine::ParkPolicy {
+                check_interval_ms: match raw.transaction_check_interval_ms {
+                    Some(ms) if !(100..=86_400_000).contains(&ms) => {
+                        return Err(bad("transaction_check_interval_ms", "between 100 and 86400000"));
+                    }
+                    Some(ms) => ms,
+                    None => wasmq_engine::TX_CHECK_INTERVAL_MS_DEFAULT,
+                },
+                checks_max: match raw.transaction_checks_max {
+                    Some(n) if !(1..=1000).contains(&n) => return Err(bad("transaction_checks_max", "between 1 and 1000")),
+                    Some(n) => n,
+                    None => wasmq_engine::TX_CHECKS_MAX_DEFAULT,
+                },
+                delay_max_ms: match raw.delay_max_ms {
+                    Some(ms) if !(1000..=90 * 86_400_000).contains(&ms) => return Err(bad("delay_max_ms", "between 1000 and 90 days")),
+                    Some(ms) => ms,
+                    None => wasmq_engine::DELAY_MAX_MS_DEFAULT,
+                },
             },
             plugin_limits: {
                 let d = wasmq_plugin_host::Limits::default();

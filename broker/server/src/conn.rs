@@ -8,10 +8,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use wasmq_engine::{Engine, Wake};
+use wasmq_engine::{Decided, Decision, EndOutcome, Engine, Wake};
 use wasmq_protocol::{
-    ErrorCode, Frame, FrameDecoder, HelloResponse, Kind, OffsetQueryResponse, Op, PROTOCOL_VERSION, PULL_MESSAGES_MAX, PULL_WAIT_MAX_MS,
-    PullResponse, QUEUE_ANY, Request, Response, RouteResponse, SendResponse, SendResult,
+    EndTransactionResponse, ErrorCode, Frame, FrameDecoder, HelloResponse, Kind, OffsetQueryResponse, Op, PROTOCOL_VERSION,
+    PULL_MESSAGES_MAX, PULL_WAIT_MAX_MS, PullResponse, QUEUE_ANY, Request, Response, RouteResponse, SendResponse, SendResult, TxDecision,
+    TxState,
 };
 use wasmq_store::FlushMode;
 
@@ -41,6 +42,15 @@ pub struct Shared {
     pub frame_bytes_max: u32,
     pub flush: FlushMode,
     pub shutdown: CancellationToken,
+    /// Connections of producer groups (for transaction check-backs).
+    pub producers: Arc<crate::held::Producers>,
+}
+
+/// What a request handler knows of its connection.
+struct ConnCtx<'a> {
+    id: u64,
+    tx: &'a mpsc::Sender<Frame>,
+    cancel: &'a CancellationToken,
 }
 
 fn response(request_id: u32, status: u16, body: Bytes) -> Frame {
@@ -93,6 +103,7 @@ pub async fn serve(tcp: TcpStream, peer: std::net::SocketAddr, acceptor: tokio_r
     let mut hello_done = false;
     let hello_deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let conn_cancel = shared.shutdown.child_token();
+    let conn_id = shared.producers.connection_id();
     'conn: loop {
         loop {
             match decoder.decode(&mut buf) {
@@ -126,7 +137,7 @@ pub async fn serve(tcp: TcpStream, peer: std::net::SocketAddr, acceptor: tokio_r
                     let (shared, tx, cancel) = (Arc::clone(&shared), tx.clone(), conn_cancel.clone());
                     tokio::spawn(async move {
                         let one_way = frame.request_id == 0;
-                        let reply = handle(&shared, frame, &cancel).await;
+                        let reply = handle(&shared, frame, &ConnCtx { id: conn_id, tx: &tx, cancel: &cancel }).await;
                         if !one_way {
                             let _ = tx.send(reply).await;
                         }
@@ -162,6 +173,7 @@ pub async fn serve(tcp: TcpStream, peer: std::net::SocketAddr, acceptor: tokio_r
         }
     }
     // Stop long polls of this connection; let in-flight requests finish, then close.
+    shared.producers.unregister(conn_id);
     conn_cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), in_flight.acquire_many(shared.in_flight_max)).await;
     drop(tx);
@@ -191,7 +203,7 @@ fn hello(shared: &Shared, request_id: u32, body: Bytes) -> (Frame, bool) {
     (response(request_id, 0, resp.encode()), true)
 }
 
-async fn handle(shared: &Shared, frame: Frame, cancel: &CancellationToken) -> Frame {
+async fn handle(shared: &Shared, frame: Frame, conn: &ConnCtx<'_>) -> Frame {
     let id = frame.request_id;
     let Some(op) = Op::from_u16(frame.code) else {
         return error_frame(id, &WireError::new(ErrorCode::UnknownOp, format!("unknown op {}", frame.code)));
@@ -200,17 +212,41 @@ async fn handle(shared: &Shared, frame: Frame, cancel: &CancellationToken) -> Fr
         Ok(r) => r,
         Err(e) => return error_frame(id, &WireError::new(ErrorCode::Malformed, e.to_string())),
     };
-    match dispatch(shared, req, cancel).await {
+    match dispatch(shared, req, conn).await {
         Ok(resp) => response(id, 0, resp.encode()),
         Err(e) => error_frame(id, &e),
     }
 }
 
-async fn dispatch(shared: &Shared, req: Request, cancel: &CancellationToken) -> Result<Response, WireError> {
+/// Under sync flush, waits until the log is durable up to `end_offset` (`what` names the
+/// write in a timeout's message).
+async fn durable(shared: &Shared, end_offset: u64, what: impl FnOnce() -> String) -> Result<(), WireError> {
+    let FlushMode::Sync { timeout } = shared.flush else { return Ok(()) };
+    let (tx, rx) = oneshot::channel();
+    shared.engine.store().on_durable(end_offset, move |r| {
+        let _ = tx.send(r);
+    });
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(WireError::new(ErrorCode::StoreFailed, e.to_string())),
+        Ok(Err(_)) => Err(WireError::new(ErrorCode::ShuttingDown, "store closed before the flush")),
+        Err(_) => Err(WireError::new(ErrorCode::FlushTimeout, format!("{} but not flushed within {timeout:?}", what()))),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<Response, WireError> {
     let engine = &shared.engine;
+    let cancel = conn.cancel;
     match req {
         Request::Hello(_) => Err(WireError::new(ErrorCode::InvalidRequest, "Hello was already sent")),
         Request::Send(s) => {
+            if s.topic.starts_with('%') {
+                return Err(WireError::new(ErrorCode::InvalidTopic, format!("{}: topics starting with % are the broker's own", s.topic)));
+            }
             let queue = (s.queue_id != QUEUE_ANY).then_some(s.queue_id);
             let mut messages: Vec<_> = s.messages.into_iter().map(wire::to_store).collect();
             // Routing and ordering-key plugins attached to the topic choose each message's
@@ -218,30 +254,34 @@ async fn dispatch(shared: &Shared, req: Request, cancel: &CancellationToken) -> 
             let routed = shared.plugins.route(&s.topic, &mut messages, || {
                 engine.topic(&s.topic).map(|c| (c.queues, queue.unwrap_or_else(|| engine.pick_queue(c.queues))))
             })?;
-            let queue_ids: Vec<u32> = if routed { messages.iter().map(|m| m.queue_id).collect() } else { Vec::new() };
-            let (queue_id, appended) = if routed {
-                let first = queue_ids.first().copied().unwrap_or_default();
+            let now = now_ms();
+            let scheduled = messages.iter().any(|m| m.properties.delivery_ms.is_some_and(|d| d > now));
+            let held = s.transactional || scheduled;
+            if held && !routed {
+                // Held messages are stored elsewhere first: their queue is chosen now.
+                let queues = engine
+                    .topic(&s.topic)
+                    .map(|c| c.queues)
+                    .ok_or_else(|| WireError::new(ErrorCode::UnknownTopic, format!("topic {} does not exist", s.topic)))?;
+                let q = queue.unwrap_or_else(|| engine.pick_queue(queues));
+                messages.iter_mut().for_each(|m| m.queue_id = q);
+            }
+            let queue_ids: Vec<u32> = if routed || held { messages.iter().map(|m| m.queue_id).collect() } else { Vec::new() };
+            let first = queue_ids.first().copied().unwrap_or_default();
+            let (queue_id, appended) = if s.transactional {
+                if shared.producers.register(conn.id, &s.producer_group, conn.tx) {
+                    engine.producer_joined(&s.producer_group);
+                }
+                let after = (s.check_after_ms > 0).then_some(u64::from(s.check_after_ms));
+                (first, engine.send_half(&s.topic, &s.producer_group, after, messages).map_err(|e| wire::send_error(&e))?)
+            } else if scheduled {
+                (first, engine.send_scheduled(&s.topic, messages).map_err(|e| wire::send_error(&e))?)
+            } else if routed {
                 (first, engine.send_routed(&s.topic, messages).map_err(|e| wire::send_error(&e))?)
             } else {
                 engine.send(&s.topic, queue, messages).map_err(|e| wire::send_error(&e))?
             };
-            if let FlushMode::Sync { timeout } = shared.flush {
-                let (tx, rx) = oneshot::channel();
-                engine.store().on_durable(appended.end_offset, move |r| {
-                    let _ = tx.send(r);
-                });
-                match tokio::time::timeout(timeout, rx).await {
-                    Ok(Ok(Ok(()))) => {}
-                    Ok(Ok(Err(e))) => return Err(WireError::new(ErrorCode::StoreFailed, e.to_string())),
-                    Ok(Err(_)) => return Err(WireError::new(ErrorCode::ShuttingDown, "store closed before the flush")),
-                    Err(_) => {
-                        return Err(WireError::new(
-                            ErrorCode::FlushTimeout,
-                            format!("stored at log offset {} but not flushed within {timeout:?}", appended.messages[0].log_offset),
-                        ));
-                    }
-                }
-            }
+            durable(shared, appended.end_offset, || format!("stored at log offset {}", appended.messages[0].log_offset)).await?;
             let results = appended
                 .messages
                 .iter()
@@ -323,6 +363,11 @@ async fn dispatch(shared: &Shared, req: Request, cancel: &CancellationToken) -> 
             Ok(Response::OffsetQuery(OffsetQueryResponse { offset: engine.query_offset(&q.group, &q.topic, q.queue_id) }))
         }
         Request::Heartbeat(h) => {
+            for g in &h.producer_groups {
+                if shared.producers.register(conn.id, g, conn.tx) {
+                    engine.producer_joined(g);
+                }
+            }
             engine.heartbeat(&h.client_id, h.producer_groups, h.consumer_groups).map_err(|e| wire::engine_error(&e))?;
             Ok(Response::Empty)
         }
@@ -352,6 +397,37 @@ async fn dispatch(shared: &Shared, req: Request, cancel: &CancellationToken) -> 
                 engine.lock_queue(&l.group, &l.client_id, &l.topic, l.queue_id).map_err(|e| wire::engine_error(&e))?;
             Ok(Response::LockQueue { granted, expires_in_ms })
         }
+        Request::EndTransaction(t) => {
+            let decision = match t.decision {
+                TxDecision::Commit => Decision::Commit,
+                TxDecision::Rollback => Decision::Rollback,
+                TxDecision::Unknown => Decision::Unknown,
+            };
+            let (log_offset, uid) = (t.log_offset, t.unique_id.clone());
+            let e = Arc::clone(engine);
+            let outcome = tokio::task::spawn_blocking(move || e.end_transaction(log_offset, &uid, decision))
+                .await
+                .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
+                .map_err(|e| wire::engine_error(&e))?;
+            let state = |d: Decided| match d {
+                Decided::Committed => TxState::Committed,
+                Decided::RolledBack => TxState::RolledBack,
+                Decided::Discarded => TxState::Discarded,
+            };
+            let resp = match outcome {
+                EndOutcome::Applied { decided, end_offset } => {
+                    durable(shared, end_offset, || format!("transaction at log offset {log_offset} ended")).await?;
+                    EndTransactionResponse { state: state(decided), applied: true }
+                }
+                EndOutcome::StillPending => EndTransactionResponse { state: TxState::Pending, applied: false },
+                EndOutcome::AlreadyDecided(d) => {
+                    tracing::debug!(log_offset, from_check = t.from_check, "end of an already ended transaction: nothing changed");
+                    EndTransactionResponse { state: state(d), applied: false }
+                }
+            };
+            Ok(Response::EndTransaction(resp))
+        }
+        Request::CheckTransaction(_) => Err(WireError::new(ErrorCode::InvalidRequest, "CheckTransaction is sent by the broker, not to it")),
         Request::GroupCommit(c) => {
             engine
                 .group_commit(&c.group, &c.client_id, c.generation, &c.topic, c.queue_id, c.offset)

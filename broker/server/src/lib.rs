@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod held;
 pub mod plugins;
 pub mod tls;
 pub mod wire;
@@ -81,6 +82,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
     engine.set_session_timeout(u64::try_from(config.group_session_timeout.as_millis()).unwrap_or(u64::MAX));
     engine.set_retry_policy(config.retry_delays_ms.clone(), config.max_reconsume_times)?;
     engine.set_lock_ttl(u64::try_from(config.order_lock_ttl.as_millis()).unwrap_or(u64::MAX));
+    engine.set_park_policy(config.park)?;
+    let schedule_changed = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&schedule_changed);
+    engine.on_schedule_change(move || notify.notify_one());
     let (plugin_engine, data_dir, limits) = (Arc::clone(&engine), config.data_dir.clone(), config.plugin_limits.clone());
     let plugins = Arc::new(
         tokio::task::spawn_blocking(move || plugins::Plugins::open(plugin_engine, &data_dir, limits))
@@ -95,6 +100,11 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
     let admin_tls = tokio_rustls::TlsAcceptor::from(tls::server_config(&cert, &key, &[b"http/1.1"])?);
 
     let tracker = TaskTracker::new();
+    let producers = Arc::new(held::Producers::default());
+    // Check about four times per interval, so a check is at most a quarter interval late.
+    let check_tick = Duration::from_millis((config.park.check_interval_ms / 4).clamp(10, 1_000));
+    tracker.spawn(held::check_back(Arc::clone(&engine), Arc::clone(&producers), check_tick, shutdown.clone()));
+    tracker.spawn(held::scheduler(Arc::clone(&engine), schedule_changed, shutdown.clone()));
     let shared = Arc::new(conn::Shared {
         engine: Arc::clone(&engine),
         plugins: Arc::clone(&plugins),
@@ -102,11 +112,13 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
         frame_bytes_max: config.frame_bytes_max,
         flush: config.store.flush,
         shutdown: shutdown.clone(),
+        producers: Arc::clone(&producers),
     });
     tracker.spawn(accept_clients(listener, broker_tls, shared, config.connections_max.get(), tracker.clone()));
     let admin_state = admin::AdminState {
         engine: Arc::clone(&engine),
         plugins,
+        producers,
         token: token.into(),
         listen: info.listen.to_string(),
         admin_listen: info.admin_listen.to_string(),

@@ -48,6 +48,7 @@ pub fn send_error(e: &SendError) -> WireError {
     match e {
         SendError::UnknownTopic(_) => WireError::new(ErrorCode::UnknownTopic, e.to_string()),
         SendError::InvalidQueue { .. } => WireError::new(ErrorCode::InvalidQueue, e.to_string()),
+        SendError::Invalid(_) => WireError::new(ErrorCode::InvalidRequest, e.to_string()),
         SendError::Append(a) => append_error(a),
     }
 }

@@ -634,6 +634,16 @@ impl Store {
         Ok(found.into_iter().next())
     }
 
+    /// Finds up to `max` messages of `topic` with this unique id, newest first (a message and
+    /// the broker's copies of it, as a committed transaction or a released scheduled message,
+    /// share one id).
+    ///
+    /// # Errors
+    /// Corruption of a record found.
+    pub fn find_by_id_in(&self, unique_id: &str, topic: &str, max: usize) -> Result<Vec<StoredMessage>, ReadError> {
+        self.inner.lookup(id_hash(unique_id.as_bytes()), max, |m| m.topic == topic && m.properties.unique_id.as_deref() == Some(unique_id))
+    }
+
     /// Finds up to `max` messages of `topic` carrying `key`, newest first.
     ///
     /// # Errors

@@ -1,0 +1,905 @@
+//! Messages the broker holds back: transactional *half messages* until their producer decides,
+//! and *scheduled messages* until they are due.
+//!
+//! Both live in the CommitLog, in system topics, so a restart or a crash loses neither:
+//! - `%HALF%` (one queue): half messages, with their real topic and queue in internal
+//!   properties. A decision appends to `%TX_OP%` a record keyed by the half's log offset (commit,
+//!   rollback or discard) and, for a commit, a copy on the real topic in the same append.
+//! - `%SCHEDULE%` (one queue per delay range, so the slowest do not hold back the watermark of
+//!   the fastest): scheduled messages. When due, a copy goes to the real topic.
+//!
+//! The broker's copy keeps the message's unique id, so whether a half or a scheduled message
+//! was already acted on is a lookup in the unique-id index: after a crash between an append and
+//! its bookkeeping, recovery neither repeats a commit nor releases a message twice. Per queue, a
+//! *watermark* (every message below it is decided or released) is saved with the offsets, so
+//! recovery scans only from there.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+use wasmq_store::{NewMessage, ReadError, StoredMessage, TransactionState};
+
+use crate::engine::{Engine, EngineError, SendError, lock};
+
+/// Half messages of every transactional producer.
+pub const HALF_TOPIC: &str = "%HALF%";
+/// Transaction decisions, keyed by the half message's log offset.
+pub const TX_OP_TOPIC: &str = "%TX_OP%";
+/// Scheduled messages until due.
+pub const SCHEDULE_TOPIC: &str = "%SCHEDULE%";
+/// The broker's internal topics for held messages: not listed to users, never deleted.
+pub fn is_internal_topic(name: &str) -> bool {
+    [HALF_TOPIC, TX_OP_TOPIC, SCHEDULE_TOPIC].contains(&name)
+}
+
+/// Internal properties of a held message (removed from the copy consumers get).
+const P_TOPIC: &str = "%REAL_TOPIC";
+const P_QUEUE: &str = "%REAL_QUEUE";
+const P_GROUP: &str = "%PRODUCER_GROUP";
+const P_CHECK_AFTER: &str = "%CHECK_AFTER_MS";
+/// A half message is first checked this long after it was stored (default), then again at this
+/// interval.
+pub const TX_CHECK_INTERVAL_MS_DEFAULT: u64 = 30_000;
+/// Checks answered "unknown" (or not at all) before a half message is discarded (default).
+pub const TX_CHECKS_MAX_DEFAULT: u32 = 15;
+/// The longest delay a scheduled message may have (default: 7 days).
+pub const DELAY_MAX_MS_DEFAULT: u64 = 7 * 24 * 3_600_000;
+/// Most undecided half messages the broker holds; past it, transactional sends are refused.
+pub const PENDING_HALVES_MAX: usize = 1_000_000;
+/// Most scheduled messages not yet due; past it, scheduled sends are refused.
+pub const SCHEDULED_MAX: usize = 4_000_000;
+/// Upper bounds of the delay ranges of the schedule queues (the last queue takes the rest).
+const SCHEDULE_RANGES_MS: [u64; 6] = [10_000, 60_000, 600_000, 3_600_000, 21_600_000, 86_400_000];
+pub(crate) const SCHEDULE_QUEUES: u32 = SCHEDULE_RANGES_MS.len() as u32 + 1;
+/// Most scheduled messages one release pass moves (the caller loops while more are due).
+const RELEASE_BATCH_MAX: usize = 4_096;
+/// Most checks handed out per pass.
+const CHECKS_PER_PASS_MAX: usize = 10_000;
+/// Messages read per step when scanning a queue at start.
+const SCAN_STEP: usize = 1_024;
+
+/// A producer's decision on a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Commit,
+    Rollback,
+    /// Not known yet: the broker asks again later.
+    Unknown,
+}
+
+/// How a transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decided {
+    Committed,
+    RolledBack,
+    /// No decision after the maximum number of checks, or its topic was deleted.
+    Discarded,
+}
+
+/// What an end-transaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndOutcome {
+    /// The decision was applied: durable once the store has flushed up to `end_offset`.
+    Applied { decided: Decided, end_offset: u64 },
+    /// An unknown answer: the broker asks again later.
+    StillPending,
+    /// The transaction had already ended (a late or repeated end): nothing changed.
+    AlreadyDecided(Decided),
+}
+
+/// A half message due for a check-back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckDue {
+    pub log_offset: u64,
+    pub producer_group: String,
+    /// Checks sent before this one.
+    pub checks: u32,
+}
+
+/// One undecided half message.
+#[derive(Debug, Clone)]
+struct Half {
+    queue_offset: u64,
+    topic: String,
+    queue_id: u32,
+    group: String,
+    unique_id: String,
+    stored_ms: u64,
+    /// The message's own first-check delay, if it set one.
+    check_after_ms: Option<u64>,
+    checks: u32,
+    next_check_ms: u64,
+    /// The last check found no producer of the group connected.
+    waiting_for_producer: bool,
+}
+
+/// Transaction counters since start.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct TxCounters {
+    pub committed: u64,
+    pub rolled_back: u64,
+    pub discarded: u64,
+    pub checks_sent: u64,
+    pub unknown_answers: u64,
+    pub late_ends: u64,
+}
+
+#[derive(Debug, Default)]
+struct TxState {
+    /// By log offset (which is also queue order: `%HALF%` has one queue).
+    pending: BTreeMap<u64, Half>,
+    counters: TxCounters,
+}
+
+#[derive(Debug, Default)]
+struct ScheduleState {
+    /// (due ms, log offset) of every message not yet released.
+    heap: BinaryHeap<Reverse<(u64, u64)>>,
+    /// Log offset → (schedule queue, queue offset), for the watermarks.
+    at: HashMap<u64, (u32, u64)>,
+    /// Queue offsets not yet released, per schedule queue.
+    unreleased: Vec<BTreeSet<u64>>,
+    released: u64,
+    dropped: u64,
+}
+
+/// The transaction and scheduling policy.
+#[derive(Debug, Clone, Copy)]
+pub struct ParkPolicy {
+    pub check_interval_ms: u64,
+    pub checks_max: u32,
+    pub delay_max_ms: u64,
+}
+
+impl Default for ParkPolicy {
+    fn default() -> Self {
+        Self { check_interval_ms: TX_CHECK_INTERVAL_MS_DEFAULT, checks_max: TX_CHECKS_MAX_DEFAULT, delay_max_ms: DELAY_MAX_MS_DEFAULT }
+    }
+}
+
+/// Recovery watermarks, saved with the offsets (a stale file only means a longer scan).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Watermarks {
+    half: u64,
+    schedule: Vec<u64>,
+}
+
+/// The held messages' state inside the engine.
+#[derive(Default)]
+pub(crate) struct Parked {
+    tx: std::sync::Mutex<TxState>,
+    schedule: std::sync::Mutex<ScheduleState>,
+    policy: std::sync::RwLock<ParkPolicy>,
+    ids: std::sync::atomic::AtomicU64,
+    /// Called when a scheduled message becomes the earliest due (the I/O shell's timer).
+    notify: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Parked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parked").field("policy", &self.policy()).finish_non_exhaustive()
+    }
+}
+
+/// Pending half messages of one (topic, producer group), for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingTransactions {
+    pub topic: String,
+    pub producer_group: String,
+    pub pending: u64,
+    pub oldest_stored_ms: u64,
+    /// Checks sent to the group for these messages, in total, and the most for one message.
+    pub checks: u64,
+    pub most_checks: u32,
+}
+
+/// Scheduled messages not yet due, by how far ahead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScheduleStatus {
+    pub pending: u64,
+    /// (due within ms from now, count): cumulative buckets up to the maximum delay.
+    pub due_within: Vec<(u64, u64)>,
+    pub overdue: u64,
+    pub next_due_ms: Option<u64>,
+    pub released: u64,
+    /// Released while their topic no longer existed.
+    pub dropped: u64,
+}
+
+fn internal(p: &[(String, String)], name: &str) -> Option<String> {
+    p.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
+fn schedule_queue(delay_ms: u64) -> u32 {
+    SCHEDULE_RANGES_MS.iter().position(|&r| delay_ms < r).unwrap_or(SCHEDULE_RANGES_MS.len()) as u32
+}
+
+fn invalid(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Invalid(e.to_string())
+}
+
+/// The message consumers get: the held message's properties without the internal ones.
+fn released_copy(m: &StoredMessage, topic: String, queue_id: u32) -> NewMessage {
+    let mut properties = m.properties.clone();
+    properties.user.retain(|(k, _)| !k.starts_with('%'));
+    NewMessage { topic, queue_id, born_ms: m.born_ms, flags: m.flags, properties, body: m.body.clone() }
+}
+
+fn op_record(half_offset: u64, decided: Decided) -> NewMessage {
+    let (state, word) = match decided {
+        Decided::Committed => (TransactionState::Commit, "commit"),
+        Decided::RolledBack => (TransactionState::Rollback, "rollback"),
+        Decided::Discarded => (TransactionState::Rollback, "discard"),
+    };
+    let mut m = NewMessage { topic: TX_OP_TOPIC.to_owned(), body: bytes::Bytes::from_static(word.as_bytes()), ..Default::default() };
+    m.properties.keys.push(half_offset.to_string());
+    m.properties.transaction = Some(state);
+    m
+}
+
+fn decided_of(op: &StoredMessage) -> Decided {
+    match &op.body[..] {
+        b"commit" => Decided::Committed,
+        b"rollback" => Decided::RolledBack,
+        _ => Decided::Discarded,
+    }
+}
+
+impl Parked {
+    fn policy(&self) -> ParkPolicy {
+        *self.policy.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Engine {
+    /// Sets the check-back interval, the checks before a half message is discarded, and the
+    /// longest delay of a scheduled message.
+    ///
+    /// # Errors
+    /// A zero interval or maximum.
+    pub fn set_park_policy(&self, policy: ParkPolicy) -> Result<(), EngineError> {
+        if policy.check_interval_ms == 0 || policy.checks_max == 0 || policy.delay_max_ms == 0 {
+            return Err(EngineError::Invalid("transaction check interval, check maximum and delay maximum must be above 0".into()));
+        }
+        *self.parked.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+        // Recovered halves not yet checked wait the new interval from when they were stored.
+        for h in lock(&self.parked.tx).pending.values_mut().filter(|h| h.checks == 0 && h.check_after_ms.is_none()) {
+            h.next_check_ms = h.stored_ms + policy.check_interval_ms;
+        }
+        Ok(())
+    }
+
+    /// Registers the callback that wakes the scheduler when an earlier message is scheduled.
+    pub fn on_schedule_change(&self, notify: impl Fn() + Send + Sync + 'static) {
+        let _ = self.parked.notify.set(Box::new(notify));
+    }
+
+    /// A unique id for a held message that came without one (its copy is found by it).
+    fn ensure_unique_id(&self, m: &mut NewMessage) {
+        if m.properties.unique_id.as_deref().is_none_or(str::is_empty) {
+            let n = self.parked.ids.fetch_add(1, Ordering::Relaxed);
+            m.properties.unique_id = Some(format!("{}-{:x}-{n:x}", self.broker_name(), self.clock.now_ms()));
+        }
+    }
+
+    /// Stores a batch of half messages (their queues already chosen) invisibly: they reach
+    /// `topic` only if the producer commits. `check_after_ms`: when to first ask the producer
+    /// group if no decision came (the broker's check interval if `None`).
+    ///
+    /// # Errors
+    /// Unknown topic or queue, a scheduled message, too many pending transactions, the append.
+    pub fn send_half(
+        &self,
+        topic: &str,
+        producer_group: &str,
+        check_after_ms: Option<u64>,
+        mut messages: Vec<NewMessage>,
+    ) -> Result<wasmq_store::Appended, SendError> {
+        crate::topics::validate_group(producer_group).map_err(SendError::Invalid)?;
+        let queues = self.topic(topic).ok_or_else(|| SendError::UnknownTopic(topic.to_owned()))?.queues;
+        if let Some(m) = messages.iter().find(|m| m.queue_id >= queues) {
+            return Err(SendError::InvalidQueue { topic: topic.to_owned(), queue_id: m.queue_id, queues });
+        }
+        if messages.iter().any(|m| m.properties.delivery_ms.is_some()) {
+            return Err(SendError::Invalid("a transactional message cannot also be scheduled".into()));
+        }
+        if lock(&self.parked.tx).pending.len() + messages.len() > PENDING_HALVES_MAX {
+            return Err(SendError::Invalid(format!("more than {PENDING_HALVES_MAX} undecided transactions; decide some first")));
+        }
+        let policy = self.parked.policy();
+        for m in &mut messages {
+            self.ensure_unique_id(m);
+            m.properties.transaction = Some(TransactionState::Prepared);
+            let user = &mut m.properties.user;
+            user.retain(|(k, _)| !k.starts_with('%'));
+            user.push((P_TOPIC.to_owned(), topic.to_owned()));
+            user.push((P_QUEUE.to_owned(), m.queue_id.to_string()));
+            user.push((P_GROUP.to_owned(), producer_group.to_owned()));
+            if let Some(ms) = check_after_ms {
+                user.push((P_CHECK_AFTER.to_owned(), ms.to_string()));
+            }
+            HALF_TOPIC.clone_into(&mut m.topic);
+            m.queue_id = 0;
+        }
+        let mut tx = lock(&self.parked.tx);
+        let appended = self.store.append(&messages)?;
+        let now = self.clock.now_ms();
+        for (m, a) in messages.iter().zip(&appended.messages) {
+            let queue_id = internal(&m.properties.user, P_QUEUE).and_then(|q| q.parse().ok()).unwrap_or(0);
+            tx.pending.insert(
+                a.log_offset,
+                Half {
+                    queue_offset: a.queue_offset,
+                    topic: topic.to_owned(),
+                    queue_id,
+                    group: producer_group.to_owned(),
+                    unique_id: m.properties.unique_id.clone().unwrap_or_default(),
+                    stored_ms: now,
+                    check_after_ms,
+                    checks: 0,
+                    next_check_ms: now + check_after_ms.unwrap_or(policy.check_interval_ms),
+                    waiting_for_producer: false,
+                },
+            );
+        }
+        Ok(appended)
+    }
+
+    /// Ends the transaction of the half message at `log_offset` (whose unique id must be
+    /// `unique_id`): a commit puts it on its topic, a rollback discards it, unknown leaves it
+    /// to the next check. Idempotent: an end for a transaction already ended changes nothing.
+    ///
+    /// # Errors
+    /// No half message there with that id; its topic was deleted (it is discarded); the append.
+    pub fn end_transaction(&self, log_offset: u64, unique_id: &str, decision: Decision) -> Result<EndOutcome, EngineError> {
+        let mut tx = lock(&self.parked.tx);
+        let Some(half) = tx.pending.get(&log_offset).filter(|h| h.unique_id == unique_id).cloned() else {
+            drop(tx);
+            let decided = self.ended(log_offset, unique_id)?;
+            lock(&self.parked.tx).counters.late_ends += 1;
+            return Ok(EndOutcome::AlreadyDecided(decided));
+        };
+        let decided = match decision {
+            Decision::Unknown => {
+                tx.counters.unknown_answers += 1;
+                return Ok(EndOutcome::StillPending);
+            }
+            Decision::Commit => Decided::Committed,
+            Decision::Rollback => Decided::RolledBack,
+        };
+        let topic_ok = self.topic(&half.topic).is_some_and(|c| half.queue_id < c.queues);
+        let decided = if topic_ok { decided } else { Decided::Discarded };
+        let mut batch = Vec::with_capacity(2);
+        if decided == Decided::Committed {
+            let m = self.store.read(log_offset).map_err(invalid)?;
+            let mut copy = released_copy(&m, half.topic.clone(), half.queue_id);
+            copy.properties.transaction = Some(TransactionState::Commit);
+            batch.push(copy);
+        }
+        batch.push(op_record(log_offset, decided));
+        let appended = self.store.append(&batch).map_err(invalid)?;
+        tx.pending.remove(&log_offset);
+        match decided {
+            Decided::Committed => tx.counters.committed += 1,
+            Decided::RolledBack => tx.counters.rolled_back += 1,
+            Decided::Discarded => tx.counters.discarded += 1,
+        }
+        drop(tx);
+        if decided == Decided::Committed {
+            self.wake(&half.topic, half.queue_id);
+        }
+        if !topic_ok {
+            tracing::warn!(topic = half.topic, log_offset, "transaction ended after its topic or queue was deleted; discarded");
+            return Err(EngineError::Invalid(format!(
+                "topic {} or its queue {} no longer exists: the transaction was discarded",
+                half.topic, half.queue_id
+            )));
+        }
+        Ok(EndOutcome::Applied { decided, end_offset: appended.end_offset })
+    }
+
+    /// How the transaction of a half message that is not pending ended, read from the log.
+    fn ended(&self, log_offset: u64, unique_id: &str) -> Result<Decided, EngineError> {
+        let not_half = || EngineError::Invalid(format!("no transaction with id {unique_id} at log offset {log_offset}"));
+        let m = match self.store.read(log_offset) {
+            Ok(m) => m,
+            Err(ReadError::Trimmed { .. }) => return Err(EngineError::Invalid(format!("log offset {log_offset} expired (retention)"))),
+            Err(_) => return Err(not_half()),
+        };
+        if m.topic != HALF_TOPIC || m.properties.unique_id.as_deref() != Some(unique_id) {
+            return Err(not_half());
+        }
+        self.decision_in_log(&m)?.ok_or_else(|| EngineError::Invalid(format!("transaction at log offset {log_offset} is being decided")))
+    }
+
+    /// The decision recorded for a half message: its op record, or (a crash between the two
+    /// records of one append) its committed copy.
+    fn decision_in_log(&self, half: &StoredMessage) -> Result<Option<Decided>, EngineError> {
+        if let Some(op) = self.store.find_by_key(TX_OP_TOPIC, &half.log_offset.to_string(), 1).map_err(invalid)?.first() {
+            return Ok(Some(decided_of(op)));
+        }
+        let topic = internal(&half.properties.user, P_TOPIC).unwrap_or_default();
+        let uid = half.properties.unique_id.as_deref().unwrap_or_default();
+        let copies = self.store.find_by_id_in(uid, &topic, 16).map_err(invalid)?;
+        Ok(copies.iter().any(|c| c.properties.transaction == Some(TransactionState::Commit)).then_some(Decided::Committed))
+    }
+
+    /// Half messages due for a check-back. Those past the maximum number of checks are
+    /// discarded here (recorded in the log, and logged). Each returned check must be followed
+    /// by [`Engine::transaction_checked`].
+    pub fn transaction_checks_due(&self) -> Vec<CheckDue> {
+        let now = self.clock.now_ms();
+        let policy = self.parked.policy();
+        let mut due = Vec::new();
+        let mut expired = Vec::new();
+        {
+            let tx = lock(&self.parked.tx);
+            for (&log_offset, h) in &tx.pending {
+                if h.next_check_ms > now {
+                    continue;
+                }
+                if h.checks >= policy.checks_max {
+                    expired.push((log_offset, h.unique_id.clone()));
+                } else if due.len() < CHECKS_PER_PASS_MAX {
+                    due.push(CheckDue { log_offset, producer_group: h.group.clone(), checks: h.checks });
+                }
+            }
+        }
+        for (log_offset, uid) in expired {
+            if let Err(e) = self.discard_half(log_offset, &uid) {
+                tracing::error!(log_offset, error = %e, "discarding an undecided transaction");
+            }
+        }
+        due
+    }
+
+    fn discard_half(&self, log_offset: u64, unique_id: &str) -> Result<(), EngineError> {
+        let mut tx = lock(&self.parked.tx);
+        let Some(h) = tx.pending.get(&log_offset).filter(|h| h.unique_id == unique_id).cloned() else { return Ok(()) };
+        self.store.append(&[op_record(log_offset, Decided::Discarded)]).map_err(invalid)?;
+        tx.pending.remove(&log_offset);
+        tx.counters.discarded += 1;
+        tracing::warn!(
+            topic = h.topic,
+            producer_group = h.group,
+            unique_id,
+            log_offset,
+            checks = h.checks,
+            "transaction still unknown after the maximum number of checks; its message was discarded"
+        );
+        Ok(())
+    }
+
+    /// After a check: `sent` if a producer of the group was asked (it counts against the
+    /// maximum), else there was none connected (asked again later, not counted).
+    pub fn transaction_checked(&self, log_offset: u64, sent: bool) {
+        let now = self.clock.now_ms();
+        let interval = self.parked.policy().check_interval_ms;
+        let mut tx = lock(&self.parked.tx);
+        let Some(h) = tx.pending.get_mut(&log_offset) else { return };
+        h.next_check_ms = now + interval;
+        h.waiting_for_producer = !sent;
+        if sent {
+            h.checks += 1;
+            tx.counters.checks_sent += 1;
+        }
+    }
+
+    /// A producer of `group` connected: transactions whose last check found none are due now.
+    pub fn producer_joined(&self, group: &str) {
+        let now = self.clock.now_ms();
+        for h in lock(&self.parked.tx).pending.values_mut().filter(|h| h.waiting_for_producer && h.group == group) {
+            h.next_check_ms = now;
+            h.waiting_for_producer = false;
+        }
+    }
+
+    /// The half message at `log_offset` as its producer sent it (real topic and queue, without
+    /// internal properties), for a check-back.
+    ///
+    /// # Errors
+    /// Not a pending half message.
+    pub fn half_message(&self, log_offset: u64) -> Result<StoredMessage, EngineError> {
+        let (topic, queue_id) = {
+            let tx = lock(&self.parked.tx);
+            let h = tx.pending.get(&log_offset).ok_or_else(|| EngineError::Invalid(format!("no pending transaction at {log_offset}")))?;
+            (h.topic.clone(), h.queue_id)
+        };
+        let mut m = self.store.read(log_offset).map_err(invalid)?;
+        m.properties.user.retain(|(k, _)| !k.starts_with('%'));
+        m.topic = topic;
+        m.queue_id = queue_id;
+        Ok(m)
+    }
+
+    /// Undecided transactions by (topic, producer group), and counters since start.
+    pub fn transactions(&self) -> (Vec<PendingTransactions>, TxCounters) {
+        let tx = lock(&self.parked.tx);
+        let mut by: BTreeMap<(String, String), PendingTransactions> = BTreeMap::new();
+        for h in tx.pending.values() {
+            let e = by.entry((h.topic.clone(), h.group.clone())).or_insert_with(|| PendingTransactions {
+                topic: h.topic.clone(),
+                producer_group: h.group.clone(),
+                pending: 0,
+                oldest_stored_ms: h.stored_ms,
+                checks: 0,
+                most_checks: 0,
+            });
+            e.pending += 1;
+            e.oldest_stored_ms = e.oldest_stored_ms.min(h.stored_ms);
+            e.checks += u64::from(h.checks);
+            e.most_checks = e.most_checks.max(h.checks);
+        }
+        (by.into_values().collect(), tx.counters)
+    }
+
+    /// Stores a batch of scheduled messages (queues chosen; each with its `delivery_ms`): each
+    /// reaches `topic` when due, never before.
+    ///
+    /// # Errors
+    /// Unknown topic or queue, a delay past the maximum, too many scheduled messages, the append.
+    pub fn send_scheduled(&self, topic: &str, mut messages: Vec<NewMessage>) -> Result<wasmq_store::Appended, SendError> {
+        let queues = self.topic(topic).ok_or_else(|| SendError::UnknownTopic(topic.to_owned()))?.queues;
+        if let Some(m) = messages.iter().find(|m| m.queue_id >= queues) {
+            return Err(SendError::InvalidQueue { topic: topic.to_owned(), queue_id: m.queue_id, queues });
+        }
+        let now = self.clock.now_ms();
+        let max = self.parked.policy().delay_max_ms;
+        if let Some(d) = messages.iter().filter_map(|m| m.properties.delivery_ms).find(|d| d.saturating_sub(now) > max) {
+            return Err(SendError::Invalid(format!(
+                "delivery time {d} is {} ms ahead; the broker's maximum delay is {max} ms (delay_max_ms)",
+                d - now
+            )));
+        }
+        if lock(&self.parked.schedule).at.len() + messages.len() > SCHEDULED_MAX {
+            return Err(SendError::Invalid(format!("more than {SCHEDULED_MAX} scheduled messages are waiting")));
+        }
+        for m in &mut messages {
+            self.ensure_unique_id(m);
+            let due = m.properties.delivery_ms.unwrap_or(now);
+            m.properties.delivery_ms = Some(due);
+            let user = &mut m.properties.user;
+            user.retain(|(k, _)| !k.starts_with('%'));
+            user.push((P_TOPIC.to_owned(), topic.to_owned()));
+            user.push((P_QUEUE.to_owned(), m.queue_id.to_string()));
+            SCHEDULE_TOPIC.clone_into(&mut m.topic);
+            m.queue_id = schedule_queue(due.saturating_sub(now));
+        }
+        let mut s = lock(&self.parked.schedule);
+        let appended = self.store.append(&messages)?;
+        let earliest = s.heap.peek().map(|Reverse((d, _))| *d);
+        let mut earlier = false;
+        for (m, a) in messages.iter().zip(&appended.messages) {
+            let due = m.properties.delivery_ms.unwrap_or(now);
+            earlier |= earliest.is_none_or(|e| due < e);
+            track(&mut s, due, a.log_offset, m.queue_id, a.queue_offset);
+        }
+        drop(s);
+        if earlier && let Some(n) = self.parked.notify.get() {
+            n();
+        }
+        Ok(appended)
+    }
+
+    /// Moves every scheduled message now due to its topic. Returns how many moved and when the
+    /// next one is due.
+    pub fn release_due(&self) -> (usize, Option<u64>) {
+        let mut moved = 0;
+        loop {
+            let now = self.clock.now_ms();
+            let mut s = lock(&self.parked.schedule);
+            let mut due = Vec::new();
+            while due.len() < RELEASE_BATCH_MAX
+                && let Some(&Reverse((d, o))) = s.heap.peek()
+                && d <= now
+            {
+                s.heap.pop();
+                due.push(o);
+            }
+            if due.is_empty() {
+                return (moved, s.heap.peek().map(|Reverse((d, _))| *d));
+            }
+            for o in due {
+                match self.release(o) {
+                    Ok(true) => s.released += 1,
+                    Ok(false) => s.dropped += 1,
+                    Err(e) => {
+                        // The store refused (full disk, closed): try again in a second.
+                        tracing::error!(log_offset = o, error = %e, "releasing a scheduled message");
+                        s.heap.push(Reverse((now + 1_000, o)));
+                        return (moved, Some(now + 1_000));
+                    }
+                }
+                if let Some((q, qo)) = s.at.remove(&o) {
+                    s.unreleased[q as usize].remove(&qo);
+                }
+                moved += 1;
+            }
+        }
+    }
+
+    /// Appends the copy of the scheduled message at `log_offset`; false if its topic is gone.
+    fn release(&self, log_offset: u64) -> Result<bool, EngineError> {
+        let m = self.store.read(log_offset).map_err(invalid)?;
+        let topic = internal(&m.properties.user, P_TOPIC).unwrap_or_default();
+        let queue_id: u32 = internal(&m.properties.user, P_QUEUE).and_then(|q| q.parse().ok()).unwrap_or(0);
+        if self.topic(&topic).is_none_or(|c| queue_id >= c.queues) {
+            tracing::warn!(topic, queue_id, log_offset, "scheduled message due after its topic or queue was deleted; dropped");
+            return Ok(false);
+        }
+        self.store.append(&[released_copy(&m, topic.clone(), queue_id)]).map_err(invalid)?;
+        self.wake(&topic, queue_id);
+        Ok(true)
+    }
+
+    /// Scheduled messages not yet released.
+    pub fn schedule_status(&self) -> ScheduleStatus {
+        let now = self.clock.now_ms();
+        let s = lock(&self.parked.schedule);
+        let mut due_within: Vec<(u64, u64)> = SCHEDULE_RANGES_MS.iter().map(|&r| (r, 0)).collect();
+        due_within.push((self.parked.policy().delay_max_ms, 0));
+        let mut overdue = 0;
+        for Reverse((d, _)) in &s.heap {
+            if *d <= now {
+                overdue += 1;
+            }
+            for b in &mut due_within {
+                if d.saturating_sub(now) < b.0 {
+                    b.1 += 1;
+                }
+            }
+        }
+        ScheduleStatus {
+            pending: s.heap.len() as u64,
+            due_within,
+            overdue,
+            next_due_ms: s.heap.peek().map(|Reverse((d, _))| *d),
+            released: s.released,
+            dropped: s.dropped,
+        }
+    }
+
+    /// Rebuilds the pending transactions and the schedule from the log, from the saved
+    /// watermarks: what has a decision or a released copy is done; the rest is pending.
+    pub(crate) fn recover_parked(&self, path: &Path) -> Result<(), EngineError> {
+        let marks: Watermarks = match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+            Err(_) => Watermarks::default(),
+        };
+        let policy = self.parked.policy();
+        let mut halves = 0;
+        self.scan(HALF_TOPIC, 0, marks.half, |e, m| {
+            if e.decision_in_log(&m)?.is_some() {
+                return Ok(());
+            }
+            let user = &m.properties.user;
+            let check_after_ms = internal(user, P_CHECK_AFTER).and_then(|v| v.parse().ok());
+            lock(&e.parked.tx).pending.insert(
+                m.log_offset,
+                Half {
+                    queue_offset: m.queue_offset,
+                    topic: internal(user, P_TOPIC).unwrap_or_default(),
+                    queue_id: internal(user, P_QUEUE).and_then(|q| q.parse().ok()).unwrap_or(0),
+                    group: internal(user, P_GROUP).unwrap_or_default(),
+                    unique_id: m.properties.unique_id.clone().unwrap_or_default(),
+                    stored_ms: m.store_ms,
+                    check_after_ms,
+                    checks: 0,
+                    next_check_ms: m.store_ms + check_after_ms.unwrap_or(policy.check_interval_ms),
+                    waiting_for_producer: false,
+                },
+            );
+            halves += 1;
+            Ok(())
+        })?;
+        let mut scheduled = 0;
+        for q in 0..SCHEDULE_QUEUES {
+            let from = marks.schedule.get(q as usize).copied().unwrap_or(0);
+            self.scan(SCHEDULE_TOPIC, q, from, |e, m| {
+                let due = m.properties.delivery_ms.unwrap_or(0);
+                let topic = internal(&m.properties.user, P_TOPIC).unwrap_or_default();
+                let uid = m.properties.unique_id.as_deref().unwrap_or_default();
+                let copies = e.store.find_by_id_in(uid, &topic, 16).map_err(invalid)?;
+                if copies.iter().any(|c| c.properties.delivery_ms == Some(due)) {
+                    return Ok(());
+                }
+                track(&mut lock(&e.parked.schedule), due, m.log_offset, q, m.queue_offset);
+                scheduled += 1;
+                Ok(())
+            })?;
+        }
+        if halves + scheduled > 0 {
+            tracing::info!(halves, scheduled, "undecided transactions and scheduled messages recovered");
+        }
+        Ok(())
+    }
+
+    /// Calls `visit` on each message of a queue from `from` (or the queue's start if retention
+    /// removed it) to its end.
+    fn scan(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        from: u64,
+        mut visit: impl FnMut(&Self, StoredMessage) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let (min, max) = self.store.queue_bounds(topic, queue_id);
+        let mut at = from.max(min);
+        while at < max {
+            let read = self.store.read_queue(topic, queue_id, at, SCAN_STEP, 8 << 20).map_err(invalid)?;
+            if read.messages.is_empty() {
+                break;
+            }
+            at = read.next_offset;
+            for m in read.messages {
+                visit(self, m)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves the recovery watermarks (called with the offsets).
+    pub(crate) fn save_watermarks(&self, path: &Path) -> std::io::Result<()> {
+        let half =
+            lock(&self.parked.tx).pending.values().next().map_or_else(|| self.store.queue_bounds(HALF_TOPIC, 0).1, |h| h.queue_offset);
+        let s = lock(&self.parked.schedule);
+        let schedule = (0..SCHEDULE_QUEUES)
+            .map(|q| {
+                s.unreleased
+                    .get(q as usize)
+                    .and_then(|u| u.first().copied())
+                    .unwrap_or_else(|| self.store.queue_bounds(SCHEDULE_TOPIC, q).1)
+            })
+            .collect();
+        drop(s);
+        crate::topics::save_json(path, &Watermarks { half, schedule })
+    }
+}
+
+fn track(s: &mut ScheduleState, due: u64, log_offset: u64, queue_id: u32, queue_offset: u64) {
+    if s.unreleased.len() < SCHEDULE_QUEUES as usize {
+        s.unreleased.resize_with(SCHEDULE_QUEUES as usize, BTreeSet::new);
+    }
+    s.heap.push(Reverse((due, log_offset)));
+    s.at.insert(log_offset, (queue_id, queue_offset));
+    s.unreleased[queue_id as usize].insert(queue_offset);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use wasmq_store::{ManualClock, StatvfsProbe, Store, StoreConfig};
+
+    fn open(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Engine {
+        let config = StoreConfig::small_for_tests(dir.join("store"));
+        let (store, _) = Store::open_with(config, clock.clone(), Arc::new(StatvfsProbe)).unwrap();
+        Engine::open(Arc::new(store), dir.join("config"), "b0", clock.clone()).unwrap()
+    }
+
+    fn msg(body: &str, id: &str) -> NewMessage {
+        let mut m = NewMessage { body: bytes::Bytes::copy_from_slice(body.as_bytes()), ..Default::default() };
+        m.properties.unique_id = Some(id.to_owned());
+        m
+    }
+
+    fn bodies(e: &Engine, topic: &str) -> Vec<String> {
+        let r = e.pull(topic, 0, 0, 100, 1 << 20).unwrap();
+        r.messages.iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()).collect()
+    }
+
+    #[test]
+    fn transactions_commit_once_roll_back_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000));
+        let e = open(dir.path(), &clock);
+        e.set_park_policy(ParkPolicy { check_interval_ms: 100, checks_max: 2, delay_max_ms: 10_000 }).unwrap();
+        e.create_topic("orders", 1).unwrap();
+        let half = |body: &str, id: &str| e.send_half("orders", "pg", None, vec![msg(body, id)]).unwrap().messages[0].log_offset;
+        let (a, b, c) = (half("a", "id-a"), half("b", "id-b"), half("c", "id-c"));
+        assert!(bodies(&e, "orders").is_empty(), "half messages are invisible");
+        assert!(matches!(e.end_transaction(a, "id-a", Decision::Commit).unwrap(), EndOutcome::Applied { decided: Decided::Committed, .. }));
+        assert_eq!(e.end_transaction(a, "id-a", Decision::Commit).unwrap(), EndOutcome::AlreadyDecided(Decided::Committed));
+        assert_eq!(e.end_transaction(a, "id-a", Decision::Rollback).unwrap(), EndOutcome::AlreadyDecided(Decided::Committed));
+        assert!(e.end_transaction(a, "id-x", Decision::Commit).is_err(), "the id must match");
+        assert!(matches!(
+            e.end_transaction(b, "id-b", Decision::Rollback).unwrap(),
+            EndOutcome::Applied { decided: Decided::RolledBack, .. }
+        ));
+        assert_eq!(e.end_transaction(b, "id-b", Decision::Commit).unwrap(), EndOutcome::AlreadyDecided(Decided::RolledBack));
+        assert_eq!(e.end_transaction(c, "id-c", Decision::Unknown).unwrap(), EndOutcome::StillPending);
+        assert_eq!(bodies(&e, "orders"), vec!["a"]);
+        let pulled = e.pull("orders", 0, 0, 1, 1 << 20).unwrap().messages.remove(0);
+        assert!(pulled.properties.user.is_empty(), "internal properties stay inside");
+
+        // Checks: not before the interval; counted; discarded past the maximum.
+        assert!(e.transaction_checks_due().is_empty());
+        clock.advance_ms(100);
+        let due = e.transaction_checks_due();
+        assert_eq!(due, vec![CheckDue { log_offset: c, producer_group: "pg".into(), checks: 0 }]);
+        assert_eq!(e.half_message(c).unwrap().topic, "orders");
+        e.transaction_checked(c, false);
+        assert!(e.transaction_checks_due().is_empty());
+        e.producer_joined("pg");
+        assert_eq!(e.transaction_checks_due()[0].checks, 0, "no producer was connected: not counted; due when one joins");
+        e.transaction_checked(c, true);
+        drop(e);
+
+        // Reopen: a stays committed once, b rolled back, c pending again.
+        let e = open(dir.path(), &clock);
+        e.set_park_policy(ParkPolicy { check_interval_ms: 100, checks_max: 2, delay_max_ms: 10_000 }).unwrap();
+        assert_eq!(e.transactions().0[0].pending, 1);
+        assert_eq!(e.end_transaction(a, "id-a", Decision::Commit).unwrap(), EndOutcome::AlreadyDecided(Decided::Committed));
+        for _ in 0..2 {
+            clock.advance_ms(100);
+            let due = e.transaction_checks_due();
+            assert_eq!(due.len(), 1);
+            e.transaction_checked(c, true);
+        }
+        clock.advance_ms(100);
+        assert!(e.transaction_checks_due().is_empty(), "past the maximum: discarded");
+        assert_eq!(e.end_transaction(c, "id-c", Decision::Commit).unwrap(), EndOutcome::AlreadyDecided(Decided::Discarded));
+        assert_eq!(bodies(&e, "orders"), vec!["a"]);
+        assert!(matches!(e.send_half("nope", "pg", None, vec![msg("x", "1")]), Err(SendError::UnknownTopic(_))));
+    }
+
+    #[test]
+    fn a_commit_whose_op_record_was_lost_is_not_repeated() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000));
+        let e = open(dir.path(), &clock);
+        e.create_topic("t", 1).unwrap();
+        let h = e.send_half("t", "pg", None, vec![msg("x", "id-1")]).unwrap().messages[0].log_offset;
+        // As a crash after the copy and before the op record would leave it.
+        let m = e.store.read(h).unwrap();
+        let mut copy = released_copy(&m, "t".into(), 0);
+        copy.properties.transaction = Some(TransactionState::Commit);
+        e.store.append(&[copy]).unwrap();
+        drop(e);
+        let e = open(dir.path(), &clock);
+        assert!(e.transactions().0.is_empty(), "the copy counts as the decision");
+        assert_eq!(e.end_transaction(h, "id-1", Decision::Commit).unwrap(), EndOutcome::AlreadyDecided(Decided::Committed));
+        assert_eq!(bodies(&e, "t"), vec!["x"]);
+    }
+
+    #[test]
+    fn scheduled_messages_wait_until_due_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(10_000));
+        let e = open(dir.path(), &clock);
+        e.set_park_policy(ParkPolicy { delay_max_ms: 60_000, ..ParkPolicy::default() }).unwrap();
+        e.create_topic("t", 1).unwrap();
+        let at = |body: &str, due: u64| {
+            let mut m = msg(body, &format!("id-{body}"));
+            m.properties.delivery_ms = Some(due);
+            m
+        };
+        e.send_scheduled("t", vec![at("late", 15_000), at("soon", 11_000)]).unwrap();
+        e.send_scheduled("t", vec![at("mid", 12_000)]).unwrap();
+        assert!(matches!(e.send_scheduled("t", vec![at("far", 80_001)]), Err(SendError::Invalid(_))), "past the maximum delay");
+        assert_eq!(e.release_due(), (0, Some(11_000)));
+        clock.set_ms(10_999);
+        assert_eq!(e.release_due().0, 0, "never early");
+        clock.set_ms(11_000);
+        assert_eq!(e.release_due(), (1, Some(12_000)));
+        assert_eq!(bodies(&e, "t"), vec!["soon"]);
+        assert_eq!(e.schedule_status().pending, 2);
+        e.persist_offsets().unwrap();
+        drop(e);
+
+        let e = open(dir.path(), &clock);
+        assert_eq!(e.schedule_status().pending, 2, "released ones stay released; the rest are back");
+        clock.set_ms(20_000);
+        assert_eq!(e.release_due(), (2, None));
+        assert_eq!(bodies(&e, "t"), vec!["soon", "mid", "late"]);
+        let m = e.pull("t", 0, 0, 1, 1 << 20).unwrap().messages.remove(0);
+        assert_eq!((m.properties.delivery_ms, m.properties.unique_id.as_deref()), (Some(11_000), Some("id-soon")));
+        drop(e);
+        let e = open(dir.path(), &clock);
+        assert_eq!(e.release_due(), (0, None), "nothing released twice");
+    }
+}
