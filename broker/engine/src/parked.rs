@@ -135,12 +135,22 @@ struct TxState {
     counters: TxCounters,
 }
 
+/// Where a scheduled message not yet released is stored.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    queue_id: u32,
+    queue_offset: u64,
+    due_ms: u64,
+    stored_ms: u64,
+}
+
 #[derive(Debug, Default)]
 struct ScheduleState {
-    /// (due ms, log offset) of every message not yet released.
+    /// (due ms, log offset) of every message not yet released (and of rewritten ones' old
+    /// places, skipped when popped: a log offset not in `at` is stale).
     heap: BinaryHeap<Reverse<(u64, u64)>>,
-    /// Log offset → (schedule queue, queue offset), for the watermarks.
-    at: HashMap<u64, (u32, u64)>,
+    /// Every message not yet released, by log offset (which is also store-time order).
+    at: BTreeMap<u64, Slot>,
     /// Queue offsets not yet released, per schedule queue.
     unreleased: Vec<BTreeSet<u64>>,
     released: u64,
@@ -436,9 +446,15 @@ impl Engine {
         let policy = self.parked.policy();
         let mut due = Vec::new();
         let mut expired = Vec::new();
+        let log_min = self.store.min_offset();
         {
             let tx = lock(&self.parked.tx);
             for (&log_offset, h) in &tx.pending {
+                if log_offset < log_min {
+                    // Retention deleted the half message: nothing is left to commit.
+                    expired.push((log_offset, h.unique_id.clone()));
+                    continue;
+                }
                 if h.next_check_ms > now {
                     continue;
                 }
@@ -463,14 +479,12 @@ impl Engine {
         self.store.append(&[op_record(log_offset, Decided::Discarded)]).map_err(invalid)?;
         tx.pending.remove(&log_offset);
         tx.counters.discarded += 1;
-        tracing::warn!(
-            topic = h.topic,
-            producer_group = h.group,
-            unique_id,
-            log_offset,
-            checks = h.checks,
+        let why = if log_offset < self.store.min_offset() {
+            "transaction undecided until retention deleted its half message; discarded"
+        } else {
             "transaction still unknown after the maximum number of checks; its message was discarded"
-        );
+        };
+        tracing::warn!(topic = h.topic, producer_group = h.group, unique_id, log_offset, checks = h.checks, "{why}");
         Ok(())
     }
 
@@ -576,7 +590,7 @@ impl Engine {
         for (m, a) in messages.iter().zip(&appended.messages) {
             let due = m.properties.delivery_ms.unwrap_or(now);
             earlier |= earliest.is_none_or(|e| due < e);
-            track(&mut s, due, a.log_offset, m.queue_id, a.queue_offset);
+            track(&mut s, a.log_offset, Slot { queue_id: m.queue_id, queue_offset: a.queue_offset, due_ms: due, stored_ms: now });
         }
         drop(s);
         if earlier && let Some(n) = self.parked.notify.get() {
@@ -598,7 +612,9 @@ impl Engine {
                 && d <= now
             {
                 s.heap.pop();
-                due.push(o);
+                if s.at.contains_key(&o) {
+                    due.push(o);
+                }
             }
             if due.is_empty() {
                 return (moved, s.heap.peek().map(|Reverse((d, _))| *d));
@@ -614,9 +630,7 @@ impl Engine {
                         return (moved, Some(now + 1_000));
                     }
                 }
-                if let Some((q, qo)) = s.at.remove(&o) {
-                    s.unreleased[q as usize].remove(&qo);
-                }
+                untrack(&mut s, o);
                 moved += 1;
             }
         }
@@ -624,7 +638,14 @@ impl Engine {
 
     /// Appends the copy of the scheduled message at `log_offset`; false if its topic is gone.
     fn release(&self, log_offset: u64) -> Result<bool, EngineError> {
-        let m = self.store.read(log_offset).map_err(invalid)?;
+        let m = match self.store.read(log_offset) {
+            Ok(m) => m,
+            Err(ReadError::Trimmed { .. }) => {
+                tracing::error!(log_offset, "a scheduled message was deleted by retention (disk use) before it was due; lost");
+                return Ok(false);
+            }
+            Err(e) => return Err(invalid(e)),
+        };
         let topic = internal(&m.properties.user, P_TOPIC).unwrap_or_default();
         let queue_id: u32 = internal(&m.properties.user, P_QUEUE).and_then(|q| q.parse().ok()).unwrap_or(0);
         if self.topic(&topic).is_none_or(|c| queue_id >= c.queues) {
@@ -636,6 +657,43 @@ impl Engine {
         Ok(true)
     }
 
+    /// Rewrites scheduled messages stored more than `max_age_ms` ago to the end of the log, so
+    /// retention by age never deletes one before it is due (a delay may be longer than the
+    /// retention). Returns how many were rewritten; call it periodically.
+    ///
+    /// # Errors
+    /// The append failed (tried again at the next call).
+    pub fn rewrite_aging(&self, max_age_ms: u64) -> Result<usize, EngineError> {
+        let now = self.clock.now_ms();
+        let cutoff = now.saturating_sub(max_age_ms);
+        let mut s = lock(&self.parked.schedule);
+        let old: Vec<u64> = s.at.iter().take_while(|(_, slot)| slot.stored_ms < cutoff).take(RELEASE_BATCH_MAX).map(|(&o, _)| o).collect();
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = Vec::with_capacity(old.len());
+        for &o in &old {
+            let m = self.store.read(o).map_err(invalid)?;
+            let due = m.properties.delivery_ms.unwrap_or(now);
+            batch.push(NewMessage {
+                topic: SCHEDULE_TOPIC.to_owned(),
+                queue_id: schedule_queue(due.saturating_sub(now)),
+                born_ms: m.born_ms,
+                flags: m.flags,
+                properties: m.properties,
+                body: m.body,
+            });
+        }
+        let appended = self.store.append(&batch).map_err(invalid)?;
+        for ((o, m), a) in old.iter().zip(&batch).zip(&appended.messages) {
+            let due = m.properties.delivery_ms.unwrap_or(now);
+            untrack(&mut s, *o);
+            track(&mut s, a.log_offset, Slot { queue_id: m.queue_id, queue_offset: a.queue_offset, due_ms: due, stored_ms: now });
+        }
+        tracing::info!(messages = old.len(), "scheduled messages rewritten ahead of retention");
+        Ok(old.len())
+    }
+
     /// Scheduled messages not yet released.
     pub fn schedule_status(&self) -> ScheduleStatus {
         let now = self.clock.now_ms();
@@ -643,8 +701,8 @@ impl Engine {
         let mut due_within: Vec<(u64, u64)> = SCHEDULE_RANGES_MS.iter().map(|&r| (r, 0)).collect();
         due_within.push((self.parked.policy().delay_max_ms, 0));
         let mut overdue = 0;
-        for Reverse((d, _)) in &s.heap {
-            if *d <= now {
+        for d in s.at.values().map(|slot| slot.due_ms) {
+            if d <= now {
                 overdue += 1;
             }
             for b in &mut due_within {
@@ -654,10 +712,10 @@ impl Engine {
             }
         }
         ScheduleStatus {
-            pending: s.heap.len() as u64,
+            pending: s.at.len() as u64,
             due_within,
             overdue,
-            next_due_ms: s.heap.peek().map(|Reverse((d, _))| *d),
+            next_due_ms: s.at.values().map(|slot| slot.due_ms).min(),
             released: s.released,
             dropped: s.dropped,
         }
@@ -696,22 +754,33 @@ impl Engine {
             halves += 1;
             Ok(())
         })?;
-        let mut scheduled = 0;
+        // A message rewritten before retention (`rewrite_aging`) is there twice: the newest
+        // place counts.
+        let mut found: HashMap<(String, u64), (u64, Slot)> = HashMap::new();
         for q in 0..SCHEDULE_QUEUES {
             let from = marks.schedule.get(q as usize).copied().unwrap_or(0);
             self.scan(SCHEDULE_TOPIC, q, from, |e, m| {
                 let due = m.properties.delivery_ms.unwrap_or(0);
                 let topic = internal(&m.properties.user, P_TOPIC).unwrap_or_default();
-                let uid = m.properties.unique_id.as_deref().unwrap_or_default();
-                let copies = e.store.find_by_id_in(uid, &topic, 16).map_err(invalid)?;
+                let uid = m.properties.unique_id.clone().unwrap_or_default();
+                let copies = e.store.find_by_id_in(&uid, &topic, 16).map_err(invalid)?;
                 if copies.iter().any(|c| c.properties.delivery_ms == Some(due)) {
                     return Ok(());
                 }
-                track(&mut lock(&e.parked.schedule), due, m.log_offset, q, m.queue_offset);
-                scheduled += 1;
+                let slot = Slot { queue_id: q, queue_offset: m.queue_offset, due_ms: due, stored_ms: m.store_ms };
+                let newest = found.entry((uid, due)).or_insert((m.log_offset, slot));
+                if newest.0 < m.log_offset {
+                    *newest = (m.log_offset, slot);
+                }
                 Ok(())
             })?;
         }
+        let scheduled = found.len();
+        let mut s = lock(&self.parked.schedule);
+        for (log_offset, slot) in found.into_values() {
+            track(&mut s, log_offset, slot);
+        }
+        drop(s);
         if halves + scheduled > 0 {
             tracing::info!(halves, scheduled, "undecided transactions and scheduled messages recovered");
         }
@@ -760,13 +829,19 @@ impl Engine {
     }
 }
 
-fn track(s: &mut ScheduleState, due: u64, log_offset: u64, queue_id: u32, queue_offset: u64) {
+fn track(s: &mut ScheduleState, log_offset: u64, slot: Slot) {
     if s.unreleased.len() < SCHEDULE_QUEUES as usize {
         s.unreleased.resize_with(SCHEDULE_QUEUES as usize, BTreeSet::new);
     }
-    s.heap.push(Reverse((due, log_offset)));
-    s.at.insert(log_offset, (queue_id, queue_offset));
-    s.unreleased[queue_id as usize].insert(queue_offset);
+    s.heap.push(Reverse((slot.due_ms, log_offset)));
+    s.unreleased[slot.queue_id as usize].insert(slot.queue_offset);
+    s.at.insert(log_offset, slot);
+}
+
+fn untrack(s: &mut ScheduleState, log_offset: u64) {
+    if let Some(slot) = s.at.remove(&log_offset) {
+        s.unreleased[slot.queue_id as usize].remove(&slot.queue_offset);
+    }
 }
 
 #[cfg(test)]
@@ -901,5 +976,18 @@ mod tests {
         drop(e);
         let e = open(dir.path(), &clock);
         assert_eq!(e.release_due(), (0, None), "nothing released twice");
+
+        // A delay longer than the retention: rewritten while it waits, released once.
+        e.send_scheduled("t", vec![at("patient", 70_000)]).unwrap();
+        assert_eq!(e.rewrite_aging(5_000).unwrap(), 0, "not old yet");
+        clock.set_ms(30_000);
+        assert_eq!(e.rewrite_aging(5_000).unwrap(), 1);
+        assert_eq!(e.schedule_status().pending, 1);
+        drop(e);
+        let e = open(dir.path(), &clock);
+        assert_eq!(e.schedule_status().pending, 1, "both places are in the log; one message");
+        clock.set_ms(70_000);
+        assert_eq!(e.release_due(), (1, None));
+        assert_eq!(bodies(&e, "t"), vec!["soon", "mid", "late", "patient"]);
     }
 }

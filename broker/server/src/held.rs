@@ -16,6 +16,8 @@ use wasmq_protocol::{CheckTransactionRequest, Frame, Kind, Op, Request};
 /// The longest the scheduler sleeps without looking (a clock step or a missed notification
 /// costs at most this).
 const SCHEDULER_IDLE: Duration = Duration::from_secs(1);
+/// How often scheduled messages are looked at for rewriting ahead of retention.
+const REWRITE_INTERVAL: Duration = Duration::from_secs(60);
 /// Longest a check-back waits for room in a producer connection's outbound queue.
 const CHECK_SEND_TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -115,9 +117,19 @@ pub async fn check_back(engine: Arc<Engine>, producers: Arc<Producers>, tick: Du
     }
 }
 
-/// Releases scheduled messages when due until `stop`.
+/// Releases scheduled messages when due until `stop`; rewrites those stored longer ago than
+/// half the retention, so retention by age never deletes one before it is due.
 pub async fn scheduler(engine: Arc<Engine>, notify: Arc<Notify>, stop: CancellationToken) {
+    let max_age_ms = u64::try_from(engine.store().config().retention.as_millis() / 2).unwrap_or(u64::MAX);
+    let mut last_rewrite = tokio::time::Instant::now();
     loop {
+        if last_rewrite.elapsed() >= REWRITE_INTERVAL {
+            last_rewrite = tokio::time::Instant::now();
+            let e = Arc::clone(&engine);
+            if let Ok(Err(err)) = tokio::task::spawn_blocking(move || e.rewrite_aging(max_age_ms)).await {
+                tracing::error!(error = %err, "rewriting aging scheduled messages");
+            }
+        }
         let e = Arc::clone(&engine);
         let next = tokio::task::spawn_blocking(move || e.release_due().1).await.ok().flatten();
         let wait = next.map_or(SCHEDULER_IDLE, |due| {
