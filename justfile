@@ -22,7 +22,7 @@ plugins:
     cargo build --profile plugin --target wasm32-unknown-unknown --target-dir {{plugin_dir}} -p tenant-router -p json-order-key -p content-filter -p pii-guard
 
 # All benchmarks: the store, then the broker and plugins (start a broker with `just run` first).
-bench: bench-store bench-broker bench-plugins
+bench: bench-store bench-broker bench-plugins bench-transactions
 
 # Store throughput vs this disk's raw write bandwidth, group commit, recovery time.
 bench-store *ARGS:
@@ -39,6 +39,10 @@ bench-broker:
 bench-plugins: plugins
     cargo bench -p wasmq-server --bench plugins
     cargo run --release -p wasmq-cli -- bench plugins --router {{plugin_out}}/tenant_router.wasm --filter {{plugin_out}}/content_filter.wasm
+
+# Transactions (half message + commit) vs plain one-message sends, alternating rounds (needs `just run`).
+bench-transactions:
+    cargo run --release -p wasmq-cli -- bench transactions
 
 # The SIGKILL crash test with more cycles than CI runs (e.g. `just crash 200`).
 crash CYCLES="200":

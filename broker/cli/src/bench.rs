@@ -1,4 +1,4 @@
-//! `wasmq bench produce|consume|e2e|ceiling`: throughput and latency against a running broker,
+//! `wasmq bench produce|consume|e2e|plugins|transactions|ceiling`: throughput and latency against a running broker,
 //! each throughput also as a share of this machine's TLS ceiling measured in the same run (a
 //! plain rustls client→server copy over loopback with the same provider and cipher suites).
 
@@ -11,7 +11,7 @@ use bytes::Bytes;
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wasmq_client::{ClientError, OutgoingMessage, Producer, PullConsumer};
+use wasmq_client::{ClientError, OutgoingMessage, Producer, PullConsumer, TransactionProducer, TxDecision};
 
 use crate::Cli;
 
@@ -26,6 +26,9 @@ pub(crate) enum BenchCommand {
     /// Produce and consume with a router and a filter plugin attached, against the same run
     /// without plugins, in alternating rounds; plus each plugin's time per message.
     Plugins(PluginBench),
+    /// Transactions (a half message and its commit, one message each) against plain sends of
+    /// one message, in alternating rounds.
+    Transactions(TxBench),
     /// The TLS copy ceiling alone.
     Ceiling {
         #[arg(long, default_value_t = 1 << 30)]
@@ -105,6 +108,27 @@ pub(crate) struct PluginBench {
 }
 
 #[derive(Debug, Clone, Args)]
+pub(crate) struct TxBench {
+    #[arg(long, default_value = "bench-tx")]
+    topic: String,
+    #[arg(long, default_value_t = 8)]
+    queues: u32,
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Connections.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    /// Transactions (or sends) in flight per connection.
+    #[arg(long, default_value_t = 32)]
+    in_flight: usize,
+    /// Seconds per round.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+}
+
+#[derive(Debug, Clone, Args)]
 pub(crate) struct E2e {
     #[arg(long, default_value = "bench-e2e")]
     topic: String,
@@ -156,12 +180,65 @@ pub(crate) async fn run(cli: &Cli, command: &BenchCommand) -> Result<()> {
             println!("e2e at {} msgs/s: {} ({} samples)", e.rate, pct(&h), h.len());
         }
         BenchCommand::Plugins(p) => plugins(cli, p).await?,
+        BenchCommand::Transactions(t) => transactions(cli, t).await?,
         BenchCommand::Ceiling { bytes } => {
             let mb = ceiling(*bytes).await?;
             println!("--- summary ---");
             println!("TLS ceiling: {mb:.0} MB/s");
         }
     }
+    Ok(())
+}
+
+/// One round of one-message sends (`transactional`: each a half message then its commit):
+/// operations per second and each operation's latency.
+async fn tx_round(cli: &Cli, t: &TxBench, transactional: bool) -> Result<(f64, Histogram<u64>)> {
+    let deadline = Instant::now() + Duration::from_secs(t.duration);
+    let template = OutgoingMessage::new(Bytes::from(vec![b'x'; t.size]));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..t.concurrency {
+        let conn = cli.connect().await?;
+        let tx = Arc::new(TransactionProducer::start(conn.clone(), "bench-tx", |_| TxDecision::Commit).await?);
+        let plain = Producer::new(conn, "bench-tx");
+        for _ in 0..t.in_flight {
+            let (tx, plain, template, topic) = (Arc::clone(&tx), plain.clone(), template.clone(), t.topic.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut h = histogram();
+                while Instant::now() < deadline {
+                    let at = Instant::now();
+                    if transactional {
+                        let done = tx.send(&topic, template.clone(), |_| TxDecision::Commit).await?;
+                        done.ended?;
+                    } else {
+                        plain.send(&topic, template.clone()).await?;
+                    }
+                    h.saturating_record(at.elapsed().as_micros() as u64);
+                }
+                Ok::<_, ClientError>(h)
+            }));
+        }
+    }
+    let mut h = histogram();
+    for task in tasks {
+        h.add(task.await?.context("send failed")?)?;
+    }
+    Ok((h.len() as f64 / started.elapsed().as_secs_f64(), h))
+}
+
+async fn transactions(cli: &Cli, t: &TxBench) -> Result<()> {
+    ensure_topic(cli, &t.topic, t.queues).await?;
+    let (mut plain, mut tx) = (Vec::new(), Vec::new());
+    for round in 1..=t.rounds {
+        let (p, ph) = tx_round(cli, t, false).await?;
+        let (x, xh) = tx_round(cli, t, true).await?;
+        println!("round {round}: plain {p:.0} sends/s ({}); transactional {x:.0} tx/s ({})", pct(&ph), pct(&xh));
+        plain.push(p);
+        tx.push(x);
+    }
+    let (p, x) = (plain.iter().sum::<f64>() / plain.len() as f64, tx.iter().sum::<f64>() / tx.len() as f64);
+    println!("--- summary ---");
+    println!("transactions: {x:.0} tx/s vs plain {p:.0} sends/s ({:.0} %)", 100.0 * x / p);
     Ok(())
 }
 

@@ -132,7 +132,34 @@ pub struct TxCounters {
 struct TxState {
     /// By log offset (which is also queue order: `%HALF%` has one queue).
     pending: BTreeMap<u64, Half>,
+    /// (next check ms, log offset) of every pending half message: what is due, without
+    /// looking at the rest.
+    due: BTreeSet<(u64, u64)>,
     counters: TxCounters,
+}
+
+impl TxState {
+    fn insert(&mut self, log_offset: u64, h: Half) {
+        self.due.insert((h.next_check_ms, log_offset));
+        if let Some(old) = self.pending.insert(log_offset, h) {
+            self.due.remove(&(old.next_check_ms, log_offset));
+        }
+    }
+
+    fn remove(&mut self, log_offset: u64) -> Option<Half> {
+        let h = self.pending.remove(&log_offset)?;
+        self.due.remove(&(h.next_check_ms, log_offset));
+        Some(h)
+    }
+
+    /// Moves a pending half message's next check.
+    fn reschedule(&mut self, log_offset: u64, next_check_ms: u64) -> Option<&mut Half> {
+        let h = self.pending.get_mut(&log_offset)?;
+        self.due.remove(&(h.next_check_ms, log_offset));
+        h.next_check_ms = next_check_ms;
+        self.due.insert((next_check_ms, log_offset));
+        Some(h)
+    }
 }
 
 /// Where a scheduled message not yet released is stored.
@@ -277,8 +304,15 @@ impl Engine {
         }
         *self.parked.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
         // Recovered halves not yet checked wait the new interval from when they were stored.
-        for h in lock(&self.parked.tx).pending.values_mut().filter(|h| h.checks == 0 && h.check_after_ms.is_none()) {
-            h.next_check_ms = h.stored_ms + policy.check_interval_ms;
+        let mut tx = lock(&self.parked.tx);
+        let unchecked: Vec<(u64, u64)> = tx
+            .pending
+            .iter()
+            .filter(|(_, h)| h.checks == 0 && h.check_after_ms.is_none())
+            .map(|(&o, h)| (o, h.stored_ms + policy.check_interval_ms))
+            .collect();
+        for (o, next) in unchecked {
+            tx.reschedule(o, next);
         }
         Ok(())
     }
@@ -340,7 +374,7 @@ impl Engine {
         let now = self.clock.now_ms();
         for (m, a) in messages.iter().zip(&appended.messages) {
             let queue_id = internal(&m.properties.user, P_QUEUE).and_then(|q| q.parse().ok()).unwrap_or(0);
-            tx.pending.insert(
+            tx.insert(
                 a.log_offset,
                 Half {
                     queue_offset: a.queue_offset,
@@ -392,7 +426,7 @@ impl Engine {
         }
         batch.push(op_record(log_offset, decided));
         let appended = self.store.append(&batch).map_err(invalid)?;
-        tx.pending.remove(&log_offset);
+        tx.remove(log_offset);
         match decided {
             Decided::Committed => tx.counters.committed += 1,
             Decided::RolledBack => tx.counters.rolled_back += 1,
@@ -449,13 +483,11 @@ impl Engine {
         let log_min = self.store.min_offset();
         {
             let tx = lock(&self.parked.tx);
-            for (&log_offset, h) in &tx.pending {
+            // Retention deleted these half messages: nothing is left to commit.
+            expired.extend(tx.pending.range(..log_min).map(|(&o, h)| (o, h.unique_id.clone())));
+            for &(_, log_offset) in tx.due.range(..(now + 1, 0)) {
+                let h = &tx.pending[&log_offset];
                 if log_offset < log_min {
-                    // Retention deleted the half message: nothing is left to commit.
-                    expired.push((log_offset, h.unique_id.clone()));
-                    continue;
-                }
-                if h.next_check_ms > now {
                     continue;
                 }
                 if h.checks >= policy.checks_max {
@@ -477,7 +509,7 @@ impl Engine {
         let mut tx = lock(&self.parked.tx);
         let Some(h) = tx.pending.get(&log_offset).filter(|h| h.unique_id == unique_id).cloned() else { return Ok(()) };
         self.store.append(&[op_record(log_offset, Decided::Discarded)]).map_err(invalid)?;
-        tx.pending.remove(&log_offset);
+        tx.remove(log_offset);
         tx.counters.discarded += 1;
         let why = if log_offset < self.store.min_offset() {
             "transaction undecided until retention deleted its half message; discarded"
@@ -494,8 +526,7 @@ impl Engine {
         let now = self.clock.now_ms();
         let interval = self.parked.policy().check_interval_ms;
         let mut tx = lock(&self.parked.tx);
-        let Some(h) = tx.pending.get_mut(&log_offset) else { return };
-        h.next_check_ms = now + interval;
+        let Some(h) = tx.reschedule(log_offset, now + interval) else { return };
         h.waiting_for_producer = !sent;
         if sent {
             h.checks += 1;
@@ -506,9 +537,12 @@ impl Engine {
     /// A producer of `group` connected: transactions whose last check found none are due now.
     pub fn producer_joined(&self, group: &str) {
         let now = self.clock.now_ms();
-        for h in lock(&self.parked.tx).pending.values_mut().filter(|h| h.waiting_for_producer && h.group == group) {
-            h.next_check_ms = now;
-            h.waiting_for_producer = false;
+        let mut tx = lock(&self.parked.tx);
+        let waiting: Vec<u64> = tx.pending.iter().filter(|(_, h)| h.waiting_for_producer && h.group == group).map(|(&o, _)| o).collect();
+        for o in waiting {
+            if let Some(h) = tx.reschedule(o, now) {
+                h.waiting_for_producer = false;
+            }
         }
     }
 
@@ -736,7 +770,7 @@ impl Engine {
             }
             let user = &m.properties.user;
             let check_after_ms = internal(user, P_CHECK_AFTER).and_then(|v| v.parse().ok());
-            lock(&e.parked.tx).pending.insert(
+            lock(&e.parked.tx).insert(
                 m.log_offset,
                 Half {
                     queue_offset: m.queue_offset,

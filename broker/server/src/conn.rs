@@ -403,12 +403,9 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
                 TxDecision::Rollback => Decision::Rollback,
                 TxDecision::Unknown => Decision::Unknown,
             };
-            let (log_offset, uid) = (t.log_offset, t.unique_id.clone());
-            let e = Arc::clone(engine);
-            let outcome = tokio::task::spawn_blocking(move || e.end_transaction(log_offset, &uid, decision))
-                .await
-                .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
-                .map_err(|e| wire::engine_error(&e))?;
+            let log_offset = t.log_offset;
+            // As a send: a read and an append in memory, no waiting (durability is waited for below).
+            let outcome = engine.end_transaction(log_offset, &t.unique_id, decision).map_err(|e| wire::engine_error(&e))?;
             let state = |d: Decided| match d {
                 Decided::Committed => TxState::Committed,
                 Decided::RolledBack => TxState::RolledBack,
