@@ -376,7 +376,9 @@ fn broker_sigkill_mid_stream_loses_no_commit_and_repeats_none() {
 #[test]
 fn late_and_repeated_ends_change_nothing_and_bad_requests_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker_with_topic(dir.path(), "t", "1");
+    let broker =
+        Broker::start(dir.path(), &[("WASMQ_TRANSACTION_CHECK_INTERVAL_MS", CHECK_INTERVAL), ("WASMQ_TRANSACTION_CHECKS_MAX", "2")]);
+    broker.cli(&["topic", "create", "t", "--queues", "1"]);
     wasmq_tests::runtime().block_on(async {
         let p = TransactionProducer::start(broker.connect().await, "g", |_| TxDecision::Unknown).await.unwrap();
         let committed = p.send("t", OutgoingMessage::new(&b"committed"[..]), |_| TxDecision::Commit).await.unwrap();
@@ -405,6 +407,30 @@ fn late_and_repeated_ends_change_nothing_and_bad_requests_are_refused() {
         assert_eq!(e.code(), Some(wasmq_client::ErrorCode::InvalidTopic), "{e}");
         let e = p.send("missing", OutgoingMessage::new(&b"x"[..]), |_| TxDecision::Commit).await.unwrap_err();
         assert_eq!(e.code(), Some(wasmq_client::ErrorCode::UnknownTopic), "{e}");
+        let e = PullConsumer::new(conn.clone()).pull("%HALF%", 0, 0, 10, Duration::ZERO).await.unwrap_err();
+        assert_eq!(e.code(), Some(wasmq_client::ErrorCode::InvalidTopic), "half messages cannot be read: {e}");
+
+        // Unknown at every check: discarded after the maximum (2 here), never delivered. The
+        // producer asks for its first check after 200 ms instead of the broker's 1 s.
+        let first_check: Arc<Mutex<Option<u64>>> = Arc::default();
+        let f2 = Arc::clone(&first_check);
+        let undecided = TransactionProducer::start(conn.clone(), "undecided", move |c: &TransactionCheck| {
+            f2.lock().unwrap().get_or_insert(now_ms() - c.message.born_ms);
+            TxDecision::Unknown
+        })
+        .await
+        .unwrap()
+        .with_check_after_ms(200);
+        undecided.send("t", OutgoingMessage::new(&b"never"[..]), |_| TxDecision::Unknown).await.unwrap();
+        let started = Instant::now();
+        while broker.admin().transactions().await.unwrap().discarded == 0 {
+            assert!(started.elapsed() < Duration::from_secs(15), "not discarded");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let first = first_check.lock().unwrap().expect("checked");
+        assert!((200..900).contains(&first), "first check {first} ms after the send, as the producer asked");
+        let stats = broker.admin().transactions().await.unwrap();
+        assert_eq!((stats.discarded, stats.checks_sent, stats.unknown_answers), (1, 2, 3), "the local unknown and two checks: {stats:?}");
     });
     // The CLI: a committed and a rolled-back transaction, and one left to the check-back that a
     // second CLI instance of the group answers.

@@ -295,6 +295,10 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
             Ok(Response::Send(SendResponse { queue_id, results }))
         }
         Request::Pull(p) => {
+            if wasmq_engine::is_internal_topic(&p.topic) {
+                // Half messages must stay invisible; held messages are read through their topic.
+                return Err(WireError::new(ErrorCode::InvalidTopic, format!("{} is internal to the broker", p.topic)));
+            }
             let max_messages = p.max_messages.clamp(1, PULL_MESSAGES_MAX) as usize;
             let max_bytes = p.max_bytes.clamp(1, PULL_BYTES_MAX) as usize;
             let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(p.wait_ms.min(PULL_WAIT_MAX_MS)));
