@@ -108,6 +108,9 @@ pub enum EngineError {
     Invalid(String),
     #[error("saving {path}: {source}")]
     Save { path: PathBuf, source: std::io::Error },
+    /// The store refused an append the broker made for the request (full disk, stopped store).
+    #[error(transparent)]
+    Append(#[from] AppendError),
 }
 
 type QueueKey = (Arc<str>, u32);

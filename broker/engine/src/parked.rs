@@ -415,8 +415,9 @@ impl Engine {
             Decision::Commit => Decided::Committed,
             Decision::Rollback => Decided::RolledBack,
         };
-        let topic_ok = self.topic(&half.topic).is_some_and(|c| half.queue_id < c.queues);
-        let decided = if topic_ok { decided } else { Decided::Discarded };
+        // A commit whose topic (or queue) was deleted meanwhile has nowhere to go.
+        let topic_gone = decided == Decided::Committed && self.topic(&half.topic).is_none_or(|c| half.queue_id >= c.queues);
+        let decided = if topic_gone { Decided::Discarded } else { decided };
         let mut batch = Vec::with_capacity(2);
         if decided == Decided::Committed {
             let m = self.store.read(log_offset).map_err(invalid)?;
@@ -425,7 +426,7 @@ impl Engine {
             batch.push(copy);
         }
         batch.push(op_record(log_offset, decided));
-        let appended = self.store.append(&batch).map_err(invalid)?;
+        let appended = self.store.append(&batch)?;
         tx.remove(log_offset);
         match decided {
             Decided::Committed => tx.counters.committed += 1,
@@ -436,7 +437,7 @@ impl Engine {
         if decided == Decided::Committed {
             self.wake(&half.topic, half.queue_id);
         }
-        if !topic_ok {
+        if topic_gone {
             tracing::warn!(topic = half.topic, log_offset, "transaction ended after its topic or queue was deleted; discarded");
             return Err(EngineError::Invalid(format!(
                 "topic {} or its queue {} no longer exists: the transaction was discarded",
@@ -508,7 +509,7 @@ impl Engine {
     fn discard_half(&self, log_offset: u64, unique_id: &str) -> Result<(), EngineError> {
         let mut tx = lock(&self.parked.tx);
         let Some(h) = tx.pending.get(&log_offset).filter(|h| h.unique_id == unique_id).cloned() else { return Ok(()) };
-        self.store.append(&[op_record(log_offset, Decided::Discarded)]).map_err(invalid)?;
+        self.store.append(&[op_record(log_offset, Decided::Discarded)])?;
         tx.remove(log_offset);
         tx.counters.discarded += 1;
         let why = if log_offset < self.store.min_offset() {
@@ -686,7 +687,7 @@ impl Engine {
             tracing::warn!(topic, queue_id, log_offset, "scheduled message due after its topic or queue was deleted; dropped");
             return Ok(false);
         }
-        self.store.append(&[released_copy(&m, topic.clone(), queue_id)]).map_err(invalid)?;
+        self.store.append(&[released_copy(&m, topic.clone(), queue_id)])?;
         self.wake(&topic, queue_id);
         Ok(true)
     }
@@ -718,7 +719,7 @@ impl Engine {
                 body: m.body,
             });
         }
-        let appended = self.store.append(&batch).map_err(invalid)?;
+        let appended = self.store.append(&batch)?;
         for ((o, m), a) in old.iter().zip(&batch).zip(&appended.messages) {
             let due = m.properties.delivery_ms.unwrap_or(now);
             untrack(&mut s, *o);

@@ -72,6 +72,7 @@ pub fn group_commit_error(e: &wasmq_engine::GroupCommitError) -> WireError {
 pub fn engine_error(e: &EngineError) -> WireError {
     match e {
         EngineError::Invalid(_) => WireError::new(ErrorCode::InvalidRequest, e.to_string()),
+        EngineError::Append(a) => append_error(a),
         _ => WireError::new(ErrorCode::Internal, e.to_string()),
     }
 }
