@@ -654,14 +654,17 @@ impl Engine {
             if due.is_empty() {
                 return (moved, s.heap.peek().map(|Reverse((d, _))| *d));
             }
-            for o in due {
+            for (i, &o) in due.iter().enumerate() {
                 match self.release(o) {
                     Ok(true) => s.released += 1,
                     Ok(false) => s.dropped += 1,
                     Err(e) => {
-                        // The store refused (full disk, closed): try again in a second.
+                        // The store refused (full disk, closed): this one and the rest of the
+                        // pass are tried again in a second.
                         tracing::error!(log_offset = o, error = %e, "releasing a scheduled message");
-                        s.heap.push(Reverse((now + 1_000, o)));
+                        for &rest in &due[i..] {
+                            s.heap.push(Reverse((now + 1_000, rest)));
+                        }
                         return (moved, Some(now + 1_000));
                     }
                 }
@@ -955,6 +958,27 @@ mod tests {
         assert_eq!(e.end_transaction(c, "id-c", Decision::Commit).unwrap(), EndOutcome::AlreadyDecided(Decided::Discarded));
         assert_eq!(bodies(&e, "orders"), vec!["a"]);
         assert!(matches!(e.send_half("nope", "pg", None, vec![msg("x", "1")]), Err(SendError::UnknownTopic(_))));
+    }
+
+    #[test]
+    fn a_refused_release_keeps_every_due_message_for_the_next_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(10_000));
+        let e = open(dir.path(), &clock);
+        e.create_topic("t", 1).unwrap();
+        let batch = (0..3)
+            .map(|i| {
+                let mut m = msg("x", &format!("id-{i}"));
+                m.properties.delivery_ms = Some(11_000);
+                m
+            })
+            .collect();
+        e.send_scheduled("t", batch).unwrap();
+        e.store.shutdown().unwrap();
+        clock.set_ms(11_000);
+        assert_eq!(e.release_due(), (0, Some(12_000)), "appends refused: tried again in a second");
+        assert_eq!(e.schedule_status().pending, 3);
+        assert_eq!(lock(&e.parked.schedule).heap.len(), 3, "all three are due again, not only the first");
     }
 
     #[test]
