@@ -3,6 +3,7 @@
 mod broker;
 mod groups;
 mod plugins;
+mod replication;
 mod store_crash;
 mod store_disk_full;
 mod transactions;

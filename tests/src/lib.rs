@@ -115,6 +115,10 @@ pub mod broker {
                 }
             }
             assert!(!token.is_empty(), "the broker did not start");
+            if ca.as_os_str().is_empty() {
+                // A configured certificate: clients trust the CA it names for its peers.
+                ca = env.iter().find(|(k, _)| k == "WASMQ_PEER_CA").map(|(_, v)| PathBuf::from(v)).unwrap_or_default();
+            }
             // Keep draining stdout so the broker never blocks on it.
             std::thread::spawn(move || for _ in lines {});
             Self { child, data_dir: data_dir.to_owned(), listen, admin_listen, ca, token, env }
@@ -168,6 +172,43 @@ pub mod broker {
 
         pub fn env(&self) -> &[(String, String)] {
             &self.env
+        }
+
+        /// Starts a slave (broker id 1) of `master` on `data_dir`: same certificate, CA, admin
+        /// token and segment size, following the master's address.
+        pub fn start_slave(data_dir: &Path, master: &Broker, env: &[(&str, &str)]) -> Self {
+            let tls = master.data_dir.join("tls");
+            let mut all: Vec<(String, String)> = vec![
+                ("WASMQ_BROKER_ID".into(), "1".into()),
+                ("WASMQ_MASTER".into(), master.listen.clone()),
+                ("WASMQ_TLS_CERT".into(), tls.join("server.pem").display().to_string()),
+                ("WASMQ_TLS_KEY".into(), tls.join("server-key.pem").display().to_string()),
+                ("WASMQ_PEER_CA".into(), master.ca.display().to_string()),
+                ("WASMQ_ADMIN_TOKEN".into(), master.token.clone()),
+            ];
+            all.extend(master.env.iter().filter(|(k, _)| k == "WASMQ_SEGMENT_BYTES").cloned());
+            all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            Self::start_with(data_dir, all)
+        }
+
+        /// SIGKILL, then the same broker again on the same addresses and data.
+        pub fn kill_and_restart(self) -> Self {
+            let (dir, mut env) = (self.data_dir.clone(), self.env.clone());
+            env.retain(|(k, _)| k != "WASMQ_LISTEN" && k != "WASMQ_ADMIN_LISTEN");
+            env.push(("WASMQ_LISTEN".into(), self.listen.clone()));
+            env.push(("WASMQ_ADMIN_LISTEN".into(), self.admin_listen.clone()));
+            self.kill();
+            Self::start_with(&dir, env)
+        }
+
+        /// Starts a killed or stopped broker again on `addrs` (its old listen and admin
+        /// addresses), with its data and settings.
+        pub fn start_again(data_dir: &Path, env: &[(String, String)], listen: &str, admin_listen: &str) -> Self {
+            let mut env = env.to_vec();
+            env.retain(|(k, _)| k != "WASMQ_LISTEN" && k != "WASMQ_ADMIN_LISTEN");
+            env.push(("WASMQ_LISTEN".into(), listen.to_owned()));
+            env.push(("WASMQ_ADMIN_LISTEN".into(), admin_listen.to_owned()));
+            Self::start_with(data_dir, env)
         }
     }
 

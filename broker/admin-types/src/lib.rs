@@ -271,3 +271,46 @@ pub struct DueWithin {
     pub within_ms: u64,
     pub count: u64,
 }
+
+/// `GET /api/v1/replicas`: this broker's place in its broker set and replication state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub broker_name: String,
+    pub broker_id: u32,
+    /// `master` or `slave`.
+    pub role: String,
+    /// `async`, or `sync` with the number of slaves a send waits for.
+    pub replication: String,
+    pub listen: String,
+    pub admin_listen: String,
+    pub log_end_offset: u64,
+    pub log_durable_offset: u64,
+    /// On a master: its slaves.
+    pub slaves: Vec<SlaveStatus>,
+    /// On a slave: its master.
+    pub master: Option<MasterStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlaveStatus {
+    pub broker_id: u32,
+    pub admin_addr: String,
+    /// Everything below this is on the slave.
+    pub acked_offset: u64,
+    pub lag_bytes: u64,
+    /// How long since the slave last held everything the master had (0 when it does).
+    pub lag_ms: u64,
+    pub connected: bool,
+    pub last_seen_ms_ago: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterStatus {
+    pub addr: String,
+    pub connected: bool,
+    /// The master's log end at the last contact.
+    pub master_end_offset: u64,
+    pub lag_bytes: u64,
+    pub last_contact_ms_ago: Option<u64>,
+    pub error: Option<String>,
+}

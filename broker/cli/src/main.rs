@@ -74,6 +74,11 @@ enum Command {
     },
     /// Undecided transactions by topic and producer group, and what became of the others.
     Transactions,
+    /// Broker sets: roles, log ends, replication lag.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Scheduled messages not yet delivered, by due time.
     Scheduled,
     /// Print the messages of a topic's queues.
@@ -113,6 +118,17 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: bench::BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// The broker at --admin and its slaves (or, for a slave, its master): role, address, log
+    /// end, replication lag in bytes and seconds, connection state.
+    Status {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -181,13 +197,18 @@ enum TopicCommand {
 
 impl Cli {
     pub(crate) fn admin(&self) -> Result<Admin> {
-        let token = match &self.token {
-            Some(t) => t.clone(),
+        Admin::new(&self.admin, &self.ca, self.admin_token()?)
+            .with_context(|| format!("reading the CA certificate {} (--ca)", self.ca.display()))
+    }
+
+    /// `--token`, or the development token in `data/admin-token`.
+    fn admin_token(&self) -> Result<String> {
+        match &self.token {
+            Some(t) => Ok(t.clone()),
             None => std::fs::read_to_string("data/admin-token")
                 .map(|t| t.trim().to_owned())
-                .context("no --token given and data/admin-token not readable")?,
-        };
-        Admin::new(&self.admin, &self.ca, token).with_context(|| format!("reading the CA certificate {} (--ca)", self.ca.display()))
+                .context("no --token given and data/admin-token not readable"),
+        }
     }
 
     pub(crate) async fn connect(&self) -> Result<Connection> {
@@ -269,6 +290,7 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Cluster { command: ClusterCommand::Status { json } } => cluster_status(&cli, *json).await,
         Command::Transactions => {
             println!("{}", serde_json::to_string_pretty(&cli.admin()?.transactions().await?)?);
             Ok(())
@@ -287,6 +309,44 @@ async fn main() -> Result<()> {
         Command::Plugin { command } => plugin::run(&cli, command).await,
         Command::Bench { command } => bench::run(&cli, command).await,
     }
+}
+
+async fn cluster_status(cli: &Cli, json: bool) -> Result<()> {
+    let first = cli.admin()?.replicas().await?;
+    let mut all = vec![first.clone()];
+    // The master names its slaves' admin addresses; ask each (same token and CA).
+    for s in &first.slaves {
+        match Admin::new(&s.admin_addr, &cli.ca, cli.admin_token()?)?.replicas().await {
+            Ok(r) => all.push(r),
+            Err(e) => eprintln!("slave {} at {}: {e}", s.broker_id, s.admin_addr),
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:>3} {:<7} {:<22} {:>14} {:>12} {:>9} {:<10} replication",
+        "broker", "id", "role", "address", "log end", "lag bytes", "lag s", "link"
+    );
+    for r in &all {
+        let (lag_bytes, lag_s, link) = match &r.master {
+            Some(m) => {
+                let lag_ms = first.slaves.iter().find(|s| s.broker_id == r.broker_id).map_or(0, |s| s.lag_ms);
+                (
+                    m.lag_bytes.to_string(),
+                    format!("{:.1}", lag_ms as f64 / 1000.0),
+                    if m.connected { "connected" } else { "down" }.to_owned(),
+                )
+            }
+            None => ("-".into(), "-".into(), format!("{} slave(s)", r.slaves.iter().filter(|s| s.connected).count())),
+        };
+        println!(
+            "{:<12} {:>3} {:<7} {:<22} {:>14} {:>12} {:>9} {:<10} {}",
+            r.broker_name, r.broker_id, r.role, r.listen, r.log_end_offset, lag_bytes, lag_s, link, r.replication
+        );
+    }
+    Ok(())
 }
 
 async fn group(cli: &Cli, command: &GroupCommand) -> Result<()> {

@@ -87,6 +87,14 @@ impl Admin {
         self.call("GET", "/transactions", None).await?.ok_or_else(|| ClientError::Malformed("empty answer".into()))
     }
 
+    /// This broker's role in its broker set and its replication state.
+    ///
+    /// # Errors
+    /// Connection failure or the API's error.
+    pub async fn replicas(&self) -> Result<wasmq_admin_types::ReplicaStatus, ClientError> {
+        self.call("GET", "/replicas", None).await?.ok_or_else(|| ClientError::Malformed("empty answer".into()))
+    }
+
     /// Scheduled messages not yet delivered, by due time.
     ///
     /// # Errors

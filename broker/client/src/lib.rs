@@ -22,4 +22,4 @@ pub use producer::{OutgoingMessage, Producer, RETRIES_DEFAULT, SendReceipt, queu
 pub use tls::client_config;
 pub use transaction::{Checker, Transaction, TransactionCheck, TransactionProducer, TxDecision, TxState};
 pub use wasmq_admin_types as admin_types;
-pub use wasmq_protocol::{ErrorCode, GroupMode, Message, PullResponse, PulledMessage};
+pub use wasmq_protocol::{ErrorCode, GroupMode, Message, PullResponse, PulledMessage, SendStatus};

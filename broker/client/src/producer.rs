@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use wasmq_protocol::{ErrorCode, Message, Request, Response, RouteRequest, SendRequest};
+use wasmq_protocol::{ErrorCode, Message, Request, Response, RouteRequest, SendRequest, SendStatus};
 
 use crate::{ClientError, Connection};
 
@@ -74,6 +74,9 @@ pub struct SendReceipt {
     pub queue_id: u32,
     pub queue_offset: u64,
     pub log_offset: u64,
+    /// `Ok`, or (synchronous replication) stored on the master but not known on enough slaves:
+    /// `FlushSlaveTimeout`, `SlaveNotAvailable`. Not retried: the message is stored.
+    pub status: SendStatus,
 }
 
 /// Strings travel with 16-bit lengths; longer ones are refused here rather than cut on the wire.
@@ -290,6 +293,7 @@ impl Producer {
                             queue_id: s.queue_id,
                             queue_offset: s.queue_offset,
                             log_offset: s.log_offset,
+                            status: r.status,
                         })
                         .collect());
                 }

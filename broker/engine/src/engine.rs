@@ -76,6 +76,9 @@ pub enum SendError {
     InvalidQueue { topic: String, queue_id: u32, queues: u32 },
     #[error("{0}")]
     Invalid(String),
+    /// This broker is a slave.
+    #[error("{0}")]
+    ReadOnly(String),
     #[error(transparent)]
     Append(#[from] AppendError),
 }
@@ -108,6 +111,9 @@ pub enum EngineError {
     Invalid(String),
     #[error("saving {path}: {source}")]
     Save { path: PathBuf, source: std::io::Error },
+    /// This broker is a slave.
+    #[error("{0}")]
+    ReadOnly(String),
     /// The store refused an append the broker made for the request (full disk, stopped store).
     #[error(transparent)]
     Append(#[from] AppendError),
@@ -122,14 +128,18 @@ pub struct Engine {
     pub(crate) store: Arc<Store>,
     pub(crate) clock: Arc<dyn Clock>,
     broker_name: String,
-    topics_path: PathBuf,
+    pub(crate) topics_path: PathBuf,
     /// Read-mostly snapshot, replaced whole on create and delete.
-    topics: RwLock<Arc<BTreeMap<String, TopicConfig>>>,
-    topics_write: Mutex<()>,
-    waiters: Mutex<HashMap<QueueKey, Vec<Box<dyn Wake>>>>,
+    pub(crate) topics: RwLock<Arc<BTreeMap<String, TopicConfig>>>,
+    pub(crate) topics_write: Mutex<()>,
+    pub(crate) waiters: Mutex<HashMap<QueueKey, Vec<Box<dyn Wake>>>>,
     offsets_path: PathBuf,
-    offsets: Mutex<OffsetTable>,
-    offsets_dirty: AtomicBool,
+    pub(crate) offsets: Mutex<OffsetTable>,
+    pub(crate) offsets_dirty: AtomicBool,
+    /// On a slave: why writes are refused (`replica.rs`).
+    pub(crate) read_only: Mutex<Option<String>>,
+    /// On a slave: offsets committed here, to hand to the master.
+    pub(crate) local_commits: Mutex<OffsetTable>,
     clients: Mutex<HashMap<String, ClientInfo>>,
     round_robin: AtomicU32,
     coordinator: Mutex<Coordinator>,
@@ -189,6 +199,8 @@ impl Engine {
             locks: Mutex::new(HashMap::new()),
             lock_ttl_ms: AtomicU64::new(ORDER_LOCK_TTL_MS_DEFAULT),
             parked: Parked::default(),
+            read_only: Mutex::new(None),
+            local_commits: Mutex::new(OffsetTable::default()),
             parked_path: dir.join("parked.json"),
         };
         for (topic, queues) in [(HALF_TOPIC, 1), (TX_OP_TOPIC, 1), (SCHEDULE_TOPIC, SCHEDULE_QUEUES)] {
@@ -208,7 +220,7 @@ impl Engine {
         &self.broker_name
     }
 
-    fn snapshot(&self) -> Arc<BTreeMap<String, TopicConfig>> {
+    pub(crate) fn snapshot(&self) -> Arc<BTreeMap<String, TopicConfig>> {
         Arc::clone(&self.topics.read().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -240,6 +252,9 @@ impl Engine {
     }
 
     fn create(&self, name: &str, queues: u32, system: bool) -> Result<TopicConfig, TopicError> {
+        if let Some(why) = self.read_only() {
+            return Err(TopicError::ReadOnly(why));
+        }
         wasmq_store::validate_topic(name).map_err(|e| TopicError::Invalid(e.to_string()))?;
         if name.starts_with('%') && !system {
             return Err(TopicError::Reserved);
@@ -271,6 +286,9 @@ impl Engine {
     pub fn delete_topic(&self, name: &str) -> Result<(), TopicError> {
         if crate::parked::is_internal_topic(name) {
             return Err(TopicError::Reserved);
+        }
+        if let Some(why) = self.read_only() {
+            return Err(TopicError::ReadOnly(why));
         }
         let _w = lock(&self.topics_write);
         let mut table = (*self.snapshot()).clone();
@@ -331,6 +349,14 @@ impl Engine {
         Ok((queue_id, self.append_and_wake(topic, config.queues, messages)?))
     }
 
+    /// Refuses writes on a slave.
+    pub(crate) fn writable(&self) -> Result<(), SendError> {
+        match self.read_only() {
+            Some(why) => Err(SendError::ReadOnly(why)),
+            None => Ok(()),
+        }
+    }
+
     /// The next queue of the broker's round robin over `queues` queues.
     pub fn pick_queue(&self, queues: u32) -> u32 {
         self.round_robin.fetch_add(1, Ordering::Relaxed) % queues.max(1)
@@ -348,6 +374,7 @@ impl Engine {
 
     /// The append shared by both sends: checks every queue, appends, wakes each queue once.
     fn append_and_wake(&self, topic: &str, queues: u32, mut messages: Vec<NewMessage>) -> Result<Appended, SendError> {
+        self.writable()?;
         if let Some(m) = messages.iter().find(|m| m.queue_id >= queues) {
             return Err(SendError::InvalidQueue { topic: topic.to_owned(), queue_id: m.queue_id, queues });
         }
@@ -508,7 +535,10 @@ impl Engine {
         if !properties.user.iter().any(|(k, _)| k == ORIGIN_TOPIC_PROPERTY) {
             properties.user.push((ORIGIN_TOPIC_PROPERTY.to_owned(), m.topic.clone()));
         }
-        let save = |e: SendError| EngineError::Invalid(e.to_string());
+        let save = |e: SendError| match e {
+            SendError::ReadOnly(why) => EngineError::ReadOnly(why),
+            e => EngineError::Invalid(e.to_string()),
+        };
         if reconsume_times > max || dead_letter {
             let dlq = dlq_topic(group);
             self.ensure_system_topic(&dlq, 1).map_err(|e| EngineError::Invalid(e.to_string()))?;
@@ -751,6 +781,9 @@ impl Engine {
         self.check_queue(topic, queue_id).map_err(|_| EngineError::Invalid(format!("no queue {queue_id} in topic {topic}")))?;
         lock(&self.offsets).set(group, topic, queue_id, offset);
         self.offsets_dirty.store(true, Ordering::Release);
+        if lock(&self.read_only).is_some() {
+            lock(&self.local_commits).set(group, topic, queue_id, offset);
+        }
         Ok(())
     }
 

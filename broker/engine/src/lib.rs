@@ -9,6 +9,7 @@ mod engine;
 mod groups;
 mod offsets;
 mod parked;
+mod replica;
 mod topics;
 
 pub use engine::{

@@ -343,6 +343,7 @@ impl Engine {
         check_after_ms: Option<u64>,
         mut messages: Vec<NewMessage>,
     ) -> Result<wasmq_store::Appended, SendError> {
+        self.writable()?;
         crate::topics::validate_group(producer_group).map_err(SendError::Invalid)?;
         let queues = self.topic(topic).ok_or_else(|| SendError::UnknownTopic(topic.to_owned()))?.queues;
         if let Some(m) = messages.iter().find(|m| m.queue_id >= queues) {
@@ -400,6 +401,9 @@ impl Engine {
     /// # Errors
     /// No half message there with that id; its topic was deleted (it is discarded); the append.
     pub fn end_transaction(&self, log_offset: u64, unique_id: &str, decision: Decision) -> Result<EndOutcome, EngineError> {
+        if let Some(why) = self.read_only() {
+            return Err(EngineError::ReadOnly(why));
+        }
         let mut tx = lock(&self.parked.tx);
         let Some(half) = tx.pending.get(&log_offset).filter(|h| h.unique_id == unique_id).cloned() else {
             drop(tx);
@@ -592,6 +596,7 @@ impl Engine {
     /// # Errors
     /// Unknown topic or queue, a delay past the maximum, too many scheduled messages, the append.
     pub fn send_scheduled(&self, topic: &str, mut messages: Vec<NewMessage>) -> Result<wasmq_store::Appended, SendError> {
+        self.writable()?;
         let queues = self.topic(topic).ok_or_else(|| SendError::UnknownTopic(topic.to_owned()))?.queues;
         if let Some(m) = messages.iter().find(|m| m.queue_id >= queues) {
             return Err(SendError::InvalidQueue { topic: topic.to_owned(), queue_id: m.queue_id, queues });

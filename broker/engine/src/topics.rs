@@ -46,6 +46,9 @@ pub enum TopicError {
     TooMany,
     #[error("names starting with % are reserved for the broker's own topics")]
     Reserved,
+    /// This broker is a slave: topics are created and deleted on its master.
+    #[error("{0}")]
+    ReadOnly(String),
     #[error("saving the topic registry: {0}")]
     Io(#[from] io::Error),
 }

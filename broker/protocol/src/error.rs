@@ -48,6 +48,8 @@ pub enum ErrorCode {
     InvalidRequest = 40,
     /// A group commit from a member that no longer owns the queue at that generation: rejoin.
     Fenced = 41,
+    /// This broker is a slave: it takes no writes (the body names its master).
+    NotMaster = 42,
     /// An unexpected broker error; the body says what.
     Internal = 50,
     /// A plugin attached to the topic refused the message (the body gives its reason); sending
@@ -59,7 +61,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         Self::Malformed,
         Self::UnsupportedVersion,
         Self::UnknownOp,
@@ -81,6 +83,7 @@ impl ErrorCode {
         Self::Corrupt,
         Self::InvalidRequest,
         Self::Fenced,
+        Self::NotMaster,
         Self::Internal,
         Self::PluginRejected,
         Self::PluginFailed,
@@ -134,6 +137,7 @@ mod tests {
             (ErrorCode::Corrupt, 34),
             (ErrorCode::InvalidRequest, 40),
             (ErrorCode::Fenced, 41),
+            (ErrorCode::NotMaster, 42),
             (ErrorCode::Internal, 50),
             (ErrorCode::PluginRejected, 60),
             (ErrorCode::PluginFailed, 61),

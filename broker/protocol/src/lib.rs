@@ -22,6 +22,7 @@ pub use message::{
     BATCH_MESSAGES_MAX, CheckTransactionRequest, EndTransactionRequest, EndTransactionResponse, GroupCommitRequest, GroupHeartbeatRequest,
     GroupHeartbeatResponse, GroupLeaveRequest, GroupMode, HeartbeatRequest, HelloRequest, HelloResponse, LockQueueRequest,
     MESSAGE_BYTES_MAX, Message, OffsetCommitRequest, OffsetQueryRequest, OffsetQueryResponse, Op, PROTOCOL_VERSION, PULL_MESSAGES_MAX,
-    PULL_WAIT_MAX_MS, PullRequest, PullResponse, PulledMessage, QUEUE_ANY, Request, Response, RouteRequest, RouteResponse, SendBackRequest,
-    SendRequest, SendResponse, SendResult, TxDecision, TxState,
+    PULL_WAIT_MAX_MS, PullRequest, PullResponse, PulledMessage, QUEUE_ANY, ReplicaFetchRequest, ReplicaFetchResponse, ReplicaMetaRequest,
+    ReplicaMetaResponse, Request, Response, RouteRequest, RouteResponse, SendBackRequest, SendRequest, SendResponse, SendResult,
+    SendStatus, TxDecision, TxState,
 };

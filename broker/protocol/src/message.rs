@@ -5,7 +5,7 @@ use bytes::Bytes;
 use crate::codec::{DecodeError, Reader, Writer};
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Most messages in one send.
 pub const BATCH_MESSAGES_MAX: usize = 1024;
 /// Largest message body a client may send (the broker may set a lower limit).
@@ -39,6 +39,10 @@ pub enum Op {
     EndTransaction = 13,
     /// Sent by the broker to a producer of a group (one-way): what became of this transaction?
     CheckTransaction = 14,
+    /// A slave fetches its master's log from its own end (which acknowledges what it holds).
+    ReplicaFetch = 15,
+    /// A slave exchanges topics and consumer offsets with its master.
+    ReplicaMeta = 16,
 }
 
 impl Op {
@@ -58,6 +62,8 @@ impl Op {
             Self::LockQueue,
             Self::EndTransaction,
             Self::CheckTransaction,
+            Self::ReplicaFetch,
+            Self::ReplicaMeta,
         ]
         .into_iter()
         .find(|o| *o as u16 == v)
@@ -121,12 +127,27 @@ pub struct SendResult {
     pub log_offset: u64,
 }
 
+/// How a stored send stands with the broker set's replication (RocketMQ's `SendStatus`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SendStatus {
+    /// Stored as the broker set's mode requires.
+    #[default]
+    Ok = 0,
+    /// Synchronous replication: stored on the master, but not on enough slaves within the
+    /// timeout.
+    FlushSlaveTimeout = 1,
+    /// Synchronous replication: stored on the master; too few slaves are connected and caught
+    /// up to wait for.
+    SlaveNotAvailable = 2,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendResponse {
     /// The first message's queue (see each result's `queue_id`).
     pub queue_id: u32,
     /// One per message, in order; message ids are the request's.
     pub results: Vec<SendResult>,
+    pub status: SendStatus,
 }
 
 /// Read a queue from an offset; wait up to `wait_ms` if nothing is there (long polling).
@@ -327,6 +348,44 @@ pub struct CheckTransactionRequest {
     pub message: Message,
 }
 
+/// A slave asks for its master's log from `from` (its own end: everything below it is held by
+/// the slave, which is its acknowledgement). The master waits up to `wait_ms` if it has nothing
+/// past `from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaFetchRequest {
+    pub broker_name: String,
+    pub broker_id: u32,
+    pub from: u64,
+    pub max_bytes: u32,
+    pub wait_ms: u32,
+    /// The slave's own admin address (for cluster status).
+    pub admin_addr: String,
+}
+
+/// Raw log bytes (whole records) starting at `start_offset`: `from`, or for an empty slave
+/// behind the master's retained log, the master's lowest offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaFetchResponse {
+    pub start_offset: u64,
+    pub master_end: u64,
+    pub segment_bytes: u64,
+    pub bytes: Bytes,
+}
+
+/// Metadata kept in step: the slave sends the offsets committed on it since the last exchange
+/// (JSON); the master merges them and answers with its topics and offsets (JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaMetaRequest {
+    pub broker_id: u32,
+    pub local_offsets_json: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaMetaResponse {
+    pub topics_json: String,
+    pub offsets_json: String,
+}
+
 /// A request with its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -344,6 +403,8 @@ pub enum Request {
     LockQueue(LockQueueRequest),
     EndTransaction(EndTransactionRequest),
     CheckTransaction(CheckTransactionRequest),
+    ReplicaFetch(ReplicaFetchRequest),
+    ReplicaMeta(ReplicaMetaRequest),
 }
 
 /// A successful response with its body (errors are a status code and a text).
@@ -361,6 +422,8 @@ pub enum Response {
         expires_in_ms: u64,
     },
     EndTransaction(EndTransactionResponse),
+    ReplicaFetch(ReplicaFetchResponse),
+    ReplicaMeta(ReplicaMetaResponse),
     /// OffsetCommit, Heartbeat, GroupLeave and GroupCommit answer with an empty body.
     Empty,
 }
@@ -412,6 +475,12 @@ fn get_message(r: &mut Reader) -> Result<Message, DecodeError> {
     Ok(Message { unique_id, tags, keys, ordering_key, delivery_ms, born_ms, flags, properties, body })
 }
 
+/// A JSON document carried as bytes (its length may pass a string's 64 KiB).
+fn json(r: &mut Reader, what: &'static str) -> Result<String, DecodeError> {
+    let b = r.bytes(what)?;
+    String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Invalid { what, value: 0 })
+}
+
 /// Smallest encoded message (empty strings and lists).
 const MESSAGE_BYTES_MIN: usize = 2 + 1 + 4 + 1 + 8 + 8 + 4 + 4 + 4;
 
@@ -432,6 +501,8 @@ impl Request {
             Self::LockQueue(_) => Op::LockQueue,
             Self::EndTransaction(_) => Op::EndTransaction,
             Self::CheckTransaction(_) => Op::CheckTransaction,
+            Self::ReplicaFetch(_) => Op::ReplicaFetch,
+            Self::ReplicaMeta(_) => Op::ReplicaMeta,
         }
     }
 
@@ -500,6 +571,12 @@ impl Request {
             Self::CheckTransaction(c) => {
                 w.string(&c.producer_group).u64(c.log_offset).u32(c.checks).string(&c.topic).u32(c.queue_id);
                 put_message(&mut w, &c.message);
+            }
+            Self::ReplicaFetch(f) => {
+                w.string(&f.broker_name).u32(f.broker_id).u64(f.from).u32(f.max_bytes).u32(f.wait_ms).string(&f.admin_addr);
+            }
+            Self::ReplicaMeta(m) => {
+                w.u32(m.broker_id).bytes(m.local_offsets_json.as_bytes());
             }
         }
         w.finish()
@@ -600,6 +677,18 @@ impl Request {
                 },
                 from_check: r.bool("from_check")?,
             }),
+            Op::ReplicaFetch => Self::ReplicaFetch(ReplicaFetchRequest {
+                broker_name: r.string("broker_name")?,
+                broker_id: r.u32("broker_id")?,
+                from: r.u64("from")?,
+                max_bytes: r.u32("max_bytes")?,
+                wait_ms: r.u32("wait_ms")?,
+                admin_addr: r.string("admin_addr")?,
+            }),
+            Op::ReplicaMeta => Self::ReplicaMeta(ReplicaMetaRequest {
+                broker_id: r.u32("broker_id")?,
+                local_offsets_json: json(&mut r, "local_offsets_json")?,
+            }),
             Op::CheckTransaction => Self::CheckTransaction(CheckTransactionRequest {
                 producer_group: r.string("producer_group")?,
                 log_offset: r.u64("log_offset")?,
@@ -631,6 +720,13 @@ impl Response {
                 for r in &s.results {
                     w.u32(r.queue_id).u64(r.queue_offset).u64(r.log_offset);
                 }
+                w.u8(s.status as u8);
+            }
+            Self::ReplicaFetch(f) => {
+                w.u64(f.start_offset).u64(f.master_end).u64(f.segment_bytes).bytes(&f.bytes);
+            }
+            Self::ReplicaMeta(m) => {
+                w.bytes(m.topics_json.as_bytes()).bytes(m.offsets_json.as_bytes());
             }
             Self::Pull(p) => {
                 w.u64(p.next_offset).u64(p.min_offset).u64(p.max_offset).count(p.messages.len());
@@ -691,7 +787,13 @@ impl Response {
                         })
                     })
                     .collect::<Result<_, _>>()?;
-                Self::Send(SendResponse { queue_id, results })
+                let status = match r.u8("status")? {
+                    0 => SendStatus::Ok,
+                    1 => SendStatus::FlushSlaveTimeout,
+                    2 => SendStatus::SlaveNotAvailable,
+                    v => return Err(DecodeError::Invalid { what: "status", value: u64::from(v) }),
+                };
+                Self::Send(SendResponse { queue_id, results, status })
             }
             Op::Pull => {
                 let next_offset = r.u64("next_offset")?;
@@ -734,6 +836,16 @@ impl Response {
                 },
                 applied: r.bool("applied")?,
             }),
+            Op::ReplicaFetch => Self::ReplicaFetch(ReplicaFetchResponse {
+                start_offset: r.u64("start_offset")?,
+                master_end: r.u64("master_end")?,
+                segment_bytes: r.u64("segment_bytes")?,
+                bytes: r.bytes("bytes")?,
+            }),
+            Op::ReplicaMeta => Self::ReplicaMeta(ReplicaMetaResponse {
+                topics_json: json(&mut r, "topics_json")?,
+                offsets_json: json(&mut r, "offsets_json")?,
+            }),
             Op::OffsetCommit | Op::Heartbeat | Op::GroupLeave | Op::GroupCommit | Op::SendBack | Op::CheckTransaction => Self::Empty,
         };
         r.finish()?;
@@ -775,6 +887,13 @@ mod tests {
                 let decision = [TxDecision::Commit, TxDecision::Rollback, TxDecision::Unknown][usize::from(d - 1)];
                 Request::EndTransaction(EndTransactionRequest { producer_group, log_offset, unique_id, decision, from_check })
             }),
+            (s(), any::<u32>(), any::<u64>(), any::<u32>(), any::<u32>(), s()).prop_map(
+                |(broker_name, broker_id, from, max_bytes, wait_ms, admin_addr)| {
+                    Request::ReplicaFetch(ReplicaFetchRequest { broker_name, broker_id, from, max_bytes, wait_ms, admin_addr })
+                }
+            ),
+            (any::<u32>(), s())
+                .prop_map(|(broker_id, local_offsets_json)| Request::ReplicaMeta(ReplicaMetaRequest { broker_id, local_offsets_json })),
             (s(), any::<u64>(), any::<u32>(), s(), any::<u32>(), message()).prop_map(
                 |(producer_group, log_offset, checks, topic, queue_id, message)| {
                     Request::CheckTransaction(CheckTransactionRequest { producer_group, log_offset, checks, topic, queue_id, message })
@@ -827,13 +946,21 @@ mod tests {
                 Op::Hello,
                 Response::Hello(HelloResponse { version: v, broker_name: n, frame_bytes_max: f, in_flight_max: i, message_bytes_max: m })
             )),
-            (any::<u32>(), proptest::collection::vec((any::<u32>(), any::<u64>(), any::<u64>()), 0..5)).prop_map(|(q, r)| (
-                Op::Send,
-                Response::Send(SendResponse {
-                    queue_id: q,
-                    results: r.into_iter().map(|(queue_id, a, b)| SendResult { queue_id, queue_offset: a, log_offset: b }).collect()
-                })
+            (any::<u32>(), proptest::collection::vec((any::<u32>(), any::<u64>(), any::<u64>()), 0..5), 0usize..3).prop_map(
+                |(q, r, st)| (
+                    Op::Send,
+                    Response::Send(SendResponse {
+                        queue_id: q,
+                        results: r.into_iter().map(|(queue_id, a, b)| SendResult { queue_id, queue_offset: a, log_offset: b }).collect(),
+                        status: [SendStatus::Ok, SendStatus::FlushSlaveTimeout, SendStatus::SlaveNotAvailable][st],
+                    })
+                )
+            ),
+            (any::<u64>(), any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(a, b, c, d)| (
+                Op::ReplicaFetch,
+                Response::ReplicaFetch(ReplicaFetchResponse { start_offset: a, master_end: b, segment_bytes: c, bytes: Bytes::from(d) })
             )),
+            (s(), s()).prop_map(|(t, o)| (Op::ReplicaMeta, Response::ReplicaMeta(ReplicaMetaResponse { topics_json: t, offsets_json: o }))),
             (
                 proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), message()), 0..4),
                 any::<u64>(),
@@ -888,7 +1015,7 @@ mod tests {
         }
 
         #[test]
-        fn random_bodies_never_panic(op in 1u16..15, body in proptest::collection::vec(any::<u8>(), 0..400)) {
+        fn random_bodies_never_panic(op in 1u16..17, body in proptest::collection::vec(any::<u8>(), 0..400)) {
             let op = Op::from_u16(op).unwrap();
             let _ = Request::decode(op, Bytes::from(body.clone()));
             let _ = Response::decode(op, Bytes::from(body));

@@ -21,6 +21,7 @@ pub struct AdminState {
     pub engine: Arc<Engine>,
     pub plugins: Arc<crate::plugins::Plugins>,
     pub producers: Arc<crate::held::Producers>,
+    pub replication: Arc<crate::replication::Replication>,
     pub token: Arc<str>,
     pub listen: String,
     pub admin_listen: String,
@@ -68,6 +69,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/attachments", get(list_attachments))
         .route("/api/v1/transactions", get(transactions))
         .route("/api/v1/scheduled", get(scheduled))
+        .route("/api/v1/replicas", get(replicas))
         .route("/api/v1/topics/{topic}/plugins/{role}", put(attach_topic_plugin).delete(detach_topic_plugin))
         .route("/api/v1/groups/{group}/filters/{topic}", put(attach_filter).delete(detach_filter))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
@@ -122,6 +124,42 @@ async fn transactions(State(s): State<AdminState>) -> Json<wasmq_admin_types::Tr
         checks_sent: c.checks_sent,
         unknown_answers: c.unknown_answers,
         late_ends: c.late_ends,
+    })
+}
+
+async fn replicas(State(s): State<AdminState>) -> Json<wasmq_admin_types::ReplicaStatus> {
+    use crate::replication::{Mode, Role};
+    let r = &s.replication;
+    let store = s.engine.store();
+    let end = store.end_offset();
+    let master = match &r.role {
+        Role::Master => None,
+        Role::Slave { master, .. } => {
+            let link = r.link();
+            Some(wasmq_admin_types::MasterStatus {
+                addr: master.clone(),
+                connected: link.connected,
+                master_end_offset: link.master_end,
+                lag_bytes: link.master_end.saturating_sub(end),
+                last_contact_ms_ago: link.last_contact.map(|t| t.elapsed().as_millis() as u64),
+                error: link.error,
+            })
+        }
+    };
+    Json(wasmq_admin_types::ReplicaStatus {
+        broker_name: r.broker_name.clone(),
+        broker_id: r.broker_id,
+        role: if master.is_some() { "slave" } else { "master" }.into(),
+        replication: match r.mode {
+            Mode::Async => "async".into(),
+            Mode::Sync { replicas, .. } => format!("sync ({replicas} slave{})", if replicas == 1 { "" } else { "s" }),
+        },
+        listen: s.listen.clone(),
+        admin_listen: s.admin_listen.clone(),
+        log_end_offset: end,
+        log_durable_offset: store.durable_offset(),
+        slaves: r.slaves(end),
+        master,
     })
 }
 
@@ -455,6 +493,13 @@ mod tests {
             engine: Arc::clone(&app_engine),
             plugins,
             producers: Arc::default(),
+            replication: crate::replication::Replication::new(
+                &app_engine,
+                "b",
+                0,
+                crate::replication::Role::Master,
+                crate::replication::Mode::Async,
+            ),
             token: token.into(),
             listen: "l".into(),
             admin_listen: "a".into(),

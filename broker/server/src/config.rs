@@ -57,6 +57,19 @@ pub struct RawConfig {
     pub transaction_checks_max: Option<u32>,
     /// Longest delay of a scheduled message (default 7 days).
     pub delay_max_ms: Option<u64>,
+    /// 0: the master of its broker set; 1 and up: a slave (needs `master`).
+    pub broker_id: Option<u32>,
+    /// A slave's master: its protocol address.
+    pub master: Option<String>,
+    /// A master's acknowledgement: `async` (after the local append) or `sync` (also once
+    /// `sync_replicas` slaves hold it).
+    pub replication: Option<String>,
+    pub sync_replicas: Option<u32>,
+    /// How long a synchronous send waits for slaves (default 3000).
+    pub replica_timeout_ms: Option<u64>,
+    /// CA (PEM) that signs the other brokers' and name servers' certificates (default: the
+    /// development CA in `<data_dir>/tls/`).
+    pub peer_ca: Option<PathBuf>,
     pub connections_max: Option<u32>,
     pub in_flight_max: Option<u32>,
     pub frame_bytes_max: Option<u32>,
@@ -125,6 +138,12 @@ impl RawConfig {
                 "transaction_check_interval_ms" => raw.transaction_check_interval_ms = Some(num(&v)?),
                 "transaction_checks_max" => raw.transaction_checks_max = Some(num(&v)? as u32),
                 "delay_max_ms" => raw.delay_max_ms = Some(num(&v)?),
+                "broker_id" => raw.broker_id = Some(num(&v)? as u32),
+                "master" => raw.master = Some(v),
+                "replication" => raw.replication = Some(v),
+                "sync_replicas" => raw.sync_replicas = Some(num(&v)? as u32),
+                "replica_timeout_ms" => raw.replica_timeout_ms = Some(num(&v)?),
+                "peer_ca" => raw.peer_ca = Some(v.into()),
                 "in_flight_max" => raw.in_flight_max = Some(num(&v)? as u32),
                 "frame_bytes_max" => raw.frame_bytes_max = Some(num(&v)? as u32),
                 "plugin_memory_mib" => raw.plugin_memory_mib = Some(num(&v)? as u32),
@@ -155,6 +174,11 @@ pub struct Config {
     pub max_reconsume_times: u32,
     pub order_lock_ttl: Duration,
     pub park: wasmq_engine::ParkPolicy,
+    pub broker_id: u32,
+    /// A slave's master address.
+    pub master: Option<String>,
+    pub replication: crate::replication::Mode,
+    pub peer_ca: Option<PathBuf>,
     pub plugin_limits: wasmq_plugin_host::Limits,
 }
 
@@ -254,6 +278,28 @@ impl TryFrom<RawConfig> for Config {
                 Some(ms) => Duration::from_millis(ms),
                 None => Duration::from_millis(wasmq_engine::ORDER_LOCK_TTL_MS_DEFAULT),
             },
+            broker_id: raw.broker_id.unwrap_or(0),
+            master: match (raw.broker_id.unwrap_or(0), raw.master) {
+                (0, Some(_)) => return Err(bad("master", "only a slave (broker_id ≥ 1) has a master")),
+                (0, None) => None,
+                (_, None) => return Err(bad("master", "a slave (broker_id ≥ 1) needs its master's address")),
+                (_, Some(m)) => Some(m),
+            },
+            replication: match raw.replication.as_deref().unwrap_or("async") {
+                "async" => crate::replication::Mode::Async,
+                "sync" => crate::replication::Mode::Sync {
+                    replicas: match raw.sync_replicas {
+                        Some(n) if !(1..=16).contains(&n) => return Err(bad("sync_replicas", "between 1 and 16")),
+                        n => n.unwrap_or(1),
+                    },
+                    timeout: match raw.replica_timeout_ms {
+                        Some(ms) if !(10..=60_000).contains(&ms) => return Err(bad("replica_timeout_ms", "between 10 and 60000")),
+                        ms => Duration::from_millis(ms.unwrap_or(3_000)),
+                    },
+                },
+                other => return Err(bad("replication", format!("{other:?}: `async` or `sync`"))),
+            },
+            peer_ca: raw.peer_ca,
             park: wasmq_engine::ParkPolicy {
                 check_interval_ms: match raw.transaction_check_interval_ms {
                     Some(ms) if !(100..=86_400_000).contains(&ms) => {

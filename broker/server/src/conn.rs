@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use wasmq_engine::{Decided, Decision, EndOutcome, Engine, Wake};
 use wasmq_protocol::{
     EndTransactionResponse, ErrorCode, Frame, FrameDecoder, HelloResponse, Kind, OffsetQueryResponse, Op, PROTOCOL_VERSION,
-    PULL_MESSAGES_MAX, PULL_WAIT_MAX_MS, PullResponse, QUEUE_ANY, Request, Response, RouteResponse, SendResponse, SendResult, TxDecision,
-    TxState,
+    PULL_MESSAGES_MAX, PULL_WAIT_MAX_MS, PullResponse, QUEUE_ANY, Request, Response, RouteResponse, SendResponse, SendResult, SendStatus,
+    TxDecision, TxState,
 };
 use wasmq_store::FlushMode;
 
@@ -44,6 +44,7 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Connections of producer groups (for transaction check-backs).
     pub producers: Arc<crate::held::Producers>,
+    pub replication: Arc<crate::replication::Replication>,
 }
 
 /// What a request handler knows of its connection.
@@ -218,20 +219,23 @@ async fn handle(shared: &Shared, frame: Frame, conn: &ConnCtx<'_>) -> Frame {
     }
 }
 
-/// Under sync flush, waits until the log is durable up to `end_offset` (`what` names the
-/// write in a timeout's message).
-async fn durable(shared: &Shared, end_offset: u64, what: impl FnOnce() -> String) -> Result<(), WireError> {
-    let FlushMode::Sync { timeout } = shared.flush else { return Ok(()) };
-    let (tx, rx) = oneshot::channel();
-    shared.engine.store().on_durable(end_offset, move |r| {
-        let _ = tx.send(r);
-    });
-    match tokio::time::timeout(timeout, rx).await {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(WireError::new(ErrorCode::StoreFailed, e.to_string())),
-        Ok(Err(_)) => Err(WireError::new(ErrorCode::ShuttingDown, "store closed before the flush")),
-        Err(_) => Err(WireError::new(ErrorCode::FlushTimeout, format!("{} but not flushed within {timeout:?}", what()))),
+/// Waits until the log up to `end_offset` is as safe as the broker set promises: fsynced under
+/// sync flush (`what` names the write in a timeout's message), and held by enough slaves under
+/// synchronous replication (else the status says why not: the bytes are on the master).
+async fn durable(shared: &Shared, end_offset: u64, what: impl FnOnce() -> String) -> Result<SendStatus, WireError> {
+    if let FlushMode::Sync { timeout } = shared.flush {
+        let (tx, rx) = oneshot::channel();
+        shared.engine.store().on_durable(end_offset, move |r| {
+            let _ = tx.send(r);
+        });
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(WireError::new(ErrorCode::StoreFailed, e.to_string())),
+            Ok(Err(_)) => return Err(WireError::new(ErrorCode::ShuttingDown, "store closed before the flush")),
+            Err(_) => return Err(WireError::new(ErrorCode::FlushTimeout, format!("{} but not flushed within {timeout:?}", what()))),
+        }
     }
+    Ok(shared.replication.replicated(end_offset).await)
 }
 
 fn now_ms() -> u64 {
@@ -281,7 +285,8 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
             } else {
                 engine.send(&s.topic, queue, messages).map_err(|e| wire::send_error(&e))?
             };
-            durable(shared, appended.end_offset, || format!("stored at log offset {}", appended.messages[0].log_offset)).await?;
+            let status =
+                durable(shared, appended.end_offset, || format!("stored at log offset {}", appended.messages[0].log_offset)).await?;
             let results = appended
                 .messages
                 .iter()
@@ -292,7 +297,7 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
                     log_offset: m.log_offset,
                 })
                 .collect();
-            Ok(Response::Send(SendResponse { queue_id, results }))
+            Ok(Response::Send(SendResponse { queue_id, results, status }))
         }
         Request::Pull(p) => {
             if wasmq_engine::is_internal_topic(&p.topic) {
@@ -417,7 +422,9 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
             };
             let resp = match outcome {
                 EndOutcome::Applied { decided, end_offset } => {
-                    durable(shared, end_offset, || format!("transaction at log offset {log_offset} ended")).await?;
+                    // The decision is on the master (and fsynced under sync flush); a slave that
+                    // lags gets it with the rest of the log.
+                    let _ = durable(shared, end_offset, || format!("transaction at log offset {log_offset} ended")).await?;
                     EndTransactionResponse { state: state(decided), applied: true }
                 }
                 EndOutcome::StillPending => EndTransactionResponse { state: TxState::Pending, applied: false },
@@ -428,6 +435,8 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
             };
             Ok(Response::EndTransaction(resp))
         }
+        Request::ReplicaFetch(f) => shared.replication.fetch(engine, f, cancel).await,
+        Request::ReplicaMeta(m) => shared.replication.meta(engine, &m),
         Request::CheckTransaction(_) => Err(WireError::new(ErrorCode::InvalidRequest, "CheckTransaction is sent by the broker, not to it")),
         Request::GroupCommit(c) => {
             engine

@@ -9,6 +9,7 @@ pub mod config;
 pub mod conn;
 pub mod held;
 pub mod plugins;
+pub mod replication;
 pub mod tls;
 pub mod wire;
 
@@ -99,12 +100,25 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
     let broker_tls = tokio_rustls::TlsAcceptor::from(tls::server_config(&cert, &key, &[b"wasmq/1"])?);
     let admin_tls = tokio_rustls::TlsAcceptor::from(tls::server_config(&cert, &key, &[b"http/1.1"])?);
 
+    let role = match &config.master {
+        None => replication::Role::Master,
+        Some(master) => replication::Role::Slave {
+            master: master.clone(),
+            peer_ca: config.peer_ca.clone().unwrap_or_else(|| tls::dev_ca_path(&config.data_dir)),
+        },
+    };
+    let replication = replication::Replication::new(&engine, &config.broker_name, config.broker_id, role, config.replication);
     let tracker = TaskTracker::new();
     let producers = Arc::new(held::Producers::default());
-    // Check about four times per interval, so a check is at most a quarter interval late.
-    let check_tick = Duration::from_millis((config.park.check_interval_ms / 4).clamp(10, 1_000));
-    tracker.spawn(held::check_back(Arc::clone(&engine), Arc::clone(&producers), check_tick, shutdown.clone()));
-    tracker.spawn(held::scheduler(Arc::clone(&engine), schedule_changed, shutdown.clone()));
+    if replication.is_slave() {
+        // A slave appends nothing itself: held messages move on its master.
+        tracker.spawn(Arc::clone(&replication).follow(Arc::clone(&engine), info.admin_listen.to_string(), shutdown.clone()));
+    } else {
+        // Check about four times per interval, so a check is at most a quarter interval late.
+        let check_tick = Duration::from_millis((config.park.check_interval_ms / 4).clamp(10, 1_000));
+        tracker.spawn(held::check_back(Arc::clone(&engine), Arc::clone(&producers), check_tick, shutdown.clone()));
+        tracker.spawn(held::scheduler(Arc::clone(&engine), schedule_changed, shutdown.clone()));
+    }
     let shared = Arc::new(conn::Shared {
         engine: Arc::clone(&engine),
         plugins: Arc::clone(&plugins),
@@ -113,12 +127,14 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
         flush: config.store.flush,
         shutdown: shutdown.clone(),
         producers: Arc::clone(&producers),
+        replication: Arc::clone(&replication),
     });
     tracker.spawn(accept_clients(listener, broker_tls, shared, config.connections_max.get(), tracker.clone()));
     let admin_state = admin::AdminState {
         engine: Arc::clone(&engine),
         plugins,
         producers,
+        replication,
         token: token.into(),
         listen: info.listen.to_string(),
         admin_listen: info.admin_listen.to_string(),

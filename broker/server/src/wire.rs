@@ -49,6 +49,7 @@ pub fn send_error(e: &SendError) -> WireError {
         SendError::UnknownTopic(_) => WireError::new(ErrorCode::UnknownTopic, e.to_string()),
         SendError::InvalidQueue { .. } => WireError::new(ErrorCode::InvalidQueue, e.to_string()),
         SendError::Invalid(_) => WireError::new(ErrorCode::InvalidRequest, e.to_string()),
+        SendError::ReadOnly(_) => WireError::new(ErrorCode::NotMaster, e.to_string()),
         SendError::Append(a) => append_error(a),
     }
 }
@@ -73,6 +74,7 @@ pub fn engine_error(e: &EngineError) -> WireError {
     match e {
         EngineError::Invalid(_) => WireError::new(ErrorCode::InvalidRequest, e.to_string()),
         EngineError::Append(a) => append_error(a),
+        EngineError::ReadOnly(_) => WireError::new(ErrorCode::NotMaster, e.to_string()),
         _ => WireError::new(ErrorCode::Internal, e.to_string()),
     }
 }
@@ -84,6 +86,7 @@ pub fn topic_status(e: &TopicError) -> u16 {
         TopicError::Unknown(_) => 404,
         TopicError::Invalid(_) | TopicError::BadQueueCount { .. } | TopicError::Reserved => 400,
         TopicError::TooMany => 507,
+        TopicError::ReadOnly(_) => 409,
         TopicError::Io(_) => 500,
     }
 }

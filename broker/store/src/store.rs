@@ -193,6 +193,8 @@ struct Inner {
     fail_next_sync: AtomicBool,
     /// Removed topics → the log offset they were removed at.
     removed: Mutex<BTreeMap<String, u64>>,
+    /// Called with the new end after every append (replication wakes its waiting slaves).
+    appended: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
     _lock: File,
 }
 
@@ -485,6 +487,7 @@ impl Store {
             clock,
             disk,
             removed: Mutex::new(removed_topics),
+            appended: OnceLock::new(),
             _lock: lock_file,
         });
         inner.checkpoint().map_err(io_err("write checkpoint", &ckpt_path))?;
@@ -691,6 +694,17 @@ impl Store {
     /// End of the log: the offset the next record will get.
     pub fn end_offset(&self) -> u64 {
         self.inner.end.load(Ordering::Acquire)
+    }
+
+    /// Registers `f`, called with the new end offset after every append (outside the writer
+    /// lock; it must be quick). Once per store.
+    pub fn on_append(&self, f: impl Fn(u64) + Send + Sync + 'static) {
+        let _ = self.inner.appended.set(Box::new(f));
+    }
+
+    /// The segment size (a slave's must equal its master's).
+    pub fn segment_bytes(&self) -> u64 {
+        self.inner.config.segment_bytes
     }
 
     /// Lowest log offset still stored.
@@ -983,6 +997,9 @@ impl Inner {
         self.end.store(pos, Ordering::Release);
         self.dispatched.store(pos, Ordering::Release);
         drop(w);
+        if let Some(f) = self.appended.get() {
+            f(pos);
+        }
         Ok(Appended { messages: out, end_offset: pos })
     }
 
