@@ -11,6 +11,9 @@ use wasmq_tests::broker::Broker;
 
 /// Small segments, so the log rolls several times and replication crosses segment ends.
 const SEGMENT: (&str, &str) = ("WASMQ_SEGMENT_BYTES", "16777216");
+/// Small segments are deleted by disk-use retention on a machine whose disk is over 75 % full;
+/// these tests read every message back, so only a full disk may delete them.
+const KEEP: (&str, &str) = ("WASMQ_RETENTION_DISK_PERCENT", "99");
 const QUEUES: u32 = 4;
 
 /// (queue, queue offset) → message id of everything acknowledged with `SendStatus::Ok`.
@@ -84,9 +87,9 @@ async fn read_queue(b: &Broker, queue: u32) -> Vec<String> {
 }
 
 fn start_pair(m: &std::path::Path, s: &std::path::Path, replication: &str) -> (Broker, Broker) {
-    let master = Broker::start(m, &[SEGMENT, ("WASMQ_REPLICATION", replication), ("WASMQ_REPLICA_TIMEOUT_MS", "3000")]);
+    let master = Broker::start(m, &[SEGMENT, KEEP, ("WASMQ_REPLICATION", replication), ("WASMQ_REPLICA_TIMEOUT_MS", "3000")]);
     master.cli(&["topic", "create", "t", "--queues", &QUEUES.to_string()]);
-    let slave = Broker::start_slave(s, &master, &[]);
+    let slave = Broker::start_slave(s, &master, &[KEEP]);
     (master, slave)
 }
 
@@ -195,6 +198,26 @@ fn sync_replication_loses_nothing_acknowledged_across_master_kills() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        // A slave that stops answering: the send waits for it, then says so; a slave that is
+        // gone: the send says so at once. Either way the message is on the master.
+        let p = Producer::new(master.connect().await, "p").with_retries(0);
+        // SAFETY: kill(2) with a pid we own; no memory is passed.
+        unsafe { libc::kill(slave.child.id() as i32, libc::SIGSTOP) };
+        let t = Instant::now();
+        let r = p.send("t", OutgoingMessage::new(&b"while the slave is frozen"[..])).await.unwrap();
+        assert_eq!(r.status, SendStatus::FlushSlaveTimeout, "after {:?}", t.elapsed());
+        assert!(t.elapsed() >= Duration::from_millis(2_900), "waited the replica timeout: {:?}", t.elapsed());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t = Instant::now();
+        let r = p.send("t", OutgoingMessage::new(&b"while the slave is away"[..])).await.unwrap();
+        assert_eq!(r.status, SendStatus::SlaveNotAvailable);
+        assert!(t.elapsed() < Duration::from_millis(500), "not waited for: {:?}", t.elapsed());
+        // SAFETY: as above.
+        unsafe { libc::kill(slave.child.id() as i32, libc::SIGCONT) };
+        wait_caught_up(&master, Duration::from_secs(20)).await;
+        let r = p.send("t", OutgoingMessage::new(&b"back"[..])).await.unwrap();
+        assert_eq!(r.status, SendStatus::Ok);
+
         let n = acked.lock().unwrap().len();
         println!(
             "sync replication: {cycles} master SIGKILLs under load, {n} messages acknowledged OK, all on the slave (0 lost); \

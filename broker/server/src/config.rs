@@ -37,6 +37,9 @@ pub struct RawConfig {
     pub segment_bytes: Option<u64>,
     pub message_bytes_max: Option<u32>,
     pub retention_hours: Option<u64>,
+    /// Above this disk use (percent), the oldest segments are deleted even if younger than
+    /// the retention (default 75).
+    pub retention_disk_percent: Option<u64>,
     /// Fault the next log segment's pages in ahead of the writer (default true).
     pub pretouch_segments: Option<bool>,
     /// Full segments behind the active one kept in the page cache (default 2); older flushed
@@ -124,6 +127,7 @@ impl RawConfig {
                 "segment_bytes" => raw.segment_bytes = Some(num(&v)?),
                 "message_bytes_max" => raw.message_bytes_max = Some(num(&v)? as u32),
                 "retention_hours" => raw.retention_hours = Some(num(&v)?),
+                "retention_disk_percent" => raw.retention_disk_percent = Some(num(&v)?),
                 "cached_segments_behind" => {
                     raw.cached_segments_behind = Some(v.parse().map_err(|_| bad(&key, format!("{v:?} is not a number")))?);
                 }
@@ -231,6 +235,11 @@ impl TryFrom<RawConfig> for Config {
             Some(n) => {
                 store.cached_segments_behind = Some(u32::try_from(n).map_err(|_| bad("cached_segments_behind", format!("{n}: -1 or 0..")))?)
             }
+        }
+        match raw.retention_disk_percent {
+            Some(p) if !(1..=100).contains(&p) => return Err(bad("retention_disk_percent", "between 1 and 100")),
+            Some(p) => store.retention_disk_ratio_max = p as f64 / 100.0,
+            None => {}
         }
         if let Some(h) = raw.retention_hours {
             store.retention = Duration::from_secs(h.saturating_mul(3600));
