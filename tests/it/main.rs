@@ -1,6 +1,7 @@
 //! wasmq's end-to-end tests: real processes, real files, SIGKILL.
 
 mod broker;
+mod cluster;
 mod groups;
 mod plugins;
 mod replication;

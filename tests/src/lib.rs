@@ -186,7 +186,23 @@ pub mod broker {
                 ("WASMQ_PEER_CA".into(), master.ca.display().to_string()),
                 ("WASMQ_ADMIN_TOKEN".into(), master.token.clone()),
             ];
-            all.extend(master.env.iter().filter(|(k, _)| k == "WASMQ_SEGMENT_BYTES").cloned());
+            // The master's own settings of the broker set win (its certificate, name, name
+            // servers, segment size).
+            const SHARED: [&str; 9] = [
+                "WASMQ_TLS_CERT",
+                "WASMQ_TLS_KEY",
+                "WASMQ_PEER_CA",
+                "WASMQ_SEGMENT_BYTES",
+                "WASMQ_BROKER_NAME",
+                "WASMQ_NAMESRV",
+                "WASMQ_CLUSTER",
+                "WASMQ_REGISTER_INTERVAL_MS",
+                "WASMQ_RETENTION_DISK_PERCENT",
+            ];
+            for (k, v) in master.env.iter().filter(|(k, _)| SHARED.contains(&k.as_str())) {
+                all.retain(|(a, _)| a != k);
+                all.push((k.clone(), v.clone()));
+            }
             all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
             Self::start_with(data_dir, all)
         }
@@ -209,6 +225,68 @@ pub mod broker {
             env.push(("WASMQ_LISTEN".into(), listen.to_owned()));
             env.push(("WASMQ_ADMIN_LISTEN".into(), admin_listen.to_owned()));
             Self::start_with(data_dir, env)
+        }
+    }
+
+    /// A name server process (`wasmq-broker namesrv`) on a port picked by the OS.
+    #[derive(Debug)]
+    pub struct Namesrv {
+        pub child: Child,
+        pub data_dir: PathBuf,
+        pub listen: String,
+        /// Its CA: its own development CA, or the one it was given.
+        pub ca: PathBuf,
+    }
+
+    impl Namesrv {
+        /// Starts a name server on `data_dir`; `tls`: (certificate, key, CA), else it generates
+        /// a development CA. Brokers drop out after `broker_expiry_ms` of silence.
+        pub fn start(data_dir: &Path, tls: Option<(&Path, &Path, &Path)>, broker_expiry_ms: u64) -> Self {
+            let mut cmd = Command::new(broker_binary());
+            cmd.arg("namesrv")
+                .args(["--listen", "127.0.0.1:0", "--broker-expiry-ms", &broker_expiry_ms.to_string(), "--data-dir"])
+                .arg(data_dir)
+                .env("WASMQ_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            if let Some((c, k, _)) = tls {
+                cmd.arg("--tls-cert").arg(c).arg("--tls-key").arg(k);
+            }
+            let mut child = cmd.spawn().expect("start the name server");
+            let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+            let (mut listen, mut ca) = (String::new(), tls.map(|(_, _, ca)| ca.to_owned()).unwrap_or_default());
+            for line in lines.by_ref() {
+                let line = line.expect("name server output");
+                if let Some(rest) = line.strip_prefix("wasmq-namesrv listening on ") {
+                    rest.clone_into(&mut listen);
+                } else if let Some(rest) = line.strip_prefix("development CA: ") {
+                    ca = PathBuf::from(rest.split(' ').next().expect("ca path"));
+                } else if line.starts_with("admin token") {
+                    break;
+                }
+            }
+            assert!(!listen.is_empty(), "the name server did not start");
+            std::thread::spawn(move || for _ in lines {});
+            Self { child, data_dir: data_dir.to_owned(), listen, ca }
+        }
+
+        /// The development certificate, key and CA this name server generated, for the others.
+        pub fn tls_files(&self) -> (PathBuf, PathBuf, PathBuf) {
+            let d = self.data_dir.join("tls");
+            (d.join("server.pem"), d.join("server-key.pem"), self.ca.clone())
+        }
+
+        pub fn kill(mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            std::mem::forget(self);
+        }
+    }
+
+    impl Drop for Namesrv {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 

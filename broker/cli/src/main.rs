@@ -129,6 +129,10 @@ enum ClusterCommand {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Every broker set the name servers know (comma-separated addresses), instead of the
+        /// one at --admin.
+        #[arg(long, value_delimiter = ',')]
+        namesrv: Vec<String>,
     },
 }
 
@@ -290,7 +294,7 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Cluster { command: ClusterCommand::Status { json } } => cluster_status(&cli, *json).await,
+        Command::Cluster { command: ClusterCommand::Status { json, namesrv } } => cluster_status(&cli, *json, namesrv).await,
         Command::Transactions => {
             println!("{}", serde_json::to_string_pretty(&cli.admin()?.transactions().await?)?);
             Ok(())
@@ -311,14 +315,27 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn cluster_status(cli: &Cli, json: bool) -> Result<()> {
-    let first = cli.admin()?.replicas().await?;
-    let mut all = vec![first.clone()];
-    // The master names its slaves' admin addresses; ask each (same token and CA).
-    for s in &first.slaves {
-        match Admin::new(&s.admin_addr, &cli.ca, cli.admin_token()?)?.replicas().await {
-            Ok(r) => all.push(r),
-            Err(e) => eprintln!("slave {} at {}: {e}", s.broker_id, s.admin_addr),
+async fn cluster_status(cli: &Cli, json: bool, namesrvs: &[String]) -> Result<()> {
+    // The masters to ask: the one at --admin, or every one the name servers know.
+    let masters: Vec<String> = if namesrvs.is_empty() {
+        vec![cli.admin.clone()]
+    } else {
+        let brokers = wasmq_client::Cluster::new(namesrvs.to_vec(), &cli.ca).brokers().await.context("asking the name servers")?;
+        brokers.into_iter().filter(|b| b.broker_id == 0).map(|b| b.admin_addr).collect()
+    };
+    let token = cli.admin_token()?;
+    let mut all = Vec::new();
+    // Each master names its slaves' admin addresses; ask each (same token and CA).
+    let mut lags = std::collections::HashMap::new();
+    for m in masters {
+        let first = Admin::new(&m, &cli.ca, token.clone())?.replicas().await.with_context(|| format!("broker at {m}"))?;
+        all.push(first.clone());
+        for s in &first.slaves {
+            lags.insert((first.broker_name.clone(), s.broker_id), s.lag_ms);
+            match Admin::new(&s.admin_addr, &cli.ca, token.clone())?.replicas().await {
+                Ok(r) => all.push(r),
+                Err(e) => eprintln!("{} slave {} at {}: {e}", first.broker_name, s.broker_id, s.admin_addr),
+            }
         }
     }
     if json {
@@ -332,7 +349,7 @@ async fn cluster_status(cli: &Cli, json: bool) -> Result<()> {
     for r in &all {
         let (lag_bytes, lag_s, link) = match &r.master {
             Some(m) => {
-                let lag_ms = first.slaves.iter().find(|s| s.broker_id == r.broker_id).map_or(0, |s| s.lag_ms);
+                let lag_ms = lags.get(&(r.broker_name.clone(), r.broker_id)).copied().unwrap_or(0);
                 (
                     m.lag_bytes.to_string(),
                     format!("{:.1}", lag_ms as f64 / 1000.0),

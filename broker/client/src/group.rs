@@ -134,6 +134,11 @@ impl GroupConsumer {
         Ok(Self { stop, task: Some(task), member: Arc::clone(&member) })
     }
 
+    /// The connection to the broker is gone (the member no longer consumes).
+    pub fn connection_lost(&self) -> bool {
+        self.member.conn.closed().is_some()
+    }
+
     /// Stops reading, waits for the queue readers, and leaves the group so its queues move at once.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);

@@ -5,6 +5,7 @@
 //! Knows the wire protocol and TLS; knows nothing of the broker's internals.
 
 mod admin;
+mod cluster;
 mod connection;
 mod consumer;
 mod error;
@@ -14,6 +15,7 @@ mod tls;
 mod transaction;
 
 pub use admin::Admin;
+pub use cluster::{AVOID_FAILED_BROKER, Cluster, ClusterConsumer, ClusterProducer, ClusterReceipt, ROUTE_REFRESH};
 pub use connection::{Connection, ConnectionOptions};
 pub use consumer::{PullConsumer, QueueReader};
 pub use error::ClientError;

@@ -284,19 +284,7 @@ impl Producer {
                 s.queue_id = queue_id;
             }
             match self.inner.conn.call(&req).await {
-                Ok(Response::Send(r)) => {
-                    return Ok(ids
-                        .into_iter()
-                        .zip(r.results)
-                        .map(|(message_id, s)| SendReceipt {
-                            message_id,
-                            queue_id: s.queue_id,
-                            queue_offset: s.queue_offset,
-                            log_offset: s.log_offset,
-                            status: r.status,
-                        })
-                        .collect());
-                }
+                Ok(Response::Send(r)) => return Ok(receipts(ids, r)),
                 Ok(_) => return Err(ClientError::Malformed("Send answered with another response".into())),
                 Err(e) => {
                     if matches!(e.code(), Some(ErrorCode::InvalidQueue | ErrorCode::UnknownTopic)) {
@@ -314,6 +302,35 @@ impl Producer {
             }
         }
         Err(last.unwrap_or_else(|| ClientError::Closed("no attempt made".into())))
+    }
+
+    /// Sends a batch to one given queue, once (no retry, no route lookup): for callers that
+    /// choose queues and brokers themselves, as the cluster producer does.
+    ///
+    /// # Errors
+    /// The broker's answer or a connection failure.
+    pub async fn send_batch_to(&self, topic: &str, queue_id: u32, messages: Vec<OutgoingMessage>) -> Result<Vec<SendReceipt>, ClientError> {
+        if messages.is_empty() {
+            return Err(ClientError::Invalid("empty batch".into()));
+        }
+        for m in &messages {
+            check_lengths(m)?;
+        }
+        let born_ms = now_ms();
+        let wire: Vec<Message> = messages.into_iter().map(|m| self.to_wire(m, born_ms)).collect();
+        let ids: Vec<String> = wire.iter().map(|m| m.unique_id.clone()).collect();
+        let req = Request::Send(SendRequest {
+            topic: topic.to_owned(),
+            queue_id,
+            producer_group: self.inner.group.clone(),
+            messages: wire,
+            transactional: false,
+            check_after_ms: 0,
+        });
+        match self.inner.conn.call(&req).await? {
+            Response::Send(r) => Ok(receipts(ids, r)),
+            _ => Err(ClientError::Malformed("Send answered with another response".into())),
+        }
     }
 
     /// Sends in the background; the returned handle yields the receipt (async send).
@@ -347,6 +364,19 @@ impl Producer {
             }))
             .await
     }
+}
+
+fn receipts(ids: Vec<String>, r: wasmq_protocol::SendResponse) -> Vec<SendReceipt> {
+    ids.into_iter()
+        .zip(r.results)
+        .map(|(message_id, s)| SendReceipt {
+            message_id,
+            queue_id: s.queue_id,
+            queue_offset: s.queue_offset,
+            log_offset: s.log_offset,
+            status: r.status,
+        })
+        .collect()
 }
 
 #[cfg(test)]

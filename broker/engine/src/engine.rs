@@ -245,6 +245,9 @@ impl Engine {
     /// # Errors
     /// As [`Engine::create_topic`], but an existing topic is fine.
     pub fn ensure_system_topic(&self, name: &str, queues: u32) -> Result<TopicConfig, TopicError> {
+        if let Some(c) = self.topic(name) {
+            return Ok(c);
+        }
         match self.create(name, queues, true) {
             Err(TopicError::Exists(_)) => Ok(self.topic(name).expect("exists")),
             other => other,
@@ -618,8 +621,14 @@ impl Engine {
             // Clustering members also read the group's retry topic, shared out like the rest.
             let queues = self.retry.read().unwrap_or_else(|e| e.into_inner()).0.len() as u32;
             let retry = retry_topic(group);
-            self.ensure_system_topic(&retry, queues).map_err(|e| EngineError::Invalid(e.to_string()))?;
-            subs.entry(retry).or_insert_with(|| "*".to_owned());
+            match self.ensure_system_topic(&retry, queues) {
+                Ok(_) => {
+                    subs.entry(retry).or_insert_with(|| "*".to_owned());
+                }
+                // A slave reads the retry topic once its master has created it.
+                Err(TopicError::ReadOnly(_)) => {}
+                Err(e) => return Err(EngineError::Invalid(e.to_string())),
+            }
         }
         let now = self.clock.now_ms();
         lock(&self.coordinator).heartbeat(group, member, mode, subs, now, self.queues_of()).map_err(EngineError::Invalid)

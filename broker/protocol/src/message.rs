@@ -16,6 +16,10 @@ pub const PULL_MESSAGES_MAX: u32 = 1024;
 pub const PULL_WAIT_MAX_MS: u32 = 30_000;
 /// In a send: let the broker choose the queue (round robin).
 pub const QUEUE_ANY: u32 = u32::MAX;
+/// Most topics one broker registers with a name server (a broker's own limit).
+pub const TOPICS_PER_BROKER_MAX: usize = 10_000;
+/// Most brokers in one route or cluster answer.
+pub const BROKERS_MAX: usize = 1_024;
 /// Most user properties, keys or topics in one message or request.
 const LIST_MAX: usize = 64;
 
@@ -43,6 +47,12 @@ pub enum Op {
     ReplicaFetch = 15,
     /// A slave exchanges topics and consumer offsets with its master.
     ReplicaMeta = 16,
+    /// A broker registers with a name server (and says it is alive).
+    RegisterBroker = 17,
+    /// A client asks a name server for a topic's route.
+    GetRoute = 18,
+    /// Every live broker a name server knows.
+    GetCluster = 19,
 }
 
 impl Op {
@@ -64,6 +74,9 @@ impl Op {
             Self::CheckTransaction,
             Self::ReplicaFetch,
             Self::ReplicaMeta,
+            Self::RegisterBroker,
+            Self::GetRoute,
+            Self::GetCluster,
         ]
         .into_iter()
         .find(|o| *o as u16 == v)
@@ -386,6 +399,49 @@ pub struct ReplicaMetaResponse {
     pub offsets_json: String,
 }
 
+/// A broker's registration with a name server, repeated as its heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterBrokerRequest {
+    pub cluster: String,
+    pub broker_name: String,
+    /// 0: master; 1 and up: slave.
+    pub broker_id: u32,
+    /// Protocol and admin addresses.
+    pub addr: String,
+    pub admin_addr: String,
+    /// (topic, queues) of every topic the broker serves.
+    pub topics: Vec<(String, u32)>,
+}
+
+/// One broker set serving a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerRoute {
+    pub broker_name: String,
+    pub queues: u32,
+    /// The master's protocol address, if it is alive.
+    pub master: Option<String>,
+    /// Live slaves' protocol addresses.
+    pub slaves: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetRouteResponse {
+    pub topic: String,
+    pub brokers: Vec<BrokerRoute>,
+}
+
+/// A live broker as a name server knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerEntry {
+    pub cluster: String,
+    pub broker_name: String,
+    pub broker_id: u32,
+    pub addr: String,
+    pub admin_addr: String,
+    pub topics: u32,
+    pub last_seen_ms_ago: u64,
+}
+
 /// A request with its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -405,6 +461,9 @@ pub enum Request {
     CheckTransaction(CheckTransactionRequest),
     ReplicaFetch(ReplicaFetchRequest),
     ReplicaMeta(ReplicaMetaRequest),
+    RegisterBroker(RegisterBrokerRequest),
+    GetRoute(RouteRequest),
+    GetCluster,
 }
 
 /// A successful response with its body (errors are a status code and a text).
@@ -424,6 +483,8 @@ pub enum Response {
     EndTransaction(EndTransactionResponse),
     ReplicaFetch(ReplicaFetchResponse),
     ReplicaMeta(ReplicaMetaResponse),
+    GetRoute(GetRouteResponse),
+    GetCluster(Vec<BrokerEntry>),
     /// OffsetCommit, Heartbeat, GroupLeave and GroupCommit answer with an empty body.
     Empty,
 }
@@ -503,6 +564,9 @@ impl Request {
             Self::CheckTransaction(_) => Op::CheckTransaction,
             Self::ReplicaFetch(_) => Op::ReplicaFetch,
             Self::ReplicaMeta(_) => Op::ReplicaMeta,
+            Self::RegisterBroker(_) => Op::RegisterBroker,
+            Self::GetRoute(_) => Op::GetRoute,
+            Self::GetCluster => Op::GetCluster,
         }
     }
 
@@ -578,6 +642,16 @@ impl Request {
             Self::ReplicaMeta(m) => {
                 w.u32(m.broker_id).bytes(m.local_offsets_json.as_bytes());
             }
+            Self::RegisterBroker(b) => {
+                w.string(&b.cluster).string(&b.broker_name).u32(b.broker_id).string(&b.addr).string(&b.admin_addr).count(b.topics.len());
+                for (t, q) in &b.topics {
+                    w.string(t).u32(*q);
+                }
+            }
+            Self::GetRoute(r) => {
+                w.string(&r.topic);
+            }
+            Self::GetCluster => {}
         }
         w.finish()
     }
@@ -685,6 +759,15 @@ impl Request {
                 wait_ms: r.u32("wait_ms")?,
                 admin_addr: r.string("admin_addr")?,
             }),
+            Op::RegisterBroker => {
+                let (cluster, broker_name, broker_id) = (r.string("cluster")?, r.string("broker_name")?, r.u32("broker_id")?);
+                let (addr, admin_addr) = (r.string("addr")?, r.string("admin_addr")?);
+                let n = r.count("topics", TOPICS_PER_BROKER_MAX, 6)?;
+                let topics = (0..n).map(|_| Ok((r.string("topic")?, r.u32("queues")?))).collect::<Result<_, _>>()?;
+                Self::RegisterBroker(RegisterBrokerRequest { cluster, broker_name, broker_id, addr, admin_addr, topics })
+            }
+            Op::GetRoute => Self::GetRoute(RouteRequest { topic: r.string("topic")? }),
+            Op::GetCluster => Self::GetCluster,
             Op::ReplicaMeta => Self::ReplicaMeta(ReplicaMetaRequest {
                 broker_id: r.u32("broker_id")?,
                 local_offsets_json: json(&mut r, "local_offsets_json")?,
@@ -727,6 +810,20 @@ impl Response {
             }
             Self::ReplicaMeta(m) => {
                 w.bytes(m.topics_json.as_bytes()).bytes(m.offsets_json.as_bytes());
+            }
+            Self::GetRoute(g) => {
+                w.string(&g.topic).count(g.brokers.len());
+                for b in &g.brokers {
+                    w.string(&b.broker_name).u32(b.queues).opt_string(b.master.as_deref());
+                    put_strings(&mut w, &b.slaves);
+                }
+            }
+            Self::GetCluster(all) => {
+                w.count(all.len());
+                for b in all {
+                    w.string(&b.cluster).string(&b.broker_name).u32(b.broker_id).string(&b.addr).string(&b.admin_addr);
+                    w.u32(b.topics).u64(b.last_seen_ms_ago);
+                }
             }
             Self::Pull(p) => {
                 w.u64(p.next_offset).u64(p.min_offset).u64(p.max_offset).count(p.messages.len());
@@ -846,7 +943,45 @@ impl Response {
                 topics_json: json(&mut r, "topics_json")?,
                 offsets_json: json(&mut r, "offsets_json")?,
             }),
-            Op::OffsetCommit | Op::Heartbeat | Op::GroupLeave | Op::GroupCommit | Op::SendBack | Op::CheckTransaction => Self::Empty,
+            Op::GetRoute => {
+                let topic = r.string("topic")?;
+                let n = r.count("brokers", BROKERS_MAX, 11)?;
+                let brokers = (0..n)
+                    .map(|_| {
+                        Ok(BrokerRoute {
+                            broker_name: r.string("broker_name")?,
+                            queues: r.u32("queues")?,
+                            master: r.opt_string("master")?,
+                            slaves: get_strings(&mut r, "slaves")?,
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                Self::GetRoute(GetRouteResponse { topic, brokers })
+            }
+            Op::GetCluster => {
+                let n = r.count("brokers", BROKERS_MAX, 30)?;
+                let all = (0..n)
+                    .map(|_| {
+                        Ok(BrokerEntry {
+                            cluster: r.string("cluster")?,
+                            broker_name: r.string("broker_name")?,
+                            broker_id: r.u32("broker_id")?,
+                            addr: r.string("addr")?,
+                            admin_addr: r.string("admin_addr")?,
+                            topics: r.u32("topics")?,
+                            last_seen_ms_ago: r.u64("last_seen_ms_ago")?,
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                Self::GetCluster(all)
+            }
+            Op::OffsetCommit
+            | Op::Heartbeat
+            | Op::GroupLeave
+            | Op::GroupCommit
+            | Op::SendBack
+            | Op::CheckTransaction
+            | Op::RegisterBroker => Self::Empty,
         };
         r.finish()?;
         Ok(resp)
@@ -894,6 +1029,13 @@ mod tests {
             ),
             (any::<u32>(), s())
                 .prop_map(|(broker_id, local_offsets_json)| Request::ReplicaMeta(ReplicaMetaRequest { broker_id, local_offsets_json })),
+            (s(), s(), any::<u32>(), s(), s(), proptest::collection::vec((s(), any::<u32>()), 0..4)).prop_map(
+                |(cluster, broker_name, broker_id, addr, admin_addr, topics)| {
+                    Request::RegisterBroker(RegisterBrokerRequest { cluster, broker_name, broker_id, addr, admin_addr, topics })
+                }
+            ),
+            s().prop_map(|topic| Request::GetRoute(RouteRequest { topic })),
+            Just(Request::GetCluster),
             (s(), any::<u64>(), any::<u32>(), s(), any::<u32>(), message()).prop_map(
                 |(producer_group, log_offset, checks, topic, queue_id, message)| {
                     Request::CheckTransaction(CheckTransactionRequest { producer_group, log_offset, checks, topic, queue_id, message })
@@ -961,6 +1103,33 @@ mod tests {
                 Response::ReplicaFetch(ReplicaFetchResponse { start_offset: a, master_end: b, segment_bytes: c, bytes: Bytes::from(d) })
             )),
             (s(), s()).prop_map(|(t, o)| (Op::ReplicaMeta, Response::ReplicaMeta(ReplicaMetaResponse { topics_json: t, offsets_json: o }))),
+            (s(), proptest::collection::vec((s(), any::<u32>(), proptest::option::of(s()), proptest::collection::vec(s(), 0..3)), 0..3))
+                .prop_map(|(topic, b)| (
+                    Op::GetRoute,
+                    Response::GetRoute(GetRouteResponse {
+                        topic,
+                        brokers: b
+                            .into_iter()
+                            .map(|(broker_name, queues, master, slaves)| BrokerRoute { broker_name, queues, master, slaves })
+                            .collect()
+                    })
+                )),
+            proptest::collection::vec((s(), s(), any::<u32>(), s(), s(), any::<u32>(), any::<u64>()), 0..3).prop_map(|v| (
+                Op::GetCluster,
+                Response::GetCluster(
+                    v.into_iter()
+                        .map(|(cluster, broker_name, broker_id, addr, admin_addr, topics, last_seen_ms_ago)| BrokerEntry {
+                            cluster,
+                            broker_name,
+                            broker_id,
+                            addr,
+                            admin_addr,
+                            topics,
+                            last_seen_ms_ago
+                        })
+                        .collect()
+                )
+            )),
             (
                 proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), message()), 0..4),
                 any::<u64>(),
@@ -1015,7 +1184,7 @@ mod tests {
         }
 
         #[test]
-        fn random_bodies_never_panic(op in 1u16..17, body in proptest::collection::vec(any::<u8>(), 0..400)) {
+        fn random_bodies_never_panic(op in 1u16..20, body in proptest::collection::vec(any::<u8>(), 0..400)) {
             let op = Op::from_u16(op).unwrap();
             let _ = Request::decode(op, Bytes::from(body.clone()));
             let _ = Response::decode(op, Bytes::from(body));

@@ -73,6 +73,12 @@ pub struct RawConfig {
     /// CA (PEM) that signs the other brokers' and name servers' certificates (default: the
     /// development CA in `<data_dir>/tls/`).
     pub peer_ca: Option<PathBuf>,
+    /// Name servers to register with (protocol addresses).
+    pub namesrv: Option<Vec<String>>,
+    /// The cluster this broker set belongs to (default `DefaultCluster`).
+    pub cluster: Option<String>,
+    /// How often the broker registers with each name server (default 30000).
+    pub register_interval_ms: Option<u64>,
     pub connections_max: Option<u32>,
     pub in_flight_max: Option<u32>,
     pub frame_bytes_max: Option<u32>,
@@ -148,6 +154,9 @@ impl RawConfig {
                 "sync_replicas" => raw.sync_replicas = Some(num(&v)? as u32),
                 "replica_timeout_ms" => raw.replica_timeout_ms = Some(num(&v)?),
                 "peer_ca" => raw.peer_ca = Some(v.into()),
+                "namesrv" => raw.namesrv = Some(v.split(',').map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect()),
+                "cluster" => raw.cluster = Some(v),
+                "register_interval_ms" => raw.register_interval_ms = Some(num(&v)?),
                 "in_flight_max" => raw.in_flight_max = Some(num(&v)? as u32),
                 "frame_bytes_max" => raw.frame_bytes_max = Some(num(&v)? as u32),
                 "plugin_memory_mib" => raw.plugin_memory_mib = Some(num(&v)? as u32),
@@ -183,6 +192,9 @@ pub struct Config {
     pub master: Option<String>,
     pub replication: crate::replication::Mode,
     pub peer_ca: Option<PathBuf>,
+    pub namesrv: Vec<String>,
+    pub cluster: String,
+    pub register_interval: Duration,
     pub plugin_limits: wasmq_plugin_host::Limits,
 }
 
@@ -309,6 +321,12 @@ impl TryFrom<RawConfig> for Config {
                 other => return Err(bad("replication", format!("{other:?}: `async` or `sync`"))),
             },
             peer_ca: raw.peer_ca,
+            namesrv: raw.namesrv.unwrap_or_default(),
+            cluster: raw.cluster.unwrap_or_else(|| "DefaultCluster".to_owned()),
+            register_interval: match raw.register_interval_ms {
+                Some(ms) if !(100..=60_000).contains(&ms) => return Err(bad("register_interval_ms", "between 100 and 60000")),
+                ms => Duration::from_millis(ms.unwrap_or(30_000)),
+            },
             park: wasmq_engine::ParkPolicy {
                 check_interval_ms: match raw.transaction_check_interval_ms {
                     Some(ms) if !(100..=86_400_000).contains(&ms) => {

@@ -437,6 +437,9 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
         }
         Request::ReplicaFetch(f) => shared.replication.fetch(engine, f, cancel).await,
         Request::ReplicaMeta(m) => shared.replication.meta(engine, &m),
+        Request::RegisterBroker(_) | Request::GetRoute(_) | Request::GetCluster => {
+            Err(WireError::new(ErrorCode::InvalidRequest, "this is a broker; routes and registrations go to a name server"))
+        }
         Request::CheckTransaction(_) => Err(WireError::new(ErrorCode::InvalidRequest, "CheckTransaction is sent by the broker, not to it")),
         Request::GroupCommit(c) => {
             engine

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod held;
+pub mod namesrv;
 pub mod plugins;
 pub mod replication;
 pub mod tls;
@@ -109,6 +110,25 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
     };
     let replication = replication::Replication::new(&engine, &config.broker_name, config.broker_id, role, config.replication);
     let tracker = TaskTracker::new();
+    if !config.namesrv.is_empty() {
+        let me = wasmq_protocol::RegisterBrokerRequest {
+            cluster: config.cluster.clone(),
+            broker_name: config.broker_name.clone(),
+            broker_id: config.broker_id,
+            addr: info.listen.to_string(),
+            admin_addr: info.admin_listen.to_string(),
+            topics: Vec::new(),
+        };
+        let peer_ca = config.peer_ca.clone().unwrap_or_else(|| tls::dev_ca_path(&config.data_dir));
+        tracker.spawn(namesrv::register_loop(
+            Arc::clone(&engine),
+            config.namesrv.clone(),
+            peer_ca,
+            me,
+            config.register_interval,
+            shutdown.clone(),
+        ));
+    }
     let producers = Arc::new(held::Producers::default());
     if replication.is_slave() {
         // A slave appends nothing itself: held messages move on its master.

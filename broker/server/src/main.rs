@@ -11,6 +11,27 @@ struct Args {
     /// TOML configuration file (keys as in docs/operations.md; WASMQ_<KEY> variables override).
     #[arg(long, short)]
     config: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Run a name server instead of a broker.
+    Namesrv {
+        #[arg(long, env = "WASMQ_LISTEN", default_value = "127.0.0.1:9876")]
+        listen: std::net::SocketAddr,
+        /// Where a development certificate is generated (without --tls-cert).
+        #[arg(long, env = "WASMQ_DATA_DIR", default_value = "namesrv-data")]
+        data_dir: std::path::PathBuf,
+        #[arg(long, env = "WASMQ_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<std::path::PathBuf>,
+        #[arg(long, env = "WASMQ_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<std::path::PathBuf>,
+        /// Drop a broker after this long without a registration.
+        #[arg(long, env = "WASMQ_BROKER_EXPIRY_MS", default_value_t = 120_000)]
+        broker_expiry_ms: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -19,20 +40,31 @@ fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WASMQ_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let shutdown = CancellationToken::new();
+    if let Some(Command::Namesrv { listen, data_dir, tls_cert, tls_key, broker_expiry_ms }) = args.command {
+        let config = wasmq_server::namesrv::NamesrvConfig {
+            listen,
+            data_dir,
+            tls: tls_cert.zip(tls_key),
+            broker_expiry: std::time::Duration::from_millis(broker_expiry_ms),
+        };
+        return runtime.block_on(async {
+            stop_on_signal(shutdown.clone());
+            wasmq_server::namesrv::run(config, shutdown, |addr, ca| {
+                println!("wasmq-namesrv listening on {addr}");
+                if let Some(ca) = ca {
+                    println!("development CA: {} (clients: --ca {})", ca.display(), ca.display());
+                }
+                println!("admin token: none");
+            })
+            .await
+        });
+    }
     let raw = wasmq_server::RawConfig::load(args.config.as_deref(), std::env::vars())?;
     let config = wasmq_server::Config::try_from(raw)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        let signal = shutdown.clone();
-        tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            signal.cancel();
-        });
+        stop_on_signal(shutdown.clone());
         wasmq_server::run(config, shutdown, |s| {
             println!("wasmq-broker listening on {} (admin https://{})", s.listen, s.admin_listen);
             if let Some(ca) = &s.ca_path {
@@ -42,4 +74,16 @@ fn main() -> Result<()> {
         })
         .await
     })
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+fn stop_on_signal(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        shutdown.cancel();
+    });
 }

@@ -1,0 +1,143 @@
+//! A cluster: two name servers, two broker sets of master + slave, all over TLS; producers and
+//! consumer groups across both; name servers stopped; a master killed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmq_client::{Cluster, ClusterConsumer, ClusterProducer, ConsumeResult, GroupOptions, OutgoingMessage, PulledMessage};
+use wasmq_tests::broker::{Broker, Namesrv};
+
+const TOKEN: &str = "cluster-test-token-0123456789";
+
+/// (body, consumer) of everything consumed.
+type Seen = Arc<Mutex<Vec<(String, usize)>>>;
+
+async fn produce(p: &ClusterProducer, from: usize, n: usize) -> HashMap<String, usize> {
+    let mut per_broker: HashMap<String, usize> = HashMap::new();
+    for i in from..from + n {
+        let r = p.send("orders", OutgoingMessage::new(format!("m-{i}").into_bytes())).await.unwrap_or_else(|e| panic!("message {i}: {e}"));
+        *per_broker.entry(r.broker_name).or_default() += 1;
+    }
+    per_broker
+}
+
+async fn wait_all(seen: &Seen, want: &HashSet<String>, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let got: HashSet<String> = seen.lock().unwrap().iter().map(|(b, _)| b.clone()).collect();
+        let missing = want.difference(&got).count();
+        if missing == 0 {
+            return;
+        }
+        assert!(started.elapsed() < limit, "{missing} of {} messages not consumed within {limit:?}", want.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn two_broker_sets_with_name_servers_failover_and_slave_reads() {
+    let dirs: Vec<tempfile::TempDir> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ns1 = Namesrv::start(dirs[0].path(), None, 3_000);
+    let (cert, key, ca) = ns1.tls_files();
+    let ns2 = Namesrv::start(dirs[1].path(), Some((&cert, &key, &ca)), 3_000);
+    let namesrvs = format!("{},{}", ns1.listen, ns2.listen);
+    let (cert_s, key_s, ca_s) = (cert.display().to_string(), key.display().to_string(), ca.display().to_string());
+    let common = |name: &'static str| -> Vec<(&str, String)> {
+        vec![
+            ("WASMQ_TLS_CERT", cert_s.clone()),
+            ("WASMQ_TLS_KEY", key_s.clone()),
+            ("WASMQ_PEER_CA", ca_s.clone()),
+            ("WASMQ_ADMIN_TOKEN", TOKEN.into()),
+            ("WASMQ_NAMESRV", namesrvs.clone()),
+            ("WASMQ_REGISTER_INTERVAL_MS", "300".into()),
+            ("WASMQ_BROKER_NAME", name.into()),
+            ("WASMQ_REPLICATION", "sync".into()),
+            ("WASMQ_GROUP_SESSION_TIMEOUT_MS", "3000".into()),
+        ]
+    };
+    let start = |dir: &std::path::Path, name: &'static str| {
+        let env = common(name);
+        Broker::start(dir, &env.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>())
+    };
+    let master_a = start(dirs[2].path(), "broker-a");
+    let master_b = start(dirs[3].path(), "broker-b");
+    let slave_a = Broker::start_slave(dirs[4].path(), &master_a, &[]);
+    let slave_b = Broker::start_slave(dirs[5].path(), &master_b, &[]);
+    for m in [&master_a, &master_b] {
+        m.cli(&["topic", "create", "orders", "--queues", "4"]);
+    }
+    let rt = wasmq_tests::runtime();
+    let cluster = Cluster::with_route_refresh(vec![ns1.listen.clone(), ns2.listen.clone()], &ca, Duration::from_millis(500));
+    rt.block_on(async {
+        // Both broker sets, masters and slaves, reach both name servers.
+        let started = Instant::now();
+        loop {
+            cluster.forget_route("orders");
+            let ready =
+                cluster.route("orders").await.is_ok_and(|r| r.len() == 2 && r.iter().all(|b| b.master.is_some() && b.slaves.len() == 1));
+            if ready {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(15), "routes incomplete: {:?}", cluster.route("orders").await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let brokers = cluster.brokers().await.unwrap();
+        assert_eq!(brokers.len(), 4, "{brokers:?}");
+
+        // Produce across both broker sets.
+        let producer = ClusterProducer::new(Arc::clone(&cluster), "order-service");
+        let spread = produce(&producer, 0, 400).await;
+        assert!(spread.get("broker-a").is_some_and(|n| *n > 100) && spread.get("broker-b").is_some_and(|n| *n > 100), "{spread:?}");
+
+        // The CLI lists every broker set through the name servers.
+        let out = master_b.cli(&["cluster", "status", "--namesrv", &namesrvs]);
+        for want in ["broker-a", "broker-b", "master", "slave", "connected"] {
+            assert!(out.contains(want), "{want} missing from:\n{out}");
+        }
+        assert_eq!(out.lines().count(), 5, "a header and four brokers:\n{out}");
+
+        // Every name server down: traffic goes on with the routes the clients know.
+        ns1.kill();
+        ns2.kill();
+        let spread = produce(&producer, 400, 400).await;
+        assert_eq!(spread.values().sum::<usize>(), 400);
+        assert_eq!(spread.len(), 2, "still both broker sets: {spread:?}");
+
+        // Master A dies: sends fail over to broker set B (A avoided).
+        master_a.kill();
+        let started = Instant::now();
+        let spread = produce(&producer, 800, 400).await;
+        println!("after killing master A: 400 sends in {:?}, spread {spread:?}", started.elapsed());
+        assert!(spread.get("broker-b").is_some_and(|n| *n >= 399), "failed over to B: {spread:?}");
+
+        // Two group members across both broker sets: B's queues from master B, A's from slave
+        // A (its master is down); each member gets queues of both broker sets.
+        let seen: Seen = Arc::default();
+        let mut members = Vec::new();
+        for member in 0..2 {
+            let s = Arc::clone(&seen);
+            let handler: wasmq_client::Handler = Arc::new(move |_t: &str, _q: u32, m: &PulledMessage| {
+                s.lock().unwrap().push((String::from_utf8_lossy(&m.message.body).into_owned(), member));
+                ConsumeResult::Success
+            });
+            let mut options = GroupOptions::new("billing", "orders");
+            options.heartbeat_interval = Duration::from_millis(500);
+            options.pull_wait = Duration::from_millis(300);
+            members.push(ClusterConsumer::start(Arc::clone(&cluster), options, handler).await.unwrap());
+        }
+        let want: HashSet<String> = (0..1200).map(|i| format!("m-{i}")).collect();
+        wait_all(&seen, &want, Duration::from_secs(60)).await;
+        let seen_now = seen.lock().unwrap().clone();
+        let by_member: Vec<usize> = (0..2).map(|m| seen_now.iter().filter(|(_, c)| *c == m).count()).collect();
+        let duplicates = seen_now.len() - seen_now.iter().map(|(b, _)| b).collect::<HashSet<_>>().len();
+        println!("consumed 1200 messages across both broker sets (A from its slave): per member {by_member:?}, {duplicates} redelivered");
+        assert!(by_member.iter().all(|n| *n > 0), "both members consumed: {by_member:?}");
+        // Broker set A's queues were read on its slave, by both members.
+        let on_slave = slave_a.admin().describe_group("billing").await.unwrap();
+        assert_eq!(on_slave.members.len(), 2, "{on_slave:?}");
+        assert!(on_slave.queues.iter().any(|q| q.topic == "orders"), "{on_slave:?}");
+        drop(members);
+        drop((slave_a, slave_b, master_b));
+    });
+}
