@@ -22,7 +22,7 @@ plugins:
     cargo build --profile plugin --target wasm32-unknown-unknown --target-dir {{plugin_dir}} -p tenant-router -p json-order-key -p content-filter -p pii-guard
 
 # All benchmarks: the store, then the broker and plugins (start a broker with `just run` first).
-bench: bench-store bench-broker bench-plugins bench-transactions
+bench: bench-store bench-broker bench-plugins bench-transactions bench-replication
 
 # Store throughput vs this disk's raw write bandwidth, group commit, recovery time.
 bench-store *ARGS:
@@ -43,6 +43,11 @@ bench-plugins: plugins
 # Transactions (half message + commit) vs plain one-message sends, alternating rounds (needs `just run`).
 bench-transactions:
     cargo run --release -p wasmq-cli -- bench transactions
+
+# A master and a slave (started by the script): produce throughput under async and sync
+# replication, and the slave's lag during the run.
+bench-replication:
+    bash scripts/bench-replication.sh
 
 # The SIGKILL crash test with more cycles than CI runs (e.g. `just crash 200`).
 crash CYCLES="200":

@@ -240,7 +240,17 @@ fn async_replication_loses_at_most_the_reported_lag() {
             wait_caught_up(&m, Duration::from_secs(20)).await;
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let tasks = produce(m.connect().await, &acked, 2, Arc::clone(&stop));
-            tokio::time::sleep(Duration::from_millis(600)).await;
+            // Replication lag under load, as the master reports it.
+            let mut lag: Vec<(u64, u64)> = Vec::new();
+            let until = Instant::now() + Duration::from_millis(600);
+            while Instant::now() < until {
+                let s = replicas(&m).await.slaves.remove(0);
+                lag.push((s.lag_bytes, s.lag_ms));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            lag.sort_unstable();
+            let (p50, max) = (lag[lag.len() / 2], lag[lag.len() - 1]);
+            println!("async replication under load: lag p50 {} bytes / {} ms, max {} bytes / {} ms ({} samples)", p50.0, p50.1, max.0, max.1, lag.len());
             // What the master reports just before the kill: the slave holds everything below
             // its acknowledged offset.
             let r = replicas(&m).await;
