@@ -54,6 +54,8 @@ fn two_broker_sets_with_name_servers_failover_and_slave_reads() {
             ("WASMQ_BROKER_NAME", name.into()),
             ("WASMQ_REPLICATION", "sync".into()),
             ("WASMQ_GROUP_SESSION_TIMEOUT_MS", "3000".into()),
+            // A consumer more than 20 KB of log behind is sent to the slave, and back.
+            ("WASMQ_SLAVE_READ_BEHIND_BYTES", "20000".into()),
         ]
     };
     let start = |dir: &std::path::Path, name: &'static str| {
@@ -111,8 +113,10 @@ fn two_broker_sets_with_name_servers_failover_and_slave_reads() {
         println!("after killing master A: 400 sends in {:?}, spread {spread:?}", started.elapsed());
         assert!(spread.get("broker-b").is_some_and(|n| *n >= 399), "failed over to B: {spread:?}");
 
-        // Two group members across both broker sets: B's queues from master B, A's from slave
-        // A (its master is down); each member gets queues of both broker sets.
+        // Two group members across both broker sets: A's queues from slave A (its master is
+        // down); B's from master B, except while a member reads old data: master B sends it
+        // to slave B, which sends it back once it has caught up. Each member gets queues of
+        // both broker sets.
         let seen: Seen = Arc::default();
         let mut members = Vec::new();
         for member in 0..2 {
@@ -137,6 +141,24 @@ fn two_broker_sets_with_name_servers_failover_and_slave_reads() {
         let on_slave = slave_a.admin().describe_group("billing").await.unwrap();
         assert_eq!(on_slave.members.len(), 2, "{on_slave:?}");
         assert!(on_slave.queues.iter().any(|q| q.topic == "orders"), "{on_slave:?}");
+        // Members look at their brokers' suggestions twice a second.
+        let started = Instant::now();
+        let placements = loop {
+            let placements: Vec<Vec<(String, &str)>> = members.iter().map(ClusterConsumer::placements).collect();
+            let there_and_back = placements.iter().any(|p| {
+                let b_moves: Vec<&str> = p.iter().filter(|(b, _)| b == "broker-b").map(|(_, w)| *w).collect();
+                b_moves.windows(3).any(|w| w == ["master", "slave", "master"])
+            });
+            if there_and_back {
+                break placements;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "a member behind on B went to slave B and came back: {placements:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        println!("placements (broker set, where): {placements:?}");
+        for p in &placements {
+            assert_eq!(p.iter().find(|(b, _)| b == "broker-a").map(|(_, w)| *w), Some("slave"), "A read on its slave: {p:?}");
+        }
         drop(members);
         drop((slave_a, slave_b, master_b));
     });

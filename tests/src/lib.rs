@@ -188,7 +188,8 @@ pub mod broker {
             ];
             // The master's own settings of the broker set win (its certificate, name, name
             // servers, segment size).
-            const SHARED: [&str; 9] = [
+            const SHARED: [&str; 10] = [
+                "WASMQ_SLAVE_READ_BEHIND_BYTES",
                 "WASMQ_TLS_CERT",
                 "WASMQ_TLS_KEY",
                 "WASMQ_PEER_CA",

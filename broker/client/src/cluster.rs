@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmq_protocol::{BrokerEntry, BrokerRoute, Request, Response, RouteRequest};
+use wasmq_protocol::{BrokerEntry, BrokerRoute, ReadFrom, Request, Response, RouteRequest};
 
 use crate::{ClientError, Connection, ConnectionOptions, GroupConsumer, GroupOptions, Handler, OutgoingMessage, Producer, SendReceipt};
 
@@ -258,6 +258,7 @@ impl ClusterProducer {
 #[derive(Debug)]
 pub struct ClusterConsumer {
     task: tokio::task::JoinHandle<()>,
+    placements: Arc<Mutex<Vec<(String, &'static str)>>>,
 }
 
 impl Drop for ClusterConsumer {
@@ -274,6 +275,11 @@ enum On {
 }
 
 impl ClusterConsumer {
+    /// Where this member has run, in order: (broker set, `master` or `slave`).
+    pub fn placements(&self) -> Vec<(String, &'static str)> {
+        self.placements.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Joins the group on every broker set serving the first subscribed topic.
     ///
     /// # Errors
@@ -281,33 +287,41 @@ impl ClusterConsumer {
     pub async fn start(cluster: Arc<Cluster>, options: GroupOptions, handler: Handler) -> Result<Self, ClientError> {
         let topic = options.subscriptions.first().map(|(t, _)| t.clone()).ok_or_else(|| ClientError::Invalid("no subscription".into()))?;
         cluster.route(&topic).await?;
+        let placements: Arc<Mutex<Vec<(String, &'static str)>>> = Arc::default();
+        let placed = Arc::clone(&placements);
         let task = tokio::spawn(async move {
             let mut members: HashMap<String, (On, GroupConsumer)> = HashMap::new();
             loop {
                 if let Ok(route) = cluster.route(&topic).await {
                     for b in route.iter() {
-                        let current = members.get(&b.broker_name).map(|(on, m)| (*on, m.connection_lost()));
-                        let want_master = b.master.is_some();
+                        let current = members.get(&b.broker_name).map(|(on, m)| (*on, m.connection_lost(), m.take_suggestion()));
                         let restart = match current {
-                            None | Some((_, true)) => true,
-                            // Back to the master once it answers again.
-                            Some((On::Slave, false)) => {
-                                want_master && cluster.connection(b.master.as_deref().unwrap_or_default()).await.is_ok()
+                            None | Some((_, true, _)) => true,
+                            // Back to the master when the slave says so and the master answers.
+                            Some((On::Slave, false, s)) => {
+                                s == ReadFrom::Master && cluster.connection(b.master.as_deref().unwrap_or_default()).await.is_ok()
                             }
-                            Some((On::Master, false)) => false,
+                            // To a slave when the master says this member reads old data.
+                            Some((On::Master, false, s)) => s == ReadFrom::Slave && !b.slaves.is_empty(),
                         };
+                        let prefer_slave = matches!(current, Some((On::Master, false, ReadFrom::Slave)));
                         if !restart {
                             continue;
                         }
                         if let Some((_, old)) = members.remove(&b.broker_name) {
                             old.shutdown().await;
                         }
-                        let candidates = b.master.iter().map(|a| (On::Master, a)).chain(b.slaves.iter().map(|a| (On::Slave, a)));
+                        let masters = b.master.iter().map(|a| (On::Master, a));
+                        let slaves = b.slaves.iter().map(|a| (On::Slave, a));
+                        let candidates: Vec<(On, &String)> =
+                            if prefer_slave { slaves.chain(masters).collect() } else { masters.chain(slaves).collect() };
                         for (on, addr) in candidates {
                             let Ok(conn) = cluster.connect_new(addr).await else { continue };
                             match GroupConsumer::start(conn, options.clone(), Arc::clone(&handler)).await {
                                 Ok(m) => {
                                     tracing::info!(broker = b.broker_name, addr, ?on, "group member running");
+                                    let where_ = if on == On::Master { "master" } else { "slave" };
+                                    placed.lock().unwrap_or_else(|p| p.into_inner()).push((b.broker_name.clone(), where_));
                                     members.insert(b.broker_name.clone(), (on, m));
                                     break;
                                 }
@@ -319,6 +333,6 @@ impl ClusterConsumer {
                 tokio::time::sleep(SUPERVISE_INTERVAL).await;
             }
         });
-        Ok(Self { task })
+        Ok(Self { task, placements })
     }
 }

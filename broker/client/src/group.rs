@@ -111,6 +111,8 @@ struct Member {
     handler_slots: Arc<tokio::sync::Semaphore>,
     /// Abort handles of the queue readers, so dropping the consumer stops them all.
     readers: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Where a pull answer last suggested reading elsewhere (`ReadFrom` as u8), until taken.
+    suggested: std::sync::atomic::AtomicU8,
 }
 
 impl GroupConsumer {
@@ -127,11 +129,23 @@ impl GroupConsumer {
             generation: AtomicU64::new(0),
             handler_slots: slots,
             readers: std::sync::Mutex::new(Vec::new()),
+            suggested: std::sync::atomic::AtomicU8::new(0),
         });
         let first = member.heartbeat().await?;
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(Arc::clone(&member), first, stop_rx));
         Ok(Self { stop, task: Some(task), member: Arc::clone(&member) })
+    }
+
+    /// Where a pull answer since the last call suggested this member read (a master far ahead
+    /// of it suggests its slave; a slave it has caught up with suggests the master), or
+    /// `Here`.
+    pub fn take_suggestion(&self) -> wasmq_protocol::ReadFrom {
+        match self.member.suggested.swap(0, Ordering::Relaxed) {
+            1 => wasmq_protocol::ReadFrom::Slave,
+            2 => wasmq_protocol::ReadFrom::Master,
+            _ => wasmq_protocol::ReadFrom::Here,
+        }
     }
 
     /// The connection to the broker is gone (the member no longer consumes).
@@ -157,6 +171,14 @@ impl Drop for GroupConsumer {
             for r in self.member.readers.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
                 r.abort();
             }
+        }
+    }
+}
+
+impl Member {
+    fn note_suggestion(&self, s: wasmq_protocol::ReadFrom) {
+        if s != wasmq_protocol::ReadFrom::Here {
+            self.suggested.store(s as u8, Ordering::Relaxed);
         }
     }
 }
@@ -292,6 +314,7 @@ async fn read_queue(member: Arc<Member>, topic: String, queue_id: u32, stop: wat
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
+        member.note_suggestion(p.suggest);
         for m in &p.messages {
             let mut failures = 0;
             while (member.handler)(&topic, queue_id, m) == ConsumeResult::ReconsumeLater {
@@ -391,6 +414,7 @@ async fn read_queue_concurrently(member: Arc<Member>, topic: String, queue_id: u
                 continue;
             }
         };
+        member.note_suggestion(p.suggest);
         let mut next = p.next_offset;
         let results = handle_batch(&member, &topic, queue_id, &p.messages).await;
         for (m, result) in p.messages.iter().zip(results) {

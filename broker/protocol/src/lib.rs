@@ -23,7 +23,7 @@ pub use message::{
     GetRouteResponse, GroupCommitRequest, GroupHeartbeatRequest, GroupHeartbeatResponse, GroupLeaveRequest, GroupMode, HeartbeatRequest,
     HelloRequest, HelloResponse, LockQueueRequest, MESSAGE_BYTES_MAX, Message, OffsetCommitRequest, OffsetQueryRequest,
     OffsetQueryResponse, Op, PROTOCOL_VERSION, PULL_MESSAGES_MAX, PULL_WAIT_MAX_MS, PullRequest, PullResponse, PulledMessage, QUEUE_ANY,
-    RegisterBrokerRequest, ReplicaFetchRequest, ReplicaFetchResponse, ReplicaMetaRequest, ReplicaMetaResponse, Request, Response,
+    ReadFrom, RegisterBrokerRequest, ReplicaFetchRequest, ReplicaFetchResponse, ReplicaMetaRequest, ReplicaMetaResponse, Request, Response,
     RouteRequest, RouteResponse, SendBackRequest, SendRequest, SendResponse, SendResult, SendStatus, TOPICS_PER_BROKER_MAX, TxDecision,
     TxState,
 };

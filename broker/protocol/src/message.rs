@@ -196,6 +196,18 @@ pub struct PullResponse {
     pub next_offset: u64,
     pub min_offset: u64,
     pub max_offset: u64,
+    /// Where the broker suggests this consumer reads next (a master far ahead of the consumer
+    /// sends it to a slave; a slave the consumer has caught up with sends it back).
+    pub suggest: ReadFrom,
+}
+
+/// A broker's suggestion of where to read from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReadFrom {
+    #[default]
+    Here = 0,
+    Slave = 1,
+    Master = 2,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -831,6 +843,7 @@ impl Response {
                     w.u64(m.queue_offset).u64(m.log_offset).u64(m.store_ms).u32(m.reconsume_times);
                     put_message(&mut w, &m.message);
                 }
+                w.u8(p.suggest as u8);
             }
             Self::Route(r) => {
                 w.string(&r.topic).u32(r.queues).string(&r.broker_name);
@@ -908,7 +921,13 @@ impl Response {
                         })
                     })
                     .collect::<Result<_, _>>()?;
-                Self::Pull(PullResponse { messages, next_offset, min_offset, max_offset })
+                let suggest = match r.u8("suggest")? {
+                    0 => ReadFrom::Here,
+                    1 => ReadFrom::Slave,
+                    2 => ReadFrom::Master,
+                    v => return Err(DecodeError::Invalid { what: "suggest", value: u64::from(v) }),
+                };
+                Self::Pull(PullResponse { messages, next_offset, min_offset, max_offset, suggest })
             }
             Op::Route => {
                 Self::Route(RouteResponse { topic: r.string("topic")?, queues: r.u32("queues")?, broker_name: r.string("broker_name")? })
@@ -1151,7 +1170,8 @@ mod tests {
                             .collect(),
                         next_offset: n,
                         min_offset: lo,
-                        max_offset: hi
+                        max_offset: hi,
+                        suggest: ReadFrom::Slave,
                     })
                 )),
             (s(), any::<u32>(), s())

@@ -499,6 +499,7 @@ mod tests {
                 0,
                 crate::replication::Role::Master,
                 crate::replication::Mode::Async,
+                0,
             ),
             token: token.into(),
             listen: "l".into(),

@@ -73,6 +73,9 @@ pub struct RawConfig {
     /// CA (PEM) that signs the other brokers' and name servers' certificates (default: the
     /// development CA in `<data_dir>/tls/`).
     pub peer_ca: Option<PathBuf>,
+    /// Consumers reading further behind the log end than this (bytes) are told to read from
+    /// a slave, and back once within half of it (default 0: never).
+    pub slave_read_behind_bytes: Option<u64>,
     /// Name servers to register with (protocol addresses).
     pub namesrv: Option<Vec<String>>,
     /// The cluster this broker set belongs to (default `DefaultCluster`).
@@ -154,6 +157,7 @@ impl RawConfig {
                 "sync_replicas" => raw.sync_replicas = Some(num(&v)? as u32),
                 "replica_timeout_ms" => raw.replica_timeout_ms = Some(num(&v)?),
                 "peer_ca" => raw.peer_ca = Some(v.into()),
+                "slave_read_behind_bytes" => raw.slave_read_behind_bytes = Some(num(&v)?),
                 "namesrv" => raw.namesrv = Some(v.split(',').map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect()),
                 "cluster" => raw.cluster = Some(v),
                 "register_interval_ms" => raw.register_interval_ms = Some(num(&v)?),
@@ -192,6 +196,7 @@ pub struct Config {
     pub master: Option<String>,
     pub replication: crate::replication::Mode,
     pub peer_ca: Option<PathBuf>,
+    pub slave_read_behind_bytes: u64,
     pub namesrv: Vec<String>,
     pub cluster: String,
     pub register_interval: Duration,
@@ -321,6 +326,7 @@ impl TryFrom<RawConfig> for Config {
                 other => return Err(bad("replication", format!("{other:?}: `async` or `sync`"))),
             },
             peer_ca: raw.peer_ca,
+            slave_read_behind_bytes: raw.slave_read_behind_bytes.unwrap_or(0),
             namesrv: raw.namesrv.unwrap_or_default(),
             cluster: raw.cluster.unwrap_or_else(|| "DefaultCluster".to_owned()),
             register_interval: match raw.register_interval_ms {

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use wasmq_engine::{Decided, Decision, EndOutcome, Engine, Wake};
 use wasmq_protocol::{
     EndTransactionResponse, ErrorCode, Frame, FrameDecoder, HelloResponse, Kind, OffsetQueryResponse, Op, PROTOCOL_VERSION,
-    PULL_MESSAGES_MAX, PULL_WAIT_MAX_MS, PullResponse, QUEUE_ANY, Request, Response, RouteResponse, SendResponse, SendResult, SendStatus,
-    TxDecision, TxState,
+    PULL_MESSAGES_MAX, PULL_WAIT_MAX_MS, PullResponse, QUEUE_ANY, ReadFrom, Request, Response, RouteResponse, SendResponse, SendResult,
+    SendStatus, TxDecision, TxState,
 };
 use wasmq_store::FlushMode;
 
@@ -322,18 +322,26 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
                     // now begins, as RocketMQ's OFFSET_TOO_SMALL with its next begin offset.
                     Err(wasmq_engine::PullError::Read(wasmq_store::ReadError::Trimmed { .. })) => {
                         let (min_offset, max_offset) = engine.store().queue_bounds(&p.topic, p.queue_id);
-                        return Ok(Response::Pull(PullResponse { messages: Vec::new(), next_offset: min_offset, min_offset, max_offset }));
+                        return Ok(Response::Pull(PullResponse {
+                            messages: Vec::new(),
+                            next_offset: min_offset,
+                            min_offset,
+                            max_offset,
+                            suggest: ReadFrom::Here,
+                        }));
                     }
                     Err(e) => return Err(wire::pull_error(&e)),
                 };
                 let now = tokio::time::Instant::now();
                 // A filtered pull that skipped messages answers at once, so the offset moves on.
                 if !read.messages.is_empty() || read.next_offset > p.offset || now >= deadline || cancel.is_cancelled() {
+                    let suggest = shared.replication.suggest(engine.store().end_offset(), read.messages.first().map(|m| m.log_offset));
                     return Ok(Response::Pull(PullResponse {
                         messages: read.messages.into_iter().map(wire::from_store).collect(),
                         next_offset: read.next_offset,
                         min_offset: read.min_offset,
                         max_offset: read.max_offset,
+                        suggest,
                     }));
                 }
                 if read.max_offset > p.offset {

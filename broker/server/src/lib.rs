@@ -108,7 +108,14 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
             peer_ca: config.peer_ca.clone().unwrap_or_else(|| tls::dev_ca_path(&config.data_dir)),
         },
     };
-    let replication = replication::Replication::new(&engine, &config.broker_name, config.broker_id, role, config.replication);
+    let replication = replication::Replication::new(
+        &engine,
+        &config.broker_name,
+        config.broker_id,
+        role,
+        config.replication,
+        config.slave_read_behind_bytes,
+    );
     let tracker = TaskTracker::new();
     if !config.namesrv.is_empty() {
         let me = wasmq_protocol::RegisterBrokerRequest {

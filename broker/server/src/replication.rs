@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use wasmq_engine::Engine;
 use wasmq_protocol::{
-    ErrorCode, ReplicaFetchRequest, ReplicaFetchResponse, ReplicaMetaRequest, ReplicaMetaResponse, Request, Response, SendStatus,
+    ErrorCode, ReadFrom, ReplicaFetchRequest, ReplicaFetchResponse, ReplicaMetaRequest, ReplicaMetaResponse, Request, Response, SendStatus,
 };
 
 use wasmq_admin_types::SlaveStatus;
@@ -81,6 +81,9 @@ pub struct Replication {
     pub broker_id: u32,
     pub role: Role,
     pub mode: Mode,
+    /// Consumers reading this far (bytes of log) behind the master's end are sent to a slave,
+    /// and back once within half of it; 0: never.
+    pub read_behind_bytes: u64,
     /// Notified after every append to the local log (slaves' fetches wait on it).
     appended: Arc<Notify>,
     /// Notified when a slave acknowledges more (synchronous sends wait on it).
@@ -96,7 +99,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Replication {
     /// Sets up replication for `engine`'s store: the append hook, and on a slave the refusal
     /// of writes.
-    pub fn new(engine: &Engine, broker_name: &str, broker_id: u32, role: Role, mode: Mode) -> Arc<Self> {
+    pub fn new(engine: &Engine, broker_name: &str, broker_id: u32, role: Role, mode: Mode, read_behind_bytes: u64) -> Arc<Self> {
         let appended = Arc::new(Notify::new());
         let hook = Arc::clone(&appended);
         engine.store().on_append(move |_| hook.notify_waiters());
@@ -110,6 +113,7 @@ impl Replication {
             broker_id,
             role,
             mode,
+            read_behind_bytes,
             appended,
             acked: Notify::new(),
             slaves: Mutex::new(BTreeMap::new()),
@@ -229,6 +233,26 @@ impl Replication {
                 return SendStatus::FlushSlaveTimeout;
             }
         }
+    }
+
+    /// Where a consumer whose pull starts at `first_log_offset` (none: nothing to read) should
+    /// read next, as RocketMQ's `suggestPullingFromSlave`: a master sends one reading old data
+    /// (more than `read_behind_bytes` behind the end) to an in-sync slave, sparing its page
+    /// cache and disk for the producers; a slave sends one that has caught up (within half of
+    /// it) back, if its master is there.
+    pub fn suggest(&self, end: u64, first_log_offset: Option<u64>) -> ReadFrom {
+        let behind = first_log_offset.map_or(0, |o| end.saturating_sub(o));
+        if self.is_slave() {
+            let near = self.read_behind_bytes == 0 || behind < self.read_behind_bytes / 2;
+            return if near && lock(&self.link).connected { ReadFrom::Master } else { ReadFrom::Here };
+        }
+        if self.read_behind_bytes == 0 || behind <= self.read_behind_bytes {
+            return ReadFrom::Here;
+        }
+        let live_within = Duration::from_millis(u64::from(FETCH_WAIT_MS) * 3);
+        let in_sync =
+            lock(&self.slaves).values().any(|s| s.last_seen.elapsed() < live_within && first_log_offset.is_some_and(|o| s.acked > o));
+        if in_sync { ReadFrom::Slave } else { ReadFrom::Here }
     }
 
     /// Master: each slave's position, lag and liveness.
