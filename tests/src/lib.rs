@@ -262,7 +262,7 @@ pub mod broker {
                     rest.clone_into(&mut listen);
                 } else if let Some(rest) = line.strip_prefix("development CA: ") {
                     ca = PathBuf::from(rest.split(' ').next().expect("ca path"));
-                } else if line.starts_with("admin token") {
+                } else if line == "ready" {
                     break;
                 }
             }

@@ -151,6 +151,7 @@ async fn replicas(State(s): State<AdminState>) -> Json<wasmq_admin_types::Replic
         broker_id: r.broker_id,
         role: if master.is_some() { "slave" } else { "master" }.into(),
         replication: match r.mode {
+            _ if master.is_some() => "-".into(),
             Mode::Async => "async".into(),
             Mode::Sync { replicas, .. } => format!("sync ({replicas} slave{})", if replicas == 1 { "" } else { "s" }),
         },

@@ -56,7 +56,7 @@ fn main() -> Result<()> {
                 if let Some(ca) = ca {
                     println!("development CA: {} (clients: --ca {})", ca.display(), ca.display());
                 }
-                println!("admin token: none");
+                println!("ready");
             })
             .await
         });
