@@ -173,11 +173,30 @@ pub struct ClusterProducer {
     cluster: Arc<Cluster>,
     group: String,
     round_robin: Arc<AtomicU32>,
+    /// One producer per broker address (message ids stay unique per producer).
+    producers: Arc<Mutex<HashMap<String, Producer>>>,
 }
 
 impl ClusterProducer {
     pub fn new(cluster: Arc<Cluster>, group: impl Into<String>) -> Self {
-        Self { cluster, group: group.into(), round_robin: Arc::new(AtomicU32::new(rand::random::<u32>() % 1024)) }
+        Self {
+            cluster,
+            group: group.into(),
+            round_robin: Arc::new(AtomicU32::new(rand::random::<u32>() % 1024)),
+            producers: Arc::default(),
+        }
+    }
+
+    /// The producer for the broker at `addr`, on a live connection.
+    async fn producer(&self, addr: &str) -> Result<Producer, ClientError> {
+        if let Some(p) = self.producers.lock().unwrap_or_else(|p| p.into_inner()).get(addr)
+            && p.connection().closed().is_none()
+        {
+            return Ok(p.clone());
+        }
+        let p = Producer::new(self.cluster.connection(addr).await?, self.group.clone());
+        self.producers.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_owned(), p.clone());
+        Ok(p)
     }
 
     /// Sends one message.
@@ -217,10 +236,7 @@ impl ClusterProducer {
             };
             let (broker, queue) = pick;
             let addr = broker.master.clone().unwrap_or_default();
-            let attempt = async {
-                let conn = self.cluster.connection(&addr).await?;
-                Producer::new(conn, self.group.clone()).send_batch_to(topic, queue, messages.clone()).await
-            };
+            let attempt = async { self.producer(&addr).await?.send_batch_to(topic, queue, messages.clone()).await };
             match attempt.await {
                 Ok(receipts) => {
                     return Ok(receipts
