@@ -343,3 +343,27 @@ fn many_requests_in_flight_on_one_connection() {
         }
     });
 }
+
+#[test]
+fn messages_are_found_by_id_key_and_position_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[("WASMQ_ADMIN_READ_TOKEN", "read-only-token-0123456789")]);
+    broker.cli(&["topic", "create", "orders", "--queues", "1"]);
+    let out = broker.cli(&["send", "orders", "first", "second", "--key", "customer-7"]);
+    let id = out.lines().next().and_then(|l| l.split(' ').nth(1)).expect("a message id").to_owned();
+    let got = broker.cli(&["message", "get", &id]);
+    assert!(got.contains("orders/0 @0") && got.contains("| first"), "{got}");
+    let found = broker.cli(&["message", "find", "orders", "--key", "customer-7"]);
+    assert_eq!(found.lines().count(), 2, "{found}");
+    let page = broker.cli(&["message", "browse", "orders", "0", "--offset", "1"]);
+    assert!(page.contains("| second") && !page.contains("| first") && page.contains("next offset 2"), "{page}");
+    // The read-only token reads; it cannot create a topic.
+    let out = std::process::Command::new(wasmq_tests::broker::cli_binary())
+        .args(["--admin", &broker.admin_listen, "--token", "read-only-token-0123456789", "--ca"])
+        .arg(&broker.ca)
+        .args(["topic", "create", "other"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("read-only"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -314,3 +314,57 @@ pub struct MasterStatus {
     pub last_contact_ms_ago: Option<u64>,
     pub error: Option<String>,
 }
+
+/// A stored message (`GET /messages/{id}`, `GET /topics/{t}/messages?key=`, queue browsing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    pub topic: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub log_offset: u64,
+    pub store_ms: u64,
+    pub born_ms: u64,
+    pub unique_id: Option<String>,
+    pub tags: Option<String>,
+    pub keys: Vec<String>,
+    pub properties: Vec<(String, String)>,
+    pub reconsume_times: u32,
+    pub delivery_ms: Option<u64>,
+    pub body_size: usize,
+    /// The body (standard base64), cut at 64 KiB.
+    pub body_base64: String,
+    pub body_truncated: bool,
+}
+
+/// A page of a queue (`GET /topics/{t}/queues/{q}/messages?offset=N|time=MS&count=C`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuePage {
+    pub messages: Vec<MessageView>,
+    /// Where the next page starts.
+    pub next_offset: u64,
+    pub min_offset: u64,
+    pub max_offset: u64,
+}
+
+/// `POST /topics/{t}/messages`: a test message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendMessage {
+    pub body: String,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub tags: Option<String>,
+    #[serde(default)]
+    pub properties: Vec<(String, String)>,
+    /// A queue of the topic (default: the broker's round robin).
+    #[serde(default)]
+    pub queue_id: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentMessage {
+    pub message_id: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub log_offset: u64,
+}

@@ -74,6 +74,11 @@ enum Command {
     },
     /// Undecided transactions by topic and producer group, and what became of the others.
     Transactions,
+    /// Find stored messages: by id, by key, or page through a queue.
+    Message {
+        #[command(subcommand)]
+        command: MessageCommand,
+    },
     /// Broker sets: roles, log ends, replication lag.
     Cluster {
         #[command(subcommand)]
@@ -118,6 +123,30 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: bench::BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MessageCommand {
+    /// The newest message with this unique id.
+    Get { id: String },
+    /// A topic's messages with this key, newest first.
+    Find {
+        topic: String,
+        #[arg(long)]
+        key: String,
+    },
+    /// A page of one queue, from an offset (default: the queue's start) or a time.
+    Browse {
+        topic: String,
+        queue: u32,
+        #[arg(long, conflicts_with = "time")]
+        offset: Option<u64>,
+        /// From the first message stored at or after this time (ms since the epoch).
+        #[arg(long)]
+        time: Option<u64>,
+        #[arg(long, default_value_t = 20)]
+        count: usize,
     },
 }
 
@@ -295,6 +324,7 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Cluster { command: ClusterCommand::Status { json, namesrv } } => cluster_status(&cli, *json, namesrv).await,
+        Command::Message { command } => message(&cli, command).await,
         Command::Transactions => {
             println!("{}", serde_json::to_string_pretty(&cli.admin()?.transactions().await?)?);
             Ok(())
@@ -313,6 +343,44 @@ async fn main() -> Result<()> {
         Command::Plugin { command } => plugin::run(&cli, command).await,
         Command::Bench { command } => bench::run(&cli, command).await,
     }
+}
+
+/// One line per message: where it is, its id, key, tags and body (as text when it is UTF-8).
+fn print_message(m: &wasmq_client::admin_types::MessageView) {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.decode(&m.body_base64).unwrap_or_default();
+    let text = String::from_utf8(body).unwrap_or_else(|b| format!("<{} bytes>", b.as_bytes().len()));
+    println!(
+        "{}/{} @{} id={} keys={:?} tags={} stored={} | {}{}",
+        m.topic,
+        m.queue_id,
+        m.queue_offset,
+        m.unique_id.as_deref().unwrap_or("-"),
+        m.keys,
+        m.tags.as_deref().unwrap_or("-"),
+        m.store_ms,
+        text,
+        if m.body_truncated { " …" } else { "" }
+    );
+}
+
+async fn message(cli: &Cli, command: &MessageCommand) -> Result<()> {
+    let admin = cli.admin()?;
+    match command {
+        MessageCommand::Get { id } => print_message(&admin.message(id).await?),
+        MessageCommand::Find { topic, key } => admin.messages_by_key(topic, key).await?.iter().for_each(print_message),
+        MessageCommand::Browse { topic, queue, offset, time, count } => {
+            let from = match (offset, time) {
+                (_, Some(t)) => wasmq_client::Browse::Time(*t),
+                (Some(o), None) => wasmq_client::Browse::Offset(*o),
+                (None, None) => wasmq_client::Browse::Time(0),
+            };
+            let page = admin.browse(topic, *queue, from, *count).await?;
+            page.messages.iter().for_each(print_message);
+            println!("next offset {} (queue holds {}..{})", page.next_offset, page.min_offset, page.max_offset);
+        }
+    }
+    Ok(())
 }
 
 async fn cluster_status(cli: &Cli, json: bool, namesrvs: &[String]) -> Result<()> {

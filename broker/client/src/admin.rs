@@ -87,6 +87,46 @@ impl Admin {
         self.call("GET", "/transactions", None).await?.ok_or_else(|| ClientError::Malformed("empty answer".into()))
     }
 
+    /// The newest message with this unique id.
+    ///
+    /// # Errors
+    /// None such (404), connection failure.
+    pub async fn message(&self, id: &str) -> Result<wasmq_admin_types::MessageView, ClientError> {
+        self.call("GET", &format!("/messages/{id}"), None).await?.ok_or_else(|| ClientError::Malformed("empty answer".into()))
+    }
+
+    /// A topic's messages carrying `key`, newest first.
+    ///
+    /// # Errors
+    /// Unknown topic, connection failure.
+    pub async fn messages_by_key(&self, topic: &str, key: &str) -> Result<Vec<wasmq_admin_types::MessageView>, ClientError> {
+        let key: String = key
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        Ok(self.call("GET", &format!("/topics/{topic}/messages?key={key}"), None).await?.unwrap_or_default())
+    }
+
+    /// A page of a queue from `offset`, or from the first message stored at or after `time_ms`.
+    ///
+    /// # Errors
+    /// Unknown topic or queue, connection failure.
+    pub async fn browse(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        from: Browse,
+        count: usize,
+    ) -> Result<wasmq_admin_types::QueuePage, ClientError> {
+        let at = match from {
+            Browse::Offset(o) => format!("offset={o}"),
+            Browse::Time(t) => format!("time={t}"),
+        };
+        self.call("GET", &format!("/topics/{topic}/queues/{queue_id}/messages?{at}&count={count}"), None)
+            .await?
+            .ok_or_else(|| ClientError::Malformed("empty answer".into()))
+    }
+
     /// This broker's role in its broker set and its replication state.
     ///
     /// # Errors
@@ -230,4 +270,12 @@ impl Admin {
     pub async fn detach_filter(&self, group: &str, topic: &str) -> Result<(), ClientError> {
         self.call::<serde_json::Value>("DELETE", &format!("/groups/{group}/filters/{topic}"), None).await.map(|_| ())
     }
+}
+
+/// Where [`Admin::browse`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Browse {
+    Offset(u64),
+    /// The first message stored at or after this time (ms since the epoch).
+    Time(u64),
 }

@@ -14,7 +14,7 @@ mod producer;
 mod tls;
 mod transaction;
 
-pub use admin::Admin;
+pub use admin::{Admin, Browse};
 pub use cluster::{AVOID_FAILED_BROKER, Cluster, ClusterConsumer, ClusterProducer, ClusterReceipt, ROUTE_REFRESH};
 pub use connection::{Connection, ConnectionOptions};
 pub use consumer::{PullConsumer, QueueReader};

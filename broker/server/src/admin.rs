@@ -23,6 +23,8 @@ pub struct AdminState {
     pub producers: Arc<crate::held::Producers>,
     pub replication: Arc<crate::replication::Replication>,
     pub token: Arc<str>,
+    /// A read-only token: GET requests only.
+    pub read_token: Option<Arc<str>>,
     pub listen: String,
     pub admin_listen: String,
 }
@@ -32,7 +34,7 @@ fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) 
     body.map(|Json(b)| b).map_err(|e| Box::new(error(400, e.body_text())))
 }
 
-fn error(status: u16, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: u16, message: impl Into<String>) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, Json(ApiError { error: message.into() })).into_response()
 }
@@ -42,10 +44,26 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The bearer token decides the role: the admin token may do everything, the read-only token
+/// only read (GET); a request from another origin (a page elsewhere posting here) is refused.
 async fn auth(State(state): State<AdminState>, req: Request, next: Next) -> Response {
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+        if origin.to_str().ok() != Some(&format!("https://{host}")) {
+            return error(403, "cross-origin request refused: the admin API answers pages it serves itself");
+        }
+    }
     let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let read_only = |t: &str| state.read_token.as_deref().is_some_and(|r| same(t.as_bytes(), r.as_bytes()));
     match given {
         Some(t) if same(t.as_bytes(), state.token.as_bytes()) => next.run(req).await,
+        Some(t) if read_only(t) => {
+            if req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD {
+                next.run(req).await
+            } else {
+                error(403, "the read-only token cannot change anything; use the admin token")
+            }
+        }
         Some(_) => error(401, "wrong token"),
         None => error(401, "missing bearer token (Authorization: Bearer <token>)"),
     }
@@ -70,6 +88,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/transactions", get(transactions))
         .route("/api/v1/scheduled", get(scheduled))
         .route("/api/v1/replicas", get(replicas))
+        .route("/api/v1/messages/{id}", get(crate::admin_data::message_by_id))
+        .route("/api/v1/topics/{name}/messages", get(crate::admin_data::messages_by_key).post(crate::admin_data::send_message))
+        .route("/api/v1/topics/{name}/queues/{queue}/messages", get(crate::admin_data::browse_queue))
+        .route("/metrics", get(crate::admin_data::metrics))
         .route("/api/v1/topics/{topic}/plugins/{role}", put(attach_topic_plugin).delete(detach_topic_plugin))
         .route("/api/v1/groups/{group}/filters/{topic}", put(attach_filter).delete(detach_filter))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
@@ -481,31 +503,106 @@ mod tests {
         (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
     }
 
+    const TOKEN: &str = "0123456789abcdef0123";
+    const READ_TOKEN: &str = "read-only-token-0123456789";
+
+    /// The admin router over a new engine in `dir`.
+    fn app(dir: &std::path::Path) -> (Router, Arc<Engine>) {
+        let (store, _) = wasmq_store::Store::open(wasmq_store::StoreConfig::small_for_tests(dir.join("s"))).unwrap();
+        let engine = Arc::new(Engine::open(Arc::new(store), dir.join("c"), "b", Arc::new(wasmq_store::SystemClock)).unwrap());
+        let limits = wasmq_plugin_host::Limits { instances_max: 4, ..Default::default() };
+        let plugins = Arc::new(crate::plugins::Plugins::open(Arc::clone(&engine), dir, limits).unwrap());
+        let replication =
+            crate::replication::Replication::new(&engine, "b", 0, crate::replication::Role::Master, crate::replication::Mode::Async, 0);
+        let state = AdminState {
+            engine: Arc::clone(&engine),
+            plugins,
+            producers: Arc::default(),
+            replication,
+            token: TOKEN.into(),
+            read_token: Some(READ_TOKEN.into()),
+            listen: "l".into(),
+            admin_listen: "a".into(),
+        };
+        (router(state), engine)
+    }
+
+    /// A request with extra headers; the status and the body as text.
+    async fn call_text(app: &Router, method: &str, uri: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+        let mut req = axum::http::Request::builder().method(method).uri(uri).header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = app.clone().oneshot(req.body(Body::from(body.to_owned())).unwrap()).await.unwrap();
+        let status = resp.status().as_u16();
+        (status, String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned())
+    }
+
+    #[tokio::test]
+    async fn roles_origins_messages_and_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, engine) = app(dir.path());
+        let read = Some(READ_TOKEN);
+        // The read-only token reads and changes nothing; the API says so.
+        assert_eq!(call(&app, "GET", "/api/v1/topics", read, "").await.0, 200);
+        let (s, v) = call(&app, "POST", "/api/v1/topics", read, r#"{"name":"orders","queues":2}"#).await;
+        assert_eq!(s, 403);
+        assert!(v["error"].as_str().unwrap().contains("read-only"), "{v}");
+        assert!(engine.topic("orders").is_none());
+        assert_eq!(call(&app, "DELETE", "/api/v1/groups/g", read, "").await.0, 403);
+        // Another origin is refused even with the admin token; the console's own origin is not.
+        let bearer = format!("Bearer {TOKEN}");
+        let evil = [("authorization", bearer.as_str()), ("host", "127.0.0.1:7071"), ("origin", "https://evil.example")];
+        assert_eq!(call_text(&app, "POST", "/api/v1/topics", &evil, r#"{"name":"orders","queues":2}"#).await.0, 403);
+        let own = [("authorization", bearer.as_str()), ("host", "127.0.0.1:7071"), ("origin", "https://127.0.0.1:7071")];
+        assert_eq!(call_text(&app, "POST", "/api/v1/topics", &own, r#"{"name":"orders","queues":2}"#).await.0, 201);
+
+        // A test message, found by id, by key and by browsing its queue.
+        let (s, sent) = call(
+            &app,
+            "POST",
+            "/api/v1/topics/orders/messages",
+            Some(TOKEN),
+            r#"{"body":"{\"n\":1}","key":"order-7","tags":"new","queue_id":1}"#,
+        )
+        .await;
+        assert_eq!(s, 201, "{sent}");
+        let id = sent["message_id"].as_str().unwrap();
+        let (s, m) = call(&app, "GET", &format!("/api/v1/messages/{id}"), read, "").await;
+        assert_eq!(
+            (s, m["queue_id"].as_u64(), m["tags"].as_str(), m["body_base64"].as_str()),
+            (200, Some(1), Some("new"), Some("eyJuIjoxfQ=="))
+        );
+        let (s, found) = call(&app, "GET", "/api/v1/topics/orders/messages?key=order-7", read, "").await;
+        assert_eq!((s, found[0]["unique_id"].as_str()), (200, Some(id)));
+        let (s, page) = call(&app, "GET", "/api/v1/topics/orders/queues/1/messages?offset=0&count=10", read, "").await;
+        assert_eq!((s, page["messages"].as_array().map(Vec::len), page["next_offset"].as_u64()), (200, Some(1), Some(1)));
+        let (s, page) = call(&app, "GET", "/api/v1/topics/orders/queues/1/messages?time=0", read, "").await;
+        assert_eq!((s, page["messages"][0]["unique_id"].as_str()), (200, Some(id)), "browsing from a time");
+        // Bad input: clear errors.
+        assert_eq!(call(&app, "GET", "/api/v1/messages/nope", read, "").await.0, 404);
+        assert_eq!(call(&app, "GET", "/api/v1/topics/orders/queues/9/messages", read, "").await.0, 404);
+        assert_eq!(call(&app, "GET", "/api/v1/topics/nope/messages?key=k", read, "").await.0, 404);
+        assert_eq!(call(&app, "POST", "/api/v1/topics/nope/messages", Some(TOKEN), r#"{"body":"x"}"#).await.0, 404);
+        assert_eq!(call(&app, "POST", "/api/v1/topics/%HALF%/messages", Some(TOKEN), r#"{"body":"x"}"#).await.0, 400);
+        assert_eq!(call(&app, "POST", "/api/v1/topics/orders/messages", Some(TOKEN), r#"{"body":"x","queue_id":5}"#).await.0, 400);
+
+        // Prometheus metrics, for either token.
+        engine.commit_offset("billing", "orders", 1, 0).unwrap();
+        let (s, text) = call_text(&app, "GET", "/metrics", &[("authorization", &format!("Bearer {READ_TOKEN}"))], "").await;
+        assert_eq!(s, 200);
+        assert!(text.contains("# TYPE wasmq_log_end_offset gauge"), "{text}");
+        assert!(text.contains("wasmq_queue_max_offset{topic=\"orders\",queue=\"1\"} 1"), "{text}");
+        assert!(text.contains("wasmq_group_lag{group=\"billing\",topic=\"orders\",queue=\"1\"} 1"), "{text}");
+        assert!(!text.contains("%HALF%"), "internal topics stay out: {text}");
+        assert_eq!(call_text(&app, "GET", "/metrics", &[], "").await.0, 401);
+    }
+
     #[tokio::test]
     async fn topics_crud_and_token() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = wasmq_store::Store::open(wasmq_store::StoreConfig::small_for_tests(dir.path().join("s"))).unwrap();
-        let engine = Engine::open(Arc::new(store), dir.path().join("c"), "b", Arc::new(wasmq_store::SystemClock)).unwrap();
-        let token = "0123456789abcdef0123";
-        let app_engine = Arc::new(engine);
-        let limits = wasmq_plugin_host::Limits { instances_max: 4, ..Default::default() };
-        let plugins = Arc::new(crate::plugins::Plugins::open(Arc::clone(&app_engine), dir.path(), limits).unwrap());
-        let app = router(AdminState {
-            engine: Arc::clone(&app_engine),
-            plugins,
-            producers: Arc::default(),
-            replication: crate::replication::Replication::new(
-                &app_engine,
-                "b",
-                0,
-                crate::replication::Role::Master,
-                crate::replication::Mode::Async,
-                0,
-            ),
-            token: token.into(),
-            listen: "l".into(),
-            admin_listen: "a".into(),
-        });
+        let (app, app_engine) = app(dir.path());
+        let token = TOKEN;
         assert_eq!(call(&app, "GET", "/api/v1/topics", None, "").await.0, 401);
         assert_eq!(call(&app, "GET", "/api/v1/topics", Some("wrong-token-xxxxxx"), "").await.0, 401);
         let (s, v) = call(&app, "POST", "/api/v1/topics", Some(token), r#"{"name":"orders","queues":4}"#).await;

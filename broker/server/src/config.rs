@@ -30,6 +30,8 @@ pub struct RawConfig {
     pub tls_key: Option<PathBuf>,
     /// Bearer token of the admin API; without one, one is generated into `<data_dir>/admin-token`.
     pub admin_token: Option<String>,
+    /// A read-only token of the admin API (GET only); none by default.
+    pub admin_read_token: Option<String>,
     /// `sync` or `async`.
     pub flush: Option<String>,
     pub flush_interval_ms: Option<u64>,
@@ -130,6 +132,7 @@ impl RawConfig {
                 "tls_cert" => raw.tls_cert = Some(v.into()),
                 "tls_key" => raw.tls_key = Some(v.into()),
                 "admin_token" => raw.admin_token = Some(v),
+                "admin_read_token" => raw.admin_read_token = Some(v),
                 "flush" => raw.flush = Some(v),
                 "flush_interval_ms" => raw.flush_interval_ms = Some(num(&v)?),
                 "flush_timeout_ms" => raw.flush_timeout_ms = Some(num(&v)?),
@@ -182,6 +185,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub admin_token: Option<String>,
+    pub admin_read_token: Option<String>,
     pub store: StoreConfig,
     pub connections_max: NonZeroU32,
     pub in_flight_max: NonZeroU32,
@@ -277,6 +281,13 @@ impl TryFrom<RawConfig> for Config {
             admin_listen: addr("admin_listen", raw.admin_listen, "127.0.0.1:7071")?,
             data_dir,
             tls,
+            admin_read_token: match raw.admin_read_token {
+                Some(t) if t.len() < 16 => return Err(bad("admin_read_token", "at least 16 characters")),
+                Some(t) if raw.admin_token.as_deref() == Some(t.as_str()) => {
+                    return Err(bad("admin_read_token", "must differ from admin_token"));
+                }
+                t => t,
+            },
             admin_token: raw.admin_token,
             store,
             connections_max: non_zero("connections_max", raw.connections_max, CONNECTIONS_MAX_DEFAULT)?,

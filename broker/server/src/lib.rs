@@ -5,6 +5,7 @@
 //! in `wasmq-store`.
 
 pub mod admin;
+pub mod admin_data;
 pub mod config;
 pub mod conn;
 pub mod held;
@@ -163,6 +164,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
         producers,
         replication,
         token: token.into(),
+        read_token: config.admin_read_token.clone().map(Into::into),
         listen: info.listen.to_string(),
         admin_listen: info.admin_listen.to_string(),
     };

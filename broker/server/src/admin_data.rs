@@ -1,0 +1,210 @@
+//! Admin API over the data itself: messages by id, by key and by queue position, a test send,
+//! and the Prometheus metrics. Routes are added by [`crate::admin::router`].
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde::Deserialize;
+use wasmq_admin_types::{MessageView, QueuePage, SendMessage, SentMessage};
+use wasmq_store::{NewMessage, StoredMessage};
+
+use crate::admin::{AdminState, error};
+
+/// Most of a body shown by the API.
+const BODY_SHOWN_MAX: usize = 64 << 10;
+/// Most messages one page or key lookup returns.
+const PAGE_MAX: usize = 256;
+
+fn view(m: StoredMessage) -> MessageView {
+    let shown = &m.body[..m.body.len().min(BODY_SHOWN_MAX)];
+    let p = m.properties;
+    MessageView {
+        topic: m.topic,
+        queue_id: m.queue_id,
+        queue_offset: m.queue_offset,
+        log_offset: m.log_offset,
+        store_ms: m.store_ms,
+        born_ms: m.born_ms,
+        unique_id: p.unique_id,
+        tags: p.tags,
+        keys: p.keys,
+        properties: p.user,
+        reconsume_times: p.reconsume_times,
+        delivery_ms: p.delivery_ms,
+        body_size: m.body.len(),
+        body_base64: base64::engine::general_purpose::STANDARD.encode(shown),
+        body_truncated: shown.len() < m.body.len(),
+    }
+}
+
+/// Held messages and decisions stay inside the broker.
+fn visible(m: &StoredMessage) -> bool {
+    !wasmq_engine::is_internal_topic(&m.topic)
+}
+
+pub async fn message_by_id(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
+    // The newest message with the id: a delivered copy is newer than its held original, and
+    // a message still held (scheduled, or in a transaction) is not shown.
+    match s.engine.store().find_by_id(&id) {
+        Ok(Some(m)) if visible(&m) => Json(view(m)).into_response(),
+        Ok(Some(_)) => error(404, format!("message {id} is held (scheduled, or in an undecided transaction)")),
+        Ok(None) => error(404, format!("no message with id {id}")),
+        Err(e) => error(500, e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct KeyQuery {
+    key: String,
+}
+
+pub async fn messages_by_key(State(s): State<AdminState>, Path(topic): Path<String>, Query(q): Query<KeyQuery>) -> Response {
+    if s.engine.topic(&topic).is_none() || wasmq_engine::is_internal_topic(&topic) {
+        return error(404, format!("topic {topic} does not exist"));
+    }
+    match s.engine.store().find_by_key(&topic, &q.key, PAGE_MAX) {
+        Ok(found) => Json(found.into_iter().map(view).collect::<Vec<_>>()).into_response(),
+        Err(e) => error(500, e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PageQuery {
+    offset: Option<u64>,
+    /// The first message stored at or after this time (ms since the epoch).
+    time: Option<u64>,
+    count: Option<usize>,
+}
+
+pub async fn browse_queue(
+    State(s): State<AdminState>,
+    Path((topic, queue_id)): Path<(String, u32)>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    if wasmq_engine::is_internal_topic(&topic) {
+        return error(404, format!("topic {topic} does not exist"));
+    }
+    let start = match (q.offset, q.time) {
+        (Some(o), None) => o,
+        (None, Some(t)) => match s.engine.offset_for_time(&topic, queue_id, t) {
+            Ok(o) => o,
+            Err(e) => return error(404, e.to_string()),
+        },
+        (None, None) => s.engine.store().queue_bounds(&topic, queue_id).0,
+        (Some(_), Some(_)) => return error(400, "give offset or time, not both"),
+    };
+    let count = q.count.unwrap_or(50).clamp(1, PAGE_MAX);
+    match s.engine.pull(&topic, queue_id, start, count, 8 << 20) {
+        Ok(r) => Json(QueuePage {
+            messages: r.messages.into_iter().map(view).collect(),
+            next_offset: r.next_offset,
+            min_offset: r.min_offset,
+            max_offset: r.max_offset,
+        })
+        .into_response(),
+        Err(wasmq_engine::PullError::UnknownTopic(_)) => error(404, format!("topic {topic} does not exist")),
+        Err(e @ wasmq_engine::PullError::InvalidQueue { .. }) => error(404, e.to_string()),
+        Err(e) => error(400, e.to_string()),
+    }
+}
+
+pub async fn send_message(
+    State(s): State<AdminState>,
+    Path(topic): Path<String>,
+    body: Result<Json<SendMessage>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let m = match body {
+        Ok(Json(m)) => m,
+        Err(e) => return error(400, e.body_text()),
+    };
+    if topic.starts_with('%') {
+        return error(400, format!("{topic}: topics starting with % are the broker's own"));
+    }
+    let n = s.engine.store().end_offset();
+    let id = format!("admin-{n:x}-{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    let mut msg = NewMessage { body: bytes::Bytes::from(m.body.into_bytes()), ..Default::default() };
+    msg.born_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    msg.properties.unique_id = Some(id.clone());
+    msg.properties.keys.extend(m.key);
+    msg.properties.tags = m.tags;
+    msg.properties.user = m.properties;
+    let (queue_id, appended) = match s.engine.send(&topic, m.queue_id, vec![msg]) {
+        Ok(a) => a,
+        Err(e) => {
+            let w = crate::wire::send_error(&e);
+            let status = match w.code {
+                wasmq_protocol::ErrorCode::UnknownTopic => 404,
+                wasmq_protocol::ErrorCode::NotMaster => 409,
+                wasmq_protocol::ErrorCode::DiskFull | wasmq_protocol::ErrorCode::StoreFailed => 507,
+                _ => 400,
+            };
+            return error(status, w.message);
+        }
+    };
+    // As a producer's send: answered once durable under sync flush.
+    if let wasmq_store::FlushMode::Sync { timeout } = s.engine.store().config().flush {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        s.engine.store().on_durable(appended.end_offset, move |r| {
+            let _ = tx.send(r);
+        });
+        match tokio::time::timeout(timeout.max(Duration::from_millis(1)), rx).await {
+            Ok(Ok(Ok(()))) => {}
+            _ => return error(500, "stored but not known durable (flush failed or timed out)"),
+        }
+    }
+    let a = &appended.messages[0];
+    (StatusCode::CREATED, Json(SentMessage { message_id: id, queue_id, queue_offset: a.queue_offset, log_offset: a.log_offset }))
+        .into_response()
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+pub async fn metrics(State(s): State<AdminState>) -> Response {
+    let e = &s.engine;
+    let store = e.store();
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let broker = format!("{{broker=\"{}\",broker_id=\"{}\"}}", s.replication.broker_name, s.replication.broker_id);
+    gauge("wasmq_log_end_offset", "End of the commit log (bytes).", &[(broker.clone(), store.end_offset())]);
+    gauge("wasmq_log_min_offset", "Lowest commit log offset still stored.", &[(broker.clone(), store.min_offset())]);
+    gauge("wasmq_log_durable_offset", "Every byte below is fsynced.", &[(broker.clone(), store.durable_offset())]);
+    let mut queues = Vec::new();
+    for (topic, c) in e.topics() {
+        if wasmq_engine::is_internal_topic(&topic) {
+            continue;
+        }
+        for q in 0..c.queues {
+            queues.push((format!("{{topic=\"{topic}\",queue=\"{q}\"}}"), store.queue_bounds(&topic, q).1));
+        }
+    }
+    gauge("wasmq_queue_max_offset", "Messages ever stored in a queue (its next queue offset).", &queues);
+    let mut lag = Vec::new();
+    for (group, topics) in e.offsets().groups {
+        for (topic, qs) in topics {
+            for (q, committed) in qs {
+                let max = store.queue_bounds(&topic, q).1;
+                lag.push((format!("{{group=\"{group}\",topic=\"{topic}\",queue=\"{q}\"}}"), max.saturating_sub(committed)));
+            }
+        }
+    }
+    gauge("wasmq_group_lag", "Messages of a queue not yet committed by a consumer group.", &lag);
+    let (pending, c) = e.transactions();
+    gauge("wasmq_transactions_pending", "Undecided transactions.", &[(String::new(), pending.iter().map(|p| p.pending).sum())]);
+    let counters = [("committed", c.committed), ("rolled_back", c.rolled_back), ("discarded", c.discarded)];
+    let ended: Vec<(String, u64)> = counters.iter().map(|(k, v)| (format!("{{outcome=\"{k}\"}}"), *v)).collect();
+    gauge("wasmq_transactions_ended", "Transactions ended since start, by outcome.", &ended);
+    gauge("wasmq_scheduled_pending", "Scheduled messages not yet due.", &[(String::new(), e.schedule_status().pending)]);
+    let slaves: Vec<(String, u64)> =
+        s.replication.slaves(store.end_offset()).iter().map(|v| (format!("{{slave=\"{}\"}}", v.broker_id), v.lag_bytes)).collect();
+    gauge("wasmq_replica_lag_bytes", "Bytes of the master's log a slave does not hold yet.", &slaves);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
