@@ -22,6 +22,7 @@ pub struct AdminState {
     pub plugins: Arc<crate::plugins::Plugins>,
     pub producers: Arc<crate::held::Producers>,
     pub replication: Arc<crate::replication::Replication>,
+    pub stats: Arc<crate::stats::Stats>,
     pub token: Arc<str>,
     /// A read-only token: GET requests only.
     pub read_token: Option<Arc<str>>,
@@ -79,6 +80,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/groups/{name}/reset-offset", post(reset_offset))
         .route("/api/v1/groups/{name}/dlq", get(list_dead_letters))
         .route("/api/v1/groups/{name}/dlq/resend", post(resend_dead_letter))
+        .route("/api/v1/groups/{name}/dlq/resend-all", post(resend_all_dead_letters))
+        .route("/api/v1/groups/{name}/lag-history", get(group_lag_history))
+        .route("/api/v1/topics/{name}/rate", get(topic_rate))
         .route(
             "/api/v1/plugins",
             get(list_plugins).post(upload_plugin).layer(DefaultBodyLimit::max(wasmq_plugin_host::PLUGIN_BYTES_MAX + 1)),
@@ -478,6 +482,36 @@ async fn resend_dead_letter(
     }
 }
 
+/// Every dead letter of the group sent back to its origin topic (the DLQ keeps its copies).
+async fn resend_all_dead_letters(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    let dlq = wasmq_engine::dlq_topic(&name);
+    let (min, max) = s.engine.store().queue_bounds(&dlq, 0);
+    if s.engine.topic(&dlq).is_none() {
+        return error(404, format!("group {name} has no dead letters"));
+    }
+    let (mut resent, mut errors) = (0u64, Vec::new());
+    for offset in min..max {
+        match s.engine.resend_dead_letter(&name, offset) {
+            Ok(_) => resent += 1,
+            Err(e) => errors.push(format!("offset {offset}: {e}")),
+        }
+    }
+    Json(serde_json::json!({ "resent": resent, "errors": errors })).into_response()
+}
+
+/// `[[at_ms, lag], …]`: the group's lag at each sample of the last ten minutes.
+async fn group_lag_history(State(s): State<AdminState>, Path(name): Path<String>) -> Json<Vec<(u64, u64)>> {
+    Json(s.stats.group_lag(&name))
+}
+
+/// `[[at_ms, messages_per_second], …]`: the topic's produce rate over the last ten minutes.
+async fn topic_rate(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    if s.engine.topic(&name).is_none() {
+        return error(404, format!("topic {name} does not exist"));
+    }
+    Json(s.stats.topic_rate(&name)).into_response()
+}
+
 async fn delete_group(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
     match s.engine.delete_group(&name) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
@@ -519,6 +553,7 @@ mod tests {
             plugins,
             producers: Arc::default(),
             replication,
+            stats: Arc::default(),
             token: TOKEN.into(),
             read_token: Some(READ_TOKEN.into()),
             listen: "l".into(),
@@ -596,6 +631,19 @@ mod tests {
         assert!(text.contains("wasmq_group_lag{group=\"billing\",topic=\"orders\",queue=\"1\"} 1"), "{text}");
         assert!(!text.contains("%HALF%"), "internal topics stay out: {text}");
         assert_eq!(call_text(&app, "GET", "/metrics", &[], "").await.0, 401);
+
+        // Charts: rate and lag history (sampled by the broker every few seconds), and a DLQ
+        // resent whole.
+        assert_eq!(call(&app, "GET", "/api/v1/topics/orders/rate", read, "").await, (200, serde_json::json!([])));
+        assert_eq!(call(&app, "GET", "/api/v1/topics/nope/rate", read, "").await.0, 404);
+        assert_eq!(call(&app, "GET", "/api/v1/groups/billing/lag-history", read, "").await.0, 200);
+        assert_eq!(call(&app, "POST", "/api/v1/groups/billing/dlq/resend-all", Some(TOKEN), "").await.0, 404);
+        let log_offset = m["log_offset"].as_u64().unwrap();
+        engine.send_back("billing", "orders", 1, log_offset, true, None).unwrap();
+        let (s, v) = call(&app, "POST", "/api/v1/groups/billing/dlq/resend-all", Some(TOKEN), "").await;
+        assert_eq!((s, v["resent"].as_u64()), (200, Some(1)), "{v}");
+        assert_eq!(engine.store().queue_bounds("orders", 1).1 + engine.store().queue_bounds("orders", 0).1, 2, "back on its topic");
+        assert_eq!(call(&app, "POST", "/api/v1/groups/billing/dlq/resend-all", read, "").await.0, 403);
     }
 
     #[tokio::test]

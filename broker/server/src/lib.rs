@@ -12,6 +12,7 @@ pub mod held;
 pub mod namesrv;
 pub mod plugins;
 pub mod replication;
+pub mod stats;
 pub mod tls;
 pub mod wire;
 
@@ -158,11 +159,14 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
         replication: Arc::clone(&replication),
     });
     tracker.spawn(accept_clients(listener, broker_tls, shared, config.connections_max.get(), tracker.clone()));
+    let stats = Arc::new(stats::Stats::default());
+    tracker.spawn(stats::sampler(Arc::clone(&stats), Arc::clone(&engine), shutdown.clone()));
     let admin_state = admin::AdminState {
         engine: Arc::clone(&engine),
         plugins,
         producers,
         replication,
+        stats,
         token: token.into(),
         read_token: config.admin_read_token.clone().map(Into::into),
         listen: info.listen.to_string(),
