@@ -99,7 +99,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/topics/{topic}/plugins/{role}", put(attach_topic_plugin).delete(detach_topic_plugin))
         .route("/api/v1/groups/{group}/filters/{topic}", put(attach_filter).delete(detach_filter))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
-        .fallback(|| async { error(404, "no such endpoint") })
+        .fallback(crate::console::serve)
         .with_state(state)
 }
 
@@ -631,6 +631,11 @@ mod tests {
         assert!(text.contains("wasmq_group_lag{group=\"billing\",topic=\"orders\",queue=\"1\"} 1"), "{text}");
         assert!(!text.contains("%HALF%"), "internal topics stay out: {text}");
         assert_eq!(call_text(&app, "GET", "/metrics", &[], "").await.0, 401);
+        // The console's page needs no token (it asks for one); unknown API paths stay JSON 404s.
+        let (s, page) = call_text(&app, "GET", "/", &[], "").await;
+        assert_eq!(s, 200);
+        assert!(page.contains(if crate::console::built() { "wasmq_console" } else { "just console" }), "{page}");
+        assert_eq!(call(&app, "GET", "/api/v1/nope", Some(TOKEN), "").await.0, 404);
 
         // Charts: rate and lag history (sampled by the broker every few seconds), and a DLQ
         // resent whole.

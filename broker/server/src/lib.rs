@@ -8,6 +8,7 @@ pub mod admin;
 pub mod admin_data;
 pub mod config;
 pub mod conn;
+pub mod console;
 pub mod held;
 pub mod namesrv;
 pub mod plugins;

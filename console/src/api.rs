@@ -1,0 +1,91 @@
+//! The admin API from the browser: `fetch` with the bearer token, JSON in and out, errors as
+//! the API's own words.
+
+use base64::Engine as _;
+use serde::de::DeserializeOwned;
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{Headers, Request, RequestInit, Response};
+
+const TOKEN_KEY: &str = "wasmq-token";
+const DARK_KEY: &str = "wasmq-dark";
+
+fn storage() -> Option<web_sys::Storage> {
+    web_sys::window()?.local_storage().ok()?
+}
+
+/// The token the operator logged in with.
+pub fn token() -> Option<String> {
+    storage()?.get_item(TOKEN_KEY).ok()?
+}
+
+pub fn set_token(t: Option<&str>) {
+    if let Some(s) = storage() {
+        let _ = match t {
+            Some(t) => s.set_item(TOKEN_KEY, t),
+            None => s.remove_item(TOKEN_KEY),
+        };
+    }
+}
+
+pub fn dark_mode() -> bool {
+    storage().and_then(|s| s.get_item(DARK_KEY).ok()?).is_some_and(|v| v == "1")
+}
+
+/// Switches the page's colours (a `dark` class on `<html>`), remembered across visits.
+pub fn set_dark_mode(on: bool) {
+    if let Some(s) = storage() {
+        let _ = s.set_item(DARK_KEY, if on { "1" } else { "0" });
+    }
+    if let Some(root) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.document_element()) {
+        let _ = if on { root.class_list().add_1("dark") } else { root.class_list().remove_1("dark") };
+    }
+}
+
+fn js(e: JsValue) -> String {
+    e.as_string().unwrap_or_else(|| format!("{e:?}"))
+}
+
+/// `GET /api/v1{path}`.
+pub async fn get<T: DeserializeOwned>(path: &str) -> Result<T, String> {
+    send("GET", path, None).await
+}
+
+/// A request to `/api/v1{path}`; an error answer becomes its `error` text.
+pub async fn send<T: DeserializeOwned>(method: &str, path: &str, body: Option<String>) -> Result<T, String> {
+    let token = token().ok_or("not logged in")?;
+    let init = RequestInit::new();
+    init.set_method(method);
+    let headers = Headers::new().map_err(js)?;
+    headers.set("Authorization", &format!("Bearer {token}")).map_err(js)?;
+    headers.set("Content-Type", "application/json").map_err(js)?;
+    init.set_headers(&headers);
+    if let Some(b) = body {
+        init.set_body(&JsValue::from_str(&b));
+    }
+    let req = Request::new_with_str_and_init(&format!("/api/v1{path}"), &init).map_err(js)?;
+    let window = web_sys::window().ok_or("no window")?;
+    let resp: Response = JsFuture::from(window.fetch_with_request(&req)).await.map_err(js)?.dyn_into().map_err(js)?;
+    let text = JsFuture::from(resp.text().map_err(js)?).await.map_err(js)?.as_string().unwrap_or_default();
+    if !resp.ok() {
+        let said = serde_json::from_str::<wasmq_admin_types::ApiError>(&text).map(|e| e.error).unwrap_or(text);
+        return Err(format!("{} {}: {said}", resp.status(), resp.status_text()));
+    }
+    // Empty answers (204) read as JSON null.
+    serde_json::from_str(if text.is_empty() { "null" } else { &text }).map_err(|e| format!("unexpected answer: {e}"))
+}
+
+/// Percent-encodes a query value.
+pub fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// A message body for display: its text when it is UTF-8, else its size.
+pub fn body_text(b64: &str) -> String {
+    match base64::engine::general_purpose::STANDARD.decode(b64) {
+        Ok(bytes) => String::from_utf8(bytes).unwrap_or_else(|e| format!("<{} bytes of binary>", e.as_bytes().len())),
+        Err(_) => "<undecodable body>".to_owned(),
+    }
+}
