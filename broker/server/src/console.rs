@@ -30,11 +30,7 @@ pub async fn serve(uri: Uri) -> Response {
     }
     let path = if path.is_empty() { "index.html" } else { path };
     let Some(file) = Assets::get(path) else {
-        return if path == "index.html" {
-            Html(NOT_BUILT).into_response()
-        } else {
-            crate::admin::error(404, format!("no file {path}"))
-        };
+        return if path == "index.html" { Html(NOT_BUILT).into_response() } else { crate::admin::error(404, format!("no file {path}")) };
     };
     let mut resp = file.data.into_owned().into_response();
     let h = resp.headers_mut();
