@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v /usr/lib/chromium/chromium >/dev/null || { echo "needs Debian's chromium: apt-get install chromium" >&2; exit 1; }
 bash scripts/build-console.sh >/dev/null
-cargo build -q -p wasmq-server
+cargo build -q -p wasmq-server -p wasmq-cli
 (cd console/e2e && npm install --no-audit --no-fund --silent)
 DATA=$(mktemp -d)
 SHOTS="${SHOTS:-$PWD/target/console-shots}"
@@ -19,4 +19,6 @@ trap 'kill $BROKER 2>/dev/null || true; rm -rf "$DATA"' EXIT
 for _ in $(seq 1 100); do grep -q "admin token" "$DATA/broker.out" 2>/dev/null && break; sleep 0.1; done
 ADMIN=$(sed -n 's/.*(admin \(https:\/\/[^)]*\)).*/\1/p' "$DATA/broker.out")
 TOKEN=$(sed -n 's/^admin token: //p' "$DATA/broker.out")
-ADMIN=$ADMIN TOKEN=$TOKEN READ_TOKEN=$READ_TOKEN SHOTS=$SHOTS node console/e2e/console.mjs
+SERVER=$(sed -n 's/^wasmq-broker listening on \([^ ]*\) .*/\1/p' "$DATA/broker.out")
+ADMIN=$ADMIN TOKEN=$TOKEN READ_TOKEN=$READ_TOKEN SHOTS=$SHOTS SERVER=$SERVER CA=$DATA/tls/ca.pem \
+  CLI="${CARGO_TARGET_DIR:-target}/debug/wasmq" node console/e2e/console.mjs

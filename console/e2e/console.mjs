@@ -1,9 +1,11 @@
 // End-to-end test of the console in headless Debian chromium (playwright-core, no download).
 // Env: ADMIN=https://127.0.0.1:PORT, TOKEN (admin), READ_TOKEN, SHOTS (screenshot directory),
-// CHROMIUM (default /usr/lib/chromium/chromium). Exits non-zero on the first failure or on any
+// CHROMIUM (default /usr/lib/chromium/chromium), and for consuming as a group: CLI (the wasmq
+// binary), SERVER (protocol address), CA. Exits non-zero on the first failure or on any
 // error the page reports.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
+import { execFileSync } from "node:child_process";
 
 const admin = process.env.ADMIN, token = process.env.TOKEN, readToken = process.env.READ_TOKEN;
 const shots = process.env.SHOTS || "console-shots";
@@ -57,6 +59,19 @@ try {
     await page.click("#create-topic button[type=submit]");
     await page.waitForSelector("tr.topic >> text=e2e-orders");
   });
+  await step("03b-topic-detail", async () => {
+    await page.click("a.open-topic >> text=e2e-orders");
+    await page.waitForSelector("#topic-queues");
+    await page.fill("#send-body", "hello from the console");
+    await page.fill("#send-key", "k-ui");
+    await page.click("#send-message button[type=submit]");
+    const sent = await (await page.waitForSelector("#sent")).textContent();
+    const queue = sent.match(/to queue (\d+)/)[1];
+    await page.fill("#browse-queue", queue);
+    await page.fill("#browse-offset", "0");
+    await page.click("#browse button[type=submit]");
+    await page.waitForSelector("tr.browsed >> text=hello from the console");
+  });
   await step("04-messages", async () => {
     await api("POST", "/topics/e2e-orders/messages", { body: "{\"order\":7}", key: "customer-7" });
     await page.click("nav >> text=Messages");
@@ -66,8 +81,17 @@ try {
     await page.waitForSelector("tr.message >> text={\"order\":7}");
   });
   await step("05-groups", async () => {
+    // A group consumes one message with the CLI, so it has offsets and lag to show.
+    execFileSync(process.env.CLI, ["--server", process.env.SERVER, "--admin", admin.replace("https://", ""), "--ca", process.env.CA,
+      "--token", token, "consume", "e2e-orders", "--group", "billing", "--count", "1"]);
     await page.click("nav >> text=Groups");
-    await page.waitForSelector("#groups h2");
+    await page.waitForSelector("article.group >> text=billing");
+    await page.fill("article.group .reset-topic", "e2e-orders");
+    await page.fill("article.group .reset-to", "earliest");
+    await page.click("article.group .reset-offset button[type=submit]");
+    await page.waitForSelector(".done >> text=offsets reset");
+    // Back at the earliest offset: the group's lag shows again at the next refresh.
+    await page.waitForSelector("article.group td.lag >> text=1", { timeout: 10000 });
   });
   await step("06-dark", async () => {
     await page.click("#dark");

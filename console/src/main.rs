@@ -2,6 +2,7 @@
 //! admin API (`/api/v1`, bearer token kept in the browser's local storage).
 
 mod api;
+mod detail;
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -183,6 +184,7 @@ fn Topics() -> impl IntoView {
     });
     let (name, set_name) = signal(String::new());
     let (queues, set_queues) = signal("8".to_owned());
+    let (open, set_open) = signal(None::<String>);
     let (failure, set_failure) = signal(None::<String>);
     let create = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
@@ -218,14 +220,15 @@ fn Topics() -> impl IntoView {
                     <table>
                         <tr><th>"Topic"</th><th>"Queues"</th><th></th></tr>
                         {list.into_iter().map(|t| {
-                            let n = t.name.clone();
-                            view! { <tr class="topic"><td>{t.name}</td><td>{t.queues}</td>
+                            let (n, o) = (t.name.clone(), t.name.clone());
+                            view! { <tr class="topic"><td><a href="#" class="open-topic" on:click=move |ev| { ev.prevent_default(); set_open.set(Some(o.clone())); }>{t.name}</a></td><td>{t.queues}</td>
                                 <td><button on:click=move |_| delete(n.clone())>"Delete"</button></td></tr> }
                         }).collect_view()}
                     </table>
                 }.into_any(),
                 Err(e) => error_view(e),
             })}
+            {move || open.get().map(|t| view! { <detail::TopicDetail topic=t /> })}
         </section>
     }
 }
@@ -258,6 +261,7 @@ fn Groups() -> impl IntoView {
                                 <tr><td>{q.topic}</td><td>{q.queue_id}</td><td>{q.committed.map_or("-".to_owned(), |c| c.to_string())}</td><td>{q.max_offset}</td><td class="lag">{q.lag}</td></tr>
                             }).collect_view()}
                         </table>
+                        <detail::GroupTools group=g.name.clone() />
                     </article>
                 }).collect_view().into_any(),
                 Err(e) => error_view(e),

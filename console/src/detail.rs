@@ -1,0 +1,200 @@
+//! A topic's queues, rate and messages, with a test send; a group's lag chart, offset reset and
+//! dead letters.
+
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use wasmq_admin_types::{DeadLetter, QueuePage, SentMessage, TopicDetail};
+
+use crate::{api, error_view, refresh_tick};
+
+/// An SVG sparkline of `values` (no scripts, no inline styles: the page's CSP allows neither).
+fn sparkline(values: Vec<f64>) -> impl IntoView {
+    let max = values.iter().copied().fold(0.0_f64, f64::max).max(1.0);
+    let n = values.len().max(2) - 1;
+    let points: String =
+        values.iter().enumerate().map(|(i, v)| format!("{:.1},{:.1} ", i as f64 * 100.0 / n as f64, 20.0 - v / max * 19.0)).collect();
+    view! {
+        <svg class="spark" viewBox="0 0 100 20" preserveAspectRatio="none" role="img">
+            <polyline points=points fill="none" stroke="currentColor" stroke-width="0.8" />
+        </svg>
+    }
+}
+
+#[component]
+pub fn TopicDetail(topic: String) -> impl IntoView {
+    let tick = refresh_tick();
+    let t1 = topic.clone();
+    let detail = LocalResource::new(move || {
+        tick.get();
+        let t = t1.clone();
+        async move { api::get::<TopicDetail>(&format!("/topics/{t}")).await }
+    });
+    let t2 = topic.clone();
+    let rate = LocalResource::new(move || {
+        tick.get();
+        let t = t2.clone();
+        async move { api::get::<Vec<(u64, f64)>>(&format!("/topics/{t}/rate")).await }
+    });
+    // Browsing a queue from an offset.
+    let (queue, set_queue) = signal("0".to_owned());
+    let (from, set_from) = signal("0".to_owned());
+    let (page, set_page) = signal(None::<Result<QueuePage, String>>);
+    let t3 = topic.clone();
+    let browse = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let (t, q, o) = (t3.clone(), queue.get_untracked(), from.get_untracked());
+        spawn_local(async move {
+            set_page.set(Some(api::get::<QueuePage>(&format!("/topics/{t}/queues/{q}/messages?offset={o}&count=50")).await));
+        });
+    };
+    // A test message.
+    let (body, set_body) = signal(String::new());
+    let (key, set_key) = signal(String::new());
+    let (sent, set_sent) = signal(None::<Result<SentMessage, String>>);
+    let t4 = topic.clone();
+    let send = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let k = key.get_untracked();
+        let msg = serde_json::json!({ "body": body.get_untracked(), "key": if k.is_empty() { None } else { Some(k) } }).to_string();
+        let t = t4.clone();
+        spawn_local(async move { set_sent.set(Some(api::send::<SentMessage>("POST", &format!("/topics/{t}/messages"), Some(msg)).await)) });
+    };
+    view! {
+        <article id="topic-detail">
+            <h3>{topic.clone()}</h3>
+            <p>"Messages per second, last ten minutes: "
+                {move || rate.get().map(|r| match r {
+                    Ok(points) => sparkline(points.into_iter().map(|(_, v)| v).collect()).into_any(),
+                    Err(e) => error_view(e),
+                })}
+            </p>
+            {move || detail.get().map(|r| match r {
+                Ok(d) => view! {
+                    <table id="topic-queues">
+                        <tr><th>"Queue"</th><th>"Min offset"</th><th>"Max offset"</th></tr>
+                        {d.queues.into_iter().map(|q| view! { <tr><td>{q.queue_id}</td><td>{q.min_offset}</td><td>{q.max_offset}</td></tr> }).collect_view()}
+                    </table>
+                }.into_any(),
+                Err(e) => error_view(e),
+            })}
+            <form id="send-message" on:submit=send>
+                <input id="send-body" placeholder="body" on:input=move |ev| set_body.set(event_target_value(&ev)) />
+                <input id="send-key" placeholder="key (optional)" on:input=move |ev| set_key.set(event_target_value(&ev)) />
+                <button type="submit">"Send a test message"</button>
+            </form>
+            {move || sent.get().map(|r| match r {
+                Ok(s) => view! { <p id="sent">{format!("sent {} to queue {} at offset {}", s.message_id, s.queue_id, s.queue_offset)}</p> }.into_any(),
+                Err(e) => error_view(e),
+            })}
+            <form id="browse" on:submit=browse>
+                "Queue " <input id="browse-queue" type="number" min="0" prop:value=queue on:input=move |ev| set_queue.set(event_target_value(&ev)) />
+                " from offset " <input id="browse-offset" type="number" min="0" prop:value=from on:input=move |ev| set_from.set(event_target_value(&ev)) />
+                <button type="submit">"Browse"</button>
+            </form>
+            {move || page.get().map(|r| match r {
+                Ok(p) => view! {
+                    <table id="browsed">
+                        <tr><th>"Offset"</th><th>"Id"</th><th>"Keys"</th><th>"Stored"</th><th>"Body"</th></tr>
+                        {p.messages.into_iter().map(|m| view! {
+                            <tr class="browsed"><td>{m.queue_offset}</td><td>{m.unique_id.unwrap_or_default()}</td><td>{m.keys.join(", ")}</td>
+                                <td>{m.store_ms}</td><td>{api::body_text(&m.body_base64)}</td></tr>
+                        }).collect_view()}
+                    </table>
+                    <p>{format!("next offset {} (the queue holds {}..{})", p.next_offset, p.min_offset, p.max_offset)}</p>
+                }.into_any(),
+                Err(e) => error_view(e),
+            })}
+        </article>
+    }
+}
+
+#[component]
+pub fn GroupTools(group: String) -> impl IntoView {
+    let tick = refresh_tick();
+    let (changed, set_changed) = signal(0u32);
+    let g1 = group.clone();
+    let lag = LocalResource::new(move || {
+        tick.get();
+        let g = g1.clone();
+        async move { api::get::<Vec<(u64, u64)>>(&format!("/groups/{g}/lag-history")).await }
+    });
+    let g2 = group.clone();
+    let dlq = LocalResource::new(move || {
+        tick.get();
+        changed.get();
+        let g = g2.clone();
+        async move { api::get::<Vec<DeadLetter>>(&format!("/groups/{g}/dlq")).await }
+    });
+    let (topic, set_topic) = signal(String::new());
+    let (to, set_to) = signal("earliest".to_owned());
+    let (outcome, set_outcome) = signal(None::<Result<String, String>>);
+    let g3 = group.clone();
+    let reset = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let body = serde_json::json!({ "topic": topic.get_untracked(), "to": to.get_untracked() }).to_string();
+        let g = g3.clone();
+        spawn_local(async move {
+            let r = api::send::<serde_json::Value>("POST", &format!("/groups/{g}/reset-offset"), Some(body)).await;
+            set_outcome.set(Some(r.map(|_| "offsets reset".to_owned())));
+        });
+    };
+    let g4 = group.clone();
+    let resend = move |offset: Option<u64>| {
+        let g = g4.clone();
+        spawn_local(async move {
+            let r = match offset {
+                Some(o) => {
+                    api::send::<serde_json::Value>("POST", &format!("/groups/{g}/dlq/resend"), Some(format!("{{\"queue_offset\":{o}}}")))
+                        .await
+                        .map(|_| format!("dead letter {o} resent"))
+                }
+                None => api::send::<serde_json::Value>("POST", &format!("/groups/{g}/dlq/resend-all"), None)
+                    .await
+                    .map(|v| format!("{} dead letters resent", v["resent"])),
+            };
+            set_outcome.set(Some(r));
+            set_changed.update(|c| *c += 1);
+        });
+    };
+    let resend_all = resend.clone();
+    view! {
+        <div class="group-tools">
+            <p>"Lag, last ten minutes: "
+                {move || lag.get().map(|r| match r {
+                    Ok(points) => sparkline(points.into_iter().map(|(_, v)| v as f64).collect()).into_any(),
+                    Err(e) => error_view(e),
+                })}
+            </p>
+            <form class="reset-offset" on:submit=reset>
+                "Reset offsets of topic " <input class="reset-topic" placeholder="topic" on:input=move |ev| set_topic.set(event_target_value(&ev)) />
+                " to " <input class="reset-to" prop:value=to on:input=move |ev| set_to.set(event_target_value(&ev)) />
+                <button type="submit">"Reset"</button>
+                " (earliest, latest, or a time in ms)"
+            </form>
+            {move || outcome.get().map(|r| match r {
+                Ok(t) => view! { <p class="done">{t}</p> }.into_any(),
+                Err(e) => error_view(e),
+            })}
+            {move || dlq.get().map(|r| match r {
+                Ok(list) if list.is_empty() => view! { <p>"No dead letters."</p> }.into_any(),
+                Ok(list) => {
+                    let resend = resend.clone();
+                    let resend_all = resend_all.clone();
+                    view! {
+                        <h4>"Dead letters " <button class="resend-all" on:click=move |_| resend_all(None)>"Resend all"</button></h4>
+                        <table class="dlq">
+                            <tr><th>"Offset"</th><th>"Id"</th><th>"From"</th><th>"Tries"</th><th>"Body"</th><th></th></tr>
+                            {list.into_iter().map(|d| {
+                                let resend = resend.clone();
+                                let o = d.queue_offset;
+                                view! { <tr class="dead-letter"><td>{d.queue_offset}</td><td>{d.message_id}</td><td>{d.origin_topic}</td><td>{d.reconsume_times}</td>
+                                    <td>{d.body_preview}</td><td><button on:click=move |_| resend(Some(o))>"Resend"</button></td></tr> }
+                            }).collect_view()}
+                        </table>
+                    }.into_any()
+                }
+                Err(e) => error_view(e),
+            })}
+        </div>
+    }
+}
