@@ -25,7 +25,19 @@ fn main() {
         std::process::exit(2);
     };
     let first: u64 = first.parse().expect("first-seq is a number");
-    let (store, report) = Store::open(crash_store_config(dir.as_ref(), mode == "sync")).expect("open store");
+    // The test process opens the same store between cycles to check it; a process it forks at
+    // that moment (another test's child, before its exec) briefly holds a copy of the lock's
+    // descriptor, so a lock still held is waited for, shortly.
+    let mut tries = 0;
+    let (store, report) = loop {
+        match Store::open(crash_store_config(dir.as_ref(), mode == "sync")) {
+            Err(wasmq_store::OpenError::Locked { .. }) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => break r.expect("open store"),
+        }
+    };
     let store = Arc::new(store);
     println!("READY {}", report.end_offset);
     std::io::stdout().flush().expect("stdout");
