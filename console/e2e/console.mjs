@@ -93,6 +93,10 @@ try {
     // Back at the earliest offset: the group's lag shows again at the next refresh.
     await page.waitForSelector("article.group td.lag >> text=1", { timeout: 10000 });
   });
+  await step("05b-plugins", async () => {
+    await page.click("nav >> text=Plugins");
+    await page.waitForSelector("#plugins >> text=No plugin uploaded.");
+  });
   await step("06-dark", async () => {
     await page.click("#dark");
     await page.waitForFunction(() => document.documentElement.classList.contains("dark"));

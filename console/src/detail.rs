@@ -3,7 +3,7 @@
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use wasmq_admin_types::{DeadLetter, QueuePage, SentMessage, TopicDetail};
+use wasmq_admin_types::{AttachmentView, DeadLetter, PluginDetail, QueuePage, SentMessage, TopicDetail};
 
 use crate::{api, error_view, refresh_tick};
 
@@ -196,5 +196,54 @@ pub fn GroupTools(group: String) -> impl IntoView {
                 Err(e) => error_view(e),
             })}
         </div>
+    }
+}
+
+#[component]
+pub fn Plugins() -> impl IntoView {
+    let tick = refresh_tick();
+    let plugins = LocalResource::new(move || {
+        tick.get();
+        api::get::<Vec<PluginDetail>>("/plugins")
+    });
+    let attachments = LocalResource::new(move || {
+        tick.get();
+        api::get::<Vec<AttachmentView>>("/attachments")
+    });
+    view! {
+        <section id="plugins">
+            <h2>"Plugins"</h2>
+            <p>"Upload and attach with " <code>"wasmq plugin upload|attach"</code> " or the admin API."</p>
+            {move || plugins.get().map(|r| match r {
+                Ok(list) if list.is_empty() => view! { <p>"No plugin uploaded."</p> }.into_any(),
+                Ok(list) => view! {
+                    <table id="plugin-list">
+                        <tr><th>"Plugin"</th><th>"Versions"</th><th>"Roles"</th><th>"Reads"</th></tr>
+                        {list.into_iter().map(|p| {
+                            let latest = p.versions.last().cloned();
+                            view! { <tr class="plugin"><td>{p.name}</td><td>{p.versions.len()}</td>
+                                <td>{latest.as_ref().map(|v| v.roles.join(", ")).unwrap_or_default()}</td>
+                                <td>{latest.map(|v| v.needs.join(", ")).unwrap_or_default()}</td></tr> }
+                        }).collect_view()}
+                    </table>
+                }.into_any(),
+                Err(e) => error_view(e),
+            })}
+            <h3>"Attachments"</h3>
+            {move || attachments.get().map(|r| match r {
+                Ok(list) if list.is_empty() => view! { <p>"Nothing attached."</p> }.into_any(),
+                Ok(list) => view! {
+                    <table id="attachments">
+                        <tr><th>"Plugin"</th><th>"Role"</th><th>"Topic"</th><th>"Group"</th><th>"On error"</th><th>"Messages"</th><th>"Errors"</th><th>"ns / message"</th><th>"Breaker"</th></tr>
+                        {list.into_iter().map(|a| view! {
+                            <tr class="attachment"><td>{format!("{}@{}", a.plugin, a.version)}</td><td>{a.role}</td><td>{a.topic}</td>
+                                <td>{a.group.unwrap_or_default()}</td><td>{a.on_error}</td><td>{a.stats.messages}</td><td>{a.stats.errors}</td>
+                                <td>{format!("{:.0}", a.stats.ns_per_message)}</td><td>{if a.stats.breaker_open { "open" } else { "closed" }}</td></tr>
+                        }).collect_view()}
+                    </table>
+                }.into_any(),
+                Err(e) => error_view(e),
+            })}
+        </section>
     }
 }

@@ -17,6 +17,7 @@ enum Page {
     Topics,
     Groups,
     Messages,
+    Plugins,
 }
 
 fn main() {
@@ -58,6 +59,7 @@ fn App() -> impl IntoView {
                     {tab(Page::Topics, "Topics")}
                     {tab(Page::Groups, "Groups")}
                     {tab(Page::Messages, "Messages")}
+                    {tab(Page::Plugins, "Plugins")}
                 </nav>
                 <button id="dark" on:click=move |_| set_dark.update(|d| *d = !*d)>{move || if dark.get() { "Light" } else { "Dark" }}</button>
                 <button id="logout" on:click=move |_| { api::set_token(None); set_token.set(None); }>"Log out"</button>
@@ -68,6 +70,7 @@ fn App() -> impl IntoView {
                     Page::Topics => view! { <Topics /> }.into_any(),
                     Page::Groups => view! { <Groups /> }.into_any(),
                     Page::Messages => view! { <Messages /> }.into_any(),
+                    Page::Plugins => view! { <detail::Plugins /> }.into_any(),
                 }}
             </main>
         </Show>

@@ -62,17 +62,22 @@ impl Cluster {
     /// # Errors
     /// The broker is unreachable.
     pub async fn connection(&self, addr: &str) -> Result<Connection, ClientError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(addr)
+        if let Some(c) = self.conns.lock().await.get(addr)
             && c.closed().is_none()
         {
             return Ok(c.clone());
         }
-        let mut options = ConnectionOptions::new(addr, &self.ca);
-        options.request_timeout = self.request_timeout;
-        let c = Connection::connect(options).await?;
-        conns.insert(addr.to_owned(), c.clone());
-        Ok(c)
+        // Connect without holding the map: an unreachable broker must not stall the others.
+        let c = self.connect_new(addr).await?;
+        let mut conns = self.conns.lock().await;
+        match conns.get(addr) {
+            // Another task connected meanwhile: use one connection per broker.
+            Some(existing) if existing.closed().is_none() => Ok(existing.clone()),
+            _ => {
+                conns.insert(addr.to_owned(), c.clone());
+                Ok(c)
+            }
+        }
     }
 
     /// A new connection of its own to `addr` (a group member's: its client id is the member's).
