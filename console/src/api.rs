@@ -77,9 +77,7 @@ pub async fn send<T: DeserializeOwned>(method: &str, path: &str, body: Option<St
 
 /// Percent-encodes a query value.
 pub fn encode(v: &str) -> String {
-    v.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect()
+    percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// A message body for display: its text when it is UTF-8, else its size.

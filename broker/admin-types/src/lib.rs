@@ -367,4 +367,7 @@ pub struct SentMessage {
     pub queue_id: u32,
     pub queue_offset: u64,
     pub log_offset: u64,
+    /// `ok`, or (synchronous replication) why it is only on the master.
+    #[serde(default)]
+    pub status: String,
 }

@@ -100,10 +100,7 @@ impl Admin {
     /// # Errors
     /// Unknown topic, connection failure.
     pub async fn messages_by_key(&self, topic: &str, key: &str) -> Result<Vec<wasmq_admin_types::MessageView>, ClientError> {
-        let key: String = key
-            .bytes()
-            .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-            .collect();
+        let key = percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC);
         Ok(self.call("GET", &format!("/topics/{topic}/messages?key={key}"), None).await?.unwrap_or_default())
     }
 

@@ -388,7 +388,7 @@ async fn describe_group(State(s): State<AdminState>, Path(name): Path<String>) -
     for (topic, queues) in &committed {
         keys.extend(queues.keys().map(|q| (topic.clone(), *q)));
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let now = crate::now_ms();
     let queues = keys
         .into_iter()
         .map(|(topic, queue_id)| {
@@ -634,7 +634,7 @@ mod tests {
         // The console's page needs no token (it asks for one); unknown API paths stay JSON 404s.
         let (s, page) = call_text(&app, "GET", "/", &[], "").await;
         assert_eq!(s, 200);
-        assert!(page.contains(if crate::console::built() { "wasmq_console" } else { "just console" }), "{page}");
+        assert!(page.contains(if crate::console::built() { "src=\"boot.js\"" } else { "just console" }), "{page}");
         assert_eq!(call(&app, "GET", "/api/v1/nope", Some(TOKEN), "").await.0, 404);
 
         // Charts: rate and lag history (sampled by the broker every few seconds), and a DLQ

@@ -2,7 +2,6 @@
 //! and the Prometheus metrics. Routes are added by [`crate::admin::router`].
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -125,10 +124,12 @@ pub async fn send_message(
     if topic.starts_with('%') {
         return error(400, format!("{topic}: topics starting with % are the broker's own"));
     }
-    let n = s.engine.store().end_offset();
-    let id = format!("admin-{n:x}-{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    // Unique across concurrent sends (the counter) and restarts (the time).
+    static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let born_ms = crate::now_ms();
+    let id = format!("admin-{born_ms:x}-{:x}", SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     let mut msg = NewMessage { body: bytes::Bytes::from(m.body.into_bytes()), ..Default::default() };
-    msg.born_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    msg.born_ms = born_ms;
     msg.properties.unique_id = Some(id.clone());
     msg.properties.keys.extend(m.key);
     msg.properties.tags = m.tags;
@@ -146,20 +147,19 @@ pub async fn send_message(
             return error(status, w.message);
         }
     };
-    // As a producer's send: answered once durable under sync flush.
-    if let wasmq_store::FlushMode::Sync { timeout } = s.engine.store().config().flush {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        s.engine.store().on_durable(appended.end_offset, move |r| {
-            let _ = tx.send(r);
-        });
-        match tokio::time::timeout(timeout.max(Duration::from_millis(1)), rx).await {
-            Ok(Ok(Ok(()))) => {}
-            _ => return error(500, "stored but not known durable (flush failed or timed out)"),
-        }
-    }
+    // As a producer's send: answered once as safe as the broker set promises.
     let a = &appended.messages[0];
-    (StatusCode::CREATED, Json(SentMessage { message_id: id, queue_id, queue_offset: a.queue_offset, log_offset: a.log_offset }))
-        .into_response()
+    let status =
+        match crate::conn::durable(&s.engine, &s.replication, appended.end_offset, || format!("stored at log offset {}", a.log_offset))
+            .await
+        {
+            Ok(wasmq_protocol::SendStatus::Ok) => "ok",
+            Ok(wasmq_protocol::SendStatus::FlushSlaveTimeout) => "stored on the master; not on enough slaves within the replica timeout",
+            Ok(wasmq_protocol::SendStatus::SlaveNotAvailable) => "stored on the master; too few slaves connected to wait for",
+            Err(e) => return error(500, e.message),
+        };
+    let sent = SentMessage { message_id: id, queue_id, queue_offset: a.queue_offset, log_offset: a.log_offset, status: status.to_owned() };
+    (StatusCode::CREATED, Json(sent)).into_response()
 }
 
 /// `GET /metrics`: Prometheus text exposition.

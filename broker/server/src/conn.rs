@@ -221,11 +221,17 @@ async fn handle(shared: &Shared, frame: Frame, conn: &ConnCtx<'_>) -> Frame {
 
 /// Waits until the log up to `end_offset` is as safe as the broker set promises: fsynced under
 /// sync flush (`what` names the write in a timeout's message), and held by enough slaves under
-/// synchronous replication (else the status says why not: the bytes are on the master).
-async fn durable(shared: &Shared, end_offset: u64, what: impl FnOnce() -> String) -> Result<SendStatus, WireError> {
-    if let FlushMode::Sync { timeout } = shared.flush {
+/// synchronous replication (else the status says why not: the bytes are on the master). Every
+/// write a client or the admin API makes waits here before it is answered.
+pub(crate) async fn durable(
+    engine: &Engine,
+    replication: &crate::replication::Replication,
+    end_offset: u64,
+    what: impl FnOnce() -> String,
+) -> Result<SendStatus, WireError> {
+    if let FlushMode::Sync { timeout } = engine.store().config().flush {
         let (tx, rx) = oneshot::channel();
-        shared.engine.store().on_durable(end_offset, move |r| {
+        engine.store().on_durable(end_offset, move |r| {
             let _ = tx.send(r);
         });
         match tokio::time::timeout(timeout, rx).await {
@@ -235,11 +241,7 @@ async fn durable(shared: &Shared, end_offset: u64, what: impl FnOnce() -> String
             Err(_) => return Err(WireError::new(ErrorCode::FlushTimeout, format!("{} but not flushed within {timeout:?}", what()))),
         }
     }
-    Ok(shared.replication.replicated(end_offset).await)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    Ok(replication.replicated(end_offset).await)
 }
 
 async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<Response, WireError> {
@@ -258,7 +260,7 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
             let routed = shared.plugins.route(&s.topic, &mut messages, || {
                 engine.topic(&s.topic).map(|c| (c.queues, queue.unwrap_or_else(|| engine.pick_queue(c.queues))))
             })?;
-            let now = now_ms();
+            let now = crate::now_ms();
             let scheduled = messages.iter().any(|m| m.properties.delivery_ms.is_some_and(|d| d > now));
             let held = s.transactional || scheduled;
             if held && !routed {
@@ -285,8 +287,10 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
             } else {
                 engine.send(&s.topic, queue, messages).map_err(|e| wire::send_error(&e))?
             };
-            let status =
-                durable(shared, appended.end_offset, || format!("stored at log offset {}", appended.messages[0].log_offset)).await?;
+            let status = durable(engine, &shared.replication, appended.end_offset, || {
+                format!("stored at log offset {}", appended.messages[0].log_offset)
+            })
+            .await?;
             let results = appended
                 .messages
                 .iter()
@@ -432,7 +436,8 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
                 EndOutcome::Applied { decided, end_offset } => {
                     // The decision is on the master (and fsynced under sync flush); a slave that
                     // lags gets it with the rest of the log.
-                    let _ = durable(shared, end_offset, || format!("transaction at log offset {log_offset} ended")).await?;
+                    let _ = durable(engine, &shared.replication, end_offset, || format!("transaction at log offset {log_offset} ended"))
+                        .await?;
                     EndTransactionResponse { state: state(decided), applied: true }
                 }
                 EndOutcome::StillPending => EndTransactionResponse { state: TxState::Pending, applied: false },

@@ -132,10 +132,7 @@ pub async fn scheduler(engine: Arc<Engine>, notify: Arc<Notify>, stop: Cancellat
         }
         let e = Arc::clone(&engine);
         let next = tokio::task::spawn_blocking(move || e.release_due().1).await.ok().flatten();
-        let wait = next.map_or(SCHEDULER_IDLE, |due| {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-            Duration::from_millis(due.saturating_sub(now).max(1)).min(SCHEDULER_IDLE)
-        });
+        let wait = next.map_or(SCHEDULER_IDLE, |due| Duration::from_millis(due.saturating_sub(crate::now_ms()).max(1)).min(SCHEDULER_IDLE));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = notify.notified() => {}

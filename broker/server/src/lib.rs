@@ -39,6 +39,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time an admin client has to send its request headers.
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Wall-clock milliseconds since the epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Where a started broker listens, and what clients need.
 #[derive(Debug, Clone)]
 pub struct Started {

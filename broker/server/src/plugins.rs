@@ -23,6 +23,8 @@ use wasmq_plugin_host::{
     Runtime, field_names, key_hash, parse_role, role_name,
 };
 use wasmq_protocol::ErrorCode;
+
+use crate::now_ms;
 use wasmq_store::{NewMessage, Properties, QueueRead, StoredMessage};
 
 use crate::wire::WireError;
@@ -134,10 +136,6 @@ impl TopicPlugins {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Compiled but unattached versions kept in memory (others load again from the artifact cache).

@@ -32,6 +32,8 @@ const FETCH_WAIT_MS: u32 = 500;
 const IN_SYNC_GAP_MAX: u64 = 256 << 20;
 /// How often a slave exchanges topics and offsets with its master.
 const META_INTERVAL: Duration = Duration::from_secs(1);
+/// Most slaves one master serves (and remembers).
+pub const SLAVES_MAX: usize = 16;
 /// Pause before a slave reconnects to its master.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
@@ -147,7 +149,7 @@ impl Replication {
                 format!("the slave's log ends at {} past the master's end {end}: the two have diverged", req.from),
             ));
         }
-        self.record_ack(req.broker_id, req.from, &req.admin_addr, end);
+        self.record_ack(req.broker_id, req.from, &req.admin_addr, end)?;
         let min = store.min_offset();
         let mut from = req.from;
         if from < min {
@@ -181,9 +183,15 @@ impl Replication {
         }))
     }
 
-    fn record_ack(&self, broker_id: u32, acked: u64, admin_addr: &str, end: u64) {
+    fn record_ack(&self, broker_id: u32, acked: u64, admin_addr: &str, end: u64) -> Result<(), WireError> {
         let now = Instant::now();
         let mut slaves = lock(&self.slaves);
+        if slaves.len() >= SLAVES_MAX && !slaves.contains_key(&broker_id) {
+            return Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                format!("this master already serves {SLAVES_MAX} slaves; broker id {broker_id} cannot join"),
+            ));
+        }
         let s = slaves.entry(broker_id).or_insert_with(|| {
             tracing::info!(broker_id, admin_addr, "slave connected");
             SlaveState { admin_addr: admin_addr.to_owned(), acked, last_seen: now, caught_up: now }
@@ -196,6 +204,7 @@ impl Replication {
         }
         drop(slaves);
         self.acked.notify_waiters();
+        Ok(())
     }
 
     /// Master: takes a slave's local offset commits, answers with topics and offsets.

@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wasmq_engine::Engine;
 
+use crate::now_ms;
+
 /// How often figures are sampled.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 /// Samples kept (ten minutes at the interval).
@@ -28,10 +30,6 @@ struct Sample {
 #[derive(Debug, Default)]
 pub struct Stats {
     samples: Mutex<VecDeque<Sample>>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Stats {
