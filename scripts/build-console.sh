@@ -7,9 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WB_VERSION=$(grep -A1 '^name = "wasm-bindgen"$' console/Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
 rustup target add wasm32-unknown-unknown >/dev/null
+# Installed once into a cache outside the clone (CI reuses it), unless one of this version is
+# already on the PATH.
+TOOLS="${WASMQ_TOOLS:-${HOME:-/tmp}/.cache/wasmq/tools}"
+export PATH="$TOOLS/bin:$PATH"
 if ! wasm-bindgen --version 2>/dev/null | grep -q "$WB_VERSION"; then
-  echo "installing wasm-bindgen-cli $WB_VERSION"
-  cargo install wasm-bindgen-cli --version "$WB_VERSION"
+  echo "installing wasm-bindgen-cli $WB_VERSION into $TOOLS"
+  cargo install --root "$TOOLS" wasm-bindgen-cli --version "$WB_VERSION"
 fi
 TARGET="${CARGO_TARGET_DIR:-$PWD/target}/console"
 CARGO_TARGET_DIR="$TARGET" cargo build --release --locked --target wasm32-unknown-unknown --manifest-path console/Cargo.toml

@@ -1,24 +1,54 @@
 #!/usr/bin/env bash
-# Builds the console and the broker, starts the broker (ports picked by the OS, fresh data
-# directory, a read-only token), and runs the browser test (console/e2e/console.mjs) in
-# headless Debian chromium with playwright-core. Screenshots go to $SHOTS (default
-# target/console-shots). Needs: chromium (apt), node and npm.
+# The console in a real browser: builds the console, the broker, the CLI and an example plugin;
+# starts a name server and a broker set (master + slave, ports picked by the OS, fresh data
+# directories, a read-only token); runs console/e2e/console.mjs in headless Debian chromium with
+# playwright-core. Screenshots of every page go to $SHOTS (default target/console-shots).
+# Needs: chromium (apt), node and npm (.ci/run installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v /usr/lib/chromium/chromium >/dev/null || { echo "needs Debian's chromium: apt-get install chromium" >&2; exit 1; }
+CHROMIUM="${CHROMIUM:-$(command -v chromium || echo /usr/lib/chromium/chromium)}"
+[ -x "$CHROMIUM" ] || { echo "needs Debian's chromium: apt-get install chromium" >&2; exit 1; }
+T="${CARGO_TARGET_DIR:-$PWD/target}"
 bash scripts/build-console.sh >/dev/null
 cargo build -q -p wasmq-server -p wasmq-cli
-(cd console/e2e && npm install --no-audit --no-fund --silent)
+rustup target add wasm32-unknown-unknown >/dev/null
+cargo build -q --profile plugin --target wasm32-unknown-unknown --target-dir "$T/wasm-plugins" -p tenant-router
+PLUGIN="$T/wasm-plugins/wasm32-unknown-unknown/plugin/tenant_router.wasm"
+(cd console/e2e && npm ci --no-audit --no-fund --silent)
+
 DATA=$(mktemp -d)
 SHOTS="${SHOTS:-$PWD/target/console-shots}"
+rm -rf "$SHOTS"
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DATA"' EXIT
+
+# Waits for a line matching $2 in file $1 (the process writing it must stay up).
+wait_for() {
+  for _ in $(seq 1 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "timed out waiting for '$2' in $1:" >&2; cat "$1" "${1%.out}.err" >&2 || true; exit 1
+}
+
+"$T/debug/wasmq-broker" namesrv --listen 127.0.0.1:0 --data-dir "$DATA/ns" > "$DATA/ns.out" 2> "$DATA/ns.err" &
+PIDS+=($!)
+wait_for "$DATA/ns.out" '^ready'
+NAMESRV=$(sed -n 's/^wasmq-namesrv listening on //p' "$DATA/ns.out")
+CA=$(sed -n 's/^development CA: \([^ ]*\).*/\1/p' "$DATA/ns.out")
+
+TOKEN=admin-token-e2e-0123456789
 READ_TOKEN=read-only-token-0123456789
-WASMQ_DATA_DIR=$DATA WASMQ_LISTEN=127.0.0.1:0 WASMQ_ADMIN_LISTEN=127.0.0.1:0 WASMQ_ADMIN_READ_TOKEN=$READ_TOKEN WASMQ_LOG=warn \
-  "${CARGO_TARGET_DIR:-target}/debug/wasmq-broker" > "$DATA/broker.out" 2> "$DATA/broker.err" &
-BROKER=$!
-trap 'kill $BROKER 2>/dev/null || true; rm -rf "$DATA"' EXIT
-for _ in $(seq 1 100); do grep -q "admin token" "$DATA/broker.out" 2>/dev/null && break; sleep 0.1; done
-ADMIN=$(sed -n 's/.*(admin \(https:\/\/[^)]*\)).*/\1/p' "$DATA/broker.out")
-TOKEN=$(sed -n 's/^admin token: //p' "$DATA/broker.out")
-SERVER=$(sed -n 's/^wasmq-broker listening on \([^ ]*\) .*/\1/p' "$DATA/broker.out")
-ADMIN=$ADMIN TOKEN=$TOKEN READ_TOKEN=$READ_TOKEN SHOTS=$SHOTS SERVER=$SERVER CA=$DATA/tls/ca.pem \
-  CLI="${CARGO_TARGET_DIR:-target}/debug/wasmq" node console/e2e/console.mjs
+# One broker set (broker-a) of the cluster e2e, sharing the name server's certificate.
+export WASMQ_TLS_CERT="$DATA/ns/tls/server.pem" WASMQ_TLS_KEY="$DATA/ns/tls/server-key.pem" WASMQ_PEER_CA="$CA" \
+  WASMQ_NAMESRV="$NAMESRV" WASMQ_CLUSTER=e2e WASMQ_BROKER_NAME=broker-a WASMQ_REGISTER_INTERVAL_MS=1000 \
+  WASMQ_ADMIN_TOKEN=$TOKEN WASMQ_ADMIN_READ_TOKEN=$READ_TOKEN WASMQ_RETRY_DELAYS_MS=200 WASMQ_LOG=warn \
+  WASMQ_LISTEN=127.0.0.1:0 WASMQ_ADMIN_LISTEN=127.0.0.1:0 WASMQ_RETENTION_DISK_PERCENT=99
+WASMQ_DATA_DIR="$DATA/master" "$T/debug/wasmq-broker" > "$DATA/master.out" 2> "$DATA/master.err" &
+PIDS+=($!)
+wait_for "$DATA/master.out" '^admin token'
+ADMIN=$(sed -n 's/.*(admin \(https:\/\/[^)]*\)).*/\1/p' "$DATA/master.out")
+SERVER=$(sed -n 's/^wasmq-broker listening on \([^ ]*\) .*/\1/p' "$DATA/master.out")
+WASMQ_DATA_DIR="$DATA/slave" WASMQ_BROKER_ID=1 WASMQ_MASTER="$SERVER" "$T/debug/wasmq-broker" > "$DATA/slave.out" 2> "$DATA/slave.err" &
+PIDS+=($!)
+wait_for "$DATA/slave.out" '^admin token'
+
+ADMIN=$ADMIN TOKEN=$TOKEN READ_TOKEN=$READ_TOKEN SHOTS=$SHOTS SERVER=$SERVER CA=$CA CHROMIUM=$CHROMIUM \
+  PLUGIN=$PLUGIN CLI="$T/debug/wasmq" node console/e2e/console.mjs

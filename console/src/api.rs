@@ -51,17 +51,22 @@ pub async fn get<T: DeserializeOwned>(path: &str) -> Result<T, String> {
     send("GET", path, None).await
 }
 
-/// A request to `/api/v1{path}`; an error answer becomes its `error` text.
+/// A request to `/api/v1{path}` with a JSON body; an error answer becomes its `error` text.
 pub async fn send<T: DeserializeOwned>(method: &str, path: &str, body: Option<String>) -> Result<T, String> {
+    request(method, path, body.map(|b| JsValue::from_str(&b)), "application/json").await
+}
+
+/// A request with any body `fetch` takes (a string, a `File`, …) of `content_type`.
+pub async fn request<T: DeserializeOwned>(method: &str, path: &str, body: Option<JsValue>, content_type: &str) -> Result<T, String> {
     let token = token().ok_or("not logged in")?;
     let init = RequestInit::new();
     init.set_method(method);
     let headers = Headers::new().map_err(js)?;
     headers.set("Authorization", &format!("Bearer {token}")).map_err(js)?;
-    headers.set("Content-Type", "application/json").map_err(js)?;
+    headers.set("Content-Type", content_type).map_err(js)?;
     init.set_headers(&headers);
     if let Some(b) = body {
-        init.set_body(&JsValue::from_str(&b));
+        init.set_body(&b);
     }
     let req = Request::new_with_str_and_init(&format!("/api/v1{path}"), &init).map_err(js)?;
     let window = web_sys::window().ok_or("no window")?;
@@ -80,10 +85,45 @@ pub fn encode(v: &str) -> String {
     percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
+/// A message body's bytes.
+pub fn body_bytes(b64: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default()
+}
+
 /// A message body for display: its text when it is UTF-8, else its size.
 pub fn body_text(b64: &str) -> String {
-    match base64::engine::general_purpose::STANDARD.decode(b64) {
-        Ok(bytes) => String::from_utf8(bytes).unwrap_or_else(|e| format!("<{} bytes of binary>", e.as_bytes().len())),
-        Err(_) => "<undecodable body>".to_owned(),
+    String::from_utf8(body_bytes(b64)).unwrap_or_else(|e| format!("<{} bytes of binary>", e.as_bytes().len()))
+}
+
+/// `12.3 MiB`.
+pub fn bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut v, mut u) = (n as f64, 0);
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
     }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", units[u]) }
+}
+
+/// `3d 4h`, `5m 2s`.
+pub fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// A time in ms since the epoch as ISO 8601 (UTC).
+pub fn time(ms: u64) -> String {
+    js_sys::Date::new(&JsValue::from_f64(ms as f64)).to_iso_string().as_string().unwrap_or_default()
+}
+
+/// A `datetime-local` input's value (local time) in ms since the epoch.
+pub fn parse_local_time(v: &str) -> Option<u64> {
+    let ms = js_sys::Date::parse(v);
+    (ms.is_finite() && ms >= 0.0).then_some(ms as u64)
 }

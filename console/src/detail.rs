@@ -1,9 +1,9 @@
-//! A topic's queues, rate and messages, with a test send; a group's lag chart, offset reset and
-//! dead letters.
+//! A topic's queues, retention, rate, plugins and messages, with a test send; a group's lag
+//! chart, offset reset and dead letters.
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use wasmq_admin_types::{AttachmentView, DeadLetter, PluginDetail, QueuePage, SentMessage, TopicDetail};
+use wasmq_admin_types::{AttachmentView, DeadLetter, QueuePage, SentMessage, TopicDetail};
 
 use crate::{api, error_view, refresh_tick};
 
@@ -35,16 +35,32 @@ pub fn TopicDetail(topic: String) -> impl IntoView {
         let t = t2.clone();
         async move { api::get::<Vec<(u64, f64)>>(&format!("/topics/{t}/rate")).await }
     });
-    // Browsing a queue from an offset.
+    let t5 = topic.clone();
+    let plugins = LocalResource::new(move || {
+        tick.get();
+        let t = t5.clone();
+        async move {
+            api::get::<Vec<AttachmentView>>("/attachments").await.map(|all| all.into_iter().filter(|a| a.topic == t).collect::<Vec<_>>())
+        }
+    });
+    // Browsing a queue from an offset or a time.
     let (queue, set_queue) = signal("0".to_owned());
     let (from, set_from) = signal("0".to_owned());
+    let (since, set_since) = signal(String::new());
     let (page, set_page) = signal(None::<Result<QueuePage, String>>);
     let t3 = topic.clone();
     let browse = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
-        let (t, q, o) = (t3.clone(), queue.get_untracked(), from.get_untracked());
+        let (t, q) = (t3.clone(), queue.get_untracked());
+        let at = match since.get_untracked() {
+            s if s.is_empty() => format!("offset={}", from.get_untracked()),
+            s => match api::parse_local_time(&s) {
+                Some(ms) => format!("time={ms}"),
+                None => return set_page.set(Some(Err(format!("not a time: {s}")))),
+            },
+        };
         spawn_local(async move {
-            set_page.set(Some(api::get::<QueuePage>(&format!("/topics/{t}/queues/{q}/messages?offset={o}&count=50")).await));
+            set_page.set(Some(api::get::<QueuePage>(&format!("/topics/{t}/queues/{q}/messages?{at}&count=50")).await));
         });
     };
     // A test message.
@@ -70,10 +86,23 @@ pub fn TopicDetail(topic: String) -> impl IntoView {
             </p>
             {move || detail.get().map(|r| match r {
                 Ok(d) => view! {
+                    <p id="topic-retention">{match d.retention_ms {
+                        Some(ms) => format!("Messages stay readable for {} (then the topic drops them).", api::duration(ms)),
+                        None => "Messages stay as long as the log keeps them.".to_owned(),
+                    }}</p>
                     <table id="topic-queues">
                         <tr><th>"Queue"</th><th>"Min offset"</th><th>"Max offset"</th></tr>
                         {d.queues.into_iter().map(|q| view! { <tr><td>{q.queue_id}</td><td>{q.min_offset}</td><td>{q.max_offset}</td></tr> }).collect_view()}
                     </table>
+                }.into_any(),
+                Err(e) => error_view(e),
+            })}
+            {move || plugins.get().map(|r| match r {
+                Ok(list) if list.is_empty() => view! { <p>"No plugin attached."</p> }.into_any(),
+                Ok(list) => view! {
+                    <p id="topic-plugins">"Plugins: " {list.into_iter().map(|a| format!(
+                        "{}@{} as {}{} ({} messages, {} errors)", a.plugin, a.version, a.role, a.group.map(|g| format!(" for {g}")).unwrap_or_default(), a.stats.messages, a.stats.errors
+                    )).collect::<Vec<_>>().join("; ")}</p>
                 }.into_any(),
                 Err(e) => error_view(e),
             })}
@@ -89,17 +118,12 @@ pub fn TopicDetail(topic: String) -> impl IntoView {
             <form id="browse" on:submit=browse>
                 "Queue " <input id="browse-queue" type="number" min="0" prop:value=queue on:input=move |ev| set_queue.set(event_target_value(&ev)) />
                 " from offset " <input id="browse-offset" type="number" min="0" prop:value=from on:input=move |ev| set_from.set(event_target_value(&ev)) />
+                " or from time " <input id="browse-time" type="datetime-local" step="1" on:input=move |ev| set_since.set(event_target_value(&ev)) />
                 <button type="submit">"Browse"</button>
             </form>
             {move || page.get().map(|r| match r {
                 Ok(p) => view! {
-                    <table id="browsed">
-                        <tr><th>"Offset"</th><th>"Id"</th><th>"Keys"</th><th>"Stored"</th><th>"Body"</th></tr>
-                        {p.messages.into_iter().map(|m| view! {
-                            <tr class="browsed"><td>{m.queue_offset}</td><td>{m.unique_id.unwrap_or_default()}</td><td>{m.keys.join(", ")}</td>
-                                <td>{m.store_ms}</td><td>{api::body_text(&m.body_base64)}</td></tr>
-                        }).collect_view()}
-                    </table>
+                    <div id="browsed"><crate::message::MessageList messages=p.messages /></div>
                     <p>{format!("next offset {} (the queue holds {}..{})", p.next_offset, p.min_offset, p.max_offset)}</p>
                 }.into_any(),
                 Err(e) => error_view(e),
@@ -127,11 +151,19 @@ pub fn GroupTools(group: String) -> impl IntoView {
     });
     let (topic, set_topic) = signal(String::new());
     let (to, set_to) = signal("earliest".to_owned());
+    let (at, set_at) = signal(String::new());
     let (outcome, set_outcome) = signal(None::<Result<String, String>>);
     let g3 = group.clone();
     let reset = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
-        let body = serde_json::json!({ "topic": topic.get_untracked(), "to": to.get_untracked() }).to_string();
+        let to = match to.get_untracked().as_str() {
+            "time" => match api::parse_local_time(&at.get_untracked()) {
+                Some(ms) => ms.to_string(),
+                None => return set_outcome.set(Some(Err("choose the time to reset to".into()))),
+            },
+            other => other.to_owned(),
+        };
+        let body = serde_json::json!({ "topic": topic.get_untracked(), "to": to }).to_string();
         let g = g3.clone();
         spawn_local(async move {
             let r = api::send::<serde_json::Value>("POST", &format!("/groups/{g}/reset-offset"), Some(body)).await;
@@ -167,9 +199,15 @@ pub fn GroupTools(group: String) -> impl IntoView {
             </p>
             <form class="reset-offset" on:submit=reset>
                 "Reset offsets of topic " <input class="reset-topic" placeholder="topic" on:input=move |ev| set_topic.set(event_target_value(&ev)) />
-                " to " <input class="reset-to" prop:value=to on:input=move |ev| set_to.set(event_target_value(&ev)) />
+                " to " <select class="reset-to" on:change=move |ev| set_to.set(event_target_value(&ev))>
+                    <option value="earliest">"earliest"</option>
+                    <option value="latest">"latest"</option>
+                    <option value="time">"a time"</option>
+                </select>
+                <Show when=move || to.get() == "time">
+                    " " <input class="reset-time" type="datetime-local" step="1" on:input=move |ev| set_at.set(event_target_value(&ev)) />
+                </Show>
                 <button type="submit">"Reset"</button>
-                " (earliest, latest, or a time in ms)"
             </form>
             {move || outcome.get().map(|r| match r {
                 Ok(t) => view! { <p class="done">{t}</p> }.into_any(),
@@ -196,54 +234,5 @@ pub fn GroupTools(group: String) -> impl IntoView {
                 Err(e) => error_view(e),
             })}
         </div>
-    }
-}
-
-#[component]
-pub fn Plugins() -> impl IntoView {
-    let tick = refresh_tick();
-    let plugins = LocalResource::new(move || {
-        tick.get();
-        api::get::<Vec<PluginDetail>>("/plugins")
-    });
-    let attachments = LocalResource::new(move || {
-        tick.get();
-        api::get::<Vec<AttachmentView>>("/attachments")
-    });
-    view! {
-        <section id="plugins">
-            <h2>"Plugins"</h2>
-            <p>"Upload and attach with " <code>"wasmq plugin upload|attach"</code> " or the admin API."</p>
-            {move || plugins.get().map(|r| match r {
-                Ok(list) if list.is_empty() => view! { <p>"No plugin uploaded."</p> }.into_any(),
-                Ok(list) => view! {
-                    <table id="plugin-list">
-                        <tr><th>"Plugin"</th><th>"Versions"</th><th>"Roles"</th><th>"Reads"</th></tr>
-                        {list.into_iter().map(|p| {
-                            let latest = p.versions.last().cloned();
-                            view! { <tr class="plugin"><td>{p.name}</td><td>{p.versions.len()}</td>
-                                <td>{latest.as_ref().map(|v| v.roles.join(", ")).unwrap_or_default()}</td>
-                                <td>{latest.map(|v| v.needs.join(", ")).unwrap_or_default()}</td></tr> }
-                        }).collect_view()}
-                    </table>
-                }.into_any(),
-                Err(e) => error_view(e),
-            })}
-            <h3>"Attachments"</h3>
-            {move || attachments.get().map(|r| match r {
-                Ok(list) if list.is_empty() => view! { <p>"Nothing attached."</p> }.into_any(),
-                Ok(list) => view! {
-                    <table id="attachments">
-                        <tr><th>"Plugin"</th><th>"Role"</th><th>"Topic"</th><th>"Group"</th><th>"On error"</th><th>"Messages"</th><th>"Errors"</th><th>"ns / message"</th><th>"Breaker"</th></tr>
-                        {list.into_iter().map(|a| view! {
-                            <tr class="attachment"><td>{format!("{}@{}", a.plugin, a.version)}</td><td>{a.role}</td><td>{a.topic}</td>
-                                <td>{a.group.unwrap_or_default()}</td><td>{a.on_error}</td><td>{a.stats.messages}</td><td>{a.stats.errors}</td>
-                                <td>{format!("{:.0}", a.stats.ns_per_message)}</td><td>{if a.stats.breaker_open { "open" } else { "closed" }}</td></tr>
-                        }).collect_view()}
-                    </table>
-                }.into_any(),
-                Err(e) => error_view(e),
-            })}
-        </section>
     }
 }

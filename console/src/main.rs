@@ -3,10 +3,13 @@
 
 mod api;
 mod detail;
+mod held;
+mod message;
+mod plugins;
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use wasmq_admin_types::{BrokerInfo, GroupDetail, GroupSummary, ReplicaStatus, Scheduled, TopicSummary, Transactions};
+use wasmq_admin_types::{BrokerInfo, ClusterView, GroupDetail, GroupSummary, ReplicaStatus, TopicSummary};
 
 /// How often the pages refresh their figures.
 const REFRESH_MS: u64 = 3_000;
@@ -18,6 +21,7 @@ enum Page {
     Groups,
     Messages,
     Plugins,
+    Held,
 }
 
 fn main() {
@@ -60,6 +64,7 @@ fn App() -> impl IntoView {
                     {tab(Page::Groups, "Groups")}
                     {tab(Page::Messages, "Messages")}
                     {tab(Page::Plugins, "Plugins")}
+                    {tab(Page::Held, "Held")}
                 </nav>
                 <button id="dark" on:click=move |_| set_dark.update(|d| *d = !*d)>{move || if dark.get() { "Light" } else { "Dark" }}</button>
                 <button id="logout" on:click=move |_| { api::set_token(None); set_token.set(None); }>"Log out"</button>
@@ -69,8 +74,9 @@ fn App() -> impl IntoView {
                     Page::Overview => view! { <Overview /> }.into_any(),
                     Page::Topics => view! { <Topics /> }.into_any(),
                     Page::Groups => view! { <Groups /> }.into_any(),
-                    Page::Messages => view! { <Messages /> }.into_any(),
-                    Page::Plugins => view! { <detail::Plugins /> }.into_any(),
+                    Page::Messages => view! { <message::Messages /> }.into_any(),
+                    Page::Plugins => view! { <plugins::Plugins /> }.into_any(),
+                    Page::Held => view! { <held::Held /> }.into_any(),
                 }}
             </main>
         </Show>
@@ -113,35 +119,64 @@ fn Overview() -> impl IntoView {
         tick.get();
         api::get::<BrokerInfo>("/broker")
     });
+    let cluster = LocalResource::new(move || {
+        tick.get();
+        api::get::<ClusterView>("/cluster")
+    });
     let replicas = LocalResource::new(move || {
         tick.get();
         api::get::<ReplicaStatus>("/replicas")
     });
-    let tx = LocalResource::new(move || {
-        tick.get();
-        api::get::<Transactions>("/transactions")
-    });
-    let scheduled = LocalResource::new(move || {
-        tick.get();
-        api::get::<Scheduled>("/scheduled")
-    });
+    let dash = || "-".to_owned();
     view! {
         <section id="overview">
-            <h2>"Broker"</h2>
+            <h2>"This broker"</h2>
             {move || info.get().map(|r| match r {
                 Ok(b) => view! {
                     <dl>
-                        <dt>"Name"</dt><dd id="broker-name">{b.broker_name}</dd>
+                        <dt>"Name"</dt><dd id="broker-name">{format!("{} ({} {}, cluster {})", b.broker_name, b.role, b.broker_id, b.cluster)}</dd>
                         <dt>"Version"</dt><dd>{b.version}</dd>
-                        <dt>"Address"</dt><dd>{b.listen}</dd>
+                        <dt>"Address"</dt><dd>{format!("{} (admin {})", b.listen, b.admin_listen)}</dd>
+                        <dt>"Up for"</dt><dd id="uptime">{api::duration(b.uptime_ms)}</dd>
                         <dt>"Flush"</dt><dd>{b.flush}</dd>
-                        <dt>"Log"</dt><dd>{format!("{} … {} (durable {})", b.log_min_offset, b.log_end_offset, b.log_durable_offset)}</dd>
+                        <dt>"Log"</dt><dd>{format!("{} … {} (durable {}), {} on disk", b.log_min_offset, b.log_end_offset, b.log_durable_offset, api::bytes(b.log_bytes))}</dd>
+                        <dt>"Disk"</dt><dd id="disk">{format!("{} of {} used ({:.0} %)", api::bytes(b.disk_used_bytes), api::bytes(b.disk_total_bytes), b.disk_used_bytes as f64 * 100.0 / b.disk_total_bytes.max(1) as f64)}</dd>
                         <dt>"Topics"</dt><dd>{b.topics}</dd>
+                        {b.store_failure.map(|f| view! { <dt>"Store"</dt><dd class="error">{f}</dd> })}
                     </dl>
                 }.into_any(),
                 Err(e) => error_view(e),
             })}
-            <h2>"Replicas"</h2>
+            <h2>"Cluster"</h2>
+            {move || cluster.get().map(|r| match r {
+                Ok(c) => view! {
+                    <p id="cluster-source">{match c.source.as_str() {
+                        "namesrv" => format!("Cluster {} as the name servers {} know it.", c.cluster, c.name_servers.join(", ")),
+                        _ => format!("Cluster {}: this broker set as its replication links show it (no name server answered).", c.cluster),
+                    }}</p>
+                    {c.error.map(error_view)}
+                    <table id="cluster">
+                        <tr><th>"Broker set"</th><th>"Id"</th><th>"Role"</th><th>"Address"</th><th>"Admin"</th><th>"Version"</th><th>"Up for"</th>
+                            <th>"Log end"</th><th>"Lag"</th><th>"Log on disk"</th><th>"Disk used"</th><th>"Topics"</th><th>"Last seen"</th></tr>
+                        {c.broker_sets.into_iter().flat_map(|set| {
+                            let name = set.broker_name;
+                            set.brokers.into_iter().map(move |b| view! {
+                                <tr class="cluster-broker"><td>{name.clone()}</td><td>{b.broker_id}</td><td class="role">{b.role}</td><td>{b.addr.unwrap_or_else(dash)}</td>
+                                    <td>{b.admin_addr}</td><td>{b.version.unwrap_or_else(dash)}</td><td>{b.uptime_ms.map_or_else(dash, api::duration)}</td>
+                                    <td>{b.log_end_offset}</td><td class="lag">{b.lag_bytes.map_or_else(dash, api::bytes)}</td><td>{b.log_bytes.map_or_else(dash, api::bytes)}</td>
+                                    <td>{match (b.disk_used_bytes, b.disk_total_bytes) {
+                                        (Some(u), Some(t)) if t > 0 => format!("{:.0} % of {}", u as f64 * 100.0 / t as f64, api::bytes(t)),
+                                        _ => dash(),
+                                    }}</td>
+                                    <td>{b.topics.map_or_else(dash, |t| t.to_string())}</td>
+                                    <td>{b.last_seen_ms_ago.map_or_else(dash, |ms| format!("{} ago", api::duration(ms)))}</td></tr>
+                            })
+                        }).collect_view()}
+                    </table>
+                }.into_any(),
+                Err(e) => error_view(e),
+            })}
+            <h2>"Replication"</h2>
             {move || replicas.get().map(|r| match r {
                 Ok(r) => view! {
                     <table id="replicas">
@@ -150,26 +185,12 @@ fn Overview() -> impl IntoView {
                             <td>{r.master.as_ref().map_or("-".to_owned(), |m| m.lag_bytes.to_string())}</td><td>"-"</td>
                             <td>{r.master.as_ref().map_or(r.replication.clone(), |m| if m.connected { "connected".to_owned() } else { "down".to_owned() })}</td></tr>
                         {r.slaves.into_iter().map(|s| view! {
-                            <tr><td>{r.broker_name.clone()}</td><td>{s.broker_id}</td><td>"slave"</td><td>{s.acked_offset}</td>
+                            <tr class="slave"><td>{r.broker_name.clone()}</td><td>{s.broker_id}</td><td>"slave"</td><td>{s.acked_offset}</td>
                                 <td>{s.lag_bytes}</td><td>{format!("{:.1}", s.lag_ms as f64 / 1000.0)}</td>
-                                <td>{if s.connected { "connected" } else { "down" }}</td></tr>
+                                <td class="link">{if s.connected { "connected" } else { "down" }}</td></tr>
                         }).collect_view()}
                     </table>
                 }.into_any(),
-                Err(e) => error_view(e),
-            })}
-            <h2>"Held messages"</h2>
-            {move || tx.get().map(|r| match r {
-                Ok(t) => view! {
-                    <p id="transactions">{format!(
-                        "{} undecided transactions; since start {} committed, {} rolled back, {} discarded, {} checks sent",
-                        t.pending.iter().map(|p| p.pending).sum::<u64>(), t.committed, t.rolled_back, t.discarded, t.checks_sent
-                    )}</p>
-                }.into_any(),
-                Err(e) => error_view(e),
-            })}
-            {move || scheduled.get().map(|r| match r {
-                Ok(s) => view! { <p id="scheduled">{format!("{} scheduled messages waiting; {} delivered since start", s.pending, s.released)}</p> }.into_any(),
                 Err(e) => error_view(e),
             })}
         </section>
@@ -187,12 +208,25 @@ fn Topics() -> impl IntoView {
     });
     let (name, set_name) = signal(String::new());
     let (queues, set_queues) = signal("8".to_owned());
+    let (retention_h, set_retention_h) = signal(String::new());
     let (open, set_open) = signal(None::<String>);
     let (failure, set_failure) = signal(None::<String>);
     let create = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
-        let body =
-            serde_json::json!({ "name": name.get_untracked(), "queues": queues.get_untracked().parse::<u32>().unwrap_or(0) }).to_string();
+        // Hours, empty for the log's retention.
+        let retention_ms = match retention_h.get_untracked().trim() {
+            "" => None,
+            h => match h.parse::<f64>() {
+                Ok(h) if h > 0.0 => Some((h * 3_600_000.0) as u64),
+                _ => return set_failure.set(Some(format!("retention: {h} is not a number of hours"))),
+            },
+        };
+        let body = serde_json::json!({
+            "name": name.get_untracked(),
+            "queues": queues.get_untracked().parse::<u32>().unwrap_or(0),
+            "retention_ms": retention_ms,
+        })
+        .to_string();
         spawn_local(async move {
             match api::send::<TopicSummary>("POST", "/topics", Some(body)).await {
                 Ok(_) => set_failure.set(None),
@@ -214,17 +248,19 @@ fn Topics() -> impl IntoView {
             <h2>"Topics"</h2>
             <form id="create-topic" on:submit=create>
                 <input id="topic-name" placeholder="name" on:input=move |ev| set_name.set(event_target_value(&ev)) />
-                <input id="topic-queues" type="number" min="1" prop:value=queues on:input=move |ev| set_queues.set(event_target_value(&ev)) />
+                " queues " <input id="topic-queues" type="number" min="1" prop:value=queues on:input=move |ev| set_queues.set(event_target_value(&ev)) />
+                " retention (hours, empty: the log's) " <input id="topic-retention-hours" size="6" on:input=move |ev| set_retention_h.set(event_target_value(&ev)) />
                 <button type="submit">"Create"</button>
             </form>
             {move || failure.get().map(error_view)}
             {move || topics.get().map(|r| match r {
                 Ok(list) => view! {
                     <table>
-                        <tr><th>"Topic"</th><th>"Queues"</th><th></th></tr>
+                        <tr><th>"Topic"</th><th>"Queues"</th><th>"Retention"</th><th>"Created"</th><th></th></tr>
                         {list.into_iter().map(|t| {
                             let (n, o) = (t.name.clone(), t.name.clone());
                             view! { <tr class="topic"><td><a href="#" class="open-topic" on:click=move |ev| { ev.prevent_default(); set_open.set(Some(o.clone())); }>{t.name}</a></td><td>{t.queues}</td>
+                                <td>{t.retention_ms.map_or_else(|| "log's".to_owned(), api::duration)}</td><td>{api::time(t.created_ms)}</td>
                                 <td><button on:click=move |_| delete(n.clone())>"Delete"</button></td></tr> }
                         }).collect_view()}
                     </table>
@@ -257,53 +293,24 @@ fn Groups() -> impl IntoView {
                 Ok(list) => list.into_iter().map(|g| view! {
                     <article class="group">
                         <h3>{g.name.clone()}</h3>
-                        <p>{format!("{} · generation {} · {} members · lag {}", g.mode, g.generation, g.members.len(), g.queues.iter().map(|q| q.lag).sum::<u64>())}</p>
+                        <p class="group-summary">{format!("{} · generation {} · {} members · lag ", g.mode, g.generation, g.members.len())}
+                            <span class="total-lag">{g.queues.iter().map(|q| q.lag).sum::<u64>()}</span></p>
+                        {(!g.members.is_empty()).then(|| view! {
+                            <table class="members">
+                                <tr><th>"Member"</th><th>"Assigned queues"</th></tr>
+                                {g.members.iter().map(|m| view! { <tr><td>{m.client_id.clone()}</td><td>{m.queues.join(", ")}</td></tr> }).collect_view()}
+                            </table>
+                        })}
                         <table>
-                            <tr><th>"Topic"</th><th>"Queue"</th><th>"Committed"</th><th>"Max"</th><th>"Lag"</th></tr>
+                            <tr><th>"Topic"</th><th>"Queue"</th><th>"Committed"</th><th>"Max"</th><th>"Lag"</th><th>"Behind"</th><th>"Owner"</th></tr>
                             {g.queues.into_iter().map(|q| view! {
-                                <tr><td>{q.topic}</td><td>{q.queue_id}</td><td>{q.committed.map_or("-".to_owned(), |c| c.to_string())}</td><td>{q.max_offset}</td><td class="lag">{q.lag}</td></tr>
+                                <tr><td>{q.topic}</td><td>{q.queue_id}</td><td>{q.committed.map_or("-".to_owned(), |c| c.to_string())}</td><td>{q.max_offset}</td><td class="lag">{q.lag}</td>
+                                    <td>{api::duration(q.lag_ms)}</td><td>{q.owner.unwrap_or_default()}</td></tr>
                             }).collect_view()}
                         </table>
                         <detail::GroupTools group=g.name.clone() />
                     </article>
                 }).collect_view().into_any(),
-                Err(e) => error_view(e),
-            })}
-        </section>
-    }
-}
-
-#[component]
-fn Messages() -> impl IntoView {
-    let (topic, set_topic) = signal(String::new());
-    let (key, set_key) = signal(String::new());
-    let (found, set_found) = signal(None::<Result<Vec<wasmq_admin_types::MessageView>, String>>);
-    let search = move |ev: leptos::ev::SubmitEvent| {
-        ev.prevent_default();
-        let (t, k) = (topic.get_untracked(), key.get_untracked());
-        spawn_local(async move {
-            set_found
-                .set(Some(api::get::<Vec<wasmq_admin_types::MessageView>>(&format!("/topics/{t}/messages?key={}", api::encode(&k))).await));
-        });
-    };
-    view! {
-        <section id="messages">
-            <h2>"Find messages by key"</h2>
-            <form id="find-by-key" on:submit=search>
-                <input id="find-topic" placeholder="topic" on:input=move |ev| set_topic.set(event_target_value(&ev)) />
-                <input id="find-key" placeholder="key" on:input=move |ev| set_key.set(event_target_value(&ev)) />
-                <button type="submit">"Find"</button>
-            </form>
-            {move || found.get().map(|r| match r {
-                Ok(list) if list.is_empty() => view! { <p>"No message with this key."</p> }.into_any(),
-                Ok(list) => view! {
-                    <table>
-                        <tr><th>"Queue"</th><th>"Offset"</th><th>"Id"</th><th>"Body"</th></tr>
-                        {list.into_iter().map(|m| view! {
-                            <tr class="message"><td>{m.queue_id}</td><td>{m.queue_offset}</td><td>{m.unique_id.unwrap_or_default()}</td><td>{api::body_text(&m.body_base64)}</td></tr>
-                        }).collect_view()}
-                    </table>
-                }.into_any(),
                 Err(e) => error_view(e),
             })}
         </section>

@@ -367,3 +367,27 @@ fn messages_are_found_by_id_key_and_position_through_the_cli() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("read-only"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn console_operations_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[("WASMQ_RETRY_DELAYS_MS", "100")]);
+    // A topic with its own retention.
+    let out = broker.cli(&["topic", "create", "jobs", "--queues", "1", "--retention-ms", "3600000"]);
+    assert!(out.contains("retention 3600000 ms"), "{out}");
+    assert!(broker.cli(&["topic", "list"]).contains("jobs\t1 queues, retention 3600000 ms"));
+    // The cluster as this broker sees it (no name servers: its own set).
+    let brokers = broker.cli(&["cluster", "brokers"]);
+    assert!(brokers.contains("this broker set only (no name servers)") && brokers.contains(" master "), "{brokers}");
+    // A member that answers "reconsume later": the message comes back once, then is dead.
+    broker.cli(&["send", "jobs", "poison"]);
+    broker.cli(&["consume", "jobs", "--group", "workers", "--reconsume-later", "--max-reconsume-times", "1", "--count", "2"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !broker.cli(&["group", "dlq", "workers"]).contains("poison") {
+        assert!(Instant::now() < deadline, "no dead letter");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // All dead letters back on their topic.
+    assert!(broker.cli(&["group", "resend", "workers", "--all"]).contains("resent 1 dead letters"));
+    assert!(broker.cli(&["topic", "describe", "jobs"]).contains("0\t0\t2"), "the message is back on jobs");
+}

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// `GET /api/v1/broker`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BrokerInfo {
     pub broker_name: String,
     pub version: String,
@@ -17,32 +18,108 @@ pub struct BrokerInfo {
     pub log_durable_offset: u64,
     pub store_failure: Option<String>,
     pub topics: usize,
+    pub cluster: String,
+    pub broker_id: u32,
+    /// `master` or `slave`.
+    pub role: String,
+    pub started_ms: u64,
+    pub uptime_ms: u64,
+    /// Disk space the CommitLog's segment files take.
+    pub log_bytes: u64,
+    /// The file system holding the data directory.
+    pub disk_total_bytes: u64,
+    pub disk_used_bytes: u64,
+}
+
+/// `POST /api/v1/groups/{name}/dlq/resend-all`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ResentAll {
+    pub resent: u64,
+    /// Dead letters that could not be resent, with why.
+    pub errors: Vec<String>,
+}
+
+/// `GET /api/v1/cluster`: every broker set, from the name servers when the broker has some,
+/// else this broker and its replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ClusterView {
+    pub cluster: String,
+    /// `namesrv` (what the name servers know) or `local` (this broker and its replicas).
+    pub source: String,
+    pub name_servers: Vec<String>,
+    /// Why the name servers could not be asked, when they could not.
+    pub error: Option<String>,
+    pub broker_sets: Vec<BrokerSetView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct BrokerSetView {
+    pub broker_name: String,
+    /// Master first, then slaves by id.
+    pub brokers: Vec<ClusterBroker>,
+}
+
+/// A broker in a cluster view; what is not known (a slave seen only from its master) is null.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ClusterBroker {
+    pub broker_id: u32,
+    /// `master` or `slave`.
+    pub role: String,
+    pub addr: Option<String>,
+    pub admin_addr: String,
+    pub version: Option<String>,
+    pub uptime_ms: Option<u64>,
+    pub log_end_offset: u64,
+    /// Bytes behind its master (slaves).
+    pub lag_bytes: Option<u64>,
+    pub log_bytes: Option<u64>,
+    pub disk_total_bytes: Option<u64>,
+    pub disk_used_bytes: Option<u64>,
+    pub topics: Option<u32>,
+    /// How long since the name servers last heard from it.
+    pub last_seen_ms_ago: Option<u64>,
 }
 
 /// An item of `GET /api/v1/topics`; also the answer to a create.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TopicSummary {
     pub name: String,
     pub queues: u32,
     pub created_ms: u64,
+    /// The topic's own retention (null: the log's).
+    #[serde(default)]
+    pub retention_ms: Option<u64>,
 }
 
 /// `POST /api/v1/topics`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CreateTopic {
     pub name: String,
     pub queues: u32,
+    /// Messages stay readable this long (the log's own retention still applies when shorter).
+    #[serde(default)]
+    pub retention_ms: Option<u64>,
 }
 
 /// `GET /api/v1/topics/{name}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TopicDetail {
     pub name: String,
     pub created_ms: u64,
+    #[serde(default)]
+    pub retention_ms: Option<u64>,
     pub queues: Vec<QueueOffsets>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct QueueOffsets {
     pub queue_id: u32,
     pub min_offset: u64,
@@ -51,12 +128,14 @@ pub struct QueueOffsets {
 
 /// The body of every error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ApiError {
     pub error: String,
 }
 
 /// An item of `GET /api/v1/groups`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GroupSummary {
     pub name: String,
     /// `clustering`, `broadcasting`, or `none` when no member is connected.
@@ -66,6 +145,7 @@ pub struct GroupSummary {
 
 /// `GET /api/v1/groups/{name}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GroupDetail {
     pub name: String,
     pub mode: String,
@@ -76,6 +156,7 @@ pub struct GroupDetail {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GroupMember {
     pub client_id: String,
     /// `topic/queue` items assigned to the member.
@@ -83,6 +164,7 @@ pub struct GroupMember {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GroupQueue {
     pub topic: String,
     pub queue_id: u32,
@@ -97,6 +179,7 @@ pub struct GroupQueue {
 
 /// `POST /api/v1/groups/{name}/reset-offset`: move the group's offsets of a topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ResetOffset {
     pub topic: String,
     /// `earliest`, `latest`, or a timestamp in ms since the epoch (the first message stored at
@@ -106,6 +189,7 @@ pub struct ResetOffset {
 
 /// An item of `GET /api/v1/groups/{name}/dlq`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DeadLetter {
     pub queue_offset: u64,
     pub message_id: String,
@@ -118,12 +202,14 @@ pub struct DeadLetter {
 
 /// `POST /api/v1/groups/{name}/dlq/resend`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Resend {
     pub queue_offset: u64,
 }
 
 /// The answer to a resend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Resent {
     pub topic: String,
     pub queue_id: u32,
@@ -133,6 +219,7 @@ pub struct Resent {
 /// A plugin version: the answer to an upload (`POST /api/v1/plugins`, body: the `.wasm`), and an
 /// item of a plugin's versions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PluginVersion {
     pub name: String,
     /// The broker's version number for this name: 1, 2, … in upload order. Immutable.
@@ -154,6 +241,7 @@ pub struct PluginVersion {
 
 /// An item of `GET /api/v1/plugins`; also `GET /api/v1/plugins/{name}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PluginDetail {
     pub name: String,
     pub versions: Vec<PluginVersion>,
@@ -165,6 +253,7 @@ pub struct PluginDetail {
 /// `PUT /api/v1/groups/{group}/filters/{topic}`: attach a pinned plugin version, or swap the
 /// attached one (takes effect at the next batch).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AttachPlugin {
     pub plugin: String,
     pub version: u32,
@@ -178,6 +267,7 @@ pub struct AttachPlugin {
 
 /// An attachment (`GET /api/v1/attachments`, and the answer to an attach).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AttachmentView {
     /// `router`, `ordering-key` or `filter`.
     pub role: String,
@@ -198,6 +288,7 @@ pub struct AttachmentView {
 
 /// Counters of one attachment since it was attached (or the broker started).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PluginStats {
     pub calls: u64,
     pub messages: u64,
@@ -219,6 +310,7 @@ pub struct PluginStats {
 
 /// `GET /api/v1/transactions`: undecided transactions and what happened to the others.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Transactions {
     pub pending: Vec<PendingTransactions>,
     /// Connected producers per producer group (those a check-back can reach).
@@ -236,6 +328,7 @@ pub struct Transactions {
 
 /// Undecided transactions of one (topic, producer group).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PendingTransactions {
     pub topic: String,
     pub producer_group: String,
@@ -247,6 +340,7 @@ pub struct PendingTransactions {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ProducerGroupLive {
     pub producer_group: String,
     pub connections: usize,
@@ -254,6 +348,7 @@ pub struct ProducerGroupLive {
 
 /// `GET /api/v1/scheduled`: scheduled messages not yet delivered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Scheduled {
     pub pending: u64,
     /// Due now and not yet moved (normally 0 or a handful).
@@ -267,6 +362,7 @@ pub struct Scheduled {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DueWithin {
     pub within_ms: u64,
     pub count: u64,
@@ -274,6 +370,7 @@ pub struct DueWithin {
 
 /// `GET /api/v1/replicas`: this broker's place in its broker set and replication state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ReplicaStatus {
     pub broker_name: String,
     pub broker_id: u32,
@@ -292,6 +389,7 @@ pub struct ReplicaStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SlaveStatus {
     pub broker_id: u32,
     pub admin_addr: String,
@@ -305,6 +403,7 @@ pub struct SlaveStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MasterStatus {
     pub addr: String,
     pub connected: bool,
@@ -317,6 +416,7 @@ pub struct MasterStatus {
 
 /// A stored message (`GET /messages/{id}`, `GET /topics/{t}/messages?key=`, queue browsing).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MessageView {
     pub topic: String,
     pub queue_id: u32,
@@ -338,6 +438,7 @@ pub struct MessageView {
 
 /// A page of a queue (`GET /topics/{t}/queues/{q}/messages?offset=N|time=MS&count=C`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct QueuePage {
     pub messages: Vec<MessageView>,
     /// Where the next page starts.
@@ -348,6 +449,7 @@ pub struct QueuePage {
 
 /// `POST /topics/{t}/messages`: a test message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SendMessage {
     pub body: String,
     #[serde(default)]
@@ -362,6 +464,7 @@ pub struct SendMessage {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SentMessage {
     pub message_id: String,
     pub queue_id: u32,

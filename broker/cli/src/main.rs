@@ -108,6 +108,14 @@ enum Command {
         /// With --group: only messages whose tag matches (`A || B`).
         #[arg(long, default_value = "*")]
         filter: String,
+        /// With --group: answer every message "reconsume later" (it comes back through the
+        /// group's retry topic, then goes to its dead-letter topic): for trying retries out.
+        #[arg(long, requires = "group")]
+        reconsume_later: bool,
+        /// With --group: reconsumes before a message goes to the dead-letter topic (default:
+        /// the broker's).
+        #[arg(long, requires = "group")]
+        max_reconsume_times: Option<u32>,
     },
     /// List and describe consumer groups, reset their offsets, delete them.
     Group {
@@ -163,6 +171,13 @@ enum ClusterCommand {
         #[arg(long, value_delimiter = ',')]
         namesrv: Vec<String>,
     },
+    /// Every broker of the cluster as the broker at --admin sees it (through its name servers):
+    /// role, addresses, version, uptime, log end, lag, disk use.
+    Brokers {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -204,11 +219,15 @@ enum GroupCommand {
     Dlq {
         name: String,
     },
-    /// Send a dead letter back to its origin topic.
+    /// Send a dead letter (or all of them) back to its origin topic.
     Resend {
         name: String,
         /// Its offset in the dead-letter queue (see `group dlq`).
-        offset: u64,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        offset: Option<u64>,
+        /// Every dead letter of the group.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -218,6 +237,9 @@ enum TopicCommand {
         name: String,
         #[arg(long, default_value_t = 8)]
         queues: u32,
+        /// Keep messages readable this long, in ms (default: as long as the log keeps them).
+        #[arg(long)]
+        retention_ms: Option<u64>,
     },
     List,
     Describe {
@@ -324,6 +346,7 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Cluster { command: ClusterCommand::Status { json, namesrv } } => cluster_status(&cli, *json, namesrv).await,
+        Command::Cluster { command: ClusterCommand::Brokers { json } } => cluster_brokers(&cli, *json).await,
         Command::Message { command } => message(&cli, command).await,
         Command::Transactions => {
             println!("{}", serde_json::to_string_pretty(&cli.admin()?.transactions().await?)?);
@@ -333,8 +356,9 @@ async fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&cli.admin()?.scheduled().await?)?);
             Ok(())
         }
-        Command::Consume { topic, from, group: Some(group), filter, count, .. } => {
-            consume_group(&cli, topic, group, filter, from, *count).await
+        Command::Consume { topic, from, group: Some(group), filter, count, reconsume_later, max_reconsume_times, .. } => {
+            let answer = if *reconsume_later { wasmq_client::ConsumeResult::ReconsumeLater } else { wasmq_client::ConsumeResult::Success };
+            consume_group(&cli, topic, group, filter, from, *count, answer, *max_reconsume_times).await
         }
         Command::Consume { topic, from, queue, count, follow, group: None, .. } => {
             consume(&cli, topic, from, *queue, *count, *follow).await
@@ -378,6 +402,45 @@ async fn message(cli: &Cli, command: &MessageCommand) -> Result<()> {
             let page = admin.browse(topic, *queue, from, *count).await?;
             page.messages.iter().for_each(print_message);
             println!("next offset {} (queue holds {}..{})", page.next_offset, page.min_offset, page.max_offset);
+        }
+    }
+    Ok(())
+}
+
+async fn cluster_brokers(cli: &Cli, json: bool) -> Result<()> {
+    let c = cli.admin()?.cluster().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+        return Ok(());
+    }
+    match (&c.source[..], &c.error) {
+        ("namesrv", _) => println!("cluster {} (name servers {})", c.cluster, c.name_servers.join(", ")),
+        (_, Some(e)) => println!("cluster {}: this broker set only ({e})", c.cluster),
+        _ => println!("cluster {}: this broker set only (no name servers)", c.cluster),
+    }
+    let dash = || "-".to_owned();
+    println!(
+        "{:<12} {:>3} {:<7} {:<22} {:<22} {:<8} {:>10} {:>14} {:>10} {:>6}",
+        "broker", "id", "role", "address", "admin", "version", "uptime s", "log end", "lag bytes", "disk %"
+    );
+    for set in &c.broker_sets {
+        for b in &set.brokers {
+            println!(
+                "{:<12} {:>3} {:<7} {:<22} {:<22} {:<8} {:>10} {:>14} {:>10} {:>6}",
+                set.broker_name,
+                b.broker_id,
+                b.role,
+                b.addr.clone().unwrap_or_else(dash),
+                b.admin_addr,
+                b.version.clone().unwrap_or_else(dash),
+                b.uptime_ms.map_or_else(dash, |ms| (ms / 1000).to_string()),
+                b.log_end_offset,
+                b.lag_bytes.map_or_else(dash, |l| l.to_string()),
+                match (b.disk_used_bytes, b.disk_total_bytes) {
+                    (Some(u), Some(t)) if t > 0 => format!("{:.0}", u as f64 * 100.0 / t as f64),
+                    _ => dash(),
+                }
+            );
         }
     }
     Ok(())
@@ -473,29 +536,44 @@ async fn group(cli: &Cli, command: &GroupCommand) -> Result<()> {
                 println!("{}\t{}\t{}\t{}\t{}", d.queue_offset, d.message_id, d.origin_topic, d.reconsume_times, d.body_preview);
             }
         }
-        GroupCommand::Resend { name, offset } => {
+        GroupCommand::Resend { name, offset: Some(offset), .. } => {
             let r = admin.resend_dead_letter(name, *offset).await?;
             println!("resent to {} queue {} at offset {}", r.topic, r.queue_id, r.queue_offset);
+        }
+        GroupCommand::Resend { name, offset: None, .. } => {
+            let r = admin.resend_all_dead_letters(name).await?;
+            println!("resent {} dead letters", r.resent);
+            for e in &r.errors {
+                eprintln!("not resent: {e}");
+            }
+            if !r.errors.is_empty() {
+                bail!("{} dead letters could not be resent", r.errors.len());
+            }
         }
     }
     Ok(())
 }
 
+/// ", retention 3600000 ms" for a topic with its own retention.
+fn retention_text(retention_ms: Option<u64>) -> String {
+    retention_ms.map(|r| format!(", retention {r} ms")).unwrap_or_default()
+}
+
 async fn topic(cli: &Cli, command: &TopicCommand) -> Result<()> {
     let admin = cli.admin()?;
     match command {
-        TopicCommand::Create { name, queues } => {
-            let t = admin.create_topic(name, *queues).await?;
-            println!("created topic {} with {} queues", t.name, t.queues);
+        TopicCommand::Create { name, queues, retention_ms } => {
+            let t = admin.create_topic_with(name, *queues, *retention_ms).await?;
+            println!("created topic {} with {} queues{}", t.name, t.queues, retention_text(t.retention_ms));
         }
         TopicCommand::List => {
             for t in admin.list_topics().await? {
-                println!("{}\t{} queues", t.name, t.queues);
+                println!("{}\t{} queues{}", t.name, t.queues, retention_text(t.retention_ms));
             }
         }
         TopicCommand::Describe { name } => {
             let t = admin.describe_topic(name).await?;
-            println!("topic {}", t.name);
+            println!("topic {}{}", t.name, retention_text(t.retention_ms));
             println!("queue\tmin\tmax");
             for q in t.queues {
                 println!("{}\t{}\t{}", q.queue_id, q.min_offset, q.max_offset);
@@ -509,9 +587,22 @@ async fn topic(cli: &Cli, command: &TopicCommand) -> Result<()> {
     Ok(())
 }
 
-async fn consume_group(cli: &Cli, topic: &str, group: &str, filter: &str, from: &str, count: Option<u64>) -> Result<()> {
+#[allow(clippy::too_many_arguments)] // one per command-line option
+async fn consume_group(
+    cli: &Cli,
+    topic: &str,
+    group: &str,
+    filter: &str,
+    from: &str,
+    count: Option<u64>,
+    answer: wasmq_client::ConsumeResult,
+    max_reconsume_times: Option<u32>,
+) -> Result<()> {
     let mut options = wasmq_client::GroupOptions::new(group, topic);
     options.subscriptions = vec![(topic.to_owned(), filter.to_owned())];
+    if let Some(n) = max_reconsume_times {
+        options.max_reconsume_times = n;
+    }
     options.start_from = match from {
         "earliest" => wasmq_client::StartFrom::Earliest,
         "latest" => wasmq_client::StartFrom::Latest,
@@ -524,7 +615,7 @@ async fn consume_group(cli: &Cli, topic: &str, group: &str, filter: &str, from: 
         let key = m.message.keys.first().map_or("-", String::as_str);
         println!("{q}\t{}\t{key}\t{}", m.queue_offset, String::from_utf8_lossy(&m.message.body));
         let _ = tx.send(());
-        wasmq_client::ConsumeResult::Success
+        answer
     });
     let member = wasmq_client::GroupConsumer::start(cli.connect().await?, options, handler).await?;
     let mut printed = 0u64;

@@ -75,7 +75,17 @@ impl Admin {
     /// # Errors
     /// Exists, invalid name or queue count, connection failure.
     pub async fn create_topic(&self, name: &str, queues: u32) -> Result<TopicSummary, ClientError> {
-        let body = serde_json::to_vec(&CreateTopic { name: name.to_owned(), queues }).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.create_topic_with(name, queues, None).await
+    }
+
+    /// A topic whose messages stay readable for `retention_ms` (`None`: as long as the log
+    /// keeps them).
+    ///
+    /// # Errors
+    /// As [`Admin::create_topic`]; a retention of 0.
+    pub async fn create_topic_with(&self, name: &str, queues: u32, retention_ms: Option<u64>) -> Result<TopicSummary, ClientError> {
+        let body = serde_json::to_vec(&CreateTopic { name: name.to_owned(), queues, retention_ms })
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
         self.call("POST", "/topics", Some(body)).await?.ok_or_else(|| ClientError::Malformed("empty answer".into()))
     }
 
@@ -205,6 +215,22 @@ impl Admin {
         self.call("POST", &format!("/groups/{group}/dlq/resend"), Some(body))
             .await?
             .ok_or_else(|| ClientError::Malformed("empty answer".into()))
+    }
+
+    /// Sends every dead letter of the group back to its origin topic.
+    ///
+    /// # Errors
+    /// The group has no dead letters, connection failure.
+    pub async fn resend_all_dead_letters(&self, group: &str) -> Result<wasmq_admin_types::ResentAll, ClientError> {
+        self.call_some("POST", &format!("/groups/{group}/dlq/resend-all"), None).await
+    }
+
+    /// Every broker set of the cluster (from the broker's name servers, else its own set).
+    ///
+    /// # Errors
+    /// Connection failure or the API's error.
+    pub async fn cluster(&self) -> Result<wasmq_admin_types::ClusterView, ClientError> {
+        self.call_some("GET", "/cluster", None).await
     }
 
     async fn call_some<T: serde::de::DeserializeOwned>(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<T, ClientError> {

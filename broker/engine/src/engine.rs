@@ -209,6 +209,8 @@ impl Engine {
                 .map_err(|e| EngineError::Load { path: engine.topics_path.clone(), source: std::io::Error::other(e.to_string()) })?;
         }
         engine.recover_parked(&engine.parked_path)?;
+        // Topic retention cuts live in memory: cut again before anything is read.
+        engine.enforce_topic_retention().map_err(|source| EngineError::Load { path: engine.topics_path.clone(), source })?;
         Ok(engine)
     }
 
@@ -237,7 +239,42 @@ impl Engine {
     /// # Errors
     /// [`TopicError`]: exists, bad name or queue count, too many topics, registry not saved.
     pub fn create_topic(&self, name: &str, queues: u32) -> Result<TopicConfig, TopicError> {
-        self.create(name, queues, false)
+        self.create(name, queues, None, false)
+    }
+
+    /// Creates a topic whose messages stay readable for `retention_ms` (the log's retention
+    /// still applies when it is shorter).
+    ///
+    /// # Errors
+    /// As [`Engine::create_topic`]; a retention of 0.
+    pub fn create_topic_with_retention(&self, name: &str, queues: u32, retention_ms: u64) -> Result<TopicConfig, TopicError> {
+        if retention_ms == 0 {
+            return Err(TopicError::Invalid("a retention of 0 ms would keep nothing".into()));
+        }
+        self.create(name, queues, Some(retention_ms), false)
+    }
+
+    /// Applies each topic's own retention: per queue, entries stored more than its retention
+    /// ago become unreadable. Returns how many entries were cut. Run at open and periodically.
+    ///
+    /// # Errors
+    /// A record that could not be read, an index file that could not be deleted.
+    pub fn enforce_topic_retention(&self) -> std::io::Result<u64> {
+        let now = self.clock.now_ms();
+        let mut cut = 0;
+        for (topic, c) in self.snapshot().iter() {
+            let Some(retention) = c.retention_ms else { continue };
+            for q in 0..c.queues {
+                let (min, _) = self.store.queue_bounds(topic, q);
+                let keep_from =
+                    self.offset_for_time(topic, q, now.saturating_sub(retention)).map_err(|e| std::io::Error::other(e.to_string()))?;
+                if keep_from > min {
+                    let new_min = self.store.trim_queue(topic, q, keep_from)?;
+                    cut += new_min - min;
+                }
+            }
+        }
+        Ok(cut)
     }
 
     /// Creates one of the broker's own topics (`%RETRY%…`, `%DLQ%…`) if it is missing.
@@ -248,13 +285,13 @@ impl Engine {
         if let Some(c) = self.topic(name) {
             return Ok(c);
         }
-        match self.create(name, queues, true) {
+        match self.create(name, queues, None, true) {
             Err(TopicError::Exists(_)) => Ok(self.topic(name).expect("exists")),
             other => other,
         }
     }
 
-    fn create(&self, name: &str, queues: u32, system: bool) -> Result<TopicConfig, TopicError> {
+    fn create(&self, name: &str, queues: u32, retention_ms: Option<u64>, system: bool) -> Result<TopicConfig, TopicError> {
         if let Some(why) = self.read_only() {
             return Err(TopicError::ReadOnly(why));
         }
@@ -273,11 +310,11 @@ impl Engine {
         if table.len() >= TOPICS_MAX {
             return Err(TopicError::TooMany);
         }
-        let config = TopicConfig { queues, created_ms: self.clock.now_ms() };
+        let config = TopicConfig { queues, created_ms: self.clock.now_ms(), retention_ms };
         table.insert(name.to_owned(), config);
         topics::save_json(&self.topics_path, &table)?;
         *self.topics.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
-        tracing::info!(topic = name, queues, "topic created");
+        tracing::info!(topic = name, queues, retention_ms, "topic created");
         Ok(config)
     }
 
@@ -942,6 +979,42 @@ mod tests {
         assert!(b.generation > a.generation);
         e.group_leave("g", "m1");
         assert_eq!(e.describe_group("g").unwrap().members.len(), 1);
+    }
+
+    #[test]
+    fn topic_retention_cuts_old_messages_and_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000));
+        let open = |clock: &Arc<ManualClock>| {
+            let store_config = StoreConfig::small_for_tests(dir.path().join("store"));
+            let (store, _) = Store::open_with(store_config, clock.clone(), Arc::new(wasmq_store::StatvfsProbe)).unwrap();
+            Engine::open(Arc::new(store), dir.path().join("config"), "b0", clock.clone()).unwrap()
+        };
+        let e = open(&clock);
+        assert!(matches!(e.create_topic_with_retention("short", 1, 0), Err(TopicError::Invalid(_))));
+        e.create_topic_with_retention("short", 1, 10_000).unwrap();
+        e.create_topic("long", 1).unwrap();
+        for t in ["short", "long"] {
+            e.send(t, Some(0), vec![msg("old"); 3]).unwrap();
+        }
+        clock.advance_ms(6_000);
+        for t in ["short", "long"] {
+            e.send(t, Some(0), vec![msg("new"); 2]).unwrap();
+        }
+        assert_eq!(e.enforce_topic_retention().unwrap(), 0, "nothing is 10 s old yet");
+        clock.advance_ms(5_000);
+        assert_eq!(e.enforce_topic_retention().unwrap(), 3);
+        assert_eq!(e.store().queue_bounds("short", 0), (3, 5), "the three old ones are cut");
+        assert_eq!(e.store().queue_bounds("long", 0), (0, 5), "a topic without its own retention keeps all");
+        assert!(
+            matches!(e.pull("short", 0, 0, 10, 1 << 20), Err(PullError::Read(ReadError::Trimmed { min: 3, .. }))),
+            "a reader below the cut is told where the queue starts now"
+        );
+        drop(e);
+        // The cut lives in memory; a restart makes it again before anything is read.
+        let e = open(&clock);
+        assert_eq!(e.store().queue_bounds("short", 0), (3, 5));
+        assert_eq!(e.topic("short").unwrap().retention_ms, Some(10_000));
     }
 
     #[test]

@@ -15,6 +15,10 @@ pub const TOPICS_MAX: usize = 10_000;
 pub struct TopicConfig {
     pub queues: u32,
     pub created_ms: u64,
+    /// The topic's own retention, shorter than the log's: older messages become unreadable
+    /// (the log keeps their bytes until its own retention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<u64>,
 }
 
 /// A topic with each queue's readable offsets.

@@ -19,11 +19,11 @@ pub use codec::{DecodeError, Reader, Writer};
 pub use error::ErrorCode;
 pub use frame::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES, Frame, FrameDecoder, FrameError, Kind, WRITE_BATCH_BYTES_MAX, encode_batch};
 pub use message::{
-    BATCH_MESSAGES_MAX, BROKERS_MAX, BrokerEntry, BrokerRoute, CheckTransactionRequest, EndTransactionRequest, EndTransactionResponse,
-    GetRouteResponse, GroupCommitRequest, GroupHeartbeatRequest, GroupHeartbeatResponse, GroupLeaveRequest, GroupMode, HeartbeatRequest,
-    HelloRequest, HelloResponse, LockQueueRequest, MESSAGE_BYTES_MAX, Message, OffsetCommitRequest, OffsetQueryRequest,
-    OffsetQueryResponse, Op, PROTOCOL_VERSION, PULL_MESSAGES_MAX, PULL_WAIT_MAX_MS, PullRequest, PullResponse, PulledMessage, QUEUE_ANY,
-    ReadFrom, RegisterBrokerRequest, ReplicaFetchRequest, ReplicaFetchResponse, ReplicaMetaRequest, ReplicaMetaResponse, Request, Response,
-    RouteRequest, RouteResponse, SendBackRequest, SendRequest, SendResponse, SendResult, SendStatus, TOPICS_PER_BROKER_MAX, TxDecision,
-    TxState,
+    BATCH_MESSAGES_MAX, BROKERS_MAX, BrokerEntry, BrokerLive, BrokerRoute, CheckTransactionRequest, EndTransactionRequest,
+    EndTransactionResponse, GetRouteResponse, GroupCommitRequest, GroupHeartbeatRequest, GroupHeartbeatResponse, GroupLeaveRequest,
+    GroupMode, HeartbeatRequest, HelloRequest, HelloResponse, LockQueueRequest, MESSAGE_BYTES_MAX, Message, OffsetCommitRequest,
+    OffsetQueryRequest, OffsetQueryResponse, Op, PROTOCOL_VERSION, PULL_MESSAGES_MAX, PULL_WAIT_MAX_MS, PullRequest, PullResponse,
+    PulledMessage, QUEUE_ANY, ReadFrom, RegisterBrokerRequest, ReplicaFetchRequest, ReplicaFetchResponse, ReplicaMetaRequest,
+    ReplicaMetaResponse, Request, Response, RouteRequest, RouteResponse, SendBackRequest, SendRequest, SendResponse, SendResult,
+    SendStatus, TOPICS_PER_BROKER_MAX, TxDecision, TxState,
 };

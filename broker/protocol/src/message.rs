@@ -423,6 +423,39 @@ pub struct RegisterBrokerRequest {
     pub admin_addr: String,
     /// (topic, queues) of every topic the broker serves.
     pub topics: Vec<(String, u32)>,
+    pub live: BrokerLive,
+}
+
+/// What a broker reports of itself with each registration, for cluster views.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrokerLive {
+    /// The broker's release (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// When it started (ms since the epoch).
+    pub started_ms: u64,
+    pub log_end_offset: u64,
+    /// Bytes its CommitLog holds, and the size of the file system holding it.
+    pub log_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub disk_used_bytes: u64,
+}
+
+impl BrokerLive {
+    fn put(&self, w: &mut Writer) {
+        w.string(&self.version).u64(self.started_ms).u64(self.log_end_offset).u64(self.log_bytes);
+        w.u64(self.disk_total_bytes).u64(self.disk_used_bytes);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Self {
+            version: r.string("version")?,
+            started_ms: r.u64("started_ms")?,
+            log_end_offset: r.u64("log_end_offset")?,
+            log_bytes: r.u64("log_bytes")?,
+            disk_total_bytes: r.u64("disk_total_bytes")?,
+            disk_used_bytes: r.u64("disk_used_bytes")?,
+        })
+    }
 }
 
 /// One broker set serving a topic.
@@ -452,6 +485,7 @@ pub struct BrokerEntry {
     pub admin_addr: String,
     pub topics: u32,
     pub last_seen_ms_ago: u64,
+    pub live: BrokerLive,
 }
 
 /// A request with its body.
@@ -659,6 +693,7 @@ impl Request {
                 for (t, q) in &b.topics {
                     w.string(t).u32(*q);
                 }
+                b.live.put(&mut w);
             }
             Self::GetRoute(r) => {
                 w.string(&r.topic);
@@ -776,7 +811,8 @@ impl Request {
                 let (addr, admin_addr) = (r.string("addr")?, r.string("admin_addr")?);
                 let n = r.count("topics", TOPICS_PER_BROKER_MAX, 6)?;
                 let topics = (0..n).map(|_| Ok((r.string("topic")?, r.u32("queues")?))).collect::<Result<_, _>>()?;
-                Self::RegisterBroker(RegisterBrokerRequest { cluster, broker_name, broker_id, addr, admin_addr, topics })
+                let live = BrokerLive::get(&mut r)?;
+                Self::RegisterBroker(RegisterBrokerRequest { cluster, broker_name, broker_id, addr, admin_addr, topics, live })
             }
             Op::GetRoute => Self::GetRoute(RouteRequest { topic: r.string("topic")? }),
             Op::GetCluster => Self::GetCluster,
@@ -835,6 +871,7 @@ impl Response {
                 for b in all {
                     w.string(&b.cluster).string(&b.broker_name).u32(b.broker_id).string(&b.addr).string(&b.admin_addr);
                     w.u32(b.topics).u64(b.last_seen_ms_ago);
+                    b.live.put(&mut w);
                 }
             }
             Self::Pull(p) => {
@@ -989,6 +1026,7 @@ impl Response {
                             admin_addr: r.string("admin_addr")?,
                             topics: r.u32("topics")?,
                             last_seen_ms_ago: r.u64("last_seen_ms_ago")?,
+                            live: BrokerLive::get(&mut r)?,
                         })
                     })
                     .collect::<Result<_, _>>()?;
@@ -1025,6 +1063,12 @@ mod tests {
         }
     }
 
+    prop_compose! {
+        fn live()(version in s(), started_ms: u64, log_end_offset: u64, log_bytes: u64, disk_total_bytes: u64, disk_used_bytes: u64) -> BrokerLive {
+            BrokerLive { version, started_ms, log_end_offset, log_bytes, disk_total_bytes, disk_used_bytes }
+        }
+    }
+
     fn request() -> impl Strategy<Value = Request> {
         prop_oneof![
             (any::<u16>(), any::<u16>(), s()).prop_map(|(a, b, c)| Request::Hello(HelloRequest {
@@ -1048,9 +1092,9 @@ mod tests {
             ),
             (any::<u32>(), s())
                 .prop_map(|(broker_id, local_offsets_json)| Request::ReplicaMeta(ReplicaMetaRequest { broker_id, local_offsets_json })),
-            (s(), s(), any::<u32>(), s(), s(), proptest::collection::vec((s(), any::<u32>()), 0..4)).prop_map(
-                |(cluster, broker_name, broker_id, addr, admin_addr, topics)| {
-                    Request::RegisterBroker(RegisterBrokerRequest { cluster, broker_name, broker_id, addr, admin_addr, topics })
+            (s(), s(), any::<u32>(), s(), s(), proptest::collection::vec((s(), any::<u32>()), 0..4), live()).prop_map(
+                |(cluster, broker_name, broker_id, addr, admin_addr, topics, live)| {
+                    Request::RegisterBroker(RegisterBrokerRequest { cluster, broker_name, broker_id, addr, admin_addr, topics, live })
                 }
             ),
             s().prop_map(|topic| Request::GetRoute(RouteRequest { topic })),
@@ -1133,18 +1177,19 @@ mod tests {
                             .collect()
                     })
                 )),
-            proptest::collection::vec((s(), s(), any::<u32>(), s(), s(), any::<u32>(), any::<u64>()), 0..3).prop_map(|v| (
+            proptest::collection::vec((s(), s(), any::<u32>(), s(), s(), any::<u32>(), any::<u64>(), live()), 0..3).prop_map(|v| (
                 Op::GetCluster,
                 Response::GetCluster(
                     v.into_iter()
-                        .map(|(cluster, broker_name, broker_id, addr, admin_addr, topics, last_seen_ms_ago)| BrokerEntry {
+                        .map(|(cluster, broker_name, broker_id, addr, admin_addr, topics, last_seen_ms_ago, live)| BrokerEntry {
                             cluster,
                             broker_name,
                             broker_id,
                             addr,
                             admin_addr,
                             topics,
-                            last_seen_ms_ago
+                            last_seen_ms_ago,
+                            live
                         })
                         .collect()
                 )

@@ -28,6 +28,12 @@ pub struct AdminState {
     pub read_token: Option<Arc<str>>,
     pub listen: String,
     pub admin_listen: String,
+    pub started_ms: u64,
+    pub cluster: String,
+    /// Name servers to ask for the cluster view (none: this broker and its replicas).
+    pub namesrvs: Vec<String>,
+    /// The CA that name servers' certificates chain to.
+    pub peer_ca: std::path::PathBuf,
 }
 
 /// The body of a JSON request, or a 400 answer saying what is wrong with it.
@@ -92,6 +98,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/transactions", get(transactions))
         .route("/api/v1/scheduled", get(scheduled))
         .route("/api/v1/replicas", get(replicas))
+        .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/messages/{id}", get(crate::admin_data::message_by_id))
         .route("/api/v1/topics/{name}/messages", get(crate::admin_data::messages_by_key).post(crate::admin_data::send_message))
         .route("/api/v1/topics/{name}/queues/{queue}/messages", get(crate::admin_data::browse_queue))
@@ -99,12 +106,15 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/topics/{topic}/plugins/{role}", put(attach_topic_plugin).delete(detach_topic_plugin))
         .route("/api/v1/groups/{group}/filters/{topic}", put(attach_filter).delete(detach_filter))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
+        // After the auth layer: the API's description needs no token.
+        .route(crate::openapi::PATH, get(crate::openapi::serve))
         .fallback(crate::console::serve)
         .with_state(state)
 }
 
 async fn broker_info(State(s): State<AdminState>) -> Json<BrokerInfo> {
     let store = s.engine.store();
+    let live = crate::broker_live(&s.engine, s.started_ms);
     Json(BrokerInfo {
         broker_name: s.engine.broker_name().to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -119,7 +129,104 @@ async fn broker_info(State(s): State<AdminState>) -> Json<BrokerInfo> {
         log_durable_offset: store.durable_offset(),
         store_failure: store.failure().map(|f| f.to_string()),
         topics: s.engine.topics().iter().filter(|(t, _)| !wasmq_engine::is_internal_topic(t)).count(),
+        cluster: s.cluster.clone(),
+        broker_id: s.replication.broker_id,
+        role: if s.replication.is_slave() { "slave" } else { "master" }.into(),
+        started_ms: live.started_ms,
+        uptime_ms: crate::now_ms().saturating_sub(live.started_ms),
+        log_bytes: live.log_bytes,
+        disk_total_bytes: live.disk_total_bytes,
+        disk_used_bytes: live.disk_used_bytes,
     })
+}
+
+/// The cluster as the name servers know it (every broker set, with what each broker reported
+/// at its last registration); without name servers, or when none answers, this broker's own
+/// set as its replication links show it.
+async fn cluster(State(s): State<AdminState>) -> Json<wasmq_admin_types::ClusterView> {
+    use wasmq_admin_types::{BrokerSetView, ClusterBroker, ClusterView};
+    let mut view = ClusterView {
+        cluster: s.cluster.clone(),
+        source: "local".into(),
+        name_servers: s.namesrvs.clone(),
+        error: None,
+        broker_sets: Vec::new(),
+    };
+    if !s.namesrvs.is_empty() {
+        let names = wasmq_client::Cluster::new(s.namesrvs.clone(), s.peer_ca.clone());
+        match names.brokers().await {
+            Ok(entries) => {
+                let now = crate::now_ms();
+                let mut sets: std::collections::BTreeMap<String, Vec<ClusterBroker>> = std::collections::BTreeMap::new();
+                let master_end: std::collections::HashMap<String, u64> =
+                    entries.iter().filter(|e| e.broker_id == 0).map(|e| (e.broker_name.clone(), e.live.log_end_offset)).collect();
+                for e in entries.into_iter().filter(|e| e.cluster == s.cluster) {
+                    let lag = (e.broker_id != 0)
+                        .then(|| master_end.get(&e.broker_name).map(|m| m.saturating_sub(e.live.log_end_offset)))
+                        .flatten();
+                    sets.entry(e.broker_name).or_default().push(ClusterBroker {
+                        broker_id: e.broker_id,
+                        role: if e.broker_id == 0 { "master" } else { "slave" }.into(),
+                        addr: Some(e.addr),
+                        admin_addr: e.admin_addr,
+                        version: Some(e.live.version),
+                        uptime_ms: Some(now.saturating_sub(e.live.started_ms)),
+                        log_end_offset: e.live.log_end_offset,
+                        lag_bytes: lag,
+                        log_bytes: Some(e.live.log_bytes),
+                        disk_total_bytes: Some(e.live.disk_total_bytes),
+                        disk_used_bytes: Some(e.live.disk_used_bytes),
+                        topics: Some(e.topics),
+                        last_seen_ms_ago: Some(e.last_seen_ms_ago),
+                    });
+                }
+                view.source = "namesrv".into();
+                view.broker_sets = sets
+                    .into_iter()
+                    .map(|(broker_name, mut brokers)| {
+                        brokers.sort_by_key(|b| b.broker_id);
+                        BrokerSetView { broker_name, brokers }
+                    })
+                    .collect();
+                return Json(view);
+            }
+            Err(e) => view.error = Some(format!("no name server answered: {e}")),
+        }
+    }
+    let live = crate::broker_live(&s.engine, s.started_ms);
+    let me = ClusterBroker {
+        broker_id: s.replication.broker_id,
+        role: if s.replication.is_slave() { "slave" } else { "master" }.into(),
+        addr: Some(s.listen.clone()),
+        admin_addr: s.admin_listen.clone(),
+        version: Some(live.version),
+        uptime_ms: Some(crate::now_ms().saturating_sub(live.started_ms)),
+        log_end_offset: live.log_end_offset,
+        lag_bytes: s.replication.is_slave().then(|| s.replication.link().master_end.saturating_sub(live.log_end_offset)),
+        log_bytes: Some(live.log_bytes),
+        disk_total_bytes: Some(live.disk_total_bytes),
+        disk_used_bytes: Some(live.disk_used_bytes),
+        topics: Some(s.engine.topics().iter().filter(|(t, _)| !wasmq_engine::is_internal_topic(t)).count() as u32),
+        last_seen_ms_ago: None,
+    };
+    let slaves = s.replication.slaves(live.log_end_offset).into_iter().map(|sl| ClusterBroker {
+        broker_id: sl.broker_id,
+        role: "slave".into(),
+        addr: None,
+        admin_addr: sl.admin_addr,
+        version: None,
+        uptime_ms: None,
+        log_end_offset: sl.acked_offset,
+        lag_bytes: Some(sl.lag_bytes),
+        log_bytes: None,
+        disk_total_bytes: None,
+        disk_used_bytes: None,
+        topics: None,
+        last_seen_ms_ago: None,
+    });
+    view.broker_sets =
+        vec![BrokerSetView { broker_name: s.engine.broker_name().to_owned(), brokers: std::iter::once(me).chain(slaves).collect() }];
+    Json(view)
 }
 
 async fn transactions(State(s): State<AdminState>) -> Json<wasmq_admin_types::Transactions> {
@@ -208,7 +315,7 @@ async fn list_topics(State(s): State<AdminState>) -> Json<Vec<TopicSummary>> {
             .topics()
             .into_iter()
             .filter(|(name, _)| !wasmq_engine::is_internal_topic(name))
-            .map(|(name, c)| TopicSummary { name, queues: c.queues, created_ms: c.created_ms })
+            .map(|(name, c)| TopicSummary { name, queues: c.queues, created_ms: c.created_ms, retention_ms: c.retention_ms })
             .collect(),
     )
 }
@@ -218,8 +325,16 @@ async fn create_topic(State(s): State<AdminState>, body: Result<Json<CreateTopic
         Ok(b) => b,
         Err(resp) => return *resp,
     };
-    match s.engine.create_topic(&t.name, t.queues) {
-        Ok(c) => (StatusCode::CREATED, Json(TopicSummary { name: t.name, queues: c.queues, created_ms: c.created_ms })).into_response(),
+    let created = match t.retention_ms {
+        Some(r) => s.engine.create_topic_with_retention(&t.name, t.queues, r),
+        None => s.engine.create_topic(&t.name, t.queues),
+    };
+    match created {
+        Ok(c) => (
+            StatusCode::CREATED,
+            Json(TopicSummary { name: t.name, queues: c.queues, created_ms: c.created_ms, retention_ms: c.retention_ms }),
+        )
+            .into_response(),
         Err(e) => error(crate::wire::topic_status(&e), e.to_string()),
     }
 }
@@ -227,6 +342,7 @@ async fn create_topic(State(s): State<AdminState>, body: Result<Json<CreateTopic
 async fn describe_topic(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
     match s.engine.describe(&name) {
         Ok(t) => Json(TopicDetail {
+            retention_ms: s.engine.topic(&t.name).and_then(|c| c.retention_ms),
             name: t.name,
             created_ms: t.created_ms,
             queues: t
@@ -266,7 +382,14 @@ async fn list_plugins(State(s): State<AdminState>) -> Json<Vec<PluginDetail>> {
     Json(s.plugins.list())
 }
 
-async fn upload_plugin(State(s): State<AdminState>, body: axum::body::Bytes) -> Response {
+async fn upload_plugin(State(s): State<AdminState>, body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(413, format!("a plugin may be at most {} MiB", wasmq_plugin_host::PLUGIN_BYTES_MAX >> 20));
+        }
+        Err(e) => return error(400, e.body_text()),
+    };
     if body.is_empty() {
         return error(400, "empty body: send the plugin's .wasm bytes");
     }
@@ -388,6 +511,14 @@ async fn describe_group(State(s): State<AdminState>, Path(name): Path<String>) -
     for (topic, queues) in &committed {
         keys.extend(queues.keys().map(|q| (topic.clone(), *q)));
     }
+    // Every queue of a topic the group reads, also those it has not committed on yet (their lag
+    // counts from the queue's start).
+    let topics: std::collections::BTreeSet<String> = keys.iter().map(|(t, _)| t.clone()).collect();
+    for topic in topics {
+        if let Some(c) = engine.topic(&topic) {
+            keys.extend((0..c.queues).map(|q| (topic.clone(), q)));
+        }
+    }
     let now = crate::now_ms();
     let queues = keys
         .into_iter()
@@ -496,7 +627,7 @@ async fn resend_all_dead_letters(State(s): State<AdminState>, Path(name): Path<S
             Err(e) => errors.push(format!("offset {offset}: {e}")),
         }
     }
-    Json(serde_json::json!({ "resent": resent, "errors": errors })).into_response()
+    Json(wasmq_admin_types::ResentAll { resent, errors }).into_response()
 }
 
 /// `[[at_ms, lag], …]`: the group's lag at each sample of the last ten minutes.
@@ -558,6 +689,10 @@ mod tests {
             read_token: Some(READ_TOKEN.into()),
             listen: "l".into(),
             admin_listen: "a".into(),
+            started_ms: crate::now_ms(),
+            cluster: "c".into(),
+            namesrvs: Vec::new(),
+            peer_ca: dir.join("ca.pem"),
         };
         (router(state), engine)
     }
@@ -652,6 +787,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn cluster_broker_retention_uploads_and_the_openapi_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, engine) = app(dir.path());
+        let read = Some(READ_TOKEN);
+        // The broker and the cluster as this (name-server-less) master sees it.
+        let (s, b) = call(&app, "GET", "/api/v1/broker", read, "").await;
+        assert_eq!((s, b["role"].as_str(), b["cluster"].as_str()), (200, Some("master"), Some("c")));
+        assert!(b["disk_total_bytes"].as_u64().unwrap() >= b["disk_used_bytes"].as_u64().unwrap(), "{b}");
+        assert!(b["disk_used_bytes"].as_u64().unwrap() > 0 && b["log_bytes"].as_u64().unwrap() > 0, "{b}");
+        let (s, c) = call(&app, "GET", "/api/v1/cluster", read, "").await;
+        assert_eq!((s, c["source"].as_str(), c["error"].is_null()), (200, Some("local"), true), "{c}");
+        assert_eq!(c["broker_sets"][0]["broker_name"], "b");
+        assert_eq!(
+            (c["broker_sets"][0]["brokers"][0]["role"].as_str(), c["broker_sets"][0]["brokers"][0]["version"].as_str()),
+            (Some("master"), Some(env!("CARGO_PKG_VERSION")))
+        );
+        for path in ["/api/v1/replicas", "/api/v1/transactions", "/api/v1/scheduled", "/api/v1/attachments"] {
+            assert_eq!(call(&app, "GET", path, read, "").await.0, 200, "{path}");
+            assert_eq!(call(&app, "GET", path, None, "").await.0, 401, "{path}");
+        }
+
+        // A topic with its own retention, shown back; a bad one refused.
+        let (s, v) = call(&app, "POST", "/api/v1/topics", Some(TOKEN), r#"{"name":"clicks","queues":2,"retention_ms":60000}"#).await;
+        assert_eq!((s, v["retention_ms"].as_u64()), (201, Some(60_000)), "{v}");
+        assert_eq!(call(&app, "GET", "/api/v1/topics/clicks", read, "").await.1["retention_ms"], 60_000);
+        assert_eq!(engine.topic("clicks").unwrap().retention_ms, Some(60_000));
+        let (s, v) = call(&app, "POST", "/api/v1/topics", Some(TOKEN), r#"{"name":"never","queues":2,"retention_ms":0}"#).await;
+        assert_eq!(s, 400, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("retention"), "{v}");
+        assert_eq!(call(&app, "POST", "/api/v1/topics", Some(TOKEN), r#"{"name":"many","queues":100000}"#).await.0, 400);
+
+        // An upload over the limit is refused with the limit in words.
+        let big = "x".repeat(wasmq_plugin_host::PLUGIN_BYTES_MAX + 10);
+        let (s, v) = call(&app, "POST", "/api/v1/plugins", Some(TOKEN), &big).await;
+        assert_eq!(s, 413, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("10 MiB"), "{v}");
+        assert_eq!(call(&app, "POST", "/api/v1/plugins", read, "\0asm").await.0, 403, "read-only uploads nothing");
+
+        // The API's description, without a token.
+        let (s, doc) = call(&app, "GET", "/api/v1/openapi.json", None, "").await;
+        assert_eq!((s, doc["openapi"].as_str()), (200, Some("3.1.0")));
+        assert!(doc["paths"]["/api/v1/cluster"]["get"].is_object());
+    }
+
+    #[tokio::test]
     async fn topics_crud_and_token() {
         let dir = tempfile::tempdir().unwrap();
         let (app, app_engine) = app(dir.path());
@@ -695,7 +875,9 @@ mod tests {
         engine.commit_offset("g1", "orders", 1, 1).unwrap();
         let (s, v) = call(&app, "GET", "/api/v1/groups/g1", Some(token), "").await;
         assert_eq!(s, 200);
-        assert_eq!((v["queues"][0]["lag"].as_u64(), v["queues"][0]["committed"].as_u64()), (Some(2), Some(1)));
+        assert_eq!(v["queues"].as_array().map(Vec::len), Some(4), "every queue of the topic it reads: {v}");
+        assert_eq!((v["queues"][1]["lag"].as_u64(), v["queues"][1]["committed"].as_u64()), (Some(2), Some(1)));
+        assert_eq!((v["queues"][0]["lag"].as_u64(), v["queues"][0]["committed"].as_u64()), (Some(0), None), "not committed yet");
         assert_eq!(call(&app, "GET", "/api/v1/groups", Some(token), "").await.1[0]["name"], "g1");
         let (s, v) = call(&app, "POST", "/api/v1/groups/g1/reset-offset", Some(token), r#"{"topic":"orders","to":"latest"}"#).await;
         assert_eq!(s, 200);

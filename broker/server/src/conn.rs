@@ -244,6 +244,48 @@ pub(crate) async fn durable(
     Ok(replication.replicated(end_offset).await)
 }
 
+/// Stores a send's messages as the topic's plugins and the messages ask: routing and
+/// ordering-key plugins choose queues; a transaction's (`half`: producer group, first check
+/// after ms) and scheduled messages are held. Returns the queue, each message's queue (when
+/// they differ) and where they were appended; not yet durable (see [`durable`]).
+pub(crate) fn store_send(
+    engine: &wasmq_engine::Engine,
+    plugins: &crate::plugins::Plugins,
+    topic: &str,
+    queue: Option<u32>,
+    mut messages: Vec<wasmq_store::NewMessage>,
+    half: Option<(&str, Option<u64>)>,
+) -> Result<(u32, Vec<u32>, wasmq_store::Appended), WireError> {
+    // Routing and ordering-key plugins attached to the topic choose each message's queue; a
+    // topic without them costs one map lookup here.
+    let routed = plugins
+        .route(topic, &mut messages, || engine.topic(topic).map(|c| (c.queues, queue.unwrap_or_else(|| engine.pick_queue(c.queues)))))?;
+    let now = crate::now_ms();
+    let scheduled = messages.iter().any(|m| m.properties.delivery_ms.is_some_and(|d| d > now));
+    let held = half.is_some() || scheduled;
+    if held && !routed {
+        // Held messages are stored elsewhere first: their queue is chosen now.
+        let queues = engine
+            .topic(topic)
+            .map(|c| c.queues)
+            .ok_or_else(|| WireError::new(ErrorCode::UnknownTopic, format!("topic {topic} does not exist")))?;
+        let q = queue.unwrap_or_else(|| engine.pick_queue(queues));
+        messages.iter_mut().for_each(|m| m.queue_id = q);
+    }
+    let queue_ids: Vec<u32> = if routed || held { messages.iter().map(|m| m.queue_id).collect() } else { Vec::new() };
+    let first = queue_ids.first().copied().unwrap_or_default();
+    let (queue_id, appended) = if let Some((producer_group, after)) = half {
+        (first, engine.send_half(topic, producer_group, after, messages).map_err(|e| wire::send_error(&e))?)
+    } else if scheduled {
+        (first, engine.send_scheduled(topic, messages).map_err(|e| wire::send_error(&e))?)
+    } else if routed {
+        (first, engine.send_routed(topic, messages).map_err(|e| wire::send_error(&e))?)
+    } else {
+        engine.send(topic, queue, messages).map_err(|e| wire::send_error(&e))?
+    };
+    Ok((queue_id, queue_ids, appended))
+}
+
 async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<Response, WireError> {
     let engine = &shared.engine;
     let cancel = conn.cancel;
@@ -254,39 +296,16 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
                 return Err(WireError::new(ErrorCode::InvalidTopic, format!("{}: topics starting with % are the broker's own", s.topic)));
             }
             let queue = (s.queue_id != QUEUE_ANY).then_some(s.queue_id);
-            let mut messages: Vec<_> = s.messages.into_iter().map(wire::to_store).collect();
-            // Routing and ordering-key plugins attached to the topic choose each message's
-            // queue; a topic without them costs one map lookup here.
-            let routed = shared.plugins.route(&s.topic, &mut messages, || {
-                engine.topic(&s.topic).map(|c| (c.queues, queue.unwrap_or_else(|| engine.pick_queue(c.queues))))
-            })?;
-            let now = crate::now_ms();
-            let scheduled = messages.iter().any(|m| m.properties.delivery_ms.is_some_and(|d| d > now));
-            let held = s.transactional || scheduled;
-            if held && !routed {
-                // Held messages are stored elsewhere first: their queue is chosen now.
-                let queues = engine
-                    .topic(&s.topic)
-                    .map(|c| c.queues)
-                    .ok_or_else(|| WireError::new(ErrorCode::UnknownTopic, format!("topic {} does not exist", s.topic)))?;
-                let q = queue.unwrap_or_else(|| engine.pick_queue(queues));
-                messages.iter_mut().for_each(|m| m.queue_id = q);
-            }
-            let queue_ids: Vec<u32> = if routed || held { messages.iter().map(|m| m.queue_id).collect() } else { Vec::new() };
-            let first = queue_ids.first().copied().unwrap_or_default();
-            let (queue_id, appended) = if s.transactional {
+            let messages: Vec<_> = s.messages.into_iter().map(wire::to_store).collect();
+            let half = if s.transactional {
                 if shared.producers.register(conn.id, &s.producer_group, conn.tx) {
                     engine.producer_joined(&s.producer_group);
                 }
-                let after = (s.check_after_ms > 0).then_some(u64::from(s.check_after_ms));
-                (first, engine.send_half(&s.topic, &s.producer_group, after, messages).map_err(|e| wire::send_error(&e))?)
-            } else if scheduled {
-                (first, engine.send_scheduled(&s.topic, messages).map_err(|e| wire::send_error(&e))?)
-            } else if routed {
-                (first, engine.send_routed(&s.topic, messages).map_err(|e| wire::send_error(&e))?)
+                Some((s.producer_group.as_str(), (s.check_after_ms > 0).then_some(u64::from(s.check_after_ms))))
             } else {
-                engine.send(&s.topic, queue, messages).map_err(|e| wire::send_error(&e))?
+                None
             };
+            let (queue_id, queue_ids, appended) = store_send(engine, &shared.plugins, &s.topic, queue, messages, half)?;
             let status = durable(engine, &shared.replication, appended.end_offset, || {
                 format!("stored at log offset {}", appended.messages[0].log_offset)
             })

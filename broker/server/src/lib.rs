@@ -11,6 +11,7 @@ pub mod conn;
 pub mod console;
 pub mod held;
 pub mod namesrv;
+mod openapi;
 pub mod plugins;
 pub mod replication;
 pub mod stats;
@@ -37,11 +38,30 @@ const GROUP_EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest the shutdown waits for connections to finish their requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time an admin client has to send its request headers.
+/// How often topics' own retention is applied.
+const TOPIC_RETENTION_INTERVAL: Duration = Duration::from_secs(10);
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Wall-clock milliseconds since the epoch.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What a broker reports of itself to name servers and in cluster views.
+pub(crate) fn broker_live(engine: &wasmq_engine::Engine, started_ms: u64) -> wasmq_protocol::BrokerLive {
+    let store = engine.store();
+    let seg = store.segment_bytes();
+    let (min, end) = (store.min_offset(), store.end_offset());
+    let disk = wasmq_store::disk_space(&store.config().dir).ok();
+    wasmq_protocol::BrokerLive {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_ms,
+        log_end_offset: end,
+        // Whole segment files, from the oldest kept to the active one.
+        log_bytes: (end / seg - min / seg + 1) * seg,
+        disk_total_bytes: disk.map_or(0, |d| d.total_bytes),
+        disk_used_bytes: disk.map_or(0, |d| d.used_bytes),
+    }
 }
 
 /// Where a started broker listens, and what clients need.
@@ -60,6 +80,7 @@ pub struct Started {
 /// # Errors
 /// Start-up failures (store, certificates, binding); a clean shutdown returns `Ok`.
 pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOnce(&Started)) -> Result<()> {
+    let started_ms = now_ms();
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let (cert, key, ca_path) = match &config.tls {
         Some((c, k)) => (c.clone(), k.clone(), None),
@@ -133,6 +154,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
             addr: info.listen.to_string(),
             admin_addr: info.admin_listen.to_string(),
             topics: Vec::new(),
+            live: wasmq_protocol::BrokerLive::default(),
         };
         let peer_ca = config.peer_ca.clone().unwrap_or_else(|| tls::dev_ca_path(&config.data_dir));
         tracker.spawn(namesrv::register_loop(
@@ -140,6 +162,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
             config.namesrv.clone(),
             peer_ca,
             me,
+            started_ms,
             config.register_interval,
             shutdown.clone(),
         ));
@@ -177,6 +200,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
         read_token: config.admin_read_token.clone().map(Into::into),
         listen: info.listen.to_string(),
         admin_listen: info.admin_listen.to_string(),
+        started_ms,
+        cluster: config.cluster.clone(),
+        namesrvs: config.namesrv.clone(),
+        peer_ca: config.peer_ca.clone().unwrap_or_else(|| tls::dev_ca_path(&config.data_dir)),
     };
     tracker.spawn(accept_admin(admin_listener, admin_tls, admin::router(admin_state), shutdown.clone(), tracker.clone()));
     let persist_engine = Arc::clone(&engine);
@@ -184,9 +211,18 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
     tracker.spawn(async move {
         let mut persist = tokio::time::interval(OFFSETS_PERSIST_INTERVAL);
         let mut expire = tokio::time::interval(GROUP_EXPIRY_INTERVAL);
+        let mut retention = tokio::time::interval(TOPIC_RETENTION_INTERVAL);
         loop {
             tokio::select! {
                 _ = persist.tick() => if let Err(e) = persist_engine.persist_offsets() { tracing::error!(error = %e, "saving offsets"); },
+                _ = retention.tick() => {
+                    let engine = Arc::clone(&persist_engine);
+                    match tokio::task::spawn_blocking(move || engine.enforce_topic_retention()).await {
+                        Ok(Ok(n)) if n > 0 => tracing::info!(messages = n, "topic retention cut old messages"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "topic retention failed"),
+                        _ => {}
+                    }
+                }
                 _ = expire.tick() => {
                     let n = persist_engine.expire_members();
                     if n > 0 {

@@ -106,8 +106,10 @@ impl RouteTable {
                 broker_id: r.req.broker_id,
                 addr: r.req.addr.clone(),
                 admin_addr: r.req.admin_addr.clone(),
-                topics: r.req.topics.len() as u32,
+                // The broker's own (`%…`) topics are not counted.
+                topics: r.req.topics.iter().filter(|(t, _)| !t.starts_with('%')).count() as u32,
                 last_seen_ms_ago: r.at.elapsed().as_millis() as u64,
+                live: r.req.live.clone(),
             })
             .collect()
     }
@@ -245,6 +247,7 @@ pub async fn register_loop(
     namesrvs: Vec<String>,
     peer_ca: std::path::PathBuf,
     me: RegisterBrokerRequest,
+    started_ms: u64,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -257,6 +260,7 @@ pub async fn register_loop(
         }
         let mut req = me.clone();
         req.topics = engine.topics().into_iter().map(|(t, c)| (t, c.queues)).collect();
+        req.live = crate::broker_live(&engine, started_ms);
         let req = Request::RegisterBroker(req);
         for (addr, conn) in namesrvs.iter().zip(conns.iter_mut()) {
             if conn.as_ref().is_some_and(|c| c.closed().is_some()) {

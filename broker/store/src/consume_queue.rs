@@ -229,6 +229,20 @@ impl ConsumeQueue {
                 self.min = a;
             }
         }
+        self.delete_files_below_min()
+    }
+
+    /// A topic's own retention: entries below queue offset `q` become unreadable. Files holding
+    /// only such entries are deleted (not the last); the rest is in memory only, so the owner
+    /// applies the same cut again after a restart.
+    pub(crate) fn trim_below(&mut self, q: u64) -> io::Result<()> {
+        if q > self.min {
+            self.min = q.min(self.max);
+        }
+        self.delete_files_below_min()
+    }
+
+    fn delete_files_below_min(&mut self) -> io::Result<()> {
         let (min_file, _) = self.locate(self.min);
         let last_file = self.files.last_key_value().map(|(&s, _)| s);
         let doomed: Vec<u64> = self.files.range(..min_file).map(|(&s, _)| s).filter(|&s| Some(s) != last_file).collect();

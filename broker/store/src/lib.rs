@@ -20,7 +20,7 @@ mod mmap;
 mod record;
 mod store;
 
-pub use clock::{Clock, DiskProbe, ManualClock, StatvfsProbe, SystemClock};
+pub use clock::{Clock, DiskProbe, DiskSpace, ManualClock, StatvfsProbe, SystemClock, disk_space};
 pub use config::{
     BATCH_MESSAGES_MAX, CQ_ENTRIES_PER_FILE_DEFAULT, ConfigError, FlushMode, INDEX_ENTRIES_PER_FILE_DEFAULT, INDEX_SLOTS_DEFAULT,
     MESSAGE_BYTES_LIMIT, MESSAGE_BYTES_MAX_DEFAULT, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, StoreConfig,

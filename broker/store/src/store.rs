@@ -589,6 +589,23 @@ impl Store {
             .unwrap_or((0, 0))
     }
 
+    /// Makes a queue's entries below queue offset `below` unreadable (a topic's own retention,
+    /// shorter than the log's); returns the queue's new minimum. Not persisted beyond deleting
+    /// whole index files: the caller cuts again after a restart.
+    ///
+    /// # Errors
+    /// An index file that could not be deleted.
+    pub fn trim_queue(&self, topic: &str, queue_id: u32, below: u64) -> io::Result<u64> {
+        match self.inner.queue(topic, queue_id) {
+            Some(cq) => {
+                let mut cq = lock(&cq);
+                cq.trim_below(below)?;
+                Ok(cq.min())
+            }
+            None => Ok(0),
+        }
+    }
+
     /// Every queue that has ever been written, with its bounds.
     pub fn queues(&self) -> Vec<QueueInfo> {
         let topics = self.inner.topics.read().unwrap_or_else(|e| e.into_inner());

@@ -1,0 +1,318 @@
+//! The admin API's OpenAPI 3.1 document (`GET /api/v1/openapi.json`, no token needed): one
+//! table of every endpoint, with JSON Schemas generated from the shared types (schemars). A test
+//! holds the table and the router to the same routes.
+
+use axum::Json;
+use schemars::{JsonSchema, SchemaGenerator};
+use serde_json::{Value, json};
+use wasmq_admin_types as t;
+
+pub(crate) const PATH: &str = "/api/v1/openapi.json";
+
+/// A request or response body.
+enum Body {
+    /// JSON of a shared type.
+    Json(fn(&mut SchemaGenerator) -> Value),
+    /// A plugin's WebAssembly bytes.
+    Wasm,
+    /// Prometheus text.
+    Text,
+}
+
+fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Value {
+    g.subschema_for::<T>().to_value()
+}
+
+struct Endpoint {
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    /// Query parameters: (name, description).
+    query: &'static [(&'static str, &'static str)],
+    request: Option<Body>,
+    /// The success status and its body (none: 204).
+    ok: u16,
+    response: Option<Body>,
+}
+
+const fn ep(method: &'static str, path: &'static str, summary: &'static str, ok: u16, response: Option<Body>) -> Endpoint {
+    Endpoint { method, path, summary, query: &[], request: None, ok, response }
+}
+
+fn endpoints() -> Vec<Endpoint> {
+    use Body::{Json as J, Text, Wasm};
+    vec![
+        ep(
+            "get",
+            "/api/v1/broker",
+            "This broker: name, role, version, log offsets, uptime, disk use.",
+            200,
+            Some(J(schema::<t::BrokerInfo>)),
+        ),
+        ep(
+            "get",
+            "/api/v1/cluster",
+            "Every broker set (from the name servers, else this broker and its replicas).",
+            200,
+            Some(J(schema::<t::ClusterView>)),
+        ),
+        ep(
+            "get",
+            "/api/v1/replicas",
+            "This broker's replication: its slaves, or its master link.",
+            200,
+            Some(J(schema::<t::ReplicaStatus>)),
+        ),
+        ep("get", "/api/v1/topics", "Topics (internal ones left out).", 200, Some(J(schema::<Vec<t::TopicSummary>>))),
+        Endpoint {
+            request: Some(J(schema::<t::CreateTopic>)),
+            ..ep(
+                "post",
+                "/api/v1/topics",
+                "Create a topic with a queue count and, optionally, its own retention.",
+                201,
+                Some(J(schema::<t::TopicSummary>)),
+            )
+        },
+        ep("get", "/api/v1/topics/{name}", "A topic with each queue's min and max offsets.", 200, Some(J(schema::<t::TopicDetail>))),
+        ep("delete", "/api/v1/topics/{name}", "Delete a topic (its messages stay in the log until retention).", 204, None),
+        ep(
+            "get",
+            "/api/v1/topics/{name}/rate",
+            "[[at_ms, messages per second], …] over the last ten minutes.",
+            200,
+            Some(J(schema::<Vec<(u64, f64)>>)),
+        ),
+        Endpoint {
+            query: &[("key", "the message key to look for")],
+            ..ep(
+                "get",
+                "/api/v1/topics/{name}/messages",
+                "Messages of a topic with a key (newest first).",
+                200,
+                Some(J(schema::<Vec<t::MessageView>>)),
+            )
+        },
+        Endpoint {
+            request: Some(J(schema::<t::SendMessage>)),
+            ..ep(
+                "post",
+                "/api/v1/topics/{name}/messages",
+                "Send a test message (waits as a producer's send does).",
+                201,
+                Some(J(schema::<t::SentMessage>)),
+            )
+        },
+        Endpoint {
+            query: &[
+                ("offset", "first queue offset to read"),
+                ("time", "or: start at the first message stored at or after this time (ms)"),
+                ("count", "how many messages (default 20, at most 100)"),
+            ],
+            ..ep(
+                "get",
+                "/api/v1/topics/{name}/queues/{queue}/messages",
+                "Browse a queue from an offset or a time.",
+                200,
+                Some(J(schema::<t::QueuePage>)),
+            )
+        },
+        ep("get", "/api/v1/messages/{id}", "The newest message with this unique id.", 200, Some(J(schema::<t::MessageView>))),
+        ep("get", "/api/v1/groups", "Consumer groups with mode and member count.", 200, Some(J(schema::<Vec<t::GroupSummary>>))),
+        ep(
+            "get",
+            "/api/v1/groups/{name}",
+            "A group: members, assignments, per-queue offset and lag.",
+            200,
+            Some(J(schema::<t::GroupDetail>)),
+        ),
+        ep("delete", "/api/v1/groups/{name}", "Delete a group's offsets (refused while it has members).", 204, None),
+        Endpoint {
+            request: Some(J(schema::<t::ResetOffset>)),
+            ..ep(
+                "post",
+                "/api/v1/groups/{name}/reset-offset",
+                "Reset a group's offsets on a topic to earliest, latest or a time.",
+                200,
+                Some(J(schema::<t::GroupDetail>)),
+            )
+        },
+        ep(
+            "get",
+            "/api/v1/groups/{name}/lag-history",
+            "[[at_ms, lag], …] over the last ten minutes.",
+            200,
+            Some(J(schema::<Vec<(u64, u64)>>)),
+        ),
+        ep("get", "/api/v1/groups/{name}/dlq", "The group's dead letters.", 200, Some(J(schema::<Vec<t::DeadLetter>>))),
+        Endpoint {
+            request: Some(J(schema::<t::Resend>)),
+            ..ep("post", "/api/v1/groups/{name}/dlq/resend", "Send one dead letter back to its topic.", 200, Some(J(schema::<t::Resent>)))
+        },
+        ep(
+            "post",
+            "/api/v1/groups/{name}/dlq/resend-all",
+            "Send every dead letter back to its topic.",
+            200,
+            Some(J(schema::<t::ResentAll>)),
+        ),
+        ep("get", "/api/v1/plugins", "Uploaded plugins with their versions and attachments.", 200, Some(J(schema::<Vec<t::PluginDetail>>))),
+        Endpoint {
+            request: Some(Wasm),
+            ..ep(
+                "post",
+                "/api/v1/plugins",
+                "Upload a plugin (a WebAssembly component); 201 for a new version, 200 for one already known.",
+                201,
+                Some(J(schema::<t::PluginVersion>)),
+            )
+        },
+        ep("get", "/api/v1/plugins/{name}", "A plugin's versions and attachments.", 200, Some(J(schema::<t::PluginDetail>))),
+        ep("get", "/api/v1/attachments", "Every plugin attachment with its statistics.", 200, Some(J(schema::<Vec<t::AttachmentView>>))),
+        Endpoint {
+            request: Some(J(schema::<t::AttachPlugin>)),
+            ..ep(
+                "put",
+                "/api/v1/topics/{topic}/plugins/{role}",
+                "Attach a `router` or `ordering-key` plugin to a topic.",
+                200,
+                Some(J(schema::<t::AttachmentView>)),
+            )
+        },
+        ep("delete", "/api/v1/topics/{topic}/plugins/{role}", "Detach a topic's plugin.", 204, None),
+        Endpoint {
+            request: Some(J(schema::<t::AttachPlugin>)),
+            ..ep(
+                "put",
+                "/api/v1/groups/{group}/filters/{topic}",
+                "Attach a filter plugin to a group's subscription of a topic.",
+                200,
+                Some(J(schema::<t::AttachmentView>)),
+            )
+        },
+        ep("delete", "/api/v1/groups/{group}/filters/{topic}", "Detach a group's filter.", 204, None),
+        ep(
+            "get",
+            "/api/v1/transactions",
+            "Undecided transactions by topic and producer group, with counters.",
+            200,
+            Some(J(schema::<t::Transactions>)),
+        ),
+        ep("get", "/api/v1/scheduled", "Scheduled messages waiting, overdue and due soon.", 200, Some(J(schema::<t::Scheduled>))),
+        ep("get", "/metrics", "Prometheus metrics (text format).", 200, Some(Text)),
+        ep("get", PATH, "This document (no token needed).", 200, None),
+    ]
+}
+
+fn content(body: &Body, g: &mut SchemaGenerator) -> Value {
+    match body {
+        Body::Json(f) => json!({ "application/json": { "schema": f(g) } }),
+        Body::Wasm => json!({ "application/wasm": { "schema": { "type": "string", "contentMediaType": "application/wasm" } } }),
+        Body::Text => json!({ "text/plain": { "schema": { "type": "string" } } }),
+    }
+}
+
+/// The whole document.
+pub(crate) fn document() -> Value {
+    let mut settings = schemars::generate::SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas".into();
+    let mut g = settings.into_generator();
+    let error = g.subschema_for::<t::ApiError>().to_value();
+    let mut paths = serde_json::Map::new();
+    for e in endpoints() {
+        let mut parameters: Vec<Value> = e
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        parameters.extend(
+            e.query.iter().map(|(name, d)| json!({ "name": name, "in": "query", "description": d, "schema": { "type": "string" } })),
+        );
+        let mut responses = serde_json::Map::new();
+        let mut ok = json!({ "description": if e.ok == 204 { "done" } else { "success" } });
+        if let Some(r) = &e.response {
+            ok["content"] = content(r, &mut g);
+        }
+        responses.insert(e.ok.to_string(), ok);
+        responses.insert(
+            "default".into(),
+            json!({ "description": "an error, in words (400 bad input, 401 token, 403 read-only or cross-origin, 404 unknown, 409 conflict)",
+                    "content": { "application/json": { "schema": error } } }),
+        );
+        let mut op = json!({ "summary": e.summary, "operationId": format!("{}{}", e.method, e.path.replace(['/', '{', '}', '.', '-'], "_")), "parameters": parameters, "responses": responses });
+        if e.path == PATH {
+            op["security"] = json!([]);
+        }
+        if let Some(b) = &e.request {
+            op["requestBody"] = json!({ "required": true, "content": content(b, &mut g) });
+        }
+        paths.entry(e.path.to_owned()).or_insert_with(|| json!({}))[e.method] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "wasmq admin API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Everything the console does. Bearer token: the admin token may do everything, the read-only token only GET. Requests whose Origin is not the admin address itself are refused."
+        },
+        "paths": paths,
+        "components": {
+            "schemas": g.take_definitions(true),
+            "securitySchemes": { "token": { "type": "http", "scheme": "bearer" } }
+        },
+        "security": [{ "token": [] }]
+    })
+}
+
+pub(crate) async fn serve() -> Json<Value> {
+    Json(document())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// Every (method, path) the router serves, read from its source: each `.route(` call up to
+    /// the next call of the builder chain.
+    fn routed() -> BTreeSet<(String, String)> {
+        let src = include_str!("admin.rs");
+        let mut out = BTreeSet::new();
+        for chunk in src.split(".route(").skip(1) {
+            let chunk = chunk.split("\n        .").next().unwrap_or(chunk);
+            let path = if chunk.starts_with("crate::openapi::PATH") { PATH } else { chunk.split('"').nth(1).expect("a quoted path") };
+            for m in ["get", "post", "put", "delete"] {
+                if [format!(", {m}("), format!("\n            {m}("), format!(").{m}(")].iter().any(|p| chunk.contains(p.as_str())) {
+                    out.insert((m.to_owned(), path.to_owned()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_document_describes_every_route_and_only_those() {
+        let documented: BTreeSet<(String, String)> = endpoints().into_iter().map(|e| (e.method.to_owned(), e.path.to_owned())).collect();
+        let routed = routed();
+        assert!(routed.len() > 30, "the route reader found the routes: {routed:?}");
+        assert_eq!(documented.difference(&routed).collect::<Vec<_>>(), Vec::<&(String, String)>::new(), "documented but not routed");
+        assert_eq!(routed.difference(&documented).collect::<Vec<_>>(), Vec::<&(String, String)>::new(), "routed but not documented");
+    }
+
+    #[test]
+    fn every_reference_resolves() {
+        let doc = document();
+        let text = doc.to_string();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for r in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = r.split('"').next().unwrap();
+            assert!(schemas.contains_key(name), "missing schema {name}");
+        }
+        assert!(schemas.contains_key("ClusterView") && schemas.contains_key("MessageView"), "{:?}", schemas.keys());
+        assert_eq!(
+            doc["paths"]["/api/v1/topics"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/CreateTopic"
+        );
+    }
+}
