@@ -824,6 +824,12 @@ mod tests {
         assert_eq!(s, 413, "{v}");
         assert!(v["error"].as_str().unwrap().contains("10 MiB"), "{v}");
         assert_eq!(call(&app, "POST", "/api/v1/plugins", read, "\0asm").await.0, 403, "read-only uploads nothing");
+        // Filters: nothing to detach; the read-only token attaches nothing; an unknown plugin.
+        let attach = r#"{"plugin":"nope","version":1}"#;
+        assert_eq!(call(&app, "DELETE", "/api/v1/groups/g/filters/clicks", Some(TOKEN), "").await.0, 404);
+        assert_eq!(call(&app, "PUT", "/api/v1/groups/g/filters/clicks", read, attach).await.0, 403);
+        assert_eq!(call(&app, "PUT", "/api/v1/groups/g/filters/clicks", Some(TOKEN), attach).await.0, 404);
+        assert_eq!(call(&app, "GET", "/api/v1/groups/g/dlq", read, "").await, (200, serde_json::json!([])), "no dead letters yet");
 
         // The API's description, without a token.
         let (s, doc) = call(&app, "GET", "/api/v1/openapi.json", None, "").await;
