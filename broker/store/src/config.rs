@@ -57,7 +57,11 @@ pub struct StoreConfig {
     pub retention_disk_ratio_max: f64,
     /// How often the retention check runs.
     pub retention_check_interval: Duration,
-    /// Fault the next segment's pages in on a background thread before it becomes active.
+    /// Fault the next segment's pages in on a background thread before it becomes active. Off
+    /// by default: appends write through the file, which fills whole pages without zeroing
+    /// them first, so pre-touching would only spend CPU (zeroing pages the writer overwrites)
+    /// that a machine shared with clients does not have to spare; on one with idle cores it can
+    /// still take page allocation off the writer's path.
     pub pretouch_segments: bool,
     /// How many full segments behind the active one stay in the page cache; older ones have
     /// their pages dropped once flushed (`None`: leave it all to the kernel).
@@ -80,7 +84,7 @@ impl StoreConfig {
             retention: Duration::from_secs(72 * 3600),
             retention_disk_ratio_max: 0.75,
             retention_check_interval: Duration::from_secs(10),
-            pretouch_segments: true,
+            pretouch_segments: false,
             cached_segments_behind: Some(2),
         }
     }

@@ -26,6 +26,8 @@ use crate::mmap::MutFile;
 const MAGIC: &[u8; 8] = b"WQIDX001";
 const HEADER_BYTES: usize = 64;
 const ENTRY_BYTES: usize = 20;
+/// Entries whose pages are faulted in at once, ahead of their writes.
+const POPULATE_ENTRIES: u32 = 8192;
 
 /// Hash of the index key for a unique message id.
 pub(crate) fn id_hash(unique_id: &[u8]) -> u64 {
@@ -122,10 +124,13 @@ impl Index {
         let slots = self.slots;
         let f = self.files.last_mut().expect("ensured above");
         let slot = (hash % u64::from(slots)) as usize;
-        let b = f.file.bytes_mut();
         let slot_at = HEADER_BYTES + 4 * slot;
-        let prev = u32::from_le_bytes(b[slot_at..slot_at + 4].try_into().expect("4"));
         let e_at = HEADER_BYTES + 4 * slots as usize + ENTRY_BYTES * f.count as usize;
+        if f.count.is_multiple_of(POPULATE_ENTRIES) {
+            f.file.populate(e_at, e_at + ENTRY_BYTES * POPULATE_ENTRIES as usize + 4096);
+        }
+        let b = f.file.bytes_mut();
+        let prev = u32::from_le_bytes(b[slot_at..slot_at + 4].try_into().expect("4"));
         b[e_at..e_at + 8].copy_from_slice(&hash.to_le_bytes());
         b[e_at + 8..e_at + 16].copy_from_slice(&(log_offset + 1).to_le_bytes());
         b[e_at + 16..e_at + 20].copy_from_slice(&prev.to_le_bytes());

@@ -39,6 +39,37 @@ fn create_preallocated(path: &Path, n_bytes: u64) -> io::Result<File> {
     Ok(file)
 }
 
+const MADV_POPULATE_READ: libc::c_int = 22;
+const MADV_POPULATE_WRITE: libc::c_int = 23;
+
+/// Faults in the pages of `[from, to)` of a mapping at `base` of `len` bytes with one
+/// `madvise` (`MADV_POPULATE_READ`: map the file's pages; `MADV_POPULATE_WRITE`: also make them
+/// writable, allocating and zeroing fresh ones). Neither changes contents. Best effort: a kernel
+/// without them (before 5.14) leaves the pages to fault one by one.
+///
+/// # Safety
+/// `base` must be the page-aligned start of a live mapping of at least `len` bytes that stays
+/// mapped for the call.
+unsafe fn populate(base: *mut u8, len: usize, from: usize, to: usize, advice: libc::c_int, path: &Path) {
+    const PAGE_BYTES: usize = 4096;
+    let start = (from / PAGE_BYTES * PAGE_BYTES).min(len);
+    let end = to.min(len);
+    if start >= end {
+        return;
+    }
+    // SAFETY: [start, end) is page-aligned at its start and lies within the live mapping of
+    // `len` bytes at `base` (the caller's contract); these advices never change contents.
+    let rc = unsafe { libc::madvise(base.add(start).cast(), end - start, advice) };
+    if rc != 0 {
+        tracing::debug!(path = %path.display(), advice, "MADV_POPULATE_* unsupported; pages fault in one by one");
+    }
+}
+
+/// A file offset as a mapping index (segments are far below `usize::MAX`).
+fn clamp(offset: u64) -> usize {
+    usize::try_from(offset).unwrap_or(usize::MAX)
+}
+
 /// Makes a file's creation, rename or removal durable.
 pub(crate) fn sync_parent_dir(path: &Path) -> io::Result<()> {
     match path.parent() {
@@ -118,19 +149,8 @@ impl LogFile {
     /// (Read-faulting instead was measured slower: each first store then takes a fault.)
     /// Safe while the writer works on the same range: populating never changes contents.
     pub(crate) fn populate_to(&self, from: u64, to: u64) {
-        const MADV_POPULATE_WRITE: libc::c_int = 23;
-        const PAGE_BYTES: u64 = 4096;
-        let start = (from / PAGE_BYTES * PAGE_BYTES).min(self.len());
-        let end = to.min(self.len());
-        if start >= end {
-            return;
-        }
-        // SAFETY: [start, end) is page-aligned at its start and lies within our own live
-        // mapping; MADV_POPULATE_WRITE only faults pages in and never changes their contents.
-        let rc = unsafe { libc::madvise(self.map.as_mut_ptr().add(start as usize).cast(), (end - start) as usize, MADV_POPULATE_WRITE) };
-        if rc != 0 {
-            tracing::debug!(path = %self.path.display(), "MADV_POPULATE_WRITE unsupported; segment not pre-touched");
-        }
+        // SAFETY: our own mapping, alive as long as self.
+        unsafe { populate(self.map.as_mut_ptr(), self.map.len(), clamp(from), clamp(to), MADV_POPULATE_WRITE, &self.path) };
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -141,38 +161,35 @@ impl LogFile {
         &self.path
     }
 
-    /// Copies `data` into the mapping at `offset`.
+    /// Writes `data` at `offset` through the file (`pwrite`), not the mapping: the page cache
+    /// is shared, so mapped readers see the bytes once this returns. A page the write covers
+    /// whole is filled by the copy itself, where a first store through the mapping makes the
+    /// kernel zero a fresh page first: on this kind of VM that zeroing was a third of the
+    /// writer's CPU.
     ///
     /// # Safety
     /// No reader may be reading `[offset, offset + data.len())` and no other writer writing it:
     /// the range must lie past the store's published end offset, and the caller must hold the
     /// store's writer lock (or own the file exclusively, as during recovery).
-    pub(crate) unsafe fn write(&self, offset: u64, data: &[u8]) {
-        let off = usize::try_from(offset).expect("offset fits in usize");
-        assert!(off.checked_add(data.len()).is_some_and(|end| end <= self.map.len()), "write past end of segment");
-        // SAFETY: in bounds (checked above); exclusive per the caller's contract.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(off), data.len()) };
+    pub(crate) unsafe fn write_through_file(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        assert!(offset.checked_add(data.len() as u64).is_some_and(|end| end <= self.len()), "write past end of segment");
+        self.file.write_all_at(data, offset)
     }
 
-    /// Copies `data` into the mapping at `offset` with non-temporal (streaming) stores, which
-    /// write whole cache lines without first reading them from memory: appends touch each log
-    /// byte once, so reading the just-zeroed destination into the cache would only double the
-    /// memory traffic. Ends with a store fence, so the bytes are visible before the caller
-    /// publishes them.
-    ///
-    /// # Safety
-    /// As for [`LogFile::write`].
-    pub(crate) unsafe fn write_streaming(&self, offset: u64, data: &[u8]) {
-        let off = usize::try_from(offset).expect("offset fits in usize");
-        assert!(off.checked_add(data.len()).is_some_and(|end| end <= self.map.len()), "write past end of segment");
-        // SAFETY: in bounds (checked above); exclusive per the caller's contract.
-        unsafe { copy_streaming(self.map.as_mut_ptr().add(off), data) };
+    /// Maps the pages of `[from, to)` into the mapping with one call (reading them from the
+    /// file if they are not cached), so a reader about to walk the range does not take a page
+    /// fault per page: appends write through the file, so fresh pages are cached but not yet
+    /// mapped.
+    pub(crate) fn map_in(&self, from: u64, to: u64) {
+        // SAFETY: our own mapping, alive as long as self.
+        unsafe { populate(self.map.as_mut_ptr(), self.map.len(), clamp(from), clamp(to), MADV_POPULATE_READ, &self.path) };
     }
 
     /// A mutable view of `[offset, offset + len)` for encoding a record in place.
     ///
     /// # Safety
-    /// As for [`LogFile::write`]; the view must be dropped before the range is published.
+    /// As for [`LogFile::write_through_file`]; the view must be dropped before the range is published.
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn slice_mut(&self, offset: u64, len: usize) -> &mut [u8] {
         let off = usize::try_from(offset).expect("offset fits in usize");
@@ -241,43 +258,11 @@ impl LogFile {
     /// Zeroes `[offset, len)`, on disk and in the mapping.
     ///
     /// # Safety
-    /// As for [`LogFile::write`] over the zeroed range.
+    /// As for [`LogFile::write_through_file`] over the zeroed range.
     pub(crate) unsafe fn zero_from(&self, offset: u64) -> io::Result<()> {
         zero_file_range(&self.file, offset, self.len() - offset)?;
         self.file.sync_data()
     }
-}
-
-/// `memcpy` with streaming stores for the 16-byte-aligned middle.
-///
-/// # Safety
-/// `dst` must be valid for `src.len()` bytes of writes and not overlap `src`.
-#[cfg(target_arch = "x86_64")]
-unsafe fn copy_streaming(dst: *mut u8, src: &[u8]) {
-    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
-    let n = src.len();
-    let head = dst.align_offset(16).min(n);
-    // SAFETY: all ranges below lie within dst[..n] and src[..n], which the caller guarantees
-    // valid and disjoint; stream stores go to 16-byte-aligned addresses (dst + head is aligned
-    // and i advances by 16); SSE2 is part of the x86_64 baseline.
-    unsafe {
-        std::ptr::copy_nonoverlapping(src.as_ptr(), dst, head);
-        let mut i = head;
-        while i + 16 <= n {
-            _mm_stream_si128(dst.add(i).cast::<__m128i>(), _mm_loadu_si128(src.as_ptr().add(i).cast::<__m128i>()));
-            i += 16;
-        }
-        std::ptr::copy_nonoverlapping(src.as_ptr().add(i), dst.add(i), n - i);
-        _mm_sfence();
-    }
-}
-
-/// # Safety
-/// As for the x86_64 version.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn copy_streaming(dst: *mut u8, src: &[u8]) {
-    // SAFETY: the caller guarantees dst valid for src.len() bytes and disjoint from src.
-    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
 }
 
 /// Owner of a zero-copy view into a log segment.
@@ -332,6 +317,13 @@ impl MutFile {
 
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.map
+    }
+
+    /// Faults in `[from, to)` (bytes, clamped to the file) in one call, ahead of the stores that
+    /// will fill it: one bulk populate costs far less here than a page fault per fresh page.
+    pub(crate) fn populate(&mut self, from: usize, to: usize) {
+        // SAFETY: our own mapping, alive as long as self.
+        unsafe { populate(self.map.as_mut_ptr(), self.map.len(), from, to, MADV_POPULATE_WRITE, &self.path) };
     }
 
     /// A handle for `fdatasync` without holding the owner's lock.

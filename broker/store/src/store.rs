@@ -43,6 +43,8 @@ const GROUP_GATHER_MAX: Duration = Duration::from_micros(500);
 const SCRATCH_KEEP_BYTES: usize = 4 << 20;
 /// Pages are faulted in this much at a time, so a stop request is seen promptly.
 const POPULATE_STEP_BYTES: u64 = 16 << 20;
+/// Most bytes of the log one queue read maps in ahead of its reads.
+const MAP_IN_BYTES_MAX: u64 = 16 << 20;
 /// Most chain entries one index lookup follows (a bound on lookup cost under hash collisions).
 const INDEX_CANDIDATES_MAX: usize = 10_000;
 
@@ -999,7 +1001,15 @@ impl Inner {
             at += len;
         }
         // SAFETY: [w.pos, pos) lies past the published end, and we hold the writer lock.
-        unsafe { w.active.write_streaming(w.pos - w.active_base, &scratch[..total as usize]) };
+        let written = unsafe { w.active.write_through_file(w.pos - w.active_base, &scratch[..total as usize]) };
+        if let Err(e) = written {
+            w.scratch = scratch;
+            return Err(if e.raw_os_error() == Some(libc::ENOSPC) {
+                AppendError::DiskFull { what: "the log segment".into() }
+            } else {
+                AppendError::Io { op: "write log", reason: e.to_string().into() }
+            });
+        }
         if scratch.capacity() <= SCRATCH_KEEP_BYTES {
             w.scratch = scratch;
         }
@@ -1459,6 +1469,17 @@ impl Inner {
             (cq.get(from, max_count), cq.min(), cq.max())
         };
         let end = self.end.load(Ordering::Acquire);
+        // Map the span the entries point into at once (bounded; the span's other records belong
+        // to other queues, whose readers use the same mapping).
+        if let (Some(first), Some(last)) = (entries.first(), entries.last())
+            && let Some((base, file)) = self.segment_for(first.log_offset)
+        {
+            let to = (last.log_offset + u64::from(last.size))
+                .min(end)
+                .min(base + self.config.segment_bytes)
+                .min(first.log_offset + MAP_IN_BYTES_MAX);
+            file.map_in(first.log_offset - base, to.saturating_sub(base));
+        }
         let mut messages = Vec::with_capacity(entries.len());
         let mut n_bytes = 0usize;
         for e in entries {
@@ -1591,11 +1612,19 @@ impl Inner {
                 Err(e) => return Err(corrupt(pos, e.to_string())),
             }
         }
-        for (i, len, filler) in records {
+        let write_err = |e: io::Error| AppendError::Io { op: "write log", reason: e.to_string().into() };
+        // Records are written a run at a time (up to a filler or the end), then dispatched.
+        let mut written_to = 0usize;
+        for (k, &(i, len, filler)) in records.iter().enumerate() {
             let rec = &bytes[i..i + len];
-            if filler {
+            if i >= written_to {
+                let run_end = records[k..].iter().find(|r| r.2 && r.0 > i).map_or(bytes.len(), |r| r.0);
+                let run_end = if filler { i + len } else { run_end };
                 // SAFETY: past the published end, under the writer lock.
-                unsafe { w.active.write(w.pos - w.active_base, rec) };
+                unsafe { w.active.write_through_file(w.pos - w.active_base, &bytes[i..run_end]) }.map_err(write_err)?;
+                written_to = run_end;
+            }
+            if filler {
                 let next_base = w.active_base + seg;
                 let next =
                     self.take_spare(next_base).map_err(|e| AppendError::Io { op: "create segment", reason: e.to_string().into() })?;
@@ -1617,8 +1646,6 @@ impl Inner {
                         format!("queue offset {} does not follow the consume queue's {}", head.queue_offset, cq.max()),
                     ));
                 }
-                // SAFETY: past the published end, under the writer lock.
-                unsafe { w.active.write(w.pos - w.active_base, rec) };
                 cq.put(head.queue_offset, CqEntry { log_offset: w.pos, size: len as u32, tag_hash: info.tag_hash })
                     .map_err(|e| corrupt(w.pos, e.to_string()))?;
                 drop(cq);
