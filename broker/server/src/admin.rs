@@ -30,10 +30,10 @@ pub struct AdminState {
     pub admin_listen: String,
     pub started_ms: u64,
     pub cluster: String,
-    /// Name servers to ask for the cluster view (none: this broker and its replicas).
+    /// Name servers to ask for the cluster view (none: this broker and its replicas), and a
+    /// client for them that keeps its connections.
     pub namesrvs: Vec<String>,
-    /// The CA that name servers' certificates chain to.
-    pub peer_ca: std::path::PathBuf,
+    pub names: Option<Arc<wasmq_client::Cluster>>,
 }
 
 /// The body of a JSON request, or a 400 answer saying what is wrong with it.
@@ -152,8 +152,7 @@ async fn cluster(State(s): State<AdminState>) -> Json<wasmq_admin_types::Cluster
         error: None,
         broker_sets: Vec::new(),
     };
-    if !s.namesrvs.is_empty() {
-        let names = wasmq_client::Cluster::new(s.namesrvs.clone(), s.peer_ca.clone());
+    if let Some(names) = &s.names {
         match names.brokers().await {
             Ok(entries) => {
                 let now = crate::now_ms();
@@ -692,7 +691,7 @@ mod tests {
             started_ms: crate::now_ms(),
             cluster: "c".into(),
             namesrvs: Vec::new(),
-            peer_ca: dir.join("ca.pem"),
+            names: None,
         };
         (router(state), engine)
     }

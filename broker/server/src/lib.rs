@@ -203,7 +203,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
         started_ms,
         cluster: config.cluster.clone(),
         namesrvs: config.namesrv.clone(),
-        peer_ca: config.peer_ca.clone().unwrap_or_else(|| tls::dev_ca_path(&config.data_dir)),
+        names: (!config.namesrv.is_empty()).then(|| {
+            wasmq_client::Cluster::new(config.namesrv.clone(), config.peer_ca.clone().unwrap_or_else(|| tls::dev_ca_path(&config.data_dir)))
+        }),
     };
     tracker.spawn(accept_admin(admin_listener, admin_tls, admin::router(admin_state), shutdown.clone(), tracker.clone()));
     let persist_engine = Arc::clone(&engine);
