@@ -209,8 +209,11 @@ impl Engine {
                 .map_err(|e| EngineError::Load { path: engine.topics_path.clone(), source: std::io::Error::other(e.to_string()) })?;
         }
         engine.recover_parked(&engine.parked_path)?;
-        // Topic retention cuts live in memory: cut again before anything is read.
-        engine.enforce_topic_retention().map_err(|source| EngineError::Load { path: engine.topics_path.clone(), source })?;
+        // Topic retention cuts live in memory: cut again before anything is read (a failure is
+        // retried by the periodic pass; it must not keep the broker from starting).
+        if let Err(e) = engine.enforce_topic_retention() {
+            tracing::warn!(error = %e, "applying topic retention at start failed");
+        }
         Ok(engine)
     }
 

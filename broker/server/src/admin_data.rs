@@ -135,7 +135,7 @@ pub async fn send_message(
     msg.properties.tags = m.tags;
     msg.properties.user = m.properties;
     // As a producer's send: through the topic's routing plugins.
-    let (queue_id, queue_ids, appended) = match crate::conn::store_send(&s.engine, &s.plugins, &topic, m.queue_id, vec![msg], None) {
+    let (queue_id, _, appended) = match crate::conn::store_send(&s.engine, &s.plugins, &topic, m.queue_id, vec![msg], None) {
         Ok(a) => a,
         Err(w) => {
             let status = match w.code {
@@ -158,7 +158,6 @@ pub async fn send_message(
             Ok(wasmq_protocol::SendStatus::SlaveNotAvailable) => "stored on the master; too few slaves connected to wait for",
             Err(e) => return error(500, e.message),
         };
-    let queue_id = queue_ids.first().copied().unwrap_or(queue_id);
     let sent = SentMessage { message_id: id, queue_id, queue_offset: a.queue_offset, log_offset: a.log_offset, status: status.to_owned() };
     (StatusCode::CREATED, Json(sent)).into_response()
 }
