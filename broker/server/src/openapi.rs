@@ -84,7 +84,7 @@ fn endpoints() -> Vec<Endpoint> {
             Some(J(schema::<Vec<(u64, f64)>>)),
         ),
         Endpoint {
-            query: &[("key", "the message key to look for")],
+            query: &[("key", "the message key to look for (at most 256 messages, newest first)")],
             ..ep(
                 "get",
                 "/api/v1/topics/{name}/messages",
@@ -107,7 +107,7 @@ fn endpoints() -> Vec<Endpoint> {
             query: &[
                 ("offset", "first queue offset to read"),
                 ("time", "or: start at the first message stored at or after this time (ms)"),
-                ("count", "how many messages (default 20, at most 100)"),
+                ("count", "how many messages (default 50, at most 256)"),
             ],
             ..ep(
                 "get",
