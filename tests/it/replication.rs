@@ -147,6 +147,20 @@ async fn produce_then_kill(master: Broker, acked: &Acked, run: Duration) -> u64 
     not_ok
 }
 
+/// Waits until process `pid` is stopped (state `T` in `/proc/PID/stat`).
+fn wait_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        if stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T')) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "process {pid} did not stop: {stat}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn sync_replication_loses_nothing_acknowledged_across_master_kills() {
     let cycles: usize = std::env::var("WASMQ_REPLICATION_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
@@ -203,6 +217,9 @@ fn sync_replication_loses_nothing_acknowledged_across_master_kills() {
         let p = Producer::new(master.connect().await, "p").with_retries(0);
         // SAFETY: kill(2) with a pid we own; no memory is passed.
         unsafe { libc::kill(slave.child.id() as i32, libc::SIGSTOP) };
+        // kill(2) returns before the slave has stopped: one already running could still fetch
+        // and acknowledge the next send. Wait until the kernel reports it stopped.
+        wait_stopped(slave.child.id());
         let t = Instant::now();
         let r = p.send("t", OutgoingMessage::new(&b"while the slave is frozen"[..])).await.unwrap();
         assert_eq!(r.status, SendStatus::FlushSlaveTimeout, "after {:?}", t.elapsed());
