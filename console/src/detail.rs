@@ -5,7 +5,7 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 use wasmq_admin_types::{AttachmentView, DeadLetter, QueuePage, SentMessage, TopicDetail};
 
-use crate::{api, error_view, refresh_tick};
+use crate::{api, error_view, polled, refresh_tick};
 
 /// An SVG sparkline of `values` (no scripts, no inline styles: the page's CSP allows neither).
 fn sparkline(values: Vec<f64>) -> impl IntoView {
@@ -23,18 +23,8 @@ fn sparkline(values: Vec<f64>) -> impl IntoView {
 #[component]
 pub fn TopicDetail(topic: String) -> impl IntoView {
     let tick = refresh_tick();
-    let t1 = topic.clone();
-    let detail = LocalResource::new(move || {
-        tick.get();
-        let t = t1.clone();
-        async move { api::get::<TopicDetail>(&format!("/topics/{t}")).await }
-    });
-    let t2 = topic.clone();
-    let rate = LocalResource::new(move || {
-        tick.get();
-        let t = t2.clone();
-        async move { api::get::<Vec<(u64, f64)>>(&format!("/topics/{t}/rate")).await }
-    });
+    let detail = polled::<TopicDetail>(tick, None, format!("/topics/{topic}"));
+    let rate = polled::<Vec<(u64, f64)>>(tick, None, format!("/topics/{topic}/rate"));
     let t5 = topic.clone();
     let plugins = LocalResource::new(move || {
         tick.get();
@@ -136,19 +126,8 @@ pub fn TopicDetail(topic: String) -> impl IntoView {
 pub fn GroupTools(group: String) -> impl IntoView {
     let tick = refresh_tick();
     let (changed, set_changed) = signal(0u32);
-    let g1 = group.clone();
-    let lag = LocalResource::new(move || {
-        tick.get();
-        let g = g1.clone();
-        async move { api::get::<Vec<(u64, u64)>>(&format!("/groups/{g}/lag-history")).await }
-    });
-    let g2 = group.clone();
-    let dlq = LocalResource::new(move || {
-        tick.get();
-        changed.get();
-        let g = g2.clone();
-        async move { api::get::<Vec<DeadLetter>>(&format!("/groups/{g}/dlq")).await }
-    });
+    let lag = polled::<Vec<(u64, u64)>>(tick, None, format!("/groups/{group}/lag-history"));
+    let dlq = polled::<Vec<DeadLetter>>(tick, Some(changed), format!("/groups/{group}/dlq"));
     let (topic, set_topic) = signal(String::new());
     let (to, set_to) = signal("earliest".to_owned());
     let (at, set_at) = signal(String::new());

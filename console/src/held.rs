@@ -4,19 +4,13 @@
 use leptos::prelude::*;
 use wasmq_admin_types::{Scheduled, Transactions};
 
-use crate::{api, error_view, refresh_tick};
+use crate::{api, error_view, polled, refresh_tick};
 
 #[component]
 pub fn Held() -> impl IntoView {
     let tick = refresh_tick();
-    let tx = LocalResource::new(move || {
-        tick.get();
-        api::get::<Transactions>("/transactions")
-    });
-    let scheduled = LocalResource::new(move || {
-        tick.get();
-        api::get::<Scheduled>("/scheduled")
-    });
+    let tx = polled::<Transactions>(tick, None, "/transactions".into());
+    let scheduled = polled::<Scheduled>(tick, None, "/scheduled".into());
     view! {
         <section id="held">
             <h2>"Transactions"</h2>

@@ -38,6 +38,22 @@ fn refresh_tick() -> ReadSignal<u64> {
     tick
 }
 
+/// `GET /api/v1{path}`, loaded again at every `tick` and, if given, every change of `changed`.
+fn polled<T: serde::de::DeserializeOwned + 'static>(
+    tick: ReadSignal<u64>,
+    changed: Option<ReadSignal<u32>>,
+    path: String,
+) -> LocalResource<Result<T, String>> {
+    LocalResource::new(move || {
+        tick.get();
+        if let Some(c) = changed {
+            c.get();
+        }
+        let path = path.clone();
+        async move { api::get::<T>(&path).await }
+    })
+}
+
 /// An error from the API, shown where it happened.
 fn error_view(e: String) -> AnyView {
     view! { <p class="error" role="alert">{e}</p> }.into_any()
@@ -115,18 +131,9 @@ fn Login(set_token: WriteSignal<Option<String>>) -> impl IntoView {
 #[component]
 fn Overview() -> impl IntoView {
     let tick = refresh_tick();
-    let info = LocalResource::new(move || {
-        tick.get();
-        api::get::<BrokerInfo>("/broker")
-    });
-    let cluster = LocalResource::new(move || {
-        tick.get();
-        api::get::<ClusterView>("/cluster")
-    });
-    let replicas = LocalResource::new(move || {
-        tick.get();
-        api::get::<ReplicaStatus>("/replicas")
-    });
+    let info = polled::<BrokerInfo>(tick, None, "/broker".into());
+    let cluster = polled::<ClusterView>(tick, None, "/cluster".into());
+    let replicas = polled::<ReplicaStatus>(tick, None, "/replicas".into());
     let dash = || "-".to_owned();
     view! {
         <section id="overview">
@@ -201,11 +208,7 @@ fn Overview() -> impl IntoView {
 fn Topics() -> impl IntoView {
     let tick = refresh_tick();
     let (changed, set_changed) = signal(0u32);
-    let topics = LocalResource::new(move || {
-        tick.get();
-        changed.get();
-        api::get::<Vec<TopicSummary>>("/topics")
-    });
+    let topics = polled::<Vec<TopicSummary>>(tick, Some(changed), "/topics".into());
     let (name, set_name) = signal(String::new());
     let (queues, set_queues) = signal("8".to_owned());
     let (retention_h, set_retention_h) = signal(String::new());

@@ -6,7 +6,7 @@ use leptos::task::spawn_local;
 use wasm_bindgen::JsCast;
 use wasmq_admin_types::{AttachmentView, PluginDetail, PluginVersion};
 
-use crate::{api, error_view, refresh_tick};
+use crate::{api, error_view, polled, refresh_tick};
 
 /// Where an attachment lives in the API (for detaching).
 fn attachment_path(a: &AttachmentView) -> String {
@@ -20,16 +20,8 @@ fn attachment_path(a: &AttachmentView) -> String {
 pub fn Plugins() -> impl IntoView {
     let tick = refresh_tick();
     let (changed, set_changed) = signal(0u32);
-    let plugins = LocalResource::new(move || {
-        tick.get();
-        changed.get();
-        api::get::<Vec<PluginDetail>>("/plugins")
-    });
-    let attachments = LocalResource::new(move || {
-        tick.get();
-        changed.get();
-        api::get::<Vec<AttachmentView>>("/attachments")
-    });
+    let plugins = polled::<Vec<PluginDetail>>(tick, Some(changed), "/plugins".into());
+    let attachments = polled::<Vec<AttachmentView>>(tick, Some(changed), "/attachments".into());
     let (outcome, set_outcome) = signal(None::<Result<String, String>>);
 
     // Upload: the chosen file is the request body as it is.

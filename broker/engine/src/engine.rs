@@ -252,7 +252,9 @@ impl Engine {
     /// As [`Engine::create_topic`]; a retention of 0.
     pub fn create_topic_with_retention(&self, name: &str, queues: u32, retention_ms: u64) -> Result<TopicConfig, TopicError> {
         if retention_ms == 0 {
-            return Err(TopicError::Invalid("a retention of 0 ms would keep nothing".into()));
+            return Err(TopicError::Invalid(
+                "a retention of 0 ms would keep nothing: give a positive retention_ms, or none for the log's retention".into(),
+            ));
         }
         self.create(name, queues, Some(retention_ms), false)
     }
