@@ -2,7 +2,7 @@
 //! `u32`-count lists. The reader checks every length against what is left before allocating,
 //! so no input makes it panic or allocate more than the frame holds.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Why a body could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,30 +30,41 @@ impl Reader {
         Self { buf }
     }
 
-    fn take(&mut self, what: &'static str, n: usize) -> Result<Bytes, DecodeError> {
+    fn check(&self, what: &'static str, n: usize) -> Result<(), DecodeError> {
         if self.buf.len() < n {
             return Err(DecodeError::Truncated { what, needed: n, left: self.buf.len() });
         }
+        Ok(())
+    }
+
+    /// The next `n` bytes as a view of the frame (shares its buffer).
+    fn take(&mut self, what: &'static str, n: usize) -> Result<Bytes, DecodeError> {
+        self.check(what, n)?;
         Ok(self.buf.split_to(n))
     }
 
+    /// The next `N` bytes, copied (no reference-count traffic on the frame's buffer).
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
+        self.check(what, N)?;
+        let a = self.buf[..N].try_into().expect("checked length");
+        self.buf.advance(N);
+        Ok(a)
+    }
+
     pub fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
-        Ok(self.take(what, 1)?[0])
+        Ok(self.array::<1>(what)?[0])
     }
 
     pub fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
-        let b = self.take(what, 2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
+        Ok(u16::from_le_bytes(self.array(what)?))
     }
 
     pub fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
-        let b = self.take(what, 4)?;
-        Ok(u32::from_le_bytes(b[..].try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(self.array(what)?))
     }
 
     pub fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
-        let b = self.take(what, 8)?;
-        Ok(u64::from_le_bytes(b[..].try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(self.array(what)?))
     }
 
     pub fn bool(&mut self, what: &'static str) -> Result<bool, DecodeError> {
@@ -66,8 +77,10 @@ impl Reader {
 
     pub fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
         let n = usize::from(self.u16(what)?);
-        let b = self.take(what, n)?;
-        String::from_utf8(b.to_vec()).map_err(|_| DecodeError::NotUtf8 { what })
+        self.check(what, n)?;
+        let s = std::str::from_utf8(&self.buf[..n]).map_err(|_| DecodeError::NotUtf8 { what })?.to_owned();
+        self.buf.advance(n);
+        Ok(s)
     }
 
     /// An optional string: a presence byte, then the string.
@@ -91,6 +104,15 @@ impl Reader {
             return Err(DecodeError::Truncated { what, needed: n * item_bytes_min, left: self.buf.len() });
         }
         Ok(n)
+    }
+
+    /// `n` items read by `item` (`n` already checked by [`Reader::count`]), allocated once.
+    pub fn list<T>(&mut self, n: usize, mut item: impl FnMut(&mut Self) -> Result<T, DecodeError>) -> Result<Vec<T>, DecodeError> {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(item(self)?);
+        }
+        Ok(v)
     }
 
     /// Fails if anything is left.

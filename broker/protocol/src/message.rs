@@ -720,7 +720,7 @@ impl Request {
                 let queue_id = r.u32("queue_id")?;
                 let producer_group = r.string("producer_group")?;
                 let n = r.count("messages", BATCH_MESSAGES_MAX, MESSAGE_BYTES_MIN)?;
-                let messages = (0..n).map(|_| get_message(&mut r)).collect::<Result<_, _>>()?;
+                let messages = r.list(n, get_message)?;
                 let transactional = r.bool("transactional")?;
                 let check_after_ms = r.u32("check_after_ms")?;
                 Self::Send(SendRequest { topic, queue_id, producer_group, messages, transactional, check_after_ms })
@@ -925,15 +925,9 @@ impl Response {
             Op::Send => {
                 let queue_id = r.u32("queue_id")?;
                 let n = r.count("results", BATCH_MESSAGES_MAX, 20)?;
-                let results = (0..n)
-                    .map(|_| {
-                        Ok(SendResult {
-                            queue_id: r.u32("queue_id")?,
-                            queue_offset: r.u64("queue_offset")?,
-                            log_offset: r.u64("log_offset")?,
-                        })
-                    })
-                    .collect::<Result<_, _>>()?;
+                let results = r.list(n, |r| {
+                    Ok(SendResult { queue_id: r.u32("queue_id")?, queue_offset: r.u64("queue_offset")?, log_offset: r.u64("log_offset")? })
+                })?;
                 let status = match r.u8("status")? {
                     0 => SendStatus::Ok,
                     1 => SendStatus::FlushSlaveTimeout,
@@ -947,17 +941,15 @@ impl Response {
                 let min_offset = r.u64("min_offset")?;
                 let max_offset = r.u64("max_offset")?;
                 let n = r.count("messages", PULL_MESSAGES_MAX as usize, 28 + MESSAGE_BYTES_MIN)?;
-                let messages = (0..n)
-                    .map(|_| {
-                        Ok(PulledMessage {
-                            queue_offset: r.u64("queue_offset")?,
-                            log_offset: r.u64("log_offset")?,
-                            store_ms: r.u64("store_ms")?,
-                            reconsume_times: r.u32("reconsume_times")?,
-                            message: get_message(&mut r)?,
-                        })
+                let messages = r.list(n, |r| {
+                    Ok(PulledMessage {
+                        queue_offset: r.u64("queue_offset")?,
+                        log_offset: r.u64("log_offset")?,
+                        store_ms: r.u64("store_ms")?,
+                        reconsume_times: r.u32("reconsume_times")?,
+                        message: get_message(r)?,
                     })
-                    .collect::<Result<_, _>>()?;
+                })?;
                 let suggest = match r.u8("suggest")? {
                     0 => ReadFrom::Here,
                     1 => ReadFrom::Slave,

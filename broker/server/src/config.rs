@@ -46,7 +46,7 @@ pub struct RawConfig {
     pub pretouch_segments: Option<bool>,
     /// Full segments behind the active one kept in the page cache (default 2); older flushed
     /// segments' pages are dropped so new segments reuse warm memory. -1: leave it to the kernel.
-    pub cached_segments_behind: Option<i64>,
+    pub cached_bytes_behind: Option<i64>,
     /// A consumer-group member silent this long loses its queues.
     pub group_session_timeout_ms: Option<u64>,
     /// Redelivery delays of sent-back messages, by reconsume count (the last repeats).
@@ -140,8 +140,8 @@ impl RawConfig {
                 "message_bytes_max" => raw.message_bytes_max = Some(num(&v)? as u32),
                 "retention_hours" => raw.retention_hours = Some(num(&v)?),
                 "retention_disk_percent" => raw.retention_disk_percent = Some(num(&v)?),
-                "cached_segments_behind" => {
-                    raw.cached_segments_behind = Some(v.parse().map_err(|_| bad(&key, format!("{v:?} is not a number")))?);
+                "cached_bytes_behind" => {
+                    raw.cached_bytes_behind = Some(v.parse().map_err(|_| bad(&key, format!("{v:?} is not a number")))?);
                 }
                 "pretouch_segments" => {
                     raw.pretouch_segments = Some(v.parse().map_err(|_| bad(&key, format!("{v:?} is not true or false")))?);
@@ -250,11 +250,11 @@ impl TryFrom<RawConfig> for Config {
         if let Some(p) = raw.pretouch_segments {
             store.pretouch_segments = p;
         }
-        match raw.cached_segments_behind {
+        match raw.cached_bytes_behind {
             None => {}
-            Some(-1) => store.cached_segments_behind = None,
+            Some(-1) => store.cached_bytes_behind = None,
             Some(n) => {
-                store.cached_segments_behind = Some(u32::try_from(n).map_err(|_| bad("cached_segments_behind", format!("{n}: -1 or 0..")))?)
+                store.cached_bytes_behind = Some(u64::try_from(n).map_err(|_| bad("cached_bytes_behind", format!("{n}: -1 or 0..")))?)
             }
         }
         match raw.retention_disk_percent {

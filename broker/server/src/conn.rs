@@ -105,6 +105,10 @@ pub async fn serve(tcp: TcpStream, peer: std::net::SocketAddr, acceptor: tokio_r
     let hello_deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let conn_cancel = shared.shutdown.child_token();
     let conn_id = shared.producers.connection_id();
+    // Under async flush and without synchronous replication a send is answered as soon as it
+    // is appended.
+    let answered_at_once =
+        matches!(shared.flush, FlushMode::Async { .. }) && !matches!(shared.replication.mode, crate::replication::Mode::Sync { .. });
     'conn: loop {
         loop {
             match decoder.decode(&mut buf) {
@@ -131,6 +135,17 @@ pub async fn serve(tcp: TcpStream, peer: std::net::SocketAddr, acceptor: tokio_r
                         let (reply, ok) = hello(&shared, frame.request_id, frame.body);
                         hello_done |= ok;
                         if tx.send(reply).await.is_err() || !ok {
+                            break 'conn;
+                        }
+                        continue;
+                    }
+                    if answered_at_once && frame.code == Op::Send as u16 {
+                        // Nothing to wait for: handled here, in order, without a task of its own
+                        // (a spawned task per send costs a wakeup of another worker).
+                        let one_way = frame.request_id == 0;
+                        let reply = handle(&shared, frame, &ConnCtx { id: conn_id, tx: &tx, cancel: &conn_cancel }).await;
+                        drop(permit);
+                        if !one_way && tx.send(reply).await.is_err() {
                             break 'conn;
                         }
                         continue;

@@ -11,6 +11,8 @@ use crate::record::{FILLER_BYTES_MIN, RECORD_OVERHEAD_MAX};
 pub const SEGMENT_BYTES_MAX: u64 = 16 << 30;
 /// Smallest segment size (tests use it so roll-over happens often).
 pub const SEGMENT_BYTES_MIN: u64 = 1 << 20;
+/// Default bytes of flushed log kept in the page cache behind the write position.
+const CACHED_BYTES_BEHIND_DEFAULT: u64 = 2 << 30;
 /// Default commit-log segment size, as RocketMQ.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 1 << 30;
 /// Default largest message body, as RocketMQ's `maxMessageSize`.
@@ -63,14 +65,15 @@ pub struct StoreConfig {
     /// that a machine shared with clients does not have to spare; on one with idle cores it can
     /// still take page allocation off the writer's path.
     pub pretouch_segments: bool,
-    /// How many full segments behind the active one stay in the page cache; older ones have
-    /// their pages dropped once flushed (`None`: leave it all to the kernel).
-    pub cached_segments_behind: Option<u32>,
+    /// How many bytes of the flushed log behind the write position stay in the page cache;
+    /// older pages are dropped, in steps of 16 MiB, so that the next appends reuse them while
+    /// they are warm (`None`: leave it all to the kernel).
+    pub cached_bytes_behind: Option<u64>,
 }
 
 impl StoreConfig {
     /// Defaults: 1 GiB segments, 4 MiB messages, async flush every 500 ms, checkpoint every
-    /// second, 72 h retention, deletion above 75 % disk use.
+    /// second, 72 h retention, deletion above 75 % disk use, 2 GiB of flushed log kept cached.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
@@ -85,7 +88,7 @@ impl StoreConfig {
             retention_disk_ratio_max: 0.75,
             retention_check_interval: Duration::from_secs(10),
             pretouch_segments: false,
-            cached_segments_behind: Some(2),
+            cached_bytes_behind: Some(CACHED_BYTES_BEHIND_DEFAULT),
         }
     }
 

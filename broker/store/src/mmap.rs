@@ -240,16 +240,24 @@ impl LogFile {
         self.map.flush_range(start as usize, (end - start) as usize)
     }
 
-    /// Lets the kernel drop this segment's pages from memory (they are flushed, so nothing is
-    /// lost): reads fault them back in from the file. Freed page-cache pages are reused warm by
-    /// the next segment, instead of memory the guest must first fetch from its host.
-    pub(crate) fn drop_cache(&self) {
-        // SAFETY: the range is exactly our live mapping. For a shared file mapping,
+    /// Lets the kernel drop the cached pages of `[from, to)` (page-aligned inward), which must
+    /// be flushed, so nothing is lost: reads fault the bytes back in from the file. Freed
+    /// page-cache pages are reused warm by the next appends, instead of memory the guest must
+    /// first fetch from its host.
+    pub(crate) fn drop_cache(&self, from: u64, to: u64) {
+        const PAGE_BYTES: u64 = 4096;
+        let start = from.div_ceil(PAGE_BYTES) * PAGE_BYTES;
+        let end = to.min(self.len()) / PAGE_BYTES * PAGE_BYTES;
+        if start >= end {
+            return;
+        }
+        let len = (end - start) as usize;
+        // SAFETY: the range lies inside our live mapping. For a shared file mapping,
         // MADV_DONTNEED only removes page-table entries: the contents stay in the file and any
         // later access (a reader's view included) sees the same bytes.
-        let rc = unsafe { libc::madvise(self.map.as_mut_ptr().cast(), self.map.len(), libc::MADV_DONTNEED) };
+        let rc = unsafe { libc::madvise(self.map.as_mut_ptr().add(start as usize).cast(), len, libc::MADV_DONTNEED) };
         // SAFETY: plain syscall on our descriptor; no memory is passed.
-        let rc2 = unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let rc2 = unsafe { libc::posix_fadvise(self.file.as_raw_fd(), start as i64, len as i64, libc::POSIX_FADV_DONTNEED) };
         if rc != 0 || rc2 != 0 {
             tracing::debug!(path = %self.path.display(), "could not drop a segment's cached pages");
         }

@@ -43,6 +43,8 @@ const GROUP_GATHER_MAX: Duration = Duration::from_micros(500);
 const SCRATCH_KEEP_BYTES: usize = 4 << 20;
 /// Pages are faulted in this much at a time, so a stop request is seen promptly.
 const POPULATE_STEP_BYTES: u64 = 16 << 20;
+/// Smallest range of the flushed log whose cached pages are dropped at once.
+const DROP_BEHIND_STEP: u64 = 16 << 20;
 /// Most bytes of the log one queue read maps in ahead of its reads.
 const MAP_IN_BYTES_MAX: u64 = 16 << 20;
 /// Most chain entries one index lookup follows (a bound on lookup cost under hash collisions).
@@ -870,9 +872,10 @@ fn record_matches(
         && record::check(b, log_offset).is_ok_and(|h| h.topic == topic && h.queue_id == queue_id && h.queue_offset == queue_offset)
 }
 
-fn index_message(index: &mut Index, m: &NewMessage, log_offset: u64) -> io::Result<()> {
-    if let Some(id) = &m.properties.unique_id {
-        index.add(id_hash(id.as_bytes()), log_offset)?;
+/// Indexes a message by its unique id (`id_hash`, hashed by the caller) and its keys.
+fn index_message(index: &mut Index, m: &NewMessage, id_hash: Option<u64>, log_offset: u64) -> io::Result<()> {
+    if let Some(h) = id_hash {
+        index.add(h, log_offset)?;
     }
     for k in &m.properties.keys {
         index.add(key_hash(&m.topic, k.as_bytes()), log_offset)?;
@@ -1034,7 +1037,10 @@ impl Inner {
     /// new queue or index file is needed), every entry of the batch is taken back, so the
     /// derived data never points at records that were not published.
     fn dispatch_batch(&self, batch: &[NewMessage], queues: &[QueueHandle], placed: &[AppendedMessage]) -> io::Result<()> {
+        let id_hashes: Vec<Option<u64>> =
+            batch.iter().map(|m| m.properties.unique_id.as_deref().map(|id| id_hash(id.as_bytes()))).collect();
         let mut index = lock(&self.index);
+        index.prefetch(id_hashes.iter().flatten().copied());
         let mut undo: Vec<(usize, u64)> = Vec::new();
         let mut result = Ok(());
         for (i, m) in batch.iter().enumerate() {
@@ -1050,7 +1056,7 @@ impl Inner {
             });
             drop(cq);
             if result.is_ok() {
-                result = index_message(&mut index, m, placed[i].log_offset);
+                result = index_message(&mut index, m, id_hashes[i], placed[i].log_offset);
             }
             if result.is_err() {
                 break;
@@ -1259,22 +1265,26 @@ impl Inner {
         Ok(())
     }
 
-    /// Drops the cached pages of flushed segments more than `cached_segments_behind` behind
-    /// the active one.
+    /// Drops the cached pages of the flushed log more than `cached_bytes_behind` behind the
+    /// flushed position, in steps of at least [`DROP_BEHIND_STEP`] bytes (or a segment): the pages freed are
+    /// reused by the next appends while still warm.
     fn drop_cold_caches(&self) {
-        let Some(keep) = self.config.cached_segments_behind else { return };
+        let Some(keep) = self.config.cached_bytes_behind else { return };
         let seg = self.config.segment_bytes;
-        let active_base = seg_base(self.end.load(Ordering::Acquire), seg);
-        let flushed = self.flushed.load(Ordering::Acquire);
-        let limit = active_base.saturating_sub(u64::from(keep) * seg).min(seg_base(flushed, seg));
+        let limit = self.flushed.load(Ordering::Acquire).saturating_sub(keep);
         let from = self.uncached_below.load(Ordering::Acquire);
-        if limit <= from {
+        if limit < from + DROP_BEHIND_STEP.min(seg) {
             return;
         }
-        let cold: Vec<Arc<LogFile>> =
-            self.segments.read().unwrap_or_else(|e| e.into_inner()).range(from..limit).map(|(_, f)| Arc::clone(f)).collect();
-        for f in cold {
-            f.drop_cache();
+        let cold: Vec<(u64, Arc<LogFile>)> = self
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .range(seg_base(from, seg)..limit)
+            .map(|(&b, f)| (b, Arc::clone(f)))
+            .collect();
+        for (base, f) in cold {
+            f.drop_cache(from.saturating_sub(base), limit - base);
         }
         self.uncached_below.store(limit, Ordering::Release);
     }

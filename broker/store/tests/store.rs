@@ -454,7 +454,7 @@ fn dropping_cold_segment_pages_keeps_every_message_readable() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.flush = FlushMode::Async { interval: Duration::from_millis(5) };
-    cfg.cached_segments_behind = Some(0);
+    cfg.cached_bytes_behind = Some(0);
     let (store, _) = Store::open(cfg).unwrap();
     let written = append_some(&store, 300, 30_000); // about 9 segments
     store.wait_durable(store.end_offset(), Duration::from_secs(5)).unwrap();
