@@ -16,6 +16,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use memmap2::{MmapMut, MmapRaw};
@@ -127,19 +128,29 @@ pub(crate) struct LogFile {
     path: PathBuf,
     file: File,
     map: MmapRaw,
+    /// One bit per [`MAP_CHUNK_BYTES`] chunk that [`LogFile::map_in`] mapped in whole (and
+    /// no drop-behind has unmapped since), so readers do not walk its pages again.
+    mapped: Box<[AtomicU64]>,
+}
+
+/// Granularity of [`LogFile::map_in`]'s bookkeeping.
+const MAP_CHUNK_BYTES: u64 = 2 << 20;
+
+fn chunk_bits(n_bytes: u64) -> Box<[AtomicU64]> {
+    (0..n_bytes.div_ceil(MAP_CHUNK_BYTES).div_ceil(64)).map(|_| AtomicU64::new(0)).collect()
 }
 
 impl LogFile {
     pub(crate) fn create(path: &Path, n_bytes: u64) -> io::Result<Self> {
         let file = create_preallocated(path, n_bytes)?;
         let map = MmapRaw::map_raw(&file)?;
-        Ok(Self { path: path.to_owned(), file, map })
+        Ok(Self { path: path.to_owned(), file, map, mapped: chunk_bits(n_bytes) })
     }
 
     pub(crate) fn open(path: &Path, n_bytes: u64) -> io::Result<Self> {
         let file = open_existing(path, n_bytes)?;
         let map = MmapRaw::map_raw(&file)?;
-        Ok(Self { path: path.to_owned(), file, map })
+        Ok(Self { path: path.to_owned(), file, map, mapped: chunk_bits(n_bytes) })
     }
 
     /// Faults in the pages from `from` up to `to` (bytes from the segment's start) ahead of the
@@ -177,13 +188,35 @@ impl LogFile {
         self.file.write_all_at(data, offset)
     }
 
-    /// Maps the pages of `[from, to)` into the mapping with one call (reading them from the
-    /// file if they are not cached), so a reader about to walk the range does not take a page
-    /// fault per page: appends write through the file, so fresh pages are cached but not yet
-    /// mapped.
-    pub(crate) fn map_in(&self, from: u64, to: u64) {
-        // SAFETY: our own mapping, alive as long as self.
-        unsafe { populate(self.map.as_mut_ptr(), self.map.len(), clamp(from), clamp(to), MADV_POPULATE_READ, &self.path) };
+    /// Maps the pages of `[from, to)` into the mapping (reading them from the file if they are
+    /// not cached), so a reader about to walk the range does not take a page fault per page:
+    /// appends write through the file, so fresh pages are cached but not yet mapped. Works in
+    /// whole 2 MiB chunks below `written` (the segment's published end), each mapped in once:
+    /// readers of different queues walk overlapping spans of the log, and asking the kernel
+    /// again for pages already mapped cost as much as the first time.
+    pub(crate) fn map_in(&self, from: u64, to: u64, written: u64) {
+        let populate_range = |a: u64, b: u64| {
+            // SAFETY: our own mapping, alive as long as self.
+            unsafe { populate(self.map.as_mut_ptr(), self.map.len(), clamp(a), clamp(b), MADV_POPULATE_READ, &self.path) };
+        };
+        let to = to.min(written).min(self.len());
+        if from >= to {
+            return;
+        }
+        for chunk in from / MAP_CHUNK_BYTES..=(to - 1) / MAP_CHUNK_BYTES {
+            let (word, bit) = (&self.mapped[(chunk / 64) as usize], 1u64 << (chunk % 64));
+            if word.load(Ordering::Relaxed) & bit != 0 {
+                continue;
+            }
+            let (start, end) = (chunk * MAP_CHUNK_BYTES, (chunk + 1) * MAP_CHUNK_BYTES);
+            if end <= written {
+                populate_range(start, end);
+                word.fetch_or(bit, Ordering::Relaxed);
+            } else {
+                // The chunk is still being written: map in just what is asked.
+                populate_range(from.max(start), to);
+            }
+        }
     }
 
     /// A mutable view of `[offset, offset + len)` for encoding a record in place.
@@ -252,6 +285,9 @@ impl LogFile {
             return;
         }
         let len = (end - start) as usize;
+        for chunk in start / MAP_CHUNK_BYTES..=(end - 1) / MAP_CHUNK_BYTES {
+            self.mapped[(chunk / 64) as usize].fetch_and(!(1u64 << (chunk % 64)), Ordering::Relaxed);
+        }
         // SAFETY: the range lies inside our live mapping. For a shared file mapping,
         // MADV_DONTNEED only removes page-table entries: the contents stay in the file and any
         // later access (a reader's view included) sees the same bytes.

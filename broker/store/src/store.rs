@@ -1488,7 +1488,7 @@ impl Inner {
                 .min(end)
                 .min(base + self.config.segment_bytes)
                 .min(first.log_offset + MAP_IN_BYTES_MAX);
-            file.map_in(first.log_offset - base, to.saturating_sub(base));
+            file.map_in(first.log_offset - base, to.saturating_sub(base), end.saturating_sub(base));
         }
         let mut messages = Vec::with_capacity(entries.len());
         let mut n_bytes = 0usize;
