@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use wasmq_protocol::{
-    ErrorCode, FRAME_BYTES_MAX, Frame, FrameDecoder, HelloRequest, HelloResponse, Kind, Op, PROTOCOL_VERSION, Request, Response,
+    ErrorCode, FRAME_BYTES_MAX, Frame, FrameDecoder, HelloRequest, HelloResponse, Kind, Op, OutFrame, PROTOCOL_VERSION, Request, Response,
 };
 
 use crate::ClientError;
@@ -56,7 +56,7 @@ pub struct Connection {
 
 #[derive(Debug)]
 struct Inner {
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<OutFrame>,
     pending: Pending,
     next_id: AtomicU32,
     hello: HelloResponse,
@@ -84,25 +84,19 @@ impl Connection {
         tcp.set_nodelay(true).map_err(|e| connect_err(e.to_string()))?;
         let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| connect_err(format!("TLS: {e}")))?;
         let (mut rd, mut wr) = tokio::io::split(tls);
-        let (tx, mut rx) = mpsc::channel::<Frame>(OUTBOUND_FRAMES_MAX);
+        let (tx, mut rx) = mpsc::channel::<OutFrame>(OUTBOUND_FRAMES_MAX);
         let pending: Pending = Arc::default();
         let closed: Arc<Mutex<Option<String>>> = Arc::default();
 
         let closed_w = Arc::clone(&closed);
         tokio::spawn(async move {
-            let mut buf = BytesMut::new();
+            let (mut scratch, mut parts) = (BytesMut::new(), Vec::new());
             while let Some(f) = rx.recv().await {
-                wasmq_protocol::encode_batch(&f, std::iter::from_fn(|| rx.try_recv().ok()), &mut buf);
-                if let Err(e) = async {
-                    wr.write_all(&buf).await?;
-                    wr.flush().await
-                }
-                .await
-                {
+                wasmq_protocol::gather_batch(f, std::iter::from_fn(|| rx.try_recv().ok()), &mut scratch, &mut parts);
+                if let Err(e) = write_parts(&mut wr, &mut parts).await {
                     closed_w.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e.to_string());
                     return;
                 }
-                buf.clear();
             }
             let _ = wr.shutdown().await;
         });
@@ -219,7 +213,7 @@ impl Connection {
         let id = self.next_id();
         let (tx, rx) = oneshot::channel();
         self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
-        let frame = Frame { kind: Kind::Request, request_id: id, code: op as u16, body: req.encode() };
+        let frame = OutFrame { kind: Kind::Request, request_id: id, code: op as u16, parts: req.encode_parts() };
         if self.inner.tx.send(frame).await.is_err() {
             self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             return Err(ClientError::Closed(self.closed().unwrap_or_else(|| "writer stopped".into())));
@@ -248,9 +242,39 @@ impl Connection {
     /// # Errors
     /// A closed connection.
     pub async fn send_one_way(&self, req: Request) -> Result<(), ClientError> {
-        let frame = Frame { kind: Kind::Request, request_id: 0, code: req.op() as u16, body: req.encode() };
+        let frame = OutFrame { kind: Kind::Request, request_id: 0, code: req.op() as u16, parts: req.encode_parts() };
         self.inner.tx.send(frame).await.map_err(|_| ClientError::Closed(self.closed().unwrap_or_else(|| "writer stopped".into())))
     }
+}
+
+/// Writes `parts` in order with vectored writes (the TLS layer copies each slice once, into
+/// its records), then flushes; `parts` is left empty.
+///
+/// # Errors
+/// The socket's.
+pub async fn write_parts<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, parts: &mut Vec<Bytes>) -> std::io::Result<()> {
+    /// Slices handed to one write call.
+    const SLICES_MAX: usize = 64;
+    let mut i = 0;
+    while i < parts.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = parts[i..].iter().take(SLICES_MAX).map(|p| std::io::IoSlice::new(p)).collect();
+        let mut n = w.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let p = &mut parts[i];
+            if n >= p.len() {
+                n -= p.len();
+                i += 1;
+            } else {
+                bytes::Buf::advance(p, n);
+                n = 0;
+            }
+        }
+    }
+    parts.clear();
+    w.flush().await
 }
 
 fn decode_answer(op: Op, f: Frame) -> Result<Response, ClientError> {

@@ -121,10 +121,15 @@ impl Reader {
     }
 }
 
+/// Byte strings at least this long are referenced by [`Writer::shared_bytes`], not copied.
+pub(crate) const SHARED_BYTES_MIN: usize = 512;
+
 /// Writes a body.
 #[derive(Debug, Default)]
 pub struct Writer {
     buf: BytesMut,
+    /// The body's earlier parts, when [`Writer::shared_bytes`] referenced a byte string.
+    parts: Vec<Bytes>,
 }
 
 impl Writer {
@@ -133,7 +138,7 @@ impl Writer {
     }
 
     pub fn with_capacity(n_bytes: usize) -> Self {
-        Self { buf: BytesMut::with_capacity(n_bytes) }
+        Self { buf: BytesMut::with_capacity(n_bytes), parts: Vec::new() }
     }
 
     pub fn u8(&mut self, v: u8) -> &mut Self {
@@ -185,11 +190,41 @@ impl Writer {
         self
     }
 
+    /// As [`Writer::bytes`], but a long byte string becomes a part of its own, shared rather
+    /// than copied (a message body sent from the log's mapping or the producer's buffer).
+    pub fn shared_bytes(&mut self, b: &Bytes) -> &mut Self {
+        if b.len() < SHARED_BYTES_MIN {
+            return self.bytes(b);
+        }
+        self.u32(b.len() as u32);
+        self.parts.push(self.buf.split().freeze());
+        self.parts.push(b.clone());
+        self
+    }
+
     pub fn count(&mut self, n: usize) -> &mut Self {
         self.u32(n as u32)
     }
 
+    /// The body in one buffer (shared parts are copied into it).
     pub fn finish(self) -> Bytes {
-        self.buf.freeze()
+        if self.parts.is_empty() {
+            return self.buf.freeze();
+        }
+        let mut out = BytesMut::with_capacity(self.parts.iter().map(Bytes::len).sum::<usize>() + self.buf.len());
+        for p in &self.parts {
+            out.extend_from_slice(p);
+        }
+        out.extend_from_slice(&self.buf);
+        out.freeze()
+    }
+
+    /// The body as its parts in order, for a vectored write: nothing shared is copied.
+    pub fn finish_parts(self) -> Vec<Bytes> {
+        let mut parts = self.parts;
+        if !self.buf.is_empty() || parts.is_empty() {
+            parts.push(self.buf.freeze());
+        }
+        parts
     }
 }

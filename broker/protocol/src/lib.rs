@@ -17,7 +17,9 @@ mod message;
 
 pub use codec::{DecodeError, Reader, Writer};
 pub use error::ErrorCode;
-pub use frame::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES, Frame, FrameDecoder, FrameError, Kind, WRITE_BATCH_BYTES_MAX, encode_batch};
+pub use frame::{
+    FRAME_BYTES_MAX, FRAME_HEADER_BYTES, Frame, FrameDecoder, FrameError, Kind, OutFrame, WRITE_BATCH_BYTES_MAX, gather_batch,
+};
 pub use message::{
     BATCH_MESSAGES_MAX, BROKERS_MAX, BrokerEntry, BrokerLive, BrokerRoute, CheckTransactionRequest, EndTransactionRequest,
     EndTransactionResponse, GetRouteResponse, GroupCommitRequest, GroupHeartbeatRequest, GroupHeartbeatResponse, GroupLeaveRequest,

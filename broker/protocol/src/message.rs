@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::codec::{DecodeError, Reader, Writer};
+use crate::codec::{DecodeError, Reader, SHARED_BYTES_MIN, Writer};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u16 = 4;
@@ -554,7 +554,7 @@ fn message_bytes_hint(m: &Message) -> usize {
         + m.keys.iter().map(|k| k.len() + 2).sum::<usize>()
         + m.ordering_key.as_ref().map_or(0, String::len)
         + m.properties.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>()
-        + m.body.len()
+        + if m.body.len() < SHARED_BYTES_MIN { m.body.len() } else { 0 }
 }
 
 fn put_message(w: &mut Writer, m: &Message) {
@@ -565,7 +565,7 @@ fn put_message(w: &mut Writer, m: &Message) {
     for (k, v) in &m.properties {
         w.string(k).string(v);
     }
-    w.bytes(&m.body);
+    w.shared_bytes(&m.body);
 }
 
 fn get_message(r: &mut Reader) -> Result<Message, DecodeError> {
@@ -616,7 +616,17 @@ impl Request {
         }
     }
 
+    /// The body in one buffer.
     pub fn encode(&self) -> Bytes {
+        self.write().finish()
+    }
+
+    /// The body in parts: message bodies are referenced, not copied (see [`crate::OutFrame`]).
+    pub fn encode_parts(&self) -> Vec<Bytes> {
+        self.write().finish_parts()
+    }
+
+    fn write(&self) -> Writer {
         let hint = match self {
             Self::Send(s) => 64 + s.topic.len() + s.producer_group.len() + s.messages.iter().map(message_bytes_hint).sum::<usize>(),
             _ => 128,
@@ -700,7 +710,7 @@ impl Request {
             }
             Self::GetCluster => {}
         }
-        w.finish()
+        w
     }
 
     /// Decodes a request body for `op`.
@@ -835,7 +845,17 @@ impl Request {
 }
 
 impl Response {
+    /// The body in one buffer.
     pub fn encode(&self) -> Bytes {
+        self.write().finish()
+    }
+
+    /// The body in parts: message bodies are referenced, not copied (see [`crate::OutFrame`]).
+    pub fn encode_parts(&self) -> Vec<Bytes> {
+        self.write().finish_parts()
+    }
+
+    fn write(&self) -> Writer {
         let hint = match self {
             Self::Pull(p) => 64 + p.messages.iter().map(|m| 28 + message_bytes_hint(&m.message)).sum::<usize>(),
             Self::Send(s) => 16 + 20 * s.results.len(),
@@ -854,7 +874,7 @@ impl Response {
                 w.u8(s.status as u8);
             }
             Self::ReplicaFetch(f) => {
-                w.u64(f.start_offset).u64(f.master_end).u64(f.segment_bytes).bytes(&f.bytes);
+                w.u64(f.start_offset).u64(f.master_end).u64(f.segment_bytes).shared_bytes(&f.bytes);
             }
             Self::ReplicaMeta(m) => {
                 w.bytes(m.topics_json.as_bytes()).bytes(m.offsets_json.as_bytes());
@@ -905,7 +925,7 @@ impl Response {
             }
             Self::Empty => {}
         }
-        w.finish()
+        w
     }
 
     /// Decodes the body of a successful response to `op`.
@@ -1049,7 +1069,7 @@ mod tests {
     prop_compose! {
         fn message()(unique_id in s(), tags in proptest::option::of(s()), keys in proptest::collection::vec(s(), 0..3),
                      ordering_key in proptest::option::of(s()), delivery_ms: u64, born_ms: u64, flags: u32,
-                     properties in proptest::collection::vec((s(), s()), 0..3), body in proptest::collection::vec(any::<u8>(), 0..100))
+                     properties in proptest::collection::vec((s(), s()), 0..3), body in proptest::collection::vec(any::<u8>(), 0..1200))
                      -> Message {
             Message { unique_id, tags, keys, ordering_key, delivery_ms, born_ms, flags, properties, body: Bytes::from(body) }
         }
@@ -1238,6 +1258,12 @@ mod tests {
         #[test]
         fn responses_round_trip((op, resp) in response()) {
             prop_assert_eq!(Response::decode(op, resp.encode()).unwrap(), resp);
+        }
+
+        #[test]
+        fn parts_join_to_the_same_body(req in request(), (_op, resp) in response()) {
+            prop_assert_eq!(req.encode_parts().concat(), req.encode().to_vec());
+            prop_assert_eq!(resp.encode_parts().concat(), resp.encode().to_vec());
         }
 
         #[test]

@@ -10,7 +10,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use wasmq_engine::{Decided, Decision, EndOutcome, Engine, Wake};
 use wasmq_protocol::{
-    EndTransactionResponse, ErrorCode, Frame, FrameDecoder, HelloResponse, Kind, OffsetQueryResponse, Op, PROTOCOL_VERSION,
+    EndTransactionResponse, ErrorCode, Frame, FrameDecoder, HelloResponse, Kind, OffsetQueryResponse, Op, OutFrame, PROTOCOL_VERSION,
     PULL_MESSAGES_MAX, PULL_WAIT_MAX_MS, PullResponse, QUEUE_ANY, ReadFrom, Request, Response, RouteResponse, SendResponse, SendResult,
     SendStatus, TxDecision, TxState,
 };
@@ -50,16 +50,16 @@ pub struct Shared {
 /// What a request handler knows of its connection.
 struct ConnCtx<'a> {
     id: u64,
-    tx: &'a mpsc::Sender<Frame>,
+    tx: &'a mpsc::Sender<OutFrame>,
     cancel: &'a CancellationToken,
 }
 
-fn response(request_id: u32, status: u16, body: Bytes) -> Frame {
-    Frame { kind: Kind::Response, request_id, code: status, body }
+fn response(request_id: u32, status: u16, parts: Vec<Bytes>) -> OutFrame {
+    OutFrame { kind: Kind::Response, request_id, code: status, parts }
 }
 
-fn error_frame(request_id: u32, e: &WireError) -> Frame {
-    response(request_id, e.code as u16, wire::error_body(e))
+fn error_frame(request_id: u32, e: &WireError) -> OutFrame {
+    response(request_id, e.code as u16, vec![wire::error_body(e)])
 }
 
 /// Serves one accepted TCP connection until it closes, fails, or the broker shuts down.
@@ -77,17 +77,13 @@ pub async fn serve(tcp: TcpStream, peer: std::net::SocketAddr, acceptor: tokio_r
         }
     };
     let (mut rd, mut wr) = tokio::io::split(tls);
-    let (tx, mut rx) = mpsc::channel::<Frame>(OUTBOUND_FRAMES_MAX);
+    let (tx, mut rx) = mpsc::channel::<OutFrame>(OUTBOUND_FRAMES_MAX);
     let writer = tokio::spawn(async move {
-        let mut buf = BytesMut::new();
+        let (mut scratch, mut parts) = (BytesMut::new(), Vec::new());
         while let Some(f) = rx.recv().await {
-            wasmq_protocol::encode_batch(&f, std::iter::from_fn(|| rx.try_recv().ok()), &mut buf);
-            let write = async {
-                wr.write_all(&buf).await?;
-                wr.flush().await
-            };
-            match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-                Ok(Ok(())) => buf.clear(),
+            wasmq_protocol::gather_batch(f, std::iter::from_fn(|| rx.try_recv().ok()), &mut scratch, &mut parts);
+            match tokio::time::timeout(WRITE_TIMEOUT, wasmq_client::write_parts(&mut wr, &mut parts)).await {
+                Ok(Ok(())) => {}
                 Ok(Err(_)) => return,
                 Err(_) => {
                     tracing::info!(%peer, "client stopped reading; closing the connection");
@@ -196,7 +192,7 @@ pub async fn serve(tcp: TcpStream, peer: std::net::SocketAddr, acceptor: tokio_r
     let _ = writer.await;
 }
 
-fn hello(shared: &Shared, request_id: u32, body: Bytes) -> (Frame, bool) {
+fn hello(shared: &Shared, request_id: u32, body: Bytes) -> (OutFrame, bool) {
     let req = match Request::decode(Op::Hello, body) {
         Ok(Request::Hello(h)) => h,
         Ok(_) => unreachable!("decoded as Hello"),
@@ -216,10 +212,10 @@ fn hello(shared: &Shared, request_id: u32, body: Bytes) -> (Frame, bool) {
         in_flight_max: shared.in_flight_max,
         message_bytes_max: shared.engine.store().config().message_bytes_max,
     });
-    (response(request_id, 0, resp.encode()), true)
+    (response(request_id, 0, resp.encode_parts()), true)
 }
 
-async fn handle(shared: &Shared, frame: Frame, conn: &ConnCtx<'_>) -> Frame {
+async fn handle(shared: &Shared, frame: Frame, conn: &ConnCtx<'_>) -> OutFrame {
     let id = frame.request_id;
     let Some(op) = Op::from_u16(frame.code) else {
         return error_frame(id, &WireError::new(ErrorCode::UnknownOp, format!("unknown op {}", frame.code)));
@@ -229,7 +225,7 @@ async fn handle(shared: &Shared, frame: Frame, conn: &ConnCtx<'_>) -> Frame {
         Err(e) => return error_frame(id, &WireError::new(ErrorCode::Malformed, e.to_string())),
     };
     match dispatch(shared, req, conn).await {
-        Ok(resp) => response(id, 0, resp.encode()),
+        Ok(resp) => response(id, 0, resp.encode_parts()),
         Err(e) => error_frame(id, &e),
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use wasmq_engine::Engine;
-use wasmq_protocol::{CheckTransactionRequest, Frame, Kind, Op, Request};
+use wasmq_protocol::{CheckTransactionRequest, Kind, Op, OutFrame, Request};
 
 /// The longest the scheduler sleeps without looking (a clock step or a missed notification
 /// costs at most this).
@@ -22,7 +22,7 @@ const REWRITE_INTERVAL: Duration = Duration::from_secs(60);
 const CHECK_SEND_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// A producer group's connection: its id and its outbound frames.
-type Member = (u64, mpsc::Sender<Frame>);
+type Member = (u64, mpsc::Sender<OutFrame>);
 
 /// Connections of producer groups, to send check-backs to: any live member may answer.
 #[derive(Debug, Default)]
@@ -39,7 +39,7 @@ impl Producers {
     }
 
     /// Records that connection `conn` belongs to producer `group`; true if it is new there.
-    pub fn register(&self, conn: u64, group: &str, tx: &mpsc::Sender<Frame>) -> bool {
+    pub fn register(&self, conn: u64, group: &str, tx: &mpsc::Sender<OutFrame>) -> bool {
         if group.is_empty() {
             return false;
         }
@@ -102,7 +102,8 @@ pub async fn check_back(engine: Arc<Engine>, producers: Arc<Producers>, tick: Du
                             queue_id: m.queue_id,
                             message: crate::wire::from_store(m).message,
                         });
-                        let frame = Frame { kind: Kind::Request, request_id: 0, code: Op::CheckTransaction as u16, body: req.encode() };
+                        let frame =
+                            OutFrame { kind: Kind::Request, request_id: 0, code: Op::CheckTransaction as u16, parts: req.encode_parts() };
                         // A producer that is not reading is skipped for the rest of the pass.
                         let sent = matches!(tokio::time::timeout(CHECK_SEND_TIMEOUT, tx.send(frame)).await, Ok(Ok(())));
                         if !sent {
