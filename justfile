@@ -40,6 +40,7 @@ bench-store *ARGS:
 bench-broker:
     cargo run --release -p wasmq-cli -- bench produce --duration 10
     cargo run --release -p wasmq-cli -- bench produce --concurrency 4 --duration 10
+    cargo run --release -p wasmq-cli -- bench produce --duration 10 --batch 32
     cargo run --release -p wasmq-cli -- bench consume --concurrency 2
     cargo run --release -p wasmq-cli -- bench e2e --rate 20000 --duration 10
 
