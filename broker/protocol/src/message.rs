@@ -544,7 +544,7 @@ fn put_strings(w: &mut Writer, v: &[String]) {
 
 fn get_strings(r: &mut Reader, what: &'static str) -> Result<Vec<String>, DecodeError> {
     let n = r.count(what, LIST_MAX, 2)?;
-    (0..n).map(|_| r.string(what)).collect()
+    r.list(n, |r| r.string(what))
 }
 
 /// Roughly the encoded size of a message, to size buffers once.
@@ -577,7 +577,7 @@ fn get_message(r: &mut Reader) -> Result<Message, DecodeError> {
     let born_ms = r.u64("born_ms")?;
     let flags = r.u32("flags")?;
     let n = r.count("properties", LIST_MAX, 4)?;
-    let properties = (0..n).map(|_| Ok((r.string("property name")?, r.string("property value")?))).collect::<Result<_, _>>()?;
+    let properties = r.list(n, |r| Ok((r.string("property name")?, r.string("property value")?)))?;
     let body = r.bytes("body")?;
     Ok(Message { unique_id, tags, keys, ordering_key, delivery_ms, born_ms, flags, properties, body })
 }
@@ -769,7 +769,7 @@ impl Request {
                     v => return Err(DecodeError::Invalid { what: "mode", value: u64::from(v) }),
                 };
                 let n = r.count("subscriptions", LIST_MAX, 4)?;
-                let subscriptions = (0..n).map(|_| Ok((r.string("topic")?, r.string("filter")?))).collect::<Result<_, _>>()?;
+                let subscriptions = r.list(n, |r| Ok((r.string("topic")?, r.string("filter")?)))?;
                 Self::GroupHeartbeat(GroupHeartbeatRequest { group, client_id, mode, subscriptions })
             }
             Op::GroupLeave => Self::GroupLeave(GroupLeaveRequest { group: r.string("group")?, client_id: r.string("client_id")? }),
@@ -820,7 +820,7 @@ impl Request {
                 let (cluster, broker_name, broker_id) = (r.string("cluster")?, r.string("broker_name")?, r.u32("broker_id")?);
                 let (addr, admin_addr) = (r.string("addr")?, r.string("admin_addr")?);
                 let n = r.count("topics", TOPICS_PER_BROKER_MAX, 6)?;
-                let topics = (0..n).map(|_| Ok((r.string("topic")?, r.u32("queues")?))).collect::<Result<_, _>>()?;
+                let topics = r.list(n, |r| Ok((r.string("topic")?, r.u32("queues")?)))?;
                 let live = BrokerLive::get(&mut r)?;
                 Self::RegisterBroker(RegisterBrokerRequest { cluster, broker_name, broker_id, addr, admin_addr, topics, live })
             }
@@ -987,7 +987,7 @@ impl Response {
             Op::GroupHeartbeat => {
                 let generation = r.u64("generation")?;
                 let n = r.count("queues", 1 << 16, 6)?;
-                let queues = (0..n).map(|_| Ok((r.string("topic")?, r.u32("queue_id")?))).collect::<Result<_, _>>()?;
+                let queues = r.list(n, |r| Ok((r.string("topic")?, r.u32("queue_id")?)))?;
                 Self::GroupHeartbeat(GroupHeartbeatResponse { generation, queues })
             }
             Op::LockQueue => Self::LockQueue { granted: r.bool("granted")?, expires_in_ms: r.u64("expires_in_ms")? },
@@ -1014,34 +1014,30 @@ impl Response {
             Op::GetRoute => {
                 let topic = r.string("topic")?;
                 let n = r.count("brokers", BROKERS_MAX, 11)?;
-                let brokers = (0..n)
-                    .map(|_| {
-                        Ok(BrokerRoute {
-                            broker_name: r.string("broker_name")?,
-                            queues: r.u32("queues")?,
-                            master: r.opt_string("master")?,
-                            slaves: get_strings(&mut r, "slaves")?,
-                        })
+                let brokers = r.list(n, |r| {
+                    Ok(BrokerRoute {
+                        broker_name: r.string("broker_name")?,
+                        queues: r.u32("queues")?,
+                        master: r.opt_string("master")?,
+                        slaves: get_strings(r, "slaves")?,
                     })
-                    .collect::<Result<_, _>>()?;
+                })?;
                 Self::GetRoute(GetRouteResponse { topic, brokers })
             }
             Op::GetCluster => {
                 let n = r.count("brokers", BROKERS_MAX, 30)?;
-                let all = (0..n)
-                    .map(|_| {
-                        Ok(BrokerEntry {
-                            cluster: r.string("cluster")?,
-                            broker_name: r.string("broker_name")?,
-                            broker_id: r.u32("broker_id")?,
-                            addr: r.string("addr")?,
-                            admin_addr: r.string("admin_addr")?,
-                            topics: r.u32("topics")?,
-                            last_seen_ms_ago: r.u64("last_seen_ms_ago")?,
-                            live: BrokerLive::get(&mut r)?,
-                        })
+                let all = r.list(n, |r| {
+                    Ok(BrokerEntry {
+                        cluster: r.string("cluster")?,
+                        broker_name: r.string("broker_name")?,
+                        broker_id: r.u32("broker_id")?,
+                        addr: r.string("addr")?,
+                        admin_addr: r.string("admin_addr")?,
+                        topics: r.u32("topics")?,
+                        last_seen_ms_ago: r.u64("last_seen_ms_ago")?,
+                        live: BrokerLive::get(r)?,
                     })
-                    .collect::<Result<_, _>>()?;
+                })?;
                 Self::GetCluster(all)
             }
             Op::OffsetCommit
