@@ -16,7 +16,7 @@ mod transaction;
 
 pub use admin::{Admin, Browse};
 pub use cluster::{AVOID_FAILED_BROKER, Cluster, ClusterConsumer, ClusterProducer, ClusterReceipt, ROUTE_REFRESH};
-pub use connection::{Connection, ConnectionOptions, write_parts};
+pub use connection::{Connection, ConnectionOptions, READ_AHEAD_BYTES, read_ahead, write_parts};
 pub use consumer::{PullConsumer, QueueReader};
 pub use error::ClientError;
 pub use group::{ConsumeResult, GroupConsumer, GroupOptions, Handler, StartFrom};

@@ -65,7 +65,7 @@ fn error_frame(request_id: u32, e: &WireError) -> OutFrame {
 /// Serves one accepted TCP connection until it closes, fails, or the broker shuts down.
 pub async fn serve(tcp: TcpStream, peer: std::net::SocketAddr, acceptor: tokio_rustls::TlsAcceptor, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(wasmq_client::read_ahead(tcp))).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "TLS handshake failed (plaintext on the TLS port?)");
