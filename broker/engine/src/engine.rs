@@ -473,7 +473,7 @@ impl Engine {
     /// there is one already (pull again now), or if the queue has too many waiters.
     pub fn wait_for(&self, topic: &str, queue_id: u32, offset: u64, waker: Box<dyn Wake>) -> Option<Box<dyn Wake>> {
         let mut w = lock(&self.waiters);
-        if self.store.queue_bounds(topic, queue_id).1 > offset || self.topic(topic).is_none() {
+        if self.store.is_readable(topic, queue_id, offset) || self.topic(topic).is_none() {
             return Some(waker);
         }
         let list = w.entry((Arc::from(topic), queue_id)).or_default();

@@ -140,16 +140,28 @@ fn chunk_bits(n_bytes: u64) -> Box<[AtomicU64]> {
     (0..n_bytes.div_ceil(MAP_CHUNK_BYTES).div_ceil(64)).map(|_| AtomicU64::new(0)).collect()
 }
 
+/// Turns off the kernel's read-around for faults on `map`: a fault near the end of what has
+/// been written would read ahead a whole `read_ahead_kb` window (8 MiB here) of preallocated,
+/// never-written blocks, zero-filling fresh page-cache pages for ~25 ms inside a reader's or the
+/// appender's call. Reads that want readahead ask for their exact range
+/// ([`LogFile::map_in`]).
+/// `advised` is the mapping's `advise(Advice::Random)`.
+fn no_read_around(advised: io::Result<()>, path: &Path) -> io::Result<()> {
+    advised.map_err(|e| io::Error::new(e.kind(), format!("madvise(MADV_RANDOM) {}: {e}", path.display())))
+}
+
 impl LogFile {
     pub(crate) fn create(path: &Path, n_bytes: u64) -> io::Result<Self> {
         let file = create_preallocated(path, n_bytes)?;
         let map = MmapRaw::map_raw(&file)?;
+        no_read_around(map.advise(memmap2::Advice::Random), path)?;
         Ok(Self { path: path.to_owned(), file, map, mapped: chunk_bits(n_bytes) })
     }
 
     pub(crate) fn open(path: &Path, n_bytes: u64) -> io::Result<Self> {
         let file = open_existing(path, n_bytes)?;
         let map = MmapRaw::map_raw(&file)?;
+        no_read_around(map.advise(memmap2::Advice::Random), path)?;
         Ok(Self { path: path.to_owned(), file, map, mapped: chunk_bits(n_bytes) })
     }
 
@@ -210,6 +222,10 @@ impl LogFile {
             }
             let (start, end) = (chunk * MAP_CHUNK_BYTES, (chunk + 1) * MAP_CHUNK_BYTES);
             if end <= written {
+                // A whole written chunk may have left the page cache: read it in with large
+                // reads (the mapping itself reads around nothing). Cached pages cost a lookup.
+                // SAFETY: plain syscall on our descriptor; no memory is passed.
+                unsafe { libc::posix_fadvise(self.file.as_raw_fd(), start as i64, MAP_CHUNK_BYTES as i64, libc::POSIX_FADV_WILLNEED) };
                 populate_range(start, end);
                 word.fetch_or(bit, Ordering::Relaxed);
             } else {
@@ -348,6 +364,7 @@ impl MutFile {
         // processes with flock), is never truncated while mapped, and all access to the mapping
         // goes through this value, which its owner keeps behind a Mutex.
         let map = unsafe { MmapMut::map_mut(&file)? };
+        no_read_around(map.advise(memmap2::Advice::Random), path)?;
         Ok(Self { path: path.to_owned(), file: Arc::new(file), map })
     }
 

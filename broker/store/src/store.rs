@@ -45,8 +45,10 @@ const SCRATCH_KEEP_BYTES: usize = 4 << 20;
 const POPULATE_STEP_BYTES: u64 = 16 << 20;
 /// Smallest range of the flushed log whose cached pages are dropped at once.
 const DROP_BEHIND_STEP: u64 = 16 << 20;
-/// Most bytes of the log one queue read maps in ahead of its reads.
+/// Most bytes of the log one queue read (or a recovery or replication scan) maps in ahead.
 const MAP_IN_BYTES_MAX: u64 = 16 << 20;
+/// A recovery scan maps in its next span when it gets this close to the end of the last one.
+const SCAN_MAP_MARGIN_BYTES: u64 = 1 << 20;
 /// Most chain entries one index lookup follows (a bound on lookup cost under hash collisions).
 const INDEX_CANDIDATES_MAX: usize = 10_000;
 
@@ -360,8 +362,15 @@ impl Store {
         'segments: while pos < last_base + seg {
             let base = seg_base(pos, seg);
             let Some(file) = segments.get(&base) else { break };
+            let mut mapped_to = 0;
             loop {
                 let rel = pos - base;
+                if rel + SCAN_MAP_MARGIN_BYTES >= mapped_to {
+                    // The mapping reads around nothing (mmap.rs): read the scan's way in ahead.
+                    // A record past `mapped_to` is still read, page by page.
+                    mapped_to = (rel + MAP_IN_BYTES_MAX).min(seg);
+                    file.map_in(rel, mapped_to, seg);
+                }
                 // SAFETY: nothing else has the store yet; the file is ours alone.
                 let rest = unsafe { file.slice(rel, (seg - rel) as usize) };
                 let frame = record::peek(rest, (seg - rel) as usize - FILLER_BYTES_MIN, true);
@@ -580,6 +589,21 @@ impl Store {
         }
         let end = self.inner.end.load(Ordering::Acquire);
         Ok(cq.get(from, max_count).into_iter().take_while(|e| e.log_offset + u64::from(e.size) <= end).collect())
+    }
+
+    /// Whether the message at queue offset `offset` of a queue can be read (it exists and its
+    /// append has been published), for long polls deciding whether to wait.
+    pub fn is_readable(&self, topic: &str, queue_id: u32, offset: u64) -> bool {
+        let Some(cq) = self.inner.queue(topic, queue_id) else { return false };
+        let entry = {
+            let cq = lock(&cq);
+            if offset < cq.min() {
+                return true; // trimmed: a read answers where the queue now begins
+            }
+            cq.entry(offset)
+        };
+        let end = self.inner.end.load(Ordering::Acquire);
+        entry.is_some_and(|e| e.log_offset + u64::from(e.size) <= end)
     }
 
     /// `(min, max)` queue offsets of a queue; `(0, 0)` for a queue never written.
@@ -1492,8 +1516,15 @@ impl Inner {
         }
         let mut messages = Vec::with_capacity(entries.len());
         let mut n_bytes = 0usize;
-        for e in entries {
-            if e.log_offset + u64::from(e.size) > end || (!messages.is_empty() && n_bytes + e.size as usize > max_bytes) {
+        // Entries of a batch still being appended (its consume-queue entries are written before
+        // the log's end is published) are not in the queue yet: the queue ends before them.
+        let mut max = max;
+        for (i, e) in entries.into_iter().enumerate() {
+            if e.log_offset + u64::from(e.size) > end {
+                max = from.max(min) + i as u64;
+                break;
+            }
+            if !messages.is_empty() && n_bytes + e.size as usize > max_bytes {
                 break;
             }
             match self.read(e.log_offset) {
@@ -1549,6 +1580,7 @@ impl Inner {
         let seg = self.config.segment_bytes;
         let limit = (end - base).min(seg);
         let mut rel = from - base;
+        file.map_in(rel, (rel + max_bytes as u64).min(limit), limit);
         while rel < limit {
             // SAFETY: below the published end.
             let rest = unsafe { file.slice(rel, (limit - rel) as usize) };
@@ -1795,5 +1827,33 @@ mod tests {
         assert!(matches!(store.wait_durable(end, Duration::from_secs(1)), Err(FlushError::Failed { .. })));
         assert!(store.close().is_err(), "close reports the failure and keeps the abort marker");
         assert!(dir.path().join("abort").exists());
+    }
+
+    /// A batch's consume-queue entries are written before the log's end is published; a reader
+    /// in between must see the queue end before them, or a long poll takes "messages present but
+    /// unreadable" for a retry queue's messages that are not due and sleeps.
+    #[test]
+    fn entries_of_an_unpublished_append_are_not_in_the_queue_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(StoreConfig::small_for_tests(dir.path())).unwrap();
+        let m = |i| NewMessage { queue_id: 0, ..msg(i) };
+        let first = store.append(&[m(0), m(1)]).unwrap();
+        let second = store.append(&[m(2), m(3)]).unwrap();
+        let (topic, q) = (m(0).topic, 0);
+        // Roll the published end back to between the batches: the state a reader sees while
+        // the second batch is being appended.
+        store.inner.end.store(first.end_offset, Ordering::Release);
+        let read = store.read_queue(&topic, q, 0, 10, 1 << 20).unwrap();
+        assert_eq!((read.messages.len(), read.next_offset, read.max_offset), (2, 2, 2));
+        let read = store.read_queue(&topic, q, 2, 10, 1 << 20).unwrap();
+        assert_eq!((read.messages.len(), read.next_offset, read.max_offset), (0, 2, 2));
+        assert!(store.is_readable(&topic, q, 1));
+        assert!(!store.is_readable(&topic, q, 2));
+        store.inner.end.store(second.end_offset, Ordering::Release);
+        let read = store.read_queue(&topic, q, 2, 10, 1 << 20).unwrap();
+        assert_eq!((read.messages.len(), read.next_offset, read.max_offset), (2, 4, 4));
+        assert!(store.is_readable(&topic, q, 3));
+        assert!(!store.is_readable(&topic, q, 4));
+        assert!(!store.is_readable("no-such-topic", 0, 0));
     }
 }
