@@ -2,8 +2,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -82,12 +81,67 @@ struct Inner {
     limits: Limits,
     cache_dir: Option<PathBuf>,
     compat: String,
-    stop_ticker: Arc<AtomicBool>,
+    ticker: Arc<Ticker>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.stop_ticker.store(true, Ordering::Relaxed);
+        lock(&self.ticker.state).stopped = true;
+        self.ticker.wake.notify_all();
+    }
+}
+
+/// The epoch ticker's state: it advances the engine's epoch every [`TICK`] while any plugin
+/// instance exists (calls' deadlines count ticks) and sleeps otherwise, so a broker without
+/// plugins does not wake a thread a thousand times a second.
+#[derive(Default)]
+pub(crate) struct Ticker {
+    state: Mutex<TickerState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct TickerState {
+    instances: usize,
+    stopped: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Ticker {
+    fn run(&self, engine: &Engine) {
+        loop {
+            {
+                let mut st = lock(&self.state);
+                while st.instances == 0 && !st.stopped {
+                    st = self.wake.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                if st.stopped {
+                    return;
+                }
+            }
+            std::thread::sleep(TICK);
+            engine.increment_epoch();
+        }
+    }
+}
+
+/// Keeps the epoch ticking while it lives (one per plugin instance).
+pub(crate) struct Ticking(Arc<Ticker>);
+
+impl Ticking {
+    pub(crate) fn new(ticker: &Arc<Ticker>) -> Self {
+        lock(&ticker.state).instances += 1;
+        ticker.wake.notify_all();
+        Self(Arc::clone(ticker))
+    }
+}
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        lock(&self.0.state).instances -= 1;
     }
 }
 
@@ -136,15 +190,10 @@ impl Runtime {
         if let Some(d) = &cache_dir {
             std::fs::create_dir_all(d)?;
         }
-        let stop_ticker = Arc::new(AtomicBool::new(false));
-        let (e, stop) = (engine.clone(), stop_ticker.clone());
-        std::thread::Builder::new().name("wasmq-plugin-epoch".into()).spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(TICK);
-                e.increment_epoch();
-            }
-        })?;
-        Ok(Self(Arc::new(Inner { engine, linker, limits, cache_dir, compat, stop_ticker })))
+        let ticker = Arc::new(Ticker::default());
+        let (e, t) = (engine.clone(), Arc::clone(&ticker));
+        std::thread::Builder::new().name("wasmq-plugin-epoch".into()).spawn(move || t.run(&e))?;
+        Ok(Self(Arc::new(Inner { engine, linker, limits, cache_dir, compat, ticker })))
     }
 
     #[must_use]
@@ -154,6 +203,10 @@ impl Runtime {
 
     pub(crate) fn engine(&self) -> &Engine {
         &self.0.engine
+    }
+
+    pub(crate) fn ticker(&self) -> &Arc<Ticker> {
+        &self.0.ticker
     }
 
     /// Validates and compiles a plugin binary (a component, or a core module built with the

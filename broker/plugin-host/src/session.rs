@@ -179,6 +179,8 @@ pub struct Session {
     needs: crate::Fields,
     last_fuel: u64,
     poisoned: bool,
+    /// Call deadlines count epoch ticks: they run while an instance exists.
+    _ticking: crate::runtime::Ticking,
 }
 
 impl std::fmt::Debug for Session {
@@ -192,6 +194,8 @@ const FUEL_START: u64 = u64::MAX / 4;
 impl Session {
     fn instantiate(plugin: &Plugin, counters: Arc<Mutex<BTreeMap<String, u64>>>, capture: bool) -> Result<Self, CallError> {
         let runtime = &plugin.0.runtime;
+        // Before anything runs under an epoch deadline.
+        let ticking = crate::runtime::Ticking::new(runtime.ticker());
         let state = HostState {
             limiter: Limiter { memory_max: runtime.limits().memory_bytes, ..Limiter::default() },
             label: plugin.label().into(),
@@ -213,7 +217,7 @@ impl Session {
             other => other,
         })?;
         let needs = plugin.manifest().needs;
-        Ok(Self { store, world, plugin: plugin.clone(), needs, last_fuel: 0, poisoned: false })
+        Ok(Self { store, world, plugin: plugin.clone(), needs, last_fuel: 0, poisoned: false, _ticking: ticking })
     }
 
     pub(crate) fn describe(plugin: &Plugin) -> Result<Manifest, CallError> {
