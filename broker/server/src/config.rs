@@ -42,10 +42,11 @@ pub struct RawConfig {
     /// Above this disk use (percent), the oldest segments are deleted even if younger than
     /// the retention (default 75).
     pub retention_disk_percent: Option<u64>,
-    /// Fault the next log segment's pages in ahead of the writer (default true).
+    /// Fault the next log segment's pages in ahead of the writer (default false).
     pub pretouch_segments: Option<bool>,
-    /// Full segments behind the active one kept in the page cache (default 2); older flushed
-    /// segments' pages are dropped so new segments reuse warm memory. -1: leave it to the kernel.
+    /// Bytes of flushed log behind the write position kept in the page cache (default 2 GiB);
+    /// older pages are dropped in 16 MiB steps so new appends reuse warm memory. -1: leave it
+    /// to the kernel.
     pub cached_bytes_behind: Option<i64>,
     /// A consumer-group member silent this long loses its queues.
     pub group_session_timeout_ms: Option<u64>,
