@@ -140,12 +140,11 @@ fn chunk_bits(n_bytes: u64) -> Box<[AtomicU64]> {
     (0..n_bytes.div_ceil(MAP_CHUNK_BYTES).div_ceil(64)).map(|_| AtomicU64::new(0)).collect()
 }
 
-/// Turns off the kernel's read-around for faults on `map`: a fault near the end of what has
-/// been written would read ahead a whole `read_ahead_kb` window (8 MiB here) of preallocated,
-/// never-written blocks, zero-filling fresh page-cache pages for ~25 ms inside a reader's or the
-/// appender's call. Reads that want readahead ask for their exact range
-/// ([`LogFile::map_in`]).
-/// `advised` is the mapping's `advise(Advice::Random)`.
+/// Checks a mapping's `advise(Advice::Random)`, which turns off the kernel's read-around for
+/// its faults: a fault near the end of what has been written would read ahead a whole
+/// `read_ahead_kb` window (8 MiB here) of preallocated, never-written blocks, zero-filling
+/// fresh page-cache pages for ~25 ms inside a reader's or the appender's call. Reads that want
+/// readahead ask for their exact range ([`LogFile::map_in`]).
 fn no_read_around(advised: io::Result<()>, path: &Path) -> io::Result<()> {
     advised.map_err(|e| io::Error::new(e.kind(), format!("madvise(MADV_RANDOM) {}: {e}", path.display())))
 }
