@@ -14,7 +14,9 @@ ROUNDS=$1 A=$2 B=$3 MODE=$4
 shift 4
 DEFAULT_CLI="${CARGO_TARGET_DIR:-$PWD/target}/release/wasmq"
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+P=
+# A failed run must not leave its broker holding the port for the next one.
+trap '[ -n "$P" ] && kill "$P" 2>/dev/null; rm -rf "$WORK"' EXIT
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 per_msg() { awk -v c="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", c / hz * 1e6 / n }'; }
 # The client's CPU seconds (user + system) of the last timed run, per message.
@@ -45,5 +47,6 @@ for _ in $(seq 1 "$ROUNDS"); do
       echo "$LABEL $(echo "$oc" | tail -1)  broker $(per_msg $((c2 - c1)) "$n") client $(client_per_msg "$n") us/msg"
     fi
     kill $P; wait $P 2>/dev/null || true
+    P=
   done
 done

@@ -253,7 +253,8 @@ pub const READ_AHEAD_BYTES: usize = 32 << 10;
 
 /// `tcp` behind a read-ahead buffer for the TLS layer, for clients and the broker alike: rustls
 /// reads at most 4 KiB per call, so a 128 KiB batch took some 32 `recv` system calls; now 4
-/// (broker CPU per produced message −12 to −18 %, docs/benchmarks.md). Writes pass through.
+/// (broker CPU per message from one producer −10 to −19 %, docs/benchmarks.md). Writes pass
+/// through.
 pub fn read_ahead(tcp: TcpStream) -> tokio::io::BufReader<TcpStream> {
     tokio::io::BufReader::with_capacity(READ_AHEAD_BYTES, tcp)
 }
