@@ -140,9 +140,27 @@ pub(crate) struct E2e {
     /// Messages per second.
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
+    /// Seconds measured, after the warm-up.
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Seconds sent at the same rate first and left out of the figures (connections, the
+    /// topic's first pages and the consumers' first long polls settle in them).
+    #[arg(long, default_value_t = 1)]
+    warmup: u64,
+    /// Deliveries later than this many ms are counted per 100 ms of send time, to tell
+    /// bursts of late messages from a slow tail.
+    #[arg(long, default_value_t = 5)]
+    late_ms: u64,
 }
+
+/// What `bench e2e` measured: every counted delivery's latency, and the deliveries later than
+/// `--late-ms` per 100 ms window of send time.
+struct E2eResult {
+    latency: Histogram<u64>,
+    late: Vec<u64>,
+}
+
+const LATE_WINDOW_US: u64 = 100_000;
 
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
@@ -176,9 +194,20 @@ pub(crate) async fn run(cli: &Cli, command: &BenchCommand) -> Result<()> {
         }
         BenchCommand::E2e(e) => {
             ensure_topic(cli, &e.topic, e.queues).await?;
-            let h = e2e(cli, e).await?;
+            let E2eResult { latency: h, late } = e2e(cli, e).await?;
+            let windows: Vec<String> = late
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(i, n)| format!("{:.1} s: {n}", (i as u64 * LATE_WINDOW_US) as f64 / 1e6))
+                .collect();
+            let n_late: u64 = late.iter().sum();
+            if !windows.is_empty() {
+                eprintln!("deliveries over {} ms by send time: {}", e.late_ms, windows.join(", "));
+            }
             println!("--- summary ---");
-            println!("e2e at {} msgs/s: {} ({} samples)", e.rate, pct(&h), h.len());
+            println!("e2e at {} msgs/s: {} ({} samples after {} s warm-up)", e.rate, pct(&h), h.len(), e.warmup);
+            println!("late: {n_late} deliveries over {} ms, in {} of {} windows of 100 ms", e.late_ms, windows.len(), e.duration * 10);
         }
         BenchCommand::Plugins(p) => plugins(cli, p).await?,
         BenchCommand::Transactions(t) => transactions(cli, t).await?,
@@ -296,9 +325,10 @@ async fn produce(cli: &Cli, c: &Common) -> Result<(u64, f64, Histogram<u64>)> {
     for t in tasks {
         h.add(t.await?.context("send failed")?)?;
     }
+    // Timed before the progress task ends: it may sleep up to a second more.
+    let secs = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let _ = progress.await;
-    let secs = started.elapsed().as_secs_f64();
     let n = (h.len() * c.batch as u64).min(sent.load(Ordering::Relaxed));
     Ok((n, secs, h))
 }
@@ -368,8 +398,11 @@ async fn consume(cli: &Cli, c: &Common) -> Result<(u64, f64)> {
     Ok((received.load(Ordering::Relaxed), secs))
 }
 
-async fn e2e(cli: &Cli, e: &E2e) -> Result<Histogram<u64>> {
+async fn e2e(cli: &Cli, e: &E2e) -> Result<E2eResult> {
     let origin = Instant::now();
+    // Send time (µs since `origin`) from which deliveries count; set when sending starts.
+    let measure_from = Arc::new(AtomicU64::new(u64::MAX));
+    let late_us = e.late_ms * 1000;
     let consumer = PullConsumer::new(cli.connect().await?);
     let mut starts = Vec::new();
     for q in 0..e.queues {
@@ -379,18 +412,31 @@ async fn e2e(cli: &Cli, e: &E2e) -> Result<Histogram<u64>> {
     let mut readers = Vec::new();
     for q in 0..e.queues {
         let (consumer, stop, topic, mut at) = (consumer.clone(), stop.clone(), e.topic.clone(), starts[q as usize]);
+        let measure_from = Arc::clone(&measure_from);
         readers.push(tokio::spawn(async move {
-            let mut h = histogram();
+            let mut r = E2eResult { latency: histogram(), late: Vec::new() };
             while !stop.load(Ordering::Relaxed) {
                 let p = consumer.pull(&topic, q, at, 256, Duration::from_millis(500)).await?;
                 let now = origin.elapsed().as_micros() as u64;
+                let from = measure_from.load(Ordering::Relaxed);
                 for m in &p.messages {
                     let sent = u64::from_le_bytes(m.message.body[..8].try_into().unwrap_or([0; 8]));
-                    h.saturating_record(now.saturating_sub(sent).max(1));
+                    if sent < from {
+                        continue;
+                    }
+                    let latency = now.saturating_sub(sent).max(1);
+                    r.latency.saturating_record(latency);
+                    if latency > late_us {
+                        let w = ((sent - from) / LATE_WINDOW_US) as usize;
+                        if r.late.len() <= w {
+                            r.late.resize(w + 1, 0);
+                        }
+                        r.late[w] += 1;
+                    }
                 }
                 at = p.next_offset.max(at);
             }
-            Ok::<_, ClientError>(h)
+            Ok::<_, ClientError>(r)
         }));
     }
     // Messages due are sent once per millisecond as one batch (a producer lingering 1 ms), so
@@ -399,7 +445,8 @@ async fn e2e(cli: &Cli, e: &E2e) -> Result<Histogram<u64>> {
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(e.duration);
+    measure_from.store((started - origin).as_micros() as u64 + e.warmup * 1_000_000, Ordering::Relaxed);
+    let deadline = started + Duration::from_secs(e.warmup + e.duration);
     let mut sent = 0u64;
     let mut sends = tokio::task::JoinSet::new();
     while Instant::now() < deadline {
@@ -429,11 +476,18 @@ async fn e2e(cli: &Cli, e: &E2e) -> Result<Histogram<u64>> {
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut h = histogram();
+    let mut total = E2eResult { latency: histogram(), late: Vec::new() };
     for r in readers {
-        h.add(r.await??)?;
+        let r = r.await??;
+        total.latency.add(r.latency)?;
+        if total.late.len() < r.late.len() {
+            total.late.resize(r.late.len(), 0);
+        }
+        for (t, n) in total.late.iter_mut().zip(r.late) {
+            *t += n;
+        }
     }
-    Ok(h)
+    Ok(total)
 }
 
 /// Router on the send path and filter on the delivery path against the same workload without

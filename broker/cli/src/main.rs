@@ -1,5 +1,10 @@
 //! `wasmq`: manage topics, send and consume messages, and benchmark a broker.
 
+/// mimalloc: the client's per-message allocations (ids, messages, frames) cost less than with
+/// glibc's allocator (docs/benchmarks.md). The broker keeps glibc's: its consume path was slower.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod plugin;
 

@@ -257,7 +257,6 @@ impl Producer {
         let key = messages[0].ordering_key.clone();
         let born_ms = now_ms();
         let wire: Vec<Message> = messages.into_iter().map(|m| self.to_wire(m, born_ms)).collect();
-        let ids: Vec<String> = wire.iter().map(|m| m.unique_id.clone()).collect();
         let mut req = Request::Send(SendRequest {
             topic: topic.to_owned(),
             queue_id: 0,
@@ -284,7 +283,7 @@ impl Producer {
                 s.queue_id = queue_id;
             }
             match self.inner.conn.call(&req).await {
-                Ok(Response::Send(r)) => return Ok(receipts(ids, r)),
+                Ok(Response::Send(r)) => return Ok(receipts(req, r)),
                 Ok(_) => return Err(ClientError::Malformed("Send answered with another response".into())),
                 Err(e) => {
                     if matches!(e.code(), Some(ErrorCode::InvalidQueue | ErrorCode::UnknownTopic)) {
@@ -318,7 +317,6 @@ impl Producer {
         }
         let born_ms = now_ms();
         let wire: Vec<Message> = messages.into_iter().map(|m| self.to_wire(m, born_ms)).collect();
-        let ids: Vec<String> = wire.iter().map(|m| m.unique_id.clone()).collect();
         let req = Request::Send(SendRequest {
             topic: topic.to_owned(),
             queue_id,
@@ -328,7 +326,7 @@ impl Producer {
             check_after_ms: 0,
         });
         match self.inner.conn.call(&req).await? {
-            Response::Send(r) => Ok(receipts(ids, r)),
+            Response::Send(r) => Ok(receipts(req, r)),
             _ => Err(ClientError::Malformed("Send answered with another response".into())),
         }
     }
@@ -366,11 +364,14 @@ impl Producer {
     }
 }
 
-fn receipts(ids: Vec<String>, r: wasmq_protocol::SendResponse) -> Vec<SendReceipt> {
-    ids.into_iter()
+/// The receipts of an answered send: message ids taken from the request (it is not sent again).
+fn receipts(req: Request, r: wasmq_protocol::SendResponse) -> Vec<SendReceipt> {
+    let Request::Send(sent) = req else { unreachable!("receipts are made for Send requests") };
+    sent.messages
+        .into_iter()
         .zip(r.results)
-        .map(|(message_id, s)| SendReceipt {
-            message_id,
+        .map(|(m, s)| SendReceipt {
+            message_id: m.unique_id,
             queue_id: s.queue_id,
             queue_offset: s.queue_offset,
             log_offset: s.log_offset,
