@@ -379,6 +379,14 @@ impl MutFile {
         &mut self.map
     }
 
+    /// Writes `data` at `offset` through the file (`pwrite`): the shared mapping sees it, and
+    /// no page of the mapping becomes writable or dirty.
+    pub(crate) fn write_at(&self, offset: usize, data: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        assert!(offset.checked_add(data.len()).is_some_and(|end| end <= self.map.len()), "write past end of file");
+        self.file.write_all_at(data, offset as u64)
+    }
+
     /// Faults in `[from, to)` (bytes, clamped to the file) in one call, ahead of the stores that
     /// will fill it: one bulk populate costs far less here than a page fault per fresh page.
     pub(crate) fn populate(&mut self, from: usize, to: usize) {

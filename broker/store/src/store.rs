@@ -1063,27 +1063,37 @@ impl Inner {
     fn dispatch_batch(&self, batch: &[NewMessage], queues: &[QueueHandle], placed: &[AppendedMessage]) -> io::Result<()> {
         let id_hashes: Vec<Option<u64>> =
             batch.iter().map(|m| m.properties.unique_id.as_deref().map(|id| id_hash(id.as_bytes()))).collect();
+        // Each queue's entries, in batch order: consecutive queue offsets from its first message's.
+        let mut runs: Vec<(usize, Vec<CqEntry>)> = Vec::new();
+        for (i, m) in batch.iter().enumerate() {
+            let tag_hash = m.properties.tags.as_deref().map_or(0, record::tag_hash);
+            let entry = CqEntry { log_offset: placed[i].log_offset, size: placed[i].record_bytes, tag_hash };
+            match runs.iter_mut().find(|(k, _)| Arc::ptr_eq(&queues[*k], &queues[i])) {
+                Some((_, entries)) => entries.push(entry),
+                None => runs.push((i, vec![entry])),
+            }
+        }
         let mut index = lock(&self.index);
         index.prefetch(id_hashes.iter().flatten().copied());
         let mut undo: Vec<(usize, u64)> = Vec::new();
         let mut result = Ok(());
-        for (i, m) in batch.iter().enumerate() {
-            let tag_hash = m.properties.tags.as_deref().map_or(0, record::tag_hash);
-            let entry = CqEntry { log_offset: placed[i].log_offset, size: placed[i].record_bytes, tag_hash };
-            let mut cq = lock(&queues[i]);
-            if !undo.iter().any(|(k, _)| Arc::ptr_eq(&queues[*k], &queues[i])) {
-                undo.push((i, cq.max()));
-            }
-            result = cq.put(placed[i].queue_offset, entry).map_err(|e| match e {
+        for (k, entries) in &runs {
+            let mut cq = lock(&queues[*k]);
+            undo.push((*k, cq.max()));
+            result = cq.put_run(placed[*k].queue_offset, entries).map_err(|e| match e {
                 PutError::Io(e) => e,
                 PutError::Order(e) => io::Error::other(e),
             });
-            drop(cq);
-            if result.is_ok() {
-                result = index_message(&mut index, m, id_hashes[i], placed[i].log_offset);
-            }
             if result.is_err() {
                 break;
+            }
+        }
+        if result.is_ok() {
+            for (i, m) in batch.iter().enumerate() {
+                result = index_message(&mut index, m, id_hashes[i], placed[i].log_offset);
+                if result.is_err() {
+                    break;
+                }
             }
         }
         if let Err(e) = result {
