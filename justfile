@@ -44,6 +44,11 @@ bench-broker:
     cargo run --release -p wasmq-cli -- bench consume --concurrency 2
     cargo run --release -p wasmq-cli -- bench e2e --rate 20000 --duration 10
 
+# The same against a fresh broker per command (started by the script), plus e2e at 80 k and 100 k.
+bench-broker-fresh:
+    cargo build --release -p wasmq-server -p wasmq-cli
+    bash scripts/bench-broker-fresh.sh
+
 # Plugin cost per message, then throughput with a router and a filter vs without (needs `just run`).
 bench-plugins: plugins
     cargo bench -p wasmq-server --bench plugins
