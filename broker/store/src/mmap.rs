@@ -6,7 +6,8 @@
 //!   published end offset and readers only read bytes below it, so no byte is ever read and
 //!   written at once. Readers get [`Bytes`] views that keep the mapping alive, so a segment that
 //!   retention unlinks stays readable until the last view is dropped.
-//! - [`MutFile`]: a consume-queue or index file owned behind a `Mutex`; plain `&mut [u8]` access.
+//! - [`MutFile`]: a consume-queue or index file owned behind a `Mutex`; plain `&mut [u8]`
+//!   access, or `pwrite` through the file (appends' consume-queue entries).
 //!
 //! Every file is preallocated with `posix_fallocate` before it is mapped, so a full disk is an
 //! `ENOSPC` error when the file is created, never a `SIGBUS` when a page is first written.
