@@ -144,12 +144,7 @@ impl ConsumeQueue {
             return Err(PutError::Order(CqOrderError { expected: self.max, got: q }));
         }
         let (start, i) = self.locate(q);
-        if !self.files.contains_key(&start) {
-            let path = self.dir.join(file_name(start));
-            let f = MutFile::create(&path, self.entries_per_file * CQ_ENTRY_BYTES as u64).map_err(PutError::Io)?;
-            self.files.insert(start, f);
-        }
-        let f = self.files.get_mut(&start).expect("file just ensured");
+        let f = self.file(start).map_err(PutError::Io)?;
         e.write(&mut f.bytes_mut()[i * CQ_ENTRY_BYTES..(i + 1) * CQ_ENTRY_BYTES]);
         if self.dirty.last() != Some(&start) {
             self.dirty.push(start);
@@ -174,16 +169,11 @@ impl ConsumeQueue {
         let mut done = 0usize;
         while done < entries.len() {
             let (start, i) = self.locate(q + done as u64);
-            if !self.files.contains_key(&start) {
-                let path = self.dir.join(file_name(start));
-                let f = MutFile::create(&path, self.entries_per_file * CQ_ENTRY_BYTES as u64).map_err(PutError::Io)?;
-                self.files.insert(start, f);
-            }
             let n = (entries.len() - done).min(self.entries_per_file as usize - i).min(buf.len() / CQ_ENTRY_BYTES);
             for (k, e) in entries[done..done + n].iter().enumerate() {
                 e.write(&mut buf[k * CQ_ENTRY_BYTES..(k + 1) * CQ_ENTRY_BYTES]);
             }
-            let f = self.files.get(&start).expect("file just ensured");
+            let f = self.file(start).map_err(PutError::Io)?;
             f.write_at(i * CQ_ENTRY_BYTES, &buf[..n * CQ_ENTRY_BYTES]).map_err(PutError::Io)?;
             if self.dirty.last() != Some(&start) {
                 self.dirty.push(start);
@@ -193,6 +183,35 @@ impl ConsumeQueue {
             }
             done += n;
             self.max = q + done as u64;
+        }
+        Ok(())
+    }
+
+    /// The file starting at entry `start`, created (preallocated, its directory synced) if
+    /// it does not exist yet.
+    fn file(&mut self, start: u64) -> io::Result<&mut MutFile> {
+        match self.files.entry(start) {
+            std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let path = self.dir.join(file_name(start));
+                Ok(e.insert(MutFile::create(&path, self.entries_per_file * CQ_ENTRY_BYTES as u64)?))
+            }
+        }
+    }
+
+    /// Creates the files the next `n` entries go into, so an append need not create one
+    /// while it holds the store's writer lock (creating a file takes milliseconds: the
+    /// preallocation and the directory's fsync).
+    pub(crate) fn prepare(&mut self, n: usize) -> io::Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let (first, _) = self.locate(self.max);
+        let (last, _) = self.locate(self.max + n as u64 - 1);
+        let mut start = first;
+        while start <= last {
+            self.file(start)?;
+            start += self.entries_per_file;
         }
         Ok(())
     }
@@ -341,6 +360,17 @@ mod tests {
         let q = ConsumeQueue::open(dir.path(), 4).unwrap();
         assert_eq!((q.min(), q.max()), (0, 11));
         assert_eq!(all(&q), expected, "the written entries are in the files");
+        drop(q);
+
+        // Files made ahead of the entries that go into them, and nothing else changes.
+        let mut q = ConsumeQueue::open(dir.path(), 4).unwrap();
+        q.prepare(6).unwrap();
+        assert_eq!((q.min(), q.max()), (0, 11));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 5, "files for entries 11..17 made");
+        assert_eq!(all(&q), expected);
+        q.put_run(11, &(11..17).map(|i| e(i * 100)).collect::<Vec<_>>()).unwrap();
+        assert_eq!(q.get(15, 10).len(), 2);
+        drop(q);
 
         // A run longer than one write's buffer.
         let dir = tempfile::tempdir().unwrap();

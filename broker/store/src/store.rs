@@ -990,6 +990,25 @@ impl Inner {
             };
             queues.push(q);
         }
+        // Make the consume-queue files the batch will fill before taking the writer lock,
+        // under which a new file's creation stalled every append for milliseconds (should
+        // another append fill the queue first, the file is made under the lock as before).
+        let mut counts: Vec<(usize, usize)> = Vec::new();
+        for i in 0..queues.len() {
+            match counts.iter_mut().find(|(k, _)| Arc::ptr_eq(&queues[*k], &queues[i])) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((i, 1)),
+            }
+        }
+        for (k, n) in counts {
+            lock(&queues[k]).prepare(n).map_err(|e| {
+                if e.raw_os_error() == Some(libc::ENOSPC) {
+                    AppendError::DiskFull { what: "a consume-queue file".into() }
+                } else {
+                    AppendError::Io { op: "create consume-queue file", reason: e.to_string().into() }
+                }
+            })?;
+        }
 
         let mut w = lock(&self.writer);
         self.check_writable(&w)?;
