@@ -978,30 +978,34 @@ impl Inner {
         if total + FILLER_BYTES_MIN as u64 > seg {
             return Err(AppendError::BatchTooLarge { n_bytes: total, max: seg - FILLER_BYTES_MIN as u64 });
         }
-        // Resolve each distinct (topic, queue) once per batch.
-        let mut queues: Vec<QueueHandle> = Vec::with_capacity(batch.len());
+        // Group the batch by consume queue once: each distinct (topic, queue) resolved once.
+        let mut groups: Vec<(QueueHandle, Vec<usize>)> = Vec::new();
+        let mut group_of: Vec<usize> = Vec::with_capacity(batch.len());
         for (i, m) in batch.iter().enumerate() {
-            let same = (0..i).rev().take(8).find(|&j| batch[j].queue_id == m.queue_id && batch[j].topic == m.topic);
-            let q = match same {
-                Some(j) => Arc::clone(&queues[j]),
-                None => self
-                    .queue_or_create(&m.topic, m.queue_id)
-                    .map_err(|e| AppendError::Io { op: "create consume queue", reason: e.to_string().into() })?,
+            let same = |g: &usize| {
+                let first = &batch[groups[*g].1[0]];
+                first.queue_id == m.queue_id && first.topic == m.topic
             };
-            queues.push(q);
+            // Consecutive messages usually share a queue: try the last one's group first.
+            let found = group_of.last().copied().filter(same).or_else(|| (0..groups.len()).find(same));
+            let g = match found {
+                Some(g) => g,
+                None => {
+                    let q = self
+                        .queue_or_create(&m.topic, m.queue_id)
+                        .map_err(|e| AppendError::Io { op: "create consume queue", reason: e.to_string().into() })?;
+                    groups.push((q, Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            groups[g].1.push(i);
+            group_of.push(g);
         }
         // Make the consume-queue files the batch will fill before taking the writer lock,
         // under which a new file's creation stalled every append for milliseconds (should
         // another append fill the queue first, the file is made under the lock as before).
-        let mut counts: Vec<(usize, usize)> = Vec::new();
-        for i in 0..queues.len() {
-            match counts.iter_mut().find(|(k, _)| Arc::ptr_eq(&queues[*k], &queues[i])) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((i, 1)),
-            }
-        }
-        for (k, n) in counts {
-            lock(&queues[k]).prepare(n).map_err(|e| {
+        for (q, members) in &groups {
+            lock(q).prepare(members.len()).map_err(|e| {
                 if e.raw_os_error() == Some(libc::ENOSPC) {
                     AppendError::DiskFull { what: "a consume-queue file".into() }
                 } else {
@@ -1018,7 +1022,8 @@ impl Inner {
         let store_ms = self.clock.now_ms().max(w.last_store_ms);
         w.last_store_ms = store_ms;
         let mut out = Vec::with_capacity(batch.len());
-        let mut next_q: Vec<(usize, u64)> = Vec::new();
+        // Messages of one batch may share a queue: each counts on from its queue's current end.
+        let mut next_q: Vec<u64> = groups.iter().map(|(q, _)| lock(q).max()).collect();
         let mut pos = w.pos;
         let mut scratch = std::mem::take(&mut w.scratch);
         // Every byte of [0, total) is overwritten by the encoder, so old contents need no clearing.
@@ -1027,18 +1032,8 @@ impl Inner {
         }
         let mut at = 0usize;
         for (i, m) in batch.iter().enumerate() {
-            // Messages of one batch may share a queue: count on from its current end.
-            let queue_offset = match next_q.iter_mut().find(|(k, _)| Arc::ptr_eq(&queues[*k], &queues[i])) {
-                Some((_, n)) => {
-                    *n += 1;
-                    *n
-                }
-                None => {
-                    let n = lock(&queues[i]).max();
-                    next_q.push((i, n));
-                    n
-                }
-            };
+            let queue_offset = next_q[group_of[i]];
+            next_q[group_of[i]] += 1;
             let p = &props[ranges[i].clone()];
             let len = record::record_bytes(&m.topic, p.len(), m.body.len());
             record::encode_into(&mut scratch[at..at + len], m, p, Placement { log_offset: pos, queue_offset, store_ms });
@@ -1059,7 +1054,7 @@ impl Inner {
         if scratch.capacity() <= SCRATCH_KEEP_BYTES {
             w.scratch = scratch;
         }
-        self.dispatch_batch(batch, &queues, &out).map_err(|e| {
+        self.dispatch_batch(batch, &groups, &out).map_err(|e| {
             if e.raw_os_error() == Some(libc::ENOSPC) {
                 AppendError::DiskFull { what: "a consume-queue or index file".into() }
             } else {
@@ -1079,27 +1074,27 @@ impl Inner {
     /// Writes consume-queue and index entries for a batch. If any fails (a full disk when a
     /// new queue or index file is needed), every entry of the batch is taken back, so the
     /// derived data never points at records that were not published.
-    fn dispatch_batch(&self, batch: &[NewMessage], queues: &[QueueHandle], placed: &[AppendedMessage]) -> io::Result<()> {
+    /// Writes the batch's consume-queue entries (`groups`: each queue with its messages, in
+    /// batch order, whose queue offsets are consecutive) and index entries.
+    fn dispatch_batch(&self, batch: &[NewMessage], groups: &[(QueueHandle, Vec<usize>)], placed: &[AppendedMessage]) -> io::Result<()> {
         let id_hashes: Vec<Option<u64>> =
             batch.iter().map(|m| m.properties.unique_id.as_deref().map(|id| id_hash(id.as_bytes()))).collect();
-        // Each queue's entries, in batch order: consecutive queue offsets from its first message's.
-        let mut runs: Vec<(usize, Vec<CqEntry>)> = Vec::new();
-        for (i, m) in batch.iter().enumerate() {
-            let tag_hash = m.properties.tags.as_deref().map_or(0, record::tag_hash);
-            let entry = CqEntry { log_offset: placed[i].log_offset, size: placed[i].record_bytes, tag_hash };
-            match runs.iter_mut().find(|(k, _)| Arc::ptr_eq(&queues[*k], &queues[i])) {
-                Some((_, entries)) => entries.push(entry),
-                None => runs.push((i, vec![entry])),
-            }
-        }
         let mut index = lock(&self.index);
         index.prefetch(id_hashes.iter().flatten().copied());
-        let mut undo: Vec<(usize, u64)> = Vec::new();
+        let mut undo: Vec<(&QueueHandle, u64)> = Vec::new();
         let mut result = Ok(());
-        for (k, entries) in &runs {
-            let mut cq = lock(&queues[*k]);
-            undo.push((*k, cq.max()));
-            result = cq.put_run(placed[*k].queue_offset, entries).map_err(|e| match e {
+        for (q, members) in groups {
+            let entries: Vec<CqEntry> = members
+                .iter()
+                .map(|&i| CqEntry {
+                    log_offset: placed[i].log_offset,
+                    size: placed[i].record_bytes,
+                    tag_hash: batch[i].properties.tags.as_deref().map_or(0, record::tag_hash),
+                })
+                .collect();
+            let mut cq = lock(q);
+            undo.push((q, cq.max()));
+            result = cq.put_run(placed[members[0]].queue_offset, &entries).map_err(|e| match e {
                 PutError::Io(e) => e,
                 PutError::Order(e) => io::Error::other(e),
             });
@@ -1116,8 +1111,8 @@ impl Inner {
             }
         }
         if let Err(e) = result {
-            for (k, max) in undo {
-                lock(&queues[k]).truncate_to(max)?;
+            for (q, max) in undo {
+                lock(q).truncate_to(max)?;
             }
             index.truncate_from_log(placed[0].log_offset)?;
             return Err(e);
@@ -1856,6 +1851,26 @@ mod tests {
         assert!(matches!(store.wait_durable(end, Duration::from_secs(1)), Err(FlushError::Failed { .. })));
         assert!(store.close().is_err(), "close reports the failure and keeps the abort marker");
         assert!(dir.path().join("abort").exists());
+    }
+
+    /// One batch over interleaved queues and topics: each queue's messages get consecutive
+    /// queue offsets from that queue's end, in batch order, and read back in that order.
+    #[test]
+    fn a_batch_over_interleaved_queues_counts_each_queue_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(StoreConfig::small_for_tests(dir.path())).unwrap();
+        store.append(&[msg(0)]).unwrap(); // queue 0 of "t" starts at 1 below
+        let other = |i| NewMessage { topic: "u".into(), ..msg(i) };
+        let batch = [msg(2), msg(3), other(4), msg(6), msg(5), other(8), msg(7)];
+        let got = store.append(&batch).unwrap();
+        let offsets: Vec<u64> = got.messages.iter().map(|m| m.queue_offset).collect();
+        assert_eq!(offsets, vec![1, 0, 0, 2, 1, 1, 2], "t/0: 1, 2 after msg(0); t/1: 0, 1, 2; u/0: 0, 1");
+        let bodies = |topic: &str, q| -> Vec<u8> {
+            store.read_queue(topic, q, 0, 10, 1 << 20).unwrap().messages.iter().map(|m| m.body[0]).collect()
+        };
+        assert_eq!(bodies("t", 0), vec![0, 2, 6]);
+        assert_eq!(bodies("t", 1), vec![3, 5, 7]);
+        assert_eq!(bodies("u", 0), vec![4, 8]);
     }
 
     /// A batch's consume-queue entries are written before the log's end is published; a reader
