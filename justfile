@@ -44,7 +44,8 @@ bench-broker:
     cargo run --release -p wasmq-cli -- bench consume --concurrency 2
     cargo run --release -p wasmq-cli -- bench e2e --rate 20000 --duration 10
 
-# The same against a fresh broker per command (started by the script), plus e2e at 80 k and 100 k.
+# The same against a fresh broker per command (started by the script), plus e2e at 80 k, 100 k
+# and 20 % of the 1-producer rate.
 bench-broker-fresh:
     cargo build --release -p wasmq-server -p wasmq-cli
     bash scripts/bench-broker-fresh.sh

@@ -7,7 +7,8 @@
 //!   written at once. Readers get [`Bytes`] views that keep the mapping alive, so a segment that
 //!   retention unlinks stays readable until the last view is dropped.
 //! - [`MutFile`]: a consume-queue or index file owned behind a `Mutex`; plain `&mut [u8]`
-//!   access, or `pwrite` through the file (appends' consume-queue entries).
+//!   access, or `pwrite` through the file (appends' consume-queue and index entries, the
+//!   index's slot table).
 //!
 //! Every file is preallocated with `posix_fallocate` before it is mapped, so a full disk is an
 //! `ENOSPC` error when the file is created, never a `SIGBUS` when a page is first written.
@@ -386,13 +387,6 @@ impl MutFile {
         use std::os::unix::fs::FileExt;
         assert!(offset.checked_add(data.len()).is_some_and(|end| end <= self.map.len()), "write past end of file");
         self.file.write_all_at(data, offset as u64)
-    }
-
-    /// Faults in `[from, to)` (bytes, clamped to the file) in one call, ahead of the stores that
-    /// will fill it: one bulk populate costs far less here than a page fault per fresh page.
-    pub(crate) fn populate(&mut self, from: usize, to: usize) {
-        // SAFETY: our own mapping, alive as long as self.
-        unsafe { populate(self.map.as_mut_ptr(), self.map.len(), from, to, MADV_POPULATE_WRITE, &self.path) };
     }
 
     /// A handle for `fdatasync` without holding the owner's lock.

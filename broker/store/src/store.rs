@@ -1477,7 +1477,7 @@ impl Inner {
                 f.sync_data()?;
             }
         }
-        let files = lock(&self.index).take_dirty();
+        let files = lock(&self.index).take_dirty()?;
         for f in files {
             f.sync_data()?;
         }
