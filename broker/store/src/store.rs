@@ -847,7 +847,7 @@ fn lower_thread_priority() {
 /// Under async flush nobody waits for the flusher, so it runs only when nothing else wants the
 /// CPU (`SCHED_IDLE`): its bursts — writing back half a second of appends, some 10 ms of CPU
 /// walking the mappings readers have of those pages — otherwise preempt the connections'
-/// workers on a small machine (e2e p99 at 115 k msgs/s, median of 9 rounds 6.6 → 4.3 ms,
+/// workers on a small machine (e2e p99 at 115 k msgs/s lower in 13 of 14 rounds,
 /// docs/benchmarks.md). A normal thread preempts an idle-class one at once, and the kernel
 /// counts a CPU running only idle-class threads as free when it places a waking thread. If
 /// the machine is saturated for long, the kernel's own writeback takes over at its dirty-page
