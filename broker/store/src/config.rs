@@ -34,7 +34,7 @@ pub enum FlushMode {
     /// An append is durable only once fsynced; concurrent appends share one fsync (group
     /// commit). Waiting longer than `timeout` gives [`crate::FlushError::Timeout`].
     Sync { timeout: Duration },
-    /// The log is fsynced every `interval` by a flusher in the idle scheduling class (it
+    /// The log is fsynced every `interval` by a thread in the idle scheduling class (it
     /// yields to appends and reads; on a machine saturated for long the kernel's own writeback
     /// takes over); a process crash loses nothing (the page cache survives it), a power loss
     /// may lose up to one interval, or more while the machine has no idle CPU.

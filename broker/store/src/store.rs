@@ -513,6 +513,9 @@ impl Store {
         threads.push(spawn("wasmq-store-flush", Inner::run_flusher)?);
         threads.push(spawn("wasmq-store-alloc", Inner::run_allocator)?);
         threads.push(spawn("wasmq-store-retention", Inner::run_retention)?);
+        if matches!(inner.config.flush, FlushMode::Async { .. }) {
+            threads.push(spawn("wasmq-store-writeback", Inner::run_writeback)?);
+        }
         inner.request_spare(end_base + seg);
 
         let report =
@@ -844,14 +847,16 @@ fn lower_thread_priority() {
     }
 }
 
-/// Under async flush nobody waits for the flusher, so it runs only when nothing else wants the
-/// CPU (`SCHED_IDLE`): its bursts — writing back half a second of appends, some 10 ms of CPU
-/// walking the mappings readers have of those pages — otherwise preempt the connections'
-/// workers on a small machine (e2e p99 at 115 k msgs/s lower in 13 of 14 rounds,
-/// docs/benchmarks.md). A normal thread preempts an idle-class one at once, and the kernel
-/// counts a CPU running only idle-class threads as free when it places a waking thread. If
-/// the machine is saturated for long, the kernel's own writeback takes over at its dirty-page
-/// limits. Under sync flush acknowledgements wait for the flusher: it keeps normal priority.
+/// Under async flush the periodic fsync of the log runs on its own thread that runs only when
+/// nothing else wants the CPU (`SCHED_IDLE`): its bursts — writing back half a second of
+/// appends, some 10 ms of CPU walking the mappings readers have of those pages — otherwise
+/// preempt the connections' workers on a small machine (e2e p99 at 115 k msgs/s lower in 13 of
+/// 14 rounds, docs/benchmarks.md). A normal thread preempts an idle-class one at once, and the
+/// kernel counts a CPU running only idle-class threads as free when it places a waking thread.
+/// The thread takes no store lock while it works (an idle-class lock holder would stall the
+/// appenders); the flusher, at normal priority, keeps the checkpoints (which lock the index)
+/// and any flush someone waits for. If the machine is saturated for long, the kernel's own
+/// writeback takes over at its dirty-page limits.
 fn idle_scheduling_class() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: plain syscall on the calling thread (pid 0) with a valid parameter struct.
@@ -1351,7 +1356,8 @@ impl Inner {
         for (base, f) in cold {
             f.drop_cache(from.saturating_sub(base), limit - base);
         }
-        self.uncached_below.store(limit, Ordering::Release);
+        // Flusher and writeback thread may both get here; the mark only moves forward.
+        self.uncached_below.fetch_max(limit, Ordering::AcqRel);
     }
 
     fn fail(&self, what: &str, e: &io::Error) -> Arc<str> {
@@ -1367,9 +1373,6 @@ impl Inner {
             FlushMode::Sync { .. } => (SYNC_FLUSH_POLL, true),
             FlushMode::Async { interval } => (interval, false),
         };
-        if !sync {
-            idle_scheduling_class();
-        }
         let mut last_checkpoint = Instant::now();
         let mut last_group = 0usize;
         let mut st = lock(&self.flush);
@@ -1384,12 +1387,7 @@ impl Inner {
                 st.flusher_idle = true;
                 st = self.flush_cv.wait_timeout(st, wait).unwrap_or_else(|e| e.into_inner()).0;
                 st.flusher_idle = false;
-                if !sync && !st.shutdown {
-                    // Async mode: flush once per interval whether or not anyone waits.
-                    drop(st);
-                    let _ = self.flush_and_notify(self.end.load(Ordering::Acquire));
-                    st = lock(&self.flush);
-                }
+                // Async mode: the writeback thread flushes once per interval.
             } else {
                 let group = st.parked.len() + st.waiters.len();
                 if sync && group < last_group {
@@ -1440,6 +1438,26 @@ impl Inner {
     }
 
     /// Flushes up to `target` and wakes everyone it covered; returns how many that was.
+    /// The writeback thread (async flush only): fsyncs the log once per interval, in the idle
+    /// scheduling class ([`idle_scheduling_class`]), until stopped.
+    fn run_writeback(&self) {
+        let FlushMode::Async { interval } = self.config.flush else { return };
+        idle_scheduling_class();
+        let mut stop = lock(&self.stop);
+        loop {
+            if *stop {
+                return;
+            }
+            stop = self.stop_cv.wait_timeout(stop, interval).unwrap_or_else(|e| e.into_inner()).0;
+            if *stop {
+                return;
+            }
+            drop(stop);
+            let _ = self.flush_and_notify(self.end.load(Ordering::Acquire));
+            stop = lock(&self.stop);
+        }
+    }
+
     fn flush_and_notify(&self, target: u64) -> usize {
         if self.failure.get().is_some() {
             self.fail_waiters();
