@@ -1437,7 +1437,6 @@ impl Inner {
         }
     }
 
-    /// Flushes up to `target` and wakes everyone it covered; returns how many that was.
     /// The writeback thread (async flush only): fsyncs the log once per interval, in the idle
     /// scheduling class ([`idle_scheduling_class`]), until stopped.
     fn run_writeback(&self) {
@@ -1458,6 +1457,7 @@ impl Inner {
         }
     }
 
+    /// Flushes up to `target` and wakes everyone it covered; returns how many that was.
     fn flush_and_notify(&self, target: u64) -> usize {
         if self.failure.get().is_some() {
             self.fail_waiters();
