@@ -389,6 +389,19 @@ impl MutFile {
         self.file.write_all_at(data, offset as u64)
     }
 
+    /// Asks the kernel to bring `[from, to)` into the page cache in the background
+    /// (`POSIX_FADV_WILLNEED`; preallocated, never-written blocks come in as zeros without disk
+    /// reads), so a later large `pwrite` over the range copies into pages that exist instead of
+    /// allocating them inside the write.
+    pub(crate) fn will_need(&self, from: usize, to: usize) {
+        let len = to.min(self.map.len()).saturating_sub(from);
+        // SAFETY: plain syscall on our descriptor; no memory is passed.
+        let rc = unsafe { libc::posix_fadvise(self.file.as_raw_fd(), from as libc::off_t, len as libc::off_t, libc::POSIX_FADV_WILLNEED) };
+        if rc != 0 {
+            tracing::debug!(path = %self.path.display(), "POSIX_FADV_WILLNEED refused");
+        }
+    }
+
     /// A handle for `fdatasync` without holding the owner's lock.
     pub(crate) fn sync_handle(&self) -> Arc<File> {
         Arc::clone(&self.file)
