@@ -83,8 +83,9 @@ pub(crate) struct Index {
     /// The last file's slot table as stored (u32 LE newest entry number + 1 per bucket): the
     /// authority while that file takes entries; its copy in the file is written by `write_table`.
     table: Vec<u8>,
-    /// Whether `table` changed since it was last written.
-    table_dirty: bool,
+    /// Which [`TABLE_PAGE_BYTES`] pages of `table` changed since it was last written: a lightly
+    /// loaded broker rewrites a few pages per checkpoint, not the whole table.
+    table_dirty: Vec<bool>,
     /// Entries of the last file not yet written to it, encoded, from entry number `pending_from`.
     pending: Vec<u8>,
     pending_from: u32,
@@ -117,7 +118,7 @@ impl Index {
             entries_max,
             files: Vec::new(),
             table: Vec::new(),
-            table_dirty: false,
+            table_dirty: Vec::new(),
             pending: Vec::new(),
             pending_from: 0,
             closed: Vec::new(),
@@ -143,6 +144,7 @@ impl Index {
         }
         if let Some(f) = idx.files.last() {
             idx.table = slot_table(&f.file, slots);
+            idx.table_dirty = vec![false; idx.table.len().div_ceil(TABLE_PAGE_BYTES)];
             idx.pending_from = f.count;
         }
         Ok((idx, rebuild_from))
@@ -169,7 +171,7 @@ impl Index {
         self.pending.extend_from_slice(&prev.to_le_bytes());
         f.count += 1;
         slot_set(&mut self.table, slot, f.count);
-        self.table_dirty = true;
+        self.table_dirty[4 * slot / TABLE_PAGE_BYTES] = true;
         self.dirty = true;
         if self.pending.len() >= PENDING_BYTES_MAX {
             self.write_pending()?;
@@ -189,14 +191,22 @@ impl Index {
         Ok(())
     }
 
-    /// Writes the last file's slot table into it (if it changed), with one `pwrite`.
+    /// Writes the changed pages of the last file's slot table into it, one `pwrite` per run of
+    /// changed pages.
     fn write_table(&mut self) -> io::Result<()> {
-        if !self.table_dirty {
-            return Ok(());
+        let mut p = 0;
+        while p < self.table_dirty.len() {
+            if !self.table_dirty[p] {
+                p += 1;
+                continue;
+            }
+            let run = self.table_dirty[p..].iter().take_while(|&&d| d).count();
+            let (from, to) = (p * TABLE_PAGE_BYTES, ((p + run) * TABLE_PAGE_BYTES).min(self.table.len()));
+            let f = self.files.last().expect("a slot table belongs to the last file");
+            f.file.write_at(HEADER_BYTES + from, &self.table[from..to])?;
+            self.table_dirty[p..p + run].fill(false);
+            p += run;
         }
-        let f = self.files.last().expect("a slot table belongs to the last file");
-        f.file.write_at(HEADER_BYTES, &self.table)?;
-        self.table_dirty = false;
         Ok(())
     }
 
@@ -216,13 +226,13 @@ impl Index {
         header[8..12].copy_from_slice(&self.slots.to_le_bytes());
         header[12..16].copy_from_slice(&self.entries_max.to_le_bytes());
         file.write_at(0, &header)?;
-        // The first checkpoint writes the whole slot table (4 MiB by default) under the index
-        // lock: its pages are brought in now, in the background, not allocated inside that
-        // write while appends wait (on this VM fresh memory can come at ~0.1 GB/s).
+        // Under load the first checkpoint writes most of the slot table (4 MiB by default)
+        // under the index lock: its pages are brought in now, in the background, not allocated
+        // inside that write while appends wait (on this VM fresh memory can come at ~0.1 GB/s).
         file.will_need(0, entries_at(self.slots));
         self.files.push(IndexFile { first_log_offset: log_offset, file, count: 0 });
         self.table = vec![0; 4 * self.slots as usize];
-        self.table_dirty = false;
+        self.table_dirty = vec![false; self.table.len().div_ceil(TABLE_PAGE_BYTES)];
         self.pending_from = 0;
         Ok(())
     }
@@ -282,7 +292,7 @@ impl Index {
             }
             // The new last file was closed with its entries and slots written.
             self.table = self.files.last().map(|f| slot_table(&f.file, self.slots)).unwrap_or_default();
-            self.table_dirty = false;
+            self.table_dirty = vec![false; self.table.len().div_ceil(TABLE_PAGE_BYTES)];
             self.pending_from = self.files.last().map_or(0, |f| f.count);
         }
         let Some(k) = self.files.len().checked_sub(1) else { return Ok(()) };
@@ -303,7 +313,7 @@ impl Index {
             }
             slot_set(&mut self.table, slot, n);
         }
-        self.table_dirty = true;
+        self.table_dirty.fill(true);
         // Kept pending entries are written; dropped ones, written or not, are zeroed.
         if keep > self.pending_from {
             let n_bytes = ENTRY_BYTES * (keep - self.pending_from) as usize;
@@ -343,6 +353,9 @@ impl Index {
         Ok(files)
     }
 }
+
+/// Granularity of the slot table's change tracking (one page of the file).
+const TABLE_PAGE_BYTES: usize = 4096;
 
 /// Pending entries written at once by [`Index::add`] (recovery and replicas add many between
 /// writes).

@@ -862,7 +862,7 @@ fn idle_scheduling_class() {
     // SAFETY: plain syscall on the calling thread (pid 0) with a valid parameter struct.
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
     if rc != 0 {
-        tracing::debug!("could not move the flusher to the idle scheduling class");
+        tracing::debug!("could not move the writeback thread to the idle scheduling class");
     }
 }
 
@@ -1093,11 +1093,10 @@ impl Inner {
         Ok(Appended { messages: out, end_offset: pos })
     }
 
-    /// Writes consume-queue and index entries for a batch. If any fails (a full disk when a
-    /// new queue or index file is needed), every entry of the batch is taken back, so the
-    /// derived data never points at records that were not published.
     /// Writes the batch's consume-queue entries (`groups`: each queue with its messages, in
-    /// batch order, whose queue offsets are consecutive) and index entries.
+    /// batch order, whose queue offsets are consecutive) and index entries. If any fails (a
+    /// full disk when a new queue or index file is needed), every entry of the batch is taken
+    /// back, so the derived data never points at records that were not published.
     fn dispatch_batch(&self, batch: &[NewMessage], groups: &[(QueueHandle, Vec<usize>)], placed: &[AppendedMessage]) -> io::Result<()> {
         let id_hashes: Vec<Option<u64>> =
             batch.iter().map(|m| m.properties.unique_id.as_deref().map(|id| id_hash(id.as_bytes()))).collect();
