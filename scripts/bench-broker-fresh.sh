@@ -2,13 +2,16 @@
 # The broker benchmark commands of `just bench-broker`, each against a fresh broker on an empty
 # data directory (so no run reads another's data or inherits its page cache), plus e2e at 80 k
 # and 100 k msgs/s and at 20 % of the first run's 1-producer rate (the issue's "moderate
-# rate"). Prints each command and its summary lines.
+# rate"). Prints each command and its summary lines, and what the disk holding the data wrote
+# meanwhile (this VM's disk swings between ~0.4 and ~1 GB/s, which bounds produce when low).
 #   scripts/bench-broker-fresh.sh [BROKER [CLI]]   (default: the release binaries)
 set -euo pipefail
 DIR="${CARGO_TARGET_DIR:-$PWD/target}/release"
 BROKER=${1:-$DIR/wasmq-broker} CLI=${2:-$DIR/wasmq}
 WORK=$(mktemp -d)
 P=
+DISK=$(basename "$(df --output=source "$WORK" | tail -1)")
+written() { awk -v d="$DISK" '$3 == d { printf "%.0f\n", $10 * 512 }' /proc/diskstats; }
 trap '[ -n "$P" ] && kill "$P" 2>/dev/null; rm -rf "$WORK"' EXIT
 run() {
   rm -rf "$WORK/data"
@@ -20,10 +23,19 @@ run() {
   if [ "$1" = consume ]; then
     "$CLI" "${a[@]}" bench produce --no-ceiling --count 1000000 --duration 60 > /dev/null 2>&1
   fi
-  "$CLI" "${a[@]}" bench "$@" 2>&1 | grep -E "^(TLS ceiling|produce|consume|e2e|late|produced)" | tee -a "$WORK/summary"
+  local w0 t0
+  w0=$(written) t0=$(date +%s.%N)
+  "$CLI" "${a[@]}" bench "$@" 2>&1 | grep -E "^(TLS ceiling|warm-up|produce|consume|e2e|late|produced)" | tee -a "$WORK/summary"
+  awk -v d="$DISK" -v w="$(( $(written) - w0 ))" -v t0="$t0" -v t1="$(date +%s.%N)" \
+    'BEGIN { printf "disk %s: %.0f MB written, %.0f MB/s over the command\n", d, w / 1e6, w / 1e6 / (t1 - t0) }'
   kill "$P"; wait "$P" 2>/dev/null || true
   P=
 }
+probe_disk() {
+  echo "disk $DISK probe: $(dd if=/dev/zero of="$WORK/probe" bs=1M count=1024 conv=fdatasync 2>&1 | awk -F', ' 'END { print $NF }') (1 GiB, fdatasync)"
+  rm -f "$WORK/probe"
+}
+probe_disk
 run produce --duration 10
 run produce --concurrency 4 --duration 10
 run produce --duration 10 --batch 32
@@ -33,3 +45,4 @@ run e2e --rate 80000 --duration 10
 run e2e --rate 100000 --duration 10
 MAX=$(awk '/^produce: / { print $2; exit }' "$WORK/summary")
 run e2e --rate $((MAX / 5 / 1000 * 1000)) --duration 10
+probe_disk

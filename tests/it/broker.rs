@@ -391,3 +391,42 @@ fn console_operations_through_the_cli() {
     assert!(broker.cli(&["group", "resend", "workers", "--all"]).contains("resent 1 dead letters"));
     assert!(broker.cli(&["topic", "describe", "jobs"]).contains("0\t0\t2"), "the message is back on jobs");
 }
+
+/// `bench produce` leaves its warm-up out of the figures: the messages it reports plus the
+/// warm-up's are what the topic holds, less at most what was in flight when the warm-up ended.
+#[test]
+fn bench_produce_counts_only_what_follows_the_warm_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let (batch, in_flight) = (4u64, 2u64);
+    let out = broker.cli(&[
+        "bench",
+        "produce",
+        "--no-ceiling",
+        "--warmup",
+        "1",
+        "--duration",
+        "1",
+        "--queues",
+        "2",
+        "--batch",
+        &batch.to_string(),
+        "--in-flight",
+        &in_flight.to_string(),
+    ]);
+    let number = |prefix: &str| -> u64 {
+        let line = out.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix:?} line in {out}"));
+        line[prefix.len()..].split(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    let (warm, measured) = (number("warm-up: "), number("produced "));
+    assert!(warm > 0 && measured > 0, "{out}");
+    let describe = broker.cli(&["topic", "describe", "bench"]);
+    let stored: u64 = describe
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            (cols.len() >= 3 && cols[0].parse::<u32>().is_ok()).then(|| cols[2].parse::<u64>().unwrap())
+        })
+        .sum();
+    assert!(stored >= warm + measured && stored <= warm + measured + batch * in_flight, "stored {stored}, {out}");
+}
