@@ -3,7 +3,8 @@
 # data directory (so no run reads another's data or inherits its page cache), plus e2e at 80 k
 # and 100 k msgs/s and at 20 % of the first run's 1-producer rate (the issue's "moderate
 # rate"). Prints each command and its summary lines, and what the disk holding the data wrote
-# meanwhile (this VM's disk swings between ~0.4 and ~1 GB/s, which bounds produce when low).
+# meanwhile and a 1 GiB write probe of that disk before and after (on this VM the disk swung
+# between 0.4 and 1.8 GB/s in one morning; when slow it bounds produce).
 #   scripts/bench-broker-fresh.sh [BROKER [CLI]]   (default: the release binaries)
 set -euo pipefail
 DIR="${CARGO_TARGET_DIR:-$PWD/target}/release"
