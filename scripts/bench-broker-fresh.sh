@@ -26,7 +26,7 @@ run() {
   fi
   local w0 t0
   w0=$(written) t0=$(date +%s.%N)
-  "$CLI" "${a[@]}" bench "$@" 2>&1 | grep -E "^(TLS ceiling|warm-up|produce|consume|e2e|late|produced)" | tee -a "$WORK/summary"
+  "$CLI" "${a[@]}" bench "$@" 2>&1 | grep -E "^(TLS ceiling|warm-up|produce|consume|e2e|late|deliveries|produced)" | tee -a "$WORK/summary"
   awk -v d="$DISK" -v w="$(( $(written) - w0 ))" -v t0="$t0" -v t1="$(date +%s.%N)" \
     'BEGIN { printf "disk %s: %.0f MB written, %.0f MB/s over the command\n", d, w / 1e6, w / 1e6 / (t1 - t0) }'
   kill "$P"; wait "$P" 2>/dev/null || true
