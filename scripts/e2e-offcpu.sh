@@ -7,7 +7,7 @@
 # delivery waited on (docs/benchmarks.md, 2026-12-02). Thread names are per process but not
 # unique: the broker's and the client's runtime threads, and tokio's blocking-pool threads,
 # are all `tokio-rt-worker` (the thread id and the user frames tell them apart).
-#   scripts/e2e-offcpu.sh RATE [MIN_MS [BROKER [CLI]]]
+#   scripts/e2e-offcpu.sh RATE [MIN_MS [BROKER [CLI]]]   (KEEP=FILE keeps the recording)
 set -euo pipefail
 RATE=${1:?rate}; MIN_MS=${2:-3}
 DIR="${CARGO_TARGET_DIR:-$PWD/target}/release"
@@ -23,6 +23,7 @@ PERF=$!
 "$CLI" --ca "$WORK/data/tls/ca.pem" --token "$(cat "$WORK/data/admin-token")" bench e2e --rate "$RATE" --duration 10 2>&1 |
   grep -E "^(e2e|late|deliveries)"
 wait "$PERF" || true
+[ -z "${KEEP:-}" ] || cp "$WORK/perf.data" "$KEEP"
 perf script -i "$WORK/perf.data" -F tid,time,trace,ip,sym 2> /dev/null | python3 -c '
 import collections, re, sys
 min_s = float(sys.argv[1]) / 1000
