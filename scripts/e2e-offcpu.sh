@@ -24,6 +24,10 @@ PERF=$!
   grep -E "^(e2e|late|deliveries)"
 wait "$PERF" || true
 [ -z "${KEEP:-}" ] || cp "$WORK/perf.data" "$KEEP"
+# Stop the broker before the next command: an exiting broker releasing its deleted files
+# (truncation, and with a `discard` mount a synchronous discard) shows up in the next trace.
+kill "$P"; wait "$P" 2>/dev/null || true
+P=
 perf script -i "$WORK/perf.data" -F tid,time,trace,ip,sym 2> /dev/null | python3 -c '
 import collections, re, sys
 min_s = float(sys.argv[1]) / 1000
