@@ -116,6 +116,9 @@ pub struct RecoveryReport {
 pub struct RetentionReport {
     pub segments_deleted: usize,
     pub log_min_offset: u64,
+    /// Deleted segments that readers still had mapped after this round: released by a later
+    /// round, once the last reader is done.
+    pub segments_held: usize,
 }
 
 /// What a full verification of the log found.
@@ -171,6 +174,12 @@ struct Inner {
     record_max: usize,
     writer: Mutex<Writer>,
     segments: RwLock<BTreeMap<u64, Arc<LogFile>>>,
+    /// Segments retention deleted while readers still mapped them (a pull response on its way
+    /// holds a view of its segment). Released by a later retention round once the list holds
+    /// the last reference, so that releasing a deleted 1 GiB file — the kernel truncates it
+    /// then, and on a file system mounted with `discard` waits for the discards — runs on the
+    /// retention thread, not on the connection worker that happened to drop the last view.
+    retired: Mutex<Vec<Arc<LogFile>>>,
     /// Published end of the log: every byte below is a complete record or filler.
     end: AtomicU64,
     /// Lowest log offset still stored.
@@ -475,6 +484,7 @@ impl Store {
         let inner = Arc::new(Inner {
             writer: Mutex::new(Writer { scratch: Vec::new(), active, active_base: end_base, pos: end, last_store_ms: 0, closed: false }),
             segments: RwLock::new(segments),
+            retired: Mutex::new(Vec::new()),
             end: AtomicU64::new(end),
             min: AtomicU64::new(min),
             dispatched: AtomicU64::new(end),
@@ -1771,6 +1781,9 @@ impl Inner {
         let seg = self.config.segment_bytes;
         let retention_ms = u64::try_from(self.config.retention.as_millis()).unwrap_or(u64::MAX);
         let mut report = RetentionReport::default();
+        // Nothing can take a new reference to a retired segment (it left `segments`), so a
+        // count of 1 stays 1: released here.
+        lock(&self.retired).retain(|f| Arc::strong_count(f) > 1);
         for _ in 0..RETENTION_SEGMENTS_PER_ROUND_MAX {
             let active_base = seg_base(self.end.load(Ordering::Acquire), seg);
             let (oldest, next) = {
@@ -1797,9 +1810,13 @@ impl Inner {
             if let Some(f) = f {
                 std::fs::remove_file(f.path())?;
                 tracing::info!(base = oldest, expired, over_disk, "retention deleted a segment");
+                if Arc::strong_count(&f) > 1 {
+                    lock(&self.retired).push(f);
+                }
             }
             report.segments_deleted += 1;
         }
+        report.segments_held = lock(&self.retired).len();
         let min = self.min.load(Ordering::Acquire);
         report.log_min_offset = min;
         if report.segments_deleted > 0 {

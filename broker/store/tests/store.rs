@@ -465,3 +465,32 @@ fn dropping_cold_segment_pages_keeps_every_message_readable() {
     }
     assert_eq!(store.verify().unwrap().records, 300);
 }
+
+/// A segment retention deletes while a reader still holds a message from it stays readable
+/// through that message; retention releases it on a later round, once the reader is done.
+#[test]
+fn a_deleted_segment_a_reader_still_holds_is_released_by_a_later_retention_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(FakeDisk::default());
+    let (store, _) = Store::open_with(config(dir.path()), Arc::new(ManualClock::new(1_000_000)), disk.clone()).unwrap();
+    let written = append_some(&store, 100, 30_000); // about 3 segments
+    // Flushed first, so no flush is holding a segment while retention looks.
+    store.wait_durable(written.last().unwrap().1, Duration::from_secs(10)).unwrap();
+    let first = dir.path().join("commitlog").join(format!("{:020}", 0));
+    assert!(first.exists(), "{}", first.display());
+    let held = store.read(written[0].0).unwrap();
+    let body = held.body.clone();
+    drop(held);
+    *disk.0.lock().unwrap() = 0.9;
+    let report = store.enforce_retention().unwrap();
+    assert!(report.segments_deleted >= 2, "{report:?}");
+    assert_eq!(report.segments_held, 1, "only the first segment is still mapped by a reader: {report:?}");
+    assert!(matches!(store.read(written[0].0), Err(ReadError::Trimmed { .. })));
+    assert!(!first.exists(), "the file is gone from the directory");
+    assert_eq!(body.len(), 30_000);
+    assert!(body.iter().all(|b| *b == 0), "the reader's view still reads the message");
+    drop(body);
+    let report = store.enforce_retention().unwrap();
+    assert_eq!(report.segments_held, 0, "released once the reader let go: {report:?}");
+    store.close().unwrap();
+}
