@@ -4,14 +4,36 @@
 # and 100 k msgs/s and at 20 % of the first run's 1-producer rate (the issue's "moderate
 # rate"). Prints each command and its summary lines, and what the disk holding the data wrote
 # meanwhile and a 1 GiB write probe of that disk before and after (on this VM the disk swung
-# between 0.4 and 1.8 GB/s in one morning; when slow it bounds produce).
+# between 0.4 and 1.8 GB/s in one morning; when slow it bounds produce), and the time the
+# hypervisor kept this VM's vCPUs from running ("steal", /proc/stat) during each command, with
+# its longest 100 ms sample: a stall the guest cannot see shows up there.
 #   scripts/bench-broker-fresh.sh [BROKER [CLI]]   (default: the release binaries)
+#   E2E_RUNS=RATE:N scripts/bench-broker-fresh.sh ...   only e2e at RATE msgs/s, N times
 set -euo pipefail
 DIR="${CARGO_TARGET_DIR:-$PWD/target}/release"
 BROKER=${1:-$DIR/wasmq-broker} CLI=${2:-$DIR/wasmq}
 WORK=$(mktemp -d)
 P=
 DISK=$(basename "$(df --output=source "$WORK" | tail -1)")
+# steal and iowait of all CPUs, in ms, from /proc/stat's first line (builtins only: sampled
+# every 100 ms beside the benchmark)
+MS_PER_TICK=$((1000 / $(getconf CLK_TCK)))
+ticks() {
+  local _c _u _n _s _i io _q _sq st _rest
+  read -r _c _u _n _s _i io _q _sq st _rest < /proc/stat
+  echo "$((st * MS_PER_TICK)) $((io * MS_PER_TICK))"
+}
+# samples steal every 100 ms until killed; prints the largest sample, in ms
+steal_sampler() {
+  local prev cur max=0
+  read -r prev _ <<< "$(ticks)"
+  trap 'echo "$max"; exit 0' TERM
+  while sleep 0.1; do
+    read -r cur _ <<< "$(ticks)"
+    [ $((cur - prev)) -gt "$max" ] && max=$((cur - prev))
+    prev=$cur
+  done
+}
 written() { awk -v d="$DISK" '$3 == d { printf "%.0f\n", $10 * 512 }' /proc/diskstats; }
 trap '[ -n "$P" ] && kill "$P" 2>/dev/null; rm -rf "$WORK"' EXIT
 run() {
@@ -24,11 +46,16 @@ run() {
   if [ "$1" = consume ]; then
     "$CLI" "${a[@]}" bench produce --no-ceiling --count 1000000 --duration 60 > /dev/null 2>&1
   fi
-  local w0 t0
-  w0=$(written) t0=$(date +%s.%N)
-  "$CLI" "${a[@]}" bench "$@" 2>&1 | grep -E "^(TLS ceiling|warm-up|produce|consume|e2e|late|deliveries|produced)" | tee -a "$WORK/summary"
+  local w0 t0 k0 k1 sp
+  w0=$(written) t0=$(date +%s.%N) k0=($(ticks))
+  steal_sampler > "$WORK/steal-max" &
+  sp=$!
+  "$CLI" "${a[@]}" bench "$@" 2>&1 | grep -E "^(TLS ceiling|warm-up|produce|consume|e2e|late|deliveries|produced|host steal)" | tee -a "$WORK/summary"
   awk -v d="$DISK" -v w="$(( $(written) - w0 ))" -v t0="$t0" -v t1="$(date +%s.%N)" \
     'BEGIN { printf "disk %s: %.0f MB written, %.0f MB/s over the command\n", d, w / 1e6, w / 1e6 / (t1 - t0) }'
+  k1=($(ticks))
+  kill "$sp"; wait "$sp" 2>/dev/null || true
+  echo "host: steal $((k1[0] - k0[0])) ms (at most $(cat "$WORK/steal-max") ms in a 100 ms sample), iowait $((k1[1] - k0[1])) ms, over the command (2 vCPUs)"
   kill "$P"; wait "$P" 2>/dev/null || true
   P=
 }
@@ -37,6 +64,11 @@ probe_disk() {
   rm -f "$WORK/probe"
 }
 probe_disk
+if [ -n "${E2E_RUNS:-}" ]; then
+  for _ in $(seq 1 "${E2E_RUNS#*:}"); do run e2e --rate "${E2E_RUNS%:*}" --duration 10; done
+  probe_disk
+  exit 0
+fi
 run produce --duration 10
 run produce --concurrency 4 --duration 10
 run produce --duration 10 --batch 32

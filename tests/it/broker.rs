@@ -430,3 +430,23 @@ fn bench_produce_counts_only_what_follows_the_warm_up() {
         .sum();
     assert!(stored >= warm + measured && stored <= warm + measured + batch * in_flight, "stored {stored}, {out}");
 }
+
+/// `bench e2e` through the real broker: every message sent in the measured second is delivered
+/// and counted once, and the host's steal is reported where the system accounts it.
+#[test]
+fn bench_e2e_counts_the_measured_second_and_reports_host_steal() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let rate = 2000u64;
+    let out = broker.cli(&["bench", "e2e", "--rate", &rate.to_string(), "--duration", "1", "--warmup", "1", "--queues", "2"]);
+    let line = out.lines().find(|l| l.starts_with("e2e at ")).unwrap_or_else(|| panic!("no e2e line in {out}"));
+    let samples: u64 =
+        line.split('(').nth(1).and_then(|s| s.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+    // Sends are due by elapsed time and go out once per millisecond tick: a second's worth,
+    // give or take the ticks at its edges.
+    assert!(samples.abs_diff(rate) <= rate / 20, "{samples} samples at {rate} msgs/s: {out}");
+    assert!(out.lines().any(|l| l.starts_with("late: ")), "{out}");
+    let steal_reported = std::fs::read_to_string("/proc/stat")
+        .is_ok_and(|s| s.lines().next().is_some_and(|l| l.starts_with("cpu ") && l.split_whitespace().count() > 8));
+    assert_eq!(out.lines().any(|l| l.starts_with("host steal: ")), steal_reported, "{out}");
+}

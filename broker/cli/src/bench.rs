@@ -159,11 +159,36 @@ pub(crate) struct E2e {
     late_ms: u64,
 }
 
-/// What `bench e2e` measured: every counted delivery's latency, and the deliveries later than
-/// `--late-ms` per 100 ms window of send time.
+/// What `bench e2e` measured: every counted delivery's latency, the deliveries later than
+/// `--late-ms` per 100 ms window of send time, and the host's steal per window (`None` where
+/// the system does not report it).
 struct E2eResult {
     latency: Histogram<u64>,
     late: Vec<u64>,
+    steal_ms: Option<Vec<u64>>,
+}
+
+/// Time the hypervisor ran something else while this machine's CPUs had work ("steal", the
+/// eighth column of `/proc/stat`'s `cpu` line), summed over all CPUs, in ms. On a VM, a stall
+/// no thread of the guest can see shows up here; `None` off Linux or when not reported.
+fn host_steal_ms() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    // SAFETY: sysconf only reads a constant.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    steal_ms_of(&stat, u64::try_from(ticks_per_s).ok().filter(|&t| t > 0)?)
+}
+
+/// `CLOCK_MONOTONIC` (what `Instant` reads on Linux) in seconds.
+fn monotonic_s() -> Option<f64> {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec for the call to fill.
+    (unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) } == 0).then(|| t.tv_sec as f64 + t.tv_nsec as f64 / 1e9)
+}
+
+fn steal_ms_of(proc_stat: &str, ticks_per_s: u64) -> Option<u64> {
+    let line = proc_stat.lines().find(|l| l.starts_with("cpu "))?;
+    let steal: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    Some(steal * 1000 / ticks_per_s)
 }
 
 const LATE_WINDOW_US: u64 = 100_000;
@@ -203,12 +228,21 @@ pub(crate) async fn run(cli: &Cli, command: &BenchCommand) -> Result<()> {
         }
         BenchCommand::E2e(e) => {
             ensure_topic(cli, &e.topic, e.queues).await?;
-            let E2eResult { latency: h, late } = e2e(cli, e).await?;
+            let E2eResult { latency: h, late, steal_ms } = e2e(cli, e).await?;
+            // A window's late deliveries were delayed by whatever happened from their send
+            // time on: its steal and the next window's.
+            let steal_near = |i: usize| steal_ms.as_ref().map(|s| s.get(i).copied().unwrap_or(0) + s.get(i + 1).copied().unwrap_or(0));
             let windows: Vec<String> = late
                 .iter()
                 .enumerate()
                 .filter(|(_, n)| **n > 0)
-                .map(|(i, n)| format!("{:.1} s: {n}", (i as u64 * LATE_WINDOW_US) as f64 / 1e6))
+                .map(|(i, n)| {
+                    let at = (i as u64 * LATE_WINDOW_US) as f64 / 1e6;
+                    match steal_near(i) {
+                        Some(st) if st > 0 => format!("{at:.1} s: {n} (steal {st} ms)"),
+                        _ => format!("{at:.1} s: {n}"),
+                    }
+                })
                 .collect();
             let n_late: u64 = late.iter().sum();
             if !windows.is_empty() {
@@ -217,6 +251,16 @@ pub(crate) async fn run(cli: &Cli, command: &BenchCommand) -> Result<()> {
             println!("--- summary ---");
             println!("e2e at {} msgs/s: {} ({} samples after {} s warm-up)", e.rate, pct(&h), h.len(), e.warmup);
             println!("late: {n_late} deliveries over {} ms, in {} of {} windows of 100 ms", e.late_ms, windows.len(), e.duration * 10);
+            if let Some(steal) = &steal_ms {
+                let with_steal = late.iter().enumerate().filter(|&(i, &n)| n > 0 && steal_near(i).unwrap_or(0) > 0).count();
+                println!(
+                    "host steal: {} ms over the {} s measured (all CPUs), most {} ms in one window; {with_steal} of the {} late windows had steal",
+                    steal.iter().sum::<u64>(),
+                    e.duration,
+                    steal.iter().max().copied().unwrap_or(0),
+                    windows.len()
+                );
+            }
         }
         BenchCommand::Plugins(p) => plugins(cli, p).await?,
         BenchCommand::Transactions(t) => transactions(cli, t).await?,
@@ -442,7 +486,7 @@ async fn e2e(cli: &Cli, e: &E2e) -> Result<E2eResult> {
         let (consumer, stop, topic, mut at) = (consumer.clone(), stop.clone(), e.topic.clone(), starts[q as usize]);
         let measure_from = Arc::clone(&measure_from);
         readers.push(tokio::spawn(async move {
-            let mut r = E2eResult { latency: histogram(), late: Vec::new() };
+            let mut r = E2eResult { latency: histogram(), late: Vec::new(), steal_ms: None };
             while !stop.load(Ordering::Relaxed) {
                 let p = consumer.pull(&topic, q, at, 256, Duration::from_millis(500)).await?;
                 let now = origin.elapsed().as_micros() as u64;
@@ -474,7 +518,29 @@ async fn e2e(cli: &Cli, e: &E2e) -> Result<E2eResult> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let started = Instant::now();
     measure_from.store((started - origin).as_micros() as u64 + e.warmup * 1_000_000, Ordering::Relaxed);
+    if let Some(mono) = monotonic_s() {
+        // Lines the windows up with a trace taken on the same clock (`perf record -k CLOCK_MONOTONIC`).
+        eprintln!("measuring from CLOCK_MONOTONIC {:.6} s", mono - started.elapsed().as_secs_f64() + e.warmup as f64);
+    }
     let deadline = started + Duration::from_secs(e.warmup + e.duration);
+    // Steal per window of the measured seconds, read on the windows' boundaries (a late read
+    // moves steal to the next window, never loses it).
+    let steal = host_steal_ms().is_some().then(|| {
+        let measured_from = started + Duration::from_secs(e.warmup);
+        let windows = (e.duration * 1_000_000).div_ceil(LATE_WINDOW_US);
+        tokio::spawn(async move {
+            let mut per_window = Vec::new();
+            tokio::time::sleep_until(measured_from.into()).await;
+            let mut last = host_steal_ms().unwrap_or(0);
+            for w in 1..=windows {
+                tokio::time::sleep_until((measured_from + Duration::from_micros(w * LATE_WINDOW_US)).into()).await;
+                let now = host_steal_ms().unwrap_or(last);
+                per_window.push(now.saturating_sub(last));
+                last = now;
+            }
+            per_window
+        })
+    });
     let mut sent = 0u64;
     let mut sends = tokio::task::JoinSet::new();
     while Instant::now() < deadline {
@@ -503,7 +569,11 @@ async fn e2e(cli: &Cli, e: &E2e) -> Result<E2eResult> {
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut total = E2eResult { latency: histogram(), late: Vec::new() };
+    let steal_ms = match steal {
+        Some(task) => Some(task.await?),
+        None => None,
+    };
+    let mut total = E2eResult { latency: histogram(), late: Vec::new(), steal_ms };
     for r in readers {
         let r = r.await??;
         total.latency.add(r.latency)?;
@@ -675,4 +745,19 @@ pub(crate) async fn ceiling(bytes: u64) -> Result<f64> {
     let mb = n as f64 / elapsed.as_secs_f64() / 1e6;
     eprintln!("TLS ceiling ({suite}): {mb:.0} MB/s over one loopback connection");
     Ok(mb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::steal_ms_of;
+
+    #[test]
+    fn steal_is_the_eighth_column_of_the_cpu_line_in_ms() {
+        let stat = "cpu  4867798 26698 1583658 5444558 255545 0 133576 92243 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        assert_eq!(steal_ms_of(stat, 100), Some(922_430));
+        assert_eq!(steal_ms_of(stat, 1000), Some(92_243));
+        // A kernel too old to report steal, or no aggregate line: nothing, not a zero.
+        assert_eq!(steal_ms_of("cpu  1 2 3 4 5 6 7\n", 100), None);
+        assert_eq!(steal_ms_of("cpu0 1 2 3 4 5 6 7 8 0 0\n", 100), None);
+    }
 }
