@@ -27,7 +27,7 @@ PERF=$!
 "$CLI" --ca "$WORK/data/tls/ca.pem" --token "$(cat "$WORK/data/admin-token")" bench e2e --rate "$RATE" --duration 10 > "$WORK/bench" 2>&1 &
 CLIENT=$!
 wait "$CLIENT"
-grep -E "^(e2e|late|deliveries|host steal)" "$WORK/bench"
+grep -E "^(e2e|late|deliveries|host steal|measuring)" "$WORK/bench"
 wait "$PERF" || true
 [ -z "${KEEP:-}" ] || cp "$WORK/perf.data" "$KEEP"
 # Stop the broker before the next command: an exiting broker releasing its deleted files
