@@ -63,6 +63,11 @@ probe_disk() {
   echo "disk $DISK probe: $(dd if=/dev/zero of="$WORK/probe" bs=1M count=1024 conv=fdatasync 2>&1 | awk -F', ' 'END { print $NF }') (1 GiB, fdatasync)"
   rm -f "$WORK/probe"
 }
+# A 4-producer run writes ~11 GB: above the broker's disk limit for retention (75 % by
+# default) retention deletes segments while the benchmark runs.
+USE=$(df --output=pcent "$WORK" | tail -1 | tr -dc 0-9)
+echo "disk $DISK use before the set: $USE %"
+[ "$USE" -le 60 ] || echo "warning: over 60 % full; a produce run may cross the retention limit and delete segments as it runs"
 probe_disk
 if [ -n "${E2E_RUNS:-}" ]; then
   for _ in $(seq 1 "${E2E_RUNS#*:}"); do run e2e --rate "${E2E_RUNS%:*}" --duration 10; done
