@@ -13,7 +13,7 @@ set -euo pipefail
 DIR="${CARGO_TARGET_DIR:-$PWD/target}/release"
 BROKER=${1:-$DIR/wasmq-broker} CLI=${2:-$DIR/wasmq}
 WORK=$(mktemp -d)
-P=
+P= SP=
 DISK=$(basename "$(df --output=source "$WORK" | tail -1)")
 # steal and iowait of all CPUs, in ms, from /proc/stat's first line (builtins only: sampled
 # every 100 ms beside the benchmark)
@@ -35,7 +35,7 @@ steal_sampler() {
   done
 }
 written() { awk -v d="$DISK" '$3 == d { printf "%.0f\n", $10 * 512 }' /proc/diskstats; }
-trap '[ -n "$P" ] && kill "$P" 2>/dev/null; rm -rf "$WORK"' EXIT
+trap '[ -n "$SP" ] && kill "$SP" 2>/dev/null; [ -n "$P" ] && { kill "$P"; wait "$P"; } 2>/dev/null; rm -rf "$WORK"' EXIT
 run() {
   rm -rf "$WORK/data"
   (cd "$WORK" && WASMQ_LOG=warn exec "$BROKER" > out 2> err) &
@@ -46,16 +46,17 @@ run() {
   if [ "$1" = consume ]; then
     "$CLI" "${a[@]}" bench produce --no-ceiling --count 1000000 --duration 60 > /dev/null 2>&1
   fi
-  local w0 t0 k0 k1 sp
+  local w0 t0 k0 k1
   w0=$(written) t0=$(date +%s.%N) k0=($(ticks))
   steal_sampler > "$WORK/steal-max" &
-  sp=$!
+  SP=$!
   "$CLI" "${a[@]}" bench "$@" 2>&1 | grep -E "^(TLS ceiling|warm-up|produce|consume|e2e|late|deliveries|produced|host steal)" | tee -a "$WORK/summary"
   awk -v d="$DISK" -v w="$(( $(written) - w0 ))" -v t0="$t0" -v t1="$(date +%s.%N)" \
     'BEGIN { printf "disk %s: %.0f MB written, %.0f MB/s over the command\n", d, w / 1e6, w / 1e6 / (t1 - t0) }'
   k1=($(ticks))
-  kill "$sp"; wait "$sp" 2>/dev/null || true
-  echo "host: steal $((k1[0] - k0[0])) ms (at most $(cat "$WORK/steal-max") ms in a 100 ms sample), iowait $((k1[1] - k0[1])) ms, over the command (2 vCPUs)"
+  kill "$SP"; wait "$SP" 2>/dev/null || true
+  SP=
+  echo "host: steal $((k1[0] - k0[0])) ms (at most $(cat "$WORK/steal-max") ms in a 100 ms sample), iowait $((k1[1] - k0[1])) ms, over the command ($(nproc) CPUs)"
   kill "$P"; wait "$P" 2>/dev/null || true
   P=
 }
