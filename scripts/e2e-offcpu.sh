@@ -18,7 +18,7 @@ DIR="${CARGO_TARGET_DIR:-$PWD/target}/release"
 BROKER=${3:-$DIR/wasmq-broker} CLI=${4:-$DIR/wasmq}
 WORK=$(mktemp -d)
 P=
-trap '[ -n "$P" ] && kill "$P" 2>/dev/null; rm -rf "$WORK"' EXIT
+trap '[ -n "$P" ] && { kill "$P"; wait "$P"; } 2>/dev/null; rm -rf "$WORK"' EXIT
 (cd "$WORK" && WASMQ_LOG=warn exec "$BROKER" > out 2> err) &
 P=$!
 for _ in $(seq 1 100); do grep -q "admin token" "$WORK/out" 2>/dev/null && break; sleep 0.1; done
