@@ -179,6 +179,8 @@ struct Inner {
     /// the last reference, so that releasing a deleted 1 GiB file — the kernel truncates it
     /// then, and on a file system mounted with `discard` waits for the discards — runs on the
     /// retention thread, not on the connection worker that happened to drop the last view.
+    /// Bounded by the segments themselves: each deleted segment enters once, and only while a
+    /// view of it is alive.
     retired: Mutex<Vec<Arc<LogFile>>>,
     /// Published end of the log: every byte below is a complete record or filler.
     end: AtomicU64,
