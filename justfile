@@ -52,7 +52,7 @@ bench-broker-fresh:
 
 # Plugin cost per message, then throughput with a router and a filter vs without (needs `just run`).
 bench-plugins: plugins
-    cargo bench -p wasmq-server --bench plugins
+    cargo bench -p wasmq-plugin-host --bench plugins
     cargo run --release -p wasmq-cli -- bench plugins --router {{plugin_out}}/tenant_router.wasm --filter {{plugin_out}}/content_filter.wasm
 
 # Transactions (half message + commit) vs plain one-message sends, alternating rounds (needs `just run`).

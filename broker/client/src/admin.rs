@@ -25,7 +25,7 @@ impl Admin {
     /// # Errors
     /// The CA file cannot be read.
     pub fn new(addr: impl Into<String>, ca: &std::path::Path, token: impl Into<String>) -> Result<Self, ClientError> {
-        Ok(Self { addr: addr.into(), token: token.into(), tls: crate::tls::client_config(ca, b"http/1.1")? })
+        Ok(Self { addr: addr.into(), token: token.into(), tls: wasmq_net::client_config(ca, b"http/1.1")? })
     }
 
     async fn call<T: serde::de::DeserializeOwned>(
@@ -37,7 +37,7 @@ impl Admin {
         let connect_err = |reason: String| ClientError::Connect { addr: self.addr.clone(), reason };
         let tcp = tokio::net::TcpStream::connect(&self.addr).await.map_err(|e| connect_err(e.to_string()))?;
         let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
-            .connect(crate::tls::server_name(&self.addr)?, tcp)
+            .connect(wasmq_net::server_name(&self.addr)?, tcp)
             .await
             .map_err(|e| connect_err(format!("TLS: {e}")))?;
         let (mut sender, conn) =

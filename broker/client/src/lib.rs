@@ -6,22 +6,17 @@
 
 mod admin;
 mod cluster;
-mod connection;
 mod consumer;
-mod error;
 mod group;
 mod producer;
-mod tls;
 mod transaction;
 
 pub use admin::{Admin, Browse};
 pub use cluster::{AVOID_FAILED_BROKER, Cluster, ClusterConsumer, ClusterProducer, ClusterReceipt, ROUTE_REFRESH};
-pub use connection::{Connection, ConnectionOptions, READ_AHEAD_BYTES, read_ahead, write_parts};
 pub use consumer::{PullConsumer, QueueReader};
-pub use error::ClientError;
 pub use group::{ConsumeResult, GroupConsumer, GroupOptions, Handler, StartFrom};
 pub use producer::{OutgoingMessage, Producer, RETRIES_DEFAULT, SendReceipt, queue_for_key};
-pub use tls::client_config;
 pub use transaction::{Checker, Transaction, TransactionCheck, TransactionProducer, TxDecision, TxState};
 pub use wasmq_admin_types as admin_types;
+pub use wasmq_net::{ClientError, Connection, ConnectionOptions, READ_AHEAD_BYTES, client_config, read_ahead, write_parts};
 pub use wasmq_protocol::{ErrorCode, GroupMode, Message, PullResponse, PulledMessage, SendStatus};

@@ -30,7 +30,7 @@ pub struct OutgoingMessage {
 
 impl OutgoingMessage {
     pub fn new(body: impl Into<Bytes>) -> Self {
-        Self { body: crate::connection::bytes_of(body), ..Self::default() }
+        Self { body: body.into(), ..Self::default() }
     }
 
     pub fn with_key(mut self, key: impl Into<String>) -> Self {
@@ -98,11 +98,7 @@ pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-pub(crate) fn random_hex(n_bytes: usize) -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..n_bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
-}
+pub(crate) use wasmq_net::random_hex;
 
 /// Sends messages. Cheap to clone.
 #[derive(Debug, Clone)]

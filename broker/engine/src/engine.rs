@@ -217,6 +217,12 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Milliseconds since the epoch on the engine's clock.
+    #[must_use]
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
@@ -631,6 +637,18 @@ impl Engine {
 
     /// Retry topics deliver a message only once due: a pull stops at the first message whose
     /// delivery time is still ahead (each retry queue holds one delay, so it is in due order).
+    /// When the message at `offset` of a retry queue becomes due, if it is held now: a long
+    /// poll that found nothing due sleeps until then instead of looking again and again.
+    #[must_use]
+    pub fn held_until(&self, topic: &str, queue_id: u32, offset: u64) -> Option<u64> {
+        if !topic.starts_with("%RETRY%") {
+            return None;
+        }
+        let read = self.store.read_queue(topic, queue_id, offset, 1, usize::MAX).ok()?;
+        let due = read.messages.first()?.properties.delivery_ms?;
+        (due > self.clock.now_ms()).then_some(due)
+    }
+
     fn hold_until_due(&self, topic: &str, mut read: QueueRead) -> QueueRead {
         if !topic.starts_with("%RETRY%") {
             return read;

@@ -9,6 +9,7 @@ mod engine;
 mod groups;
 mod offsets;
 mod parked;
+mod plugin;
 mod replica;
 mod topics;
 
@@ -23,5 +24,9 @@ pub use parked::{
     CheckDue, DELAY_MAX_MS_DEFAULT, Decided, Decision, EndOutcome, HALF_TOPIC, PENDING_HALVES_MAX, ParkPolicy, PendingTransactions,
     SCHEDULE_TOPIC, SCHEDULED_MAX, ScheduleStatus, TX_CHECK_INTERVAL_MS_DEFAULT, TX_CHECKS_MAX_DEFAULT, TX_OP_TOPIC, TxCounters,
     is_internal_topic,
+};
+pub use plugin::{
+    Attachment, Delivery, DeliveryFilter, FailurePolicy, KeySelector, NoPlugins, OrderingKey, PlacementError, PluginMessage, Plugins,
+    Route, Router, SendPath, Verdict, key_hash, place,
 };
 pub use topics::{QUEUES_PER_TOPIC_MAX, QueueStatus, TOPICS_MAX, TopicConfig, TopicError, TopicStatus, validate_group};

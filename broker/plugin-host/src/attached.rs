@@ -9,35 +9,7 @@ use crate::runtime::Plugin;
 use crate::session::{CallError, Session, TrapKind};
 use crate::{Attachment, Batch, Delivery, Fields, OrderingKey, Route, role_name};
 
-/// What a failed call means for the messages of that batch. The caller applies it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum FailurePolicy {
-    /// Carry on as if no plugin were attached: default routing, the message's own key,
-    /// deliver.
-    #[default]
-    Open,
-    /// Refuse the send (routers, key selectors), or dead-letter the message (filters).
-    Closed,
-}
-
-impl FailurePolicy {
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Open => "fail-open",
-            Self::Closed => "fail-closed",
-        }
-    }
-
-    #[must_use]
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "fail-open" | "open" => Some(Self::Open),
-            "fail-closed" | "closed" => Some(Self::Closed),
-            _ => None,
-        }
-    }
-}
+pub use wasmq_engine::FailurePolicy;
 
 /// Failures within [`BREAKER_WINDOW`] that open the breaker.
 pub const BREAKER_FAILURES: usize = 5;

@@ -12,11 +12,16 @@
 //! - [`Attached`]: a plugin bound to a topic or group with a configuration: a small pool of
 //!   sessions, per-attachment stats and a circuit breaker. This is what the broker calls.
 //!
+//! - [`PluginRegistry`]: the broker's uploaded versions and attachments, persisted, with the
+//!   live attachments as the engine's plugin traits (`wasmq_engine::Router`, `KeySelector`,
+//!   `DeliveryFilter`, looked up through `wasmq_engine::Plugins`).
+//!
 //! The host only reports failures ([`CallError`]); what a failure means for a message (fail
-//! open or closed) is the caller's [`FailurePolicy`] to apply.
+//! open or closed) is the engine's to apply, by the attachment's [`FailurePolicy`].
 
 mod attached;
 mod batch;
+mod registry;
 mod runtime;
 mod session;
 
@@ -32,23 +37,14 @@ pub use attached::{
 pub use batch::BatchBuilder;
 pub use bindings::wasmq::plugin::host::Level;
 pub use bindings::wasmq::plugin::types::{Attachment, Batch, Delivery, Fields, Manifest, OrderingKey, Role, Route};
+pub use registry::{PluginError, PluginRegistry};
 pub use runtime::{Limits, LoadError, Plugin, Runtime};
 pub use session::{COUNTERS_MAX, CallError, LOG_LINE_BYTES_MAX, LOG_LINES_PER_SECOND, LogLine, Session, TrapKind};
 
 /// Largest plugin binary accepted.
 pub const PLUGIN_BYTES_MAX: usize = 10 << 20;
 
-/// The broker's key hash (FNV-1a, 64 bit), the same as the client's and the SDK's: a key maps
-/// to queue `key_hash(key) % queues`.
-#[must_use]
-pub fn key_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
+pub use wasmq_engine::key_hash;
 
 /// A role's name as operators write it (`router`, `ordering-key`, `filter`).
 #[must_use]

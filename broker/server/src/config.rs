@@ -199,7 +199,7 @@ pub struct Config {
     pub broker_id: u32,
     /// A slave's master address.
     pub master: Option<String>,
-    pub replication: crate::replication::Mode,
+    pub replication: wasmq_service::Mode,
     pub peer_ca: Option<PathBuf>,
     pub slave_read_behind_bytes: u64,
     pub namesrv: Vec<String>,
@@ -324,8 +324,8 @@ impl TryFrom<RawConfig> for Config {
                 (_, Some(m)) => Some(m),
             },
             replication: match raw.replication.as_deref().unwrap_or("async") {
-                "async" => crate::replication::Mode::Async,
-                "sync" => crate::replication::Mode::Sync {
+                "async" => wasmq_service::Mode::Async,
+                "sync" => wasmq_service::Mode::Sync {
                     replicas: match raw.sync_replicas {
                         Some(n) if !(1..=16).contains(&n) => return Err(bad("sync_replicas", "between 1 and 16")),
                         n => n.unwrap_or(1),

@@ -1,24 +1,16 @@
-//! `wasmq-broker`: the I/O shell and composition root. Opens the store and the engine, serves
-//! the binary protocol over TLS and the admin API over HTTPS, and shuts down cleanly.
+//! `wasmq-broker`: the composition root. Reads the configuration and the TLS material, opens
+//! the store, the engine, the plugin registry and the service, binds the listeners of its
+//! table of front ends ([`front_ends`]), runs the broker's timers, and shuts down cleanly.
 //!
-//! Knows sockets, TLS, HTTP and configuration; the domain lives in `wasmq-engine` and the bytes
-//! in `wasmq-store`.
+//! The use cases are `wasmq-service`'s, the protocols the front-end crates', the admin API
+//! `wasmq-admin-api`'s; nothing here answers a request.
 
-pub mod admin;
-pub mod admin_data;
 pub mod config;
-pub mod conn;
-pub mod console;
-pub mod held;
-pub mod namesrv;
-mod openapi;
-pub mod plugins;
-pub mod replication;
-pub mod stats;
 pub mod tls;
-pub mod wire;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wasmq_engine::Engine;
+use wasmq_service::{AllProducers, ProducerLinks, Replication, Role, Service};
 use wasmq_store::{Store, SystemClock};
 
 pub use config::{Config, RawConfig};
@@ -37,31 +30,12 @@ const OFFSETS_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 const GROUP_EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest the shutdown waits for connections to finish their requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time an admin client has to send its request headers.
 /// How often topics' own retention is applied.
 const TOPIC_RETENTION_INTERVAL: Duration = Duration::from_secs(10);
-const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Wall-clock milliseconds since the epoch.
-pub(crate) fn now_ms() -> u64 {
+fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// What a broker reports of itself to name servers and in cluster views.
-pub(crate) fn broker_live(engine: &wasmq_engine::Engine, started_ms: u64) -> wasmq_protocol::BrokerLive {
-    let store = engine.store();
-    let seg = store.segment_bytes();
-    let (min, end) = (store.min_offset(), store.end_offset());
-    let disk = wasmq_store::disk_space(&store.config().dir).ok();
-    wasmq_protocol::BrokerLive {
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        started_ms,
-        log_end_offset: end,
-        // Whole segment files, from the oldest kept to the active one.
-        log_bytes: (end / seg - min / seg + 1) * seg,
-        disk_total_bytes: disk.map_or(0, |d| d.total_bytes),
-        disk_used_bytes: disk.map_or(0, |d| d.used_bytes),
-    }
 }
 
 /// Where a started broker listens, and what clients need.
@@ -72,6 +46,57 @@ pub struct Started {
     /// The development CA (when no certificate was configured).
     pub ca_path: Option<std::path::PathBuf>,
     pub admin_token: String,
+}
+
+/// Serves a bound listener's connections until shutdown (a front end's accept loop).
+type Serve = Box<dyn FnOnce(TcpListener, tokio_rustls::TlsAcceptor, TaskTracker) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// One listener of the broker: a protocol front end or the admin API.
+pub struct FrontEnd {
+    pub name: &'static str,
+    pub listen: SocketAddr,
+    /// The ALPN protocol its TLS offers.
+    pub alpn: &'static [u8],
+    serve: Serve,
+}
+
+impl std::fmt::Debug for FrontEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrontEnd").field("name", &self.name).field("listen", &self.listen).finish_non_exhaustive()
+    }
+}
+
+/// What the front ends are built from.
+struct Parts {
+    service: Arc<Service>,
+    shutdown: CancellationToken,
+}
+
+/// The native protocol's listener and its producer links.
+fn native(config: &Config, parts: &Parts) -> (FrontEnd, Arc<dyn ProducerLinks>) {
+    let producers = Arc::new(wasmq_frontend_native::Producers::default());
+    let shared = Arc::new(wasmq_frontend_native::Shared {
+        service: Arc::clone(&parts.service),
+        in_flight_max: config.in_flight_max.get(),
+        frame_bytes_max: config.frame_bytes_max,
+        shutdown: parts.shutdown.clone(),
+        producers: Arc::clone(&producers),
+    });
+    let (connections_max, shutdown) = (config.connections_max.get() as usize, parts.shutdown.clone());
+    let serve: Serve = Box::new(move |listener, acceptor, tracker| {
+        Box::pin(wasmq_net::serve_tls("native", listener, acceptor, connections_max, shutdown, tracker, move |tls, peer| {
+            wasmq_frontend_native::serve(tls, peer, Arc::clone(&shared))
+        }))
+    });
+    (FrontEnd { name: "native", listen: config.listen, alpn: wasmq_frontend_native::ALPN, serve }, producers)
+}
+
+/// The table of front ends: every protocol the broker speaks, one line each (the RocketMQ 5
+/// gRPC and Kafka front ends go here), and the producer links of those that can answer
+/// transaction check-backs.
+fn front_ends(config: &Config, parts: &Parts) -> (Vec<FrontEnd>, Vec<Arc<dyn ProducerLinks>>) {
+    let (native, native_producers) = native(config, parts);
+    (vec![native], vec![native_producers])
 }
 
 /// Runs a broker until `shutdown` is cancelled, then drains, flushes and checkpoints.
@@ -89,20 +114,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
             (c, k, Some(tls::dev_ca_path(&config.data_dir)))
         }
     };
-    let token = match &config.admin_token {
-        Some(t) => t.clone(),
-        None => {
-            let path = config.data_dir.join("admin-token");
-            match std::fs::read_to_string(&path) {
-                Ok(t) if t.trim().len() >= 16 => t.trim().to_owned(),
-                _ => {
-                    let t = tls::random_token();
-                    std::fs::write(&path, &t).with_context(|| format!("writing {}", path.display()))?;
-                    t
-                }
-            }
-        }
-    };
+    let peer_ca = config.peer_ca.clone().unwrap_or_else(|| tls::dev_ca_path(&config.data_dir));
+    let token = admin_token(&config)?;
     let store_config = config.store.clone();
     let (store, report) = tokio::task::spawn_blocking(move || Store::open(store_config)).await?.context("opening the store")?;
     if report.crashed {
@@ -117,35 +130,40 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
     let schedule_changed = Arc::new(tokio::sync::Notify::new());
     let notify = Arc::clone(&schedule_changed);
     engine.on_schedule_change(move || notify.notify_one());
-    let (plugin_engine, data_dir, limits) = (Arc::clone(&engine), config.data_dir.clone(), config.plugin_limits.clone());
+    let (data_dir, limits) = (config.data_dir.clone(), config.plugin_limits.clone());
     let plugins = Arc::new(
-        tokio::task::spawn_blocking(move || plugins::Plugins::open(plugin_engine, &data_dir, limits))
+        tokio::task::spawn_blocking(move || wasmq_plugin_host::PluginRegistry::open(&data_dir, limits))
             .await?
             .context("opening the plugin registry")?,
     );
-
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-    let admin_listener = TcpListener::bind(config.admin_listen).await.with_context(|| format!("binding {}", config.admin_listen))?;
-    let info = Started { listen: listener.local_addr()?, admin_listen: admin_listener.local_addr()?, ca_path, admin_token: token.clone() };
-    let broker_tls = tokio_rustls::TlsAcceptor::from(tls::server_config(&cert, &key, &[b"wasmq/1"])?);
-    let admin_tls = tokio_rustls::TlsAcceptor::from(tls::server_config(&cert, &key, &[b"http/1.1"])?);
-
     let role = match &config.master {
-        None => replication::Role::Master,
-        Some(master) => replication::Role::Slave {
-            master: master.clone(),
-            peer_ca: config.peer_ca.clone().unwrap_or_else(|| tls::dev_ca_path(&config.data_dir)),
-        },
+        None => Role::Master,
+        Some(master) => Role::Slave { master: master.clone(), peer_ca: peer_ca.clone() },
     };
-    let replication = replication::Replication::new(
-        &engine,
-        &config.broker_name,
-        config.broker_id,
-        role,
-        config.replication,
-        config.slave_read_behind_bytes,
-    );
+    let replication =
+        Replication::new(&engine, &config.broker_name, config.broker_id, role, config.replication, config.slave_read_behind_bytes);
+    let service = Arc::new(Service::new(Arc::clone(&engine), plugins.clone(), Arc::clone(&replication)));
+    let parts = Parts { service: Arc::clone(&service), shutdown: shutdown.clone() };
+
+    let (mut table, links) = front_ends(&config, &parts);
+    let producers: Arc<dyn ProducerLinks> = Arc::new(AllProducers(links));
+    let stats = Arc::new(wasmq_admin_api::stats::Stats::default());
+    let admin_listener = TcpListener::bind(config.admin_listen).await.with_context(|| format!("binding {}", config.admin_listen))?;
+    let admin_listen = admin_listener.local_addr()?;
     let tracker = TaskTracker::new();
+    let mut bound = Vec::new();
+    for fe in &table {
+        let listener = TcpListener::bind(fe.listen).await.with_context(|| format!("binding {} ({})", fe.listen, fe.name))?;
+        bound.push(listener);
+    }
+    let listen = bound[0].local_addr()?;
+    let info = Started { listen, admin_listen, ca_path, admin_token: token.clone() };
+    for (fe, listener) in table.drain(..).zip(bound) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(wasmq_net::server_config(&cert, &key, &[fe.alpn])?);
+        tracing::info!(front_end = fe.name, listen = %listener.local_addr()?, "listening");
+        tracker.spawn((fe.serve)(listener, acceptor, tracker.clone()));
+    }
+
     if !config.namesrv.is_empty() {
         let me = wasmq_protocol::RegisterBrokerRequest {
             cluster: config.cluster.clone(),
@@ -156,41 +174,46 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
             topics: Vec::new(),
             live: wasmq_protocol::BrokerLive::default(),
         };
-        let peer_ca = config.peer_ca.clone().unwrap_or_else(|| tls::dev_ca_path(&config.data_dir));
-        tracker.spawn(namesrv::register_loop(
-            Arc::clone(&engine),
+        let service = Arc::clone(&service);
+        let registration = move || {
+            let mut req = me.clone();
+            req.topics = service.engine().topics().into_iter().map(|(t, c)| (t, c.queues)).collect();
+            let l = service.liveness(started_ms);
+            req.live = wasmq_protocol::BrokerLive {
+                version: l.version,
+                started_ms: l.started_ms,
+                log_end_offset: l.log_end_offset,
+                log_bytes: l.log_bytes,
+                disk_total_bytes: l.disk_total_bytes,
+                disk_used_bytes: l.disk_used_bytes,
+            };
+            req
+        };
+        tracker.spawn(wasmq_namesrv::register_loop(
             config.namesrv.clone(),
-            peer_ca,
-            me,
-            started_ms,
+            peer_ca.clone(),
             config.register_interval,
             shutdown.clone(),
+            registration,
         ));
     }
-    let producers = Arc::new(held::Producers::default());
     if replication.is_slave() {
         // A slave appends nothing itself: held messages move on its master.
-        tracker.spawn(Arc::clone(&replication).follow(Arc::clone(&engine), info.admin_listen.to_string(), shutdown.clone()));
+        tracker.spawn(wasmq_frontend_native::follow(
+            Arc::clone(&replication),
+            Arc::clone(&engine),
+            info.admin_listen.to_string(),
+            shutdown.clone(),
+        ));
     } else {
         // Check about four times per interval, so a check is at most a quarter interval late.
         let check_tick = Duration::from_millis((config.park.check_interval_ms / 4).clamp(10, 1_000));
-        tracker.spawn(held::check_back(Arc::clone(&engine), Arc::clone(&producers), check_tick, shutdown.clone()));
-        tracker.spawn(held::scheduler(Arc::clone(&engine), schedule_changed, shutdown.clone()));
+        tracker.spawn(wasmq_service::check_back(Arc::clone(&engine), Arc::clone(&producers), check_tick, shutdown.clone()));
+        tracker.spawn(wasmq_service::scheduler(Arc::clone(&engine), schedule_changed, shutdown.clone()));
     }
-    let shared = Arc::new(conn::Shared {
-        engine: Arc::clone(&engine),
-        plugins: Arc::clone(&plugins),
-        in_flight_max: config.in_flight_max.get(),
-        frame_bytes_max: config.frame_bytes_max,
-        flush: config.store.flush,
-        shutdown: shutdown.clone(),
-        producers: Arc::clone(&producers),
-        replication: Arc::clone(&replication),
-    });
-    tracker.spawn(accept_clients(listener, broker_tls, shared, config.connections_max.get(), tracker.clone()));
-    let stats = Arc::new(stats::Stats::default());
-    tracker.spawn(stats::sampler(Arc::clone(&stats), Arc::clone(&engine), shutdown.clone()));
-    let admin_state = admin::AdminState {
+    tracker.spawn(wasmq_admin_api::stats::sampler(Arc::clone(&stats), Arc::clone(&engine), shutdown.clone()));
+    let admin_state = wasmq_admin_api::AdminState {
+        service: Arc::clone(&service),
         engine: Arc::clone(&engine),
         plugins,
         producers,
@@ -203,38 +226,17 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
         started_ms,
         cluster: config.cluster.clone(),
         namesrvs: config.namesrv.clone(),
-        names: (!config.namesrv.is_empty()).then(|| {
-            wasmq_client::Cluster::new(config.namesrv.clone(), config.peer_ca.clone().unwrap_or_else(|| tls::dev_ca_path(&config.data_dir)))
-        }),
+        names: (!config.namesrv.is_empty()).then(|| Arc::new(wasmq_namesrv::NameServers::new(config.namesrv.clone(), peer_ca.clone()))),
     };
-    tracker.spawn(accept_admin(admin_listener, admin_tls, admin::router(admin_state), shutdown.clone(), tracker.clone()));
-    let persist_engine = Arc::clone(&engine);
-    let persist_stop = shutdown.clone();
-    tracker.spawn(async move {
-        let mut persist = tokio::time::interval(OFFSETS_PERSIST_INTERVAL);
-        let mut expire = tokio::time::interval(GROUP_EXPIRY_INTERVAL);
-        let mut retention = tokio::time::interval(TOPIC_RETENTION_INTERVAL);
-        loop {
-            tokio::select! {
-                _ = persist.tick() => if let Err(e) = persist_engine.persist_offsets() { tracing::error!(error = %e, "saving offsets"); },
-                _ = retention.tick() => {
-                    let engine = Arc::clone(&persist_engine);
-                    match tokio::task::spawn_blocking(move || engine.enforce_topic_retention()).await {
-                        Ok(Ok(n)) if n > 0 => tracing::info!(messages = n, "topic retention cut old messages"),
-                        Ok(Err(e)) => tracing::warn!(error = %e, "topic retention failed"),
-                        _ => {}
-                    }
-                }
-                _ = expire.tick() => {
-                    let n = persist_engine.expire_members();
-                    if n > 0 {
-                        tracing::info!(members = n, "group members expired; their queues were reassigned");
-                    }
-                }
-                () = persist_stop.cancelled() => return,
-            }
-        }
-    });
+    let admin_tls = tokio_rustls::TlsAcceptor::from(wasmq_net::server_config(&cert, &key, &[wasmq_admin_api::ALPN])?);
+    tracker.spawn(wasmq_admin_api::serve(
+        admin_listener,
+        admin_tls,
+        wasmq_admin_api::router(admin_state),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    tracker.spawn(housekeeping(Arc::clone(&engine), shutdown.clone()));
     started(&info);
 
     shutdown.cancelled().await;
@@ -244,85 +246,86 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
         tracing::warn!("some connections did not finish within {DRAIN_TIMEOUT:?}");
     }
     engine.persist_offsets()?;
-    drop(engine);
+    drop((engine, service, parts));
     tokio::task::spawn_blocking(move || store.shutdown()).await?.context("final flush")?;
     tracing::info!("stopped cleanly");
     Ok(())
 }
 
-async fn accept_clients(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    shared: Arc<conn::Shared>,
-    connections_max: u32,
-    tracker: TaskTracker,
-) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(connections_max as usize));
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = shared.shutdown.cancelled() => return,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-            tracing::warn!(%peer, connections_max, "connection limit reached; refusing");
-            drop(tcp);
-            continue;
-        };
-        let (acceptor, shared) = (acceptor.clone(), Arc::clone(&shared));
-        tracker.spawn(async move {
-            conn::serve(tcp, peer, acceptor, shared).await;
-            drop(permit);
-        });
+/// The configured admin token, else the one saved in the data directory, else a new one (saved).
+fn admin_token(config: &Config) -> Result<String> {
+    if let Some(t) = &config.admin_token {
+        return Ok(t.clone());
+    }
+    let path = config.data_dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if t.trim().len() >= 16 => Ok(t.trim().to_owned()),
+        _ => {
+            let t = tls::random_token();
+            std::fs::write(&path, &t).with_context(|| format!("writing {}", path.display()))?;
+            Ok(t)
+        }
     }
 }
 
-async fn accept_admin(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    router: axum::Router,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
+/// The broker's periodic chores until `stop`: saving offsets, expiring silent group members,
+/// applying topics' own retention.
+async fn housekeeping(engine: Arc<Engine>, stop: CancellationToken) {
+    let mut persist = tokio::time::interval(OFFSETS_PERSIST_INTERVAL);
+    let mut expire = tokio::time::interval(GROUP_EXPIRY_INTERVAL);
+    let mut retention = tokio::time::interval(TOPIC_RETENTION_INTERVAL);
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = shutdown.cancelled() => return,
-        };
-        let Ok((tcp, peer)) = accepted else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let (acceptor, router, shutdown) = (acceptor.clone(), router.clone(), shutdown.clone());
-        tracker.spawn(async move {
-            let tls = match tokio::time::timeout(conn::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(t)) => t,
-                _ => {
-                    tracing::info!(%peer, "admin TLS handshake failed");
-                    return;
-                }
-            };
-            let service = hyper_util::service::TowerToHyperService::new(router);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        tokio::select! {
+            _ = persist.tick() => if let Err(e) = engine.persist_offsets() { tracing::error!(error = %e, "saving offsets"); },
+            _ = retention.tick() => {
+                let engine = Arc::clone(&engine);
+                match tokio::task::spawn_blocking(move || engine.enforce_topic_retention()).await {
+                    Ok(Ok(n)) if n > 0 => tracing::info!(messages = n, "topic retention cut old messages"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "topic retention failed"),
+                    _ => {}
                 }
             }
-        });
+            _ = expire.tick() => {
+                let n = engine.expire_members();
+                if n > 0 {
+                    tracing::info!(members = n, "group members expired; their queues were reassigned");
+                }
+            }
+            () = stop.cancelled() => return,
+        }
     }
+}
+
+/// Name server settings.
+#[derive(Debug, Clone)]
+pub struct NamesrvConfig {
+    pub listen: SocketAddr,
+    pub data_dir: std::path::PathBuf,
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub broker_expiry: Duration,
+}
+
+/// Runs a name server until `shutdown`; `started` gets the bound address and the development
+/// CA, if one was generated.
+///
+/// # Errors
+/// Certificates, binding.
+pub async fn run_namesrv(
+    config: NamesrvConfig,
+    shutdown: CancellationToken,
+    started: impl FnOnce(SocketAddr, Option<&std::path::Path>),
+) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let (cert, key, ca) = match &config.tls {
+        Some((c, k)) => (c.clone(), k.clone(), None),
+        None => {
+            let (c, k) = tls::ensure_dev_certificates(&config.data_dir)?;
+            (c, k, Some(tls::dev_ca_path(&config.data_dir)))
+        }
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(wasmq_net::server_config(&cert, &key, &[wasmq_frontend_native::ALPN])?);
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    started(listener.local_addr()?, ca.as_deref());
+    wasmq_namesrv::serve(listener, acceptor, config.broker_expiry, shutdown).await;
+    Ok(())
 }

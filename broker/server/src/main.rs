@@ -43,7 +43,7 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let shutdown = CancellationToken::new();
     if let Some(Command::Namesrv { listen, data_dir, tls_cert, tls_key, broker_expiry_ms }) = args.command {
-        let config = wasmq_server::namesrv::NamesrvConfig {
+        let config = wasmq_server::NamesrvConfig {
             listen,
             data_dir,
             tls: tls_cert.zip(tls_key),
@@ -51,7 +51,7 @@ fn main() -> Result<()> {
         };
         return runtime.block_on(async {
             stop_on_signal(shutdown.clone());
-            wasmq_server::namesrv::run(config, shutdown, |addr, ca| {
+            wasmq_server::run_namesrv(config, shutdown, |addr, ca| {
                 println!("wasmq-namesrv listening on {addr}");
                 if let Some(ca) = ca {
                     println!("development CA: {} (clients: --ca {})", ca.display(), ca.display());

@@ -1,13 +1,9 @@
-//! TLS: the server's rustls configuration, from configured PEM files or from a development CA
-//! and server certificate generated with rcgen on first start.
+//! TLS material: configured PEM files, or a development CA and server certificate generated
+//! with rcgen on first start (the rustls configuration itself is `wasmq_net::server_config`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use rustls::ServerConfig;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Where the development CA's certificate is written (clients pass it with `--ca`).
 pub fn dev_ca_path(data_dir: &Path) -> PathBuf {
@@ -48,30 +44,6 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     f.write_all(contents.as_bytes())?;
     Ok(())
-}
-
-/// The crypto provider every TLS endpoint here uses (ring: AES-GCM and ChaCha20 suites).
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A rustls server configuration (TLS 1.3 and 1.2) from PEM files.
-///
-/// # Errors
-/// Unreadable or invalid certificate or key.
-pub fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading {}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing {}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("server certificate and key do not match")?;
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(config))
 }
 
 /// A random token of 32 hex characters.

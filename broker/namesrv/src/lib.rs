@@ -3,17 +3,23 @@
 //! state worth losing: everything it knows, brokers tell it again within one interval; several
 //! name servers know the same because every broker registers with each. A broker silent for
 //! `broker_expiry` is dropped.
+//!
+//! The broker's side is [`broker`]: registering with every name server, and asking them for
+//! the cluster's brokers.
+
+mod broker;
+
+pub use broker::{NameServers, register_loop};
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use wasmq_protocol::{
     BROKERS_MAX, BrokerEntry, BrokerRoute, ErrorCode, Frame, FrameDecoder, GetRouteResponse, HelloResponse, Kind, Op, PROTOCOL_VERSION,
     RegisterBrokerRequest, Request, Response,
@@ -23,15 +29,10 @@ use wasmq_protocol::{
 pub const BROKER_EXPIRY_DEFAULT: Duration = Duration::from_secs(120);
 /// Largest frame a name server reads (a registration lists every topic of a broker).
 const FRAME_BYTES_MAX: usize = 4 << 20;
-
-/// Name server settings.
-#[derive(Debug, Clone)]
-pub struct NamesrvConfig {
-    pub listen: SocketAddr,
-    pub data_dir: std::path::PathBuf,
-    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
-    pub broker_expiry: Duration,
-}
+/// Connections one name server keeps open at once (brokers and clients).
+pub const CONNECTIONS_MAX: usize = 4096;
+/// A connection that sends nothing for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone)]
 struct Registration {
@@ -115,67 +116,38 @@ impl RouteTable {
     }
 }
 
-/// Runs a name server until `shutdown`; `started` gets the bound address.
-///
-/// # Errors
-/// Certificates, binding.
-pub async fn run(
-    config: NamesrvConfig,
-    shutdown: CancellationToken,
-    started: impl FnOnce(SocketAddr, Option<&std::path::Path>),
-) -> Result<()> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let (cert, key, ca) = match &config.tls {
-        Some((c, k)) => (c.clone(), k.clone(), None),
-        None => {
-            let (c, k) = crate::tls::ensure_dev_certificates(&config.data_dir)?;
-            (c, k, Some(crate::tls::dev_ca_path(&config.data_dir)))
-        }
-    };
-    let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&cert, &key, &[b"wasmq/1"])?);
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-    started(listener.local_addr()?, ca.as_deref());
+/// Serves the name server protocol on `listener` until `shutdown`, dropping brokers silent for
+/// `broker_expiry`.
+pub async fn serve(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, broker_expiry: Duration, shutdown: CancellationToken) {
     let table = Arc::new(RouteTable::default());
-    let expiry = config.broker_expiry;
     let (t, stop) = (Arc::clone(&table), shutdown.clone());
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval((expiry / 10).clamp(Duration::from_millis(100), Duration::from_secs(5)));
+    let tracker = TaskTracker::new();
+    tracker.spawn(async move {
+        let mut every = tokio::time::interval((broker_expiry / 10).clamp(Duration::from_millis(100), Duration::from_secs(5)));
         loop {
             tokio::select! {
-                _ = every.tick() => { t.expire(expiry); }
+                _ = every.tick() => { t.expire(broker_expiry); }
                 () = stop.cancelled() => return,
             }
         }
     });
-    loop {
-        let (tcp, peer) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return Ok(()),
-        };
-        let (acceptor, table, stop) = (acceptor.clone(), Arc::clone(&table), shutdown.clone());
-        tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            let Ok(Ok(tls)) = tokio::time::timeout(crate::conn::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
-                tracing::info!(%peer, "TLS handshake failed");
-                return;
-            };
+    let stop = shutdown.clone();
+    wasmq_net::serve_tls("namesrv", listener, acceptor, CONNECTIONS_MAX, shutdown, tracker.clone(), move |tls, _peer| {
+        let (table, stop) = (Arc::clone(&table), stop.clone());
+        async move {
             tokio::select! {
-                () = serve(tls, &table) => {}
+                () = serve_connection(tls, &table) => {}
                 () = stop.cancelled() => {}
             }
-        });
-    }
+        }
+    })
+    .await;
+    tracker.close();
+    tracker.wait().await;
 }
 
 /// One connection: requests answered in order (a name server's answers are quick).
-async fn serve(mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>, table: &RouteTable) {
+async fn serve_connection(mut tls: wasmq_net::TlsStream, table: &RouteTable) {
     let decoder = FrameDecoder::new(FRAME_BYTES_MAX);
     let mut buf = BytesMut::with_capacity(16 << 10);
     let mut out = BytesMut::new();
@@ -190,7 +162,7 @@ async fn serve(mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>, 
                 return;
             }
         }
-        match tokio::time::timeout(Duration::from_secs(300), tls.read_buf(&mut buf)).await {
+        match tokio::time::timeout(IDLE_TIMEOUT, tls.read_buf(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => return,
         }
@@ -239,50 +211,4 @@ fn answer(frame: Frame, table: &RouteTable, hello: &mut bool) -> Option<Frame> {
         _ => return fail(ErrorCode::InvalidRequest, "a name server answers Hello, RegisterBroker, GetRoute and GetCluster".into()),
     };
     respond(0, resp.encode())
-}
-
-/// A broker's side: registers with every name server every `interval` until `stop`.
-pub async fn register_loop(
-    engine: Arc<wasmq_engine::Engine>,
-    namesrvs: Vec<String>,
-    peer_ca: std::path::PathBuf,
-    me: RegisterBrokerRequest,
-    started_ms: u64,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    let mut conns: Vec<Option<wasmq_client::Connection>> = vec![None; namesrvs.len()];
-    let mut every = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            _ = every.tick() => {}
-            () = stop.cancelled() => return,
-        }
-        let mut req = me.clone();
-        req.topics = engine.topics().into_iter().map(|(t, c)| (t, c.queues)).collect();
-        req.live = crate::broker_live(&engine, started_ms);
-        let req = Request::RegisterBroker(req);
-        for (addr, conn) in namesrvs.iter().zip(conns.iter_mut()) {
-            if conn.as_ref().is_some_and(|c| c.closed().is_some()) {
-                *conn = None;
-            }
-            if conn.is_none() {
-                let mut options = wasmq_client::ConnectionOptions::new(addr, &peer_ca);
-                options.request_timeout = Duration::from_secs(5);
-                match wasmq_client::Connection::connect(options).await {
-                    Ok(c) => *conn = Some(c),
-                    Err(e) => {
-                        tracing::debug!(namesrv = addr, error = %e, "name server unreachable");
-                        continue;
-                    }
-                }
-            }
-            if let Some(c) = conn
-                && let Err(e) = c.call(&req).await
-            {
-                tracing::debug!(namesrv = addr, error = %e, "registering failed");
-                *conn = None;
-            }
-        }
-    }
 }

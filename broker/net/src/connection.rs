@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -15,6 +15,7 @@ use wasmq_protocol::{
 };
 
 use crate::ClientError;
+use crate::io::{read_ahead, write_parts};
 
 /// Requests queued for the writer task.
 const OUTBOUND_FRAMES_MAX: usize = 1024;
@@ -38,7 +39,7 @@ impl ConnectionOptions {
 }
 
 fn default_client_id() -> String {
-    format!("{}@{}", std::process::id(), crate::producer::random_hex(4))
+    format!("{}@{}", std::process::id(), crate::random_hex(4))
 }
 
 type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>>;
@@ -248,47 +249,6 @@ impl Connection {
     }
 }
 
-/// Bytes a connection asks its socket for at a time, beneath TLS (whose own reads are 4 KiB).
-pub const READ_AHEAD_BYTES: usize = 32 << 10;
-
-/// `tcp` behind a read-ahead buffer for the TLS layer, for clients and the broker alike: rustls
-/// reads at most 4 KiB per call, so a 128 KiB batch took some 32 `recv` system calls; now 4
-/// (broker CPU per message from one producer −10 to −19 %, docs/benchmarks.md). Writes pass
-/// through.
-pub fn read_ahead(tcp: TcpStream) -> tokio::io::BufReader<TcpStream> {
-    tokio::io::BufReader::with_capacity(READ_AHEAD_BYTES, tcp)
-}
-
-/// Writes `parts` in order with vectored writes (the TLS layer copies each slice once, into
-/// its records), then flushes; `parts` is left empty.
-///
-/// # Errors
-/// The socket's.
-pub async fn write_parts<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, parts: &mut Vec<Bytes>) -> std::io::Result<()> {
-    /// Slices handed to one write call.
-    const SLICES_MAX: usize = 64;
-    let mut i = 0;
-    while i < parts.len() {
-        let slices: Vec<std::io::IoSlice<'_>> = parts[i..].iter().take(SLICES_MAX).map(|p| std::io::IoSlice::new(p)).collect();
-        let mut n = w.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while n > 0 {
-            let p = &mut parts[i];
-            if n >= p.len() {
-                n -= p.len();
-                i += 1;
-            } else {
-                bytes::Buf::advance(p, n);
-                n = 0;
-            }
-        }
-    }
-    parts.clear();
-    w.flush().await
-}
-
 fn decode_answer(op: Op, f: Frame) -> Result<Response, ClientError> {
     if f.code == 0 {
         return Response::decode(op, f.body).map_err(|e| ClientError::Malformed(e.to_string()));
@@ -298,9 +258,4 @@ fn decode_answer(op: Op, f: Frame) -> Result<Response, ClientError> {
         Some(code) => Err(ClientError::Broker { code, message }),
         None => Err(ClientError::UnknownStatus(f.code)),
     }
-}
-
-/// Bytes of a body, for callers building messages.
-pub(crate) fn bytes_of(v: impl Into<Bytes>) -> Bytes {
-    v.into()
 }

@@ -18,12 +18,12 @@ const NOT_BUILT: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"
 <code>bash scripts/build-console.sh</code>) and build the broker again; the admin API is at <code>/api/v1</code>.</p></body></html>";
 
 /// Whether the console's files are there.
-pub fn built() -> bool {
+pub(crate) fn built() -> bool {
     Assets::get("index.html").is_some()
 }
 
 /// `GET /` and the console's files; anything else under `/api` is an unknown endpoint.
-pub async fn serve(uri: Uri) -> Response {
+pub(crate) async fn serve(uri: Uri) -> Response {
     let path = uri.path().trim_start_matches('/');
     if path.starts_with("api/") || path == "metrics" {
         return crate::admin::error(404, "no such endpoint");

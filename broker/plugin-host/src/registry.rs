@@ -1,6 +1,7 @@
-//! Plugins in the broker: the registry of uploaded versions and attachments (persisted under
-//! the data directory), and applying plugin decisions on the send path (routers, ordering-key
-//! selectors) and the delivery path (a group's filters).
+//! The broker's plugins: the registry of uploaded versions and attachments (persisted under
+//! the data directory), and the live attachments as the engine's plugin traits
+//! ([`wasmq_engine::Router`], [`wasmq_engine::KeySelector`], [`wasmq_engine::DeliveryFilter`]):
+//! the engine applies their verdicts and failure policies.
 //!
 //! Layout: `plugins/modules/<sha256>.wasm` (the uploaded bytes, content-addressed),
 //! `plugins/cache/` (compiled artifacts), `config/plugins.json` (versions and attachments).
@@ -17,17 +18,14 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use wasmq_admin_types::{AttachPlugin, AttachmentView, PluginDetail, PluginStats, PluginVersion};
-use wasmq_engine::Engine;
-use wasmq_plugin_host::{
-    Attached, Attachment, Batch, BatchBuilder, CallError, Delivery, FailurePolicy, Fields, Limits, OrderingKey, Plugin, Role, Route,
-    Runtime, field_names, key_hash, parse_role, role_name,
-};
-use wasmq_protocol::ErrorCode;
+use wasmq_engine::{DeliveryFilter, FailurePolicy, KeySelector, PluginMessage, Router, Verdict};
 
-use crate::now_ms;
-use wasmq_store::{NewMessage, Properties, QueueRead, StoredMessage};
+use crate::{Attached, Attachment, Batch, BatchBuilder, CallError, Delivery, Fields, Limits, OrderingKey, Plugin, Role, Route, Runtime};
+use crate::{field_names, parse_role, role_name};
 
-use crate::wire::WireError;
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Why an admin operation on plugins failed; maps to an HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -109,10 +107,6 @@ impl Live {
         Self { record, attached, policy, policy_applied: AtomicU64::new(0), slow: AtomicBool::new(true) }
     }
 
-    fn label(&self) -> String {
-        format!("{}#{}", self.record.plugin, self.record.version)
-    }
-
     fn needs(&self) -> Fields {
         self.attached.as_ref().map_or(Fields::empty(), Attached::needs)
     }
@@ -142,9 +136,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 const LOADED_UNATTACHED_MAX: usize = 8;
 
 /// The broker's plugins. Admin operations are serialized; the hot path takes one read lock.
-pub struct Plugins {
+pub struct PluginRegistry {
     runtime: Runtime,
-    engine: Arc<Engine>,
     modules_dir: PathBuf,
     registry_path: PathBuf,
     registry: Mutex<Registry>,
@@ -153,9 +146,9 @@ pub struct Plugins {
     live: RwLock<HashMap<String, TopicPlugins>>,
 }
 
-impl std::fmt::Debug for Plugins {
+impl std::fmt::Debug for PluginRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugins").field("modules_dir", &self.modules_dir).finish_non_exhaustive()
+        f.debug_struct("PluginRegistry").field("modules_dir", &self.modules_dir).finish_non_exhaustive()
     }
 }
 
@@ -177,13 +170,13 @@ fn io(e: impl std::fmt::Display) -> PluginError {
     PluginError::Io(e.to_string())
 }
 
-impl Plugins {
+impl PluginRegistry {
     /// Opens the registry under `data_dir` and re-attaches every saved attachment. A module
     /// that no longer loads is logged and its attachment kept in its failure policy's hands.
     ///
     /// # Errors
     /// The plugin runtime cannot start, or the registry file is unreadable.
-    pub fn open(engine: Arc<Engine>, data_dir: &Path, limits: Limits) -> anyhow::Result<Self> {
+    pub fn open(data_dir: &Path, limits: Limits) -> anyhow::Result<Self> {
         let modules_dir = data_dir.join("plugins").join("modules");
         std::fs::create_dir_all(&modules_dir)?;
         let runtime = Runtime::new(limits, Some(data_dir.join("plugins").join("cache")))?;
@@ -195,7 +188,6 @@ impl Plugins {
         };
         let this = Self {
             runtime,
-            engine,
             modules_dir,
             registry_path,
             registry: Mutex::new(Registry::default()),
@@ -288,13 +280,11 @@ impl Plugins {
     /// `filter` on a group's subscription to a topic. The new instance's `init` runs first; only
     /// then does it replace the old one, at the next batch. Blocking: call from a blocking thread.
     ///
+    /// The caller checks that the topic exists.
+    ///
     /// # Errors
-    /// Unknown topic, plugin or version; a role the plugin lacks; a configuration its `init`
-    /// refuses.
+    /// Unknown plugin or version; a role the plugin lacks; a configuration its `init` refuses.
     pub fn attach(&self, role: Role, topic: &str, group: Option<&str>, req: AttachPlugin) -> Result<AttachmentView, PluginError> {
-        if self.engine.topic(topic).is_none() {
-            return Err(PluginError::NotFound(format!("topic {topic} does not exist")));
-        }
         if let Some(g) = group {
             wasmq_engine::validate_group(g).map_err(PluginError::Invalid)?;
         }
@@ -448,7 +438,7 @@ impl Plugins {
         self.list().into_iter().find(|p| p.name == name)
     }
 
-    fn send_path(&self, topic: &str) -> Option<SendPath> {
+    fn send_path_of(&self, topic: &str) -> Option<SendPath> {
         let map = self.live.read().unwrap_or_else(PoisonError::into_inner);
         let t = map.get(topic)?;
         (t.router.is_some() || t.key.is_some()).then(|| (t.router.clone(), t.key.clone()))
@@ -458,161 +448,85 @@ impl Plugins {
         let map = self.live.read().unwrap_or_else(PoisonError::into_inner);
         map.get(topic)?.filters.get(group).cloned()
     }
+}
 
-    /// Sets each message's queue as the topic's router and ordering-key selector decide; the
-    /// rest go to the default queue. `placement` gives (the topic's queue count, the default
-    /// queue) and is asked only when a plugin is attached. Returns false (and changes nothing)
-    /// when neither is attached or the topic is unknown.
-    ///
-    /// # Errors
-    /// [`ErrorCode::PluginRejected`] when the router rejects a message (nothing of the batch
-    /// is stored); [`ErrorCode::PluginFailed`] when a fail-closed plugin fails.
-    pub fn route(
-        &self,
-        topic: &str,
-        messages: &mut [NewMessage],
-        placement: impl FnOnce() -> Option<(u32, u32)>,
-    ) -> Result<bool, WireError> {
-        let Some((router, key)) = self.send_path(topic) else { return Ok(false) };
-        let Some((queues, default_queue)) = placement() else { return Ok(false) };
-        let n = messages.len();
-        let mut decided: Vec<Option<u32>> = vec![None; n];
-        let all: Vec<usize> = (0..n).collect();
-        if let Some(live) = &router {
-            let results = evaluate(live, &all, |i| view_new(&messages[i]), |a, b| a.route(queues, b));
-            for (i, r) in results.into_iter().enumerate() {
-                match r {
-                    Outcome::Decided(Route::Queue(q)) => decided[i] = Some(q),
-                    Outcome::Decided(Route::DefaultRouting) => {}
-                    Outcome::Decided(Route::Reject(reason)) => {
-                        return Err(WireError::new(
-                            ErrorCode::PluginRejected,
-                            format!("plugin {} rejected message {i}: {reason}", live.label()),
-                        ));
-                    }
-                    Outcome::Failed(e) | Outcome::Undecided(e) => fail_closed(live, i, &e)?,
-                }
-            }
-        }
-        if let Some(live) = &key {
-            let open: Vec<usize> = (0..n).filter(|&i| decided[i].is_none()).collect();
-            let results = evaluate(live, &open, |i| view_new(&messages[i]), |a, b| a.ordering_key(b));
-            for (&i, r) in open.iter().zip(results) {
-                let k = match r {
-                    Outcome::Decided(k) => k,
-                    Outcome::Failed(e) | Outcome::Undecided(e) => {
-                        fail_closed(live, i, &e)?;
-                        OrderingKey::MessageKey
-                    }
-                };
-                decided[i] = match k {
-                    OrderingKey::Hashed(h) => Some((h % u64::from(queues)) as u32),
-                    OrderingKey::MessageKey => {
-                        message_key(&messages[i].properties).map(|k| (key_hash(k.as_bytes()) % u64::from(queues)) as u32)
-                    }
-                    OrderingKey::None => None,
-                };
-            }
-        }
-        for (m, q) in messages.iter_mut().zip(decided) {
-            m.queue_id = q.unwrap_or(default_queue);
-        }
-        Ok(true)
+impl wasmq_engine::Plugins for PluginRegistry {
+    fn send_path(&self, topic: &str) -> Option<wasmq_engine::SendPath> {
+        let (router, key) = self.send_path_of(topic)?;
+        Some(wasmq_engine::SendPath { router: router.map(|r| r as Arc<dyn Router>), key: key.map(|k| k as Arc<dyn KeySelector>) })
     }
 
-    /// Keeps the messages of a group's pull that its filter delivers; skipped ones are dropped
-    /// (the group's offset still moves past them), dead-lettered ones go to the group's
-    /// dead-letter topic. When the filter cannot decide, fail-open delivers; fail-closed
-    /// dead-letters a message that makes the plugin fail on its own, and holds back a message
-    /// nothing is known about (the pull ends before it, so it is judged again by a later
-    /// pull). Without a filter, returns `read` as it is.
-    #[must_use]
-    pub fn filter(&self, group: &str, topic: &str, read: QueueRead) -> QueueRead {
-        let Some(live) = self.filter_of(topic, group) else { return read };
-        if read.messages.is_empty() {
-            return read;
-        }
-        let all: Vec<usize> = (0..read.messages.len()).collect();
-        let results = evaluate(&live, &all, |i| view_stored(&read.messages[i]), |a, b| a.filter(b));
-        let QueueRead { messages, mut next_offset, min_offset, max_offset } = read;
-        let mut kept = Vec::with_capacity(messages.len());
-        for (m, r) in messages.into_iter().zip(results) {
-            let d = match (r, live.policy) {
-                (Outcome::Decided(d), _) => d,
-                (Outcome::Failed(_) | Outcome::Undecided(_), FailurePolicy::Open) => {
-                    live.policy_applied.fetch_add(1, Ordering::Relaxed);
-                    Delivery::Deliver
-                }
-                (Outcome::Failed(_), FailurePolicy::Closed) => {
-                    live.policy_applied.fetch_add(1, Ordering::Relaxed);
-                    Delivery::DeadLetter
-                }
-                (Outcome::Undecided(_), FailurePolicy::Closed) => {
-                    next_offset = m.queue_offset;
-                    break;
-                }
-            };
-            match d {
-                Delivery::Deliver => kept.push(m),
-                Delivery::Skip => {}
-                Delivery::DeadLetter => {
-                    if let Err(e) = self.engine.send_back(group, topic, m.queue_id, m.log_offset, true, None) {
-                        // Never a silent drop, nor an unfiltered delivery: hold it back.
-                        tracing::error!(group, topic, log_offset = m.log_offset, "cannot dead-letter a filtered message ({e}); holding it");
-                        next_offset = m.queue_offset;
-                        break;
-                    }
-                }
-            }
-        }
-        QueueRead { messages: kept, next_offset, min_offset, max_offset }
+    fn delivery_filter(&self, topic: &str, group: &str) -> Option<Arc<dyn DeliveryFilter>> {
+        self.filter_of(topic, group).map(|f| f as Arc<dyn DeliveryFilter>)
     }
 }
 
-/// Under fail-closed, a failed decision fails the send; under fail-open it is counted and the
-/// caller falls back.
-fn fail_closed(live: &Live, i: usize, e: &CallError) -> Result<(), WireError> {
-    live.policy_applied.fetch_add(1, Ordering::Relaxed);
-    match live.policy {
-        FailurePolicy::Open => Ok(()),
-        FailurePolicy::Closed => Err(WireError::new(
-            ErrorCode::PluginFailed,
-            format!(
-                "plugin {} (fail-closed) failed on message {i}: {e}; nothing was stored, try again later (`wasmq plugin stats` shows its failures)",
-                live.label()
-            ),
-        )),
+impl wasmq_engine::Attachment for Live {
+    fn label(&self) -> String {
+        format!("{}#{}", self.record.plugin, self.record.version)
+    }
+
+    fn policy(&self) -> FailurePolicy {
+        self.policy
+    }
+
+    fn policy_applied(&self) {
+        self.policy_applied.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// What a plugin sees of a message.
-struct View<'a> {
-    born_ms: u64,
-    properties: &'a Properties,
-    body: &'a [u8],
+impl Router for Live {
+    fn route(&self, queues: u32, messages: &[PluginMessage<'_>]) -> Vec<Verdict<wasmq_engine::Route>> {
+        let route = |r: Route| match r {
+            Route::Queue(q) => wasmq_engine::Route::Queue(q),
+            Route::DefaultRouting => wasmq_engine::Route::DefaultRouting,
+            Route::Reject(reason) => wasmq_engine::Route::Reject(reason),
+        };
+        verdicts(evaluate(self, messages, |a, b| a.route(queues, b)), route)
+    }
 }
 
-fn view_new(m: &NewMessage) -> View<'_> {
-    View { born_ms: m.born_ms, properties: &m.properties, body: &m.body }
+impl KeySelector for Live {
+    fn ordering_key(&self, messages: &[PluginMessage<'_>]) -> Vec<Verdict<wasmq_engine::OrderingKey>> {
+        let key = |k: OrderingKey| match k {
+            OrderingKey::Hashed(h) => wasmq_engine::OrderingKey::Hashed(h),
+            OrderingKey::MessageKey => wasmq_engine::OrderingKey::MessageKey,
+            OrderingKey::None => wasmq_engine::OrderingKey::None,
+        };
+        verdicts(evaluate(self, messages, |a, b| a.ordering_key(b)), key)
+    }
 }
 
-fn view_stored(m: &StoredMessage) -> View<'_> {
-    View { born_ms: m.born_ms, properties: &m.properties, body: &m.body }
+impl DeliveryFilter for Live {
+    fn filter(&self, messages: &[PluginMessage<'_>]) -> Vec<Verdict<wasmq_engine::Delivery>> {
+        let delivery = |d: Delivery| match d {
+            Delivery::Deliver => wasmq_engine::Delivery::Deliver,
+            Delivery::Skip => wasmq_engine::Delivery::Skip,
+            Delivery::DeadLetter => wasmq_engine::Delivery::DeadLetter,
+        };
+        verdicts(evaluate(self, messages, |a, b| a.filter(b)), delivery)
+    }
 }
 
-/// The key a plugin sees: the ordering key, else the first key.
-fn message_key(p: &Properties) -> Option<&str> {
-    p.ordering_key.as_deref().or_else(|| p.keys.first().map(String::as_str))
+fn verdicts<D, E>(outcomes: Vec<Outcome<D>>, map: impl Fn(D) -> E) -> Vec<Verdict<E>> {
+    outcomes
+        .into_iter()
+        .map(|o| match o {
+            Outcome::Decided(d) => Verdict::Decided(map(d)),
+            Outcome::Failed(e) => Verdict::Failed(e.to_string()),
+            Outcome::Undecided(e) => Verdict::Undecided(e.to_string()),
+        })
+        .collect()
 }
 
-fn batch_of<'a>(needs: Fields, indices: &[usize], view: &impl Fn(usize) -> View<'a>) -> Batch {
+fn batch_of(needs: Fields, indices: &[usize], messages: &[PluginMessage<'_>]) -> Batch {
     let mut b = BatchBuilder::with_capacity(needs, indices.len());
     for &i in indices {
-        let v = view(i);
+        let v = &messages[i];
         let p = v.properties;
         b.push(
             i64::try_from(v.born_ms).unwrap_or(i64::MAX),
-            message_key(p).unwrap_or_default().as_bytes(),
+            v.key().unwrap_or_default().as_bytes(),
             p.tags.as_deref().unwrap_or_default().as_bytes(),
             p.user.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
             v.body,
@@ -643,18 +557,19 @@ impl<D> Outcome<D> {
     }
 }
 
-/// Runs a plugin on the messages at `indices` and returns one outcome per message. When the
+/// Runs a plugin on `messages` and returns one outcome per message. When the
 /// batch call traps, each message is tried alone (on fresh instances) so one poison message
 /// does not condemn its batch; after a timeout only the first is tried alone (each try may
 /// cost a whole deadline) and the rest stay undecided. A plugin whose last call was slow runs
 /// under `block_in_place`, so other tasks of this worker thread move elsewhere meanwhile; a
 /// fast one runs inline.
-fn evaluate<'a, D>(
+fn evaluate<D>(
     live: &Live,
-    indices: &[usize],
-    view: impl Fn(usize) -> View<'a>,
+    messages: &[PluginMessage<'_>],
     call: impl Fn(&Attached, &Batch) -> Result<Vec<D>, CallError>,
 ) -> Vec<Outcome<D>> {
+    let all: Vec<usize> = (0..messages.len()).collect();
+    let indices = &all[..];
     if indices.is_empty() {
         return Vec::new();
     }
@@ -663,9 +578,9 @@ fn evaluate<'a, D>(
         Err(e) => return indices.iter().map(|_| Outcome::Undecided(CallError::Instantiate(e.clone()))).collect(),
     };
     let needs = live.needs();
-    let alone = |i: usize| Outcome::single(call(attached, &batch_of(needs, &[i], &view)));
+    let alone = |i: usize| Outcome::single(call(attached, &batch_of(needs, &[i], messages)));
     let run = || {
-        let batch = batch_of(needs, indices, &view);
+        let batch = batch_of(needs, indices, messages);
         match call(attached, &batch) {
             Ok(ds) => {
                 // The host checks there is one decision per message; a short answer would
@@ -680,7 +595,7 @@ fn evaluate<'a, D>(
             Err(e @ (CallError::BreakerOpen(_) | CallError::Instantiate(_))) => {
                 indices.iter().map(|_| Outcome::Undecided(e.clone())).collect()
             }
-            Err(e) if e.trap_kind() == Some(wasmq_plugin_host::TrapKind::Timeout) => {
+            Err(e) if e.trap_kind() == Some(crate::TrapKind::Timeout) => {
                 let mut out = vec![alone(indices[0])];
                 out.extend(indices[1..].iter().map(|_| Outcome::Undecided(e.clone())));
                 out

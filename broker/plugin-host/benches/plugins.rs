@@ -1,8 +1,9 @@
 //! Per-message cost of plugins where the broker runs them: a router (`tenant-router`) on the
 //! send path and a filter (`content-filter`) on the delivery path, in batches of 100 and of 1,
-//! through the broker's own `Plugins` (batch building, the sandboxed call, applying decisions).
+//! through the broker's own `PluginRegistry` and the engine's `place` / `filter_delivery` (batch
+//! building, the sandboxed call, applying decisions).
 //!
-//! `cargo bench -p wasmq-server --bench plugins` (= `just bench-plugins`, which also runs the
+//! `cargo bench -p wasmq-plugin-host --bench plugins` (= `just bench-plugins`, which also runs the
 //! throughput comparison through a broker). Custom harness: prints ns/message per case.
 
 use std::sync::Arc;
@@ -10,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wasmq_admin_types::AttachPlugin;
-use wasmq_engine::Engine;
-use wasmq_plugin_host::{Limits, Role};
-use wasmq_server::plugins::Plugins;
+use wasmq_engine::{Engine, Plugins as _};
+use wasmq_plugin_host::{Limits, PluginRegistry, Role};
 use wasmq_store::{NewMessage, Properties, QueueRead};
 
 const QUEUES: u32 = 8;
@@ -60,7 +60,7 @@ fn main() {
     let engine =
         Arc::new(Engine::open(Arc::new(store), dir.path().join("config"), "bench", Arc::new(wasmq_store::SystemClock)).expect("engine"));
     engine.create_topic("t", QUEUES).expect("topic");
-    let plugins = Plugins::open(Arc::clone(&engine), dir.path(), Limits::default()).expect("plugins");
+    let plugins = PluginRegistry::open(dir.path(), Limits::default()).expect("plugins");
     let attach = |name: &str, config: &[(&str, &str)]| AttachPlugin {
         plugin: name.to_owned(),
         version: 1,
@@ -76,6 +76,8 @@ fn main() {
     let stored: Vec<NewMessage> = (0..100).map(|i| NewMessage { topic: "t".into(), queue_id: 0, ..message(i) }).collect();
     engine.send("t", Some(0), stored).expect("append");
     let read = |n: usize| engine.pull("t", 0, 0, n, 64 << 20).expect("pull");
+    let router = plugins.send_path("t").and_then(|p| p.router).expect("a router is attached");
+    let filter = plugins.delivery_filter("t", "g").expect("a filter is attached");
 
     println!("plugin cost per message, {BODY_BYTES}-byte bodies (ns/message, host side included)");
     let mut summary = Vec::new();
@@ -84,7 +86,7 @@ fn main() {
         let mut routed = batch.clone();
         let ns = time(n, || {
             routed.clone_from(&batch);
-            assert!(plugins.route("t", &mut routed, || Some((QUEUES, 0))).expect("routed"));
+            wasmq_engine::place(Some(router.as_ref()), None, &mut routed, QUEUES, 0).expect("routed");
         });
         let copy = time(n, || routed.clone_from(&batch));
         let route_ns = ns - copy;
@@ -92,7 +94,7 @@ fn main() {
         let template: QueueRead = read(n);
         assert_eq!(template.messages.len(), n);
         let ns = time(n, || {
-            let kept = plugins.filter("g", "t", template.clone());
+            let kept = engine.filter_delivery("g", "t", filter.as_ref(), template.clone());
             assert_eq!(kept.messages.len(), n);
         });
         let clone = time(n, || drop(std::hint::black_box(template.clone())));

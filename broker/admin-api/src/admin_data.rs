@@ -46,7 +46,7 @@ fn visible(m: &StoredMessage) -> bool {
     !wasmq_engine::is_internal_topic(&m.topic)
 }
 
-pub async fn message_by_id(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
+pub(crate) async fn message_by_id(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
     // The newest message with the id: a delivered copy is newer than its held original, and
     // a message still held (scheduled, or in a transaction) is not shown.
     match s.engine.store().find_by_id(&id) {
@@ -58,11 +58,11 @@ pub async fn message_by_id(State(s): State<AdminState>, Path(id): Path<String>) 
 }
 
 #[derive(Debug, Deserialize)]
-pub struct KeyQuery {
+pub(crate) struct KeyQuery {
     key: String,
 }
 
-pub async fn messages_by_key(State(s): State<AdminState>, Path(topic): Path<String>, Query(q): Query<KeyQuery>) -> Response {
+pub(crate) async fn messages_by_key(State(s): State<AdminState>, Path(topic): Path<String>, Query(q): Query<KeyQuery>) -> Response {
     if s.engine.topic(&topic).is_none() || wasmq_engine::is_internal_topic(&topic) {
         return error(404, format!("topic {topic} does not exist"));
     }
@@ -73,14 +73,14 @@ pub async fn messages_by_key(State(s): State<AdminState>, Path(topic): Path<Stri
 }
 
 #[derive(Debug, Deserialize)]
-pub struct PageQuery {
+pub(crate) struct PageQuery {
     offset: Option<u64>,
     /// The first message stored at or after this time (ms since the epoch).
     time: Option<u64>,
     count: Option<usize>,
 }
 
-pub async fn browse_queue(
+pub(crate) async fn browse_queue(
     State(s): State<AdminState>,
     Path((topic, queue_id)): Path<(String, u32)>,
     Query(q): Query<PageQuery>,
@@ -112,7 +112,7 @@ pub async fn browse_queue(
     }
 }
 
-pub async fn send_message(
+pub(crate) async fn send_message(
     State(s): State<AdminState>,
     Path(topic): Path<String>,
     body: Result<Json<SendMessage>, axum::extract::rejection::JsonRejection>,
@@ -121,9 +121,6 @@ pub async fn send_message(
         Ok(Json(m)) => m,
         Err(e) => return error(400, e.body_text()),
     };
-    if topic.starts_with('%') {
-        return error(400, format!("{topic}: topics starting with % are the broker's own"));
-    }
     // Unique across concurrent sends (the counter) and restarts (the time).
     static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let born_ms = crate::now_ms();
@@ -134,36 +131,36 @@ pub async fn send_message(
     msg.properties.keys.extend(m.key);
     msg.properties.tags = m.tags;
     msg.properties.user = m.properties;
-    // As a producer's send: through the topic's routing plugins.
-    let (queue_id, _, appended) = match crate::conn::store_send(&s.engine, &s.plugins, &topic, m.queue_id, vec![msg], None) {
-        Ok(a) => a,
-        Err(w) => {
-            let status = match w.code {
-                wasmq_protocol::ErrorCode::UnknownTopic => 404,
-                wasmq_protocol::ErrorCode::NotMaster => 409,
-                wasmq_protocol::ErrorCode::DiskFull | wasmq_protocol::ErrorCode::StoreFailed => 507,
+    // As a producer's send: through the topic's routing plugins, answered once as safe as the
+    // broker set promises.
+    let send = wasmq_service::Send { topic, queue: m.queue_id, messages: vec![msg], transaction: None };
+    let (sent, guarantee) = match s.service.send(send).await {
+        Ok(r) => r,
+        Err(e) => {
+            use wasmq_service::ServiceError as E;
+            let status = match &e {
+                E::UnknownTopic(_) => 404,
+                E::NotMaster(_) => 409,
+                E::Append(wasmq_store::AppendError::DiskFull { .. } | wasmq_store::AppendError::Failed { .. }) => 507,
+                E::StoreFailed(_) | E::FlushTimeout(_) | E::ShuttingDown(_) | E::Internal(_) => 500,
                 _ => 400,
             };
-            return error(status, w.message);
+            return error(status, e.to_string());
         }
     };
-    // As a producer's send: answered once as safe as the broker set promises.
-    let a = &appended.messages[0];
-    let status =
-        match crate::conn::durable(&s.engine, &s.replication, appended.end_offset, || format!("stored at log offset {}", a.log_offset))
-            .await
-        {
-            Ok(wasmq_protocol::SendStatus::Ok) => "ok",
-            Ok(wasmq_protocol::SendStatus::FlushSlaveTimeout) => "stored on the master; not on enough slaves within the replica timeout",
-            Ok(wasmq_protocol::SendStatus::SlaveNotAvailable) => "stored on the master; too few slaves connected to wait for",
-            Err(e) => return error(500, e.message),
-        };
+    let status = match guarantee {
+        wasmq_service::Guarantee::Ok => "ok",
+        wasmq_service::Guarantee::SlaveTimeout => "stored on the master; not on enough slaves within the replica timeout",
+        wasmq_service::Guarantee::SlaveNotAvailable => "stored on the master; too few slaves connected to wait for",
+    };
+    let a = &sent.appended.messages[0];
+    let queue_id = sent.queue_id;
     let sent = SentMessage { message_id: id, queue_id, queue_offset: a.queue_offset, log_offset: a.log_offset, status: status.to_owned() };
     (StatusCode::CREATED, Json(sent)).into_response()
 }
 
 /// `GET /metrics`: Prometheus text exposition.
-pub async fn metrics(State(s): State<AdminState>) -> Response {
+pub(crate) async fn metrics(State(s): State<AdminState>) -> Response {
     let e = &s.engine;
     let store = e.store();
     let mut out = String::new();

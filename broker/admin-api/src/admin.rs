@@ -1,4 +1,4 @@
-//! The admin HTTP API (JSON under `/api/v1`, bearer token), served over HTTPS by [`crate::serve`].
+//! The admin HTTP API (JSON under `/api/v1`, bearer token), served over HTTPS by the server's admin listener.
 //! `router(state)` is a plain axum router, tested without sockets.
 
 use std::sync::Arc;
@@ -18,10 +18,11 @@ use wasmq_engine::Engine;
 
 #[derive(Debug, Clone)]
 pub struct AdminState {
+    pub service: Arc<wasmq_service::Service>,
     pub engine: Arc<Engine>,
-    pub plugins: Arc<crate::plugins::Plugins>,
-    pub producers: Arc<crate::held::Producers>,
-    pub replication: Arc<crate::replication::Replication>,
+    pub plugins: Arc<wasmq_plugin_host::PluginRegistry>,
+    pub producers: Arc<dyn wasmq_service::ProducerLinks>,
+    pub replication: Arc<wasmq_service::Replication>,
     pub stats: Arc<crate::stats::Stats>,
     pub token: Arc<str>,
     /// A read-only token: GET requests only.
@@ -33,12 +34,25 @@ pub struct AdminState {
     /// Name servers to ask for the cluster view (none: this broker and its replicas), and a
     /// client for them that keeps its connections.
     pub namesrvs: Vec<String>,
-    pub names: Option<Arc<wasmq_client::Cluster>>,
+    pub names: Option<Arc<wasmq_namesrv::NameServers>>,
 }
 
 /// The body of a JSON request, or a 400 answer saying what is wrong with it.
 fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, Box<Response>> {
     body.map(|Json(b)| b).map_err(|e| Box::new(error(400, e.body_text())))
+}
+
+/// HTTP status for a topic error.
+fn topic_status(e: &wasmq_engine::TopicError) -> u16 {
+    use wasmq_engine::TopicError;
+    match e {
+        TopicError::Exists(_) => 409,
+        TopicError::Unknown(_) => 404,
+        TopicError::Invalid(_) | TopicError::BadQueueCount { .. } | TopicError::Reserved => 400,
+        TopicError::TooMany => 507,
+        TopicError::ReadOnly(_) => 409,
+        TopicError::Io(_) => 500,
+    }
 }
 
 pub(crate) fn error(status: u16, message: impl Into<String>) -> Response {
@@ -114,7 +128,7 @@ pub fn router(state: AdminState) -> Router {
 
 async fn broker_info(State(s): State<AdminState>) -> Json<BrokerInfo> {
     let store = s.engine.store();
-    let live = crate::broker_live(&s.engine, s.started_ms);
+    let live = s.service.liveness(s.started_ms);
     Json(BrokerInfo {
         broker_name: s.engine.broker_name().to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -192,7 +206,7 @@ async fn cluster(State(s): State<AdminState>) -> Json<wasmq_admin_types::Cluster
             Err(e) => view.error = Some(format!("no name server answered: {e}")),
         }
     }
-    let live = crate::broker_live(&s.engine, s.started_ms);
+    let live = s.service.liveness(s.started_ms);
     let me = ClusterBroker {
         broker_id: s.replication.broker_id,
         role: if s.replication.is_slave() { "slave" } else { "master" }.into(),
@@ -260,7 +274,7 @@ async fn transactions(State(s): State<AdminState>) -> Json<wasmq_admin_types::Tr
 }
 
 async fn replicas(State(s): State<AdminState>) -> Json<wasmq_admin_types::ReplicaStatus> {
-    use crate::replication::{Mode, Role};
+    use wasmq_service::{Mode, Role};
     let r = &s.replication;
     let store = s.engine.store();
     let end = store.end_offset();
@@ -291,7 +305,19 @@ async fn replicas(State(s): State<AdminState>) -> Json<wasmq_admin_types::Replic
         admin_listen: s.admin_listen.clone(),
         log_end_offset: end,
         log_durable_offset: store.durable_offset(),
-        slaves: r.slaves(end),
+        slaves: r
+            .slaves(end)
+            .into_iter()
+            .map(|v| wasmq_admin_types::SlaveStatus {
+                broker_id: v.broker_id,
+                admin_addr: v.admin_addr,
+                acked_offset: v.acked_offset,
+                lag_bytes: v.lag_bytes,
+                lag_ms: v.lag_ms,
+                connected: v.connected,
+                last_seen_ms_ago: v.last_seen_ms_ago,
+            })
+            .collect(),
         master,
     })
 }
@@ -334,7 +360,7 @@ async fn create_topic(State(s): State<AdminState>, body: Result<Json<CreateTopic
             Json(TopicSummary { name: t.name, queues: c.queues, created_ms: c.created_ms, retention_ms: c.retention_ms }),
         )
             .into_response(),
-        Err(e) => error(crate::wire::topic_status(&e), e.to_string()),
+        Err(e) => error(topic_status(&e), e.to_string()),
     }
 }
 
@@ -351,7 +377,7 @@ async fn describe_topic(State(s): State<AdminState>, Path(name): Path<String>) -
                 .collect(),
         })
         .into_response(),
-        Err(e) => error(crate::wire::topic_status(&e), e.to_string()),
+        Err(e) => error(topic_status(&e), e.to_string()),
     }
 }
 
@@ -361,16 +387,18 @@ async fn delete_topic(State(s): State<AdminState>, Path(name): Path<String>) -> 
             s.plugins.forget_topic(&name);
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(e) => error(crate::wire::topic_status(&e), e.to_string()),
+        Err(e) => error(topic_status(&e), e.to_string()),
     }
 }
 
-fn plugin_error(e: &crate::plugins::PluginError) -> Response {
+fn plugin_error(e: &wasmq_plugin_host::PluginError) -> Response {
     error(e.status(), e.to_string())
 }
 
 /// Runs a blocking plugin operation (compiling, `init`) off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, crate::plugins::PluginError> + Send + 'static) -> Result<T, Response> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, wasmq_plugin_host::PluginError> + Send + 'static,
+) -> Result<T, Response> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(|e| plugin_error(&e)),
         Err(e) => Err(error(500, format!("plugin task failed: {e}"))),
@@ -419,6 +447,9 @@ fn topic_role(role: &str) -> Result<wasmq_plugin_host::Role, String> {
 }
 
 async fn attach(s: AdminState, role: wasmq_plugin_host::Role, topic: String, group: Option<String>, req: AttachPlugin) -> Response {
+    if s.engine.topic(&topic).is_none() {
+        return error(404, format!("topic {topic} does not exist"));
+    }
     let plugins = Arc::clone(&s.plugins);
     match blocking(move || plugins.attach(role, &topic, group.as_deref(), req)).await {
         Ok(v) => Json(v).into_response(),
@@ -675,13 +706,14 @@ mod tests {
         let (store, _) = wasmq_store::Store::open(wasmq_store::StoreConfig::small_for_tests(dir.join("s"))).unwrap();
         let engine = Arc::new(Engine::open(Arc::new(store), dir.join("c"), "b", Arc::new(wasmq_store::SystemClock)).unwrap());
         let limits = wasmq_plugin_host::Limits { instances_max: 4, ..Default::default() };
-        let plugins = Arc::new(crate::plugins::Plugins::open(Arc::clone(&engine), dir, limits).unwrap());
-        let replication =
-            crate::replication::Replication::new(&engine, "b", 0, crate::replication::Role::Master, crate::replication::Mode::Async, 0);
+        let plugins = Arc::new(wasmq_plugin_host::PluginRegistry::open(dir, limits).unwrap());
+        let replication = wasmq_service::Replication::new(&engine, "b", 0, wasmq_service::Role::Master, wasmq_service::Mode::Async, 0);
+        let service = Arc::new(wasmq_service::Service::new(Arc::clone(&engine), plugins.clone(), Arc::clone(&replication)));
         let state = AdminState {
+            service,
             engine: Arc::clone(&engine),
             plugins,
-            producers: Arc::default(),
+            producers: Arc::new(wasmq_service::AllProducers::default()),
             replication,
             stats: Arc::default(),
             token: TOKEN.into(),

@@ -1,41 +1,34 @@
-//! Master/slave replication of a broker set, over the broker protocol (TLS).
+//! Master/slave replication of a broker set: the state both sides keep, and the master's side.
 //!
-//! A slave (broker id ≥ 1) follows its master: it asks for the master's log from its own end
-//! (`ReplicaFetch`; the position is also its acknowledgement), appends the bytes as they are
-//! (`Store::append_raw`, which verifies every record and builds the slave's consume queues and
-//! index), and exchanges topics and consumer offsets every second (`ReplicaMeta`). It takes no
-//! writes. The master answers fetches — waiting up to the request's `wait_ms` for new bytes —
-//! and, in `sync` mode, holds a send's answer until enough slaves hold it (or says why not).
+//! A slave (broker id ≥ 1) follows its master (the native front end's follower): it asks for
+//! the master's log from its own end (the position is also its acknowledgement), appends the
+//! bytes as they are (`Store::append_raw`, which verifies every record and builds the slave's
+//! consume queues and index), and exchanges topics and consumer offsets every second. It takes
+//! no writes. The master answers fetches ([`Replication::fetch`]) — waiting up to the request's
+//! wait for new bytes — and, in `sync` mode, holds a send's answer until enough slaves hold it
+//! (or says why not).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use wasmq_engine::Engine;
-use wasmq_protocol::{
-    ErrorCode, ReadFrom, ReplicaFetchRequest, ReplicaFetchResponse, ReplicaMetaRequest, ReplicaMetaResponse, Request, Response, SendStatus,
-};
 
-use wasmq_admin_types::SlaveStatus;
-
-use crate::wire::WireError;
+use crate::{Guarantee, ReadFrom, ServiceError};
 
 /// Most bytes one fetch answer carries.
 pub const FETCH_BYTES_MAX: u32 = 4 << 20;
 /// How long a caught-up slave's fetch waits at the master for new bytes.
-const FETCH_WAIT_MS: u32 = 500;
+pub const FETCH_WAIT_MS: u32 = 500;
 /// A slave this far behind is not waited for by synchronous sends (as RocketMQ's
 /// `haMaxGapNotInSync`).
 const IN_SYNC_GAP_MAX: u64 = 256 << 20;
-/// How often a slave exchanges topics and offsets with its master.
-const META_INTERVAL: Duration = Duration::from_secs(1);
 /// Most slaves one master serves (and remembers).
 pub const SLAVES_MAX: usize = 16;
-/// Pause before a slave reconnects to its master.
-const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
 /// How a broker set acknowledges sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +67,28 @@ pub struct MasterLink {
     pub master_end: u64,
     pub last_contact: Option<Instant>,
     pub error: Option<String>,
+}
+
+/// A slave's position as its master sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlaveStatus {
+    pub broker_id: u32,
+    pub admin_addr: String,
+    pub acked_offset: u64,
+    pub lag_bytes: u64,
+    /// How long since the slave last held everything (0: it does).
+    pub lag_ms: u64,
+    pub connected: bool,
+    pub last_seen_ms_ago: u64,
+}
+
+/// A fetch's answer: the master's log from `start_offset`.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub start_offset: u64,
+    pub master_end: u64,
+    pub segment_bytes: u64,
+    pub bytes: Bytes,
 }
 
 /// The replication state of this broker.
@@ -131,41 +146,48 @@ impl Replication {
     ///
     /// # Errors
     /// Not a master, another broker set, a slave whose position the master cannot serve.
-    pub async fn fetch(&self, engine: &Engine, req: ReplicaFetchRequest, cancel: &CancellationToken) -> Result<Response, WireError> {
+    #[allow(clippy::too_many_arguments)]
+    pub async fn fetch(
+        &self,
+        engine: &Engine,
+        broker_name: &str,
+        broker_id: u32,
+        admin_addr: &str,
+        from: u64,
+        max_bytes: u32,
+        wait_ms: u32,
+        cancel: &CancellationToken,
+    ) -> Result<Fetched, ServiceError> {
         if self.is_slave() {
-            return Err(WireError::new(ErrorCode::NotMaster, "this broker is a slave; fetch from the master"));
+            return Err(ServiceError::NotMaster("this broker is a slave; fetch from the master".into()));
         }
-        if req.broker_name != self.broker_name || req.broker_id == 0 {
-            return Err(WireError::new(
-                ErrorCode::InvalidRequest,
-                format!("this is the master of {}; a slave of {} id {} cannot follow it", self.broker_name, req.broker_name, req.broker_id),
-            ));
+        if broker_name != self.broker_name || broker_id == 0 {
+            return Err(ServiceError::Invalid(format!(
+                "this is the master of {}; a slave of {broker_name} id {broker_id} cannot follow it",
+                self.broker_name
+            )));
         }
         let store = engine.store();
         let end = store.end_offset();
-        if req.from > end {
-            return Err(WireError::new(
-                ErrorCode::InvalidRequest,
-                format!("the slave's log ends at {} past the master's end {end}: the two have diverged", req.from),
-            ));
+        if from > end {
+            return Err(ServiceError::Invalid(format!(
+                "the slave's log ends at {from} past the master's end {end}: the two have diverged"
+            )));
         }
-        self.record_ack(req.broker_id, req.from, &req.admin_addr, end)?;
+        self.record_ack(broker_id, from, admin_addr, end)?;
         let min = store.min_offset();
-        let mut from = req.from;
+        let mut from = from;
         if from < min {
             if from != 0 {
-                return Err(WireError::new(
-                    ErrorCode::OffsetTrimmed,
-                    format!(
-                        "the slave needs log offset {from}, deleted here (the log starts at {min}); empty the slave's store to start over"
-                    ),
-                ));
+                return Err(ServiceError::OffsetTrimmed(format!(
+                    "the slave needs log offset {from}, deleted here (the log starts at {min}); empty the slave's store to start over"
+                )));
             }
             // An empty slave starts from the master's oldest segment.
             from = min;
         }
         if from == end {
-            let wait = Duration::from_millis(u64::from(req.wait_ms.min(FETCH_WAIT_MS * 4)));
+            let wait = Duration::from_millis(u64::from(wait_ms.min(FETCH_WAIT_MS * 4)));
             let notified = self.appended.notified();
             if store.end_offset() == from {
                 tokio::select! {
@@ -174,23 +196,22 @@ impl Replication {
                 }
             }
         }
-        let chunk = store.read_raw(from, req.max_bytes.clamp(1, FETCH_BYTES_MAX) as usize).map_err(|e| crate::wire::read_error(&e))?;
-        Ok(Response::ReplicaFetch(ReplicaFetchResponse {
+        let chunk = store.read_raw(from, max_bytes.clamp(1, FETCH_BYTES_MAX) as usize)?;
+        Ok(Fetched {
             start_offset: chunk.start_offset,
             master_end: store.end_offset(),
             segment_bytes: store.segment_bytes(),
             bytes: chunk.bytes,
-        }))
+        })
     }
 
-    fn record_ack(&self, broker_id: u32, acked: u64, admin_addr: &str, end: u64) -> Result<(), WireError> {
+    fn record_ack(&self, broker_id: u32, acked: u64, admin_addr: &str, end: u64) -> Result<(), ServiceError> {
         let now = Instant::now();
         let mut slaves = lock(&self.slaves);
         if slaves.len() >= SLAVES_MAX && !slaves.contains_key(&broker_id) {
-            return Err(WireError::new(
-                ErrorCode::InvalidRequest,
-                format!("this master already serves {SLAVES_MAX} slaves; broker id {broker_id} cannot join"),
-            ));
+            return Err(ServiceError::Invalid(format!(
+                "this master already serves {SLAVES_MAX} slaves; broker id {broker_id} cannot join"
+            )));
         }
         let s = slaves.entry(broker_id).or_insert_with(|| {
             tracing::info!(broker_id, admin_addr, "slave connected");
@@ -207,21 +228,22 @@ impl Replication {
         Ok(())
     }
 
-    /// Master: takes a slave's local offset commits, answers with topics and offsets.
+    /// Master: takes a slave's local offset commits (JSON), answers with the topics and the
+    /// offsets (JSON).
     ///
     /// # Errors
     /// Not a master; bad JSON.
-    pub fn meta(&self, engine: &Engine, req: &ReplicaMetaRequest) -> Result<Response, WireError> {
+    pub fn meta(&self, engine: &Engine, local_offsets_json: &str) -> Result<(String, String), ServiceError> {
         if self.is_slave() {
-            return Err(WireError::new(ErrorCode::NotMaster, "this broker is a slave"));
+            return Err(ServiceError::NotMaster("this broker is a slave".into()));
         }
-        engine.merge_offsets(&req.local_offsets_json).map_err(|e| crate::wire::engine_error(&e))?;
-        Ok(Response::ReplicaMeta(ReplicaMetaResponse { topics_json: engine.topics_json(), offsets_json: engine.offsets_json() }))
+        engine.merge_offsets(local_offsets_json)?;
+        Ok((engine.topics_json(), engine.offsets_json()))
     }
 
     /// Master, sync mode: waits until enough slaves hold everything below `end_offset`.
-    pub async fn replicated(&self, end_offset: u64) -> SendStatus {
-        let Mode::Sync { replicas, timeout } = self.mode else { return SendStatus::Ok };
+    pub async fn replicated(&self, end_offset: u64) -> Guarantee {
+        let Mode::Sync { replicas, timeout } = self.mode else { return Guarantee::Ok };
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.acked.notified();
@@ -233,13 +255,13 @@ impl Replication {
                 (live.len() as u32, live.iter().filter(|s| s.acked >= end_offset).count() as u32)
             };
             if holding >= replicas {
-                return SendStatus::Ok;
+                return Guarantee::Ok;
             }
             if live < replicas {
-                return SendStatus::SlaveNotAvailable;
+                return Guarantee::SlaveNotAvailable;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return SendStatus::FlushSlaveTimeout;
+                return Guarantee::SlaveTimeout;
             }
         }
     }
@@ -288,90 +310,19 @@ impl Replication {
         lock(&self.link).clone()
     }
 
-    /// Slave: follows the master until `stop`, reconnecting after failures.
-    pub async fn follow(self: Arc<Self>, engine: Arc<Engine>, admin_addr: String, stop: CancellationToken) {
-        let Role::Slave { master, peer_ca } = self.role.clone() else { return };
-        let mut last_error = String::new();
-        loop {
-            let result = tokio::select! {
-                r = self.follow_once(&engine, &master, &peer_ca, &admin_addr) => r,
-                () = stop.cancelled() => return,
-            };
-            let e = result.err().unwrap_or_default();
-            {
-                let mut link = lock(&self.link);
-                link.connected = false;
-                link.error = Some(e.clone());
-            }
-            if e != last_error {
-                tracing::warn!(master, error = %e, "replication from the master stopped; retrying");
-                last_error = e;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(RECONNECT_PAUSE) => {}
-                () = stop.cancelled() => return,
-            }
-        }
+    /// Slave: records a fetch answered by the master at `master_end`.
+    pub fn link_up(&self, master_end: u64) {
+        let mut link = lock(&self.link);
+        link.connected = true;
+        link.master_end = master_end;
+        link.last_contact = Some(Instant::now());
+        link.error = None;
     }
 
-    async fn follow_once(&self, engine: &Arc<Engine>, master: &str, peer_ca: &std::path::Path, admin_addr: &str) -> Result<(), String> {
-        let mut options = wasmq_client::ConnectionOptions::new(master, peer_ca);
-        options.client_id = format!("{}-{}", self.broker_name, self.broker_id);
-        let conn = wasmq_client::Connection::connect(options).await.map_err(|e| e.to_string())?;
-        let store = engine.store();
-        let mut last_meta = Instant::now() - META_INTERVAL;
-        loop {
-            if last_meta.elapsed() >= META_INTERVAL {
-                last_meta = Instant::now();
-                self.exchange_meta(engine, &conn).await?;
-            }
-            let from = store.end_offset();
-            let req = Request::ReplicaFetch(ReplicaFetchRequest {
-                broker_name: self.broker_name.clone(),
-                broker_id: self.broker_id,
-                from,
-                max_bytes: FETCH_BYTES_MAX,
-                wait_ms: FETCH_WAIT_MS,
-                admin_addr: admin_addr.to_owned(),
-            });
-            let timeout = Duration::from_millis(u64::from(FETCH_WAIT_MS)) + Duration::from_secs(10);
-            let Response::ReplicaFetch(r) = conn.call_with_timeout(&req, timeout).await.map_err(|e| e.to_string())? else {
-                return Err("ReplicaFetch answered with another response".into());
-            };
-            if r.segment_bytes != store.segment_bytes() {
-                return Err(format!(
-                    "the master's segments are {} bytes, this slave's {}: set the same segment_bytes",
-                    r.segment_bytes,
-                    store.segment_bytes()
-                ));
-            }
-            if !r.bytes.is_empty() {
-                let (s, at, bytes) = (Arc::clone(store), r.start_offset, r.bytes);
-                tokio::task::spawn_blocking(move || s.append_raw(at, &bytes))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("applying the master's log at {at}: {e}"))?;
-                engine.wake_all();
-            }
-            let mut link = lock(&self.link);
-            link.connected = true;
-            link.master_end = r.master_end;
-            link.last_contact = Some(Instant::now());
-            link.error = None;
-        }
-    }
-
-    async fn exchange_meta(&self, engine: &Engine, conn: &wasmq_client::Connection) -> Result<(), String> {
-        let handed = engine.local_commits();
-        let req = Request::ReplicaMeta(ReplicaMetaRequest {
-            broker_id: self.broker_id,
-            local_offsets_json: serde_json::to_string(&handed).map_err(|e| e.to_string())?,
-        });
-        let Response::ReplicaMeta(m) = conn.call(&req).await.map_err(|e| e.to_string())? else {
-            return Err("ReplicaMeta answered with another response".into());
-        };
-        engine.adopt_topics(&m.topics_json).map_err(|e| e.to_string())?;
-        engine.adopt_offsets(&m.offsets_json, &handed).map_err(|e| e.to_string())?;
-        Ok(())
+    /// Slave: records that following the master stopped, and why.
+    pub fn link_down(&self, error: String) {
+        let mut link = lock(&self.link);
+        link.connected = false;
+        link.error = Some(error);
     }
 }

@@ -1,0 +1,101 @@
+//! wasmq's use cases, the same under every protocol front end (the native protocol today, the
+//! RocketMQ 5 gRPC and Kafka protocols next) and the admin API:
+//!
+//! - [`Service::send`]: a batch placed by the topic's plugins, held when it is a transaction's
+//!   half or scheduled, appended, and answered once as safe as the broker set promises (flush
+//!   and replication), with a [`Guarantee`] saying which held.
+//! - [`Service::pull`]: a queue read with a tag filter and the group's filter plugin, waiting
+//!   (long poll) until a message arrives, a held retry falls due, or the deadline.
+//! - groups, offsets, queue locks, retries (`groups.rs`); end-transaction and the timers of
+//!   held messages, which reach producers through [`ProducerLinks`] a front end implements
+//!   (`held.rs`); replication's master side (`replication.rs`).
+//!
+//! Knows the engine and the store; no sockets, no wire types. Errors are [`ServiceError`];
+//! each front end maps them to its codes in one file.
+
+mod error;
+mod groups;
+mod held;
+mod pull;
+mod replication;
+mod send;
+
+use std::sync::Arc;
+
+use wasmq_engine::{Engine, Plugins};
+use wasmq_store::FlushMode;
+
+pub use error::ServiceError;
+pub use groups::TxOutcome;
+pub use held::{AllProducers, Asked, CHECK_SEND_TIMEOUT, CheckBack, ProducerLinks, check_back, scheduler};
+pub use pull::{PULL_BYTES_MAX, Pull, Pulled, ReadFrom};
+pub use replication::{FETCH_BYTES_MAX, FETCH_WAIT_MS, Fetched, MasterLink, Mode, Replication, Role, SLAVES_MAX, SlaveStatus};
+pub use send::{Guarantee, Send, Sent, TransactionSend};
+
+/// The use cases over one broker's engine. Share it in an `Arc`; every front end holds one.
+#[derive(Debug)]
+pub struct Service {
+    engine: Arc<Engine>,
+    plugins: Arc<dyn Plugins>,
+    replication: Arc<Replication>,
+}
+
+impl Service {
+    #[must_use]
+    pub fn new(engine: Arc<Engine>, plugins: Arc<dyn Plugins>, replication: Arc<Replication>) -> Self {
+        Self { engine, plugins, replication }
+    }
+
+    #[must_use]
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    #[must_use]
+    pub fn replication(&self) -> &Arc<Replication> {
+        &self.replication
+    }
+
+    /// Whether a send is answered as soon as it is appended: async flush and no synchronous
+    /// replication (a front end may then answer it inline, without a task of its own).
+    #[must_use]
+    pub fn answers_at_append(&self) -> bool {
+        matches!(self.engine.store().config().flush, FlushMode::Async { .. }) && !matches!(self.replication.mode, Mode::Sync { .. })
+    }
+}
+
+/// Wall-clock milliseconds since the epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What a broker reports of itself to name servers and in cluster views.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Liveness {
+    pub version: String,
+    pub started_ms: u64,
+    pub log_end_offset: u64,
+    /// Whole segment files, from the oldest kept to the active one.
+    pub log_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub disk_used_bytes: u64,
+}
+
+impl Service {
+    /// This broker's liveness, for a broker started at `started_ms`.
+    #[must_use]
+    pub fn liveness(&self, started_ms: u64) -> Liveness {
+        let store = self.engine.store();
+        let seg = store.segment_bytes();
+        let (min, end) = (store.min_offset(), store.end_offset());
+        let disk = wasmq_store::disk_space(&store.config().dir).ok();
+        Liveness {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_ms,
+            log_end_offset: end,
+            log_bytes: (end / seg - min / seg + 1) * seg,
+            disk_total_bytes: disk.map_or(0, |d| d.total_bytes),
+            disk_used_bytes: disk.map_or(0, |d| d.used_bytes),
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The send use case: place, hold or append, then wait for the promised durability.
+
+use wasmq_engine::place;
+use wasmq_store::{Appended, FlushMode, NewMessage};
+
+use crate::{Service, ServiceError};
+
+/// A transactional send: the messages are half messages of `producer_group`'s transaction.
+#[derive(Debug, Clone)]
+pub struct TransactionSend {
+    pub producer_group: String,
+    /// When to ask a producer first if no decision came (none: the broker's default).
+    pub check_after_ms: Option<u64>,
+}
+
+/// A producer's batch for one topic.
+#[derive(Debug)]
+pub struct Send {
+    pub topic: String,
+    /// `None`: the topic's plugins, else round robin.
+    pub queue: Option<u32>,
+    pub messages: Vec<NewMessage>,
+    pub transaction: Option<TransactionSend>,
+}
+
+/// How safe a stored batch is when the sender is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    /// Everything the broker set promises: flushed under sync flush, and on enough slaves under
+    /// synchronous replication.
+    Ok,
+    /// Stored (and flushed, under sync flush) on the master; not on enough slaves within the
+    /// replica timeout.
+    SlaveTimeout,
+    /// Stored on the master; too few slaves connected to wait for.
+    SlaveNotAvailable,
+}
+
+/// Where a batch was stored.
+#[derive(Debug)]
+pub struct Sent {
+    /// The first message's queue.
+    pub queue_id: u32,
+    /// Each message's queue, when plugins or holding chose them (else all are `queue_id`).
+    pub queue_ids: Vec<u32>,
+    pub appended: Appended,
+}
+
+impl Sent {
+    /// Message `i`'s queue.
+    #[must_use]
+    pub fn queue_of(&self, i: usize) -> u32 {
+        self.queue_ids.get(i).copied().unwrap_or(self.queue_id)
+    }
+}
+
+impl Service {
+    /// Stores a batch and waits until it is as safe as the broker set promises.
+    ///
+    /// # Errors
+    /// Unknown topic or queue, a plugin's refusal, the store's refusal, a flush timeout.
+    pub async fn send(&self, send: Send) -> Result<(Sent, Guarantee), ServiceError> {
+        if send.topic.starts_with('%') {
+            return Err(ServiceError::InvalidTopic(format!("{}: topics starting with % are the broker's own", send.topic)));
+        }
+        let sent = self.store(send)?;
+        let first = sent.appended.messages[0].log_offset;
+        let guarantee = self.durable(sent.appended.end_offset, || format!("stored at log offset {first}")).await?;
+        Ok((sent, guarantee))
+    }
+
+    /// Stores a batch as the topic's plugins and the messages ask: routing and ordering-key
+    /// plugins choose queues; a transaction's half messages and scheduled messages are held.
+    /// Not yet durable (see [`Service::durable`]).
+    ///
+    /// # Errors
+    /// As [`Service::send`], but for the durability wait.
+    pub fn store(&self, send: Send) -> Result<Sent, ServiceError> {
+        let engine = &self.engine;
+        let Send { topic, queue, mut messages, transaction } = send;
+        if messages.is_empty() {
+            return Err(wasmq_store::AppendError::EmptyBatch.into());
+        }
+        // Routing and ordering-key plugins attached to the topic choose each message's queue; a
+        // topic without them costs one map lookup here.
+        let mut routed = false;
+        if let Some(path) = self.plugins.send_path(&topic)
+            && let Some(config) = engine.topic(&topic)
+        {
+            let default_queue = queue.unwrap_or_else(|| engine.pick_queue(config.queues));
+            place(path.router.as_deref(), path.key.as_deref(), &mut messages, config.queues, default_queue)?;
+            routed = true;
+        }
+        let now = crate::now_ms();
+        let scheduled = messages.iter().any(|m| m.properties.delivery_ms.is_some_and(|d| d > now));
+        let held = transaction.is_some() || scheduled;
+        if held && !routed {
+            // Held messages are stored elsewhere first: their queue is chosen now.
+            let queues = engine
+                .topic(&topic)
+                .map(|c| c.queues)
+                .ok_or_else(|| ServiceError::UnknownTopic(format!("topic {topic} does not exist")))?;
+            let q = queue.unwrap_or_else(|| engine.pick_queue(queues));
+            messages.iter_mut().for_each(|m| m.queue_id = q);
+        }
+        let queue_ids: Vec<u32> = if routed || held { messages.iter().map(|m| m.queue_id).collect() } else { Vec::new() };
+        let first = queue_ids.first().copied().unwrap_or_default();
+        let (queue_id, appended) = if let Some(tx) = transaction {
+            (first, engine.send_half(&topic, &tx.producer_group, tx.check_after_ms, messages)?)
+        } else if scheduled {
+            (first, engine.send_scheduled(&topic, messages)?)
+        } else if routed {
+            (first, engine.send_routed(&topic, messages)?)
+        } else {
+            engine.send(&topic, queue, messages)?
+        };
+        Ok(Sent { queue_id, queue_ids, appended })
+    }
+
+    /// Waits until the log up to `end_offset` is as safe as the broker set promises: fsynced
+    /// under sync flush (`what` names the write in a timeout's message), and held by enough
+    /// slaves under synchronous replication (else the guarantee says why not: the bytes are on
+    /// the master). Every write a client or the admin API makes waits here before it is
+    /// answered.
+    ///
+    /// # Errors
+    /// [`ServiceError::FlushTimeout`], a failed store, shutdown.
+    pub async fn durable(&self, end_offset: u64, what: impl FnOnce() -> String) -> Result<Guarantee, ServiceError> {
+        let store = self.engine.store();
+        if let FlushMode::Sync { timeout } = store.config().flush {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            store.on_durable(end_offset, move |r| {
+                let _ = tx.send(r);
+            });
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => return Err(ServiceError::StoreFailed(e.to_string())),
+                Ok(Err(_)) => return Err(ServiceError::ShuttingDown("store closed before the flush".into())),
+                Err(_) => return Err(ServiceError::FlushTimeout(format!("{} but not flushed within {timeout:?}", what()))),
+            }
+        }
+        Ok(self.replication.replicated(end_offset).await)
+    }
+}
