@@ -45,6 +45,16 @@ pub fn dlq_topic(group: &str) -> String {
     format!("%DLQ%{group}")
 }
 
+/// A plain send for [`Engine::send_many`]: a batch for one topic, to one queue (`None`: round
+/// robin) or, when `routed`, each message to the queue it names.
+#[derive(Debug, Clone)]
+pub struct PlainSend {
+    pub topic: String,
+    pub queue: Option<u32>,
+    pub routed: bool,
+    pub messages: Vec<NewMessage>,
+}
+
 /// Where a sent-back message went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendBackOutcome {
@@ -398,6 +408,63 @@ impl Engine {
             m.queue_id = queue_id;
         }
         Ok((queue_id, self.append_and_wake(topic, config.queues, messages)?))
+    }
+
+    /// Appends several plain sends together (a group append: one writer-lock section, one
+    /// `pwrite` of the log and one per consume queue for all of them) and wakes each queue's
+    /// long polls once. Each send has its own result, as [`Engine::send`] (or, when `routed`,
+    /// [`Engine::send_routed`]) would give it; order is kept.
+    pub fn send_many(&self, sends: Vec<PlainSend>) -> Vec<Result<(u32, Appended), SendError>> {
+        let mut results: Vec<Result<(u32, Appended), SendError>> = Vec::with_capacity(sends.len());
+        let writable = self.writable();
+        let mut ready: Vec<(usize, u32, Vec<NewMessage>)> = Vec::with_capacity(sends.len());
+        for PlainSend { topic, queue, routed, mut messages } in sends {
+            let at = results.len();
+            results.push(Err(SendError::Invalid(String::new())));
+            if let Err(e) = &writable {
+                results[at] = Err(match e {
+                    SendError::ReadOnly(why) => SendError::ReadOnly(why.clone()),
+                    other => SendError::Invalid(other.to_string()),
+                });
+                continue;
+            }
+            let Some(config) = self.topic(&topic) else {
+                results[at] = Err(SendError::UnknownTopic(topic));
+                continue;
+            };
+            let queue_id = if routed {
+                messages.first().map_or(0, |m| m.queue_id)
+            } else {
+                let q = queue.unwrap_or_else(|| self.pick_queue(config.queues));
+                messages.iter_mut().for_each(|m| m.queue_id = q);
+                q
+            };
+            if let Some(m) = messages.iter().find(|m| m.queue_id >= config.queues) {
+                results[at] = Err(SendError::InvalidQueue { topic, queue_id: m.queue_id, queues: config.queues });
+                continue;
+            }
+            for m in &mut messages {
+                topic.clone_into(&mut m.topic);
+            }
+            ready.push((at, queue_id, messages));
+        }
+        let batches: Vec<&[NewMessage]> = ready.iter().map(|(_, _, m)| m.as_slice()).collect();
+        let appended = self.store.append_many(&batches);
+        let mut woken: Vec<(&str, u32)> = Vec::new();
+        for ((at, queue_id, messages), r) in ready.iter().zip(appended) {
+            if r.is_ok() {
+                for m in messages {
+                    if !woken.contains(&(m.topic.as_str(), m.queue_id)) {
+                        woken.push((m.topic.as_str(), m.queue_id));
+                    }
+                }
+            }
+            results[*at] = r.map(|a| (*queue_id, a)).map_err(SendError::Append);
+        }
+        for (topic, queue_id) in woken {
+            self.wake(topic, queue_id);
+        }
+        results
     }
 
     /// Refuses writes on a slave.
@@ -924,6 +991,59 @@ mod tests {
 
     fn msg(body: &str) -> NewMessage {
         NewMessage { body: bytes::Bytes::copy_from_slice(body.as_bytes()), ..Default::default() }
+    }
+
+    /// Sends appended together each get what a send of their own would: refusals alone, queues
+    /// round robin or as named, order within each queue, one wake per queue.
+    #[test]
+    fn sends_appended_together_keep_their_own_results_and_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(StoreConfig::small_for_tests(dir.path().join("store"))).unwrap();
+        let e = Engine::open(Arc::new(store), dir.path().join("config"), "b0", Arc::new(wasmq_store::SystemClock)).unwrap();
+        e.create_topic("t", 2).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        struct W(std::sync::mpsc::Sender<()>);
+        impl Wake for W {
+            fn wake(self: Box<Self>) {
+                let _ = self.0.send(());
+            }
+            fn is_cancelled(&self) -> bool {
+                false
+            }
+        }
+        assert!(e.wait_for("t", 1, 0, Box::new(W(tx))).is_none(), "parked on an empty queue");
+        let plain = |topic: &str, queue: Option<u32>, bodies: &[&str]| PlainSend {
+            topic: topic.into(),
+            queue,
+            routed: false,
+            messages: bodies.iter().map(|b| msg(b)).collect(),
+        };
+        let mut routed = plain("t", None, &["r1", "r0"]);
+        routed.routed = true;
+        routed.messages[0].queue_id = 1;
+        let results = e.send_many(vec![
+            plain("t", Some(0), &["a", "b"]),
+            plain("nope", None, &["x"]),
+            plain("t", Some(5), &["y"]),
+            routed,
+            plain("t", Some(1), &["c"]),
+        ]);
+        assert!(matches!(&results[1], Err(SendError::UnknownTopic(t)) if t == "nope"));
+        assert!(matches!(&results[2], Err(SendError::InvalidQueue { queue_id: 5, queues: 2, .. })));
+        let (q0, a0) = results[0].as_ref().unwrap();
+        assert_eq!((*q0, a0.messages.iter().map(|m| m.queue_offset).collect::<Vec<_>>()), (0, vec![0, 1]));
+        let (q3, a3) = results[3].as_ref().unwrap();
+        assert_eq!((*q3, a3.messages.iter().map(|m| m.queue_offset).collect::<Vec<_>>()), (1, vec![0, 2]), "r1 on 1, r0 on 0");
+        assert_eq!(results[4].as_ref().unwrap().0, 1);
+        let bodies = |q| -> Vec<String> {
+            e.pull("t", q, 0, 10, 1 << 20).unwrap().messages.iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()).collect()
+        };
+        assert_eq!(bodies(0), ["a", "b", "r0"]);
+        assert_eq!(bodies(1), ["r1", "c"]);
+        rx.recv_timeout(std::time::Duration::from_secs(1)).expect("queue 1's long poll woken");
+        // A slave refuses them all.
+        e.set_read_only("a slave");
+        assert!(e.send_many(vec![plain("t", None, &["z"])]).iter().all(|r| matches!(r, Err(SendError::ReadOnly(_)))));
     }
 
     #[test]

@@ -19,9 +19,9 @@ use wasmq_service::{PULL_BYTES_MAX, Pull, Service, TransactionSend, TxOutcome};
 
 use crate::wire::{self, WireError};
 
-/// Responses queued for one connection's writer; a client that stops reading fills it, and
-/// then its requests wait (backpressure) instead of the broker's memory growing.
-const OUTBOUND_FRAMES_MAX: usize = 64;
+/// Room in a connection's outbound queue beyond its requests' answers, for the broker's own
+/// requests (check-backs).
+const OUTBOUND_BROKER_FRAMES: usize = 16;
 /// A connection whose socket accepts nothing for this long is closed.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Read buffer growth step.
@@ -57,7 +57,10 @@ fn error_frame(request_id: u32, e: &WireError) -> OutFrame {
 /// down.
 pub async fn serve(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr, shared: Arc<Shared>) {
     let (mut rd, mut wr) = tokio::io::split(tls);
-    let (tx, mut rx) = mpsc::channel::<OutFrame>(OUTBOUND_FRAMES_MAX);
+    // Responses queued for the writer: at most one per request in flight, and the broker's own
+    // requests (check-backs). A client that stops reading fills it, and then its requests wait
+    // (backpressure) instead of the broker's memory growing.
+    let (tx, mut rx) = mpsc::channel::<OutFrame>(shared.in_flight_max as usize + OUTBOUND_BROKER_FRAMES);
     let writer = tokio::spawn(async move {
         let (mut scratch, mut parts) = (BytesMut::new(), Vec::new());
         while let Some(f) = rx.recv().await {
@@ -84,6 +87,8 @@ pub async fn serve(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr, shared
     // Under async flush and without synchronous replication a send is answered as soon as it
     // is appended.
     let answered_at_once = shared.service.answers_at_append();
+    // Sends decoded from what was read, not yet queued with the service.
+    let mut pending: Vec<(wasmq_service::Send, wasmq_service::Answer)> = Vec::new();
     'conn: loop {
         loop {
             match decoder.decode(&mut buf) {
@@ -115,16 +120,21 @@ pub async fn serve(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr, shared
                         continue;
                     }
                     if answered_at_once && frame.code == Op::Send as u16 {
-                        // Nothing to wait for: handled here, in order, without a task of its own
-                        // (a spawned task per send costs a wakeup of another worker).
-                        let one_way = frame.request_id == 0;
-                        let reply = handle(&shared, frame, &ConnCtx { id: conn_id, tx: &tx, cancel: &conn_cancel }).await;
-                        drop(permit);
-                        if !one_way && tx.send(reply).await.is_err() {
-                            break 'conn;
+                        // Nothing to wait for but the append: queued for the group append here,
+                        // in order, without a task of its own (a spawned task per send costs a
+                        // wakeup of another worker); the appender hands the answer to the
+                        // writer. The next request is read meanwhile, so this connection's
+                        // sends share groups.
+                        let Ok(slot) = tx.clone().reserve_owned().await else { break 'conn };
+                        if let Some(send) =
+                            queue_send(&shared, frame, &ConnCtx { id: conn_id, tx: &tx, cancel: &conn_cancel }, slot, permit)
+                        {
+                            pending.push(send);
                         }
                         continue;
                     }
+                    // Sends read before this request are queued before it is handled.
+                    shared.service.submit(std::mem::take(&mut pending)).await;
                     let (shared, tx, cancel) = (Arc::clone(&shared), tx.clone(), conn_cancel.clone());
                     tokio::spawn(async move {
                         let one_way = frame.request_id == 0;
@@ -135,7 +145,12 @@ pub async fn serve(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr, shared
                         drop(permit);
                     });
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    // Everything read so far is decoded: its sends go to the group append
+                    // as one queue entry.
+                    shared.service.submit(std::mem::take(&mut pending)).await;
+                    break;
+                }
                 Err(e) => {
                     tracing::info!(%peer, error = %e, "bad frame; closing the connection");
                     let _ = tx.send(error_frame(0, &WireError::new(ErrorCode::FrameTooLarge, e.to_string()))).await;
@@ -209,6 +224,74 @@ async fn handle(shared: &Shared, frame: Frame, conn: &ConnCtx<'_>) -> OutFrame {
     }
 }
 
+/// A send request in the service's terms; a transactional one registers its connection with
+/// the producer group (for check-backs).
+fn to_send(shared: &Shared, s: wasmq_protocol::SendRequest, conn: &ConnCtx<'_>) -> wasmq_service::Send {
+    let transaction = if s.transactional {
+        if shared.producers.register(conn.id, &s.producer_group, conn.tx) {
+            shared.service.producer_joined(&s.producer_group);
+        }
+        Some(TransactionSend {
+            producer_group: s.producer_group,
+            check_after_ms: (s.check_after_ms > 0).then_some(u64::from(s.check_after_ms)),
+        })
+    } else {
+        None
+    };
+    wasmq_service::Send {
+        topic: s.topic,
+        queue: (s.queue_id != QUEUE_ANY).then_some(s.queue_id),
+        messages: s.messages.into_iter().map(wire::to_store).collect(),
+        transaction,
+    }
+}
+
+fn send_response(sent: &wasmq_service::Sent, guarantee: wasmq_service::Guarantee) -> Response {
+    let results = sent
+        .appended
+        .messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| SendResult { queue_id: sent.queue_of(i), queue_offset: m.queue_offset, log_offset: m.log_offset })
+        .collect();
+    Response::Send(SendResponse { queue_id: sent.queue_id, results, status: wire::send_status(guarantee) })
+}
+
+/// A send answered at append, ready to queue with the service: its answer (none for a one-way
+/// send) goes into `slot` on the appender's thread; `permit` (its place among the requests in
+/// flight) is held until then. A malformed one is answered at once.
+fn queue_send(
+    shared: &Shared,
+    frame: Frame,
+    conn: &ConnCtx<'_>,
+    slot: mpsc::OwnedPermit<OutFrame>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Option<(wasmq_service::Send, wasmq_service::Answer)> {
+    let id = frame.request_id;
+    let s = match Request::decode(Op::Send, frame.body) {
+        Ok(Request::Send(s)) => s,
+        Ok(_) => unreachable!("decoded as Send"),
+        Err(e) => {
+            if id != 0 {
+                slot.send(error_frame(id, &WireError::new(ErrorCode::Malformed, e.to_string())));
+            }
+            return None;
+        }
+    };
+    let answer = move |r: Result<(wasmq_service::Sent, wasmq_service::Guarantee), wasmq_service::ServiceError>| {
+        // Released before the answer leaves, so a client that keeps within the limit never
+        // finds it still taken.
+        drop(permit);
+        if id != 0 {
+            slot.send(match r {
+                Ok((sent, guarantee)) => response(id, 0, send_response(&sent, guarantee).encode_parts()),
+                Err(e) => error_frame(id, &wire::service_error(&e)),
+            });
+        }
+    };
+    Some((to_send(shared, s, conn), Box::new(answer)))
+}
+
 async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<Response, WireError> {
     let service = &shared.service;
     let engine = service.engine();
@@ -216,32 +299,8 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
     match req {
         Request::Hello(_) => Err(WireError::new(ErrorCode::InvalidRequest, "Hello was already sent")),
         Request::Send(s) => {
-            let transaction = if s.transactional {
-                if shared.producers.register(conn.id, &s.producer_group, conn.tx) {
-                    service.producer_joined(&s.producer_group);
-                }
-                Some(TransactionSend {
-                    producer_group: s.producer_group,
-                    check_after_ms: (s.check_after_ms > 0).then_some(u64::from(s.check_after_ms)),
-                })
-            } else {
-                None
-            };
-            let send = wasmq_service::Send {
-                topic: s.topic,
-                queue: (s.queue_id != QUEUE_ANY).then_some(s.queue_id),
-                messages: s.messages.into_iter().map(wire::to_store).collect(),
-                transaction,
-            };
-            let (sent, guarantee) = service.send(send).await?;
-            let results = sent
-                .appended
-                .messages
-                .iter()
-                .enumerate()
-                .map(|(i, m)| SendResult { queue_id: sent.queue_of(i), queue_offset: m.queue_offset, log_offset: m.log_offset })
-                .collect();
-            Ok(Response::Send(SendResponse { queue_id: sent.queue_id, results, status: wire::send_status(guarantee) }))
+            let (sent, guarantee) = service.send(to_send(shared, s, conn)).await?;
+            Ok(send_response(&sent, guarantee))
         }
         Request::Pull(p) => {
             let pull = Pull {

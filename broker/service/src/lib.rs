@@ -2,8 +2,9 @@
 //! RocketMQ 5 gRPC and Kafka protocols next) and the admin API:
 //!
 //! - [`Service::send`]: a batch placed by the topic's plugins, held when it is a transaction's
-//!   half or scheduled, appended, and answered once as safe as the broker set promises (flush
-//!   and replication), with a [`Guarantee`] saying which held.
+//!   half or scheduled, appended — plain sends from every connection together: one writer at a
+//!   time appends all that queued (`appender.rs`, the group append) — and answered once as safe as the
+//!   broker set promises (flush and replication), with a [`Guarantee`] saying which held.
 //! - [`Service::pull`]: a queue read with a tag filter and the group's filter plugin, waiting
 //!   (long poll) until a message arrives, a held retry falls due, or the deadline.
 //! - groups, offsets, queue locks, retries (`groups.rs`); end-transaction and the timers of
@@ -13,6 +14,7 @@
 //! Knows the engine and the store; no sockets, no wire types. Errors are [`ServiceError`];
 //! each front end maps them to its codes in one file.
 
+mod appender;
 mod error;
 mod groups;
 mod held;
@@ -25,12 +27,13 @@ use std::sync::Arc;
 use wasmq_engine::{Engine, Plugins};
 use wasmq_store::FlushMode;
 
+pub use appender::{GROUP_BYTES_MAX, GROUP_SENDS_MAX};
 pub use error::ServiceError;
 pub use groups::TxOutcome;
 pub use held::{AllProducers, Asked, CHECK_SEND_TIMEOUT, CheckBack, ProducerLinks, check_back, scheduler};
 pub use pull::{PULL_BYTES_MAX, Pull, Pulled, ReadFrom};
 pub use replication::{FETCH_BYTES_MAX, FETCH_WAIT_MS, Fetched, MasterLink, Mode, Replication, Role, SLAVES_MAX, SlaveStatus};
-pub use send::{Guarantee, Send, Sent, TransactionSend};
+pub use send::{Answer, Guarantee, Send, Sent, TransactionSend};
 
 /// The use cases over one broker's engine. Share it in an `Arc`; every front end holds one.
 #[derive(Debug)]
@@ -38,12 +41,14 @@ pub struct Service {
     engine: Arc<Engine>,
     plugins: Arc<dyn Plugins>,
     replication: Arc<Replication>,
+    appender: appender::Appender,
 }
 
 impl Service {
     #[must_use]
     pub fn new(engine: Arc<Engine>, plugins: Arc<dyn Plugins>, replication: Arc<Replication>) -> Self {
-        Self { engine, plugins, replication }
+        let appender = appender::Appender::new(Arc::clone(&engine));
+        Self { engine, plugins, replication, appender }
     }
 
     #[must_use]

@@ -1,6 +1,6 @@
 //! The send use case: place, hold or append, then wait for the promised durability.
 
-use wasmq_engine::place;
+use wasmq_engine::{PlainSend, place};
 use wasmq_store::{Appended, FlushMode, NewMessage};
 
 use crate::{Service, ServiceError};
@@ -54,30 +54,88 @@ impl Sent {
     }
 }
 
+/// What a sender queued with [`Service::submit`] is told (by whichever task appended it).
+pub type Answer = Box<dyn FnOnce(Result<(Sent, Guarantee), ServiceError>) + std::marker::Send>;
+
+/// A send placed and checked, not yet stored.
+enum Prepared {
+    /// A transaction's half messages or scheduled messages, stored already (held messages are
+    /// appended on their own, with the engine's bookkeeping around the append).
+    Held(Sent),
+    /// A plain send for the group append; `queue_ids` as in [`Sent`].
+    Plain { plain: PlainSend, queue_ids: Vec<u32> },
+}
+
 impl Service {
     /// Stores a batch and waits until it is as safe as the broker set promises.
     ///
     /// # Errors
     /// Unknown topic or queue, a plugin's refusal, the store's refusal, a flush timeout.
     pub async fn send(&self, send: Send) -> Result<(Sent, Guarantee), ServiceError> {
-        if send.topic.starts_with('%') {
-            return Err(ServiceError::InvalidTopic(format!("{}: topics starting with % are the broker's own", send.topic)));
-        }
-        let sent = self.store(send)?;
+        let sent = self.store(send).await?;
         let first = sent.appended.messages[0].log_offset;
         let guarantee = self.durable(sent.appended.end_offset, || format!("stored at log offset {first}")).await?;
         Ok((sent, guarantee))
     }
 
+    /// Queues sends and returns, having appended them (and others queued meanwhile) unless
+    /// another sender was appending already; each one's `done` gets its result once it is
+    /// appended, on whichever task appended it (it should only hand the answer on). For a front end that answers sends
+    /// without waiting for each before reading the next request, so the sends of one connection
+    /// (all it read at once: one queue entry) share a group append. Where the broker set
+    /// promises more than the append ([`Service::answers_at_append`] is false) each is
+    /// [`Service::send`] awaited here, in order.
+    pub async fn submit(&self, sends: Vec<(Send, Answer)>) {
+        if !self.answers_at_append() {
+            for (send, done) in sends {
+                done(self.send(send).await);
+            }
+            return;
+        }
+        let mut plain = Vec::with_capacity(sends.len());
+        for (send, done) in sends {
+            match self.prepare(send) {
+                Err(e) => done(Err(e)),
+                Ok(Prepared::Held(sent)) => done(Ok((sent, Guarantee::Ok))),
+                Ok(Prepared::Plain { plain: p, queue_ids }) => {
+                    let answer = move |r: Result<(u32, Appended), wasmq_engine::SendError>| {
+                        done(r.map(|(queue_id, appended)| (sent(queue_id, queue_ids, appended), Guarantee::Ok)).map_err(Into::into));
+                    };
+                    plain.push((p, Box::new(answer) as crate::appender::Done));
+                }
+            }
+        }
+        self.appender.submit(plain);
+    }
+
     /// Stores a batch as the topic's plugins and the messages ask: routing and ordering-key
-    /// plugins choose queues; a transaction's half messages and scheduled messages are held.
-    /// Not yet durable (see [`Service::durable`]).
+    /// plugins choose queues; a transaction's half messages and scheduled messages are held;
+    /// plain sends go through the group append. Not yet durable (see [`Service::durable`]).
     ///
     /// # Errors
     /// As [`Service::send`], but for the durability wait.
-    pub fn store(&self, send: Send) -> Result<Sent, ServiceError> {
+    pub async fn store(&self, send: Send) -> Result<Sent, ServiceError> {
+        match self.prepare(send)? {
+            Prepared::Held(sent) => Ok(sent),
+            Prepared::Plain { plain, queue_ids } => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let done: crate::appender::Done = Box::new(move |r| {
+                    let _ = tx.send(r);
+                });
+                self.appender.submit(vec![(plain, done)]);
+                let (queue_id, appended) = rx.await.map_err(|_| ServiceError::ShuttingDown("the appender stopped".into()))??;
+                Ok(sent(queue_id, queue_ids, appended))
+            }
+        }
+    }
+
+    /// Places a batch (plugins, held messages) and stores held ones.
+    fn prepare(&self, send: Send) -> Result<Prepared, ServiceError> {
         let engine = &self.engine;
         let Send { topic, queue, mut messages, transaction } = send;
+        if topic.starts_with('%') {
+            return Err(ServiceError::InvalidTopic(format!("{topic}: topics starting with % are the broker's own")));
+        }
         if messages.is_empty() {
             return Err(wasmq_store::AppendError::EmptyBatch.into());
         }
@@ -105,16 +163,15 @@ impl Service {
         }
         let queue_ids: Vec<u32> = if routed || held { messages.iter().map(|m| m.queue_id).collect() } else { Vec::new() };
         let first = queue_ids.first().copied().unwrap_or_default();
-        let (queue_id, appended) = if let Some(tx) = transaction {
-            (first, engine.send_half(&topic, &tx.producer_group, tx.check_after_ms, messages)?)
-        } else if scheduled {
-            (first, engine.send_scheduled(&topic, messages)?)
-        } else if routed {
-            (first, engine.send_routed(&topic, messages)?)
-        } else {
-            engine.send(&topic, queue, messages)?
-        };
-        Ok(Sent { queue_id, queue_ids, appended })
+        if let Some(tx) = transaction {
+            let appended = engine.send_half(&topic, &tx.producer_group, tx.check_after_ms, messages)?;
+            return Ok(Prepared::Held(Sent { queue_id: first, queue_ids, appended }));
+        }
+        if scheduled {
+            let appended = engine.send_scheduled(&topic, messages)?;
+            return Ok(Prepared::Held(Sent { queue_id: first, queue_ids, appended }));
+        }
+        Ok(Prepared::Plain { plain: PlainSend { topic, queue, routed, messages }, queue_ids })
     }
 
     /// Waits until the log up to `end_offset` is as safe as the broker set promises: fsynced
@@ -141,4 +198,10 @@ impl Service {
         }
         Ok(self.replication.replicated(end_offset).await)
     }
+}
+
+/// Where a plain send was stored: routed sends report the first message's queue and each
+/// message's; others the one queue.
+fn sent(queue_id: u32, queue_ids: Vec<u32>, appended: Appended) -> Sent {
+    Sent { queue_id: queue_ids.first().copied().unwrap_or(queue_id), queue_ids, appended }
 }

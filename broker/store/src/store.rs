@@ -21,14 +21,14 @@ use bytes::Bytes;
 
 use crate::checkpoint::Checkpoint;
 use crate::clock::{Clock, DiskProbe, StatvfsProbe, SystemClock};
-use crate::config::{BATCH_MESSAGES_MAX, FlushMode, StoreConfig};
+use crate::config::{FlushMode, StoreConfig};
 use crate::consume_queue::{ConsumeQueue, CqEntry, PutError, file_name, parse_file_name};
 use crate::error::{AppendError, FlushError, OpenError, ReadError, ReplicaError};
 use crate::index::{Index, id_hash, key_hash};
 use crate::mmap::{LogFile, sync_parent_dir};
-use crate::record::{
-    self, FILLER_BYTES_MIN, Frame, MessageError, NewMessage, Placement, QUEUE_ID_LIMIT, RECORD_OVERHEAD_MAX, RecordError, StoredMessage,
-};
+use crate::record::{self, FILLER_BYTES_MIN, Frame, NewMessage, RECORD_OVERHEAD_MAX, RecordError, StoredMessage};
+
+mod append;
 
 /// Most log segments one retention round deletes, so a round stays short.
 const RETENTION_SEGMENTS_PER_ROUND_MAX: usize = 10;
@@ -548,6 +548,15 @@ impl Store {
         self.inner.append(batch)
     }
 
+    /// Appends independent batches together, in order (a group append: concurrent senders'
+    /// batches share one writer-lock section, one `pwrite` of the log and one of each consume
+    /// queue). Each batch has its own result, as [`Store::append`] would give it: a batch that
+    /// fails validation fails alone, and each lands contiguously in one segment or not at all.
+    #[must_use]
+    pub fn append_many(&self, batches: &[&[NewMessage]]) -> Vec<Result<Appended, AppendError>> {
+        self.inner.append_many(batches)
+    }
+
     /// Appends and, under sync flush, waits until the batch is durable.
     ///
     /// # Errors
@@ -968,214 +977,6 @@ impl Inner {
         let q = Arc::new(Mutex::new(ConsumeQueue::create(&dir, self.config.cq_entries_per_file)?));
         topics.entry(Arc::from(topic)).or_default().insert(queue_id, Arc::clone(&q));
         Ok(q)
-    }
-
-    fn check_writable(&self, w: &Writer) -> Result<(), AppendError> {
-        if w.closed {
-            return Err(AppendError::Closed);
-        }
-        if let Some(reason) = self.failure.get() {
-            return Err(AppendError::Failed { reason: Arc::clone(reason) });
-        }
-        Ok(())
-    }
-
-    fn append(&self, batch: &[NewMessage]) -> Result<Appended, AppendError> {
-        if batch.is_empty() {
-            return Err(AppendError::EmptyBatch);
-        }
-        if batch.len() > BATCH_MESSAGES_MAX {
-            return Err(AppendError::TooManyMessages { n_messages: batch.len(), max: BATCH_MESSAGES_MAX });
-        }
-        // Validate and encode properties before taking the writer lock.
-        // All properties of the batch in one buffer; message i's are props[ranges[i]].
-        let mut props = Vec::new();
-        let mut ranges = Vec::with_capacity(batch.len());
-        let mut total = 0u64;
-        for (index, m) in batch.iter().enumerate() {
-            let bad = |source| AppendError::Message { index, source };
-            if index == 0 || batch[index - 1].topic != m.topic {
-                record::validate_topic(&m.topic).map_err(bad)?;
-            }
-            if m.queue_id >= QUEUE_ID_LIMIT {
-                return Err(bad(MessageError::QueueIdTooLarge { queue_id: m.queue_id }));
-            }
-            if m.body.len() > self.config.message_bytes_max as usize {
-                return Err(bad(MessageError::MessageTooLarge { n_bytes: m.body.len(), max: self.config.message_bytes_max }));
-            }
-            let start = props.len();
-            record::encode_properties(&m.properties, &mut props).map_err(bad)?;
-            total += record::record_bytes(&m.topic, props.len() - start, m.body.len()) as u64;
-            ranges.push(start..props.len());
-        }
-        let seg = self.config.segment_bytes;
-        if total + FILLER_BYTES_MIN as u64 > seg {
-            return Err(AppendError::BatchTooLarge { n_bytes: total, max: seg - FILLER_BYTES_MIN as u64 });
-        }
-        // Group the batch by consume queue once: each distinct (topic, queue) resolved once.
-        let mut groups: Vec<(QueueHandle, Vec<usize>)> = Vec::new();
-        let mut group_of: Vec<usize> = Vec::with_capacity(batch.len());
-        for (i, m) in batch.iter().enumerate() {
-            let same = |g: &usize| {
-                let first = &batch[groups[*g].1[0]];
-                first.queue_id == m.queue_id && first.topic == m.topic
-            };
-            // Consecutive messages usually share a queue: try the last one's group first.
-            let found = group_of.last().copied().filter(same).or_else(|| (0..groups.len()).find(same));
-            let g = match found {
-                Some(g) => g,
-                None => {
-                    let q = self
-                        .queue_or_create(&m.topic, m.queue_id)
-                        .map_err(|e| AppendError::Io { op: "create consume queue", reason: e.to_string().into() })?;
-                    groups.push((q, Vec::new()));
-                    groups.len() - 1
-                }
-            };
-            groups[g].1.push(i);
-            group_of.push(g);
-        }
-        // Make the consume-queue files the batch will fill before taking the writer lock,
-        // under which a new file's creation stalled every append for milliseconds (should
-        // another append fill the queue first, the file is made under the lock as before).
-        for (q, members) in &groups {
-            lock(q).prepare(members.len()).map_err(|e| {
-                if e.raw_os_error() == Some(libc::ENOSPC) {
-                    AppendError::DiskFull { what: "a consume-queue file".into() }
-                } else {
-                    AppendError::Io { op: "create consume-queue file", reason: e.to_string().into() }
-                }
-            })?;
-        }
-
-        let mut w = lock(&self.writer);
-        self.check_writable(&w)?;
-        if w.pos - w.active_base + total + FILLER_BYTES_MIN as u64 > seg {
-            self.roll(&mut w)?;
-        }
-        let store_ms = self.clock.now_ms().max(w.last_store_ms);
-        w.last_store_ms = store_ms;
-        let mut out = Vec::with_capacity(batch.len());
-        // Messages of one batch may share a queue: each counts on from its queue's current end.
-        let mut next_q: Vec<u64> = groups.iter().map(|(q, _)| lock(q).max()).collect();
-        let mut pos = w.pos;
-        let mut scratch = std::mem::take(&mut w.scratch);
-        // Every byte of [0, total) is overwritten by the encoder, so old contents need no clearing.
-        if scratch.len() < total as usize {
-            scratch.resize(total as usize, 0);
-        }
-        let mut at = 0usize;
-        for (i, m) in batch.iter().enumerate() {
-            let queue_offset = next_q[group_of[i]];
-            next_q[group_of[i]] += 1;
-            let p = &props[ranges[i].clone()];
-            let len = record::record_bytes(&m.topic, p.len(), m.body.len());
-            record::encode_into(&mut scratch[at..at + len], m, p, Placement { log_offset: pos, queue_offset, store_ms });
-            out.push(AppendedMessage { log_offset: pos, queue_offset, record_bytes: len as u32, store_ms });
-            pos += len as u64;
-            at += len;
-        }
-        // SAFETY: [w.pos, pos) lies past the published end, and we hold the writer lock.
-        let written = unsafe { w.active.write_through_file(w.pos - w.active_base, &scratch[..total as usize]) };
-        if let Err(e) = written {
-            w.scratch = scratch;
-            return Err(if e.raw_os_error() == Some(libc::ENOSPC) {
-                AppendError::DiskFull { what: "the log segment".into() }
-            } else {
-                AppendError::Io { op: "write log", reason: e.to_string().into() }
-            });
-        }
-        if scratch.capacity() <= SCRATCH_KEEP_BYTES {
-            w.scratch = scratch;
-        }
-        self.dispatch_batch(batch, &groups, &out).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENOSPC) {
-                AppendError::DiskFull { what: "a consume-queue or index file".into() }
-            } else {
-                AppendError::Io { op: "write consume queue or index", reason: e.to_string().into() }
-            }
-        })?;
-        w.pos = pos;
-        self.end.store(pos, Ordering::Release);
-        self.dispatched.store(pos, Ordering::Release);
-        drop(w);
-        if let Some(f) = self.appended.get() {
-            f(pos);
-        }
-        Ok(Appended { messages: out, end_offset: pos })
-    }
-
-    /// Writes the batch's consume-queue entries (`groups`: each queue with its messages, in
-    /// batch order, whose queue offsets are consecutive) and index entries. If any fails (a
-    /// full disk when a new queue or index file is needed), every entry of the batch is taken
-    /// back, so the derived data never points at records that were not published.
-    fn dispatch_batch(&self, batch: &[NewMessage], groups: &[(QueueHandle, Vec<usize>)], placed: &[AppendedMessage]) -> io::Result<()> {
-        let id_hashes: Vec<Option<u64>> =
-            batch.iter().map(|m| m.properties.unique_id.as_deref().map(|id| id_hash(id.as_bytes()))).collect();
-        let mut index = lock(&self.index);
-        index.prefetch(id_hashes.iter().flatten().copied());
-        let mut undo: Vec<(&QueueHandle, u64)> = Vec::new();
-        let mut result = Ok(());
-        for (q, members) in groups {
-            let entries: Vec<CqEntry> = members
-                .iter()
-                .map(|&i| CqEntry {
-                    log_offset: placed[i].log_offset,
-                    size: placed[i].record_bytes,
-                    tag_hash: batch[i].properties.tags.as_deref().map_or(0, record::tag_hash),
-                })
-                .collect();
-            let mut cq = lock(q);
-            undo.push((q, cq.max()));
-            result = cq.put_run(placed[members[0]].queue_offset, &entries).map_err(|e| match e {
-                PutError::Io(e) => e,
-                PutError::Order(e) => io::Error::other(e),
-            });
-            if result.is_err() {
-                break;
-            }
-        }
-        if result.is_ok() {
-            for (i, m) in batch.iter().enumerate() {
-                result = index_message(&mut index, m, id_hashes[i], placed[i].log_offset);
-                if result.is_err() {
-                    break;
-                }
-            }
-        }
-        if let Err(e) = result {
-            for (q, max) in undo {
-                lock(q).truncate_to(max)?;
-            }
-            index.truncate_from_log(placed[0].log_offset)?;
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Closes the active segment with a filler and makes the next one active.
-    fn roll(&self, w: &mut Writer) -> Result<(), AppendError> {
-        let seg = self.config.segment_bytes;
-        let next_base = w.active_base + seg;
-        let next = self.take_spare(next_base).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENOSPC) {
-                AppendError::DiskFull { what: format!("the next {seg}-byte segment") }
-            } else {
-                AppendError::Io { op: "create segment", reason: e.to_string().into() }
-            }
-        })?;
-        let rel = w.pos - w.active_base;
-        // SAFETY: the filler range lies past the published end; we hold the writer lock.
-        let dst = unsafe { w.active.slice_mut(rel, (seg - rel) as usize) };
-        record::encode_filler(dst);
-        self.segments.write().unwrap_or_else(|e| e.into_inner()).insert(next_base, Arc::clone(&next));
-        w.active = next;
-        w.active_base = next_base;
-        w.pos = next_base;
-        self.end.store(next_base, Ordering::Release);
-        self.dispatched.store(next_base, Ordering::Release);
-        self.request_spare(next_base + seg);
-        Ok(())
     }
 
     fn segment_path(&self, base: u64) -> PathBuf {
@@ -1927,6 +1728,65 @@ mod tests {
         assert_eq!(bodies("t", 0), vec![0, 2, 6]);
         assert_eq!(bodies("t", 1), vec![3, 5, 7]);
         assert_eq!(bodies("u", 0), vec![4, 8]);
+    }
+
+    /// A group append stores each batch as its own append would: in order, queue offsets dense
+    /// across the batches, a bad batch refused alone, a batch that does not fit in the active
+    /// segment after a roll (the others before it in one write), every record read back.
+    #[test]
+    fn a_group_append_keeps_each_batch_whole_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(StoreConfig::small_for_tests(dir.path())).unwrap();
+        let seg = store.segment_bytes();
+        // Bodies sized so the group spills past the first segment.
+        let big = |i: u32| NewMessage { body: Bytes::from(vec![i as u8; (seg / 8) as usize]), ..msg(i) };
+        let bad = NewMessage { topic: String::new(), ..msg(99) };
+        let batches: Vec<Vec<NewMessage>> = vec![
+            vec![msg(0), msg(1)],
+            vec![bad],
+            vec![big(2)],
+            vec![big(4), big(3)],
+            vec![],
+            vec![big(6), big(5), big(8), big(7)],
+            vec![big(10), big(9), big(12), big(11)],
+            vec![msg(14)],
+        ];
+        let refs: Vec<&[NewMessage]> = batches.iter().map(Vec::as_slice).collect();
+        let results = store.append_many(&refs);
+        assert_eq!(results.len(), batches.len());
+        assert!(matches!(results[1], Err(AppendError::Message { index: 0, .. })), "{:?}", results[1]);
+        assert!(matches!(results[4], Err(AppendError::EmptyBatch)), "{:?}", results[4]);
+        let ok: Vec<&Appended> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(ok.len(), 6);
+        // In order, each contiguous, and the group crossed into the next segment.
+        for w in ok.windows(2) {
+            assert!(w[0].end_offset <= w[1].messages[0].log_offset, "batches in order");
+        }
+        for a in &ok {
+            let (first, last) = (a.messages[0].log_offset, a.messages[a.messages.len() - 1].log_offset);
+            assert_eq!(first / seg, last / seg, "a batch stays in one segment");
+            let mut at = first;
+            for m in &a.messages {
+                assert_eq!(m.log_offset, at, "a batch is contiguous");
+                at += u64::from(m.record_bytes);
+            }
+            assert_eq!(a.end_offset, at);
+        }
+        assert!(ok[ok.len() - 1].end_offset > seg, "the group spilled past the first segment");
+        assert_eq!(store.end_offset(), ok[ok.len() - 1].end_offset);
+        let bodies = |q| -> Vec<u8> { store.read_queue("t", q, 0, 100, 64 << 20).unwrap().messages.iter().map(|m| m.body[0]).collect() };
+        assert_eq!(bodies(0), vec![0, 2, 4, 6, 8, 10, 12, 14], "queue 0 in send order, offsets dense");
+        assert_eq!(bodies(1), vec![1, 3, 5, 7, 9, 11], "queue 1 in send order, offsets dense");
+        for a in &ok {
+            for m in &a.messages {
+                assert_eq!(store.read(m.log_offset).unwrap().queue_offset, m.queue_offset);
+            }
+        }
+        // The same again after a restart: recovery finds every record.
+        drop(store);
+        let (store, _) = Store::open(StoreConfig::small_for_tests(dir.path())).unwrap();
+        assert_eq!(store.read_queue("t", 0, 0, 100, 64 << 20).unwrap().messages.len(), 8);
+        assert_eq!(store.read_queue("t", 1, 0, 100, 64 << 20).unwrap().messages.len(), 6);
     }
 
     /// A batch's consume-queue entries are written before the log's end is published; a reader
