@@ -24,4 +24,4 @@ cp console/index.html console/style.css console/boot.js console/dist/
 ls -l console/dist
 # The broker embeds (release) or finds (debug) these files when it is compiled: make the next
 # broker build pick them up.
-touch broker/server/src/console.rs
+touch broker/admin-api/src/console.rs
