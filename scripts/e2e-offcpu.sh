@@ -4,7 +4,7 @@
 # perf_event_paranoid <= -1), then lists each wait of a broker or client thread of at least
 # MIN_MS, from switch-out to switch-in, with its state (D: in the kernel, S: sleeping,
 # R: preempted) and kernel/user stack, and a count per stack. Used to find what a late
-# delivery waited on (docs/benchmarks.md, 2026-12-02). Thread names are per process but not
+# delivery waited on (docs/benchmarks/2026-12.md, 2026-12-02). Thread names are per process but not
 # unique: the broker's and the client's runtime threads, and tokio's blocking-pool threads,
 # are all `tokio-rt-worker` (the thread id and the user frames tell them apart).
 # Last, what else ran: every other process's CPU time in the late 100 ms windows and in the

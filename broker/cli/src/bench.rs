@@ -64,7 +64,7 @@ pub(crate) struct Common {
     /// Produce: seconds sent first and left out of the figures, as the OpenMessaging
     /// Benchmark's warm-up: a fresh broker's first gigabytes go into page-cache memory the
     /// machine has not touched lately, which on a VM whose host takes back free memory costs
-    /// several times a warm page (docs/benchmarks.md). Ignored with --count.
+    /// several times a warm page (docs/benchmarks/2026-12.md). Ignored with --count.
     #[arg(long, default_value_t = 10)]
     warmup: u64,
     /// Skip the TLS ceiling measurement.

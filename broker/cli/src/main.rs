@@ -1,7 +1,7 @@
 //! `wasmq`: manage topics, send and consume messages, and benchmark a broker.
 
 /// mimalloc: the client's per-message allocations (ids, messages, frames) cost less than with
-/// glibc's allocator (docs/benchmarks.md). The broker keeps glibc's: its consume path was slower.
+/// glibc's allocator (docs/benchmarks/2026-12.md). The broker keeps glibc's: its consume path was slower.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -9,8 +9,7 @@ pub const READ_AHEAD_BYTES: usize = 32 << 10;
 
 /// `tcp` behind a read-ahead buffer for the TLS layer, for clients and the broker alike: rustls
 /// reads at most 4 KiB per call, so a 128 KiB batch took some 32 `recv` system calls; now 4
-/// (broker CPU per message from one producer −10 to −19 %, docs/benchmarks.md). Writes pass
-/// through.
+/// (less broker CPU per message: docs/benchmarks/2026-12.md). Writes pass through.
 pub fn read_ahead(tcp: TcpStream) -> tokio::io::BufReader<TcpStream> {
     tokio::io::BufReader::with_capacity(READ_AHEAD_BYTES, tcp)
 }

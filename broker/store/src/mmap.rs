@@ -145,7 +145,7 @@ fn chunk_bits(n_bytes: u64) -> Box<[AtomicU64]> {
 /// Checks a mapping's `advise(Advice::Random)`, which turns off the kernel's read-around for
 /// its faults: a fault near the end of what has been written would read ahead a whole
 /// `read_ahead_kb` window (8 MiB here) of preallocated, never-written blocks, zero-filling
-/// fresh page-cache pages for ~25 ms inside a reader's or the appender's call. Reads that want
+/// fresh page-cache pages for tens of milliseconds inside a reader's or the appender's call. Reads that want
 /// readahead ask for their exact range ([`LogFile::map_in`]).
 fn no_read_around(advised: io::Result<()>, path: &Path) -> io::Result<()> {
     advised.map_err(|e| io::Error::new(e.kind(), format!("madvise(MADV_RANDOM) {}: {e}", path.display())))

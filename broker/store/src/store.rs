@@ -871,8 +871,8 @@ fn lower_thread_priority() {
 /// Under async flush the periodic fsync of the log runs on its own thread that runs only when
 /// nothing else wants the CPU (`SCHED_IDLE`): its bursts — writing back half a second of
 /// appends, some 10 ms of CPU walking the mappings readers have of those pages — otherwise
-/// preempt the connections' workers on a small machine (e2e p99 at 115 k msgs/s lower in 13 of
-/// 14 rounds, docs/benchmarks.md). A normal thread preempts an idle-class one at once, and the
+/// preempt the connections' workers on a small machine (a lower e2e tail: docs/benchmarks/2026-12.md).
+/// A normal thread preempts an idle-class one at once, and the
 /// kernel counts a CPU running only idle-class threads as free when it places a waking thread.
 /// The thread takes no store lock while it works (an idle-class lock holder would stall the
 /// appenders); the flusher, at normal priority, keeps the checkpoints (which lock the index)
