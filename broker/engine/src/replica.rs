@@ -32,25 +32,25 @@ impl Engine {
     pub fn adopt_topics(&self, json: &str) -> Result<(), EngineError> {
         let table: BTreeMap<String, TopicConfig> =
             serde_json::from_str(json).map_err(|e| EngineError::Invalid(format!("topics from the master: {e}")))?;
-        let _w = lock(&self.topics_write);
+        let _w = lock(&self.topics.write);
         let old = self.snapshot();
         if *old == table {
             return Ok(());
         }
-        topics::save_json(&self.topics_path, &table).map_err(|source| EngineError::Save { path: self.topics_path.clone(), source })?;
-        *self.topics.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(table.clone());
+        topics::save_json(&self.topics.path, &table).map_err(|source| EngineError::Save { path: self.topics.path.clone(), source })?;
+        *self.topics.map.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(table.clone());
         for gone in old.keys().filter(|t| !table.contains_key(*t)) {
             if let Err(e) = self.store.remove_topic(gone) {
                 tracing::warn!(topic = gone, error = %e, "removing a topic the master deleted");
             }
-            lock(&self.offsets).remove_topic(gone);
+            lock(&self.consumers.offsets).remove_topic(gone);
         }
         Ok(())
     }
 
     /// On a slave: the offsets committed here since they were last handed to the master.
     pub fn local_commits(&self) -> OffsetTable {
-        lock(&self.local_commits).clone()
+        lock(&self.consumers.local_commits).clone()
     }
 
     /// On a slave: the master took `handed` (merged) and answered with its whole table, which
@@ -61,7 +61,7 @@ impl Engine {
     pub fn adopt_offsets(&self, json: &str, handed: &OffsetTable) -> Result<(), EngineError> {
         let mut table: OffsetTable =
             serde_json::from_str(json).map_err(|e| EngineError::Invalid(format!("offsets from the master: {e}")))?;
-        let mut local = lock(&self.local_commits);
+        let mut local = lock(&self.consumers.local_commits);
         for (g, topics) in &handed.groups {
             for (t, queues) in topics {
                 for (q, o) in queues {
@@ -79,8 +79,8 @@ impl Engine {
         });
         merge_max(&mut table, &local);
         drop(local);
-        *lock(&self.offsets) = table;
-        self.offsets_dirty.store(true, Ordering::Release);
+        *lock(&self.consumers.offsets) = table;
+        self.consumers.offsets_dirty.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -94,20 +94,20 @@ impl Engine {
         if theirs.groups.is_empty() {
             return Ok(());
         }
-        merge_max(&mut lock(&self.offsets), &theirs);
-        self.offsets_dirty.store(true, Ordering::Release);
+        merge_max(&mut lock(&self.consumers.offsets), &theirs);
+        self.consumers.offsets_dirty.store(true, Ordering::Release);
         Ok(())
     }
 
     /// The offsets table as JSON (for a slave).
     pub fn offsets_json(&self) -> String {
-        serde_json::to_string(&*lock(&self.offsets)).unwrap_or_default()
+        serde_json::to_string(&*lock(&self.consumers.offsets)).unwrap_or_default()
     }
 
     /// Records arrived from the master: long polls look again (which queues got them is the
     /// store's to know, so every waiter is woken).
     pub fn wake_all(&self) {
-        let woken: Vec<_> = lock(&self.waiters).drain().flat_map(|(_, v)| v).collect();
+        let woken: Vec<_> = lock(&self.delivery.waiters).drain().flat_map(|(_, v)| v).collect();
         for w in woken {
             w.wake();
         }
