@@ -103,6 +103,12 @@ pub async fn serve(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr, shared
                             tx.send(error_frame(frame.request_id, &WireError::new(ErrorCode::HandshakeRequired, "send Hello first"))).await;
                         break 'conn;
                     }
+                    // Sends decoded but not yet queued hold places in flight: queue them (they
+                    // are appended, and their places given back, unless another connection is
+                    // appending them) before counting this request as one too many.
+                    if in_flight.available_permits() == 0 && !pending.is_empty() {
+                        shared.service.submit(std::mem::take(&mut pending)).await;
+                    }
                     let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
                         let e =
                             WireError::new(ErrorCode::TooManyInFlight, format!("more than {} requests in flight", shared.in_flight_max));
@@ -125,7 +131,17 @@ pub async fn serve(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr, shared
                         // wakeup of another worker); the appender hands the answer to the
                         // writer. The next request is read meanwhile, so this connection's
                         // sends share groups.
-                        let Ok(slot) = tx.clone().reserve_owned().await else { break 'conn };
+                        let slot = match tx.clone().try_reserve_owned() {
+                            Ok(slot) => slot,
+                            Err(mpsc::error::TrySendError::Closed(_)) => break 'conn,
+                            Err(mpsc::error::TrySendError::Full(tx)) => {
+                                // No room for the answer: the client is not reading. Queue what
+                                // is decoded, then wait for room (backpressure).
+                                shared.service.submit(std::mem::take(&mut pending)).await;
+                                let Ok(slot) = tx.reserve_owned().await else { break 'conn };
+                                slot
+                            }
+                        };
                         if let Some(send) =
                             queue_send(&shared, frame, &ConnCtx { id: conn_id, tx: &tx, cancel: &conn_cancel }, slot, permit)
                         {
