@@ -80,11 +80,13 @@ impl Service {
 
     /// Queues sends and returns, having appended them (and others queued meanwhile) unless
     /// another sender was appending already; each one's `done` gets its result once it is
-    /// appended, on whichever task appended it (it should only hand the answer on). For a front end that answers sends
-    /// without waiting for each before reading the next request, so the sends of one connection
-    /// (all it read at once: one queue entry) share a group append. Where the broker set
-    /// promises more than the append ([`Service::answers_at_append`] is false) each is
-    /// [`Service::send`] awaited here, in order.
+    /// appended, on whichever task appended it (it should only hand the answer on). For a front
+    /// end that answers sends without waiting for each before reading the next request, so the
+    /// sends of one connection (all it read at once: one queue entry) share a group append.
+    /// Held messages (halves, scheduled) are stored as they are placed, ahead of plain sends
+    /// queued before them in the same call: they go to the broker's own topics, so no queue's
+    /// order changes. Where the broker set promises more than the append
+    /// ([`Service::answers_at_append`] is false) each is [`Service::send`] awaited here, in order.
     pub async fn submit(&self, sends: Vec<(Send, Answer)>) {
         if !self.answers_at_append() {
             for (send, done) in sends {
