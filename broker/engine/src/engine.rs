@@ -457,7 +457,10 @@ mod tests {
             let retry = retry_topic("g");
             let offset = e.store().queue_bounds(&retry, q).1 - 1;
             assert!(e.pull(&retry, q, offset, 10, 1 << 20).unwrap().messages.is_empty(), "never early");
+            assert_eq!(e.held_until(&retry, q, offset), Some(due_ms), "a long poll sleeps until exactly then");
+            assert_eq!(e.held_until("jobs", 0, 0), None, "only retry queues hold messages");
             clock.set_ms(due_ms);
+            assert_eq!(e.held_until(&retry, q, offset), None, "due now: nothing to wait for");
             let r = e.pull(&retry, q, offset, 10, 1 << 20).unwrap();
             let got = &r.messages[0];
             assert_eq!(
