@@ -48,6 +48,9 @@ pub struct Started {
     pub admin_token: String,
 }
 
+/// The native protocol front end's name in the table (and in logs).
+const NATIVE: &str = "native";
+
 /// Serves a bound listener's connections until shutdown (a front end's accept loop).
 type Serve = Box<dyn FnOnce(TcpListener, tokio_rustls::TlsAcceptor, TaskTracker) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
@@ -84,11 +87,11 @@ fn native(config: &Config, parts: &Parts) -> (FrontEnd, Arc<dyn ProducerLinks>) 
     });
     let (connections_max, shutdown) = (config.connections_max.get() as usize, parts.shutdown.clone());
     let serve: Serve = Box::new(move |listener, acceptor, tracker| {
-        Box::pin(wasmq_net::serve_tls("native", listener, acceptor, connections_max, shutdown, tracker, move |tls, peer| {
+        Box::pin(wasmq_net::serve_tls(NATIVE, listener, acceptor, connections_max, shutdown, tracker, move |tls, peer| {
             wasmq_frontend_native::serve(tls, peer, Arc::clone(&shared))
         }))
     });
-    (FrontEnd { name: "native", listen: config.listen, alpn: wasmq_frontend_native::ALPN, serve }, producers)
+    (FrontEnd { name: NATIVE, listen: config.listen, alpn: wasmq_frontend_native::ALPN, serve }, producers)
 }
 
 /// The table of front ends: every protocol the broker speaks, one line each (the RocketMQ 5
@@ -156,7 +159,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
         let listener = TcpListener::bind(fe.listen).await.with_context(|| format!("binding {} ({})", fe.listen, fe.name))?;
         bound.push(listener);
     }
-    let listen = bound[0].local_addr()?;
+    // The native protocol's address is the broker's address (name servers, the console).
+    let native_at = table.iter().position(|fe| fe.name == NATIVE).context("the table of front ends has no native protocol")?;
+    let listen = bound[native_at].local_addr()?;
     let info = Started { listen, admin_listen, ca_path, admin_token: token.clone() };
     for (fe, listener) in table.drain(..).zip(bound) {
         let acceptor = tokio_rustls::TlsAcceptor::from(wasmq_net::server_config(&cert, &key, &[fe.alpn])?);
