@@ -305,19 +305,7 @@ async fn replicas(State(s): State<AdminState>) -> Json<wasmq_admin_types::Replic
         admin_listen: s.admin_listen.clone(),
         log_end_offset: end,
         log_durable_offset: store.durable_offset(),
-        slaves: r
-            .slaves(end)
-            .into_iter()
-            .map(|v| wasmq_admin_types::SlaveStatus {
-                broker_id: v.broker_id,
-                admin_addr: v.admin_addr,
-                acked_offset: v.acked_offset,
-                lag_bytes: v.lag_bytes,
-                lag_ms: v.lag_ms,
-                connected: v.connected,
-                last_seen_ms_ago: v.last_seen_ms_ago,
-            })
-            .collect(),
+        slaves: r.slaves(end),
         master,
     })
 }

@@ -22,7 +22,9 @@ pub const GROUP_BYTES_MAX: usize = 4 << 20;
 /// What a sender is told once its batch is appended (or refused).
 pub(crate) type Done = Box<dyn FnOnce(Result<(u32, Appended), SendError>) + Send>;
 
-/// The queue of sends and the writer's token.
+/// The queue of sends and the writer's token. The queue needs no limit of its own: every send
+/// in it holds a place among its connection's requests in flight (`in_flight_max`), and the
+/// connections are limited (`connections_max`).
 pub(crate) struct Appender {
     engine: Arc<Engine>,
     queue: Mutex<VecDeque<(PlainSend, Done)>>,

@@ -32,7 +32,7 @@ pub use error::ServiceError;
 pub use groups::TxOutcome;
 pub use held::{AllProducers, Asked, CHECK_SEND_TIMEOUT, CheckBack, ProducerLinks, check_back, scheduler};
 pub use pull::{PULL_BYTES_MAX, Pull, Pulled, ReadFrom};
-pub use replication::{FETCH_BYTES_MAX, FETCH_WAIT_MS, Fetched, MasterLink, Mode, Replication, Role, SLAVES_MAX, SlaveStatus};
+pub use replication::{FETCH_BYTES_MAX, FETCH_WAIT_MS, Fetched, MasterLink, Mode, Replication, Role, SLAVES_MAX};
 pub use send::{Answer, Guarantee, Send, Sent, TransactionSend};
 
 /// The use cases over one broker's engine. Share it in an `Arc`; every front end holds one.

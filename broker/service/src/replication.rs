@@ -18,6 +18,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use wasmq_engine::Engine;
 
+use wasmq_admin_types::SlaveStatus;
+
 use crate::{Guarantee, ReadFrom, ServiceError};
 
 /// Most bytes one fetch answer carries.
@@ -67,19 +69,6 @@ pub struct MasterLink {
     pub master_end: u64,
     pub last_contact: Option<Instant>,
     pub error: Option<String>,
-}
-
-/// A slave's position as its master sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlaveStatus {
-    pub broker_id: u32,
-    pub admin_addr: String,
-    pub acked_offset: u64,
-    pub lag_bytes: u64,
-    /// How long since the slave last held everything (0: it does).
-    pub lag_ms: u64,
-    pub connected: bool,
-    pub last_seen_ms_ago: u64,
 }
 
 /// A fetch's answer: the master's log from `start_offset`.
