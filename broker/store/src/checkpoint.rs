@@ -5,7 +5,7 @@
 //! Layout (little-endian, 36 bytes): magic "WQCKPT01" (8), log_flushed u64, dispatch_safe u64,
 //! written_ms u64, crc32c of the previous 32 bytes u32.
 
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"WQCKPT01";
@@ -46,12 +46,7 @@ impl Checkpoint {
         b.extend_from_slice(&self.dispatch_safe.to_le_bytes());
         b.extend_from_slice(&self.written_ms.to_le_bytes());
         b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&b)?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, path)?;
-        crate::mmap::sync_parent_dir(path)
+        crate::journal::replace_file(path, &b)
     }
 }
 

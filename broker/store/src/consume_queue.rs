@@ -7,12 +7,10 @@
 //! Consume queues are derived data: recovery trims them and rebuilds them from the log.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use crate::mmap::MutFile;
+use crate::mmap::{MutFile, SyncHandle};
 
 /// Bytes of one consume-queue entry.
 pub const CQ_ENTRY_BYTES: usize = 20;
@@ -145,7 +143,9 @@ impl ConsumeQueue {
         }
         let (start, i) = self.locate(q);
         let f = self.file(start).map_err(PutError::Io)?;
-        e.write(&mut f.bytes_mut()[i * CQ_ENTRY_BYTES..(i + 1) * CQ_ENTRY_BYTES]);
+        let mut b = [0u8; CQ_ENTRY_BYTES];
+        e.write(&mut b);
+        f.store(i * CQ_ENTRY_BYTES, &b);
         if self.dirty.last() != Some(&start) {
             self.dirty.push(start);
         }
@@ -309,15 +309,15 @@ impl ConsumeQueue {
     }
 
     /// Files written since the last call, for flushing outside the queue's lock.
-    pub(crate) fn take_dirty(&mut self) -> Vec<Arc<File>> {
+    pub(crate) fn take_dirty(&mut self) -> Vec<SyncHandle> {
         let dirty = std::mem::take(&mut self.dirty);
-        let mut out: Vec<Arc<File>> = Vec::new();
+        let mut out: Vec<SyncHandle> = Vec::new();
         for s in dirty {
             if let Some(f) = self.files.get(&s) {
                 out.push(f.sync_handle());
             }
         }
-        out.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        out.dedup_by(|a, b| a.same_file(b));
         out
     }
 }

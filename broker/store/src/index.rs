@@ -26,13 +26,11 @@
 //! recovery truncates the index to the checkpoint (whose slots cover every entry below it) and
 //! rebuilds the rest from the log.
 
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use crate::consume_queue::{file_name, parse_file_name};
-use crate::mmap::MutFile;
+use crate::mmap::{MutFile, SyncHandle};
 
 const MAGIC: &[u8; 8] = b"WQIDX001";
 const HEADER_BYTES: usize = 64;
@@ -90,7 +88,7 @@ pub(crate) struct Index {
     pending: Vec<u8>,
     pending_from: u32,
     /// Files closed (filled) since the last checkpoint, still to be synced.
-    closed: Vec<Arc<File>>,
+    closed: Vec<SyncHandle>,
     dirty: bool,
 }
 
@@ -341,7 +339,7 @@ impl Index {
 
     /// Writes pending entries and the slot table, and returns the files to `fdatasync` for a
     /// checkpoint (none if nothing changed since the last call).
-    pub(crate) fn take_dirty(&mut self) -> io::Result<Vec<Arc<File>>> {
+    pub(crate) fn take_dirty(&mut self) -> io::Result<Vec<SyncHandle>> {
         if !std::mem::take(&mut self.dirty) {
             return Ok(Vec::new());
         }

@@ -16,6 +16,7 @@ mod config;
 mod consume_queue;
 mod error;
 mod index;
+mod journal;
 mod mmap;
 mod record;
 mod store;
@@ -27,6 +28,7 @@ pub use config::{
 };
 pub use consume_queue::{CQ_ENTRY_BYTES, CqEntry};
 pub use error::{AppendError, FlushError, OpenError, ReadError, ReplicaError};
+pub use journal::JOURNAL_ENV;
 pub use record::{
     MessageError, NewMessage, PROPERTIES_BYTES_MAX, PROPERTIES_COUNT_MAX, Properties, QUEUE_ID_LIMIT, RECORD_OVERHEAD_MAX, RecordError,
     StoredMessage, TOPIC_BYTES_MAX, TransactionState, tag_hash, validate_topic,

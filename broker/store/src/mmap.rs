@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use memmap2::{MmapMut, MmapRaw};
 
+use crate::journal;
+
 /// Creates `path` with exactly `n_bytes` of allocated, zeroed space. The file is built under a
 /// temporary name and renamed into place, so a crash never leaves a half-allocated file under
 /// the real name.
@@ -37,6 +39,9 @@ fn create_preallocated(path: &Path, n_bytes: u64) -> io::Result<File> {
         let _ = std::fs::remove_file(&tmp);
         return Err(io::Error::from_raw_os_error(rc));
     }
+    // The allocation (the file's size) is made durable before the name: after a power loss the
+    // file is either absent or whole, never present and shorter than its mapping.
+    file.sync_all()?;
     std::fs::rename(&tmp, path)?;
     sync_parent_dir(path)?;
     Ok(file)
@@ -198,7 +203,7 @@ impl LogFile {
     pub(crate) unsafe fn write_through_file(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
         assert!(offset.checked_add(data.len() as u64).is_some_and(|end| end <= self.len()), "write past end of segment");
-        self.file.write_all_at(data, offset)
+        journal::write(&self.path, offset, data.len() as u64, || self.file.write_all_at(data, offset))
     }
 
     /// Maps the pages of `[from, to)` into the mapping (reading them from the file if they are
@@ -236,16 +241,18 @@ impl LogFile {
         }
     }
 
-    /// A mutable view of `[offset, offset + len)` for encoding a record in place.
+    /// Fills `[offset, offset + len)` in place through the mapping with `fill`.
     ///
     /// # Safety
-    /// As for [`LogFile::write_through_file`]; the view must be dropped before the range is published.
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn slice_mut(&self, offset: u64, len: usize) -> &mut [u8] {
+    /// As for [`LogFile::write_through_file`].
+    pub(crate) unsafe fn fill_in_place(&self, offset: u64, len: usize, fill: impl FnOnce(&mut [u8])) {
         let off = usize::try_from(offset).expect("offset fits in usize");
         assert!(off.checked_add(len).is_some_and(|end| end <= self.map.len()), "slice past end of segment");
-        // SAFETY: in bounds; exclusive per the caller's contract.
-        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(off), len) }
+        let _ = journal::write(&self.path, offset, len as u64, || {
+            // SAFETY: in bounds; exclusive per the caller's contract, for the duration of `fill`.
+            fill(unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(off), len) });
+            Ok(())
+        });
     }
 
     /// Reads `[offset, offset + len)`.
@@ -274,7 +281,7 @@ impl LogFile {
     /// Makes everything written so far durable (`fdatasync`, which also writes back pages
     /// dirtied through the mapping; measured here ~3x faster than `msync`).
     pub(crate) fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+        journal::sync(&self.path, 0, u64::MAX, || self.file.sync_data())
     }
 
     /// Makes `[from, to)` durable: `msync(MS_SYNC)` of the range, which on Linux writes back
@@ -287,7 +294,7 @@ impl LogFile {
         if start >= end {
             return Ok(());
         }
-        self.map.flush_range(start as usize, (end - start) as usize)
+        journal::sync(&self.path, start, end, || self.map.flush_range(start as usize, (end - start) as usize))
     }
 
     /// Lets the kernel drop the cached pages of `[from, to)` (page-aligned inward), which must
@@ -321,8 +328,8 @@ impl LogFile {
     /// # Safety
     /// As for [`LogFile::write_through_file`] over the zeroed range.
     pub(crate) unsafe fn zero_from(&self, offset: u64) -> io::Result<()> {
-        zero_file_range(&self.file, offset, self.len() - offset)?;
-        self.file.sync_data()
+        journal::write(&self.path, offset, self.len() - offset, || zero_file_range(&self.file, offset, self.len() - offset))?;
+        self.sync()
     }
 }
 
@@ -377,8 +384,13 @@ impl MutFile {
         &self.map
     }
 
-    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.map
+    /// Stores `data` at `offset` through the mapping.
+    pub(crate) fn store(&mut self, offset: usize, data: &[u8]) {
+        let map = &mut self.map;
+        let _ = journal::write(&self.path, offset as u64, data.len() as u64, || {
+            map[offset..offset + data.len()].copy_from_slice(data);
+            Ok(())
+        });
     }
 
     /// Writes `data` at `offset` through the file (`pwrite`): the shared mapping sees it, and
@@ -386,7 +398,7 @@ impl MutFile {
     pub(crate) fn write_at(&self, offset: usize, data: &[u8]) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
         assert!(offset.checked_add(data.len()).is_some_and(|end| end <= self.map.len()), "write past end of file");
-        self.file.write_all_at(data, offset as u64)
+        journal::write(&self.path, offset as u64, data.len() as u64, || self.file.write_all_at(data, offset as u64))
     }
 
     /// Asks the kernel to bring `[from, to)` into the page cache in the background
@@ -403,12 +415,34 @@ impl MutFile {
     }
 
     /// A handle for `fdatasync` without holding the owner's lock.
-    pub(crate) fn sync_handle(&self) -> Arc<File> {
-        Arc::clone(&self.file)
+    pub(crate) fn sync_handle(&self) -> SyncHandle {
+        SyncHandle { path: self.path.clone(), file: Arc::clone(&self.file) }
     }
 
     /// Zeroes `[offset, len)` in the mapping (the file follows through the shared mapping).
     pub(crate) fn zero_from(&mut self, offset: usize) {
-        self.map[offset..].fill(0);
+        let map = &mut self.map;
+        let _ = journal::write(&self.path, offset as u64, (map.len() - offset) as u64, || {
+            map[offset..].fill(0);
+            Ok(())
+        });
+    }
+}
+
+/// A consume-queue or index file to `fdatasync` outside its owner's lock.
+#[derive(Debug, Clone)]
+pub(crate) struct SyncHandle {
+    path: PathBuf,
+    file: Arc<File>,
+}
+
+impl SyncHandle {
+    /// `fdatasync`: everything written to the file so far is durable.
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        journal::sync(&self.path, 0, u64::MAX, || self.file.sync_data())
+    }
+
+    pub(crate) fn same_file(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.file, &other.file)
     }
 }

@@ -622,15 +622,8 @@ fn load_removed(path: &Path) -> io::Result<BTreeMap<String, u64>> {
 }
 
 fn save_removed(path: &Path, removed: &BTreeMap<String, u64>) -> io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
-    for (topic, at) in removed {
-        writeln!(f, "{at} {topic}")?;
-    }
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    sync_parent_dir(path)
+    let text: String = removed.iter().map(|(topic, at)| format!("{at} {topic}\n")).collect();
+    crate::journal::replace_file(path, text.as_bytes())
 }
 
 fn record_matches(

@@ -314,8 +314,7 @@ impl Inner {
         })?;
         let rel = w.pos - w.active_base;
         // SAFETY: the filler range lies past the published end; we hold the writer lock.
-        let dst = unsafe { w.active.slice_mut(rel, (seg - rel) as usize) };
-        record::encode_filler(dst);
+        unsafe { w.active.fill_in_place(rel, (seg - rel) as usize, record::encode_filler) };
         self.segments.write().unwrap_or_else(|e| e.into_inner()).insert(next_base, Arc::clone(&next));
         w.active = next;
         w.active_base = next_base;

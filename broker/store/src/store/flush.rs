@@ -266,12 +266,12 @@ impl Inner {
         for q in queues {
             let files = lock(&q).take_dirty();
             for f in files {
-                f.sync_data()?;
+                f.sync()?;
             }
         }
         let files = lock(&self.index).take_dirty()?;
         for f in files {
-            f.sync_data()?;
+            f.sync()?;
         }
         let ck =
             Checkpoint { log_flushed: self.flushed.load(Ordering::Acquire), dispatch_safe: dispatched, written_ms: self.clock.now_ms() };
