@@ -303,10 +303,13 @@ impl Index {
             keep -= 1;
         }
         // Unlink the dropped entries from the slots: follow each chain back below `keep`.
+        // (A head past the file's entries is damage, which only recovery meets: it rebuilds the
+        // table afterwards with `rebuild_slots`.)
+        let count = self.files[k].count;
         for slot in 0..self.slots as usize {
             let mut n = slot_get(&self.table, slot);
             while n > keep {
-                let prev = self.entry(k, n - 1).2;
+                let prev = if n <= count { self.entry(k, n - 1).2 } else { 0 };
                 n = if prev < n { prev } else { 0 };
             }
             slot_set(&mut self.table, slot, n);
@@ -323,6 +326,23 @@ impl Index {
         let f = &mut self.files[k];
         f.file.zero_from(entries_at(self.slots) + ENTRY_BYTES * keep as usize);
         f.count = keep;
+        self.write_table()?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Recovery after a crash: rebuilds the last file's slot table from its entries. The table
+    /// is rewritten in place at each checkpoint, so a power loss during one may leave it torn,
+    /// while the entries that remain after [`Index::truncate_from_log`] were all durable before
+    /// the checkpoint recovery starts from, and each names its bucket.
+    pub(crate) fn rebuild_slots(&mut self) -> io::Result<()> {
+        let Some(k) = self.files.len().checked_sub(1) else { return Ok(()) };
+        self.table.fill(0);
+        for i in 0..self.files[k].count {
+            let (hash, _, _) = self.entry(k, i);
+            slot_set(&mut self.table, (hash % u64::from(self.slots)) as usize, i + 1);
+        }
+        self.table_dirty.fill(true);
         self.write_table()?;
         self.dirty = true;
         Ok(())

@@ -123,6 +123,9 @@ impl Store {
             }
         }
         index.truncate_from_log(start).map_err(io_err("truncate index", &index_dir))?;
+        if crashed {
+            index.rebuild_slots().map_err(io_err("rebuild the index's slots", &index_dir))?;
+        }
 
         // Scan, verify and re-dispatch.
         let mut pos = start;
