@@ -286,9 +286,15 @@ fn a_second_producer_of_the_group_answers_after_the_first_is_killed() {
 }
 
 #[test]
-fn broker_sigkill_mid_stream_loses_no_commit_and_repeats_none() {
+fn broker_sigkill_and_power_loss_mid_stream_lose_no_commit_and_repeat_none() {
     let dir = tempfile::tempdir().unwrap();
-    let env = [("WASMQ_FLUSH", "sync"), ("WASMQ_TRANSACTION_CHECK_INTERVAL_MS", CHECK_INTERVAL)];
+    let journal_dir = tempfile::tempdir().unwrap();
+    let journal = journal_dir.path().join("io-journal");
+    let env = [
+        ("WASMQ_FLUSH", "sync"),
+        ("WASMQ_TRANSACTION_CHECK_INTERVAL_MS", CHECK_INTERVAL),
+        (wasmq_store::JOURNAL_ENV, journal.to_str().unwrap()),
+    ];
     let broker = Broker::start(dir.path(), &env);
     broker.cli(&["topic", "create", "ledger", "--queues", "4"]);
     // What each local transaction decided, by message id: the checker's source of truth.
@@ -335,7 +341,7 @@ fn broker_sigkill_mid_stream_loses_no_commit_and_repeats_none() {
         while acked.lock().unwrap().len() < 1_500 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        broker.kill();
+        println!("power loss: {}", broker.lose_power(&journal));
         for t in tasks {
             t.await.unwrap();
         }

@@ -1,6 +1,8 @@
 //! Support for wasmq's end-to-end tests: helpers shared by the test binary (`it/`) and the child
 //! processes it starts and kills.
 
+pub mod power_loss;
+
 /// The body a crash-test message with sequence number `seq` carries: its length and bytes follow
 /// from `seq` alone, so the checker can tell a damaged or misplaced message from the right one.
 pub fn crash_body(seq: u64) -> Vec<u8> {
@@ -163,6 +165,16 @@ pub mod broker {
             let _ = self.child.kill();
             let _ = self.child.wait();
             std::mem::forget(self);
+        }
+
+        /// SIGKILL, then a power loss: every byte of the store's files not covered by a
+        /// completed fsync is destroyed ([`crate::power_loss`]), from the I/O journal the
+        /// broker was started to keep (`WASMQ_IO_JOURNAL` naming `journal`).
+        pub fn lose_power(self, journal: &Path) -> crate::power_loss::PowerLoss {
+            self.kill();
+            let loss = crate::power_loss::lose_power(journal, crate::power_loss::Mode::Random, &mut rand::rng());
+            assert!(loss.journal_lines > 0, "the broker kept no I/O journal");
+            loss
         }
 
         /// Starts again on the same data directory and settings.

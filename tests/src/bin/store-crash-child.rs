@@ -1,9 +1,12 @@
-//! Child process for the store crash test: opens the store, appends from 4 threads with sync
-//! flush, and prints `ACK <seq> <log_offset> <queue_offset> <end_offset>` for every append the
-//! store acknowledged as durable — until it is killed with SIGKILL (or, as a bound, after 60 s
-//! or 200,000 messages).
+//! Child process for the store crash test: opens the store, appends from 4 threads, and prints
+//! `ACK <seq> <log_offset> <queue_offset> <end_offset>` for every append the store acknowledged
+//! — until it is killed with SIGKILL (or, as a bound, after 60 s or 200,000 messages).
 //!
-//! Usage: `store-crash-child <dir> <first-seq> <sync|async>`
+//! Modes: `sync` (sync flush; acknowledged once durable), `async` (async flush; acknowledged
+//! once appended), and `ack-at-append`: sync's promise broken on purpose — async flush, yet
+//! reported as if durable — for the test that shows the power-loss simulation catches it.
+//!
+//! Usage: `store-crash-child <dir> <first-seq> <sync|async|ack-at-append>`
 
 use std::io::Write;
 use std::sync::Arc;
@@ -21,16 +24,17 @@ const RUN_TIME_MAX: Duration = Duration::from_secs(60);
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, dir, first, mode] = args.as_slice() else {
-        eprintln!("usage: store-crash-child <dir> <first-seq> <sync|async>");
+        eprintln!("usage: store-crash-child <dir> <first-seq> <sync|async|ack-at-append>");
         std::process::exit(2);
     };
     let first: u64 = first.parse().expect("first-seq is a number");
+    let sync = mode == "sync";
     // The test process opens the same store between cycles to check it; a process it forks at
     // that moment (another test's child, before its exec) briefly holds a copy of the lock's
     // descriptor, so a lock still held is waited for, shortly.
     let mut tries = 0;
     let (store, report) = loop {
-        match Store::open(crash_store_config(dir.as_ref(), mode == "sync")) {
+        match Store::open(crash_store_config(dir.as_ref(), sync)) {
             Err(wasmq_store::OpenError::Locked { .. }) if tries < 100 => {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(50));
@@ -60,7 +64,7 @@ fn main() {
                         body: Bytes::from(crash_body(seq)),
                         ..NewMessage::default()
                     };
-                    let a = store.append_durable(&[m]).expect("append");
+                    let a = if sync { store.append_durable(&[m]).expect("append") } else { store.append(&[m]).expect("append") };
                     let p = a.messages[0];
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "ACK {seq} {} {} {}", p.log_offset, p.queue_offset, a.end_offset).expect("stdout");
