@@ -47,7 +47,8 @@ async fn wait_topic_on(slave: &Broker, topic: &str) {
 }
 
 /// Produces batches from `tasks` producers until `stop` or the first error; records what was
-/// acknowledged OK. Returns how many batches had another status.
+/// acknowledged OK, failing if a (queue, offset) is acknowledged for two different messages
+/// (the earlier one lost and its place reused). Returns how many messages had another status.
 fn produce(conn: Connection, acked: &Acked, tasks: usize, stop: Arc<std::sync::atomic::AtomicBool>) -> Vec<tokio::task::JoinHandle<u64>> {
     (0..tasks)
         .map(|_| {
@@ -59,7 +60,10 @@ fn produce(conn: Connection, acked: &Acked, tasks: usize, stop: Arc<std::sync::a
                     let Ok(receipts) = p.send_batch("t", batch).await else { break };
                     for r in receipts {
                         if r.status == SendStatus::Ok {
-                            acked.lock().unwrap().insert((r.queue_id, r.queue_offset), (r.message_id, r.log_offset));
+                            let at = (r.queue_id, r.queue_offset);
+                            if let Some((earlier, _)) = acked.lock().unwrap().insert(at, (r.message_id.clone(), r.log_offset)) {
+                                assert_eq!(earlier, r.message_id, "queue {} offset {} acknowledged OK for two messages", at.0, at.1);
+                            }
                         } else {
                             not_ok += 1;
                         }
@@ -69,6 +73,17 @@ fn produce(conn: Connection, acked: &Acked, tasks: usize, stop: Arc<std::sync::a
             })
         })
         .collect()
+}
+
+/// Every acknowledged message is at its (queue, offset) in `queues` (each queue's ids by queue
+/// offset, from 0).
+fn all_acked_in(queues: &[Vec<String>], acked: &Acked, what: &str) {
+    let acked = acked.lock().unwrap();
+    assert!(!acked.is_empty(), "{what}: nothing was acknowledged OK");
+    for ((q, offset), (id, _)) in acked.iter() {
+        let found = queues[*q as usize].get(*offset as usize);
+        assert_eq!(found, Some(id), "{what}: acknowledged {id} is not at queue {q} offset {offset}");
+    }
 }
 
 /// Every message of a queue of `b`, by queue offset.
@@ -185,7 +200,11 @@ fn sync_replication_loses_nothing_acknowledged_across_master_kills() {
         rt.block_on(async {
             let m = master.take().unwrap();
             wait_caught_up(&m, Duration::from_secs(20)).await;
-            not_ok += produce_then_kill(m, &acked, Duration::from_millis(600)).await;
+            let before = acked.lock().unwrap().len();
+            let this_cycle = produce_then_kill(m, &acked, Duration::from_millis(600)).await;
+            not_ok += this_cycle;
+            let after = acked.lock().unwrap().len();
+            assert!(after > before, "cycle {cycle}: no message acknowledged OK ({this_cycle} answered otherwise)");
             // Everything acknowledged OK is on the slave; a consumer carries on from the slave
             // and commits its offsets there.
             consumed = check_on_slave(&slave, &acked, consumed, &format!("cycle {cycle}")).await;
@@ -198,11 +217,18 @@ fn sync_replication_loses_nothing_acknowledged_across_master_kills() {
     let master = master.unwrap();
     rt.block_on(async {
         let took = wait_caught_up(&master, Duration::from_secs(20)).await;
-        // The pair agrees on every offset of every queue.
+        // Every message acknowledged OK is on both, at its offset, and the pair agrees on
+        // every offset of every queue.
+        let (mut on_master, mut on_slave) = (Vec::new(), Vec::new());
         for q in 0..QUEUES {
-            let (on_master, on_slave) = (read_queue(&master, q).await, read_queue(&slave, q).await);
-            assert_eq!(on_master.len(), on_slave.len(), "queue {q}: lengths differ");
-            assert!(on_master == on_slave, "queue {q}: master and slave hold different messages");
+            on_master.push(read_queue(&master, q).await);
+            on_slave.push(read_queue(&slave, q).await);
+        }
+        all_acked_in(&on_master, &acked, "master");
+        all_acked_in(&on_slave, &acked, "slave");
+        for q in 0..QUEUES as usize {
+            assert_eq!(on_master[q].len(), on_slave[q].len(), "queue {q}: lengths differ");
+            assert!(on_master[q] == on_slave[q], "queue {q}: master and slave hold different messages");
         }
         // The offsets committed on the slave reached the master (handed over within a second).
         let started = Instant::now();
@@ -256,6 +282,7 @@ fn async_replication_loses_at_most_the_reported_lag() {
             let m = master.take().unwrap();
             wait_caught_up(&m, Duration::from_secs(20)).await;
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let before = acked.lock().unwrap().len();
             let tasks = produce(m.connect().await, &acked, 2, Arc::clone(&stop));
             // Replication lag under load, as the master reports it.
             let mut lag: Vec<(u64, u64)> = Vec::new();
@@ -277,6 +304,7 @@ fn async_replication_loses_at_most_the_reported_lag() {
                 t.await.unwrap();
             }
             let acked_now = acked.lock().unwrap().clone();
+            assert!(acked_now.len() > before, "cycle {cycle}: no message acknowledged OK");
             let on_slave: std::collections::HashSet<String> = {
                 let mut all = std::collections::HashSet::new();
                 for q in 0..QUEUES {
@@ -285,6 +313,9 @@ fn async_replication_loses_at_most_the_reported_lag() {
                 all
             };
             let below: Vec<_> = acked_now.values().filter(|(_, log_offset)| *log_offset < slave_acked).collect();
+            // Acknowledged messages the slave had acknowledged in turn: the bound means nothing
+            // without them.
+            assert!(!below.is_empty(), "cycle {cycle}: nothing acknowledged below the slave's acknowledged offset {slave_acked}");
             for (id, log_offset) in &below {
                 assert!(on_slave.contains(id), "cycle {cycle}: {id} at {log_offset} was reported replicated (< {slave_acked}) but is not on the slave");
             }
@@ -300,9 +331,13 @@ fn async_replication_loses_at_most_the_reported_lag() {
     rt.block_on(async {
         let m = master.as_ref().unwrap();
         wait_caught_up(m, Duration::from_secs(20)).await;
+        let mut on_master = Vec::new();
         for q in 0..QUEUES {
-            assert!(read_queue(m, q).await == read_queue(&slave, q).await, "queue {q}: master and slave differ after the re-sync");
+            on_master.push(read_queue(m, q).await);
+            assert!(on_master[q as usize] == read_queue(&slave, q).await, "queue {q}: master and slave differ after the re-sync");
         }
+        // The master was killed, not powered off: it kept everything it acknowledged.
+        all_acked_in(&on_master, &acked, "master after the re-sync");
     });
 }
 
