@@ -111,10 +111,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Ticker {
+    /// Ticks by the clock, not by sleeps: a sleep that overran (a busy machine wakes the thread
+    /// late) is made up with the ticks it missed, so a deadline of N ticks ends within a tick of
+    /// N ticks of wall time instead of stretching with every late wake-up.
     fn run(&self, engine: &Engine) {
+        let mut next: Option<std::time::Instant> = None;
         loop {
             {
                 let mut st = lock(&self.state);
+                if st.instances == 0 {
+                    next = None;
+                }
                 while st.instances == 0 && !st.stopped {
                     st = self.wake.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
                 }
@@ -122,8 +129,15 @@ impl Ticker {
                     return;
                 }
             }
-            std::thread::sleep(TICK);
-            engine.increment_epoch();
+            let due = *next.get_or_insert_with(|| std::time::Instant::now() + TICK);
+            std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+            let now = std::time::Instant::now();
+            let mut at = due;
+            while at <= now {
+                engine.increment_epoch();
+                at += TICK;
+            }
+            next = Some(at);
         }
     }
 }
