@@ -19,6 +19,16 @@ use wasmq_tests::runtime;
 /// of the runtime on a shared 2-core machine, where a 10 ms deadline can pass by load alone.
 /// The hostile test sets a tight deadline and checks it.
 const PATIENT: (&str, &str) = ("WASMQ_PLUGIN_CALL_TIMEOUT_MS", "1000");
+/// A plugin instance's linear memory cap, as docs/plugins.md promises.
+const PLUGIN_MEMORY_CAP: u64 = 16 << 20;
+/// The default deadline of a plugin call, as docs/plugins.md promises, and the epoch tick that
+/// checks it.
+const PLUGIN_DEADLINE: Duration = Duration::from_millis(10);
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// What a call stopped at its deadline may take beyond deadline + tick on this shared 2-core
+/// machine, debug build: the epoch ticker thread woken late, the trap unwound, the host's
+/// bookkeeping.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(15);
 
 /// The `.wasm` of a plugin crate under `plugins/`, built for the sandbox.
 fn plugin_wasm(dir: &str) -> Vec<u8> {
@@ -551,6 +561,13 @@ fn hostile_plugins_are_contained_and_their_failure_policies_honoured() {
         assert!(s.timeouts >= 1 && s.breaker_trips >= 1 && s.policy_applied == 40, "{s:?}");
         let s = stats("bomb", "ordering-key", None).await;
         assert!(s.memory_exhausted >= 1, "{s:?}");
+        // Stopped at the documented cap (docs/plugins.md), not at wasm32's 4 GiB: the bomb
+        // grows by 1 MiB at a time, so it got within 2 MiB of the cap and no further.
+        assert!(
+            s.memory_peak_bytes <= PLUGIN_MEMORY_CAP && s.memory_peak_bytes > PLUGIN_MEMORY_CAP - (2 << 20),
+            "peak {} bytes; cap {PLUGIN_MEMORY_CAP}: {s:?}",
+            s.memory_peak_bytes
+        );
         let s = stats("trap", "router", None).await;
         assert!(s.traps >= 1 && s.policy_applied >= 1, "{s:?}");
         let s = stats("recurse", "filter", Some("g")).await;
@@ -561,6 +578,36 @@ fn hostile_plugins_are_contained_and_their_failure_policies_honoured() {
             "hostile: 40 sends past an endless loop in {loop_time:?}; calm topic {calm_sent} messages meanwhile, slowest batch {calm_worst:?}"
         );
         assert!(calm_worst < Duration::from_secs(2), "the calm topic waited {calm_worst:?}");
+    });
+}
+
+/// An endless loop under the default deadline: every call that runs into it is stopped within
+/// deadline + one epoch tick + margin, and the sends carry on (fail-open) once the breaker opens.
+#[test]
+fn a_plugin_past_its_deadline_is_stopped_within_a_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let rt = runtime();
+    rt.block_on(async {
+        let admin = broker.admin();
+        admin.upload_plugin(plugin_wasm("fixtures/hostile")).await.unwrap();
+        admin.create_topic("loop", 4).await.unwrap();
+        admin.attach_topic_plugin("loop", "router", &attach_req("hostile", 1, &[("mode", "loop")], "fail-open")).await.unwrap();
+        let producer = Producer::new(broker.connect().await, "p");
+        let started = Instant::now();
+        for i in 0..20 {
+            producer.send("loop", OutgoingMessage::new(format!("loop {i}"))).await.unwrap();
+        }
+        let took = started.elapsed();
+        let s = attachment(&admin, "loop", "router", None).await.stats;
+        let longest = Duration::from_nanos(s.timeout_call_max_ns);
+        assert!(s.timeouts >= 1 && s.breaker_trips >= 1, "{s:?}");
+        assert!(longest >= PLUGIN_DEADLINE, "a timed-out call ended before its deadline: {longest:?}");
+        assert!(longest <= PLUGIN_DEADLINE + EPOCH_TICK + DEADLINE_MARGIN, "a call ran {longest:?} past a {PLUGIN_DEADLINE:?} deadline");
+        // The sends waited for nothing but the calls that ran into their deadline.
+        let bound = (PLUGIN_DEADLINE + EPOCH_TICK + DEADLINE_MARGIN) * s.timeouts as u32 + Duration::from_millis(25) * 20;
+        assert!(took <= bound, "20 sends took {took:?}; {} calls timed out (bound {bound:?})", s.timeouts);
+        println!("deadline {PLUGIN_DEADLINE:?}: {} calls stopped, the longest after {longest:?}; 20 sends in {took:?}", s.timeouts);
     });
 }
 

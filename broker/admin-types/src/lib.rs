@@ -300,6 +300,12 @@ pub struct PluginStats {
     pub breaker_trips: u64,
     pub breaker_open: bool,
     pub instances: u64,
+    /// Largest linear memory any instance was granted, in bytes (at most the sandbox's cap).
+    #[serde(default)]
+    pub memory_peak_bytes: u64,
+    /// Longest call stopped at its deadline, host side included, in nanoseconds (0: none was).
+    #[serde(default)]
+    pub timeout_call_max_ns: u64,
     /// Mean time per message, host side included.
     pub ns_per_message: f64,
     /// Messages for which the failure policy decided (the plugin could not).

@@ -92,6 +92,8 @@ pub struct Stats {
     breaker_trips: AtomicU64,
     instances: AtomicU64,
     nanos: AtomicU64,
+    memory_peak_bytes: AtomicU64,
+    timeout_call_max_ns: AtomicU64,
     counters: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
@@ -113,6 +115,10 @@ pub struct StatsSnapshot {
     pub instances: u64,
     /// Time in calls, host side included.
     pub nanos: u64,
+    /// Largest linear memory any instance was granted, in bytes.
+    pub memory_peak_bytes: u64,
+    /// Longest call stopped at its deadline, host side included, in nanoseconds.
+    pub timeout_call_max_ns: u64,
     /// The plugin's own counters (`counter-add`).
     pub counters: BTreeMap<String, u64>,
 }
@@ -235,9 +241,14 @@ impl Attached {
             }
         };
         let r = f(&mut session);
+        let took = now.elapsed().as_nanos() as u64;
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         self.stats.messages.fetch_add(u64::from(batch.count), Ordering::Relaxed);
-        self.stats.nanos.fetch_add(now.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.stats.nanos.fetch_add(took, Ordering::Relaxed);
+        self.stats.memory_peak_bytes.fetch_max(session.peak_memory() as u64, Ordering::Relaxed);
+        if matches!(&r, Err(e) if e.trap_kind() == Some(TrapKind::Timeout)) {
+            self.stats.timeout_call_max_ns.fetch_max(took, Ordering::Relaxed);
+        }
         if !session.is_poisoned() {
             let mut idle = lock(&self.idle);
             if idle.len() < IDLE_MAX {
@@ -303,6 +314,8 @@ impl Attached {
             breaker_open: lock(&self.breaker).is_open(Instant::now()),
             instances: g(&s.instances),
             nanos: g(&s.nanos),
+            memory_peak_bytes: g(&s.memory_peak_bytes),
+            timeout_call_max_ns: g(&s.timeout_call_max_ns),
             counters: lock(&s.counters).clone(),
         }
     }

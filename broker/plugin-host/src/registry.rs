@@ -657,6 +657,8 @@ fn view_of(l: &Live) -> AttachmentView {
                 breaker_trips: s.breaker_trips,
                 breaker_open: s.breaker_open,
                 instances: s.instances,
+                memory_peak_bytes: s.memory_peak_bytes,
+                timeout_call_max_ns: s.timeout_call_max_ns,
                 ns_per_message: s.ns_per_message(),
                 policy_applied: 0,
                 counters: s.counters,
