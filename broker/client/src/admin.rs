@@ -105,6 +105,22 @@ impl Admin {
         self.call("GET", &format!("/messages/{id}"), None).await?.ok_or_else(|| ClientError::Malformed("empty answer".into()))
     }
 
+    /// Sends one message through the admin API (as a producer's send: the topic's plugins,
+    /// answered once as safe as the broker set promises).
+    ///
+    /// # Errors
+    /// Unknown topic (404), a full disk (507), connection failure.
+    pub async fn send_message(
+        &self,
+        topic: &str,
+        message: &wasmq_admin_types::SendMessage,
+    ) -> Result<wasmq_admin_types::SentMessage, ClientError> {
+        let body = serde_json::to_vec(message).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.call("POST", &format!("/topics/{topic}/messages"), Some(body))
+            .await?
+            .ok_or_else(|| ClientError::Malformed("empty answer".into()))
+    }
+
     /// A topic's messages carrying `key`, newest first.
     ///
     /// # Errors
