@@ -70,18 +70,45 @@ async fn wait_for(seen: &Seen, want: &HashSet<String>, limit: Duration) -> Durat
 struct ChildMember {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A message the child member handled.
+struct Handled {
+    queue: u32,
+    offset: u64,
+    id: String,
+    /// When, in ns since the Unix epoch (comparable with [`unix_ns`] in this process).
+    at_ns: u128,
+    body: String,
+}
+
+fn unix_ns() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+/// How long a killed member's queues may take to move: it is dropped from the group one session
+/// timeout after its last heartbeat (one heartbeat interval before the kill at most), the
+/// others see the new assignment at their next heartbeat and pull at once; the margin covers
+/// the rest (handling the moved queues' backlog, a busy machine).
+const SESSION_TIMEOUT: Duration = Duration::from_secs(2);
+const HEARTBEAT: Duration = Duration::from_millis(300);
+const TAKEOVER_MARGIN: Duration = Duration::from_secs(1);
+
 impl ChildMember {
-    fn start(broker: &Broker, group: &str, topic: &str) -> Self {
+    fn start(broker: &Broker, group: &str, topic: &str, orderly: bool) -> Self {
+        let mut args = vec![broker.listen.as_str(), broker.ca.to_str().unwrap(), group, topic];
+        if orderly {
+            args.push("orderly");
+        }
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_group-consumer-child"))
-            .args([broker.listen.as_str(), broker.ca.to_str().unwrap(), group, topic])
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("start consumer child");
         let out = std::io::BufReader::new(child.stdout.take().unwrap());
         let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             use std::io::BufRead;
             for l in out.lines().map_while(Result::ok) {
                 if tx.send(l).is_err() {
@@ -90,17 +117,43 @@ impl ChildMember {
             }
         });
         assert_eq!(lines.recv_timeout(Duration::from_secs(30)).unwrap(), "JOINED");
-        Self { child, lines }
+        Self { child, lines, reader: Some(reader) }
     }
 
-    /// Moves what the child printed into `seen` as `member`.
-    fn drain(&self, seen: &Seen, member: usize) {
-        for l in self.lines.try_iter() {
-            let f: Vec<&str> = l.split(' ').collect();
-            if let ["MSG", q, off, id] = f[..] {
-                seen.lock().unwrap().push((member, "work".into(), q.parse().unwrap(), off.parse().unwrap(), id.to_owned()));
-            }
-        }
+    /// What the child printed since the last call.
+    fn handled(&self) -> Vec<Handled> {
+        self.lines
+            .try_iter()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.splitn(6, ' ').collect();
+                match f[..] {
+                    ["MSG", q, off, id, at, body] => Some(Handled {
+                        queue: q.parse().unwrap(),
+                        offset: off.parse().unwrap(),
+                        id: id.to_owned(),
+                        at_ns: at.parse().unwrap(),
+                        body: body.to_owned(),
+                    }),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Moves what the child printed into `seen` as `member`; returns how many of those were
+    /// bodies starting with `prefix`.
+    fn drain(&self, seen: &Seen, member: usize, prefix: &str) -> usize {
+        let handled = self.handled();
+        let n = handled.iter().filter(|h| h.body.starts_with(prefix)).count();
+        seen.lock().unwrap().extend(handled.into_iter().map(|h| (member, "work".to_owned(), h.queue, h.offset, h.id)));
+        n
+    }
+
+    /// SIGKILL; returns once everything the child printed can be read.
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.reader.take().expect("killed once").join().unwrap();
     }
 }
 
@@ -121,10 +174,10 @@ fn clustering_shares_queues_and_takes_over_from_a_killed_member() {
         for m in 0..2 {
             members.push(GroupConsumer::start(broker.connect().await, options("workers", "work"), recorder(&seen, m)).await.unwrap());
         }
-        let mut child = ChildMember::start(&broker, "workers", "work");
+        let mut child = ChildMember::start(&broker, "workers", "work", false);
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            child.drain(&seen, 2);
+            child.drain(&seen, 2, "");
             let got: HashSet<String> = seen.lock().unwrap().iter().map(|s| s.4.clone()).collect();
             if first.is_subset(&got) {
                 break;
@@ -150,13 +203,33 @@ fn clustering_shares_queues_and_takes_over_from_a_killed_member() {
             eprintln!("92000 messages, {} deliveries, {} duplicates", s.len(), s.len() - 92_000);
         }
 
-        // SIGKILL the child member; the messages sent after it are all handled once its queues move.
-        child.child.kill().unwrap();
-        child.child.wait().unwrap();
+        // SIGKILL the child member mid-stream: 8,000 more messages are sent over ~1.6 s, and the
+        // child dies once it has handled some of them. Every one is handled once its queues
+        // move, within the session timeout and the heartbeats that notice it.
+        let producer = Producer::new(broker.connect().await, "p");
+        let stream = tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for chunk in 0..80 {
+                let msgs = (0..100).map(|i| OutgoingMessage::new(format!("more-{chunk}-{i}").into_bytes())).collect();
+                ids.extend(producer.send_batch("work", msgs).await.unwrap().into_iter().map(|r| r.message_id));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            ids
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.drain(&seen, 2, "more-") == 0 {
+            assert!(Instant::now() < deadline, "the child handled none of the new messages");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!stream.is_finished(), "the kill is mid-stream: the producer is still sending");
+        child.kill();
+        child.drain(&seen, 2, "");
         let killed_at = Instant::now();
-        let more: HashSet<String> = produce(&broker, "work", 8_000, None).await.into_iter().collect();
-        wait_for(&seen, &more, Duration::from_secs(30)).await;
-        eprintln!("after SIGKILL of a member, all new messages were handled {:?} later (session timeout 2 s)", killed_at.elapsed());
+        let more: HashSet<String> = stream.await.unwrap().into_iter().collect();
+        let bound = SESSION_TIMEOUT + 2 * HEARTBEAT + TAKEOVER_MARGIN;
+        wait_for(&seen, &more, bound.saturating_sub(killed_at.elapsed())).await;
+        let took = killed_at.elapsed();
+        eprintln!("after SIGKILL of a member mid-stream, all 8000 new messages were handled {took:?} later (session timeout 2 s)");
         for m in members {
             m.shutdown().await;
         }
@@ -341,8 +414,12 @@ fn failed_messages_come_back_after_their_delays_then_go_to_the_dead_letter_topic
     });
 }
 
-/// Orderly: 4 members, 10k messages over 100 keys, one member killed midway: every key's
-/// messages are processed for the first time in send order.
+/// When (ns since the Unix epoch), by which member, key and sequence number.
+type Processing = (u128, usize, u32, u32);
+
+/// Orderly: 4 members, 10k messages over 100 keys, one (in its own process) killed with SIGKILL
+/// midway: every key's messages are processed for the first time in send order, the killed
+/// member's processings included (ordered by when they happened).
 #[test]
 fn orderly_consumption_keeps_each_keys_order_across_a_kill() {
     let dir = tempfile::tempdir().unwrap();
@@ -358,14 +435,27 @@ fn orderly_consumption_keeps_each_keys_order_across_a_kill() {
                 producer.send_batch("orders", msgs).await.unwrap();
             }
         }
-        let processed: Arc<Mutex<Vec<(usize, u32, u32)>>> = Arc::default();
+        // (when in ns, member, key, seq) of every processing.
+        let processed: Arc<Mutex<Vec<Processing>>> = Arc::default();
+        let key_seq = |body: &str| -> (u32, u32) {
+            let (k, seq) = body.split_once(':').unwrap();
+            (k.parse().unwrap(), seq.parse().unwrap())
+        };
+        let mut child = ChildMember::start(&broker, "ordered", "orders", true);
+        let drain_child = |child: &ChildMember| {
+            let mut p = processed.lock().unwrap();
+            for h in child.handled() {
+                let (k, seq) = key_seq(&h.body);
+                p.push((h.at_ns, 3, k, seq));
+            }
+        };
         let mut members = Vec::new();
-        for id in 0..4 {
+        for id in 0..3 {
             let log = Arc::clone(&processed);
             let handler: wasmq_client::Handler = Arc::new(move |_t: &str, _q: u32, m: &PulledMessage| {
                 let text = String::from_utf8_lossy(&m.message.body).into_owned();
-                let (k, seq) = text.split_once(':').unwrap();
-                log.lock().unwrap().push((id, k.parse().unwrap(), seq.parse().unwrap()));
+                let (k, seq) = key_seq(&text);
+                log.lock().unwrap().push((unix_ns(), id, k, seq));
                 ConsumeResult::Success
             });
             let mut o = options("ordered", "orders");
@@ -374,13 +464,23 @@ fn orderly_consumption_keeps_each_keys_order_across_a_kill() {
             members.push(GroupConsumer::start(broker.connect().await, o, handler).await.unwrap());
         }
         let deadline = Instant::now() + Duration::from_secs(90);
-        while processed.lock().unwrap().len() < 3_000 {
-            assert!(Instant::now() < deadline);
+        loop {
+            drain_child(&child);
+            let enough = {
+                let p = processed.lock().unwrap();
+                p.len() >= 3_000 && p.iter().any(|x| x.1 == 3)
+            };
+            if enough {
+                break;
+            }
+            assert!(Instant::now() < deadline, "3000 processings, some by the child, within 90 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        drop(members.pop()); // killed: no leave, no unlock; its locks expire
+        // SIGKILL mid-stream: no leave, no unlock; its locks expire.
+        child.kill();
+        drain_child(&child);
         loop {
-            let done: HashSet<(u32, u32)> = processed.lock().unwrap().iter().map(|p| (p.1, p.2)).collect();
+            let done: HashSet<(u32, u32)> = processed.lock().unwrap().iter().map(|p| (p.2, p.3)).collect();
             if done.len() == 10_000 {
                 break;
             }
@@ -390,16 +490,19 @@ fn orderly_consumption_keeps_each_keys_order_across_a_kill() {
         for m in members {
             m.shutdown().await;
         }
-        let p = processed.lock().unwrap();
+        let mut p = processed.lock().unwrap();
+        p.sort_unstable();
+        let by_child = p.iter().filter(|x| x.1 == 3).count();
+        assert!(by_child > 0, "the killed member processed some messages");
         let mut first: HashSet<(u32, u32)> = HashSet::new();
         let mut last: HashMap<u32, u32> = HashMap::new();
-        for (_, k, seq) in p.iter() {
+        for (_, _, k, seq) in p.iter() {
             if first.insert((*k, *seq))
                 && let Some(prev) = last.insert(*k, *seq)
             {
                 assert!(*seq > prev, "key {k}: message {seq} processed before {prev}'s successor order");
             }
         }
-        eprintln!("orderly: 10000 messages, {} processings ({} duplicates)", p.len(), p.len() - 10_000);
+        eprintln!("orderly: 10000 messages, {} processings ({} duplicates), {by_child} by the member killed", p.len(), p.len() - 10_000);
     });
 }
