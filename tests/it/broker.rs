@@ -444,12 +444,17 @@ fn bench_e2e_counts_the_measured_second_and_reports_host_steal() {
     let rate = 2000u64;
     let out = broker.cli(&["bench", "e2e", "--rate", &rate.to_string(), "--duration", "1", "--warmup", "1", "--queues", "2"]);
     let line = out.lines().find(|l| l.starts_with("e2e at ")).unwrap_or_else(|| panic!("no e2e line in {out}"));
-    let samples: u64 =
-        line.split('(').nth(1).and_then(|s| s.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"));
-    // Sends are due by elapsed time and go out once per millisecond tick, stamped when sent: a
-    // second's worth, give or take what a stalled sender (a busy test machine) moves across the
-    // second's edges — never twice as many, nor half.
-    assert!(samples.abs_diff(rate) <= rate / 4, "{samples} samples at {rate} msgs/s: {out}");
+    // "(N samples of M sent after ...)": every message sent in the measured second is one
+    // sample, exactly — none missed, none counted twice.
+    let words: Vec<&str> = line.split('(').nth(1).unwrap_or_else(|| panic!("{line}")).split(' ').collect();
+    let (samples, sent): (u64, u64) = match words[..] {
+        [n, "samples", "of", m, "sent", ..] => (n.parse().unwrap(), m.parse().unwrap()),
+        _ => panic!("{line}"),
+    };
+    assert_eq!(samples, sent, "{out}");
+    // Sends are due by elapsed time and go out once per millisecond tick: a second's worth,
+    // give or take what a stalled sender (a busy test machine) moves across the second's edges.
+    assert!(sent.abs_diff(rate) <= rate / 4, "{sent} sent in the measured second at {rate} msgs/s: {out}");
     assert!(out.lines().any(|l| l.starts_with("late: ")), "{out}");
     let steal_reported = std::fs::read_to_string("/proc/stat")
         .is_ok_and(|s| s.lines().next().is_some_and(|l| l.starts_with("cpu ") && l.split_whitespace().count() > 8));

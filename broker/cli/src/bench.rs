@@ -166,6 +166,8 @@ struct E2eResult {
     latency: Histogram<u64>,
     late: Vec<u64>,
     steal_ms: Option<Vec<u64>>,
+    /// Messages sent in the measured seconds (each should be one latency sample).
+    sent_measured: u64,
 }
 
 /// Time the hypervisor ran something else while this machine's CPUs had work ("steal", the
@@ -228,7 +230,7 @@ pub(crate) async fn run(cli: &Cli, command: &BenchCommand) -> Result<()> {
         }
         BenchCommand::E2e(e) => {
             ensure_topic(cli, &e.topic, e.queues).await?;
-            let E2eResult { latency: h, late, steal_ms } = e2e(cli, e).await?;
+            let E2eResult { latency: h, late, steal_ms, sent_measured } = e2e(cli, e).await?;
             // A window's late deliveries were delayed by whatever happened from their send
             // time on: its steal and the next window's.
             let steal_near = |i: usize| steal_ms.as_ref().map(|s| s.get(i).copied().unwrap_or(0) + s.get(i + 1).copied().unwrap_or(0));
@@ -249,7 +251,7 @@ pub(crate) async fn run(cli: &Cli, command: &BenchCommand) -> Result<()> {
                 eprintln!("deliveries over {} ms by send time: {}", e.late_ms, windows.join(", "));
             }
             println!("--- summary ---");
-            println!("e2e at {} msgs/s: {} ({} samples after {} s warm-up)", e.rate, pct(&h), h.len(), e.warmup);
+            println!("e2e at {} msgs/s: {} ({} samples of {sent_measured} sent after {} s warm-up)", e.rate, pct(&h), h.len(), e.warmup);
             println!("late: {n_late} deliveries over {} ms, in {} of {} windows of 100 ms", e.late_ms, windows.len(), e.duration * 10);
             if let Some(steal) = &steal_ms {
                 let with_steal = late.iter().enumerate().filter(|&(i, &n)| n > 0 && steal_near(i).unwrap_or(0) > 0).count();
@@ -486,7 +488,7 @@ async fn e2e(cli: &Cli, e: &E2e) -> Result<E2eResult> {
         let (consumer, stop, topic, mut at) = (consumer.clone(), stop.clone(), e.topic.clone(), starts[q as usize]);
         let measure_from = Arc::clone(&measure_from);
         readers.push(tokio::spawn(async move {
-            let mut r = E2eResult { latency: histogram(), late: Vec::new(), steal_ms: None };
+            let mut r = E2eResult { latency: histogram(), late: Vec::new(), steal_ms: None, sent_measured: 0 };
             while !stop.load(Ordering::Relaxed) {
                 let p = consumer.pull(&topic, q, at, 256, Duration::from_millis(500)).await?;
                 let now = origin.elapsed().as_micros() as u64;
@@ -542,6 +544,8 @@ async fn e2e(cli: &Cli, e: &E2e) -> Result<E2eResult> {
         })
     });
     let mut sent = 0u64;
+    let mut sent_measured = 0u64;
+    let measured_from_us = measure_from.load(Ordering::Relaxed);
     let mut sends = tokio::task::JoinSet::new();
     while Instant::now() < deadline {
         tick.tick().await;
@@ -554,6 +558,9 @@ async fn e2e(cli: &Cli, e: &E2e) -> Result<E2eResult> {
         // The messages of one tick share their send time, so they share one body (as `bench
         // produce` shares its template): the client's time goes to sending, not to filling.
         let stamp = origin.elapsed().as_micros() as u64;
+        if stamp >= measured_from_us {
+            sent_measured += n;
+        }
         let mut body = vec![b'x'; e.size.max(8)];
         body[..8].copy_from_slice(&stamp.to_le_bytes());
         let body = Bytes::from(body);
@@ -573,7 +580,7 @@ async fn e2e(cli: &Cli, e: &E2e) -> Result<E2eResult> {
         Some(task) => Some(task.await?),
         None => None,
     };
-    let mut total = E2eResult { latency: histogram(), late: Vec::new(), steal_ms };
+    let mut total = E2eResult { latency: histogram(), late: Vec::new(), steal_ms, sent_measured };
     for r in readers {
         let r = r.await??;
         total.latency.add(r.latency)?;
