@@ -128,7 +128,7 @@ fn restarts_keep_every_acknowledged_message() {
         tokio::time::sleep(Duration::from_millis(700)).await;
         tasks
     });
-    let loss = broker.lose_power(&journal);
+    let loss = broker.lose_power(&journal, wasmq_tests::power_loss::Mode::Random);
     println!("power loss: {loss}");
     let more: Vec<_> = rt.block_on(async {
         let mut all = Vec::new();
@@ -460,3 +460,4 @@ fn bench_e2e_counts_the_measured_second_and_reports_host_steal() {
         .is_ok_and(|s| s.lines().next().is_some_and(|l| l.starts_with("cpu ") && l.split_whitespace().count() > 8));
     assert_eq!(out.lines().any(|l| l.starts_with("host steal: ")), steal_reported, "{out}");
 }
+

@@ -403,3 +403,67 @@ fn a_slave_down_for_100k_messages_catches_up() {
         assert!(out.contains("master") && out.contains("slave") && out.contains("connected"), "{out}");
     });
 }
+
+/// A master that lost data its slave holds (a power loss under async flush, nothing fsynced) is
+/// not followed: the slave refuses the shorter log ("diverged"), says so in its status, and
+/// keeps every byte it has.
+#[test]
+fn a_slave_ahead_of_a_master_that_lost_data_refuses_to_follow_it() {
+    let (m, s, j) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let journal = j.path().join("io-journal");
+    let master_env = [
+        SEGMENT,
+        KEEP,
+        ("WASMQ_REPLICATION", "async"),
+        ("WASMQ_FLUSH_INTERVAL_MS", "600000"),
+        (wasmq_store::JOURNAL_ENV, journal.to_str().unwrap()),
+    ];
+    let master = Broker::start(m.path(), &master_env);
+    master.cli(&["topic", "create", "t", "--queues", &QUEUES.to_string()]);
+    let slave = Broker::start_slave(s.path(), &master, &[KEEP]);
+    let (listen, admin_listen, env) = (master.listen.clone(), master.admin_listen.clone(), master.env().to_vec());
+    let rt = wasmq_tests::runtime();
+    let slave_end = rt.block_on(async {
+        wait_topic_on(&slave, "t").await;
+        let p = Producer::new(master.connect().await, "p");
+        for i in 0..100 {
+            let batch = (0..20).map(|j| OutgoingMessage::new(format!("{i}-{j}").into_bytes())).collect();
+            p.send_batch("t", batch).await.unwrap();
+        }
+        wait_caught_up(&master, Duration::from_secs(20)).await;
+        replicas(&slave).await.log_end_offset
+    });
+    // Every log byte the master wrote since its last fsync is lost: with a 10-minute flush
+    // interval, all of them.
+    let loss = master.lose_power(&journal, wasmq_tests::power_loss::Mode::All(wasmq_tests::power_loss::Damage::Zeroed));
+    println!("master power loss: {loss}");
+    let master = Broker::start_again(m.path(), &env, &listen, &admin_listen);
+    rt.block_on(async {
+        let master_end = replicas(&master).await.log_end_offset;
+        assert!(master_end < slave_end, "the master lost data: its log ends at {master_end}, the slave's at {slave_end}");
+        let started = Instant::now();
+        let error = loop {
+            let status = replicas(&slave).await.master.expect("a slave reports its master");
+            if let Some(e) = status.error.clone().filter(|e| e.contains("diverged")) {
+                assert!(!status.connected, "{status:?}");
+                break e;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "the slave did not refuse the shorter master: {status:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(error.contains(&slave_end.to_string()) && error.contains(&master_end.to_string()), "names both ends: {error}");
+        // The slave keeps what it has, and keeps refusing.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(replicas(&slave).await.log_end_offset, slave_end, "the slave's log is untouched");
+        let mut total = 0;
+        for q in 0..QUEUES {
+            total += read_queue(&slave, q).await.len();
+        }
+        assert_eq!(total, 2_000, "every message is still on the slave");
+        let on_master = replicas(&master).await;
+        assert!(
+            on_master.slaves.iter().all(|s| s.acked_offset <= master_end),
+            "the master records no acknowledgement past its end: {on_master:?}"
+        );
+    });
+}

@@ -343,7 +343,7 @@ fn broker_sigkill_and_power_loss_mid_stream_lose_no_commit_and_repeat_none() {
             assert!(Instant::now() < deadline, "only {} transactions ended within 60 s", acked.lock().unwrap().len());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        println!("power loss: {}", broker.lose_power(&journal));
+        println!("power loss: {}", broker.lose_power(&journal, wasmq_tests::power_loss::Mode::Random));
         for t in tasks {
             t.await.unwrap();
         }

@@ -170,9 +170,9 @@ pub mod broker {
         /// SIGKILL, then a power loss: every byte of the store's files not covered by a
         /// completed fsync is destroyed ([`crate::power_loss`]), from the I/O journal the
         /// broker was started to keep (`WASMQ_IO_JOURNAL` naming `journal`).
-        pub fn lose_power(self, journal: &Path) -> crate::power_loss::PowerLoss {
+        pub fn lose_power(self, journal: &Path, mode: crate::power_loss::Mode) -> crate::power_loss::PowerLoss {
             self.kill();
-            let loss = crate::power_loss::lose_power(journal, crate::power_loss::Mode::Random, &mut rand::rng());
+            let loss = crate::power_loss::lose_power(journal, mode, &mut rand::rng());
             assert!(loss.journal_lines > 0, "the broker kept no I/O journal");
             loss
         }
