@@ -506,3 +506,44 @@ fn orderly_consumption_keeps_each_keys_order_across_a_kill() {
         eprintln!("orderly: 10000 messages, {} processings ({} duplicates), {by_child} by the member killed", p.len(), p.len() - 10_000);
     });
 }
+
+/// How often the broker saves consumer offsets (docs/protocol.md: "persisted every 5 s").
+const OFFSETS_SAVED_EVERY: Duration = Duration::from_secs(5);
+
+/// Offsets a group committed at least one save interval before a broker SIGKILL survive it:
+/// after the restart the group resumes there, and nothing it handled before comes again.
+#[test]
+fn committed_offsets_survive_a_broker_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("WASMQ_GROUP_SESSION_TIMEOUT_MS", "2000")];
+    let broker = Broker::start(dir.path(), &env);
+    let rt = runtime();
+    let first: HashSet<String> = rt.block_on(async {
+        broker.admin().create_topic("kept", 2).await.unwrap();
+        let first: HashSet<String> = produce(&broker, "kept", 1_000, None).await.into_iter().collect();
+        let seen: Seen = Arc::default();
+        let member = GroupConsumer::start(broker.connect().await, options("keepers", "kept"), recorder(&seen, 0)).await.unwrap();
+        wait_for(&seen, &first, Duration::from_secs(30)).await;
+        member.shutdown().await;
+        let group = broker.admin().describe_group("keepers").await.unwrap();
+        assert_eq!(group.queues.iter().map(|q| q.committed.unwrap_or(0)).sum::<u64>(), 1_000, "{group:?}");
+        first
+    });
+    std::thread::sleep(OFFSETS_SAVED_EVERY + Duration::from_secs(1));
+    broker.kill();
+    let broker = Broker::restart_from(dir.path(), &env);
+    rt.block_on(async {
+        let group = broker.admin().describe_group("keepers").await.unwrap();
+        assert_eq!(group.queues.iter().map(|q| q.committed.unwrap_or(0)).sum::<u64>(), 1_000, "after the SIGKILL: {group:?}");
+        let more: HashSet<String> = produce(&broker, "kept", 10, None).await.into_iter().collect();
+        let seen: Seen = Arc::default();
+        let member = GroupConsumer::start(broker.connect().await, options("keepers", "kept"), recorder(&seen, 0)).await.unwrap();
+        wait_for(&seen, &more, Duration::from_secs(30)).await;
+        // A pull round more, in case anything older were still to come.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        member.shutdown().await;
+        let again: Vec<String> = seen.lock().unwrap().iter().map(|s| s.4.clone()).filter(|id| first.contains(id)).collect();
+        assert!(again.is_empty(), "{} messages handled before the SIGKILL came again", again.len());
+        assert_eq!(seen.lock().unwrap().len(), 10, "exactly the 10 new messages");
+    });
+}
