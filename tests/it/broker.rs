@@ -461,3 +461,83 @@ fn bench_e2e_counts_the_measured_second_and_reports_host_steal() {
     assert_eq!(out.lines().any(|l| l.starts_with("host steal: ")), steal_reported, "{out}");
 }
 
+/// The connection limit and handshake deadline as docs/operations.md states them.
+const CONNECTIONS_MAX: usize = 1024;
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+/// How late past a deadline a busy test machine may close a connection.
+const CLOSE_MARGIN: Duration = Duration::from_secs(2);
+
+/// Lets this process open more than the connection limit's worth of sockets.
+fn raise_open_files_limit(needed: u64) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a live rlimit.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    assert!(lim.rlim_cur >= needed, "the hard open-file limit {} is below the {needed} sockets this test opens", lim.rlim_cur);
+}
+
+/// Waits until `s` is closed by the broker (EOF or reset); returns when, or `None` if it sent
+/// data instead.
+async fn closed_at(mut s: impl AsyncReadExt + Unpin) -> Option<Instant> {
+    let mut b = [0u8; 256];
+    match s.read(&mut b).await {
+        Ok(0) | Err(_) => Some(Instant::now()),
+        Ok(_) => None,
+    }
+}
+
+/// The default limits on connections: past 1024 open, a new one is closed at once; one that
+/// never starts TLS, and one that finishes TLS but never sends Hello, are closed 10 s after they
+/// came (not before), which frees their places.
+#[test]
+fn connections_past_the_limit_are_closed_and_silent_ones_at_the_deadline() {
+    raise_open_files_limit(2 * CONNECTIONS_MAX as u64 + 256);
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    runtime().block_on(async {
+        // One connection finishes TLS and sends nothing; the rest of the limit never start TLS.
+        let tls_at = Instant::now();
+        let no_hello = tokio::spawn(closed_at(raw_tls(&broker).await));
+        let mut silent = Vec::new();
+        for i in 1..CONNECTIONS_MAX {
+            let at = Instant::now();
+            let tcp = tokio::net::TcpStream::connect(&broker.listen).await.unwrap();
+            silent.push(tokio::spawn(async move { (at, closed_at(tcp).await) }));
+            if i % 64 == 0 {
+                // Let the broker accept what is queued (the listen backlog is finite).
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // One more: over the limit, closed at once.
+        let over = tokio::net::TcpStream::connect(&broker.listen).await.unwrap();
+        let t = Instant::now();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(2), closed_at(over)).await.expect("the connection past the limit is closed at once");
+        assert!(closed.is_some(), "closed, not answered");
+        println!("connection {} closed after {:?}", CONNECTIONS_MAX + 1, t.elapsed());
+        // The silent ones: each closed at its deadline, none before.
+        let mut latest = Duration::ZERO;
+        for s in silent {
+            let (at, closed) = s.await.unwrap();
+            let after = closed.expect("closed, not answered") - at;
+            assert!(after >= HANDSHAKE_DEADLINE, "a connection without TLS was closed {after:?} after it came");
+            assert!(after <= HANDSHAKE_DEADLINE + CLOSE_MARGIN, "a connection without TLS was closed only {after:?} after it came");
+            latest = latest.max(after);
+        }
+        let after = no_hello.await.unwrap().expect("closed, not answered") - tls_at;
+        assert!(after >= HANDSHAKE_DEADLINE && after <= HANDSHAKE_DEADLINE + CLOSE_MARGIN, "no Hello: closed {after:?} after TLS began");
+        println!(
+            "{} silent connections closed at most {latest:?} after they came; the one without Hello after {after:?}",
+            CONNECTIONS_MAX - 1
+        );
+        // Their places are free again.
+        let p = Producer::new(broker.connect().await, "p");
+        broker.admin().create_topic("after", 1).await.unwrap();
+        p.send("after", OutgoingMessage::new(&b"in"[..])).await.unwrap();
+    });
+}
+

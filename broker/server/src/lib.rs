@@ -102,6 +102,39 @@ fn front_ends(config: &Config, parts: &Parts) -> (Vec<FrontEnd>, Vec<Arc<dyn Pro
     (vec![native], vec![native_producers])
 }
 
+/// Descriptors the broker needs besides its client connections: store files, admin and peer
+/// connections, plugin caches.
+const OPEN_FILES_RESERVED: u64 = 512;
+
+/// Raises the soft limit on open files to the hard one (the usual soft default, 1024, is below
+/// what the default `connections_max` needs), and warns when even that cannot hold the
+/// connections allowed.
+fn raise_open_files_limit(connections_max: u32) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a live rlimit.
+    let raised = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim = want;
+            }
+        }
+        lim.rlim_cur
+    };
+    let needed = u64::from(connections_max) + OPEN_FILES_RESERVED;
+    if raised < needed {
+        tracing::warn!(
+            open_files = raised,
+            connections_max,
+            needed,
+            "the open-file limit cannot hold connections_max connections; raise it (ulimit -n)"
+        );
+    }
+}
+
 /// Runs a broker until `shutdown` is cancelled, then drains, flushes and checkpoints.
 /// `started` is called once the listeners are bound.
 ///
@@ -109,6 +142,7 @@ fn front_ends(config: &Config, parts: &Parts) -> (Vec<FrontEnd>, Vec<Arc<dyn Pro
 /// Start-up failures (store, certificates, binding); a clean shutdown returns `Ok`.
 pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOnce(&Started)) -> Result<()> {
     let started_ms = now_ms();
+    raise_open_files_limit(config.connections_max.get());
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let (cert, key, ca_path) = match &config.tls {
         Some((c, k)) => (c.clone(), k.clone(), None),
