@@ -541,3 +541,58 @@ fn connections_past_the_limit_are_closed_and_silent_ones_at_the_deadline() {
     });
 }
 
+/// A client that stops reading is dropped once the broker has waited 30 s to write to it, not
+/// before (docs/operations.md).
+#[test]
+fn a_client_that_stops_reading_is_dropped_after_30_s() {
+    const WRITE_DEADLINE: Duration = Duration::from_secs(30);
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    runtime().block_on(async {
+        broker.admin().create_topic("big", 1).await.unwrap();
+        let p = Producer::new(broker.connect().await, "p");
+        for _ in 0..32 {
+            p.send_batch("big", (0..4).map(|_| OutgoingMessage::new(vec![b'b'; 32 << 10])).collect()).await.unwrap();
+        }
+        let mut s = raw_tls(&broker).await;
+        s.write_all(&hello_frame().to_bytes()).await.unwrap();
+        assert_eq!(read_frame(&mut s).await.expect("Hello answered").code, 0);
+        // 200 pulls of 4 MiB each, never read: far more than the sockets' buffers hold.
+        let pull = wasmq_protocol::Request::Pull(wasmq_protocol::PullRequest {
+            topic: "big".into(),
+            queue_id: 0,
+            offset: 0,
+            max_messages: 1024,
+            max_bytes: 4 << 20,
+            wait_ms: 0,
+            filter: None,
+            group: None,
+        });
+        let mut out = bytes::BytesMut::new();
+        for id in 0..200u32 {
+            Frame { kind: Kind::Request, request_id: 10 + id, code: Op::Pull as u16, body: pull.encode() }.encode(&mut out);
+        }
+        s.write_all(&out).await.unwrap();
+        let sent_at = Instant::now();
+        // Watch for the broker's close without reading (reading would let it write again).
+        let fd = std::os::fd::AsRawFd::as_raw_fd(s.get_ref().0);
+        let closed_after = loop {
+            let mut p = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
+            // SAFETY: poll on one live descriptor of ours, with a zero timeout.
+            let n = unsafe { libc::poll(&mut p, 1, 0) };
+            if n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+                break sent_at.elapsed();
+            }
+            assert!(
+                sent_at.elapsed() < WRITE_DEADLINE + Duration::from_secs(15),
+                "the broker never dropped the client that stopped reading"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(closed_after >= WRITE_DEADLINE, "dropped after {closed_after:?}, before the 30 s a client is given");
+        assert!(closed_after <= WRITE_DEADLINE + CLOSE_MARGIN, "dropped only after {closed_after:?}");
+        println!("a client that stopped reading was dropped {closed_after:?} after its last request");
+        // The broker serves others meanwhile and after.
+        p.send("big", OutgoingMessage::new(&b"still here"[..])).await.unwrap();
+    });
+}

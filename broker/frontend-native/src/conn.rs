@@ -56,6 +56,7 @@ fn error_frame(request_id: u32, e: &WireError) -> OutFrame {
 /// Serves one connection (its TLS handshake done) until it closes, fails, or the broker shuts
 /// down.
 pub async fn serve(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr, shared: Arc<Shared>) {
+    let reset = wasmq_net::ResetOnClose::new(&tls);
     let (mut rd, mut wr) = tokio::io::split(tls);
     // Responses queued for the writer: at most one per request in flight, and the broker's own
     // requests (check-backs). A client that stops reading fills it, and then its requests wait
@@ -70,6 +71,10 @@ pub async fn serve(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr, shared
                 Ok(Err(_)) => return,
                 Err(_) => {
                     tracing::info!(%peer, "client stopped reading; closing the connection");
+                    // Its unread answers would hold a graceful close back indefinitely.
+                    if let Ok(reset) = &reset {
+                        reset.arm();
+                    }
                     return;
                 }
             }
@@ -192,6 +197,9 @@ pub async fn serve(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr, shared
                 Ok(_) => {}
             },
             () = shared.shutdown.cancelled() => break,
+            // The writer gave up on a client that stopped reading: the connection closes now,
+            // not when the client next sends something.
+            () = tx.closed() => break,
         }
     }
     // Stop long polls of this connection; let in-flight requests finish, then close.

@@ -43,3 +43,39 @@ pub async fn write_parts<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, parts: &mu
     parts.clear();
     w.flush().await
 }
+
+/// A handle on a connection's socket that can make its close abortive: for a peer that stopped
+/// reading, a graceful close would queue the FIN behind data the peer never takes (the socket
+/// lingers and the peer never learns it was dropped); armed, the close resets the connection.
+/// Holds its own descriptor of the socket, so it is valid whatever owns the stream.
+#[derive(Debug)]
+pub struct ResetOnClose(std::os::fd::OwnedFd);
+
+impl ResetOnClose {
+    /// # Errors
+    /// No descriptor left to duplicate the socket's.
+    pub fn new(stream: &crate::TlsStream) -> std::io::Result<Self> {
+        use std::os::fd::AsFd;
+        Ok(Self(stream.get_ref().0.get_ref().as_fd().try_clone_to_owned()?))
+    }
+
+    /// From now on, closing the connection resets it (`SO_LINGER` with a zero timeout).
+    pub fn arm(&self) {
+        use std::os::fd::AsRawFd;
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: setsockopt on a descriptor we own, with a pointer to a live linger of the
+        // size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                std::ptr::from_ref(&linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "SO_LINGER refused; the close stays graceful");
+        }
+    }
+}

@@ -124,7 +124,8 @@ fn raise_open_files_limit(connections_max: u32) {
         }
         lim.rlim_cur
     };
-    let needed = u64::from(connections_max) + OPEN_FILES_RESERVED;
+    // Two per connection: its socket, and the handle that can make its close a reset.
+    let needed = 2 * u64::from(connections_max) + OPEN_FILES_RESERVED;
     if raised < needed {
         tracing::warn!(
             open_files = raised,
