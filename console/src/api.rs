@@ -15,11 +15,11 @@ fn storage() -> Option<web_sys::Storage> {
 }
 
 /// The token the operator logged in with.
-pub fn token() -> Option<String> {
+pub(crate) fn token() -> Option<String> {
     storage()?.get_item(TOKEN_KEY).ok()?
 }
 
-pub fn set_token(t: Option<&str>) {
+pub(crate) fn set_token(t: Option<&str>) {
     if let Some(s) = storage() {
         let _ = match t {
             Some(t) => s.set_item(TOKEN_KEY, t),
@@ -28,12 +28,12 @@ pub fn set_token(t: Option<&str>) {
     }
 }
 
-pub fn dark_mode() -> bool {
+pub(crate) fn dark_mode() -> bool {
     storage().and_then(|s| s.get_item(DARK_KEY).ok()?).is_some_and(|v| v == "1")
 }
 
 /// Switches the page's colours (a `dark` class on `<html>`), remembered across visits.
-pub fn set_dark_mode(on: bool) {
+pub(crate) fn set_dark_mode(on: bool) {
     if let Some(s) = storage() {
         let _ = s.set_item(DARK_KEY, if on { "1" } else { "0" });
     }
@@ -47,17 +47,17 @@ fn js(e: JsValue) -> String {
 }
 
 /// `GET /api/v1{path}`.
-pub async fn get<T: DeserializeOwned>(path: &str) -> Result<T, String> {
+pub(crate) async fn get<T: DeserializeOwned>(path: &str) -> Result<T, String> {
     send("GET", path, None).await
 }
 
 /// A request to `/api/v1{path}` with a JSON body; an error answer becomes its `error` text.
-pub async fn send<T: DeserializeOwned>(method: &str, path: &str, body: Option<String>) -> Result<T, String> {
+pub(crate) async fn send<T: DeserializeOwned>(method: &str, path: &str, body: Option<String>) -> Result<T, String> {
     request(method, path, body.map(|b| JsValue::from_str(&b)), "application/json").await
 }
 
 /// A request with any body `fetch` takes (a string, a `File`, …) of `content_type`.
-pub async fn request<T: DeserializeOwned>(method: &str, path: &str, body: Option<JsValue>, content_type: &str) -> Result<T, String> {
+pub(crate) async fn request<T: DeserializeOwned>(method: &str, path: &str, body: Option<JsValue>, content_type: &str) -> Result<T, String> {
     let token = token().ok_or("not logged in")?;
     let init = RequestInit::new();
     init.set_method(method);
@@ -81,22 +81,22 @@ pub async fn request<T: DeserializeOwned>(method: &str, path: &str, body: Option
 }
 
 /// Percent-encodes a query value.
-pub fn encode(v: &str) -> String {
+pub(crate) fn encode(v: &str) -> String {
     percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// A message body's bytes.
-pub fn body_bytes(b64: &str) -> Vec<u8> {
+pub(crate) fn body_bytes(b64: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default()
 }
 
 /// A message body for display: its text when it is UTF-8, else its size.
-pub fn body_text(b64: &str) -> String {
+pub(crate) fn body_text(b64: &str) -> String {
     String::from_utf8(body_bytes(b64)).unwrap_or_else(|e| format!("<{} bytes of binary>", e.as_bytes().len()))
 }
 
 /// `12.3 MiB`.
-pub fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let (mut v, mut u) = (n as f64, 0);
     while v >= 1024.0 && u + 1 < units.len() {
@@ -107,7 +107,7 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// `3d 4h`, `5m 2s`.
-pub fn duration(ms: u64) -> String {
+pub(crate) fn duration(ms: u64) -> String {
     let s = ms / 1000;
     match s {
         0..60 => format!("{s}s"),
@@ -118,12 +118,12 @@ pub fn duration(ms: u64) -> String {
 }
 
 /// A time in ms since the epoch as ISO 8601 (UTC).
-pub fn time(ms: u64) -> String {
+pub(crate) fn time(ms: u64) -> String {
     js_sys::Date::new(&JsValue::from_f64(ms as f64)).to_iso_string().as_string().unwrap_or_default()
 }
 
 /// A `datetime-local` input's value (local time) in ms since the epoch.
-pub fn parse_local_time(v: &str) -> Option<u64> {
+pub(crate) fn parse_local_time(v: &str) -> Option<u64> {
     let ms = js_sys::Date::parse(v);
     (ms.is_finite() && ms >= 0.0).then_some(ms as u64)
 }

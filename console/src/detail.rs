@@ -20,8 +20,9 @@ fn sparkline(values: Vec<f64>) -> impl IntoView {
     }
 }
 
+#[allow(unreachable_pub, reason = "#[component] declares its props struct `pub`")]
 #[component]
-pub fn TopicDetail(topic: String) -> impl IntoView {
+pub(crate) fn TopicDetail(topic: String) -> impl IntoView {
     let tick = refresh_tick();
     let detail = polled::<TopicDetail>(tick, None, format!("/topics/{topic}"));
     let rate = polled::<Vec<(u64, f64)>>(tick, None, format!("/topics/{topic}/rate"));
@@ -122,8 +123,9 @@ pub fn TopicDetail(topic: String) -> impl IntoView {
     }
 }
 
+#[allow(unreachable_pub, reason = "#[component] declares its props struct `pub`")]
 #[component]
-pub fn GroupTools(group: String) -> impl IntoView {
+pub(crate) fn GroupTools(group: String) -> impl IntoView {
     let tick = refresh_tick();
     let (changed, set_changed) = signal(0u32);
     let lag = polled::<Vec<(u64, u64)>>(tick, None, format!("/groups/{group}/lag-history"));

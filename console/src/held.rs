@@ -6,8 +6,9 @@ use wasmq_admin_types::{Scheduled, Transactions};
 
 use crate::{api, error_view, polled, refresh_tick};
 
+#[allow(unreachable_pub, reason = "#[component] declares its props struct `pub`")]
 #[component]
-pub fn Held() -> impl IntoView {
+pub(crate) fn Held() -> impl IntoView {
     let tick = refresh_tick();
     let tx = polled::<Transactions>(tick, None, "/transactions".into());
     let scheduled = polled::<Scheduled>(tick, None, "/scheduled".into());

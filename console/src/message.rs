@@ -39,8 +39,9 @@ fn render(bytes: &[u8], as_: BodyAs) -> String {
 }
 
 /// One message: where it is, its fields and properties, and its body as text, JSON or hex.
+#[allow(unreachable_pub, reason = "#[component] declares its props struct `pub`")]
 #[component]
-pub fn MessageBody(m: MessageView) -> impl IntoView {
+pub(crate) fn MessageBody(m: MessageView) -> impl IntoView {
     let bytes = api::body_bytes(&m.body_base64);
     let looks_json = serde_json::from_slice::<serde_json::Value>(&bytes).is_ok();
     let printable = std::str::from_utf8(&bytes).is_ok();
@@ -85,8 +86,9 @@ pub fn MessageBody(m: MessageView) -> impl IntoView {
 }
 
 /// A table of messages; a click on one shows it whole below.
+#[allow(unreachable_pub, reason = "#[component] declares its props struct `pub`")]
 #[component]
-pub fn MessageList(messages: Vec<MessageView>) -> impl IntoView {
+pub(crate) fn MessageList(messages: Vec<MessageView>) -> impl IntoView {
     let (open, set_open) = signal(None::<usize>);
     let all = messages.clone();
     view! {
@@ -103,8 +105,9 @@ pub fn MessageList(messages: Vec<MessageView>) -> impl IntoView {
     }
 }
 
+#[allow(unreachable_pub, reason = "#[component] declares its props struct `pub`")]
 #[component]
-pub fn Messages() -> impl IntoView {
+pub(crate) fn Messages() -> impl IntoView {
     let (id, set_id) = signal(String::new());
     let (topic, set_topic) = signal(String::new());
     let (key, set_key) = signal(String::new());

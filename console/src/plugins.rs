@@ -16,8 +16,9 @@ fn attachment_path(a: &AttachmentView) -> String {
     }
 }
 
+#[allow(unreachable_pub, reason = "#[component] declares its props struct `pub`")]
 #[component]
-pub fn Plugins() -> impl IntoView {
+pub(crate) fn Plugins() -> impl IntoView {
     let tick = refresh_tick();
     let (changed, set_changed) = signal(0u32);
     let plugins = polled::<Vec<PluginDetail>>(tick, Some(changed), "/plugins".into());
