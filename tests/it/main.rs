@@ -4,6 +4,7 @@ mod broker;
 mod cluster;
 mod groups;
 mod plugins;
+mod reconnect;
 mod replication;
 mod store_crash;
 mod store_disk_full;

@@ -138,15 +138,17 @@ pub mod broker {
             wasmq_client::Admin::new(&self.admin_listen, &self.ca, &self.token).expect("admin client")
         }
 
+        /// The `wasmq` CLI with this broker's addresses, token and CA, and `args`.
+        pub fn cli_command(&self, args: &[&str]) -> Command {
+            let mut c = Command::new(cli_binary());
+            c.args(["--server", &self.listen, "--admin", &self.admin_listen, "--token", &self.token, "--ca"]).arg(&self.ca).args(args);
+            c
+        }
+
         /// Runs the `wasmq` CLI against this broker; returns its stdout, panicking with its
         /// stderr when it fails.
         pub fn cli(&self, args: &[&str]) -> String {
-            let out = Command::new(cli_binary())
-                .args(["--server", &self.listen, "--admin", &self.admin_listen, "--token", &self.token, "--ca"])
-                .arg(&self.ca)
-                .args(args)
-                .output()
-                .expect("run wasmq");
+            let out = self.cli_command(args).output().expect("run wasmq");
             assert!(out.status.success(), "wasmq {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
             String::from_utf8_lossy(&out.stdout).into_owned()
         }

@@ -65,12 +65,14 @@ impl TransactionProducer {
     ) -> Result<Self, ClientError> {
         let group = group.into();
         let requests = conn.broker_requests();
-        conn.call(&Request::Heartbeat(HeartbeatRequest {
+        let register = Request::Heartbeat(HeartbeatRequest {
             client_id: conn.options().client_id.clone(),
             producer_groups: vec![group.clone()],
             consumer_groups: Vec::new(),
-        }))
-        .await?;
+        });
+        conn.call(&register).await?;
+        // A restarted broker knows the group's producers by the sockets they registered on.
+        conn.on_reconnect(register);
         let checks = tokio::spawn(answer_checks(conn.clone(), group.clone(), requests, Arc::new(checker)));
         Ok(Self { producer: Producer::new(conn, group), checks, check_after_ms: 0 })
     }

@@ -48,8 +48,20 @@ type Inbound = Arc<Mutex<Option<mpsc::Sender<Request>>>>;
 /// Broker requests queued for the application; past it they are dropped (the broker asks
 /// again later).
 const INBOUND_MAX: usize = 1024;
+/// Waits between reconnection attempts: doubled after each failure from the first to the
+/// last, each with up to a fifth of jitter either way; none before the first attempt.
+const RECONNECT_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// A connection. Cheap to clone; every clone shares the socket.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A connection. Cheap to clone; every clone shares the socket. When the socket is lost (the
+/// broker restarted, the network failed) the next request opens a new one — after a backoff
+/// with jitter when attempts keep failing — says so in the log, and sends again what was
+/// registered with [`Connection::on_reconnect`]; requests in flight on the lost socket fail
+/// with [`ClientError::Closed`] (callers with retries send them again).
 #[derive(Debug, Clone)]
 pub struct Connection {
     inner: Arc<Inner>,
@@ -57,25 +69,48 @@ pub struct Connection {
 
 #[derive(Debug)]
 struct Inner {
-    tx: mpsc::Sender<OutFrame>,
-    pending: Pending,
-    next_id: AtomicU32,
-    hello: HelloResponse,
     options: ConnectionOptions,
-    closed: Arc<Mutex<Option<String>>>,
+    tls: Arc<rustls::ClientConfig>,
+    /// The socket requests go to now.
+    link: Mutex<Arc<Link>>,
+    /// Held by the caller that reconnects, with the backoff state.
+    reconnecting: tokio::sync::Mutex<Backoff>,
+    next_id: AtomicU32,
+    hello: Mutex<HelloResponse>,
     inbound: Inbound,
+    /// Requests sent again on every new socket (registrations the broker keeps per socket).
+    replay: Mutex<Vec<Request>>,
     /// Keeps this client within the broker's in-flight limit (it waits instead of being
     /// refused with TooManyInFlight).
     in_flight: tokio::sync::Semaphore,
 }
 
-impl Connection {
-    /// Connects, completes TLS and the version handshake.
-    ///
-    /// # Errors
-    /// Unreachable broker, TLS failure, no common protocol version.
-    pub async fn connect(options: ConnectionOptions) -> Result<Self, ClientError> {
-        let config = crate::tls::client_config(&options.ca, b"wasmq/1")?;
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    not_before: Option<tokio::time::Instant>,
+}
+
+impl Backoff {
+    fn failed(&mut self) {
+        let base = RECONNECT_BACKOFF_FIRST.saturating_mul(1 << self.failures.min(16)).min(RECONNECT_BACKOFF_MAX);
+        let jitter = rand::Rng::random_range(&mut rand::rng(), 0.8..1.2);
+        self.failures += 1;
+        self.not_before = Some(tokio::time::Instant::now() + base.mul_f64(jitter));
+    }
+}
+
+/// One socket: its writer and reader tasks, and the requests waiting for answers on it.
+#[derive(Debug)]
+struct Link {
+    tx: mpsc::Sender<OutFrame>,
+    pending: Pending,
+    closed: Arc<Mutex<Option<String>>>,
+}
+
+impl Link {
+    /// Connects and completes TLS (the version handshake is the caller's first request).
+    async fn open(options: &ConnectionOptions, tls: &Arc<rustls::ClientConfig>, inbound: &Inbound) -> Result<Self, ClientError> {
         let name = crate::tls::server_name(&options.addr)?;
         let connect_err = |reason: String| ClientError::Connect { addr: options.addr.clone(), reason };
         let tcp = tokio::time::timeout(options.request_timeout, TcpStream::connect(&options.addr))
@@ -83,8 +118,10 @@ impl Connection {
             .map_err(|_| connect_err("timed out".into()))?
             .map_err(|e| connect_err(e.to_string()))?;
         tcp.set_nodelay(true).map_err(|e| connect_err(e.to_string()))?;
-        let tls =
-            tokio_rustls::TlsConnector::from(config).connect(name, read_ahead(tcp)).await.map_err(|e| connect_err(format!("TLS: {e}")))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(tls))
+            .connect(name, read_ahead(tcp))
+            .await
+            .map_err(|e| connect_err(format!("TLS: {e}")))?;
         let (mut rd, mut wr) = tokio::io::split(tls);
         let (tx, mut rx) = mpsc::channel::<OutFrame>(OUTBOUND_FRAMES_MAX);
         let pending: Pending = Arc::default();
@@ -96,15 +133,14 @@ impl Connection {
             while let Some(f) = rx.recv().await {
                 wasmq_protocol::gather_batch(f, std::iter::from_fn(|| rx.try_recv().ok()), &mut scratch, &mut parts);
                 if let Err(e) = write_parts(&mut wr, &mut parts).await {
-                    closed_w.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e.to_string());
+                    lock(&closed_w).get_or_insert(e.to_string());
                     return;
                 }
             }
             let _ = wr.shutdown().await;
         });
 
-        let inbound: Inbound = Arc::default();
-        let (pending_r, closed_r, inbound_r) = (Arc::clone(&pending), Arc::clone(&closed), Arc::clone(&inbound));
+        let (pending_r, closed_r, inbound_r) = (Arc::clone(&pending), Arc::clone(&closed), Arc::clone(inbound));
         tokio::spawn(async move {
             let decoder = FrameDecoder::new(FRAME_BYTES_MAX);
             let mut buf = BytesMut::with_capacity(64 << 10);
@@ -113,13 +149,13 @@ impl Connection {
                     match decoder.decode(&mut buf) {
                         Ok(Some(f)) if f.kind == Kind::Request => {
                             let req = Op::from_u16(f.code).and_then(|op| Request::decode(op, f.body).ok());
-                            let to = inbound_r.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                            let to = lock(&inbound_r).clone();
                             if let (Some(req), Some(to)) = (req, to) {
                                 let _ = to.try_send(req);
                             }
                         }
                         Ok(Some(f)) => {
-                            let waiter = pending_r.lock().unwrap_or_else(|p| p.into_inner()).remove(&f.request_id);
+                            let waiter = lock(&pending_r).remove(&f.request_id);
                             match waiter {
                                 Some(w) => {
                                     let _ = w.send(f);
@@ -141,42 +177,126 @@ impl Connection {
                     Err(e) => break e.to_string(),
                 }
             };
-            closed_r.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(reason);
+            lock(&closed_r).get_or_insert(reason);
             // Fail everything still waiting: dropping the senders wakes the requesters.
-            pending_r.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            lock(&pending_r).clear();
         });
+        Ok(Self { tx, pending, closed })
+    }
 
-        let hello_req = Request::Hello(HelloRequest {
-            version_min: PROTOCOL_VERSION,
-            version_max: PROTOCOL_VERSION,
-            client_id: options.client_id.clone(),
-        });
+    fn closed(&self) -> Option<String> {
+        lock(&self.closed).clone()
+    }
+
+    async fn call(&self, id: u32, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
+        let op = req.op();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, tx);
+        let frame = OutFrame { kind: Kind::Request, request_id: id, code: op as u16, parts: req.encode_parts() };
+        if self.tx.send(frame).await.is_err() {
+            lock(&self.pending).remove(&id);
+            return Err(ClientError::Closed(self.closed().unwrap_or_else(|| "writer stopped".into())));
+        }
+        let frame = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(_)) => return Err(ClientError::Closed(self.closed().unwrap_or_else(|| "connection lost".into()))),
+            Err(_) => {
+                lock(&self.pending).remove(&id);
+                return Err(ClientError::Timeout(timeout));
+            }
+        };
+        decode_answer(op, frame)
+    }
+}
+
+impl Connection {
+    /// Connects, completes TLS and the version handshake.
+    ///
+    /// # Errors
+    /// Unreachable broker, TLS failure, no common protocol version.
+    pub async fn connect(options: ConnectionOptions) -> Result<Self, ClientError> {
+        let tls = crate::tls::client_config(&options.ca, b"wasmq/1")?;
+        let inbound: Inbound = Arc::default();
+        let link = Arc::new(Link::open(&options, &tls, &inbound).await?);
         let placeholder =
             HelloResponse { version: 0, broker_name: String::new(), frame_bytes_max: 0, in_flight_max: 0, message_bytes_max: 0 };
         let mut conn = Self {
             inner: Arc::new(Inner {
-                tx,
-                pending,
-                next_id: AtomicU32::new(1),
-                hello: placeholder,
                 options,
-                closed,
+                tls,
+                link: Mutex::new(Arc::clone(&link)),
+                reconnecting: tokio::sync::Mutex::default(),
+                next_id: AtomicU32::new(1),
+                hello: Mutex::new(placeholder),
                 inbound,
+                replay: Mutex::default(),
                 in_flight: tokio::sync::Semaphore::new(1),
             }),
         };
-        let Response::Hello(hello) = conn.call(&hello_req).await? else {
-            return Err(ClientError::Malformed("Hello answered with another response".into()));
-        };
+        let hello = conn.hello_on(&link).await?;
         let inner = Arc::get_mut(&mut conn.inner).expect("not shared yet");
         inner.in_flight = tokio::sync::Semaphore::new(hello.in_flight_max.max(1) as usize);
-        inner.hello = hello;
+        *lock(&inner.hello) = hello;
         Ok(conn)
     }
 
-    /// What the broker said in the handshake (name, limits).
-    pub fn hello(&self) -> &HelloResponse {
-        &self.inner.hello
+    async fn hello_on(&self, link: &Link) -> Result<HelloResponse, ClientError> {
+        let req = Request::Hello(HelloRequest {
+            version_min: PROTOCOL_VERSION,
+            version_max: PROTOCOL_VERSION,
+            client_id: self.inner.options.client_id.clone(),
+        });
+        match link.call(self.next_id(), &req, self.inner.options.request_timeout).await? {
+            Response::Hello(h) => Ok(h),
+            _ => Err(ClientError::Malformed("Hello answered with another response".into())),
+        }
+    }
+
+    /// The socket to use: the current one, or a new one if it was lost.
+    async fn link(&self) -> Result<Arc<Link>, ClientError> {
+        let current = Arc::clone(&*lock(&self.inner.link));
+        if current.closed().is_none() {
+            return Ok(current);
+        }
+        let mut backoff = self.inner.reconnecting.lock().await;
+        // Another request may have reconnected while this one waited.
+        let current = Arc::clone(&*lock(&self.inner.link));
+        let Some(reason) = current.closed() else { return Ok(current) };
+        if let Some(at) = backoff.not_before {
+            tokio::time::sleep_until(at).await;
+        }
+        let addr = &self.inner.options.addr;
+        tracing::warn!(%addr, %reason, attempt = backoff.failures + 1, "connection to the broker lost; reconnecting");
+        let opened = async {
+            let link = Arc::new(Link::open(&self.inner.options, &self.inner.tls, &self.inner.inbound).await?);
+            let hello = self.hello_on(&link).await?;
+            Ok::<_, ClientError>((link, hello))
+        };
+        match opened.await {
+            Ok((link, hello)) => {
+                let replay: Vec<Request> = lock(&self.inner.replay).clone();
+                for req in &replay {
+                    if let Err(e) = link.call(self.next_id(), req, self.inner.options.request_timeout).await {
+                        tracing::warn!(%addr, error = %e, op = ?req.op(), "repeating a registration after reconnecting failed");
+                    }
+                }
+                tracing::info!(%addr, broker = %hello.broker_name, attempts = backoff.failures + 1, "reconnected to the broker");
+                *lock(&self.inner.hello) = hello;
+                *lock(&self.inner.link) = Arc::clone(&link);
+                *backoff = Backoff::default();
+                Ok(link)
+            }
+            Err(e) => {
+                backoff.failed();
+                tracing::warn!(%addr, error = %e, "reconnecting failed; trying again on the next request");
+                Err(e)
+            }
+        }
+    }
+
+    /// What the broker said in the handshake (name, limits), on the current socket.
+    pub fn hello(&self) -> HelloResponse {
+        lock(&self.inner.hello).clone()
     }
 
     pub fn options(&self) -> &ConnectionOptions {
@@ -184,16 +304,22 @@ impl Connection {
     }
 
     /// Requests the broker sends on this connection (transaction checks), from now on; a later
-    /// call takes them over.
+    /// call takes them over. They keep coming after a reconnection.
     pub fn broker_requests(&self) -> mpsc::Receiver<Request> {
         let (tx, rx) = mpsc::channel(INBOUND_MAX);
-        *self.inner.inbound.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        *lock(&self.inner.inbound) = Some(tx);
         rx
     }
 
-    /// Why the connection is closed, if it is.
+    /// Sends `req` again on every new socket after a reconnection (before anything else): a
+    /// registration the broker keeps per socket, such as a producer group's heartbeat.
+    pub fn on_reconnect(&self, req: Request) {
+        lock(&self.inner.replay).push(req);
+    }
+
+    /// Why the current socket is closed, if it is (the next request opens a new one).
     pub fn closed(&self) -> Option<String> {
-        self.inner.closed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.inner.link).closed()
     }
 
     fn next_id(&self) -> u32 {
@@ -205,30 +331,16 @@ impl Connection {
         }
     }
 
-    /// Sends a request and waits for its answer (`timeout` on top of any long-poll wait).
+    /// Sends a request and waits for its answer (`timeout` on top of any long-poll wait),
+    /// reconnecting first if the socket was lost.
     ///
     /// # Errors
-    /// The broker's error answer, a closed connection, a timeout, a malformed answer.
+    /// The broker's error answer, a lost connection (reconnecting failed, or it was lost while
+    /// the request was in flight), a timeout, a malformed answer.
     pub async fn call_with_timeout(&self, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
         let _permit = self.inner.in_flight.acquire().await.map_err(|_| ClientError::Closed("connection dropped".into()))?;
-        let op = req.op();
-        let id = self.next_id();
-        let (tx, rx) = oneshot::channel();
-        self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
-        let frame = OutFrame { kind: Kind::Request, request_id: id, code: op as u16, parts: req.encode_parts() };
-        if self.inner.tx.send(frame).await.is_err() {
-            self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-            return Err(ClientError::Closed(self.closed().unwrap_or_else(|| "writer stopped".into())));
-        }
-        let frame = match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(f)) => f,
-            Ok(Err(_)) => return Err(ClientError::Closed(self.closed().unwrap_or_else(|| "connection lost".into()))),
-            Err(_) => {
-                self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                return Err(ClientError::Timeout(timeout));
-            }
-        };
-        decode_answer(op, frame)
+        let link = self.link().await?;
+        link.call(self.next_id(), req, timeout).await
     }
 
     /// [`Connection::call_with_timeout`] with the connection's request timeout.
@@ -242,10 +354,11 @@ impl Connection {
     /// Sends a request the broker will not answer (request id 0).
     ///
     /// # Errors
-    /// A closed connection.
+    /// A lost connection that could not be opened again.
     pub async fn send_one_way(&self, req: Request) -> Result<(), ClientError> {
+        let link = self.link().await?;
         let frame = OutFrame { kind: Kind::Request, request_id: 0, code: req.op() as u16, parts: req.encode_parts() };
-        self.inner.tx.send(frame).await.map_err(|_| ClientError::Closed(self.closed().unwrap_or_else(|| "writer stopped".into())))
+        link.tx.send(frame).await.map_err(|_| ClientError::Closed(link.closed().unwrap_or_else(|| "writer stopped".into())))
     }
 }
 
