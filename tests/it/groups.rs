@@ -547,3 +547,23 @@ fn committed_offsets_survive_a_broker_sigkill() {
         assert_eq!(seen.lock().unwrap().len(), 10, "exactly the 10 new messages");
     });
 }
+
+/// `wasmq consume --group G --count N` prints N messages and commits exactly those: the next
+/// run goes on from the first one it did not print.
+#[test]
+fn the_cli_group_consumer_commits_exactly_what_it_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    broker.cli(&["topic", "create", "six", "--queues", "1"]);
+    for i in 0..6 {
+        broker.cli(&["send", "six", &format!("m{i}")]);
+    }
+    let offsets = |out: &str| -> Vec<u64> { out.lines().map(|l| l.split('\t').nth(1).unwrap().parse().unwrap()).collect() };
+    let first = broker.cli(&["consume", "six", "--group", "g", "--count", "2"]);
+    assert_eq!(offsets(&first), vec![0, 1], "{first}");
+    let rt = runtime();
+    let committed = rt.block_on(async { broker.admin().describe_group("g").await.unwrap().queues[0].committed });
+    assert_eq!(committed, Some(2), "only what was printed is committed");
+    let rest = broker.cli(&["consume", "six", "--group", "g", "--count", "4"]);
+    assert_eq!(offsets(&rest), vec![2, 3, 4, 5], "{rest}");
+}

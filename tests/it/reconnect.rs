@@ -1,5 +1,6 @@
 //! Clients across broker restarts: a producer, a pull consumer, a group member and a
-//! transactional producer carry on by themselves after a graceful restart and after a SIGKILL.
+//! transactional producer carry on by themselves after a graceful restart and after a SIGKILL;
+//! the CLI's group consumer leaves its group at once on SIGTERM.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -206,3 +207,64 @@ fn clients_carry_on_across_a_graceful_restart_and_a_sigkill() {
     });
 }
 
+/// `wasmq consume --group` stopped with SIGTERM leaves its group: the other member takes its
+/// queues in under a second.
+#[test]
+fn the_cli_consumer_leaves_its_group_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[("WASMQ_GROUP_SESSION_TIMEOUT_MS", "30000")]);
+    broker.cli(&["topic", "create", "work", "--queues", "4"]);
+    let mut cli =
+        broker.cli_command(&["consume", "work", "--group", "g"]).stdout(std::process::Stdio::null()).spawn().expect("start wasmq");
+    let rt = runtime();
+    rt.block_on(async {
+        let seen: Arc<Mutex<HashSet<u32>>> = Arc::default();
+        let s = seen.clone();
+        let mut o = GroupOptions::new("g", "work");
+        o.heartbeat_interval = Duration::from_millis(200);
+        o.pull_wait = Duration::from_millis(200);
+        let member = GroupConsumer::start(
+            broker.connect().await,
+            o,
+            Arc::new(move |_t: &str, q: u32, _m: &PulledMessage| {
+                s.lock().unwrap().insert(q);
+                ConsumeResult::Success
+            }),
+        )
+        .await
+        .unwrap();
+        // Both members hold queues: the CLI's are the ones this member never handles.
+        let admin = broker.admin();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while admin.describe_group("g").await.unwrap().members.len() < 2 {
+            assert!(Instant::now() < deadline, "the CLI never joined");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let producer = Producer::new(broker.connect().await, "p");
+        for q in 0..4 {
+            producer.send_batch_to("work", q, vec![OutgoingMessage::new(&b"before"[..])]).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mine = seen.lock().unwrap().clone();
+        assert!(mine.len() < 4, "the CLI holds some queues: {mine:?}");
+        // SIGTERM the CLI; then every queue must reach this member within a second.
+        // SAFETY: kill(2) with a pid we own; no memory is passed.
+        unsafe { libc::kill(cli.id() as i32, libc::SIGTERM) };
+        let termed = Instant::now();
+        let status = cli.wait().unwrap();
+        assert!(status.success(), "the CLI exits cleanly on SIGTERM: {status:?}");
+        loop {
+            for q in 0..4 {
+                producer.send_batch_to("work", q, vec![OutgoingMessage::new(&b"after"[..])]).await.unwrap();
+            }
+            if seen.lock().unwrap().len() == 4 {
+                break;
+            }
+            assert!(termed.elapsed() < Duration::from_secs(1), "the CLI's queues did not move within a second");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!("the CLI's queues moved {:?} after its SIGTERM", termed.elapsed());
+        member.shutdown().await;
+    });
+}

@@ -616,30 +616,56 @@ async fn consume_group(
         }
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // Messages handled (printed). Past `count` the rest are released, not printed nor
+    // committed: the group gets them again.
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(0u64));
     let handler: wasmq_client::Handler = std::sync::Arc::new(move |_t: &str, q: u32, m: &wasmq_client::PulledMessage| {
+        let mut n = printed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if count.is_some_and(|c| *n >= c) {
+            return wasmq_client::ConsumeResult::Release;
+        }
+        *n += 1;
         let key = m.message.keys.first().map_or("-", String::as_str);
         println!("{q}\t{}\t{key}\t{}", m.queue_offset, String::from_utf8_lossy(&m.message.body));
         let _ = tx.send(());
         answer
     });
     let member = wasmq_client::GroupConsumer::start(cli.connect().await?, options, handler).await?;
-    let mut printed = 0u64;
+    let mut seen = 0u64;
+    let stop = stop_signal();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             got = rx.recv() => {
                 if got.is_none() {
                     break;
                 }
-                printed += 1;
-                if count.is_some_and(|c| printed >= c) {
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
                     break;
                 }
             }
-            _ = tokio::signal::ctrl_c() => break,
+            () = &mut stop => break,
         }
     }
+    // Leaves the group, so its queues move to the other members at once.
     member.shutdown().await;
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM (systemd, `timeout`, Kubernetes): consumers stop and leave their group.
+async fn stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 async fn consume(cli: &Cli, topic: &str, from: &str, queue: Option<u32>, count: Option<u64>, follow: bool) -> Result<()> {
@@ -661,11 +687,29 @@ async fn consume(cli: &Cli, topic: &str, from: &str, queue: Option<u32>, count: 
         });
     }
     let mut printed = 0u64;
+    let stop = stop_signal();
+    tokio::pin!(stop);
     loop {
         let mut got_any = false;
         for (i, &q) in ids.iter().enumerate() {
             let wait = if follow && ids.len() == 1 { Duration::from_secs(5) } else { Duration::ZERO };
-            let p = consumer.pull(topic, q, offsets[i], 256, wait).await?;
+            let pulled = tokio::select! {
+                p = consumer.pull(topic, q, offsets[i], 256, wait) => p,
+                () = &mut stop => return Ok(()),
+            };
+            let p = match pulled {
+                Ok(p) => p,
+                // Following, a lost broker is waited for (the connection reconnects).
+                Err(e) if follow && e.is_retryable() => {
+                    eprintln!("pull failed ({e}); retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        () = &mut stop => return Ok(()),
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             offsets[i] = p.next_offset.max(offsets[i]);
             for m in p.messages {
                 got_any = true;

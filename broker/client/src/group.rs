@@ -87,6 +87,10 @@ pub enum ConsumeResult {
     /// Deliver it again later (through the group's retry topic, with a growing delay; after
     /// the broker's maximum it goes to the dead-letter topic).
     ReconsumeLater,
+    /// Not handled, and not a failure: the member is stopping (it has taken all it wanted).
+    /// Neither it nor anything after it in its queue is committed, so the group gets them
+    /// again, from the queue itself rather than the retry topic.
+    Release,
 }
 
 /// Called for every message with its topic (for a redelivered message, the topic it was first
@@ -317,7 +321,11 @@ async fn read_queue(member: Arc<Member>, topic: String, queue_id: u32, stop: wat
         member.note_suggestion(p.suggest);
         for m in &p.messages {
             let mut failures = 0;
-            while (member.handler)(&topic, queue_id, m) == ConsumeResult::ReconsumeLater {
+            let mut result = (member.handler)(&topic, queue_id, m);
+            if result == ConsumeResult::Release {
+                break 'read;
+            }
+            while result == ConsumeResult::ReconsumeLater {
                 failures += 1;
                 if failures > member.options.max_reconsume_times {
                     let req = Request::SendBack(SendBackRequest {
@@ -338,6 +346,10 @@ async fn read_queue(member: Arc<Member>, topic: String, queue_id: u32, stop: wat
                     return;
                 }
                 renew_at = tokio::time::Instant::now() + renew_every;
+                result = (member.handler)(&topic, queue_id, m);
+                if result == ConsumeResult::Release {
+                    break 'read;
+                }
             }
             offset = m.queue_offset + 1;
             if !commit(&member, &topic, queue_id, offset).await {
@@ -418,6 +430,10 @@ async fn read_queue_concurrently(member: Arc<Member>, topic: String, queue_id: u
         let mut next = p.next_offset;
         let results = handle_batch(&member, &topic, queue_id, &p.messages).await;
         for (m, result) in p.messages.iter().zip(results) {
+            if result == ConsumeResult::Release {
+                next = m.queue_offset;
+                break;
+            }
             if result == ConsumeResult::ReconsumeLater && !send_back(&member, &topic, queue_id, m).await {
                 // Could not hand it back: do not commit past it; it will be read again.
                 next = m.queue_offset;
