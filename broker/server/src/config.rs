@@ -108,6 +108,83 @@ fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError { key: key.to_owned(), reason: reason.into() }
 }
 
+/// `WASMQ_*` variables that are not broker settings and are let through: the log filter, the
+/// store's I/O journal (power-loss tests), the name server's, the CLI's (a shell set up for the
+/// CLI can start a broker too), and the build's and tests' own.
+const ENV_NOT_SETTINGS: &[&str] = &[
+    "LOG",
+    "IO_JOURNAL",
+    "BROKER_EXPIRY_MS",
+    "SERVER",
+    "ADMIN",
+    "CA",
+    "TOKEN",
+    "TOOLS",
+    "SKIP_ROOT_TESTS",
+    "CRASH_CYCLES",
+    "REPLICATION_CYCLES",
+];
+
+/// Every setting, by its TOML key (`WASMQ_` + the key in capitals in the environment).
+const SETTINGS: &[&str] = &[
+    "broker_name",
+    "listen",
+    "admin_listen",
+    "data_dir",
+    "tls_cert",
+    "tls_key",
+    "admin_token",
+    "admin_read_token",
+    "flush",
+    "flush_interval_ms",
+    "flush_timeout_ms",
+    "segment_bytes",
+    "message_bytes_max",
+    "retention_hours",
+    "retention_disk_percent",
+    "cached_bytes_behind",
+    "pretouch_segments",
+    "connections_max",
+    "group_session_timeout_ms",
+    "retry_delays_ms",
+    "max_reconsume_times",
+    "order_lock_ttl_ms",
+    "transaction_check_interval_ms",
+    "transaction_checks_max",
+    "delay_max_ms",
+    "broker_id",
+    "master",
+    "replication",
+    "sync_replicas",
+    "replica_timeout_ms",
+    "peer_ca",
+    "slave_read_behind_bytes",
+    "namesrv",
+    "cluster",
+    "register_interval_ms",
+    "in_flight_max",
+    "frame_bytes_max",
+    "plugin_memory_mib",
+    "plugin_call_timeout_ms",
+    "plugin_instances_max",
+];
+
+/// An unknown `WASMQ_<key>` variable, refused as an unknown TOML key is, with the closest
+/// setting's name when one is close.
+fn unknown_variable(key: &str) -> ConfigError {
+    let var = format!("WASMQ_{}", key.to_ascii_uppercase());
+    let closest = SETTINGS
+        .iter()
+        .map(|s| (strsim::levenshtein(s, key), *s))
+        .min()
+        .filter(|(d, s)| *d <= 2.max(s.len() / 4));
+    let reason = match closest {
+        Some((_, s)) => format!("{var} is not a setting; did you mean WASMQ_{}?", s.to_ascii_uppercase()),
+        None => format!("{var} is not a setting (docs/operations.md lists them)"),
+    };
+    bad(&var, reason)
+}
+
 impl RawConfig {
     /// Reads `path` (TOML) if given, then applies `WASMQ_<KEY>` environment variables.
     ///
@@ -170,7 +247,8 @@ impl RawConfig {
                 "plugin_memory_mib" => raw.plugin_memory_mib = Some(num(&v)? as u32),
                 "plugin_call_timeout_ms" => raw.plugin_call_timeout_ms = Some(num(&v)?),
                 "plugin_instances_max" => raw.plugin_instances_max = Some(num(&v)? as u32),
-                _ => {} // WASMQ_LOG and other variables are not configuration keys
+                k if ENV_NOT_SETTINGS.iter().any(|n| n.eq_ignore_ascii_case(k)) => {}
+                _ => return Err(unknown_variable(&key)),
             }
         }
         Ok(raw)
@@ -397,6 +475,18 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>().into_iter()
     }
 
+    /// SETTINGS names exactly what the environment reads: each is taken (a value of the wrong
+    /// type may be refused, but not the name).
+    #[test]
+    fn every_listed_setting_is_read_from_the_environment() {
+        for key in SETTINGS {
+            let var = format!("WASMQ_{}", key.to_ascii_uppercase());
+            if let Err(e) = RawConfig::load(None, env(&[(&var, "1")])) {
+                assert!(!e.to_string().contains("not a setting"), "{var}: {e}");
+            }
+        }
+    }
+
     #[test]
     fn defaults_env_overrides_and_named_errors() {
         let c = Config::try_from(RawConfig::load(None, env(&[])).unwrap()).unwrap();
@@ -414,6 +504,13 @@ mod tests {
         ] {
             let e = Config::try_from(RawConfig::load(None, env(&[(k, v)])).unwrap()).unwrap_err();
             assert_eq!(e.key, key, "{k}={v}: {e}");
+        }
+        let e = RawConfig::load(None, env(&[("WASMQ_FLUSHH", "sync")])).unwrap_err();
+        assert_eq!(e.to_string(), "config `WASMQ_FLUSHH`: WASMQ_FLUSHH is not a setting; did you mean WASMQ_FLUSH?");
+        let e = RawConfig::load(None, env(&[("WASMQ_NOTHING_LIKE_IT", "1")])).unwrap_err();
+        assert!(e.to_string().contains("WASMQ_NOTHING_LIKE_IT is not a setting"), "{e}");
+        for ok in ["WASMQ_LOG", "WASMQ_IO_JOURNAL", "WASMQ_TOKEN", "PATH"] {
+            RawConfig::load(None, env(&[(ok, "x")])).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         let e = RawConfig::load(None, env(&[("WASMQ_SEGMENT_BYTES", "lots")])).unwrap_err();
         assert_eq!(e.key, "segment_bytes");
