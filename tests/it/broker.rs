@@ -596,3 +596,34 @@ fn a_client_that_stops_reading_is_dropped_after_30_s() {
         p.send("big", OutgoingMessage::new(&b"still here"[..])).await.unwrap();
     });
 }
+
+/// The CLI's errors say the cause first, and never with a stack trace: a CA file that is not
+/// there, a broker whose certificate another CA signed, no broker at the address.
+#[test]
+fn cli_errors_name_the_cause_without_a_stack_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| -> String {
+        let out = std::process::Command::new(wasmq_tests::broker::cli_binary())
+            .current_dir(elsewhere.path())
+            .env("RUST_BACKTRACE", "1")
+            .args(args)
+            .output()
+            .expect("run wasmq");
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!err.contains("backtrace") && !err.contains("Caused by"), "a user error with a stack trace: {err}");
+        err
+    };
+    // Run outside the broker's folder: the default --ca is not there.
+    let err = run(&["--server", &broker.listen, "send", "t", "x"]);
+    assert!(err.starts_with("error: no such file: data/tls/ca.pem — run from the folder"), "{err}");
+    // Another CA (the broker's own certificate is a leaf, not the CA that signed it).
+    let other = dir.path().join("tls").join("server.pem");
+    let err = run(&["--server", &broker.listen, "--ca", other.to_str().unwrap(), "send", "t", "x"]);
+    assert!(err.starts_with(&format!("error: the certificate of the broker at {} is not signed by", broker.listen)), "{err}");
+    // Nobody listening.
+    let err = run(&["--server", "127.0.0.1:1", "--ca", broker.ca.to_str().unwrap(), "send", "t", "x"]);
+    assert!(err.starts_with("error: no broker is listening on 127.0.0.1:1"), "{err}");
+}

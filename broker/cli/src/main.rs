@@ -265,15 +265,38 @@ impl Cli {
     fn admin_token(&self) -> Result<String> {
         match &self.token {
             Some(t) => Ok(t.clone()),
-            None => std::fs::read_to_string("data/admin-token")
-                .map(|t| t.trim().to_owned())
-                .context("no --token given and data/admin-token not readable"),
+            None => std::fs::read_to_string("data/admin-token").map(|t| t.trim().to_owned()).context(
+                "no --token given, and no development token (data/admin-token) here: run from the folder where the broker keeps its data, or pass --token",
+            ),
         }
     }
 
     pub(crate) async fn connect(&self) -> Result<Connection> {
-        Connection::connect(ConnectionOptions::new(&self.server, &self.ca)).await.with_context(|| {
-            format!("is wasmq-broker running on {}? (--server, --ca {} for another broker)", self.server, self.ca.display())
+        Ok(Connection::connect(ConnectionOptions::new(&self.server, &self.ca)).await?)
+    }
+
+    /// What went wrong, said first: a missing or wrong CA file, a broker that is not there.
+    fn headline(&self, e: &anyhow::Error) -> Option<String> {
+        let ca = self.ca.display();
+        e.chain().find_map(|cause| {
+            let text = cause.to_string();
+            let client = cause.downcast_ref::<wasmq_client::ClientError>();
+            if text.contains("No such file") && text.contains(&*self.ca.to_string_lossy()) {
+                return Some(format!(
+                    "no such file: {ca} — run from the folder where the broker keeps its data (its data/tls/ca.pem), or pass --ca"
+                ));
+            }
+            match client {
+                Some(wasmq_client::ClientError::Connect { addr, reason })
+                    if reason.contains("UnknownIssuer") || reason.contains("BadSignature") =>
+                {
+                    Some(format!("the certificate of the broker at {addr} is not signed by {ca} (pass the CA it was made with: --ca)"))
+                }
+                Some(wasmq_client::ClientError::Connect { addr, reason }) if reason.contains("refused") => {
+                    Some(format!("no broker is listening on {addr} (connection refused): start one, or pass --server / --admin"))
+                }
+                _ => None,
+            }
         })
     }
 }
@@ -283,11 +306,32 @@ pub(crate) fn key_value(kv: &str, flag: &str) -> Result<(String, String)> {
     kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).with_context(|| format!("{flag} {kv:?} is not key=value"))
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The cause first, then the chain; never a stack trace (RUST_BACKTRACE or not):
+            // these are the user's errors, not the program's.
+            match cli.headline(&e) {
+                Some(h) => eprintln!("error: {h}\n  ({e:#})"),
+                None => eprintln!("error: {e:#}"),
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: &Cli) -> Result<()> {
     match &cli.command {
-        Command::Topic { command } => topic(&cli, command).await,
+        Command::Topic { command } => topic(cli, command).await,
         Command::Send {
             topic,
             messages,
@@ -350,9 +394,9 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Cluster { command: ClusterCommand::Status { json, namesrv } } => cluster_status(&cli, *json, namesrv).await,
-        Command::Cluster { command: ClusterCommand::Brokers { json } } => cluster_brokers(&cli, *json).await,
-        Command::Message { command } => message(&cli, command).await,
+        Command::Cluster { command: ClusterCommand::Status { json, namesrv } } => cluster_status(cli, *json, namesrv).await,
+        Command::Cluster { command: ClusterCommand::Brokers { json } } => cluster_brokers(cli, *json).await,
+        Command::Message { command } => message(cli, command).await,
         Command::Transactions => {
             println!("{}", serde_json::to_string_pretty(&cli.admin()?.transactions().await?)?);
             Ok(())
@@ -363,14 +407,14 @@ async fn main() -> Result<()> {
         }
         Command::Consume { topic, from, group: Some(group), filter, count, reconsume_later, max_reconsume_times, .. } => {
             let answer = if *reconsume_later { wasmq_client::ConsumeResult::ReconsumeLater } else { wasmq_client::ConsumeResult::Success };
-            consume_group(&cli, topic, group, filter, from, *count, answer, *max_reconsume_times).await
+            consume_group(cli, topic, group, filter, from, *count, answer, *max_reconsume_times).await
         }
         Command::Consume { topic, from, queue, count, follow, group: None, .. } => {
-            consume(&cli, topic, from, *queue, *count, *follow).await
+            consume(cli, topic, from, *queue, *count, *follow).await
         }
-        Command::Group { command } => group(&cli, command).await,
-        Command::Plugin { command } => plugin::run(&cli, command).await,
-        Command::Bench { command } => bench::run(&cli, command).await,
+        Command::Group { command } => group(cli, command).await,
+        Command::Plugin { command } => plugin::run(cli, command).await,
+        Command::Bench { command } => bench::run(cli, command).await,
     }
 }
 

@@ -173,11 +173,7 @@ const SETTINGS: &[&str] = &[
 /// setting's name when one is close.
 fn unknown_variable(key: &str) -> ConfigError {
     let var = format!("WASMQ_{}", key.to_ascii_uppercase());
-    let closest = SETTINGS
-        .iter()
-        .map(|s| (strsim::levenshtein(s, key), *s))
-        .min()
-        .filter(|(d, s)| *d <= 2.max(s.len() / 4));
+    let closest = SETTINGS.iter().map(|s| (strsim::levenshtein(s, key), *s)).min().filter(|(d, s)| *d <= 2.max(s.len() / 4));
     let reason = match closest {
         Some((_, s)) => format!("{var} is not a setting; did you mean WASMQ_{}?", s.to_ascii_uppercase()),
         None => format!("{var} is not a setting (docs/operations.md lists them)"),
