@@ -627,3 +627,28 @@ fn cli_errors_name_the_cause_without_a_stack_trace() {
     let err = run(&["--server", "127.0.0.1:1", "--ca", broker.ca.to_str().unwrap(), "send", "t", "x"]);
     assert!(err.starts_with("error: no broker is listening on 127.0.0.1:1"), "{err}");
 }
+
+/// The broker's log written to a file (not a terminal) is plain text: no colour codes.
+#[test]
+fn a_redirected_log_has_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("broker.log");
+    let mut child = std::process::Command::new(wasmq_tests::broker::broker_binary())
+        .env("WASMQ_DATA_DIR", dir.path().join("data"))
+        .env("WASMQ_LISTEN", "127.0.0.1:0")
+        .env("WASMQ_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("WASMQ_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log).unwrap().contains("INFO") {
+        assert!(Instant::now() < deadline, "no INFO line logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains('\u{1b}'), "colour codes in a redirected log: {text:?}");
+}

@@ -409,9 +409,7 @@ async fn run(cli: &Cli) -> Result<()> {
             let answer = if *reconsume_later { wasmq_client::ConsumeResult::ReconsumeLater } else { wasmq_client::ConsumeResult::Success };
             consume_group(cli, topic, group, filter, from, *count, answer, *max_reconsume_times).await
         }
-        Command::Consume { topic, from, queue, count, follow, group: None, .. } => {
-            consume(cli, topic, from, *queue, *count, *follow).await
-        }
+        Command::Consume { topic, from, queue, count, follow, group: None, .. } => consume(cli, topic, from, *queue, *count, *follow).await,
         Command::Group { command } => group(cli, command).await,
         Command::Plugin { command } => plugin::run(cli, command).await,
         Command::Bench { command } => bench::run(cli, command).await,
