@@ -21,7 +21,7 @@ for mode in async sync; do
   (for _ in $(seq 1 16); do
      sleep 0.5
      "${W[@]}" cluster status --json 2>/dev/null |
-       python3 -c "import json,sys; s=json.load(sys.stdin)[0]['slaves'][0]; print(s['lag_bytes'], s['lag_ms'])" 2>/dev/null || true
+       python3 -c "import json,sys; s=json.load(sys.stdin)['brokers'][0]['slaves'][0]; print(s['lag_bytes'], s['lag_ms'])" 2>/dev/null || true
    done > "$B/lag-$mode.txt") &
   L=$!
   echo "## replication = $mode, one slave: wasmq bench produce --concurrency 4 --duration 8 --no-ceiling"

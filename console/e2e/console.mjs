@@ -66,6 +66,7 @@ try {
     await page.waitForSelector("#cluster-source >> text=as the name servers", { timeout: 10000 });
     await page.waitForFunction(() => document.querySelectorAll("#cluster tr.cluster-broker").length === 2, null, { timeout: 10000 });
     await page.waitForSelector("#cluster tr.cluster-broker td.role >> text=slave");
+    await page.waitForSelector("#cluster tr.cluster-broker td.status >> text=up");
     // Replication: the slave is connected.
     await page.waitForSelector("#replicas tr.slave td.link >> text=connected", { timeout: 10000 });
   });

@@ -163,12 +163,18 @@ fn Overview() -> impl IntoView {
                     }}</p>
                     {c.error.map(error_view)}
                     <table id="cluster">
-                        <tr><th>"Broker set"</th><th>"Id"</th><th>"Role"</th><th>"Address"</th><th>"Admin"</th><th>"Version"</th><th>"Up for"</th>
+                        <tr><th>"Broker set"</th><th>"Id"</th><th>"Role"</th><th>"Status"</th><th>"Address"</th><th>"Admin"</th><th>"Version"</th><th>"Up for"</th>
                             <th>"Log end"</th><th>"Lag"</th><th>"Log on disk"</th><th>"Disk used"</th><th>"Topics"</th><th>"Last seen"</th></tr>
                         {c.broker_sets.into_iter().flat_map(|set| {
                             let name = set.broker_name;
                             set.brokers.into_iter().map(move |b| view! {
-                                <tr class="cluster-broker"><td>{name.clone()}</td><td>{b.broker_id}</td><td class="role">{b.role}</td><td>{b.addr.unwrap_or_else(dash)}</td>
+                                <tr class="cluster-broker"><td>{name.clone()}</td><td>{b.broker_id}</td><td class="role">{b.role}</td>
+                                    <td class="status">{match b.down_since_ms {
+                                        Some(at) => format!("down since {}", api::time(at)),
+                                        None if b.status.is_empty() => dash(),
+                                        None => b.status.clone(),
+                                    }}</td>
+                                    <td>{b.addr.unwrap_or_else(dash)}</td>
                                     <td>{b.admin_addr}</td><td>{b.version.unwrap_or_else(dash)}</td><td>{b.uptime_ms.map_or_else(dash, api::duration)}</td>
                                     <td>{b.log_end_offset}</td><td class="lag">{b.lag_bytes.map_or_else(dash, api::bytes)}</td><td>{b.log_bytes.map_or_else(dash, api::bytes)}</td>
                                     <td>{match (b.disk_used_bytes, b.disk_total_bytes) {

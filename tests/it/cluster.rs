@@ -163,3 +163,74 @@ fn two_broker_sets_with_name_servers_failover_and_slave_reads() {
         drop((slave_a, slave_b, master_b));
     });
 }
+
+/// With a master SIGKILLed, the cluster view still works: `cluster status` shows it down (when
+/// last seen) and its slave and the other broker set up; `cluster brokers` (through the slave's
+/// admin API) marks it down once it has missed three registrations.
+#[test]
+fn the_cluster_view_shows_a_killed_master_down_and_the_rest_up() {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ns = Namesrv::start(dirs[0].path(), None, 60_000);
+    let (cert, key, ca) = ns.tls_files();
+    let env = |name: &str| -> Vec<(String, String)> {
+        vec![
+            ("WASMQ_TLS_CERT".into(), cert.display().to_string()),
+            ("WASMQ_TLS_KEY".into(), key.display().to_string()),
+            ("WASMQ_PEER_CA".into(), ca.display().to_string()),
+            ("WASMQ_ADMIN_TOKEN".into(), TOKEN.into()),
+            ("WASMQ_NAMESRV".into(), ns.listen.clone()),
+            ("WASMQ_REGISTER_INTERVAL_MS".into(), "300".into()),
+            ("WASMQ_BROKER_NAME".into(), name.into()),
+        ]
+    };
+    let start = |dir: &std::path::Path, name: &str| {
+        Broker::start(dir, &env(name).iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>())
+    };
+    let master_a = start(dirs[1].path(), "broker-a");
+    let master_b = start(dirs[2].path(), "broker-b");
+    let slave_a = Broker::start_slave(dirs[3].path(), &master_a, &[]);
+    let rt = wasmq_tests::runtime();
+    let cluster = Cluster::new(vec![ns.listen.clone()], &ca);
+    rt.block_on(async {
+        let started = Instant::now();
+        while cluster.brokers().await.map_or(0, |b| b.len()) < 3 {
+            assert!(started.elapsed() < Duration::from_secs(15), "not every broker registered");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let master_a_addr = master_a.listen.clone();
+    master_a.kill();
+    let killed = Instant::now();
+    // Three missed registrations of 300 ms, and a margin.
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = master_b.cli(&["cluster", "status", "--namesrv", &ns.listen]);
+    let line = |name: &str, id: &str| -> String {
+        out.lines()
+            .find(|l| l.split_whitespace().take(2).eq([name, id]))
+            .unwrap_or_else(|| panic!("{name} {id} missing:\n{out}"))
+            .to_owned()
+    };
+    let dead = line("broker-a", "0");
+    assert!(dead.contains(&master_a_addr) && dead.contains("down (last seen"), "master A down, with when last seen:\n{out}");
+    // Slave A answers (its link to its master is down, as it should be).
+    assert!(!line("broker-a", "1").contains("down (last seen"), "slave A up:\n{out}");
+    assert!(!line("broker-b", "0").contains("down"), "master B up:\n{out}");
+    let brokers = slave_a.cli(&["cluster", "brokers"]);
+    let row = |name: &str, id: &str| -> String {
+        brokers
+            .lines()
+            .find(|l| l.split_whitespace().take(2).eq([name, id]))
+            .unwrap_or_else(|| panic!("{name} {id} missing:\n{brokers}"))
+            .to_owned()
+    };
+    let down_for: f64 = row("broker-a", "0")
+        .split_whitespace()
+        .skip_while(|w| *w != "down")
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("master A not shown down:\n{brokers}"));
+    assert!(down_for <= killed.elapsed().as_secs_f64() + 1.0, "down for {down_for} s, killed {:?} ago", killed.elapsed());
+    assert!(row("broker-a", "1").contains(" up "), "slave A up:\n{brokers}");
+    assert!(row("broker-b", "0").contains(" up "), "master B up:\n{brokers}");
+    println!("{out}\n{brokers}");
+}

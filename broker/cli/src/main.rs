@@ -467,16 +467,17 @@ async fn cluster_brokers(cli: &Cli, json: bool) -> Result<()> {
     }
     let dash = || "-".to_owned();
     println!(
-        "{:<12} {:>3} {:<7} {:<22} {:<22} {:<8} {:>10} {:>14} {:>10} {:>6}",
-        "broker", "id", "role", "address", "admin", "version", "uptime s", "log end", "lag bytes", "disk %"
+        "{:<12} {:>3} {:<7} {:<16} {:<22} {:<22} {:<8} {:>10} {:>14} {:>10} {:>6}",
+        "broker", "id", "role", "status", "address", "admin", "version", "uptime s", "log end", "lag bytes", "disk %"
     );
     for set in &c.broker_sets {
         for b in &set.brokers {
             println!(
-                "{:<12} {:>3} {:<7} {:<22} {:<22} {:<8} {:>10} {:>14} {:>10} {:>6}",
+                "{:<12} {:>3} {:<7} {:<16} {:<22} {:<22} {:<8} {:>10} {:>14} {:>10} {:>6}",
                 set.broker_name,
                 b.broker_id,
                 b.role,
+                status_text(&b.status, b.down_since_ms),
                 b.addr.clone().unwrap_or_else(dash),
                 b.admin_addr,
                 b.version.clone().unwrap_or_else(dash),
@@ -493,31 +494,61 @@ async fn cluster_brokers(cli: &Cli, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `up`, or `down` with how long since the broker was last heard from.
+fn status_text(status: &str, down_since_ms: Option<u64>) -> String {
+    match (status, down_since_ms) {
+        ("down", Some(at)) => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            format!("down {:.0} s", now.saturating_sub(at) as f64 / 1000.0)
+        }
+        ("", _) => "-".into(),
+        (s, _) => s.into(),
+    }
+}
+
 async fn cluster_status(cli: &Cli, json: bool, namesrvs: &[String]) -> Result<()> {
-    // The masters to ask: the one at --admin, or every one the name servers know.
-    let masters: Vec<String> = if namesrvs.is_empty() {
-        vec![cli.admin.clone()]
-    } else {
-        let brokers = wasmq_client::Cluster::new(namesrvs.to_vec(), &cli.ca).brokers().await.context("asking the name servers")?;
-        brokers.into_iter().filter(|b| b.broker_id == 0).map(|b| b.admin_addr).collect()
-    };
+    // Who to ask: the master at --admin (and its slaves), or every broker the name servers know
+    // — each asked on its own, so one that is down is shown down and the others as they are.
     let token = cli.admin_token()?;
     let mut all = Vec::new();
-    // Each master names its slaves' admin addresses; ask each (same token and CA).
+    // (broker set, id, protocol address, why) of those that did not answer.
+    let mut down: Vec<(String, u32, String, String)> = Vec::new();
     let mut lags = std::collections::HashMap::new();
-    for m in masters {
-        let first = Admin::new(&m, &cli.ca, token.clone())?.replicas().await.with_context(|| format!("broker at {m}"))?;
-        all.push(first.clone());
+    let mut ask = Vec::new();
+    if namesrvs.is_empty() {
+        let first = Admin::new(&cli.admin, &cli.ca, token.clone())?.replicas().await.with_context(|| format!("broker at {}", cli.admin))?;
         for s in &first.slaves {
-            lags.insert((first.broker_name.clone(), s.broker_id), s.lag_ms);
-            match Admin::new(&s.admin_addr, &cli.ca, token.clone())?.replicas().await {
-                Ok(r) => all.push(r),
-                Err(e) => eprintln!("{} slave {} at {}: {e}", first.broker_name, s.broker_id, s.admin_addr),
+            let seen = if s.connected { 0 } else { s.last_seen_ms_ago };
+            ask.push((first.broker_name.clone(), s.broker_id, s.admin_addr.clone(), s.admin_addr.clone(), seen));
+        }
+        all.push(first);
+    } else {
+        let brokers = wasmq_client::Cluster::new(namesrvs.to_vec(), &cli.ca).brokers().await.context("asking the name servers")?;
+        for b in brokers {
+            ask.push((b.broker_name, b.broker_id, b.addr, b.admin_addr, b.last_seen_ms_ago));
+        }
+    }
+    for (name, id, addr, admin_addr, last_seen_ms_ago) in ask {
+        match Admin::new(&admin_addr, &cli.ca, token.clone())?.replicas().await {
+            Ok(r) => {
+                for s in &r.slaves {
+                    lags.insert((r.broker_name.clone(), s.broker_id), s.lag_ms);
+                }
+                all.push(r);
+            }
+            Err(e) => {
+                let seen = format!("down (last seen {:.0} s ago)", last_seen_ms_ago as f64 / 1000.0);
+                down.push((name, id, addr, format!("{seen}: {e}")));
             }
         }
     }
+    all.sort_by(|a, b| (&a.broker_name, a.broker_id).cmp(&(&b.broker_name, b.broker_id)));
     if json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        let down: Vec<serde_json::Value> = down
+            .iter()
+            .map(|(name, id, addr, why)| serde_json::json!({"broker_name": name, "broker_id": id, "admin_addr": addr, "down": why}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"brokers": all, "down": down}))?);
         return Ok(());
     }
     println!(
@@ -540,6 +571,9 @@ async fn cluster_status(cli: &Cli, json: bool, namesrvs: &[String]) -> Result<()
             "{:<12} {:>3} {:<7} {:<22} {:>14} {:>12} {:>9} {:<10} {}",
             r.broker_name, r.broker_id, r.role, r.listen, r.log_end_offset, lag_bytes, lag_s, link, r.replication
         );
+    }
+    for (name, id, addr, why) in &down {
+        println!("{name:<12} {id:>3} {:<7} {addr:<22} {why}", if *id == 0 { "master" } else { "slave" });
     }
     Ok(())
 }

@@ -267,6 +267,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
         cluster: config.cluster.clone(),
         namesrvs: config.namesrv.clone(),
         names: (!config.namesrv.is_empty()).then(|| Arc::new(wasmq_namesrv::NameServers::new(config.namesrv.clone(), peer_ca.clone()))),
+        register_interval: config.register_interval,
     };
     let admin_tls = tokio_rustls::TlsAcceptor::from(wasmq_net::server_config(&cert, &key, &[wasmq_admin_api::ALPN])?);
     tracker.spawn(wasmq_admin_api::serve(
