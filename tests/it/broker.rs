@@ -652,3 +652,40 @@ fn a_redirected_log_has_no_colour_codes() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains('\u{1b}'), "colour codes in a redirected log: {text:?}");
 }
+
+/// The CLI's reports as tables, or JSON with `--output json`; `message get` with properties; a
+/// scheduled send said to be scheduled; `consume --group` broadcasting and orderly.
+#[test]
+fn cli_reports_tables_or_json_and_consumes_broadcast_or_orderly() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    broker.cli(&["topic", "create", "cli", "--queues", "1"]);
+    let topics: serde_json::Value = serde_json::from_str(&broker.cli(&["--output", "json", "topic", "list"])).unwrap();
+    assert_eq!(topics[0]["name"], "cli", "{topics}");
+    let sent = broker.cli(&["send", "cli", "one", "--property", "color=blue"]);
+    let id = sent.split_whitespace().nth(1).unwrap().to_owned();
+    let got = broker.cli(&["message", "get", &id]);
+    assert!(got.contains("properties={color=blue}"), "{got}");
+    let got: serde_json::Value = serde_json::from_str(&broker.cli(&["--output", "json", "message", "get", &id])).unwrap();
+    assert_eq!(got["properties"][0], serde_json::json!(["color", "blue"]), "{got}");
+    broker.cli(&["send", "cli", "two", "three"]);
+    let scheduled = broker.cli(&["send", "cli", "later", "--delay-ms", "60000"]);
+    assert!(scheduled.starts_with("scheduled ") && scheduled.contains("due at") && !scheduled.contains("at offset"), "{scheduled}");
+    let table = broker.cli(&["scheduled"]);
+    assert!(table.starts_with("pending 1,") && table.contains("due within"), "{table}");
+    let json: serde_json::Value = serde_json::from_str(&broker.cli(&["--output", "json", "scheduled"])).unwrap();
+    assert_eq!(json["pending"], 1, "{json}");
+    let table = broker.cli(&["transactions"]);
+    assert!(table.starts_with("committed 0,") && table.contains("producer group"), "{table}");
+    // Broadcasting: each member gets every message, every time it runs.
+    let bodies = |out: &str| -> Vec<String> { out.lines().map(|l| l.rsplit('\t').next().unwrap().to_owned()).collect() };
+    for _ in 0..2 {
+        let out = broker.cli(&["consume", "cli", "--group", "everyone", "--broadcast", "--count", "3"]);
+        assert_eq!(bodies(&out), ["one", "two", "three"], "{out}");
+    }
+    // Orderly: the queue's messages in order, and the group goes on where it stopped.
+    let out = broker.cli(&["consume", "cli", "--group", "in-order", "--orderly", "--count", "2"]);
+    assert_eq!(bodies(&out), ["one", "two"], "{out}");
+    let out = broker.cli(&["consume", "cli", "--group", "in-order", "--orderly", "--count", "1"]);
+    assert_eq!(bodies(&out), ["three"], "{out}");
+}

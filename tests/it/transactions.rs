@@ -448,7 +448,7 @@ fn late_and_repeated_ends_change_nothing_and_bad_requests_are_refused() {
     assert!(out.contains("Rollback → RolledBack"), "{out}");
     let out = broker.cli(&["send", "t", "cli-later", "--transactional", "--decision", "unknown", "--group", "cli"]);
     assert!(out.contains("Unknown → Pending"), "{out}");
-    let listed: serde_json::Value = serde_json::from_str(&broker.cli(&["transactions"])).unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&broker.cli(&["--output", "json", "transactions"])).unwrap();
     assert_eq!(listed["pending"][0]["pending"], 1, "{listed}");
     let out = broker.cli(&["send", "t", "cli-other", "--transactional", "--group", "cli", "--answer-checks-secs", "3"]);
     assert!(out.contains("check-back for transaction"), "{out}");

@@ -30,8 +30,17 @@ pub(crate) struct Cli {
     /// Admin API token (default: the contents of data/admin-token).
     #[arg(long, global = true, env = "WASMQ_TOKEN")]
     token: Option<String>,
+    /// How reports print: tables for people, JSON for scripts.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    output: Output,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +130,14 @@ enum Command {
         /// the broker's).
         #[arg(long, requires = "group")]
         max_reconsume_times: Option<u32>,
+        /// With --group: orderly, each queue locked to this member and read in order, a failed
+        /// message retried in place.
+        #[arg(long, requires = "group", conflicts_with = "broadcast")]
+        orderly: bool,
+        /// With --group: broadcasting, every member gets every message (this member's place is
+        /// its own, not the group's).
+        #[arg(long, requires = "group")]
+        broadcast: bool,
     },
     /// List and describe consumer groups, reset their offsets, delete them.
     Group {
@@ -383,6 +400,14 @@ async fn run(cli: &Cli) -> Result<()> {
                         Err(e) => format!("not ended ({e}); the broker will check back"),
                     };
                     println!("transaction {} ({}) for queue {}: {:?} → {ended}", r.log_offset, r.message_id, r.queue_id, t.decision);
+                } else if delay_ms.is_some() || deliver_at.is_some() {
+                    // Held until due: its queue offset is given when it is delivered.
+                    let due = m.delivery_ms;
+                    let r = producer.send(topic, m).await?;
+                    println!(
+                        "scheduled {} for queue {}, due at {due} ms (its queue offset is given when it is delivered)",
+                        r.message_id, r.queue_id
+                    );
                 } else {
                     let r = producer.send(topic, m).await?;
                     println!("sent {} to queue {} at offset {}", r.message_id, r.queue_id, r.queue_offset);
@@ -394,20 +419,36 @@ async fn run(cli: &Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Cluster { command: ClusterCommand::Status { json, namesrv } } => cluster_status(cli, *json, namesrv).await,
-        Command::Cluster { command: ClusterCommand::Brokers { json } } => cluster_brokers(cli, *json).await,
+        Command::Cluster { command: ClusterCommand::Status { json, namesrv } } => {
+            cluster_status(cli, *json || cli.output == Output::Json, namesrv).await
+        }
+        Command::Cluster { command: ClusterCommand::Brokers { json } } => cluster_brokers(cli, *json || cli.output == Output::Json).await,
         Command::Message { command } => message(cli, command).await,
-        Command::Transactions => {
-            println!("{}", serde_json::to_string_pretty(&cli.admin()?.transactions().await?)?);
-            Ok(())
-        }
-        Command::Scheduled => {
-            println!("{}", serde_json::to_string_pretty(&cli.admin()?.scheduled().await?)?);
-            Ok(())
-        }
-        Command::Consume { topic, from, group: Some(group), filter, count, reconsume_later, max_reconsume_times, .. } => {
+        Command::Transactions => transactions(cli).await,
+        Command::Scheduled => scheduled(cli).await,
+        Command::Consume {
+            topic,
+            from,
+            group: Some(group),
+            filter,
+            count,
+            reconsume_later,
+            max_reconsume_times,
+            orderly,
+            broadcast,
+            ..
+        } => {
             let answer = if *reconsume_later { wasmq_client::ConsumeResult::ReconsumeLater } else { wasmq_client::ConsumeResult::Success };
-            consume_group(cli, topic, group, filter, from, *count, answer, *max_reconsume_times).await
+            let how = GroupHow {
+                filter,
+                from,
+                count: *count,
+                answer,
+                max_reconsume_times: *max_reconsume_times,
+                orderly: *orderly,
+                broadcast: *broadcast,
+            };
+            consume_group(cli, topic, group, &how).await
         }
         Command::Consume { topic, from, queue, count, follow, group: None, .. } => consume(cli, topic, from, *queue, *count, *follow).await,
         Command::Group { command } => group(cli, command).await,
@@ -421,24 +462,77 @@ fn print_message(m: &wasmq_client::admin_types::MessageView) {
     use base64::Engine as _;
     let body = base64::engine::general_purpose::STANDARD.decode(&m.body_base64).unwrap_or_default();
     let text = String::from_utf8(body).unwrap_or_else(|b| format!("<{} bytes>", b.as_bytes().len()));
+    let properties: Vec<String> = m.properties.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!(
-        "{}/{} @{} id={} keys={:?} tags={} stored={} | {}{}",
+        "{}/{} @{} id={} keys={:?} tags={} properties={{{}}} born={} stored={} reconsumed={}{} | {}{}",
         m.topic,
         m.queue_id,
         m.queue_offset,
         m.unique_id.as_deref().unwrap_or("-"),
         m.keys,
         m.tags.as_deref().unwrap_or("-"),
+        properties.join(", "),
+        m.born_ms,
         m.store_ms,
+        m.reconsume_times,
+        m.delivery_ms.map_or(String::new(), |d| format!(" due={d}")),
         text,
         if m.body_truncated { " …" } else { "" }
     );
 }
 
+async fn transactions(cli: &Cli) -> Result<()> {
+    let t = cli.admin()?.transactions().await?;
+    if printed_json(cli, &t)? {
+        return Ok(());
+    }
+    println!(
+        "committed {}, rolled back {}, discarded {}; checks sent {}, unknown answers {}, late ends {}",
+        t.committed, t.rolled_back, t.discarded, t.checks_sent, t.unknown_answers, t.late_ends
+    );
+    println!("{:<24} {:<24} {:>8} {:>16} {:>8} {:>11}", "producer group", "topic", "pending", "oldest stored", "checks", "most checks");
+    for p in &t.pending {
+        println!(
+            "{:<24} {:<24} {:>8} {:>16} {:>8} {:>11}",
+            p.producer_group, p.topic, p.pending, p.oldest_stored_ms, p.checks, p.most_checks
+        );
+    }
+    println!("{:<24} {:>11}", "producer group", "connections");
+    for p in &t.producers {
+        println!("{:<24} {:>11}", p.producer_group, p.connections);
+    }
+    Ok(())
+}
+
+async fn scheduled(cli: &Cli) -> Result<()> {
+    let s = cli.admin()?.scheduled().await?;
+    if printed_json(cli, &s)? {
+        return Ok(());
+    }
+    println!(
+        "pending {}, overdue {}, next due {}; released {}, dropped {} since start",
+        s.pending,
+        s.overdue,
+        s.next_due_ms.map_or("-".to_owned(), |d| format!("at {d} ms")),
+        s.released,
+        s.dropped
+    );
+    println!("{:>14} {:>10}", "due within", "messages");
+    for d in &s.due_within {
+        println!("{:>14} {:>10}", format!("{} s", d.within_ms / 1000), d.count);
+    }
+    Ok(())
+}
+
 async fn message(cli: &Cli, command: &MessageCommand) -> Result<()> {
     let admin = cli.admin()?;
+    let json = cli.output == Output::Json;
     match command {
+        MessageCommand::Get { id } if json => println!("{}", serde_json::to_string_pretty(&admin.message(id).await?)?),
         MessageCommand::Get { id } => print_message(&admin.message(id).await?),
+        MessageCommand::Find { topic, key } if json => {
+            println!("{}", serde_json::to_string_pretty(&admin.messages_by_key(topic, key).await?)?)
+        }
         MessageCommand::Find { topic, key } => admin.messages_by_key(topic, key).await?.iter().for_each(print_message),
         MessageCommand::Browse { topic, queue, offset, time, count } => {
             let from = match (offset, time) {
@@ -447,6 +541,9 @@ async fn message(cli: &Cli, command: &MessageCommand) -> Result<()> {
                 (None, None) => wasmq_client::Browse::Time(0),
             };
             let page = admin.browse(topic, *queue, from, *count).await?;
+            if printed_json(cli, &page)? {
+                return Ok(());
+            }
             page.messages.iter().for_each(print_message);
             println!("next offset {} (queue holds {}..{})", page.next_offset, page.min_offset, page.max_offset);
         }
@@ -492,6 +589,15 @@ async fn cluster_brokers(cli: &Cli, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// With `--output json`: prints `value` as JSON and says so (the caller then prints nothing).
+fn printed_json(cli: &Cli, value: &impl serde::Serialize) -> Result<bool> {
+    if cli.output != Output::Json {
+        return Ok(false);
+    }
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(true)
 }
 
 /// `up`, or `down` with how long since the broker was last heard from.
@@ -580,7 +686,12 @@ async fn cluster_status(cli: &Cli, json: bool, namesrvs: &[String]) -> Result<()
 
 async fn group(cli: &Cli, command: &GroupCommand) -> Result<()> {
     let admin = cli.admin()?;
+    let json = cli.output == Output::Json;
     let print = |g: wasmq_client::admin_types::GroupDetail| {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&g).unwrap_or_default());
+            return;
+        }
         println!("group {} ({} mode, generation {})", g.name, g.mode, g.generation);
         for m in &g.members {
             println!("member {}: {}", m.client_id, m.queues.join(" "));
@@ -601,7 +712,11 @@ async fn group(cli: &Cli, command: &GroupCommand) -> Result<()> {
     };
     match command {
         GroupCommand::List => {
-            for g in admin.list_groups().await? {
+            let groups = admin.list_groups().await?;
+            if printed_json(cli, &groups)? {
+                return Ok(());
+            }
+            for g in groups {
                 println!("{}\t{}\t{} members", g.name, g.mode, g.members);
             }
         }
@@ -612,8 +727,12 @@ async fn group(cli: &Cli, command: &GroupCommand) -> Result<()> {
             println!("deleted group {name}");
         }
         GroupCommand::Dlq { name } => {
+            let dead = admin.dead_letters(name).await?;
+            if printed_json(cli, &dead)? {
+                return Ok(());
+            }
             println!("offset\tmessage id\torigin\treconsumes\tbody");
-            for d in admin.dead_letters(name).await? {
+            for d in dead {
                 println!("{}\t{}\t{}\t{}\t{}", d.queue_offset, d.message_id, d.origin_topic, d.reconsume_times, d.body_preview);
             }
         }
@@ -648,12 +767,19 @@ async fn topic(cli: &Cli, command: &TopicCommand) -> Result<()> {
             println!("created topic {} with {} queues{}", t.name, t.queues, retention_text(t.retention_ms));
         }
         TopicCommand::List => {
-            for t in admin.list_topics().await? {
+            let topics = admin.list_topics().await?;
+            if printed_json(cli, &topics)? {
+                return Ok(());
+            }
+            for t in topics {
                 println!("{}\t{} queues{}", t.name, t.queues, retention_text(t.retention_ms));
             }
         }
         TopicCommand::Describe { name } => {
             let t = admin.describe_topic(name).await?;
+            if printed_json(cli, &t)? {
+                return Ok(());
+            }
             println!("topic {}{}", t.name, retention_text(t.retention_ms));
             println!("queue\tmin\tmax");
             for q in t.queues {
@@ -668,21 +794,27 @@ async fn topic(cli: &Cli, command: &TopicCommand) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)] // one per command-line option
-async fn consume_group(
-    cli: &Cli,
-    topic: &str,
-    group: &str,
-    filter: &str,
-    from: &str,
+/// How `consume --group` consumes.
+struct GroupHow<'a> {
+    filter: &'a str,
+    from: &'a str,
     count: Option<u64>,
     answer: wasmq_client::ConsumeResult,
     max_reconsume_times: Option<u32>,
-) -> Result<()> {
+    orderly: bool,
+    broadcast: bool,
+}
+
+async fn consume_group(cli: &Cli, topic: &str, group: &str, how: &GroupHow<'_>) -> Result<()> {
+    let GroupHow { filter, from, count, answer, max_reconsume_times, orderly, broadcast } = *how;
     let mut options = wasmq_client::GroupOptions::new(group, topic);
     options.subscriptions = vec![(topic.to_owned(), filter.to_owned())];
     if let Some(n) = max_reconsume_times {
         options.max_reconsume_times = n;
+    }
+    options.orderly = orderly;
+    if broadcast {
+        options.mode = wasmq_client::GroupMode::Broadcasting;
     }
     options.start_from = match from {
         "earliest" => wasmq_client::StartFrom::Earliest,
