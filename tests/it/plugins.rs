@@ -133,7 +133,7 @@ fn a_router_places_tenants_in_their_queues_and_survives_a_restart() {
         "--on-error",
         "fail-closed",
     ]);
-    assert!(out.contains("router tenant-router#1 on topic orders (fail-closed)"), "{out}");
+    assert!(out.contains("router tenant-router@1 on topic orders (fail-closed)"), "{out}");
 
     let check_placement = |receipts: &[(String, String, u32)]| {
         let mut queue_of_key: HashMap<(&str, &str), u32> = HashMap::new();
@@ -189,7 +189,7 @@ fn a_router_places_tenants_in_their_queues_and_survives_a_restart() {
     });
     assert_eq!(sent, 400);
     let stats = broker.cli(&["plugin", "stats"]);
-    assert!(stats.contains("tenant-router#1 router orders\t"), "{stats}");
+    assert!(stats.contains("tenant-router@1 router orders\t"), "{stats}");
     let list = broker.cli(&["plugin", "list"]);
     assert!(list.contains("tenant-router\t1\t1.0.0\trouter\t"), "{list}");
 
@@ -715,25 +715,43 @@ fn the_authoring_guide_works_from_cargo_new_to_an_attached_plugin() {
     let krate = dir.path().join("vip-first");
     std::fs::create_dir_all(krate.join("src")).unwrap();
     let sdk = root.join("plugins/sdk").canonicalize().unwrap();
-    let manifest = block("toml", 0).replace("../wasmq/plugins/sdk", sdk.to_str().unwrap());
+    let manifest = block("toml", 0).replace("/path/to/wasmq/plugins/sdk", sdk.to_str().unwrap());
     assert_ne!(manifest, block("toml", 0), "the guide's SDK path is where the test expects it");
     std::fs::write(krate.join("Cargo.toml"), manifest).unwrap();
     std::fs::write(krate.join("src/lib.rs"), block("rust", 0) + &block("rust", 1)).unwrap();
     // The workspace's lock file pins the same dependency versions (cargo drops the rest).
     std::fs::copy(root.join("Cargo.lock"), krate.join("Cargo.lock")).unwrap();
 
-    // Step 3: the native unit test.
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from).join("authoring");
-    let out = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["test", "--quiet", "--manifest-path"])
-        .arg(krate.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .env_remove("CARGO_TARGET_DIR")
-        .output()
+    // Step 7: the filter and the ordering-key selector, each a crate of its own with the same
+    // manifest under its own name.
+    let other = |name: &str, code: String| -> PathBuf {
+        let k = dir.path().join(name);
+        std::fs::create_dir_all(k.join("src")).unwrap();
+        std::fs::write(
+            k.join("Cargo.toml"),
+            std::fs::read_to_string(krate.join("Cargo.toml")).unwrap().replace("\"vip-first\"", &format!("\"{name}\"")),
+        )
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("1 passed"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::write(k.join("src/lib.rs"), code).unwrap();
+        std::fs::copy(root.join("Cargo.lock"), k.join("Cargo.lock")).unwrap();
+        k
+    };
+    let crates = [krate.clone(), other("small-only", block("rust", 3)), other("by-account", block("rust", 4))];
+
+    // Step 3: the native unit tests.
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from).join("authoring");
+    for k in &crates {
+        let out = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["test", "--quiet", "--manifest-path"])
+            .arg(k.join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && stdout.contains("1 passed"), "{}: {stdout}\n{}", k.display(), String::from_utf8_lossy(&out.stderr));
+    }
 
     // Steps 5 and 6: build, upload, attach, send.
     let wasm = wasmq_plugin_testkit::build_plugin(&krate).unwrap();
@@ -744,7 +762,7 @@ fn the_authoring_guide_works_from_cargo_new_to_an_attached_plugin() {
     let out = broker.cli(&["plugin", "upload", wasm.to_str().unwrap()]);
     assert!(out.starts_with("uploaded vip-first@1 (router 0.1.0, "), "{out}");
     let out = broker.cli(&["plugin", "attach", "vip-first@1", "--topic", "orders", "--role", "router", "--config", "vips=c1,c2"]);
-    assert!(out.contains("attached router vip-first#1 on topic orders (fail-open)"), "{out}");
+    assert!(out.contains("attached router vip-first@1 on topic orders (fail-open)"), "{out}");
     rt.block_on(async {
         let producer = Producer::new(broker.connect().await, "guide");
         for i in 0..20 {
@@ -755,6 +773,66 @@ fn the_authoring_guide_works_from_cargo_new_to_an_attached_plugin() {
         assert!(others.len() > 1, "non-VIP messages keep the producer's round robin: {others:?}");
         let e = producer.send("orders", OutgoingMessage::new("anonymous")).await.unwrap_err();
         assert!(e.to_string().contains("no customer property"), "{e}");
+    });
+
+    // Step 7, attached with the guide's own commands.
+    let attach_line = |nth: usize| -> Vec<String> {
+        let sh = block("sh", nth);
+        let line =
+            sh.lines().find(|l| l.starts_with("wasmq plugin attach")).unwrap_or_else(|| panic!("no attach command in sh block {nth}"));
+        line.split_whitespace().skip(1).map(str::to_owned).collect()
+    };
+    for (k, nth) in [(&crates[1], 3), (&crates[2], 4)] {
+        let wasm = wasmq_plugin_testkit::build_plugin(k).unwrap();
+        broker.cli(&["plugin", "upload", wasm.to_str().unwrap()]);
+        let args = attach_line(nth);
+        let out = broker.cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.starts_with("attached "), "{out}");
+    }
+    rt.block_on(async {
+        let producer = Producer::new(broker.connect().await, "guide");
+        // The key selector: one account, one queue (the router leaves non-VIP queues to it).
+        let mut one_account = HashSet::new();
+        for i in 0..10 {
+            let m = OutgoingMessage::new(format!("a{i}")).with_property("customer", "c9").with_property("account", "acc-7");
+            one_account.insert(producer.send("orders", m).await.unwrap().queue_id);
+        }
+        assert_eq!(one_account.len(), 1, "one account's messages share a queue: {one_account:?}");
+        // The filter, for group billing: small ones delivered, big ones skipped, poison dead.
+        let small = producer.send("orders", OutgoingMessage::new("small").with_property("customer", "c9")).await.unwrap();
+        let big = producer.send("orders", OutgoingMessage::new(vec![b'b'; 600]).with_property("customer", "c9")).await.unwrap();
+        let poison = producer
+            .send("orders", OutgoingMessage::new("bad").with_property("customer", "c9").with_property("poison", "yes"))
+            .await
+            .unwrap();
+        let delivered: Arc<Mutex<Vec<String>>> = Arc::default();
+        let d = Arc::clone(&delivered);
+        let mut o = GroupOptions::new("billing", "orders");
+        o.heartbeat_interval = Duration::from_millis(300);
+        o.pull_wait = Duration::from_millis(300);
+        let member = GroupConsumer::start(
+            broker.connect().await,
+            o,
+            Arc::new(move |_t: &str, _q: u32, m: &wasmq_client::PulledMessage| {
+                d.lock().unwrap().push(m.message.unique_id.clone());
+                ConsumeResult::Success
+            }),
+        )
+        .await
+        .unwrap();
+        let admin = broker.admin();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let dead: Vec<String> = admin.dead_letters("billing").await.unwrap().into_iter().map(|d| d.message_id).collect();
+            if delivered.lock().unwrap().contains(&small.message_id) && dead.contains(&poison.message_id) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the filter's decisions did not all show");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        member.shutdown().await;
+        assert!(!delivered.lock().unwrap().contains(&big.message_id), "a message over max_bytes was delivered");
+        assert!(!delivered.lock().unwrap().contains(&poison.message_id), "a poison message was delivered");
     });
 }
 

@@ -74,7 +74,7 @@ fn print_attachment(a: &AttachmentView) {
         None => format!("topic {}", a.topic),
     };
     println!(
-        "{} {}#{} on {target} ({}){}",
+        "{} {}@{} on {target} ({}){}",
         a.role,
         a.plugin,
         a.version,
@@ -147,7 +147,7 @@ pub(crate) async fn run(cli: &Cli, command: &PluginCommand) -> Result<()> {
                 let target = a.group.as_ref().map_or_else(|| a.topic.clone(), |g| format!("{g}/{}", a.topic));
                 let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!(
-                    "{}#{} {} {target}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.0}\t{}",
+                    "{}@{} {} {target}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.0}\t{}",
                     a.plugin,
                     a.version,
                     a.role,

@@ -310,7 +310,9 @@ impl PluginRegistry {
             on_error: policy.as_str().to_owned(),
             attached_ms: now_ms(),
         };
-        let attached = Attached::new(plugin, attachment_of(role, &rec), policy).map_err(|e| PluginError::Invalid(e.to_string()))?;
+        // Named as the operator named it: name@version (the binary's own label is in the cause).
+        let attached = Attached::new(plugin, attachment_of(role, &rec), policy)
+            .map_err(|e| PluginError::Invalid(format!("{}@{}: {e}", rec.plugin, rec.version)))?;
         let previous = reg.attachments.iter().position(|a| a.role == rec.role && a.topic == rec.topic && a.group == rec.group);
         let old = match previous {
             Some(i) => Some(std::mem::replace(&mut reg.attachments[i], rec.clone())),
@@ -463,7 +465,7 @@ impl wasmq_engine::Plugins for PluginRegistry {
 
 impl wasmq_engine::Attachment for Live {
     fn label(&self) -> String {
-        format!("{}#{}", self.record.plugin, self.record.version)
+        format!("{}@{}", self.record.plugin, self.record.version)
     }
 
     fn policy(&self) -> FailurePolicy {
