@@ -516,21 +516,7 @@ fn hostile_plugins_are_contained_and_their_failure_policies_honoured() {
                 ids.insert(r.message_id);
             }
         }
-        let delivered: Arc<Mutex<Vec<String>>> = Arc::default();
-        let d = Arc::clone(&delivered);
-        let mut o = GroupOptions::new("g", "recurse");
-        o.heartbeat_interval = Duration::from_millis(300);
-        o.pull_wait = Duration::from_millis(300);
-        let member = GroupConsumer::start(
-            broker.connect().await,
-            o,
-            Arc::new(move |_t: &str, _q: u32, m: &wasmq_client::PulledMessage| {
-                d.lock().unwrap().push(m.message.unique_id.clone());
-                ConsumeResult::Success
-            }),
-        )
-        .await
-        .unwrap();
+        let (member, delivered) = recording_member(&broker, "g", "recurse").await;
         let deadline = Instant::now() + Duration::from_secs(60);
         let dlq = loop {
             let dlq: HashSet<String> = admin.dead_letters("g").await.unwrap().into_iter().map(|d| d.message_id).collect();
@@ -805,21 +791,7 @@ fn the_authoring_guide_works_from_cargo_new_to_an_attached_plugin() {
             .send("orders", OutgoingMessage::new("bad").with_property("customer", "c9").with_property("poison", "yes"))
             .await
             .unwrap();
-        let delivered: Arc<Mutex<Vec<String>>> = Arc::default();
-        let d = Arc::clone(&delivered);
-        let mut o = GroupOptions::new("billing", "orders");
-        o.heartbeat_interval = Duration::from_millis(300);
-        o.pull_wait = Duration::from_millis(300);
-        let member = GroupConsumer::start(
-            broker.connect().await,
-            o,
-            Arc::new(move |_t: &str, _q: u32, m: &wasmq_client::PulledMessage| {
-                d.lock().unwrap().push(m.message.unique_id.clone());
-                ConsumeResult::Success
-            }),
-        )
-        .await
-        .unwrap();
+        let (member, delivered) = recording_member(&broker, "billing", "orders").await;
         let admin = broker.admin();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -834,6 +806,27 @@ fn the_authoring_guide_works_from_cargo_new_to_an_attached_plugin() {
         assert!(!delivered.lock().unwrap().contains(&big.message_id), "a message over max_bytes was delivered");
         assert!(!delivered.lock().unwrap().contains(&poison.message_id), "a poison message was delivered");
     });
+}
+
+/// A member of `group` on `topic` (quick heartbeats and polls) that records the ids it is
+/// delivered.
+async fn recording_member(broker: &Broker, group: &str, topic: &str) -> (GroupConsumer, Arc<Mutex<Vec<String>>>) {
+    let delivered: Arc<Mutex<Vec<String>>> = Arc::default();
+    let d = Arc::clone(&delivered);
+    let mut o = GroupOptions::new(group, topic);
+    o.heartbeat_interval = Duration::from_millis(300);
+    o.pull_wait = Duration::from_millis(300);
+    let member = GroupConsumer::start(
+        broker.connect().await,
+        o,
+        Arc::new(move |_t: &str, _q: u32, m: &wasmq_client::PulledMessage| {
+            d.lock().unwrap().push(m.message.unique_id.clone());
+            ConsumeResult::Success
+        }),
+    )
+    .await
+    .unwrap();
+    (member, delivered)
 }
 
 /// The queues 20 non-VIP messages land in.
