@@ -689,3 +689,74 @@ fn cli_reports_tables_or_json_and_consumes_broadcast_or_orderly() {
     let out = broker.cli(&["consume", "cli", "--group", "in-order", "--orderly", "--count", "1"]);
     assert_eq!(bodies(&out), ["three"], "{out}");
 }
+
+/// `/metrics` scraped while `wasmq bench produce` and a consumer run: the counters only grow, and
+/// at the end they match what the bench counted and what the topic holds; the request counter
+/// and latency histogram count the sends.
+#[test]
+fn metrics_counters_move_with_the_load_and_match_the_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let rt = runtime();
+    let sample = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or(0, |v| v.parse::<f64>().unwrap_or_else(|_| panic!("{name}: {v}")) as u64)
+    };
+    // One message per request: many requests, and a run long enough to scrape mid-way.
+    let mut bench = broker.cli_command(&[
+        "bench",
+        "produce",
+        "--no-ceiling",
+        "--batch",
+        "1",
+        "--in-flight",
+        "64",
+        "--count",
+        "100000",
+        "--duration",
+        "120",
+    ]);
+    let (bench, scrapes) = rt.block_on(async {
+        let admin = broker.admin();
+        let bench = tokio::task::spawn_blocking(move || bench.output().expect("run wasmq bench"));
+        let mut scrapes = Vec::new();
+        while !bench.is_finished() {
+            let text = admin.metrics().await.unwrap();
+            scrapes.push((
+                sample(&text, "wasmq_messages_in_total{topic=\"bench\"}"),
+                sample(&text, "wasmq_requests_total{protocol=\"native\",op=\"send\",outcome=\"ok\"}"),
+            ));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        (bench.await.unwrap(), scrapes)
+    });
+    let out = String::from_utf8_lossy(&bench.stdout).into_owned();
+    assert!(bench.status.success(), "{out}{}", String::from_utf8_lossy(&bench.stderr));
+    assert!(scrapes.len() >= 3, "scraped during the run: {scrapes:?}");
+    assert!(scrapes.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1), "counters never go back: {scrapes:?}");
+    assert!(scrapes.iter().any(|s| s.0 > 0 && s.0 < 100_000), "a scrape mid-run saw the count grow: {scrapes:?}");
+    rt.block_on(async {
+        let text = broker.admin().metrics().await.unwrap();
+        let stored: u64 = broker.admin().describe_topic("bench").await.unwrap().queues.iter().map(|q| q.max_offset).sum();
+        let counted = sample(&text, "wasmq_messages_in_total{topic=\"bench\"}");
+        assert_eq!(counted, stored, "messages in: the counter and the topic agree");
+        assert!(stored >= 100_000 && stored.abs_diff(100_000) * 100 <= 100_000, "within 1 % of the bench's 100,000: {stored}");
+        assert_eq!(sample(&text, "wasmq_requests_total{protocol=\"native\",op=\"send\",outcome=\"ok\"}"), stored, "one send per message");
+        assert_eq!(sample(&text, "wasmq_in_bytes_total{topic=\"bench\"}"), stored * 1024, "1 KiB bodies");
+        let sends = sample(&text, "wasmq_requests_total{protocol=\"native\",op=\"send\",outcome=\"ok\"}");
+        assert_eq!(sample(&text, "wasmq_request_duration_seconds_count{protocol=\"native\",op=\"send\"}"), sends);
+        assert!(sends > 0, "{text}");
+        // Read it all back: the out counter follows.
+        let consumer = PullConsumer::new(broker.connect().await);
+        let mut pulled = 0;
+        for q in 0..8 {
+            pulled += read_all(&consumer, "bench", q).await.len() as u64;
+        }
+        let text = broker.admin().metrics().await.unwrap();
+        assert_eq!(sample(&text, "wasmq_messages_out_total{topic=\"bench\",group=\"\"}"), pulled, "{text}");
+        assert!(text.contains("wasmq_connections{protocol=\"native\"}"), "{text}");
+        assert!(text.contains("wasmq_store_append_duration_seconds_bucket"), "{text}");
+    });
+}

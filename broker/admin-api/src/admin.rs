@@ -711,6 +711,11 @@ mod tests {
 
     /// The admin router over a new engine in `dir`.
     fn app(dir: &std::path::Path) -> (Router, Arc<Engine>) {
+        let (router, engine, _) = app_with_service(dir);
+        (router, engine)
+    }
+
+    fn app_with_service(dir: &std::path::Path) -> (Router, Arc<Engine>, Arc<wasmq_service::Service>) {
         let (store, _) = wasmq_store::Store::open(wasmq_store::StoreConfig::small_for_tests(dir.join("s"))).unwrap();
         let engine = Arc::new(Engine::open(Arc::new(store), dir.join("c"), "b", Arc::new(wasmq_store::SystemClock)).unwrap());
         let limits = wasmq_plugin_host::Limits { instances_max: 4, ..Default::default() };
@@ -718,7 +723,7 @@ mod tests {
         let replication = wasmq_service::Replication::new(&engine, "b", 0, wasmq_service::Role::Master, wasmq_service::Mode::Async, 0);
         let service = Arc::new(wasmq_service::Service::new(Arc::clone(&engine), plugins.clone(), Arc::clone(&replication)));
         let state = AdminState {
-            service,
+            service: Arc::clone(&service),
             engine: Arc::clone(&engine),
             plugins,
             producers: Arc::new(wasmq_service::AllProducers::default()),
@@ -734,7 +739,49 @@ mod tests {
             names: None,
             register_interval: std::time::Duration::from_secs(30),
         };
-        (router(state), engine)
+        (router(state), engine, service)
+    }
+
+    /// Families the Grafana dashboard in docs/ names that `text` (a /metrics answer) lacks.
+    fn dashboard_families_missing(text: &str) -> Vec<String> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/grafana-dashboard.json");
+        let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut missing = Vec::new();
+        for p in dashboard["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                for (i, _) in expr.match_indices("wasmq_") {
+                    let name: String = expr[i..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                    let base = ["_total", "_bucket", "_count", "_sum"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name);
+                    if !text.contains(&format!("# TYPE {base} ")) && !missing.contains(&name) {
+                        missing.push(name);
+                    }
+                }
+            }
+        }
+        missing
+    }
+
+    /// Every family the dashboard asks for is exported once it has a sample.
+    #[tokio::test]
+    async fn the_grafana_dashboard_asks_only_for_exported_families() {
+        use wasmq_service::metrics::{DeliveryLabels, GroupLabels, TopicLabels};
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _engine, service) = app_with_service(dir.path());
+        let m = service.metrics();
+        let topic = TopicLabels { topic: "t".into() };
+        m.messages_in.get_or_create(&topic).inc();
+        m.bytes_in.get_or_create(&topic).inc();
+        let out = DeliveryLabels { topic: "t".into(), group: "g".into() };
+        m.messages_out.get_or_create(&out).inc();
+        m.bytes_out.get_or_create(&out).inc();
+        m.request("native", "send", true, std::time::Duration::from_micros(10));
+        m.connections.get_or_create(&wasmq_service::metrics::ProtocolLabels { protocol: "native" }).inc();
+        m.retries.get_or_create(&GroupLabels { group: "g".into() }).inc();
+        m.dead_letters.get_or_create(&GroupLabels { group: "g".into() }).inc();
+        let (s, text) = call_text(&app, "GET", "/metrics", &[("authorization", &format!("Bearer {TOKEN}"))], "").await;
+        assert_eq!(s, 200);
+        assert_eq!(dashboard_families_missing(&text), Vec::<String>::new(), "{text}");
     }
 
     /// A request with extra headers; the status and the body as text.
@@ -805,6 +852,10 @@ mod tests {
         assert!(text.contains("wasmq_queue_max_offset{topic=\"orders\",queue=\"1\"} 1"), "{text}");
         assert!(text.contains("wasmq_group_lag{group=\"billing\",topic=\"orders\",queue=\"1\"} 1"), "{text}");
         assert!(!text.contains("%HALF%"), "internal topics stay out: {text}");
+        // The service's counters follow, and the exposition ends as OpenMetrics requires.
+        assert!(text.contains("# TYPE wasmq_messages_in counter") && text.contains("# TYPE wasmq_transactions_ended counter"), "{text}");
+        assert!(text.ends_with("# EOF\n") && text.matches("# EOF").count() == 1, "{text}");
+        assert!(dashboard_families_missing(&text).contains(&"wasmq_retries_total".to_owned()), "a family shows once it has a sample");
         assert_eq!(call_text(&app, "GET", "/metrics", &[], "").await.0, 401);
         // The console's page needs no token (it asks for one); unknown API paths stay JSON 404s.
         let (s, page) = call_text(&app, "GET", "/", &[], "").await;

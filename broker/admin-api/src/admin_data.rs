@@ -164,12 +164,16 @@ pub(crate) async fn metrics(State(s): State<AdminState>) -> Response {
     let e = &s.engine;
     let store = e.store();
     let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, samples: &[(String, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    // Read from the engine at scrape time: gauges, and counters the engine keeps (their samples
+    // carry `_total`, their family name does not, as OpenMetrics has it).
+    let mut family = |kind: &str, name: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        let sample = if kind == "counter" { format!("{name}_total") } else { name.to_owned() };
         for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {v}");
+            let _ = writeln!(out, "{sample}{labels} {v}");
         }
     };
+    let mut gauge = |name: &str, help: &str, samples: &[(String, u64)]| family("gauge", name, help, samples);
     let broker = format!("{{broker=\"{}\",broker_id=\"{}\"}}", s.replication.broker_name, s.replication.broker_id);
     gauge("wasmq_log_end_offset", "End of the commit log (bytes).", &[(broker.clone(), store.end_offset())]);
     gauge("wasmq_log_min_offset", "Lowest commit log offset still stored.", &[(broker.clone(), store.min_offset())]);
@@ -198,10 +202,34 @@ pub(crate) async fn metrics(State(s): State<AdminState>) -> Response {
     gauge("wasmq_transactions_pending", "Undecided transactions.", &[(String::new(), pending.iter().map(|p| p.pending).sum())]);
     let counters = [("committed", c.committed), ("rolled_back", c.rolled_back), ("discarded", c.discarded)];
     let ended: Vec<(String, u64)> = counters.iter().map(|(k, v)| (format!("{{outcome=\"{k}\"}}"), *v)).collect();
-    gauge("wasmq_transactions_ended", "Transactions ended since start, by outcome.", &ended);
-    gauge("wasmq_scheduled_pending", "Scheduled messages not yet due.", &[(String::new(), e.schedule_status().pending)]);
+    let schedule = e.schedule_status();
+    gauge("wasmq_scheduled_pending", "Scheduled messages not yet due.", &[(String::new(), schedule.pending)]);
     let slaves: Vec<(String, u64)> =
         s.replication.slaves(store.end_offset()).iter().map(|v| (format!("{{slave=\"{}\"}}", v.broker_id), v.lag_bytes)).collect();
     gauge("wasmq_replica_lag_bytes", "Bytes of the master's log a slave does not hold yet.", &slaves);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    if let Ok(d) = wasmq_store::disk_space(&store.config().dir) {
+        gauge("wasmq_disk_used_bytes", "Used bytes of the file system holding the store.", &[(broker.clone(), d.used_bytes)]);
+        gauge("wasmq_disk_total_bytes", "Size of the file system holding the store.", &[(broker.clone(), d.total_bytes)]);
+    }
+    family("counter", "wasmq_transactions_ended", "Transactions ended since start, by outcome.", &ended);
+    family("counter", "wasmq_scheduled_released", "Scheduled messages delivered since start.", &[(String::new(), schedule.released)]);
+    let (mut calls, mut failures, mut nanos) = (Vec::new(), Vec::new(), Vec::new());
+    for a in s.plugins.attachments() {
+        let labels = format!(
+            "{{plugin=\"{}@{}\",role=\"{}\",topic=\"{}\",group=\"{}\"}}",
+            a.plugin,
+            a.version,
+            a.role,
+            a.topic,
+            a.group.as_deref().unwrap_or("")
+        );
+        calls.push((labels.clone(), a.stats.calls));
+        failures.push((labels.clone(), a.stats.errors));
+        nanos.push((labels, (a.stats.ns_per_message * a.stats.messages as f64) as u64));
+    }
+    family("counter", "wasmq_plugin_calls", "Plugin calls (each a batch), by attachment.", &calls);
+    family("counter", "wasmq_plugin_failures", "Failed plugin calls (traps, timeouts, refusals), by attachment.", &failures);
+    family("counter", "wasmq_plugin_call_nanoseconds", "Time in plugin calls, host side included, by attachment.", &nanos);
+    out.push_str(&s.service.metrics().render());
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
 }

@@ -34,6 +34,24 @@ impl Admin {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Option<T>, ClientError> {
+        let bytes = self.request(method, &format!("/api/v1{path}"), body).await?;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| ClientError::Malformed(e.to_string()))
+    }
+
+    /// The Prometheus metrics (`GET /metrics`, OpenMetrics text).
+    ///
+    /// # Errors
+    /// Connection failure or the API's error.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let bytes = self.request("GET", "/metrics", None).await?;
+        String::from_utf8(bytes.to_vec()).map_err(|e| ClientError::Malformed(e.to_string()))
+    }
+
+    /// One request; the body of a successful answer.
+    async fn request(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Bytes, ClientError> {
         let connect_err = |reason: String| ClientError::Connect { addr: self.addr.clone(), reason };
         let tcp = tokio::net::TcpStream::connect(&self.addr).await.map_err(|e| connect_err(e.to_string()))?;
         let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
@@ -45,7 +63,7 @@ impl Admin {
         tokio::spawn(conn);
         let req = Request::builder()
             .method(method)
-            .uri(format!("/api/v1{path}"))
+            .uri(path)
             .header("host", &self.addr)
             .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", "application/json")
@@ -60,10 +78,7 @@ impl Admin {
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
             return Err(ClientError::Admin { status, message });
         }
-        if bytes.is_empty() {
-            return Ok(None);
-        }
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| ClientError::Malformed(e.to_string()))
+        Ok(bytes)
     }
 
     /// # Errors

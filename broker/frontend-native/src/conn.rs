@@ -55,7 +55,18 @@ fn error_frame(request_id: u32, e: &WireError) -> OutFrame {
 
 /// Serves one connection (its TLS handshake done) until it closes, fails, or the broker shuts
 /// down.
+/// This front end's name in metrics.
+const PROTOCOL: &str = "native";
+
 pub async fn serve(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr, shared: Arc<Shared>) {
+    let metrics = Arc::clone(shared.service.metrics());
+    let open = metrics.connections.get_or_create(&wasmq_service::metrics::ProtocolLabels { protocol: PROTOCOL }).clone();
+    open.inc();
+    serve_connection(tls, peer, shared).await;
+    open.dec();
+}
+
+async fn serve_connection(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr, shared: Arc<Shared>) {
     let reset = wasmq_net::ResetOnClose::new(&tls);
     let (mut rd, mut wr) = tokio::io::split(tls);
     // Responses queued for the writer: at most one per request in flight, and the broker's own
@@ -92,6 +103,7 @@ pub async fn serve(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr, shared
     // Under async flush and without synchronous replication a send is answered as soon as it
     // is appended.
     let answered_at_once = shared.service.answers_at_append();
+    let send_metrics = shared.service.metrics().op(PROTOCOL, Op::Send.name());
     // Sends decoded from what was read, not yet queued with the service.
     let mut pending: Vec<(wasmq_service::Send, wasmq_service::Answer)> = Vec::new();
     'conn: loop {
@@ -147,9 +159,13 @@ pub async fn serve(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr, shared
                                 slot
                             }
                         };
-                        if let Some(send) =
-                            queue_send(&shared, frame, &ConnCtx { id: conn_id, tx: &tx, cancel: &conn_cancel }, slot, permit)
-                        {
+                        if let Some(send) = queue_send(
+                            &shared,
+                            frame,
+                            &ConnCtx { id: conn_id, tx: &tx, cancel: &conn_cancel },
+                            (slot, permit),
+                            send_metrics.clone(),
+                        ) {
                             pending.push(send);
                         }
                         continue;
@@ -159,7 +175,10 @@ pub async fn serve(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr, shared
                     let (shared, tx, cancel) = (Arc::clone(&shared), tx.clone(), conn_cancel.clone());
                     tokio::spawn(async move {
                         let one_way = frame.request_id == 0;
+                        let started = std::time::Instant::now();
+                        let op = Op::from_u16(frame.code).map_or("unknown", Op::name);
                         let reply = handle(&shared, frame, &ConnCtx { id: conn_id, tx: &tx, cancel: &cancel }).await;
+                        shared.service.metrics().request(PROTOCOL, op, reply.code == 0, started.elapsed());
                         if !one_way {
                             let _ = tx.send(reply).await;
                         }
@@ -283,13 +302,13 @@ fn send_response(sent: &wasmq_service::Sent, guarantee: wasmq_service::Guarantee
 
 /// A send answered at append, ready to queue with the service: its answer (none for a one-way
 /// send) goes into `slot` on the appender's thread; `permit` (its place among the requests in
-/// flight) is held until then. A malformed one is answered at once.
+/// flight) is held until then; `metrics` counts and times it. A malformed one is answered at once.
 fn queue_send(
     shared: &Shared,
     frame: Frame,
     conn: &ConnCtx<'_>,
-    slot: mpsc::OwnedPermit<OutFrame>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    (slot, permit): (mpsc::OwnedPermit<OutFrame>, tokio::sync::OwnedSemaphorePermit),
+    metrics: wasmq_service::metrics::OpMetrics,
 ) -> Option<(wasmq_service::Send, wasmq_service::Answer)> {
     let id = frame.request_id;
     let s = match Request::decode(Op::Send, frame.body) {
@@ -302,10 +321,12 @@ fn queue_send(
             return None;
         }
     };
+    let started = std::time::Instant::now();
     let answer = move |r: Result<(wasmq_service::Sent, wasmq_service::Guarantee), wasmq_service::ServiceError>| {
         // Released before the answer leaves, so a client that keeps within the limit never
         // finds it still taken.
         drop(permit);
+        metrics.record(r.is_ok(), started.elapsed());
         if id != 0 {
             slot.send(match r {
                 Ok((sent, guarantee)) => response(id, 0, send_response(&sent, guarantee).encode_parts()),

@@ -56,6 +56,32 @@ pub enum Op {
 }
 
 impl Op {
+    /// The operation's name in logs and metrics (`send`, `group_heartbeat`, ...).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hello => "hello",
+            Self::Send => "send",
+            Self::Pull => "pull",
+            Self::Route => "route",
+            Self::OffsetCommit => "offset_commit",
+            Self::OffsetQuery => "offset_query",
+            Self::Heartbeat => "heartbeat",
+            Self::GroupHeartbeat => "group_heartbeat",
+            Self::GroupLeave => "group_leave",
+            Self::GroupCommit => "group_commit",
+            Self::SendBack => "send_back",
+            Self::LockQueue => "lock_queue",
+            Self::EndTransaction => "end_transaction",
+            Self::CheckTransaction => "check_transaction",
+            Self::ReplicaFetch => "replica_fetch",
+            Self::ReplicaMeta => "replica_meta",
+            Self::RegisterBroker => "register_broker",
+            Self::GetRoute => "get_route",
+            Self::GetCluster => "get_cluster",
+        }
+    }
+
     pub fn from_u16(v: u16) -> Option<Self> {
         [
             Self::Hello,

@@ -181,6 +181,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
     let replication =
         Replication::new(&engine, &config.broker_name, config.broker_id, role, config.replication, config.slave_read_behind_bytes);
     let service = Arc::new(Service::new(Arc::clone(&engine), plugins.clone(), Arc::clone(&replication)));
+    service.metrics().recovery_seconds.set(report.elapsed.as_secs_f64());
     let parts = Parts { service: Arc::clone(&service), shutdown: shutdown.clone() };
 
     let (mut table, links) = front_ends(&config, &parts);

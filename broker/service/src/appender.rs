@@ -27,6 +27,7 @@ pub(crate) type Done = Box<dyn FnOnce(Result<(u32, Appended), SendError>) + Send
 /// connections are limited (`connections_max`).
 pub(crate) struct Appender {
     engine: Arc<Engine>,
+    metrics: Arc<crate::Metrics>,
     queue: Mutex<VecDeque<(PlainSend, Done)>>,
     /// Held by the sender that is appending for everyone.
     writer: Mutex<()>,
@@ -43,8 +44,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Appender {
-    pub(crate) fn new(engine: Arc<Engine>) -> Self {
-        Self { engine, queue: Mutex::new(VecDeque::new()), writer: Mutex::new(()) }
+    pub(crate) fn new(engine: Arc<Engine>, metrics: Arc<crate::Metrics>) -> Self {
+        Self { engine, metrics, queue: Mutex::new(VecDeque::new()), writer: Mutex::new(()) }
     }
 
     /// Queues sends, in order, and appends everything queued unless another sender is doing
@@ -65,8 +66,35 @@ impl Appender {
             let group = self.take_group();
             if !group.is_empty() {
                 let (sends, dones): (Vec<PlainSend>, Vec<Done>) = group.into_iter().unzip();
-                for (r, done) in self.engine.send_many(sends).into_iter().zip(dones) {
+                // What each send stores (its topic by index: a group's sends share few topics),
+                // counted per topic once appended.
+                let mut topics: Vec<(String, u64, u64)> = Vec::new();
+                let sizes: Vec<(usize, u64, u64)> = sends
+                    .iter()
+                    .map(|s| {
+                        let t = match topics.iter().position(|(t, _, _)| *t == s.topic) {
+                            Some(t) => t,
+                            None => {
+                                topics.push((s.topic.clone(), 0, 0));
+                                topics.len() - 1
+                            }
+                        };
+                        (t, s.messages.len() as u64, s.messages.iter().map(|m| m.body.len() as u64).sum())
+                    })
+                    .collect();
+                self.metrics.append_group_sends.observe(sends.len() as f64);
+                let started = std::time::Instant::now();
+                let results = self.engine.send_many(sends);
+                self.metrics.append_seconds.observe(started.elapsed().as_secs_f64());
+                for ((r, done), (t, n, bytes)) in results.into_iter().zip(dones).zip(sizes) {
+                    if r.is_ok() {
+                        topics[t].1 += n;
+                        topics[t].2 += bytes;
+                    }
                     done(r);
+                }
+                for (topic, n, bytes) in &topics {
+                    self.metrics.stored(topic, *n, *bytes);
                 }
             }
             drop(token);
@@ -109,7 +137,7 @@ mod tests {
         let (store, _) = Store::open(StoreConfig::small_for_tests(dir.path().join("s"))).unwrap();
         let engine = Arc::new(Engine::open(Arc::new(store), dir.path().join("c"), "b", Arc::new(SystemClock)).unwrap());
         engine.create_topic("t", 1).unwrap();
-        let appender = Arc::new(Appender::new(Arc::clone(&engine)));
+        let appender = Arc::new(Appender::new(Arc::clone(&engine), Arc::default()));
         let (tx, rx) = mpsc::channel::<(usize, usize, u64)>();
         std::thread::scope(|scope| {
             for sender in 0..SENDERS {

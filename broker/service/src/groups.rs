@@ -90,7 +90,13 @@ impl Service {
         dead_letter: bool,
         max_reconsume_times: Option<u32>,
     ) -> Result<SendBackOutcome, ServiceError> {
-        Ok(self.engine.send_back(group, topic, queue_id, log_offset, dead_letter, max_reconsume_times)?)
+        let outcome = self.engine.send_back(group, topic, queue_id, log_offset, dead_letter, max_reconsume_times)?;
+        let labels = crate::metrics::GroupLabels { group: group.to_owned() };
+        match outcome {
+            SendBackOutcome::Retry { .. } => self.metrics.retries.get_or_create(&labels).inc(),
+            SendBackOutcome::DeadLetter { .. } => self.metrics.dead_letters.get_or_create(&labels).inc(),
+        };
+        Ok(outcome)
     }
 
     /// Locks a queue for one member of an orderly group; (granted, expires in ms).

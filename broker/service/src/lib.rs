@@ -18,6 +18,7 @@ mod appender;
 mod error;
 mod groups;
 mod held;
+pub mod metrics;
 mod pull;
 mod replication;
 mod send;
@@ -31,6 +32,7 @@ pub use appender::{GROUP_BYTES_MAX, GROUP_SENDS_MAX};
 pub use error::ServiceError;
 pub use groups::TxOutcome;
 pub use held::{AllProducers, Asked, CHECK_SEND_TIMEOUT, CheckBack, ProducerLinks, check_back, scheduler};
+pub use metrics::Metrics;
 pub use pull::{PULL_BYTES_MAX, Pull, Pulled, ReadFrom};
 pub use replication::{FETCH_BYTES_MAX, FETCH_WAIT_MS, Fetched, MasterLink, Mode, Replication, Role, SLAVES_MAX};
 pub use send::{Answer, Guarantee, Send, Sent, TransactionSend};
@@ -42,13 +44,21 @@ pub struct Service {
     plugins: Arc<dyn Plugins>,
     replication: Arc<Replication>,
     appender: appender::Appender,
+    metrics: Arc<Metrics>,
 }
 
 impl Service {
     #[must_use]
     pub fn new(engine: Arc<Engine>, plugins: Arc<dyn Plugins>, replication: Arc<Replication>) -> Self {
-        let appender = appender::Appender::new(Arc::clone(&engine));
-        Self { engine, plugins, replication, appender }
+        let metrics = Arc::new(Metrics::default());
+        let appender = appender::Appender::new(Arc::clone(&engine), Arc::clone(&metrics));
+        Self { engine, plugins, replication, appender, metrics }
+    }
+
+    /// The counters and histograms every front end and the service feed.
+    #[must_use]
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     #[must_use]

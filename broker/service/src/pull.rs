@@ -82,6 +82,12 @@ impl Service {
             // A filtered pull that skipped messages answers at once, so the offset moves on.
             if !read.messages.is_empty() || read.next_offset > p.offset || now >= deadline || cancel.is_cancelled() {
                 let suggest = self.replication.suggest(engine.store().end_offset(), read.messages.first().map(|m| m.log_offset));
+                if !read.messages.is_empty() {
+                    let labels = crate::metrics::DeliveryLabels { topic: p.topic.clone(), group: p.group.clone().unwrap_or_default() };
+                    let m = &self.metrics;
+                    m.messages_out.get_or_create(&labels).inc_by(read.messages.len() as u64);
+                    m.bytes_out.get_or_create(&labels).inc_by(read.messages.iter().map(|m| m.body.len() as u64).sum());
+                }
                 return Ok(Pulled { read, suggest });
             }
             if read.max_offset > p.offset {
@@ -102,11 +108,13 @@ impl Service {
                 tokio::time::sleep(REPARK_PAUSE).await;
                 continue;
             }
+            self.metrics.long_polls_waiting.inc();
             tokio::select! {
                 _ = rx => {}
                 () = tokio::time::sleep_until(deadline) => {}
                 () = cancel.cancelled() => {}
             }
+            self.metrics.long_polls_waiting.dec();
         }
     }
 }

@@ -165,12 +165,15 @@ impl Service {
         }
         let queue_ids: Vec<u32> = if routed || held { messages.iter().map(|m| m.queue_id).collect() } else { Vec::new() };
         let first = queue_ids.first().copied().unwrap_or_default();
+        let (n, bytes) = (messages.len() as u64, messages.iter().map(|m| m.body.len() as u64).sum());
         if let Some(tx) = transaction {
             let appended = engine.send_half(&topic, &tx.producer_group, tx.check_after_ms, messages)?;
+            self.metrics.stored(&topic, n, bytes);
             return Ok(Prepared::Held(Sent { queue_id: first, queue_ids, appended }));
         }
         if scheduled {
             let appended = engine.send_scheduled(&topic, messages)?;
+            self.metrics.stored(&topic, n, bytes);
             return Ok(Prepared::Held(Sent { queue_id: first, queue_ids, appended }));
         }
         Ok(Prepared::Plain { plain: PlainSend { topic, queue, routed, messages }, queue_ids })
@@ -198,7 +201,13 @@ impl Service {
                 Err(_) => return Err(ServiceError::FlushTimeout(format!("{} but not flushed within {timeout:?}", what()))),
             }
         }
-        Ok(self.replication.replicated(end_offset).await)
+        if !matches!(self.replication.mode, crate::Mode::Sync { .. }) {
+            return Ok(crate::Guarantee::Ok);
+        }
+        let started = std::time::Instant::now();
+        let guarantee = self.replication.replicated(end_offset).await;
+        self.metrics.replication_wait_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(guarantee)
     }
 }
 
