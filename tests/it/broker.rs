@@ -758,5 +758,6 @@ fn metrics_counters_move_with_the_load_and_match_the_counts() {
         assert_eq!(sample(&text, "wasmq_messages_out_total{topic=\"bench\",group=\"\"}"), pulled, "{text}");
         assert!(text.contains("wasmq_connections{protocol=\"native\"}"), "{text}");
         assert!(text.contains("wasmq_store_append_duration_seconds_bucket"), "{text}");
+        assert!(sample(&text, "wasmq_store_fsync_duration_seconds_count") > 0, "the flusher's fsyncs are timed: {text}");
     });
 }

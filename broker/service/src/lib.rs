@@ -51,6 +51,8 @@ impl Service {
     #[must_use]
     pub fn new(engine: Arc<Engine>, plugins: Arc<dyn Plugins>, replication: Arc<Replication>) -> Self {
         let metrics = Arc::new(Metrics::default());
+        let fsync = metrics.log_fsync_seconds.clone();
+        engine.store().on_log_sync(move |took| fsync.observe(took.as_secs_f64()));
         let appender = appender::Appender::new(Arc::clone(&engine), Arc::clone(&metrics));
         Self { engine, plugins, replication, appender, metrics }
     }

@@ -1,6 +1,6 @@
 //! The broker's Prometheus metrics that count events as they happen: messages and bytes in and
 //! out, requests and their latency per protocol and operation, connections, long polls, the
-//! group append, retries and dead letters, replication waits, recovery. Named by Prometheus's
+//! group append, log fsyncs, retries and dead letters, replication waits, recovery. Named by Prometheus's
 //! conventions (`_total`, `_seconds`, `_bytes`) through `prometheus-client`; the admin API's
 //! `GET /metrics` renders them after the gauges it reads from the engine at scrape time.
 
@@ -70,6 +70,7 @@ pub struct Metrics {
     pub long_polls_waiting: Gauge,
     pub append_seconds: Histogram,
     pub append_group_sends: Histogram,
+    pub log_fsync_seconds: Histogram,
     pub retries: Family<GroupLabels, Counter>,
     pub dead_letters: Family<GroupLabels, Counter>,
     pub replication_wait_seconds: Histogram,
@@ -114,6 +115,13 @@ impl Default for Metrics {
         );
         let append_group_sends = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         registry.register("wasmq_store_append_group_sends", "Sends appended together by one group append", append_group_sends.clone());
+        let log_fsync_seconds = latency();
+        registry.register_with_unit(
+            "wasmq_store_fsync_duration",
+            "One fsync of the commit log (flush)",
+            Unit::Seconds,
+            log_fsync_seconds.clone(),
+        );
         let retries = Family::<GroupLabels, Counter>::default();
         registry.register("wasmq_retries", "Messages handed back for a later retry, by group", retries.clone());
         let dead_letters = Family::<GroupLabels, Counter>::default();
@@ -144,6 +152,7 @@ impl Default for Metrics {
             long_polls_waiting,
             append_seconds,
             append_group_sends,
+            log_fsync_seconds,
             retries,
             dead_letters,
             replication_wait_seconds,

@@ -218,6 +218,8 @@ struct Inner {
     removed: Mutex<BTreeMap<String, u64>>,
     /// Called with the new end after every append (replication wakes its waiting slaves).
     appended: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    /// Called with how long each fsync of the log took (metrics).
+    synced: OnceLock<Box<dyn Fn(Duration) + Send + Sync>>,
     _lock: File,
 }
 
@@ -484,6 +486,12 @@ impl Store {
     /// lock; it must be quick). Once per store.
     pub fn on_append(&self, f: impl Fn(u64) + Send + Sync + 'static) {
         let _ = self.inner.appended.set(Box::new(f));
+    }
+
+    /// Registers `f`, called with the duration of every completed fsync of the log (on the
+    /// flusher's thread; it must be quick). Once per store.
+    pub fn on_log_sync(&self, f: impl Fn(Duration) + Send + Sync + 'static) {
+        let _ = self.inner.synced.set(Box::new(f));
     }
 
     /// The segment size (a slave's must equal its master's).

@@ -82,8 +82,12 @@ impl Inner {
         if self.fail_next_sync.swap(false, Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
+        let started = Instant::now();
         for (base, f) in files {
             f.sync_range(from.max(base) - base, (target - base).min(seg))?;
+        }
+        if let Some(hook) = self.synced.get() {
+            hook(started.elapsed());
         }
         self.flushed.fetch_max(target, Ordering::AcqRel);
         Ok(())

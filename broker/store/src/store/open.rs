@@ -274,6 +274,7 @@ impl Store {
             disk,
             removed: Mutex::new(removed_topics),
             appended: OnceLock::new(),
+            synced: OnceLock::new(),
             _lock: lock_file,
         });
         inner.checkpoint().map_err(io_err("write checkpoint", &ckpt_path))?;
