@@ -861,6 +861,10 @@ async fn consume_group(cli: &Cli, topic: &str, group: &str, how: &GroupHow<'_>) 
     Ok(())
 }
 
+/// `consume --follow`: the pause before pulling again after a failed pull (the connection
+/// reconnects meanwhile).
+const FOLLOW_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
 /// Ctrl-C or SIGTERM (systemd, `timeout`, Kubernetes): consumers stop and leave their group.
 async fn stop_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -911,7 +915,7 @@ async fn consume(cli: &Cli, topic: &str, from: &str, queue: Option<u32>, count: 
                 Err(e) if follow && e.is_retryable() => {
                     eprintln!("pull failed ({e}); retrying");
                     tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        () = tokio::time::sleep(FOLLOW_RETRY_PAUSE) => {}
                         () = &mut stop => return Ok(()),
                     }
                     continue;

@@ -103,7 +103,8 @@ async fn serve_connection(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr,
     // Under async flush and without synchronous replication a send is answered as soon as it
     // is appended.
     let answered_at_once = shared.service.answers_at_append();
-    let send_metrics = shared.service.metrics().op(PROTOCOL, Op::Send.name());
+    // Shared by this connection's sends: one reference count per send, not three.
+    let send_metrics = Arc::new(shared.service.metrics().op(PROTOCOL, Op::Send.name()));
     // Sends decoded from what was read, not yet queued with the service.
     let mut pending: Vec<(wasmq_service::Send, wasmq_service::Answer)> = Vec::new();
     'conn: loop {
@@ -164,7 +165,7 @@ async fn serve_connection(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr,
                             frame,
                             &ConnCtx { id: conn_id, tx: &tx, cancel: &conn_cancel },
                             (slot, permit),
-                            send_metrics.clone(),
+                            Arc::clone(&send_metrics),
                         ) {
                             pending.push(send);
                         }
@@ -308,7 +309,7 @@ fn queue_send(
     frame: Frame,
     conn: &ConnCtx<'_>,
     (slot, permit): (mpsc::OwnedPermit<OutFrame>, tokio::sync::OwnedSemaphorePermit),
-    metrics: wasmq_service::metrics::OpMetrics,
+    metrics: Arc<wasmq_service::metrics::OpMetrics>,
 ) -> Option<(wasmq_service::Send, wasmq_service::Answer)> {
     let id = frame.request_id;
     let s = match Request::decode(Op::Send, frame.body) {

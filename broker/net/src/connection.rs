@@ -52,6 +52,8 @@ const INBOUND_MAX: usize = 1024;
 /// last, each with up to a fifth of jitter either way; none before the first attempt.
 const RECONNECT_BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Registrations a connection repeats after reconnecting (one per producer group it serves).
+pub const REPLAY_MAX: usize = 64;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -313,8 +315,18 @@ impl Connection {
 
     /// Sends `req` again on every new socket after a reconnection (before anything else): a
     /// registration the broker keeps per socket, such as a producer group's heartbeat.
+    /// The same request registered twice is kept once; past [`REPLAY_MAX`] registrations more
+    /// are refused (logged): each is sent before anything else on every new socket.
     pub fn on_reconnect(&self, req: Request) {
-        lock(&self.inner.replay).push(req);
+        let mut replay = lock(&self.inner.replay);
+        if replay.contains(&req) {
+            return;
+        }
+        if replay.len() >= REPLAY_MAX {
+            tracing::warn!(addr = %self.inner.options.addr, op = ?req.op(), "more than {REPLAY_MAX} registrations to repeat after a reconnection; this one is not kept");
+            return;
+        }
+        replay.push(req);
     }
 
     /// Why the current socket is closed, if it is (the next request opens a new one).

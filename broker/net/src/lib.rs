@@ -12,7 +12,7 @@ mod io;
 mod tls;
 
 pub use accept::{HANDSHAKE_TIMEOUT, TlsStream, serve_tls};
-pub use connection::{Connection, ConnectionOptions};
+pub use connection::{Connection, ConnectionOptions, REPLAY_MAX};
 pub use error::ClientError;
 pub use io::{READ_AHEAD_BYTES, ResetOnClose, read_ahead, write_parts};
 pub use tls::{client_config, provider, server_config, server_name};
