@@ -5,14 +5,11 @@ plugin_dir := env_var_or_default("CARGO_TARGET_DIR", "target") / "wasm-plugins"
 plugin_out := plugin_dir / "wasm32-unknown-unknown/plugin"
 
 # Start a development broker (127.0.0.1:7070, admin https://127.0.0.1:7071 with the console, data in ./data).
-run: console
+run:
     cargo run --release -p wasmq-server
 
-# Build the admin console (leptos → WebAssembly) into console/dist for the broker to serve.
-console:
-    bash scripts/build-console.sh
-
-# The console in headless chromium (playwright-core): log in, topics, messages, groups, dark mode, read-only.
+# The console in headless chromium (playwright-core): the README's run command in a clean clone,
+# then log in, topics, messages, groups, dark mode, read-only against a master and its slave.
 console-e2e:
     bash scripts/console-e2e.sh
 

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# The console in a real browser: builds the console, the broker, the CLI and an example plugin;
-# starts a name server and a broker set (master + slave, ports picked by the OS, fresh data
-# directories, a read-only token); runs console/e2e/console.mjs in headless Debian chromium with
-# playwright-core. Screenshots of every page go to $SHOTS (default target/console-shots).
+# The console in a real browser (headless Debian chromium driven by playwright-core), twice:
+# 1. the README's run command, verbatim, in a clean clone of HEAD (default ports 7070 and 7071,
+#    data in the clone's ./data): the broker it builds and starts serves the console, and the
+#    token it prints logs in (console/e2e/readme.mjs);
+# 2. every page against a name server and a broker set (master + slave, ports picked by the OS,
+#    fresh data directories, a read-only token) built from this work tree (console/e2e/console.mjs).
+# Screenshots of every page go to $SHOTS (default target/console-shots).
 # Needs: chromium (apt), node and npm (.ci/run installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHROMIUM="${CHROMIUM:-$(command -v chromium || echo /usr/lib/chromium/chromium)}"
 [ -x "$CHROMIUM" ] || { echo "needs Debian's chromium: apt-get install chromium" >&2; exit 1; }
 T="${CARGO_TARGET_DIR:-$PWD/target}"
-bash scripts/build-console.sh >/dev/null
 cargo build -q -p wasmq-server -p wasmq-cli
 rustup target add wasm32-unknown-unknown >/dev/null
 cargo build -q --profile plugin --target wasm32-unknown-unknown --target-dir "$T/wasm-plugins" -p tenant-router
@@ -22,11 +24,43 @@ rm -rf "$SHOTS"
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DATA"' EXIT
 
-# Waits for a line matching $2 in file $1 (the process writing it must stay up).
+# Waits up to $3 seconds (default 30) for a line matching $2 in file $1, written by the last
+# process started, which must stay up.
 wait_for() {
-  for _ in $(seq 1 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  local pid=${PIDS[-1]}
+  for _ in $(seq 1 $((${3:-30} * 10))); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || { echo "exited before '$2' appeared in $1:" >&2; cat "$1" "${1%.out}.err" >&2; exit 1; }
+    sleep 0.1
+  done
   echo "timed out waiting for '$2' in $1:" >&2; cat "$1" "${1%.out}.err" >&2 || true; exit 1
 }
+
+# 1. The README's run command (the line marked "starts a dev broker"), taken from the README so
+# the two cannot drift apart, run in a clean clone with no WASMQ_* settings.
+RUN_CMD=$(sed -n 's/^\(cargo run [^#]*[^ #]\) *# starts a dev broker.*/\1/p' README.md)
+[ -n "$RUN_CMD" ] || { echo "README.md has no line 'cargo run … # starts a dev broker'" >&2; exit 1; }
+for port in 7070 7071; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is taken: the README's run command needs 7070 and 7071 free" >&2; exit 1
+  fi
+done
+# A fixed place inside the target directory, so later runs reuse the build (cargo keys a
+# package's artifacts by its path).
+CLONE="$T/readme-run/wasmq"
+rm -rf "$CLONE" && mkdir -p "$(dirname "$CLONE")"
+git clone -q "$PWD" "$CLONE"
+[ -z "$(git status --porcelain)" ] || echo "note: step 1 runs the committed HEAD; this work tree has changes" >&2
+echo "step 1: $RUN_CMD (in a clean clone of $(git rev-parse --short HEAD))"
+(cd "$CLONE" && exec env $(env | sed -n 's/^\(WASMQ_[A-Z0-9_]*\)=.*/-u \1/p') bash -c "exec $RUN_CMD") \
+  > "$DATA/readme.out" 2> "$DATA/readme.err" &
+PIDS+=($!)
+# A cold build of the release broker and its console takes minutes.
+wait_for "$DATA/readme.out" '^admin token' 2400
+ADMIN=$(sed -n 's/.*(admin \(https:\/\/[^)]*\)).*/\1/p' "$DATA/readme.out") \
+  TOKEN=$(sed -n 's/^admin token: //p' "$DATA/readme.out") SHOTS=$SHOTS CHROMIUM=$CHROMIUM node console/e2e/readme.mjs
+kill "${PIDS[-1]}" && wait "${PIDS[-1]}" || true
+unset 'PIDS[-1]'
 
 "$T/debug/wasmq-broker" namesrv --listen 127.0.0.1:0 --data-dir "$DATA/ns" > "$DATA/ns.out" 2> "$DATA/ns.err" &
 PIDS+=($!)

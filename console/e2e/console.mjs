@@ -3,7 +3,7 @@
 // Env: ADMIN=https://127.0.0.1:PORT, TOKEN (admin), READ_TOKEN, SHOTS (screenshot directory),
 // CHROMIUM, CLI (the wasmq binary), SERVER (protocol address), CA, PLUGIN (a plugin's .wasm).
 // Exits non-zero on the first failure or on any error the page reports.
-import { chromium } from "playwright-core";
+import { openPage } from "./browser.mjs";
 import { mkdirSync } from "node:fs";
 import { execFileSync, spawn } from "node:child_process";
 
@@ -27,16 +27,7 @@ const cli = (...args) => execFileSync(process.env.CLI, [...cliArgs, ...args], { 
 const cliInBackground = (...args) => spawn(process.env.CLI, [...cliArgs, ...args], { stdio: "ignore" });
 const text = async (selector) => (await page.waitForSelector(selector)).textContent();
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"],
-});
-const page = await browser.newPage({ ignoreHTTPSErrors: true, viewport: { width: 1200, height: 800 } });
-const errors = [];
-page.on("pageerror", (e) => errors.push(e.message));
-// HTTP errors the test provokes (401, 403) and the missing favicon are not page errors.
-page.on("console", (m) => { if (m.type() === "error" && !/Failed to load resource/.test(m.text())) errors.push(m.text()); });
+const { browser, page, errors } = await openPage();
 const step = async (name, f) => {
   try {
     await f();

@@ -1,21 +1,20 @@
-//! The admin console's files (`console/dist`, built by `just console`), served at `/` of the
-//! admin port. Embedded in release builds (read from disk in debug builds); a broker built
-//! without them says so at `/`.
+//! The admin console's files (built from `console/` by this crate's `build.rs` into
+//! `$OUT_DIR/console`), served at `/` of the admin port. Embedded in release builds (read from
+//! disk in debug builds); a broker built with `WASMQ_CONSOLE=off` says so at `/`.
 
 use axum::http::{HeaderValue, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 
 #[derive(rust_embed::Embed)]
-#[folder = "../../console/dist/"]
-#[allow_missing = true]
+#[folder = "$OUT_DIR/console/"]
 struct Assets;
 
 /// Scripts and styles from this origin only; WebAssembly may be compiled; nothing else loads.
 const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'";
 
 const NOT_BUILT: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>wasmq</title></head><body>\
-<h1>wasmq</h1><p>The console was not built into this broker. Build it with <code>just console</code> (or \
-<code>bash scripts/build-console.sh</code>) and build the broker again; the admin API is at <code>/api/v1</code>.</p></body></html>";
+<h1>wasmq</h1><p>This broker was built without its console (<code>WASMQ_CONSOLE=off</code>). Build it again \
+without that variable to serve the console here; the admin API is at <code>/api/v1</code>.</p></body></html>";
 
 /// Whether the console's files are there.
 pub(crate) fn built() -> bool {
