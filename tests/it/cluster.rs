@@ -164,9 +164,11 @@ fn two_broker_sets_with_name_servers_failover_and_slave_reads() {
     });
 }
 
-/// With a master SIGKILLed, the cluster view still works: `cluster status` shows it down (when
-/// last seen) and its slave and the other broker set up; `cluster brokers` (through the slave's
-/// admin API) marks it down once it has missed three registrations.
+/// With a master SIGKILLed, the cluster view still works: the name server holds it down at once
+/// (its connection closed) and takes it out of routes, `cluster status` shows it down (when last
+/// seen) and its slave and the other broker set up, `cluster brokers` (through the slave's admin
+/// API) shows it down since the kill. A master that hangs (SIGSTOP) is held down once it has
+/// missed three registrations, and is up again when it registers.
 #[test]
 fn the_cluster_view_shows_a_killed_master_down_and_the_rest_up() {
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -179,30 +181,59 @@ fn the_cluster_view_shows_a_killed_master_down_and_the_rest_up() {
             ("WASMQ_PEER_CA".into(), ca.display().to_string()),
             ("WASMQ_ADMIN_TOKEN".into(), TOKEN.into()),
             ("WASMQ_NAMESRV".into(), ns.listen.clone()),
-            ("WASMQ_REGISTER_INTERVAL_MS".into(), "300".into()),
+            ("WASMQ_REGISTER_INTERVAL_MS".into(), REGISTER_MS.to_string()),
             ("WASMQ_BROKER_NAME".into(), name.into()),
         ]
     };
+    const REGISTER_MS: u64 = 300;
     let start = |dir: &std::path::Path, name: &str| {
         Broker::start(dir, &env(name).iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>())
     };
     let master_a = start(dirs[1].path(), "broker-a");
     let master_b = start(dirs[2].path(), "broker-b");
     let slave_a = Broker::start_slave(dirs[3].path(), &master_a, &[]);
+    master_a.cli(&["topic", "create", "orders", "--queues", "2"]);
+    master_b.cli(&["topic", "create", "orders", "--queues", "2"]);
     let rt = wasmq_tests::runtime();
-    let cluster = Cluster::new(vec![ns.listen.clone()], &ca);
-    rt.block_on(async {
+    // Each question to a fresh client (a Cluster keeps routes it was given).
+    let ask = |what: &str| {
+        let cluster = Cluster::new(vec![ns.listen.clone()], &ca);
+        rt.block_on(async {
+            match what {
+                "brokers" => format!("{:?}", cluster.brokers().await),
+                _ => format!("{:?}", cluster.route("orders").await),
+            }
+        })
+    };
+    // (name, id) → whether the name server holds it down.
+    let down = |name: &str, id: u32| -> Option<bool> {
+        let cluster = Cluster::new(vec![ns.listen.clone()], &ca);
+        let brokers = rt.block_on(cluster.brokers()).unwrap();
+        brokers.iter().find(|b| b.broker_name == name && b.broker_id == id).map(|b| b.down_ms_ago.is_some())
+    };
+    let wait = |what: &str, limit: Duration, f: &dyn Fn() -> bool| {
         let started = Instant::now();
-        while cluster.brokers().await.map_or(0, |b| b.len()) < 3 {
-            assert!(started.elapsed() < Duration::from_secs(15), "not every broker registered");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        while !f() {
+            assert!(started.elapsed() < limit, "{what}: not within {limit:?}; brokers {}", ask("brokers"));
+            std::thread::sleep(Duration::from_millis(20));
         }
+        started.elapsed()
+    };
+    wait("every broker registered, with the topic", Duration::from_secs(15), &|| {
+        let route = ask("route");
+        [("broker-a", 0), ("broker-a", 1), ("broker-b", 0)].iter().all(|&(n, i)| down(n, i) == Some(false))
+            && [&master_a.listen, &slave_a.listen, &master_b.listen].iter().all(|a| route.contains(a.as_str()))
     });
     let master_a_addr = master_a.listen.clone();
     master_a.kill();
     let killed = Instant::now();
-    // Three missed registrations of 300 ms, and a margin.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Its connection closed: down at once (well before one registration interval).
+    let took = wait("master A held down", Duration::from_millis(REGISTER_MS), &|| down("broker-a", 0) == Some(true));
+    println!("master A held down {took:?} after the kill");
+    let route = ask("route");
+    assert!(!route.contains(&master_a_addr), "a down master is in no route: {route}");
+    assert!(route.contains(&slave_a.listen) && route.contains(&master_b.listen), "slave A and master B still are: {route}");
+
     let out = master_b.cli(&["cluster", "status", "--namesrv", &ns.listen]);
     let line = |name: &str, id: &str| -> String {
         out.lines()
@@ -233,4 +264,14 @@ fn the_cluster_view_shows_a_killed_master_down_and_the_rest_up() {
     assert!(row("broker-a", "1").contains(" up "), "slave A up:\n{brokers}");
     assert!(row("broker-b", "0").contains(" up "), "master B up:\n{brokers}");
     println!("{out}\n{brokers}");
+
+    // Master B hangs: its connection stays open, its registrations stop.
+    master_b.signal(libc::SIGSTOP);
+    let took = wait("master B held down", Duration::from_millis(REGISTER_MS * 3 + 1500), &|| down("broker-b", 0) == Some(true));
+    assert!(took >= Duration::from_millis(REGISTER_MS * 2), "held down after {took:?}: before it missed its registrations");
+    println!("hung master B held down {took:?} after SIGSTOP");
+    assert!(!ask("route").contains(&master_b.listen), "a hung master is in no route: {}", ask("route"));
+    master_b.signal(libc::SIGCONT);
+    wait("master B up again", Duration::from_millis(REGISTER_MS * 3), &|| down("broker-b", 0) == Some(false));
+    assert!(ask("route").contains(&master_b.listen), "master B back in the route: {}", ask("route"));
 }

@@ -162,6 +162,12 @@ pub mod broker {
             status
         }
 
+        /// Sends `signal` (e.g. SIGSTOP to hang the broker, SIGCONT to let it go on).
+        pub fn signal(&self, signal: i32) {
+            // SAFETY: kill(2) with a pid we own; no memory is passed.
+            assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0, "kill({signal})");
+        }
+
         /// SIGKILL: no drain, no flush, no checkpoint.
         pub fn kill(mut self) {
             let _ = self.child.kill();

@@ -35,17 +35,6 @@ pub struct AdminState {
     /// client for them that keeps its connections.
     pub namesrvs: Vec<String>,
     pub names: Option<Arc<wasmq_namesrv::NameServers>>,
-    /// How often brokers register with the name servers: one silent for
-    /// [`REGISTRATIONS_MISSED_DOWN`] of these is shown down.
-    pub register_interval: std::time::Duration,
-}
-
-/// Registrations a broker may miss before the cluster view shows it down.
-pub const REGISTRATIONS_MISSED_DOWN: u32 = 3;
-
-/// `up`, or `down` with when it was last heard from, for a broker last heard from `ago_ms` ago.
-fn liveness(ago_ms: u64, down_after: std::time::Duration, now_ms: u64) -> (String, Option<u64>) {
-    if u128::from(ago_ms) > down_after.as_millis() { ("down".into(), Some(now_ms.saturating_sub(ago_ms))) } else { ("up".into(), None) }
 }
 
 /// The body of a JSON request, or a 400 answer saying what is wrong with it.
@@ -181,7 +170,6 @@ async fn cluster(State(s): State<AdminState>) -> Json<wasmq_admin_types::Cluster
         match names.brokers().await {
             Ok(entries) => {
                 let now = crate::now_ms();
-                let down_after = s.register_interval * REGISTRATIONS_MISSED_DOWN;
                 let mut sets: std::collections::BTreeMap<String, Vec<ClusterBroker>> = std::collections::BTreeMap::new();
                 let master_end: std::collections::HashMap<String, u64> =
                     entries.iter().filter(|e| e.broker_id == 0).map(|e| (e.broker_name.clone(), e.live.log_end_offset)).collect();
@@ -189,7 +177,10 @@ async fn cluster(State(s): State<AdminState>) -> Json<wasmq_admin_types::Cluster
                     let lag = (e.broker_id != 0)
                         .then(|| master_end.get(&e.broker_name).map(|m| m.saturating_sub(e.live.log_end_offset)))
                         .flatten();
-                    let (status, down_since_ms) = liveness(e.last_seen_ms_ago, down_after, now);
+                    // Up or down as the name server holds it (down: its connection closed, or it
+                    // missed registrations).
+                    let status = if e.down_ms_ago.is_some() { "down" } else { "up" };
+                    let down_since_ms = e.down_ms_ago.map(|ago| now.saturating_sub(ago));
                     sets.entry(e.broker_name).or_default().push(ClusterBroker {
                         broker_id: e.broker_id,
                         role: if e.broker_id == 0 { "master" } else { "slave" }.into(),
@@ -204,7 +195,7 @@ async fn cluster(State(s): State<AdminState>) -> Json<wasmq_admin_types::Cluster
                         disk_used_bytes: Some(e.live.disk_used_bytes),
                         topics: Some(e.topics),
                         last_seen_ms_ago: Some(e.last_seen_ms_ago),
-                        status,
+                        status: status.into(),
                         down_since_ms,
                     });
                 }
@@ -737,7 +728,6 @@ mod tests {
             cluster: "c".into(),
             namesrvs: Vec::new(),
             names: None,
-            register_interval: std::time::Duration::from_secs(30),
         };
         (router(state), engine, service)
     }

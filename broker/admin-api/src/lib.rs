@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use admin::{AdminState, REGISTRATIONS_MISSED_DOWN, router};
+pub use admin::{AdminState, router};
 
 /// The ALPN protocol of the admin listener.
 pub const ALPN: &[u8] = b"http/1.1";

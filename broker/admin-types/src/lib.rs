@@ -82,11 +82,12 @@ pub struct ClusterBroker {
     pub topics: Option<u32>,
     /// How long since the name servers last heard from it.
     pub last_seen_ms_ago: Option<u64>,
-    /// `up`, or `down` once it has missed three registrations (a slave: once its master has
-    /// not heard from it for three of its fetch waits).
+    /// `up`, or `down` as the name servers hold it: its connection to them closed, or it missed
+    /// three registrations (without name servers, a slave: once its master has not heard from it
+    /// for three of its fetch waits).
     #[serde(default)]
     pub status: String,
-    /// When a down broker was last heard from (ms since the epoch).
+    /// Since when a down broker is down (ms since the epoch).
     #[serde(default)]
     pub down_since_ms: Option<u64>,
 }

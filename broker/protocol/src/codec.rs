@@ -88,6 +88,11 @@ impl Reader {
         if self.bool(what)? { self.string(what).map(Some) } else { Ok(None) }
     }
 
+    /// An optional u64: a presence byte, then the number.
+    pub fn opt_u64(&mut self, what: &'static str) -> Result<Option<u64>, DecodeError> {
+        if self.bool(what)? { self.u64(what).map(Some) } else { Ok(None) }
+    }
+
     pub fn bytes(&mut self, what: &'static str) -> Result<Bytes, DecodeError> {
         let n = self.u32(what)? as usize;
         self.take(what, n)
@@ -180,6 +185,13 @@ impl Writer {
     pub fn opt_string(&mut self, s: Option<&str>) -> &mut Self {
         match s {
             Some(s) => self.bool(true).string(s),
+            None => self.bool(false),
+        }
+    }
+
+    pub fn opt_u64(&mut self, v: Option<u64>) -> &mut Self {
+        match v {
+            Some(v) => self.bool(true).u64(v),
             None => self.bool(false),
         }
     }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use crate::codec::{DecodeError, Reader, SHARED_BYTES_MIN, Writer};
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Most messages in one send.
 pub const BATCH_MESSAGES_MAX: usize = 1024;
 /// Largest message body a client may send (the broker may set a lower limit).
@@ -450,6 +450,8 @@ pub struct RegisterBrokerRequest {
     /// (topic, queues) of every topic the broker serves.
     pub topics: Vec<(String, u32)>,
     pub live: BrokerLive,
+    /// How often the broker registers: a name server marks it down once it misses a few.
+    pub register_interval_ms: u32,
 }
 
 /// What a broker reports of itself with each registration, for cluster views.
@@ -511,6 +513,9 @@ pub struct BrokerEntry {
     pub admin_addr: String,
     pub topics: u32,
     pub last_seen_ms_ago: u64,
+    /// How long the name server has held the broker down (its connection closed, or it missed
+    /// registrations); `None` while it is up. A down broker is in no route.
+    pub down_ms_ago: Option<u64>,
     pub live: BrokerLive,
 }
 
@@ -730,6 +735,7 @@ impl Request {
                     w.string(t).u32(*q);
                 }
                 b.live.put(&mut w);
+                w.u32(b.register_interval_ms);
             }
             Self::GetRoute(r) => {
                 w.string(&r.topic);
@@ -848,7 +854,17 @@ impl Request {
                 let n = r.count("topics", TOPICS_PER_BROKER_MAX, 6)?;
                 let topics = r.list(n, |r| Ok((r.string("topic")?, r.u32("queues")?)))?;
                 let live = BrokerLive::get(&mut r)?;
-                Self::RegisterBroker(RegisterBrokerRequest { cluster, broker_name, broker_id, addr, admin_addr, topics, live })
+                let register_interval_ms = r.u32("register_interval_ms")?;
+                Self::RegisterBroker(RegisterBrokerRequest {
+                    cluster,
+                    broker_name,
+                    broker_id,
+                    addr,
+                    admin_addr,
+                    topics,
+                    live,
+                    register_interval_ms,
+                })
             }
             Op::GetRoute => Self::GetRoute(RouteRequest { topic: r.string("topic")? }),
             Op::GetCluster => Self::GetCluster,
@@ -916,7 +932,7 @@ impl Response {
                 w.count(all.len());
                 for b in all {
                     w.string(&b.cluster).string(&b.broker_name).u32(b.broker_id).string(&b.addr).string(&b.admin_addr);
-                    w.u32(b.topics).u64(b.last_seen_ms_ago);
+                    w.u32(b.topics).u64(b.last_seen_ms_ago).opt_u64(b.down_ms_ago);
                     b.live.put(&mut w);
                 }
             }
@@ -1061,6 +1077,7 @@ impl Response {
                         admin_addr: r.string("admin_addr")?,
                         topics: r.u32("topics")?,
                         last_seen_ms_ago: r.u64("last_seen_ms_ago")?,
+                        down_ms_ago: r.opt_u64("down_ms_ago")?,
                         live: BrokerLive::get(r)?,
                     })
                 })?;
@@ -1126,9 +1143,18 @@ mod tests {
             ),
             (any::<u32>(), s())
                 .prop_map(|(broker_id, local_offsets_json)| Request::ReplicaMeta(ReplicaMetaRequest { broker_id, local_offsets_json })),
-            (s(), s(), any::<u32>(), s(), s(), proptest::collection::vec((s(), any::<u32>()), 0..4), live()).prop_map(
-                |(cluster, broker_name, broker_id, addr, admin_addr, topics, live)| {
-                    Request::RegisterBroker(RegisterBrokerRequest { cluster, broker_name, broker_id, addr, admin_addr, topics, live })
+            (s(), s(), any::<u32>(), s(), s(), proptest::collection::vec((s(), any::<u32>()), 0..4), live(), any::<u32>()).prop_map(
+                |(cluster, broker_name, broker_id, addr, admin_addr, topics, live, register_interval_ms)| {
+                    Request::RegisterBroker(RegisterBrokerRequest {
+                        cluster,
+                        broker_name,
+                        broker_id,
+                        addr,
+                        admin_addr,
+                        topics,
+                        live,
+                        register_interval_ms,
+                    })
                 }
             ),
             s().prop_map(|topic| Request::GetRoute(RouteRequest { topic })),
@@ -1211,23 +1237,27 @@ mod tests {
                             .collect()
                     })
                 )),
-            proptest::collection::vec((s(), s(), any::<u32>(), s(), s(), any::<u32>(), any::<u64>(), live()), 0..3).prop_map(|v| (
-                Op::GetCluster,
-                Response::GetCluster(
-                    v.into_iter()
-                        .map(|(cluster, broker_name, broker_id, addr, admin_addr, topics, last_seen_ms_ago, live)| BrokerEntry {
-                            cluster,
-                            broker_name,
-                            broker_id,
-                            addr,
-                            admin_addr,
-                            topics,
-                            last_seen_ms_ago,
-                            live
-                        })
-                        .collect()
-                )
-            )),
+            proptest::collection::vec((s(), s(), any::<u32>(), s(), s(), any::<u32>(), any::<u64>(), any::<Option<u64>>(), live()), 0..3)
+                .prop_map(|v| (
+                    Op::GetCluster,
+                    Response::GetCluster(
+                        v.into_iter()
+                            .map(|(cluster, broker_name, broker_id, addr, admin_addr, topics, last_seen_ms_ago, down_ms_ago, live)| {
+                                BrokerEntry {
+                                    cluster,
+                                    broker_name,
+                                    broker_id,
+                                    addr,
+                                    admin_addr,
+                                    topics,
+                                    last_seen_ms_ago,
+                                    down_ms_ago,
+                                    live,
+                                }
+                            })
+                            .collect()
+                    )
+                )),
             (
                 proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), message()), 0..4),
                 any::<u64>(),

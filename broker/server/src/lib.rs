@@ -214,6 +214,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
             admin_addr: info.admin_listen.to_string(),
             topics: Vec::new(),
             live: wasmq_protocol::BrokerLive::default(),
+            register_interval_ms: u32::try_from(config.register_interval.as_millis()).unwrap_or(u32::MAX),
         };
         let service = Arc::clone(&service);
         let registration = move || {
@@ -268,7 +269,6 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
         cluster: config.cluster.clone(),
         namesrvs: config.namesrv.clone(),
         names: (!config.namesrv.is_empty()).then(|| Arc::new(wasmq_namesrv::NameServers::new(config.namesrv.clone(), peer_ca.clone()))),
-        register_interval: config.register_interval,
     };
     let admin_tls = tokio_rustls::TlsAcceptor::from(wasmq_net::server_config(&cert, &key, &[wasmq_admin_api::ALPN])?);
     tracker.spawn(wasmq_admin_api::serve(
