@@ -48,10 +48,16 @@ fn main() {
     }
     ensure_wasm_target();
     let wasm = build_console(&root);
-    let bindgen = wasm_bindgen_cli_support::Bindgen::new()
-        .input_path(&wasm)
-        .web(true)
-        .and_then(|b| b.typescript(false).remove_name_section(true).remove_producers_section(true).out_name(OUT_NAME).generate(&out));
+    let bindgen = wasm_bindgen_cli_support::Bindgen::new().input_path(&wasm).web(true).and_then(|b| {
+        // The library, unlike the CLI, leaves out the module's default URL by default; `init()`
+        // in boot.js relies on it.
+        b.omit_default_module_path(false)
+            .typescript(false)
+            .remove_name_section(true)
+            .remove_producers_section(true)
+            .out_name(OUT_NAME)
+            .generate(&out)
+    });
     if let Err(e) = bindgen {
         fail(&format!("wasm-bindgen on {}: {e:#}", wasm.display()));
     }
