@@ -275,3 +275,42 @@ fn the_cluster_view_shows_a_killed_master_down_and_the_rest_up() {
     wait("master B up again", Duration::from_millis(REGISTER_MS * 3), &|| down("broker-b", 0) == Some(false));
     assert!(ask("route").contains(&master_b.listen), "master B back in the route: {}", ask("route"));
 }
+
+/// A name server that has just (re)started knows no broker until each registers again (here in
+/// a minute): the cluster view still lists the broker it is asked through, as that broker sees
+/// itself, rather than an empty cluster.
+#[test]
+fn the_cluster_view_lists_the_broker_asked_before_the_name_server_knows_it() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ns = Namesrv::start(dirs[0].path(), None, 120_000);
+    let (cert, key, ca) = ns.tls_files();
+    let (cert, key, ca_s) = (cert.display().to_string(), key.display().to_string(), ca.display().to_string());
+    let broker = Broker::start(
+        dirs[1].path(),
+        &[
+            ("WASMQ_TLS_CERT", &cert),
+            ("WASMQ_TLS_KEY", &key),
+            ("WASMQ_PEER_CA", &ca_s),
+            ("WASMQ_ADMIN_TOKEN", TOKEN),
+            ("WASMQ_NAMESRV", &ns.listen),
+            ("WASMQ_REGISTER_INTERVAL_MS", "60000"),
+            ("WASMQ_BROKER_NAME", "broker-a"),
+        ],
+    );
+    let rt = wasmq_tests::runtime();
+    let known = |listen: &str| rt.block_on(Cluster::new(vec![listen.to_owned()], &ca).brokers()).unwrap().len();
+    let started = Instant::now();
+    while known(&ns.listen) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the broker never registered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let listen = ns.listen.clone();
+    ns.kill();
+    let ns = Namesrv::start_on(&listen, dirs[0].path(), None, 120_000);
+    assert_eq!(known(&ns.listen), 0, "a new name server knows no broker yet");
+    let out = broker.cli(&["cluster", "brokers"]);
+    assert!(out.starts_with(&format!("cluster DefaultCluster (name servers {listen})")), "{out}");
+    let row =
+        out.lines().find(|l| l.split_whitespace().take(2).eq(["broker-a", "0"])).unwrap_or_else(|| panic!("broker-a missing:\n{out}"));
+    assert!(row.contains(" master ") && row.contains(" up ") && row.contains(&broker.listen), "{row}");
+}

@@ -263,9 +263,14 @@ pub mod broker {
         /// Starts a name server on `data_dir`; `tls`: (certificate, key, CA), else it generates
         /// a development CA. Brokers drop out after `broker_expiry_ms` of silence.
         pub fn start(data_dir: &Path, tls: Option<(&Path, &Path, &Path)>, broker_expiry_ms: u64) -> Self {
+            Self::start_on("127.0.0.1:0", data_dir, tls, broker_expiry_ms)
+        }
+
+        /// [`Namesrv::start`] on address `listen` (e.g. where a killed one was).
+        pub fn start_on(listen: &str, data_dir: &Path, tls: Option<(&Path, &Path, &Path)>, broker_expiry_ms: u64) -> Self {
             let mut cmd = Command::new(broker_binary());
             cmd.arg("namesrv")
-                .args(["--listen", "127.0.0.1:0", "--broker-expiry-ms", &broker_expiry_ms.to_string(), "--data-dir"])
+                .args(["--listen", listen, "--broker-expiry-ms", &broker_expiry_ms.to_string(), "--data-dir"])
                 .arg(data_dir)
                 .env("WASMQ_LOG", "warn")
                 .stdout(Stdio::piped())

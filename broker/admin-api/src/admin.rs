@@ -154,9 +154,31 @@ async fn broker_info(State(s): State<AdminState>) -> Json<BrokerInfo> {
     })
 }
 
+/// This broker as it sees itself, for the cluster view.
+fn this_broker(s: &AdminState) -> wasmq_admin_types::ClusterBroker {
+    let live = s.service.liveness(s.started_ms);
+    wasmq_admin_types::ClusterBroker {
+        broker_id: s.replication.broker_id,
+        role: if s.replication.is_slave() { "slave" } else { "master" }.into(),
+        addr: Some(s.listen.clone()),
+        admin_addr: s.admin_listen.clone(),
+        version: Some(live.version),
+        uptime_ms: Some(crate::now_ms().saturating_sub(live.started_ms)),
+        log_end_offset: live.log_end_offset,
+        lag_bytes: s.replication.is_slave().then(|| s.replication.link().master_end.saturating_sub(live.log_end_offset)),
+        log_bytes: Some(live.log_bytes),
+        disk_total_bytes: Some(live.disk_total_bytes),
+        disk_used_bytes: Some(live.disk_used_bytes),
+        topics: Some(s.engine.topics().iter().filter(|(t, _)| !wasmq_engine::is_internal_topic(t)).count() as u32),
+        last_seen_ms_ago: None,
+        status: "up".into(),
+        down_since_ms: None,
+    }
+}
+
 /// The cluster as the name servers know it (every broker set, with what each broker reported
-/// at its last registration); without name servers, or when none answers, this broker's own
-/// set as its replication links show it.
+/// at its last registration, and this broker as it sees itself until they know it); without
+/// name servers, or when none answers, this broker's own set as its replication links show it.
 async fn cluster(State(s): State<AdminState>) -> Json<wasmq_admin_types::ClusterView> {
     use wasmq_admin_types::{BrokerSetView, ClusterBroker, ClusterView};
     let mut view = ClusterView {
@@ -199,6 +221,12 @@ async fn cluster(State(s): State<AdminState>) -> Json<wasmq_admin_types::Cluster
                         down_since_ms,
                     });
                 }
+                // Until the name servers have its first registration, this broker is listed as
+                // it sees itself.
+                let mine = sets.entry(s.engine.broker_name().to_owned()).or_default();
+                if !mine.iter().any(|b| b.broker_id == s.replication.broker_id) {
+                    mine.push(this_broker(&s));
+                }
                 view.source = "namesrv".into();
                 view.broker_sets = sets
                     .into_iter()
@@ -212,26 +240,10 @@ async fn cluster(State(s): State<AdminState>) -> Json<wasmq_admin_types::Cluster
             Err(e) => view.error = Some(format!("no name server answered: {e}")),
         }
     }
-    let live = s.service.liveness(s.started_ms);
-    let me = ClusterBroker {
-        broker_id: s.replication.broker_id,
-        role: if s.replication.is_slave() { "slave" } else { "master" }.into(),
-        addr: Some(s.listen.clone()),
-        admin_addr: s.admin_listen.clone(),
-        version: Some(live.version),
-        uptime_ms: Some(crate::now_ms().saturating_sub(live.started_ms)),
-        log_end_offset: live.log_end_offset,
-        lag_bytes: s.replication.is_slave().then(|| s.replication.link().master_end.saturating_sub(live.log_end_offset)),
-        log_bytes: Some(live.log_bytes),
-        disk_total_bytes: Some(live.disk_total_bytes),
-        disk_used_bytes: Some(live.disk_used_bytes),
-        topics: Some(s.engine.topics().iter().filter(|(t, _)| !wasmq_engine::is_internal_topic(t)).count() as u32),
-        last_seen_ms_ago: None,
-        status: "up".into(),
-        down_since_ms: None,
-    };
+    let me = this_broker(&s);
+    let log_end = me.log_end_offset;
     let now = crate::now_ms();
-    let slaves = s.replication.slaves(live.log_end_offset).into_iter().map(|sl| ClusterBroker {
+    let slaves = s.replication.slaves(log_end).into_iter().map(|sl| ClusterBroker {
         broker_id: sl.broker_id,
         role: "slave".into(),
         addr: None,
