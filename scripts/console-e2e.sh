@@ -85,4 +85,4 @@ PIDS+=($!)
 wait_for "$DATA/slave.out" '^admin token'
 
 ADMIN=$ADMIN TOKEN=$TOKEN READ_TOKEN=$READ_TOKEN SHOTS=$SHOTS SERVER=$SERVER CA=$CA CHROMIUM=$CHROMIUM \
-  PLUGIN=$PLUGIN CLI="$T/debug/wasmq" node console/e2e/console.mjs
+  PLUGIN=$PLUGIN CLI="$T/debug/wasmq" SLAVE_PID=${PIDS[-1]} node console/e2e/console.mjs

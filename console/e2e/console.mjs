@@ -1,7 +1,8 @@
 // End-to-end test of the console in headless Debian chromium (playwright-core, no download),
 // against a master (with a slave and a name server) started by scripts/console-e2e.sh.
 // Env: ADMIN=https://127.0.0.1:PORT, TOKEN (admin), READ_TOKEN, SHOTS (screenshot directory),
-// CHROMIUM, CLI (the wasmq binary), SERVER (protocol address), CA, PLUGIN (a plugin's .wasm).
+// CHROMIUM, CLI (the wasmq binary), SERVER (protocol address), CA, PLUGIN (a plugin's .wasm),
+// SLAVE_PID (killed by the last step).
 // Exits non-zero on the first failure or on any error the page reports.
 import { openPage } from "./browser.mjs";
 import { mkdirSync } from "node:fs";
@@ -202,6 +203,16 @@ try {
     await page.fill("#topic-name", "not-allowed");
     await page.click("#create-topic button[type=submit]");
     await page.waitForSelector("#topics .error >> text=read-only");
+  });
+  await step("13-slave-down", async () => {
+    // The slave killed: the name server sees its connection close, and the overview shows it
+    // down (since when) while the master stays up, and its replication link down.
+    process.kill(Number(process.env.SLAVE_PID), "SIGKILL");
+    await page.click("nav >> text=Overview");
+    await page.waitForSelector("#cluster tr.cluster-broker:has(td.role:text-is('slave')) td.status >> text=/^down since /", { timeout: 10000 });
+    await page.waitForSelector("#cluster tr.cluster-broker:has(td.role:text-is('master')) td.status:text-is('up')");
+    // The master's replication link to it is down too.
+    await page.waitForSelector("#replicas tr.slave td.link >> text=down", { timeout: 10000 });
   });
   console.log("console e2e: all steps passed");
 } finally {
