@@ -16,7 +16,7 @@ DEFAULT_CLI="${CARGO_TARGET_DIR:-$PWD/target}/release/wasmq"
 WORK=$(mktemp -d)
 P=
 # A failed run must not leave its broker holding the port for the next one.
-trap '[ -n "$P" ] && kill "$P" 2>/dev/null; rm -rf "$WORK"' EXIT
+trap '[ -n "$P" ] && kill "$P" 2>/dev/null && wait "$P" 2>/dev/null; rm -rf "$WORK"' EXIT
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 per_msg() { awk -v c="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", c / hz * 1e6 / n }'; }
 # The client's CPU seconds (user + system) of the last timed run, per message.
