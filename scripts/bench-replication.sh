@@ -9,11 +9,11 @@ B=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$B"' EXIT
 for mode in async sync; do
   rm -rf "$B/m" "$B/s"; mkdir -p "$B/m" "$B/s"
-  WASMQ_DATA_DIR=$B/m WASMQ_LISTEN=127.0.0.1:7170 WASMQ_ADMIN_LISTEN=127.0.0.1:7171 WASMQ_REPLICATION=$mode WASMQ_LOG=warn \
+  WASMQ_DATA_DIR=$B/m WASMQ_LISTEN=127.0.0.1:7170 WASMQ_ADMIN_LISTEN=127.0.0.1:7171 WASMQ_GRPC_LISTEN=127.0.0.1:7174 WASMQ_REPLICATION=$mode WASMQ_LOG=warn \
     "$T/wasmq-broker" > "$B/m.log" 2>&1 &
   M=$!; sleep 2
   TOKEN=$(cat "$B/m/admin-token")
-  WASMQ_DATA_DIR=$B/s WASMQ_LISTEN=127.0.0.1:7172 WASMQ_ADMIN_LISTEN=127.0.0.1:7173 WASMQ_BROKER_ID=1 WASMQ_MASTER=127.0.0.1:7170 \
+  WASMQ_DATA_DIR=$B/s WASMQ_LISTEN=127.0.0.1:7172 WASMQ_ADMIN_LISTEN=127.0.0.1:7173 WASMQ_GRPC_LISTEN=127.0.0.1:7175 WASMQ_BROKER_ID=1 WASMQ_MASTER=127.0.0.1:7170 \
     WASMQ_TLS_CERT=$B/m/tls/server.pem WASMQ_TLS_KEY=$B/m/tls/server-key.pem WASMQ_PEER_CA=$B/m/tls/ca.pem \
     WASMQ_ADMIN_TOKEN=$TOKEN WASMQ_LOG=warn "$T/wasmq-broker" > "$B/s.log" 2>&1 &
   S=$!; sleep 2

@@ -40,9 +40,9 @@ wait_for() {
 # the two cannot drift apart, run in a clean clone with no WASMQ_* settings.
 RUN_CMD=$(sed -n 's/^\(cargo run [^#]*[^ #]\) *# starts a dev broker.*/\1/p' README.md)
 [ -n "$RUN_CMD" ] || { echo "README.md has no line 'cargo run … # starts a dev broker'" >&2; exit 1; }
-for port in 7070 7071; do
+for port in 7070 7071 8081; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "port $port is taken: the README's run command needs 7070 and 7071 free" >&2; exit 1
+    echo "port $port is taken: the README's run command needs 7070, 7071 and 8081 free" >&2; exit 1
   fi
 done
 # A fixed place inside the target directory, so later runs reuse the build (cargo keys a
@@ -74,7 +74,7 @@ READ_TOKEN=read-only-token-0123456789
 export WASMQ_TLS_CERT="$DATA/ns/tls/server.pem" WASMQ_TLS_KEY="$DATA/ns/tls/server-key.pem" WASMQ_PEER_CA="$CA" \
   WASMQ_NAMESRV="$NAMESRV" WASMQ_CLUSTER=e2e WASMQ_BROKER_NAME=broker-a WASMQ_REGISTER_INTERVAL_MS=1000 \
   WASMQ_ADMIN_TOKEN=$TOKEN WASMQ_ADMIN_READ_TOKEN=$READ_TOKEN WASMQ_RETRY_DELAYS_MS=200 WASMQ_LOG=warn \
-  WASMQ_LISTEN=127.0.0.1:0 WASMQ_ADMIN_LISTEN=127.0.0.1:0 WASMQ_RETENTION_DISK_PERCENT=99
+  WASMQ_LISTEN=127.0.0.1:0 WASMQ_ADMIN_LISTEN=127.0.0.1:0 WASMQ_GRPC_LISTEN=127.0.0.1:0 WASMQ_RETENTION_DISK_PERCENT=99
 WASMQ_DATA_DIR="$DATA/master" "$T/debug/wasmq-broker" > "$DATA/master.out" 2> "$DATA/master.err" &
 PIDS+=($!)
 wait_for "$DATA/master.out" '^admin token'

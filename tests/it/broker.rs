@@ -637,6 +637,7 @@ fn a_redirected_log_has_no_colour_codes() {
         .env("WASMQ_DATA_DIR", dir.path().join("data"))
         .env("WASMQ_LISTEN", "127.0.0.1:0")
         .env("WASMQ_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("WASMQ_GRPC_LISTEN", "127.0.0.1:0")
         .env("WASMQ_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())

@@ -78,6 +78,8 @@ pub mod broker {
         pub data_dir: PathBuf,
         pub listen: String,
         pub admin_listen: String,
+        /// The RocketMQ 5 gRPC address.
+        pub grpc_listen: String,
         pub ca: PathBuf,
         pub token: String,
         env: Vec<(String, String)>,
@@ -94,6 +96,7 @@ pub mod broker {
             cmd.env("WASMQ_DATA_DIR", data_dir)
                 .env("WASMQ_LISTEN", "127.0.0.1:0")
                 .env("WASMQ_ADMIN_LISTEN", "127.0.0.1:0")
+                .env("WASMQ_GRPC_LISTEN", "127.0.0.1:0")
                 .env("WASMQ_LOG", "warn")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit());
@@ -103,12 +106,15 @@ pub mod broker {
             let mut child = cmd.spawn().expect("start wasmq-broker");
             let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
             let (mut listen, mut admin_listen, mut ca, mut token) = (String::new(), String::new(), PathBuf::new(), String::new());
+            let mut grpc_listen = String::new();
             for line in lines.by_ref() {
                 let line = line.expect("broker output");
                 if let Some(rest) = line.strip_prefix("wasmq-broker listening on ") {
                     let (l, a) = rest.split_once(" (admin https://").expect("listen line");
                     listen = l.to_owned();
                     admin_listen = a.trim_end_matches(')').to_owned();
+                } else if let Some(rest) = line.strip_prefix("RocketMQ 5 gRPC on ") {
+                    grpc_listen = rest.trim_end_matches(" (TLS)").to_owned();
                 } else if let Some(rest) = line.strip_prefix("development CA: ") {
                     ca = PathBuf::from(rest.split(' ').next().expect("ca path"));
                 } else if let Some(t) = line.strip_prefix("admin token: ") {
@@ -123,7 +129,7 @@ pub mod broker {
             }
             // Keep draining stdout so the broker never blocks on it.
             std::thread::spawn(move || for _ in lines {});
-            Self { child, data_dir: data_dir.to_owned(), listen, admin_listen, ca, token, env }
+            Self { child, data_dir: data_dir.to_owned(), listen, admin_listen, grpc_listen, ca, token, env }
         }
 
         pub fn options(&self) -> wasmq_client::ConnectionOptions {
@@ -231,9 +237,10 @@ pub mod broker {
         /// SIGKILL, then the same broker again on the same addresses and data.
         pub fn kill_and_restart(self) -> Self {
             let (dir, mut env) = (self.data_dir.clone(), self.env.clone());
-            env.retain(|(k, _)| k != "WASMQ_LISTEN" && k != "WASMQ_ADMIN_LISTEN");
+            env.retain(|(k, _)| !matches!(k.as_str(), "WASMQ_LISTEN" | "WASMQ_ADMIN_LISTEN" | "WASMQ_GRPC_LISTEN"));
             env.push(("WASMQ_LISTEN".into(), self.listen.clone()));
             env.push(("WASMQ_ADMIN_LISTEN".into(), self.admin_listen.clone()));
+            env.push(("WASMQ_GRPC_LISTEN".into(), self.grpc_listen.clone()));
             self.kill();
             Self::start_with(&dir, env)
         }

@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub listen: Option<String>,
     /// Admin HTTPS address.
     pub admin_listen: Option<String>,
+    /// RocketMQ 5 gRPC (TLS, HTTP/2) address, e.g. `127.0.0.1:8081`; port 0 picks one.
+    pub grpc_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     /// PEM server certificate chain and key; without them a development CA and certificate are
     /// generated in `<data_dir>/tls/` on first start.
@@ -130,6 +132,7 @@ const SETTINGS: &[&str] = &[
     "broker_name",
     "listen",
     "admin_listen",
+    "grpc_listen",
     "data_dir",
     "tls_cert",
     "tls_key",
@@ -202,6 +205,7 @@ impl RawConfig {
                 "broker_name" => raw.broker_name = Some(v),
                 "listen" => raw.listen = Some(v),
                 "admin_listen" => raw.admin_listen = Some(v),
+                "grpc_listen" => raw.grpc_listen = Some(v),
                 "data_dir" => raw.data_dir = Some(v.into()),
                 "tls_cert" => raw.tls_cert = Some(v.into()),
                 "tls_key" => raw.tls_key = Some(v.into()),
@@ -257,6 +261,7 @@ pub struct Config {
     pub broker_name: String,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
     pub data_dir: PathBuf,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub admin_token: Option<String>,
@@ -354,6 +359,8 @@ impl TryFrom<RawConfig> for Config {
             broker_name,
             listen: addr("listen", raw.listen, "127.0.0.1:7070")?,
             admin_listen: addr("admin_listen", raw.admin_listen, "127.0.0.1:7071")?,
+            // RocketMQ's proxy serves gRPC on 8081.
+            grpc_listen: addr("grpc_listen", raw.grpc_listen, "127.0.0.1:8081")?,
             data_dir,
             tls,
             admin_read_token: match raw.admin_read_token {

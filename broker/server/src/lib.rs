@@ -43,6 +43,8 @@ fn now_ms() -> u64 {
 pub struct Started {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// The RocketMQ 5 gRPC address.
+    pub grpc_listen: SocketAddr,
     /// The development CA (when no certificate was configured).
     pub ca_path: Option<std::path::PathBuf>,
     pub admin_token: String,
@@ -50,6 +52,8 @@ pub struct Started {
 
 /// The native protocol front end's name in the table (and in logs).
 const NATIVE: &str = "native";
+/// The RocketMQ 5 gRPC front end's name.
+const GRPC: &str = "grpc";
 
 /// Serves a bound listener's connections until shutdown (a front end's accept loop).
 type Serve = Box<dyn FnOnce(TcpListener, tokio_rustls::TlsAcceptor, TaskTracker) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
@@ -94,12 +98,30 @@ fn native(config: &Config, parts: &Parts) -> (FrontEnd, Arc<dyn ProducerLinks>) 
     (FrontEnd { name: NATIVE, listen: config.listen, alpn: wasmq_frontend_native::ALPN, serve }, producers)
 }
 
-/// The table of front ends: every protocol the broker speaks, one line each (the RocketMQ 5
-/// gRPC and Kafka front ends go here), and the producer links of those that can answer
-/// transaction check-backs.
+/// The RocketMQ 5 gRPC listener and its producer links (clients with a Telemetry stream).
+fn grpc(config: &Config, parts: &Parts) -> (FrontEnd, Arc<dyn ProducerLinks>) {
+    let clients = Arc::new(wasmq_frontend_grpc::Clients::default());
+    let messaging = wasmq_frontend_grpc::Messaging(Arc::new(wasmq_frontend_grpc::Shared {
+        service: Arc::clone(&parts.service),
+        clients: Arc::clone(&clients),
+        max_body_size: config.store.message_bytes_max,
+    }));
+    let (connections_max, shutdown) = (config.connections_max.get() as usize, parts.shutdown.clone());
+    let serve: Serve = Box::new(move |listener, acceptor, tracker| {
+        let stop = shutdown.clone();
+        Box::pin(wasmq_net::serve_tls(GRPC, listener, acceptor, connections_max, shutdown, tracker, move |tls, peer| {
+            wasmq_frontend_grpc::serve(tls, peer, messaging.clone(), stop.clone())
+        }))
+    });
+    (FrontEnd { name: GRPC, listen: config.grpc_listen, alpn: wasmq_frontend_grpc::ALPN, serve }, clients)
+}
+
+/// The table of front ends: every protocol the broker speaks, one line each (the Kafka front
+/// end goes here), and the producer links of those that can answer transaction check-backs.
 fn front_ends(config: &Config, parts: &Parts) -> (Vec<FrontEnd>, Vec<Arc<dyn ProducerLinks>>) {
     let (native, native_producers) = native(config, parts);
-    (vec![native], vec![native_producers])
+    let (grpc, grpc_producers) = grpc(config, parts);
+    (vec![native, grpc], vec![native_producers, grpc_producers])
 }
 
 /// Descriptors the broker needs besides its client connections: store files, admin and peer
@@ -198,7 +220,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
     // The native protocol's address is the broker's address (name servers, the console).
     let native_at = table.iter().position(|fe| fe.name == NATIVE).context("the table of front ends has no native protocol")?;
     let listen = bound[native_at].local_addr()?;
-    let info = Started { listen, admin_listen, ca_path, admin_token: token.clone() };
+    let grpc_at = table.iter().position(|fe| fe.name == GRPC).context("the table of front ends has no gRPC front end")?;
+    let grpc_listen = bound[grpc_at].local_addr()?;
+    let info = Started { listen, admin_listen, grpc_listen, ca_path, admin_token: token.clone() };
     for (fe, listener) in table.drain(..).zip(bound) {
         let acceptor = tokio_rustls::TlsAcceptor::from(wasmq_net::server_config(&cert, &key, &[fe.alpn])?);
         tracing::info!(front_end = fe.name, listen = %listener.local_addr()?, "listening");

@@ -69,6 +69,7 @@ fn main() -> Result<()> {
         stop_on_signal(shutdown.clone());
         wasmq_server::run(config, shutdown, |s| {
             println!("wasmq-broker listening on {} (admin https://{})", s.listen, s.admin_listen);
+            println!("RocketMQ 5 gRPC on {} (TLS)", s.grpc_listen);
             if let Some(ca) = &s.ca_path {
                 println!("development CA: {} (clients: --ca {})", ca.display(), ca.display());
             }

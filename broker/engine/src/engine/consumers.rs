@@ -42,6 +42,13 @@ impl Engine {
         Ok(())
     }
 
+    /// The redelivery delays and the maximum number of reconsumes (see
+    /// [`Engine::set_retry_policy`]).
+    #[must_use]
+    pub fn retry_policy(&self) -> (Vec<u64>, u32) {
+        self.consumers.retry.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Sets how long an orderly queue lock lasts unless renewed.
     pub fn set_lock_ttl(&self, ttl_ms: u64) {
         self.consumers.lock_ttl_ms.store(ttl_ms, Ordering::Release);

@@ -1,0 +1,373 @@
+//! `apache.rocketmq.v2.MessagingService`: each RPC decoded into the service's terms and answered
+//! by it. Business outcomes travel as the API's `Status` inside an OK gRPC response (as the
+//! reference proxy answers); gRPC statuses are for what is not a RocketMQ request at all.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status};
+use wasmq_engine::{Decided, Decision};
+use wasmq_service::{Send, Service, TransactionSend, TxOutcome};
+
+use crate::clients::Clients;
+use crate::pb::{self, Code, MessageType, messaging_service_server::MessagingService};
+use crate::wire::{self, status};
+
+/// The retry policy producers are given (as the reference proxy's): 3 attempts, backing off
+/// exponentially from 10 ms to 1 s.
+const PRODUCER_MAX_ATTEMPTS: i32 = 3;
+const PRODUCER_BACKOFF_INITIAL: Duration = Duration::from_millis(10);
+const PRODUCER_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Messages a consumer is told to take per receive, and how long the broker holds a receive
+/// open when nothing is there (the reference proxy's defaults).
+const RECEIVE_BATCH_SIZE: i32 = 32;
+const LONG_POLLING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Commands queued for one client's Telemetry stream before the broker stops waiting for it.
+const TELEMETRY_QUEUE: usize = 16;
+/// The `protocol` label of this front end's metrics.
+pub const PROTOCOL: &str = "grpc";
+
+/// What every RPC needs.
+#[derive(Debug)]
+pub struct Shared {
+    pub service: Arc<Service>,
+    pub clients: Arc<Clients>,
+    /// The largest body a producer may send (the store's message limit).
+    pub max_body_size: u32,
+}
+
+/// The transaction id of a half message: its log offset.
+#[must_use]
+pub fn transaction_id(log_offset: u64) -> String {
+    format!("{log_offset:016X}")
+}
+
+fn parse_transaction_id(id: &str) -> Option<u64> {
+    (id.len() == 16).then(|| u64::from_str_radix(id, 16).ok()).flatten()
+}
+
+/// The client id a request carries (`x-mq-client-id`), and its language and version.
+fn client<T>(req: &Request<T>) -> Result<(String, String, String), Status> {
+    let get = |k: &str| req.metadata().get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let id = get("x-mq-client-id");
+    if id.is_empty() {
+        return Err(Status::invalid_argument("the request has no x-mq-client-id header"));
+    }
+    Ok((id, get("x-mq-language"), get("x-mq-client-version")))
+}
+
+fn resource_name(r: Option<&pb::Resource>) -> &str {
+    r.map_or("", |r| r.name.as_str())
+}
+
+/// The service behind the gRPC server.
+#[derive(Debug, Clone)]
+pub struct Messaging(pub Arc<Shared>);
+
+impl Messaging {
+    fn seen<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let (id, language, version) = client(req)?;
+        self.0.clients.seen(&id, &language, &version);
+        Ok(id)
+    }
+
+    fn record(&self, op: &'static str, ok: bool, started: Instant) {
+        self.0.service.metrics().request(PROTOCOL, op, ok, started.elapsed());
+    }
+
+    /// The Settings the broker answers a client's Settings with: the client's own, completed
+    /// with the broker's policies.
+    fn settings_reply(&self, mut s: pb::Settings) -> pb::Settings {
+        match s.pub_sub.as_mut() {
+            Some(pb::settings::PubSub::Publishing(p)) => {
+                p.max_body_size = i32::try_from(self.0.max_body_size).unwrap_or(i32::MAX);
+                p.validate_message_type = true;
+                s.backoff_policy = Some(pb::RetryPolicy {
+                    max_attempts: PRODUCER_MAX_ATTEMPTS,
+                    strategy: Some(pb::retry_policy::Strategy::ExponentialBackoff(pb::ExponentialBackoff {
+                        initial: Some(wire::proto_duration(PRODUCER_BACKOFF_INITIAL)),
+                        max: Some(wire::proto_duration(PRODUCER_BACKOFF_MAX)),
+                        multiplier: 2.0,
+                    })),
+                });
+            }
+            Some(pb::settings::PubSub::Subscription(sub)) => {
+                sub.receive_batch_size = Some(RECEIVE_BATCH_SIZE);
+                sub.long_polling_timeout = Some(wire::proto_duration(LONG_POLLING_TIMEOUT));
+                sub.fifo = Some(sub.fifo.unwrap_or(false));
+                let (delays, max_reconsume) = self.0.service.engine().retry_policy();
+                s.backoff_policy = Some(pb::RetryPolicy {
+                    max_attempts: i32::try_from(max_reconsume).unwrap_or(i32::MAX).saturating_add(1),
+                    strategy: Some(pb::retry_policy::Strategy::CustomizedBackoff(pb::CustomizedBackoff {
+                        next: delays.into_iter().map(|ms| wire::proto_duration(Duration::from_millis(ms))).collect(),
+                    })),
+                });
+            }
+            None => {}
+        }
+        s.metric = Some(pb::Metric { on: false, endpoints: None });
+        s
+    }
+
+    /// One message of a SendMessage request, stored.
+    async fn send_one(&self, m: pb::Message) -> pb::SendResultEntry {
+        let (topic, incoming) = match wire::incoming(m) {
+            Ok(x) => x,
+            Err(status) => return pb::SendResultEntry { status: Some(status), ..Default::default() },
+        };
+        let message_id = incoming.message.properties.unique_id.clone().unwrap_or_default();
+        let engine = self.0.service.engine();
+        let Some(config) = engine.topic(&topic) else {
+            return pb::SendResultEntry {
+                status: Some(status(Code::TopicNotFound, format!("topic {topic} does not exist"))),
+                message_id,
+                ..Default::default()
+            };
+        };
+        // A FIFO message's group picks its queue on the broker (as the reference proxy does), by
+        // the same hash as native ordering keys: one group, one queue, whichever client sent it.
+        // Other messages go round robin: the queue id in a message is ignored, as the reference
+        // proxy ignores it (Python and Node clients leave it 0).
+        let queue = incoming.group.as_ref().map(|g| (wasmq_engine::key_hash(g.as_bytes()) % u64::from(config.queues)) as u32);
+        let is_tx = incoming.kind == MessageType::Transaction;
+        let send = Send {
+            topic: topic.clone(),
+            queue,
+            messages: vec![incoming.message],
+            transaction: is_tx.then(|| TransactionSend { producer_group: crate::clients::producer_group(&topic), check_after_ms: None }),
+        };
+        match self.0.service.send(send).await {
+            Ok((sent, guarantee)) => {
+                let m = &sent.appended.messages[0];
+                pb::SendResultEntry {
+                    status: Some(wire::guarantee(guarantee)),
+                    message_id,
+                    transaction_id: if is_tx { transaction_id(m.log_offset) } else { String::new() },
+                    offset: i64::try_from(m.queue_offset).unwrap_or(i64::MAX),
+                    recall_handle: String::new(),
+                }
+            }
+            Err(e) => pb::SendResultEntry { status: Some(wire::service_error(&e)), message_id, ..Default::default() },
+        }
+    }
+}
+
+type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + std::marker::Send>>;
+
+#[tonic::async_trait]
+impl MessagingService for Messaging {
+    async fn query_route(&self, req: Request<pb::QueryRouteRequest>) -> Result<Response<pb::QueryRouteResponse>, Status> {
+        let started = Instant::now();
+        self.seen(&req)?;
+        let req = req.into_inner();
+        let topic = resource_name(req.topic.as_ref()).to_owned();
+        let engine = self.0.service.engine();
+        let reply = match (engine.topic(&topic), req.endpoints) {
+            (_, None) => pb::QueryRouteResponse {
+                status: Some(status(Code::IllegalAccessPoint, "the request names no endpoints")),
+                message_queues: vec![],
+            },
+            (None, _) => pb::QueryRouteResponse {
+                status: Some(status(Code::TopicNotFound, format!("topic {topic} does not exist"))),
+                message_queues: vec![],
+            },
+            (Some(config), Some(endpoints)) => {
+                // The endpoints the client reached this broker by (as the reference proxy answers).
+                let broker = pb::Broker { name: engine.broker_name().to_owned(), id: 0, endpoints: Some(endpoints) };
+                let accept =
+                    [MessageType::Normal, MessageType::Fifo, MessageType::Delay, MessageType::Transaction].map(|t| t as i32).to_vec();
+                let message_queues = (0..config.queues)
+                    .map(|q| pb::MessageQueue {
+                        topic: Some(pb::Resource { resource_namespace: String::new(), name: topic.clone() }),
+                        id: q as i32,
+                        permission: pb::Permission::ReadWrite as i32,
+                        broker: Some(broker.clone()),
+                        accept_message_types: accept.clone(),
+                    })
+                    .collect();
+                pb::QueryRouteResponse { status: Some(wire::ok()), message_queues }
+            }
+        };
+        self.record("query_route", reply.status.as_ref().is_some_and(|s| s.code == Code::Ok as i32), started);
+        Ok(Response::new(reply))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let started = Instant::now();
+        self.seen(&req)?;
+        self.record("heartbeat", true, started);
+        Ok(Response::new(pb::HeartbeatResponse { status: Some(wire::ok()) }))
+    }
+
+    async fn send_message(&self, req: Request<pb::SendMessageRequest>) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let started = Instant::now();
+        self.seen(&req)?;
+        let messages = req.into_inner().messages;
+        if messages.is_empty() {
+            self.record("send_message", false, started);
+            return Ok(Response::new(pb::SendMessageResponse { status: Some(status(Code::BadRequest, "no messages")), entries: vec![] }));
+        }
+        let mut entries = Vec::with_capacity(messages.len());
+        for m in messages {
+            entries.push(self.send_one(m).await);
+        }
+        let code = |e: &pb::SendResultEntry| e.status.as_ref().map_or(Code::Ok as i32, |s| s.code);
+        let first = entries[0].status.clone();
+        let status = if entries.iter().all(|e| code(e) == code(&entries[0])) {
+            first.unwrap_or_else(wire::ok)
+        } else {
+            status(Code::MultipleResults, "the messages had different results")
+        };
+        self.record("send_message", status.code == Code::Ok as i32, started);
+        Ok(Response::new(pb::SendMessageResponse { status: Some(status), entries }))
+    }
+
+    async fn query_assignment(&self, _: Request<pb::QueryAssignmentRequest>) -> Result<Response<pb::QueryAssignmentResponse>, Status> {
+        Err(Status::unimplemented("QueryAssignment is not served yet"))
+    }
+
+    type ReceiveMessageStream = Streamed<pb::ReceiveMessageResponse>;
+
+    async fn receive_message(&self, _: Request<pb::ReceiveMessageRequest>) -> Result<Response<Self::ReceiveMessageStream>, Status> {
+        Err(Status::unimplemented("ReceiveMessage is not served yet"))
+    }
+
+    async fn ack_message(&self, _: Request<pb::AckMessageRequest>) -> Result<Response<pb::AckMessageResponse>, Status> {
+        Err(Status::unimplemented("AckMessage is not served yet"))
+    }
+
+    async fn forward_message_to_dead_letter_queue(
+        &self,
+        _: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
+    ) -> Result<Response<pb::ForwardMessageToDeadLetterQueueResponse>, Status> {
+        Err(Status::unimplemented("ForwardMessageToDeadLetterQueue is not served yet"))
+    }
+
+    type PullMessageStream = Streamed<pb::PullMessageResponse>;
+
+    async fn pull_message(&self, _: Request<pb::PullMessageRequest>) -> Result<Response<Self::PullMessageStream>, Status> {
+        Err(Status::unimplemented("PullMessage is not served (as by RocketMQ's proxy): use ReceiveMessage"))
+    }
+
+    async fn update_offset(&self, _: Request<pb::UpdateOffsetRequest>) -> Result<Response<pb::UpdateOffsetResponse>, Status> {
+        Err(Status::unimplemented("UpdateOffset is not served (as by RocketMQ's proxy)"))
+    }
+
+    async fn get_offset(&self, _: Request<pb::GetOffsetRequest>) -> Result<Response<pb::GetOffsetResponse>, Status> {
+        Err(Status::unimplemented("GetOffset is not served (as by RocketMQ's proxy)"))
+    }
+
+    async fn query_offset(&self, _: Request<pb::QueryOffsetRequest>) -> Result<Response<pb::QueryOffsetResponse>, Status> {
+        Err(Status::unimplemented("QueryOffset is not served (as by RocketMQ's proxy)"))
+    }
+
+    async fn end_transaction(&self, req: Request<pb::EndTransactionRequest>) -> Result<Response<pb::EndTransactionResponse>, Status> {
+        let started = Instant::now();
+        self.seen(&req)?;
+        let req = req.into_inner();
+        let reply = |s: pb::Status| Ok(Response::new(pb::EndTransactionResponse { status: Some(s) }));
+        let Some(log_offset) = parse_transaction_id(&req.transaction_id) else {
+            self.record("end_transaction", false, started);
+            return reply(status(Code::InvalidTransactionId, format!("{:?} is not a transaction id of this broker", req.transaction_id)));
+        };
+        let decision = match pb::TransactionResolution::try_from(req.resolution) {
+            Ok(pb::TransactionResolution::Commit) => Decision::Commit,
+            Ok(pb::TransactionResolution::Rollback) => Decision::Rollback,
+            _ => Decision::Unknown,
+        };
+        let answer = match self.0.service.end_transaction(log_offset, &req.message_id, decision).await {
+            Ok(TxOutcome::Applied(_) | TxOutcome::StillPending) => wire::ok(),
+            Ok(TxOutcome::AlreadyDecided(d)) => {
+                let was = match d {
+                    Decided::Committed => "committed",
+                    Decided::RolledBack => "rolled back",
+                    Decided::Discarded => "discarded",
+                };
+                if matches!((d, decision), (Decided::Committed, Decision::Commit) | (Decided::RolledBack, Decision::Rollback)) {
+                    wire::ok()
+                } else {
+                    status(Code::InvalidTransactionId, format!("transaction {} was {was} already", req.transaction_id))
+                }
+            }
+            Err(e) => {
+                let mut s = wire::service_error(&e);
+                if s.code == Code::BadRequest as i32 {
+                    s.code = Code::InvalidTransactionId as i32;
+                }
+                s
+            }
+        };
+        self.record("end_transaction", answer.code == Code::Ok as i32, started);
+        reply(answer)
+    }
+
+    type TelemetryStream = Streamed<pb::TelemetryCommand>;
+
+    async fn telemetry(&self, req: Request<tonic::Streaming<pb::TelemetryCommand>>) -> Result<Response<Self::TelemetryStream>, Status> {
+        let client_id = self.seen(&req)?;
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(TELEMETRY_QUEUE);
+        let stream_id = self.0.clients.stream_id();
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some(command) = inbound.next().await {
+                let Ok(command) = command else { break };
+                let Some(pb::telemetry_command::Command::Settings(settings)) = command.command else {
+                    // Command results (thread stacks, message verification) are not asked for.
+                    continue;
+                };
+                let reply = this.settings_reply(settings.clone());
+                this.0.clients.settings(&client_id, settings, Some((stream_id, tx.clone())));
+                let command =
+                    pb::TelemetryCommand { status: Some(wire::ok()), command: Some(pb::telemetry_command::Command::Settings(reply)) };
+                if tx.send(Ok(command)).await.is_err() {
+                    break;
+                }
+            }
+            this.0.clients.stream_closed(&client_id, stream_id);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn notify_client_termination(
+        &self,
+        req: Request<pb::NotifyClientTerminationRequest>,
+    ) -> Result<Response<pb::NotifyClientTerminationResponse>, Status> {
+        let (id, _, _) = client(&req)?;
+        self.0.clients.remove(&id);
+        Ok(Response::new(pb::NotifyClientTerminationResponse { status: Some(wire::ok()) }))
+    }
+
+    async fn change_invisible_duration(
+        &self,
+        _: Request<pb::ChangeInvisibleDurationRequest>,
+    ) -> Result<Response<pb::ChangeInvisibleDurationResponse>, Status> {
+        Err(Status::unimplemented("ChangeInvisibleDuration is not served yet"))
+    }
+
+    async fn recall_message(&self, _: Request<pb::RecallMessageRequest>) -> Result<Response<pb::RecallMessageResponse>, Status> {
+        Err(Status::unimplemented("RecallMessage is not served yet"))
+    }
+
+    async fn sync_lite_subscription(
+        &self,
+        _: Request<pb::SyncLiteSubscriptionRequest>,
+    ) -> Result<Response<pb::SyncLiteSubscriptionResponse>, Status> {
+        Err(Status::unimplemented("lite topics are not supported"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transaction_id_is_the_half_messages_log_offset() {
+        assert_eq!(parse_transaction_id(&transaction_id(1_234_567)), Some(1_234_567));
+        assert_eq!(parse_transaction_id("12AB"), None);
+        assert_eq!(parse_transaction_id("zzzzzzzzzzzzzzzz"), None);
+    }
+}
