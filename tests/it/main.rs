@@ -6,6 +6,7 @@ mod groups;
 mod plugins;
 mod reconnect;
 mod replication;
+mod rocketmq;
 mod store_crash;
 mod store_disk_full;
 mod transactions;

@@ -23,20 +23,7 @@ fn body(m: &PulledMessage) -> String {
 
 /// Every message of every queue of `topic`, from the start.
 async fn drain(conn: &Connection, topic: &str, queues: u32) -> Vec<PulledMessage> {
-    let c = PullConsumer::new(conn.clone());
-    let mut all = Vec::new();
-    for q in 0..queues {
-        let mut offset = 0;
-        loop {
-            let r = c.pull(topic, q, offset, 1024, Duration::ZERO).await.unwrap();
-            if r.messages.is_empty() {
-                break;
-            }
-            offset = r.next_offset;
-            all.extend(r.messages);
-        }
-    }
-    all
+    wasmq_tests::drain(conn, topic, queues).await.into_iter().map(|(_, m)| m).collect()
 }
 
 /// Waits until the broker holds no undecided transaction.

@@ -2,6 +2,7 @@
 //! processes it starts and kills.
 
 pub mod power_loss;
+pub mod rocketmq;
 
 /// The body a crash-test message with sequence number `seq` carries: its length and bytes follow
 /// from `seq` alone, so the checker can tell a damaged or misplaced message from the right one.
@@ -39,6 +40,24 @@ pub fn crash_store_config(dir: &std::path::Path, sync: bool) -> wasmq_store::Sto
 /// The runtime the end-to-end tests drive clients with: two workers, like the machine.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+}
+
+/// Every message of queues `0..queues` of `topic`, from the start, each with its queue.
+pub async fn drain(conn: &wasmq_client::Connection, topic: &str, queues: u32) -> Vec<(u32, wasmq_client::PulledMessage)> {
+    let c = wasmq_client::PullConsumer::new(conn.clone());
+    let mut all = Vec::new();
+    for q in 0..queues {
+        let mut offset = 0;
+        loop {
+            let r = c.pull(topic, q, offset, 1024, std::time::Duration::ZERO).await.expect("pull");
+            if r.messages.is_empty() {
+                break;
+            }
+            offset = r.next_offset;
+            all.extend(r.messages.into_iter().map(|m| (q, m)));
+        }
+    }
+    all
 }
 
 /// A real `wasmq-broker` process on ports picked by the OS, with its own data directory.

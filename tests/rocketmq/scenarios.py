@@ -1,0 +1,115 @@
+"""Scenarios of the official RocketMQ 5 Python client against a wasmq broker, run by
+tests/it/rocketmq.rs, which checks the outcome through wasmq's own client.
+
+    scenarios.py ENDPOINT send TOPIC          sends of the four message types
+    scenarios.py ENDPOINT transaction TOPIC   commit, rollback, and check-backs answered
+
+Each prints one JSON object per line for the test to read. Trust the broker's CA with
+GRPC_DEFAULT_SSL_ROOTS_FILE_PATH.
+"""
+import json
+import sys
+import threading
+import time
+
+from rocketmq import (ClientConfiguration, Credentials, Message, Producer,
+                      TransactionChecker, TransactionResolution)
+
+
+def out(**fields):
+    print(json.dumps(fields), flush=True)
+
+
+def config(endpoint):
+    # No access keys configured on the broker: anonymous (empty) credentials.
+    return ClientConfiguration(endpoint, Credentials())
+
+
+def message(topic, body, tag=None, keys=None, group=None, deliver_at=None, props=None):
+    m = Message()
+    m.topic = topic
+    m.body = body.encode()
+    if tag:
+        m.tag = tag
+    if keys:
+        m.keys = keys
+    if group:
+        m.message_group = group
+    if deliver_at:
+        m.delivery_timestamp = deliver_at
+    for k, v in (props or {}).items():
+        m.add_property(k, v)
+    return m
+
+
+def receipt(kind, body, r, **extra):
+    # The client's MessageQueue shows its id only in its text, "<broker>.<topic>.<queue id>".
+    queue = int(str(r.message_queue).rsplit(".", 1)[1])
+    out(type=kind, body=body, message_id=r.message_id, offset=r.offset, queue=queue, **extra)
+
+
+def send(endpoint, topic):
+    p = Producer(config(endpoint), (topic,), tls_enable=True)
+    p.startup()
+    try:
+        r = p.send(message(topic, "normal-1", tag="paid", keys="order-1", props={"region": "eu"}))
+        receipt("NORMAL", "normal-1", r)
+        for i in range(3):
+            for group in ("order-7", "order-8"):
+                body = f"{group}-{i}"
+                receipt("FIFO", body, p.send(message(topic, body, group=group)), group=group)
+        # delivery_timestamp is in seconds: at least 2 s from now.
+        deliver_at = int(time.time()) + 3
+        r = p.send(message(topic, "delay-1", deliver_at=deliver_at))
+        receipt("DELAY", "delay-1", r, deliver_at_ms=deliver_at * 1000, sent_ms=int(time.time() * 1000))
+    finally:
+        p.shutdown()
+
+
+class Checker(TransactionChecker):
+    """Answers the broker's check-back by the body: check-commit-* commit, the rest roll back."""
+
+    def __init__(self):
+        self.checked = []
+        self.lock = threading.Lock()
+
+    def check(self, message):
+        body = message.body.decode()
+        with self.lock:
+            self.checked.append(body)
+        if body.startswith("check-commit"):
+            return TransactionResolution.COMMIT
+        return TransactionResolution.ROLLBACK
+
+
+def transaction(endpoint, topic):
+    checker = Checker()
+    p = Producer(config(endpoint), (topic,), checker=checker, tls_enable=True)
+    p.startup()
+    try:
+        for body, end in (("tx-commit", "commit"), ("tx-rollback", "rollback"),
+                          ("check-commit", None), ("check-rollback", None)):
+            t = p.begin_transaction()
+            r = p.send(message(topic, body, keys=body), t)
+            if end == "commit":
+                t.commit()
+            elif end == "rollback":
+                t.rollback()
+            receipt("TRANSACTION", body, r, transaction_id=r.transaction_id, ended=end or "left open")
+        # The broker asks about the two left open; the checker's answers go back as EndTransaction.
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with checker.lock:
+                if {"check-commit", "check-rollback"} <= set(checker.checked):
+                    break
+            time.sleep(0.1)
+        time.sleep(1)  # let the answers to the last check go out
+        with checker.lock:
+            out(checked=sorted(set(checker.checked)))
+    finally:
+        p.shutdown()
+
+
+if __name__ == "__main__":
+    endpoint, scenario, topic = sys.argv[1:4]
+    {"send": send, "transaction": transaction}[scenario](endpoint, topic)
