@@ -12,7 +12,9 @@ use crate::offsets::OffsetTable;
 use crate::parked::{HALF_TOPIC, Parked, SCHEDULE_QUEUES, SCHEDULE_TOPIC, TX_OP_TOPIC};
 mod consumers;
 mod delivery;
+mod receipts;
 mod registry;
+pub use receipts::{Receipt, ReceiptError, Receive, Received};
 
 use crate::topics::{self, QUEUES_PER_TOPIC_MAX, QueueStatus, TOPICS_MAX, TopicConfig, TopicError, TopicStatus};
 
@@ -205,6 +207,7 @@ impl Engine {
                 retry: RwLock::new((RETRY_DELAYS_MS_DEFAULT.to_vec(), MAX_RECONSUME_TIMES_DEFAULT)),
                 locks: Mutex::new(HashMap::new()),
                 lock_ttl_ms: AtomicU64::new(ORDER_LOCK_TTL_MS_DEFAULT),
+                receipts: receipts::Receipts::default(),
             },
             read_only: Mutex::new(None),
             parked: Parked::default(),

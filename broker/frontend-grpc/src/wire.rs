@@ -52,6 +52,7 @@ pub fn service_error(e: &ServiceError) -> pb::Status {
         ServiceError::PluginRejected(_) => Code::BadRequest,
         ServiceError::PluginFailed(_) => Code::InternalServerError,
         ServiceError::Fenced(_) => Code::PreconditionFailed,
+        ServiceError::InvalidReceipt(_) => Code::InvalidReceiptHandle,
         ServiceError::FlushTimeout(_) => Code::MasterPersistenceTimeout,
         ServiceError::Append(a) => append_code(a),
         ServiceError::Read(r) => read_code(r),

@@ -46,7 +46,7 @@ pub fn service_error(e: &ServiceError) -> WireError {
         ServiceError::UnknownTopic(_) => ErrorCode::UnknownTopic,
         ServiceError::InvalidQueue(_) => ErrorCode::InvalidQueue,
         ServiceError::InvalidTopic(_) => ErrorCode::InvalidTopic,
-        ServiceError::Invalid(_) => ErrorCode::InvalidRequest,
+        ServiceError::Invalid(_) | ServiceError::InvalidReceipt(_) => ErrorCode::InvalidRequest,
         ServiceError::NotMaster(_) => ErrorCode::NotMaster,
         ServiceError::PluginRejected(_) => ErrorCode::PluginRejected,
         ServiceError::PluginFailed(_) => ErrorCode::PluginFailed,

@@ -276,6 +276,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
         let check_tick = Duration::from_millis((config.park.check_interval_ms / 4).clamp(10, 1_000));
         tracker.spawn(wasmq_service::check_back(Arc::clone(&engine), Arc::clone(&producers), check_tick, shutdown.clone()));
         tracker.spawn(wasmq_service::scheduler(Arc::clone(&engine), schedule_changed, shutdown.clone()));
+        tracker.spawn(wasmq_service::reviver(Arc::clone(&engine), shutdown.clone()));
     }
     tracker.spawn(wasmq_admin_api::stats::sampler(Arc::clone(&stats), Arc::clone(&engine), shutdown.clone()));
     let admin_state = wasmq_admin_api::AdminState {

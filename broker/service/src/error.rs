@@ -26,6 +26,10 @@ pub enum ServiceError {
     /// A fail-closed plugin failed; nothing of the batch was stored.
     #[error("{0}")]
     PluginFailed(String),
+    /// A receipt handle that is malformed, or no longer in flight for the group (acknowledged,
+    /// visible again, or another group's).
+    #[error("{0}")]
+    InvalidReceipt(String),
     /// A group commit from an older generation (the member lost the queue).
     #[error("{0}")]
     Fenced(String),
@@ -93,6 +97,12 @@ impl From<EngineError> for ServiceError {
             EngineError::ReadOnly(why) => Self::NotMaster(why),
             _ => Self::Internal(e.to_string()),
         }
+    }
+}
+
+impl From<wasmq_engine::ReceiptError> for ServiceError {
+    fn from(e: wasmq_engine::ReceiptError) -> Self {
+        Self::InvalidReceipt(e.to_string())
     }
 }
 

@@ -7,6 +7,8 @@
 //!   broker set promises (flush and replication), with a [`Guarantee`] saying which held.
 //! - [`Service::pull`]: a queue read with a tag filter and the group's filter plugin, waiting
 //!   (long poll) until a message arrives, a held retry falls due, or the deadline.
+//! - [`Service::receive`]: messages one by one with receipt handles, hidden until acknowledged
+//!   (`receive.rs`; the state is the engine's), and the [`reviver`] timer.
 //! - groups, offsets, queue locks, retries (`groups.rs`); end-transaction and the timers of
 //!   held messages, which reach producers through [`ProducerLinks`] a front end implements
 //!   (`held.rs`); replication's master side (`replication.rs`).
@@ -20,6 +22,7 @@ mod groups;
 mod held;
 pub mod metrics;
 mod pull;
+mod receive;
 mod replication;
 mod send;
 
@@ -34,6 +37,7 @@ pub use groups::TxOutcome;
 pub use held::{AllProducers, Asked, CHECK_SEND_TIMEOUT, CheckBack, ProducerLinks, check_back, scheduler};
 pub use metrics::Metrics;
 pub use pull::{PULL_BYTES_MAX, Pull, Pulled, ReadFrom};
+pub use receive::{RECEIVE_BATCH_MAX, REVIVE_INTERVAL, Receive, reviver};
 pub use replication::{FETCH_BYTES_MAX, FETCH_WAIT_MS, Fetched, MasterLink, Mode, Replication, Role, SLAVES_MAX};
 pub use send::{Answer, Guarantee, Send, Sent, TransactionSend};
 
@@ -45,6 +49,8 @@ pub struct Service {
     replication: Arc<Replication>,
     appender: appender::Appender,
     metrics: Arc<Metrics>,
+    /// Where the next receive starts among its queues (`receive.rs`).
+    receive_turn: std::sync::atomic::AtomicUsize,
 }
 
 impl Service {
@@ -54,7 +60,7 @@ impl Service {
         let fsync = metrics.log_fsync_seconds.clone();
         engine.store().on_log_sync(move |took| fsync.observe(took.as_secs_f64()));
         let appender = appender::Appender::new(Arc::clone(&engine), Arc::clone(&metrics));
-        Self { engine, plugins, replication, appender, metrics }
+        Self { engine, plugins, replication, appender, metrics, receive_turn: std::sync::atomic::AtomicUsize::new(0) }
     }
 
     /// The counters and histograms every front end and the service feed.

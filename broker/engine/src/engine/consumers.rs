@@ -16,6 +16,8 @@ pub(crate) struct Consumers {
     /// Orderly consumption: (group, topic, queue) → (member, expiry ms).
     pub(crate) locks: Mutex<HashMap<LockKey, (String, u64)>>,
     pub(crate) lock_ttl_ms: AtomicU64,
+    /// Messages received one by one and not yet acknowledged (`receipts.rs`).
+    pub(crate) receipts: super::receipts::Receipts,
 }
 
 impl Engine {
@@ -108,6 +110,22 @@ impl Engine {
         dead_letter: bool,
         max_reconsume_times: Option<u32>,
     ) -> Result<SendBackOutcome, EngineError> {
+        self.send_back_due(group, topic, queue_id, log_offset, dead_letter, max_reconsume_times, None)
+    }
+
+    /// [`Engine::send_back`], the retry due at `due_ms` when given (a received message whose
+    /// invisible time was its delay) instead of after its level's delay.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn send_back_due(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        log_offset: u64,
+        dead_letter: bool,
+        max_reconsume_times: Option<u32>,
+        due_ms: Option<u64>,
+    ) -> Result<SendBackOutcome, EngineError> {
         topics::validate_group(group).map_err(EngineError::Invalid)?;
         let m = self.store.read(log_offset).map_err(|e| EngineError::Invalid(e.to_string()))?;
         if m.topic != topic || m.queue_id != queue_id {
@@ -137,7 +155,7 @@ impl Engine {
         let retry = retry_topic(group);
         self.ensure_system_topic(&retry, delays.len() as u32).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let level = (reconsume_times as usize).min(delays.len());
-        let due_ms = self.clock.now_ms() + delays[level - 1];
+        let due_ms = due_ms.unwrap_or_else(|| self.clock.now_ms() + delays[level - 1]);
         properties.delivery_ms = Some(due_ms);
         let msg = NewMessage { topic: retry.clone(), queue_id: 0, born_ms: m.born_ms, flags: m.flags, properties, body: m.body };
         self.send(&retry, Some(level as u32 - 1), vec![msg]).map_err(save)?;
