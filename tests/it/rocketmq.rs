@@ -110,3 +110,39 @@ fn a_python_producers_transactions_commit_roll_back_and_answer_check_backs() {
     let t = rt.block_on(broker.admin().transactions()).unwrap();
     assert_eq!(t.pending.iter().map(|p| p.pending).sum::<u64>(), 0, "{t:?}");
 }
+
+/// A Python SimpleConsumer with a tag filter: it receives only the tagged messages, hidden from
+/// it while in flight; acknowledged ones (one after renewing its invisible time, with the new
+/// handle) are done for the group; the one it leaves comes back after its invisible time with
+/// delivery attempt 2; at the end the group's committed offsets leave no lag.
+#[test]
+fn a_python_simple_consumer_receives_acks_renews_and_gets_the_unacked_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    broker.cli(&["topic", "create", "rmq-simple", "--queues", &QUEUES.to_string()]);
+    let lines = scenario(&broker.grpc_listen, &broker.ca, "simple", "rmq-simple");
+    let step = |s: &str| lines.iter().filter(|l| l["step"] == s).collect::<Vec<_>>();
+    let first = step("first");
+    let mut bodies: Vec<&str> = first.iter().map(|l| str_of(l, "body")).collect();
+    bodies.sort_unstable();
+    assert_eq!(bodies, ["s-0", "s-1", "s-2", "s-3"], "each tagged message once, the untagged none: {first:?}");
+    assert!(first.iter().all(|l| l["tag"] == "a" && l["attempt"] == 1), "{first:?}");
+    let again = step("again");
+    assert_eq!(again.len(), 1, "only the unacknowledged one comes back: {again:?}");
+    assert_eq!((str_of(again[0], "body"), again[0]["attempt"].as_u64()), ("s-2", Some(2)));
+    let sent_id = first.iter().find(|l| l["body"] == "s-2").map(|l| str_of(l, "message_id")).unwrap();
+    assert_eq!(str_of(again[0], "message_id"), sent_id, "redelivered with the same message id");
+    // Everything of the topic is acknowledged or passed over by the filter: no lag.
+    let rt = wasmq_tests::runtime();
+    let started = Instant::now();
+    loop {
+        let group = rt.block_on(broker.admin().describe_group("rmq-simple")).unwrap();
+        let lag: u64 = group.queues.iter().filter(|q| q.topic == "rmq-simple").map(|q| q.lag).sum();
+        let committed = group.queues.iter().filter(|q| q.topic == "rmq-simple").count();
+        if lag == 0 && committed as u32 == QUEUES {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the group still lags: {group:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

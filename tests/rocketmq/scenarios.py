@@ -3,6 +3,8 @@ tests/it/rocketmq.rs, which checks the outcome through wasmq's own client.
 
     scenarios.py ENDPOINT send TOPIC          sends of the four message types
     scenarios.py ENDPOINT transaction TOPIC   commit, rollback, and check-backs answered
+    scenarios.py ENDPOINT simple TOPIC        SimpleConsumer: receive with a tag filter, ack,
+                                              change the invisible time, redelivery
 
 Each prints one JSON object per line for the test to read. Trust the broker's CA with
 GRPC_DEFAULT_SSL_ROOTS_FILE_PATH.
@@ -12,8 +14,9 @@ import sys
 import threading
 import time
 
-from rocketmq import (ClientConfiguration, Credentials, Message, Producer,
-                      TransactionChecker, TransactionResolution)
+from rocketmq import (ClientConfiguration, Credentials, FilterExpression, Message,
+                      Producer, SimpleConsumer, TransactionChecker,
+                      TransactionResolution)
 
 
 def out(**fields):
@@ -110,6 +113,48 @@ def transaction(endpoint, topic):
         p.shutdown()
 
 
+def received(m, step):
+    out(step=step, body=m.body.decode(), tag=m.tag, message_id=m.message_id,
+        attempt=m.delivery_attempt)
+
+
+def simple(endpoint, topic):
+    """Six messages, four tagged "a": the consumer (filter "a") gets those four, acks two at
+    once, renews one then acks it, and leaves one to come back after its invisible time."""
+    p = Producer(config(endpoint), (topic,), tls_enable=True)
+    p.startup()
+    try:
+        for i in range(6):
+            p.send(message(topic, f"s-{i}", tag="a" if i < 4 else "b"))
+    finally:
+        p.shutdown()
+    c = SimpleConsumer(config(endpoint), "rmq-simple", {topic: FilterExpression("a")},
+                       await_duration=5, tls_enable=True)
+    c.startup()
+    try:
+        got = {}
+        deadline = time.time() + 30
+        while len(got) < 4 and time.time() < deadline:
+            for m in c.receive(16, 2):
+                received(m, "first")
+                got[m.body.decode()] = m
+        for body in ("s-0", "s-1"):
+            c.ack(got[body])
+        # s-3: renewed (a new receipt handle), then acknowledged with it.
+        c.change_invisible_duration(got["s-3"], 10)
+        c.ack(got["s-3"])
+        out(acked=["s-0", "s-1", "s-3"])
+        # s-2 is left: after its 2 s it is delivered again, attempt 2.
+        again = []
+        while not again and time.time() < deadline:
+            again = c.receive(16, 2)
+        for m in again:
+            received(m, "again")
+            c.ack(m)
+    finally:
+        c.shutdown()
+
+
 if __name__ == "__main__":
     endpoint, scenario, topic = sys.argv[1:4]
-    {"send": send, "transaction": transaction}[scenario](endpoint, topic)
+    {"send": send, "transaction": transaction, "simple": simple}[scenario](endpoint, topic)

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use wasmq_net::TlsStream;
 
 pub use clients::{ClientInfo, Clients, PRODUCER_GROUP_PREFIX, producer_group};
-pub use messaging::{Messaging, PROTOCOL, Shared, transaction_id};
+pub use messaging::{INVISIBLE_DEFAULT, INVISIBLE_MAX, INVISIBLE_MIN, LONG_POLLING_MAX, Messaging, PROTOCOL, Shared, transaction_id};
 
 /// The generated RocketMQ 5 API (`apache.rocketmq.v2`).
 #[allow(clippy::all, clippy::pedantic, missing_debug_implementations, unreachable_pub)]

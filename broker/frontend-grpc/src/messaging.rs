@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
-use wasmq_engine::{Decided, Decision};
+use wasmq_engine::{Decided, Decision, TopicConfig};
 use wasmq_service::{Send, Service, TransactionSend, TxOutcome};
 
 use crate::clients::Clients;
@@ -25,6 +25,15 @@ const PRODUCER_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// open when nothing is there (the reference proxy's defaults).
 const RECEIVE_BATCH_SIZE: i32 = 32;
 const LONG_POLLING_TIMEOUT: Duration = Duration::from_secs(20);
+/// A consumer's invisible time: at least this (shorter would redeliver before a client could
+/// answer) and at most that.
+pub const INVISIBLE_MIN: Duration = Duration::from_secs(1);
+pub const INVISIBLE_MAX: Duration = Duration::from_secs(12 * 3600);
+/// The invisible time of a receive that asks the broker to choose (`auto_renew` with none).
+pub const INVISIBLE_DEFAULT: Duration = Duration::from_secs(60);
+/// The longest a receive waits for messages (clients wait the long-polling time plus their
+/// request timeout for the answer).
+pub const LONG_POLLING_MAX: Duration = Duration::from_secs(30);
 /// Commands queued for one client's Telemetry stream before the broker stops waiting for it.
 const TELEMETRY_QUEUE: usize = 16;
 /// The `protocol` label of this front end's metrics.
@@ -37,6 +46,8 @@ pub struct Shared {
     pub clients: Arc<Clients>,
     /// The largest body a producer may send (the store's message limit).
     pub max_body_size: u32,
+    /// Long polls end when the broker shuts down.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The transaction id of a half message: its log offset.
@@ -61,6 +72,19 @@ fn client<T>(req: &Request<T>) -> Result<(String, String, String), Status> {
 
 fn resource_name(r: Option<&pb::Resource>) -> &str {
     r.map_or("", |r| r.name.as_str())
+}
+
+/// The message types every topic accepts (until topics carry a message type of their own).
+const ACCEPTED_TYPES: [MessageType; 4] = [MessageType::Normal, MessageType::Fifo, MessageType::Delay, MessageType::Transaction];
+
+/// One status for a request of several entries: theirs when all agree, else MULTIPLE_RESULTS.
+fn overall<'a>(mut statuses: impl Iterator<Item = Option<&'a pb::Status>>) -> pb::Status {
+    let first = statuses.next().flatten().cloned().unwrap_or_else(wire::ok);
+    if statuses.all(|s| s.map_or(Code::Ok as i32, |s| s.code) == first.code) {
+        first
+    } else {
+        status(Code::MultipleResults, "the entries had different results")
+    }
 }
 
 /// The service behind the gRPC server.
@@ -110,6 +134,55 @@ impl Messaging {
         }
         s.metric = Some(pb::Metric { on: false, endpoints: None });
         s
+    }
+
+    /// A topic's configuration and its queue 0 as routes show it — READ_WRITE, on this broker,
+    /// at the endpoints the client reached it by (as the reference proxy answers) — or the
+    /// status refusing the request.
+    fn queues_of(
+        &self,
+        topic: Option<&pb::Resource>,
+        endpoints: Option<pb::Endpoints>,
+    ) -> Result<(TopicConfig, pb::MessageQueue), pb::Status> {
+        let name = resource_name(topic);
+        let engine = self.0.service.engine();
+        let endpoints = endpoints.ok_or_else(|| status(Code::IllegalAccessPoint, "the request names no endpoints"))?;
+        let config = engine.topic(name).ok_or_else(|| status(Code::TopicNotFound, format!("topic {name} does not exist")))?;
+        let queue = pb::MessageQueue {
+            topic: Some(pb::Resource { resource_namespace: String::new(), name: name.to_owned() }),
+            id: 0,
+            permission: pb::Permission::ReadWrite as i32,
+            broker: Some(pb::Broker { name: engine.broker_name().to_owned(), id: 0, endpoints: Some(endpoints) }),
+            accept_message_types: ACCEPTED_TYPES.map(|t| t as i32).to_vec(),
+        };
+        Ok((config, queue))
+    }
+
+    /// A ReceiveMessage request in the service's terms, or the status refusing it.
+    fn receive_request(&self, req: pb::ReceiveMessageRequest) -> Result<wasmq_service::Receive, pb::Status> {
+        let group = resource_name(req.group.as_ref()).to_owned();
+        if let Err(e) = wasmq_engine::validate_group(&group) {
+            return Err(status(Code::IllegalConsumerGroup, format!("consumer group {group:?}: {e}")));
+        }
+        let topic = req.message_queue.as_ref().map(|q| resource_name(q.topic.as_ref()).to_owned()).unwrap_or_default();
+        let filter = match req.filter_expression {
+            None => None,
+            Some(f) if f.r#type == pb::FilterType::Sql as i32 => {
+                return Err(status(Code::IllegalFilterExpression, "SQL92 filters are not supported; use a TAG expression"));
+            }
+            Some(f) => Some(f.expression).filter(|e| !e.is_empty() && e != "*"),
+        };
+        let asked = req.invisible_duration.as_ref().map(wire::duration).unwrap_or_default();
+        let invisible = if asked.is_zero() && req.auto_renew { INVISIBLE_DEFAULT } else { asked };
+        if !(INVISIBLE_MIN..=INVISIBLE_MAX).contains(&invisible) {
+            return Err(status(
+                Code::IllegalInvisibleTime,
+                format!("invisible duration {invisible:?}: between {INVISIBLE_MIN:?} and {INVISIBLE_MAX:?}"),
+            ));
+        }
+        let wait = req.long_polling_timeout.as_ref().map(wire::duration).unwrap_or(LONG_POLLING_TIMEOUT).min(LONG_POLLING_MAX);
+        let max_messages = usize::try_from(req.batch_size).unwrap_or(0).clamp(1, wasmq_service::RECEIVE_BATCH_MAX);
+        Ok(wasmq_service::Receive { group, topics: vec![(topic, filter)], max_messages, invisible, wait, fifo: false })
     }
 
     /// One message of a SendMessage request, stored.
@@ -163,33 +236,12 @@ impl MessagingService for Messaging {
         let started = Instant::now();
         self.seen(&req)?;
         let req = req.into_inner();
-        let topic = resource_name(req.topic.as_ref()).to_owned();
-        let engine = self.0.service.engine();
-        let reply = match (engine.topic(&topic), req.endpoints) {
-            (_, None) => pb::QueryRouteResponse {
-                status: Some(status(Code::IllegalAccessPoint, "the request names no endpoints")),
-                message_queues: vec![],
+        let reply = match self.queues_of(req.topic.as_ref(), req.endpoints) {
+            Ok((config, queue)) => pb::QueryRouteResponse {
+                status: Some(wire::ok()),
+                message_queues: (0..config.queues).map(|q| pb::MessageQueue { id: q as i32, ..queue.clone() }).collect(),
             },
-            (None, _) => pb::QueryRouteResponse {
-                status: Some(status(Code::TopicNotFound, format!("topic {topic} does not exist"))),
-                message_queues: vec![],
-            },
-            (Some(config), Some(endpoints)) => {
-                // The endpoints the client reached this broker by (as the reference proxy answers).
-                let broker = pb::Broker { name: engine.broker_name().to_owned(), id: 0, endpoints: Some(endpoints) };
-                let accept =
-                    [MessageType::Normal, MessageType::Fifo, MessageType::Delay, MessageType::Transaction].map(|t| t as i32).to_vec();
-                let message_queues = (0..config.queues)
-                    .map(|q| pb::MessageQueue {
-                        topic: Some(pb::Resource { resource_namespace: String::new(), name: topic.clone() }),
-                        id: q as i32,
-                        permission: pb::Permission::ReadWrite as i32,
-                        broker: Some(broker.clone()),
-                        accept_message_types: accept.clone(),
-                    })
-                    .collect();
-                pb::QueryRouteResponse { status: Some(wire::ok()), message_queues }
-            }
+            Err(s) => pb::QueryRouteResponse { status: Some(s), message_queues: vec![] },
         };
         self.record("query_route", reply.status.as_ref().is_some_and(|s| s.code == Code::Ok as i32), started);
         Ok(Response::new(reply))
@@ -225,25 +277,108 @@ impl MessagingService for Messaging {
         Ok(Response::new(pb::SendMessageResponse { status: Some(status), entries }))
     }
 
-    async fn query_assignment(&self, _: Request<pb::QueryAssignmentRequest>) -> Result<Response<pb::QueryAssignmentResponse>, Status> {
-        Err(Status::unimplemented("QueryAssignment is not served yet"))
+    async fn query_assignment(&self, req: Request<pb::QueryAssignmentRequest>) -> Result<Response<pb::QueryAssignmentResponse>, Status> {
+        let started = Instant::now();
+        self.seen(&req)?;
+        let req = req.into_inner();
+        // Every push consumer of a group receives from the whole topic (messages are handed out
+        // one by one): one assignment, this broker.
+        let reply = match self.queues_of(req.topic.as_ref(), req.endpoints) {
+            Ok((_, queue)) => {
+                pb::QueryAssignmentResponse { status: Some(wire::ok()), assignments: vec![pb::Assignment { message_queue: Some(queue) }] }
+            }
+            Err(s) => pb::QueryAssignmentResponse { status: Some(s), assignments: vec![] },
+        };
+        self.record("query_assignment", reply.status.as_ref().is_some_and(|s| s.code == Code::Ok as i32), started);
+        Ok(Response::new(reply))
     }
 
     type ReceiveMessageStream = Streamed<pb::ReceiveMessageResponse>;
 
-    async fn receive_message(&self, _: Request<pb::ReceiveMessageRequest>) -> Result<Response<Self::ReceiveMessageStream>, Status> {
-        Err(Status::unimplemented("ReceiveMessage is not served yet"))
+    async fn receive_message(&self, req: Request<pb::ReceiveMessageRequest>) -> Result<Response<Self::ReceiveMessageStream>, Status> {
+        let started = Instant::now();
+        self.seen(&req)?;
+        let req = req.into_inner();
+        let answer = |items: Vec<pb::receive_message_response::Content>| -> Result<Response<Self::ReceiveMessageStream>, Status> {
+            let items: Vec<Result<pb::ReceiveMessageResponse, Status>> =
+                items.into_iter().map(|c| Ok(pb::ReceiveMessageResponse { content: Some(c) })).collect();
+            Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+        };
+        use pb::receive_message_response::Content;
+        let refuse = |s: pb::Status| vec![Content::Status(s), Content::DeliveryTimestamp(wire::timestamp(wire::now_ms()))];
+        let r = match self.receive_request(req) {
+            Ok(r) => r,
+            Err(s) => {
+                self.record("receive_message", false, started);
+                return answer(refuse(s));
+            }
+        };
+        let received = self.0.service.receive(&r, &self.0.shutdown).await;
+        let store_host = self.0.service.engine().broker_name().to_owned();
+        let items = match received {
+            Ok(msgs) if msgs.is_empty() => refuse(status(Code::MessageNotFound, "no new message")),
+            Ok(msgs) => {
+                let mut items = vec![Content::Status(wire::ok())];
+                items.extend(msgs.iter().map(|m| {
+                    let mut out = wire::outgoing(
+                        &m.message,
+                        &store_host,
+                        Some(m.receipt.handle()),
+                        Some(i32::try_from(m.attempt).unwrap_or(i32::MAX)),
+                    );
+                    if let Some(sp) = out.system_properties.as_mut() {
+                        sp.invisible_duration = Some(wire::proto_duration(r.invisible));
+                    }
+                    Content::Message(out)
+                }));
+                items.push(Content::DeliveryTimestamp(wire::timestamp(wire::now_ms())));
+                items
+            }
+            Err(e) => refuse(wire::service_error(&e)),
+        };
+        self.record(
+            "receive_message",
+            matches!(items.first(), Some(Content::Status(s)) if s.code == Code::Ok as i32 || s.code == Code::MessageNotFound as i32),
+            started,
+        );
+        answer(items)
     }
 
-    async fn ack_message(&self, _: Request<pb::AckMessageRequest>) -> Result<Response<pb::AckMessageResponse>, Status> {
-        Err(Status::unimplemented("AckMessage is not served yet"))
+    async fn ack_message(&self, req: Request<pb::AckMessageRequest>) -> Result<Response<pb::AckMessageResponse>, Status> {
+        let started = Instant::now();
+        self.seen(&req)?;
+        let req = req.into_inner();
+        let group = resource_name(req.group.as_ref()).to_owned();
+        let entries: Vec<pb::AckMessageResultEntry> = req
+            .entries
+            .into_iter()
+            .map(|e| {
+                let status = match self.0.service.ack(&group, &e.receipt_handle) {
+                    Ok(()) => wire::ok(),
+                    Err(err) => wire::service_error(&err),
+                };
+                pb::AckMessageResultEntry { message_id: e.message_id, receipt_handle: e.receipt_handle, status: Some(status) }
+            })
+            .collect();
+        let status = overall(entries.iter().map(|e| e.status.as_ref()));
+        self.record("ack_message", status.code == Code::Ok as i32, started);
+        Ok(Response::new(pb::AckMessageResponse { status: Some(status), entries }))
     }
 
     async fn forward_message_to_dead_letter_queue(
         &self,
-        _: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
+        req: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
     ) -> Result<Response<pb::ForwardMessageToDeadLetterQueueResponse>, Status> {
-        Err(Status::unimplemented("ForwardMessageToDeadLetterQueue is not served yet"))
+        let started = Instant::now();
+        self.seen(&req)?;
+        let req = req.into_inner();
+        let group = resource_name(req.group.as_ref());
+        let status = match self.0.service.forward_to_dead_letter(group, &req.receipt_handle) {
+            Ok(()) => wire::ok(),
+            Err(e) => wire::service_error(&e),
+        };
+        self.record("forward_to_dead_letter", status.code == Code::Ok as i32, started);
+        Ok(Response::new(pb::ForwardMessageToDeadLetterQueueResponse { status: Some(status) }))
     }
 
     type PullMessageStream = Streamed<pb::PullMessageResponse>;
@@ -343,9 +478,27 @@ impl MessagingService for Messaging {
 
     async fn change_invisible_duration(
         &self,
-        _: Request<pb::ChangeInvisibleDurationRequest>,
+        req: Request<pb::ChangeInvisibleDurationRequest>,
     ) -> Result<Response<pb::ChangeInvisibleDurationResponse>, Status> {
-        Err(Status::unimplemented("ChangeInvisibleDuration is not served yet"))
+        let started = Instant::now();
+        self.seen(&req)?;
+        let req = req.into_inner();
+        let group = resource_name(req.group.as_ref());
+        let invisible = req.invisible_duration.as_ref().map(wire::duration).unwrap_or_default();
+        // Zero is a negative acknowledgement (visible again at once); otherwise within bounds.
+        let reply = if invisible > INVISIBLE_MAX {
+            pb::ChangeInvisibleDurationResponse {
+                status: Some(status(Code::IllegalInvisibleTime, format!("at most {INVISIBLE_MAX:?}"))),
+                receipt_handle: String::new(),
+            }
+        } else {
+            match self.0.service.change_invisible(group, &req.receipt_handle, invisible) {
+                Ok(m) => pb::ChangeInvisibleDurationResponse { status: Some(wire::ok()), receipt_handle: m.receipt.handle() },
+                Err(e) => pb::ChangeInvisibleDurationResponse { status: Some(wire::service_error(&e)), receipt_handle: String::new() },
+            }
+        };
+        self.record("change_invisible_duration", reply.status.as_ref().is_some_and(|s| s.code == Code::Ok as i32), started);
+        Ok(Response::new(reply))
     }
 
     async fn recall_message(&self, _: Request<pb::RecallMessageRequest>) -> Result<Response<pb::RecallMessageResponse>, Status> {
