@@ -37,7 +37,7 @@ fn a_python_producers_messages_of_each_type_reach_a_native_consumer() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), &[]);
     broker.cli(&["topic", "create", "rmq-orders", "--queues", &QUEUES.to_string()]);
-    let receipts = scenario(&broker.grpc_listen, &broker.ca, "send", "rmq-orders");
+    let receipts = scenario(&broker.grpc_listen, &broker.ca, "send", &["rmq-orders"]);
     let rt = wasmq_tests::runtime();
     let conn = rt.block_on(broker.connect());
     let stored = rt.block_on(drain(&conn, "rmq-orders"));
@@ -84,7 +84,7 @@ fn a_python_producers_transactions_commit_roll_back_and_answer_check_backs() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), &[("WASMQ_TRANSACTION_CHECK_INTERVAL_MS", "500")]);
     broker.cli(&["topic", "create", "rmq-tx", "--queues", &QUEUES.to_string()]);
-    let lines = scenario(&broker.grpc_listen, &broker.ca, "transaction", "rmq-tx");
+    let lines = scenario(&broker.grpc_listen, &broker.ca, "transaction", &["rmq-tx"]);
     let checked = lines.iter().find_map(|l| l.get("checked")).expect("the checker's report");
     assert_eq!(checked, &serde_json::json!(["check-commit", "check-rollback"]), "the broker asked about exactly the two left open");
     let sent: HashMap<&str, &Value> = lines.iter().filter(|l| l["type"] == "TRANSACTION").map(|l| (str_of(l, "body"), l)).collect();
@@ -120,7 +120,7 @@ fn a_python_simple_consumer_receives_acks_renews_and_gets_the_unacked_again() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), &[]);
     broker.cli(&["topic", "create", "rmq-simple", "--queues", &QUEUES.to_string()]);
-    let lines = scenario(&broker.grpc_listen, &broker.ca, "simple", "rmq-simple");
+    let lines = scenario(&broker.grpc_listen, &broker.ca, "simple", &["rmq-simple"]);
     let step = |s: &str| lines.iter().filter(|l| l["step"] == s).collect::<Vec<_>>();
     let first = step("first");
     let mut bodies: Vec<&str> = first.iter().map(|l| str_of(l, "body")).collect();
@@ -133,16 +133,61 @@ fn a_python_simple_consumer_receives_acks_renews_and_gets_the_unacked_again() {
     let sent_id = first.iter().find(|l| l["body"] == "s-2").map(|l| str_of(l, "message_id")).unwrap();
     assert_eq!(str_of(again[0], "message_id"), sent_id, "redelivered with the same message id");
     // Everything of the topic is acknowledged or passed over by the filter: no lag.
+    wait_no_lag(&broker, "rmq-simple", "rmq-simple");
+}
+
+/// Waits until `group` has committed every queue of `topic` with no lag.
+fn wait_no_lag(broker: &Broker, group: &str, topic: &str) {
     let rt = wasmq_tests::runtime();
     let started = Instant::now();
     loop {
-        let group = rt.block_on(broker.admin().describe_group("rmq-simple")).unwrap();
-        let lag: u64 = group.queues.iter().filter(|q| q.topic == "rmq-simple").map(|q| q.lag).sum();
-        let committed = group.queues.iter().filter(|q| q.topic == "rmq-simple").count();
-        if lag == 0 && committed as u32 == QUEUES {
-            break;
+        let detail = rt.block_on(broker.admin().describe_group(group)).unwrap();
+        let queues: Vec<_> = detail.queues.iter().filter(|q| q.topic == topic).collect();
+        if queues.len() as u32 == QUEUES && queues.iter().all(|q| q.lag == 0) {
+            return;
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "the group still lags: {group:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "group {group} still lags on {topic}: {detail:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A Python PushConsumer: messages it consumes are acknowledged once — one of them sent by the
+/// native CLI, read with its tag and property — and one it keeps failing is retried with the
+/// backoff the broker's Settings gave (its retry delays), delivered under its own topic each
+/// time with the attempt counted up, and after the broker's maximum it ends in the group's
+/// dead-letter topic.
+#[test]
+fn a_python_push_consumer_retries_a_failing_message_into_the_dead_letter_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2 reconsumes: 3 deliveries, then the DLQ.
+    let broker = Broker::start(dir.path(), &[("WASMQ_RETRY_DELAYS_MS", "200,400"), ("WASMQ_MAX_RECONSUME_TIMES", "2")]);
+    broker.cli(&["topic", "create", "rmq-push", "--queues", &QUEUES.to_string()]);
+    broker.cli(&["send", "rmq-push", "ok-native", "--tags", "blue", "--property", "origin=cli"]);
+    let lines = scenario(&broker.grpc_listen, &broker.ca, "push", &["rmq-push", "3", "4"]);
+    let consumed: Vec<(&str, u64, &str)> = lines
+        .iter()
+        .filter(|l| l["step"] == "consumed")
+        .map(|l| (str_of(l, "body"), l["attempt"].as_u64().unwrap(), str_of(l, "topic")))
+        .collect();
+    for ok in ["ok-0", "ok-1", "ok-2", "ok-native"] {
+        let seen: Vec<_> = consumed.iter().filter(|c| c.0 == ok).collect();
+        assert_eq!(seen, [&(ok, 1, "rmq-push")], "{ok} consumed once: {consumed:?}");
+    }
+    let native = lines.iter().find(|l| l["body"] == "ok-native").unwrap();
+    assert_eq!((&native["tag"], &native["properties"]["origin"]), (&serde_json::json!("blue"), &serde_json::json!("cli")), "{native}");
+    let fails: Vec<_> = consumed.iter().filter(|c| c.0 == "fail-0").map(|c| (c.1, c.2)).collect();
+    assert_eq!(fails, [(1, "rmq-push"), (2, "rmq-push"), (3, "rmq-push")], "three deliveries, then no more: {consumed:?}");
+    let rt = wasmq_tests::runtime();
+    let started = Instant::now();
+    let dead = loop {
+        let dead = rt.block_on(broker.admin().dead_letters("rmq-push")).unwrap();
+        if !dead.is_empty() {
+            break dead;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the failing message never reached the dead-letter topic");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!((dead[0].body_preview.as_str(), dead[0].origin_topic.as_str()), ("fail-0", "rmq-push"));
+    wait_no_lag(&broker, "rmq-push", "rmq-push");
 }

@@ -5,6 +5,8 @@ tests/it/rocketmq.rs, which checks the outcome through wasmq's own client.
     scenarios.py ENDPOINT transaction TOPIC   commit, rollback, and check-backs answered
     scenarios.py ENDPOINT simple TOPIC        SimpleConsumer: receive with a tag filter, ack,
                                               change the invisible time, redelivery
+    scenarios.py ENDPOINT push TOPIC          PushConsumer: successes, and a failing message
+                                              retried with backoff until the broker gives up
 
 Each prints one JSON object per line for the test to read. Trust the broker's CA with
 GRPC_DEFAULT_SSL_ROOTS_FILE_PATH.
@@ -14,8 +16,9 @@ import sys
 import threading
 import time
 
-from rocketmq import (ClientConfiguration, Credentials, FilterExpression, Message,
-                      Producer, SimpleConsumer, TransactionChecker,
+from rocketmq import (ClientConfiguration, ConsumeResult, Credentials,
+                      FilterExpression, Message, MessageListener, Producer,
+                      PushConsumer, SimpleConsumer, TransactionChecker,
                       TransactionResolution)
 
 
@@ -155,6 +158,54 @@ def simple(endpoint, topic):
         c.shutdown()
 
 
+class Recorder(MessageListener):
+    """Records every delivery; fails the messages whose body starts with "fail"."""
+
+    def __init__(self):
+        self.seen = []
+        self.lock = threading.Lock()
+
+    def consume(self, message):
+        body = message.body.decode()
+        with self.lock:
+            self.seen.append((body, message.delivery_attempt, message.topic, message.tag,
+                              dict(message.properties or {})))
+        return ConsumeResult.FAILURE if body.startswith("fail") else ConsumeResult.SUCCESS
+
+
+def push(endpoint, topic):
+    """Three messages that succeed and one that always fails; ATTEMPTS (argv[4]) deliveries of
+    the failing one and OKS (argv[5]) successful messages in all (those sent here and any the
+    test sent before) are awaited, then a little longer to see that no more come."""
+    attempts, oks_wanted = int(sys.argv[4]), int(sys.argv[5])
+    p = Producer(config(endpoint), (topic,), tls_enable=True)
+    p.startup()
+    try:
+        for body in ("ok-0", "ok-1", "ok-2", "fail-0"):
+            p.send(message(topic, body))
+    finally:
+        p.shutdown()
+    recorder = Recorder()
+    c = PushConsumer(config(endpoint), "rmq-push", recorder, {topic: FilterExpression()},
+                     tls_enable=True)
+    c.startup()
+    try:
+        deadline = time.time() + 40
+        while time.time() < deadline:
+            with recorder.lock:
+                fails = sum(1 for seen in recorder.seen if seen[0] == "fail-0")
+                oks = {seen[0] for seen in recorder.seen if not seen[0].startswith("fail")}
+            if fails >= attempts and len(oks) >= oks_wanted:
+                break
+            time.sleep(0.1)
+        time.sleep(2)
+    finally:
+        c.shutdown()
+    with recorder.lock:
+        for body, attempt, t, tag, props in recorder.seen:
+            out(step="consumed", body=body, attempt=attempt, topic=t, tag=tag, properties=props)
+
+
 if __name__ == "__main__":
     endpoint, scenario, topic = sys.argv[1:4]
-    {"send": send, "transaction": transaction, "simple": simple}[scenario](endpoint, topic)
+    {"send": send, "transaction": transaction, "simple": simple, "push": push}[scenario](endpoint, topic)

@@ -45,12 +45,13 @@ fn run(cmd: &mut Command, what: &str) {
 }
 
 /// Runs `scenario` of `tests/rocketmq/scenarios.py` against the gRPC endpoint `grpc` (trusting
-/// `ca`) on `topic`; returns the JSON objects it printed, one per line.
-pub fn scenario(grpc: &str, ca: &Path, scenario: &str, topic: &str) -> Vec<serde_json::Value> {
+/// `ca`) with `args` (its topic first); returns the JSON objects it printed, one per line.
+pub fn scenario(grpc: &str, ca: &Path, scenario: &str, args: &[&str]) -> Vec<serde_json::Value> {
     let home = tempfile::tempdir().expect("a home for the client's logs");
     let out = Command::new(python())
         .arg(tests_dir().join("rocketmq/scenarios.py"))
-        .args([grpc, scenario, topic])
+        .args([grpc, scenario])
+        .args(args)
         .env("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", ca)
         // The client writes its logs under ~/logs.
         .env("HOME", home.path())

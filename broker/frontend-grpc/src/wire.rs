@@ -9,6 +9,9 @@ use wasmq_store::{AppendError, MessageError, NewMessage, Properties, ReadError, 
 
 use crate::pb::{self, Code, MessageType};
 
+/// What every group's retry topic begins with (`wasmq_engine::retry_topic`).
+const RETRY_TOPIC_PREFIX: &str = "%RETRY%";
+
 /// A status with its code and a text for people.
 #[must_use]
 pub fn status(code: Code, message: impl Into<String>) -> pb::Status {
@@ -216,8 +219,15 @@ pub fn outgoing(m: &StoredMessage, store_host: &str, receipt_handle: Option<Stri
         lite_topic: None,
         priority: None,
     };
+    // A retry is delivered under the topic it was first sent to, as RocketMQ delivers it (clients
+    // keep their messages by subscribed topic).
+    let topic = if m.topic.starts_with(RETRY_TOPIC_PREFIX) {
+        p.user.iter().find(|(k, _)| k == wasmq_engine::ORIGIN_TOPIC_PROPERTY).map_or_else(|| m.topic.clone(), |(_, t)| t.clone())
+    } else {
+        m.topic.clone()
+    };
     pb::Message {
-        topic: Some(pb::Resource { resource_namespace: String::new(), name: m.topic.clone() }),
+        topic: Some(pb::Resource { resource_namespace: String::new(), name: topic }),
         user_properties: p.user.iter().filter(|(k, _)| !k.starts_with('%')).cloned().collect(),
         system_properties: Some(system_properties),
         body: m.body.clone(),
