@@ -3,6 +3,7 @@
 //! client — an independent reader of the same queues.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -190,4 +191,73 @@ fn a_python_push_consumer_retries_a_failing_message_into_the_dead_letter_topic()
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!((dead[0].body_preview.as_str(), dead[0].origin_topic.as_str()), ("fail-0", "rmq-push"));
     wait_no_lag(&broker, "rmq-push", "rmq-push");
+}
+
+/// A TLS connection to the gRPC port offering `alpn` (none: no ALPN), trusting the broker's CA.
+async fn tls_to(broker: &Broker, alpn: Option<&[u8]>) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let pem = std::fs::read(&broker.ca).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile_certs(&pem) {
+        roots.add(cert).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.map(|a| vec![a.to_vec()]).unwrap_or_default();
+    let tcp = tokio::net::TcpStream::connect(&broker.grpc_listen).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap()
+}
+
+/// The certificates of a PEM file.
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem).map(Result::unwrap).collect()
+}
+
+/// Bad input on the gRPC port: garbage after the TLS handshake is dropped, HTTP/1 is told the
+/// port speaks gRPC over HTTP/2, and requests a proper client would not send — an unknown topic,
+/// a body over the limit, receipt handles that are stale, garbled or another group's, an RPC the
+/// broker does not serve — each get their RocketMQ status (or gRPC code); the broker serves on.
+#[test]
+fn bad_input_on_the_grpc_port_gets_a_clear_answer_and_the_broker_stays_up() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[("WASMQ_MESSAGE_BYTES_MAX", "65536")]);
+    broker.cli(&["topic", "create", "rmq-bad", "--queues", &QUEUES.to_string()]);
+    let rt = wasmq_tests::runtime();
+    rt.block_on(async {
+        let mut garbage = tls_to(&broker, Some(b"h2")).await;
+        garbage.write_all(&[0xde, 0xad, 0xbe, 0xef].repeat(64)).await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), garbage.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "garbage: the connection is closed, not left hanging");
+        let mut http1 = tls_to(&broker, None).await;
+        http1.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), http1.read_to_end(&mut answer)).await.unwrap().ok();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 505"), "{answer}");
+        assert!(answer.contains("gRPC over HTTP/2"), "{answer}");
+    });
+    let lines = scenario(&broker.grpc_listen, &broker.ca, "errors", &["rmq-bad", "65536"]);
+    let code = |case: &str| {
+        let l = lines.iter().find(|l| l["case"] == case).unwrap_or_else(|| panic!("{case} missing: {lines:?}"));
+        (str_of(l, "code").to_owned(), str_of(l, "message").to_owned())
+    };
+    assert_eq!(code("unknown topic").0, "TOPIC_NOT_FOUND");
+    assert!(code("unknown topic").1.contains("no-such-topic"));
+    assert_eq!(code("oversized body").0, "MESSAGE_BODY_TOO_LARGE", "{:?}", code("oversized body"));
+    assert_eq!(code("a message to receive").0, "OK");
+    assert_eq!(code("receipt handle of another group").0, "INVALID_RECEIPT_HANDLE");
+    assert_eq!(code("first ack").0, "OK");
+    assert_eq!(code("stale receipt handle").0, "INVALID_RECEIPT_HANDLE");
+    assert_eq!(code("garbage receipt handle").0, "INVALID_RECEIPT_HANDLE");
+    assert!(code("garbage receipt handle").1.contains("not-a-handle"));
+    assert_eq!(code("PullMessage").0, "UNIMPLEMENTED");
+    // Still serving: the producers' scenario on the same broker.
+    let receipts = scenario(&broker.grpc_listen, &broker.ca, "send", &["rmq-bad"]);
+    assert!(receipts.iter().any(|r| r["type"] == "NORMAL"));
 }

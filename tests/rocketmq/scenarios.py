@@ -7,6 +7,8 @@ tests/it/rocketmq.rs, which checks the outcome through wasmq's own client.
                                               change the invisible time, redelivery
     scenarios.py ENDPOINT push TOPIC          PushConsumer: successes, and a failing message
                                               retried with backoff until the broker gives up
+    scenarios.py ENDPOINT errors TOPIC        bad requests, through the client's own generated
+                                              gRPC stubs, each answered with its status
 
 Each prints one JSON object per line for the test to read. Trust the broker's CA with
 GRPC_DEFAULT_SSL_ROOTS_FILE_PATH.
@@ -206,6 +208,65 @@ def push(endpoint, topic):
             out(step="consumed", body=body, attempt=attempt, topic=t, tag=tag, properties=props)
 
 
+def errors(endpoint, topic):
+    """Requests a well-behaved client would not send, straight through the gRPC stubs that ship
+    with the client; prints each answer's status code and text."""
+    import grpc
+    from rocketmq.grpc_protocol import (AckMessageEntry, AckMessageRequest, Code,
+                                        MessagingServiceStub, ReceiveMessageRequest,
+                                        SendMessageRequest)
+    channel = grpc.secure_channel(endpoint, grpc.ssl_channel_credentials())
+    stub = MessagingServiceStub(channel)
+    meta = (("x-mq-client-id", "errors-scenario"), ("x-mq-language", "PYTHON"))
+
+    def status(name, s):
+        out(case=name, code=Code.Name(s.code), message=s.message)
+
+    def send(name, topic_name, body):
+        req = SendMessageRequest()
+        m = req.messages.add()
+        m.topic.name = topic_name
+        m.body = body
+        m.system_properties.message_id = f"errors-{name}"
+        m.system_properties.message_type = 1  # NORMAL
+        r = stub.SendMessage(req, metadata=meta, timeout=10)
+        status(name, r.entries[0].status if r.entries else r.status)
+
+    send("unknown topic", "no-such-topic", b"x")
+    send("oversized body", topic, b"x" * (int(sys.argv[4]) + 1))
+
+    def receive(group):
+        req = ReceiveMessageRequest()
+        req.group.name = group
+        req.message_queue.topic.name = topic
+        req.batch_size = 1
+        req.invisible_duration.seconds = 30
+        req.long_polling_timeout.seconds = 1
+        got = [r for r in stub.ReceiveMessage(req, metadata=meta, timeout=10)]
+        return [r.message for r in got if r.WhichOneof("content") == "message"]
+
+    def ack(name, group, handle):
+        req = AckMessageRequest()
+        req.group.name = group
+        req.topic.name = topic
+        req.entries.append(AckMessageEntry(message_id="m", receipt_handle=handle))
+        r = stub.AckMessage(req, metadata=meta, timeout=10)
+        status(name, r.entries[0].status)
+
+    send("a message to receive", topic, b"to receive")
+    handle = receive("errors-a")[0].system_properties.receipt_handle
+    ack("receipt handle of another group", "errors-b", handle)
+    ack("first ack", "errors-a", handle)
+    ack("stale receipt handle", "errors-a", handle)
+    ack("garbage receipt handle", "errors-a", "not-a-handle")
+    from rocketmq.grpc_protocol import service_pb2
+    try:
+        list(stub.PullMessage(service_pb2.PullMessageRequest(), metadata=meta, timeout=10))
+    except grpc.RpcError as e:
+        out(case="PullMessage", code=e.code().name, message=e.details())
+
+
 if __name__ == "__main__":
     endpoint, scenario, topic = sys.argv[1:4]
-    {"send": send, "transaction": transaction, "simple": simple, "push": push}[scenario](endpoint, topic)
+    {"send": send, "transaction": transaction, "simple": simple, "push": push,
+     "errors": errors}[scenario](endpoint, topic)

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
+use tonic::codegen::http;
 use wasmq_net::TlsStream;
 
 pub use clients::{ClientInfo, Clients, PRODUCER_GROUP_PREFIX, producer_group};
@@ -29,14 +30,38 @@ pub mod pb {
 /// The ALPN protocol name gRPC runs on.
 pub const ALPN: &[u8] = b"h2";
 
+/// Bytes a request may carry beyond its bodies' limit (properties, keys, the envelope).
+const REQUEST_OVERHEAD_MAX: usize = 1 << 20;
+
+/// What an HTTP/1 request to the gRPC port is told (with status 505).
+pub const HTTP1_REFUSAL: &str = "this is wasmq's RocketMQ 5 gRPC port: it speaks gRPC over HTTP/2 (TLS, ALPN h2) only; the admin API and console are on the admin port\n";
+
 /// Serves one accepted TLS connection: HTTP/2 with the messaging service, until the client
-/// closes it or the broker shuts down (then gracefully: requests under way finish).
+/// closes it or the broker shuts down (then gracefully: requests under way finish). An HTTP/1
+/// request is answered 505 with [`HTTP1_REFUSAL`]; bytes that are neither end the connection.
 pub async fn serve(tls: TlsStream, peer: SocketAddr, messaging: Messaging, shutdown: CancellationToken) {
     let metrics = Arc::clone(messaging.0.service.metrics());
     let connections = metrics.connections.get_or_create(&wasmq_service::metrics::ProtocolLabels { protocol: PROTOCOL }).clone();
     connections.inc();
-    let service = TowerToHyperService::new(pb::messaging_service_server::MessagingServiceServer::new(messaging));
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service);
+    // Room for a message at the broker's limit and its properties: a larger one is refused by
+    // the store with MESSAGE_BODY_TOO_LARGE rather than by the decoder.
+    let decode_max = messaging.0.max_body_size as usize + REQUEST_OVERHEAD_MAX;
+    let grpc = pb::messaging_service_server::MessagingServiceServer::new(messaging).max_decoding_message_size(decode_max);
+    let service = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let mut grpc = grpc.clone();
+        async move {
+            if req.version() == http::Version::HTTP_2 {
+                return tower::Service::call(&mut grpc, req).await;
+            }
+            let body = tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from_static(HTTP1_REFUSAL.as_bytes())));
+            let mut refusal = http::Response::new(body);
+            *refusal.status_mut() = http::StatusCode::HTTP_VERSION_NOT_SUPPORTED;
+            refusal.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+            Ok(refusal)
+        }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
