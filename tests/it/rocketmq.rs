@@ -261,3 +261,52 @@ fn bad_input_on_the_grpc_port_gets_a_clear_answer_and_the_broker_stays_up() {
     let receipts = scenario(&broker.grpc_listen, &broker.ca, "send", &["rmq-bad"]);
     assert!(receipts.iter().any(|r| r["type"] == "NORMAL"));
 }
+
+/// A broker SIGKILLed (and restarted on the same ports) while a Python SimpleConsumer works
+/// through 300 messages: the consumer carries on by itself, every message is acknowledged in
+/// the end, and each one it left unacknowledged comes back (at least once: messages acknowledged
+/// shortly before the kill may come again, as the group's offsets are saved every 5 s).
+#[test]
+fn a_python_simple_consumer_carries_on_through_a_broker_sigkill() {
+    const N: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    broker.cli(&["topic", "create", "rmq-restart", "--queues", &QUEUES.to_string()]);
+    let rt = wasmq_tests::runtime();
+    let producer = wasmq_client::Producer::new(rt.block_on(broker.connect()), "rmq-restart-producer");
+    for i in 0..N {
+        rt.block_on(producer.send("rmq-restart", wasmq_client::OutgoingMessage::new(format!("r-{i}")))).unwrap();
+    }
+    let running = wasmq_tests::rocketmq::start(&broker.grpc_listen, &broker.ca, "restart", &["rmq-restart", &N.to_string()]);
+    let mut seen: Vec<Value> = Vec::new();
+    let next = |seen: &mut Vec<Value>| {
+        let v = running.lines.recv_timeout(Duration::from_secs(60)).expect("the scenario went silent");
+        seen.push(v);
+    };
+    while seen.iter().filter(|l| l["step"] == "received").count() < N / 3 {
+        next(&mut seen);
+    }
+    let broker = broker.kill_and_restart();
+    let killed_at = seen.len();
+    while !seen.last().is_some_and(|l| l["step"] == "done") {
+        next(&mut seen);
+    }
+    running.wait();
+    drop(broker);
+    let received: Vec<&Value> = seen.iter().filter(|l| l["step"] == "received").collect();
+    let acked: std::collections::HashSet<&str> = received.iter().filter(|l| l["acked"] == true).map(|l| str_of(l, "body")).collect();
+    assert_eq!(acked.len(), N, "every message acknowledged in the end: {} of {N}", acked.len());
+    for left in (0..N).step_by(10).map(|i| format!("r-{i}")) {
+        let deliveries = received.iter().filter(|l| l["body"] == left.as_str()).count();
+        assert!(deliveries >= 2, "{left} was left unacknowledged and must come back ({deliveries} deliveries)");
+    }
+    let after_kill = seen[killed_at..].iter().filter(|l| l["step"] == "received").count();
+    assert!(after_kill > 0, "deliveries went on after the restart");
+    let first = received.iter().filter(|l| l["attempt"].as_u64() == Some(1)).count();
+    eprintln!(
+        "through a SIGKILL: {} deliveries of {N} messages ({} first deliveries), {} failed calls while the broker was down",
+        received.len(),
+        first,
+        seen.iter().filter(|l| l["step"] == "error").count()
+    );
+}

@@ -7,6 +7,8 @@ tests/it/rocketmq.rs, which checks the outcome through wasmq's own client.
                                               change the invisible time, redelivery
     scenarios.py ENDPOINT push TOPIC          PushConsumer: successes, and a failing message
                                               retried with backoff until the broker gives up
+    scenarios.py ENDPOINT restart TOPIC N     SimpleConsumer through a broker restart: receive
+                                              N messages, acking all but every tenth at first
     scenarios.py ENDPOINT errors TOPIC        bad requests, through the client's own generated
                                               gRPC stubs, each answered with its status
 
@@ -208,6 +210,41 @@ def push(endpoint, topic):
             out(step="consumed", body=body, attempt=attempt, topic=t, tag=tag, properties=props)
 
 
+def restart(endpoint, topic):
+    """Receives until each of N messages ("r-0" …) is acknowledged, leaving every tenth
+    unacknowledged at its first delivery (it must come back), carrying on through errors while
+    the broker restarts. Prints every delivery and every failed call."""
+    n = int(sys.argv[4])
+    c = SimpleConsumer(config(endpoint), "rmq-restart", {topic: FilterExpression()},
+                       await_duration=2, tls_enable=True)
+    c.startup()
+    acked = set()
+    deadline = time.time() + 120
+    try:
+        while len(acked) < n and time.time() < deadline:
+            try:
+                got = c.receive(32, 3)
+            except Exception as e:  # the broker is down: try again
+                out(step="error", call="receive", error=str(e)[:200])
+                time.sleep(0.2)
+                continue
+            for m in got:
+                body = m.body.decode()
+                leave = int(body.split("-")[1]) % 10 == 0 and m.delivery_attempt == 1 and body not in acked
+                ok = False
+                if not leave:
+                    try:
+                        c.ack(m)
+                        ok = True
+                        acked.add(body)
+                    except Exception as e:
+                        out(step="error", call="ack", error=str(e)[:200])
+                out(step="received", body=body, attempt=m.delivery_attempt, acked=ok)
+    finally:
+        c.shutdown()
+    out(step="done", acked=len(acked))
+
+
 def errors(endpoint, topic):
     """Requests a well-behaved client would not send, straight through the gRPC stubs that ship
     with the client; prints each answer's status code and text."""
@@ -269,4 +306,4 @@ def errors(endpoint, topic):
 if __name__ == "__main__":
     endpoint, scenario, topic = sys.argv[1:4]
     {"send": send, "transaction": transaction, "simple": simple, "push": push,
-     "errors": errors}[scenario](endpoint, topic)
+     "restart": restart, "errors": errors}[scenario](endpoint, topic)

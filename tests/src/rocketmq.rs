@@ -44,6 +44,48 @@ fn run(cmd: &mut Command, what: &str) {
     assert!(status.success(), "{what} failed: {status}");
 }
 
+/// A scenario running in the background: its printed objects arrive on `lines` as it prints them.
+#[derive(Debug)]
+pub struct Running {
+    pub child: std::process::Child,
+    pub lines: std::sync::mpsc::Receiver<serde_json::Value>,
+    _home: tempfile::TempDir,
+}
+
+impl Running {
+    /// Waits for the scenario to end; panics if it failed.
+    pub fn wait(mut self) {
+        let status = self.child.wait().expect("wait for scenarios.py");
+        assert!(status.success(), "the scenario failed: {status}");
+    }
+}
+
+/// Starts `scenario` like [`scenario`] does, without waiting for it.
+pub fn start(grpc: &str, ca: &Path, scenario: &str, args: &[&str]) -> Running {
+    use std::io::BufRead;
+    let home = tempfile::tempdir().expect("a home for the client's logs");
+    let mut child = Command::new(python())
+        .arg(tests_dir().join("rocketmq/scenarios.py"))
+        .args([grpc, scenario])
+        .args(args)
+        .env("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", ca)
+        .env("HOME", home.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run scenarios.py");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            if tx.send(value).is_err() {
+                return;
+            }
+        }
+    });
+    Running { child, lines, _home: home }
+}
+
 /// Runs `scenario` of `tests/rocketmq/scenarios.py` against the gRPC endpoint `grpc` (trusting
 /// `ca`) with `args` (its topic first); returns the JSON objects it printed, one per line.
 pub fn scenario(grpc: &str, ca: &Path, scenario: &str, args: &[&str]) -> Vec<serde_json::Value> {
