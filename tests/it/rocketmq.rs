@@ -310,3 +310,36 @@ fn a_python_simple_consumer_carries_on_through_a_broker_sigkill() {
         seen.iter().filter(|l| l["step"] == "error").count()
     );
 }
+
+/// With access keys configured, a Python producer signing with a right key sends; a wrong
+/// secret, an unknown access key or no key at all is refused with gRPC UNAUTHENTICATED naming
+/// the reason (never the secret), and nothing of theirs is stored.
+#[test]
+fn a_broker_with_access_keys_takes_only_requests_signed_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[("WASMQ_ACCESS_KEYS", "app:app-secret-1,ops:ops-secret-2")]);
+    broker.cli(&["topic", "create", "rmq-auth", "--queues", &QUEUES.to_string()]);
+    let try_with = |ak: &str, sk: &str| {
+        let lines = scenario(&broker.grpc_listen, &broker.ca, "auth", &["rmq-auth", ak, sk]);
+        lines.into_iter().next().expect("the scenario's answer")
+    };
+    assert_eq!(try_with("app", "app-secret-1")["ok"], true);
+    assert_eq!(try_with("ops", "ops-secret-2")["ok"], true);
+    for (ak, sk, why) in [
+        ("app", "guess", "wrong signature for access key \"app\""),
+        ("nobody", "x", "unknown access key"),
+        ("-", "-", "carries no access key"),
+    ] {
+        let r = try_with(ak, sk);
+        assert_eq!(r["ok"], false, "{ak}/{sk}: {r}");
+        let error = str_of(&r, "error");
+        assert_eq!(str_of(&r, "code"), "UNAUTHENTICATED", "{ak}/{sk}: {r}");
+        assert!(error.contains(why), "{ak}/{sk}: {error}");
+        assert!(!error.contains("secret"), "no secret in the answer: {error}");
+    }
+    let rt = wasmq_tests::runtime();
+    let conn = rt.block_on(broker.connect());
+    let mut bodies: Vec<String> = rt.block_on(drain(&conn, "rmq-auth")).iter().map(|(_, m)| body(m)).collect();
+    bodies.sort();
+    assert_eq!(bodies, ["signed by app", "signed by ops"]);
+}

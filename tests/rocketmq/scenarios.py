@@ -9,6 +9,8 @@ tests/it/rocketmq.rs, which checks the outcome through wasmq's own client.
                                               retried with backoff until the broker gives up
     scenarios.py ENDPOINT restart TOPIC N     SimpleConsumer through a broker restart: receive
                                               N messages, acking all but every tenth at first
+    scenarios.py ENDPOINT auth TOPIC AK SK    a send signed with access key AK and secret SK
+                                              ("-" for none): did it go through?
     scenarios.py ENDPOINT errors TOPIC        bad requests, through the client's own generated
                                               gRPC stubs, each answered with its status
 
@@ -245,6 +247,36 @@ def restart(endpoint, topic):
     out(step="done", acked=len(acked))
 
 
+def auth(endpoint, topic):
+    """A producer whose requests the client signs with AK/SK; when it cannot start, the same
+    signed request (the client's own signing code) made through the stubs shows the broker's
+    answer, which the client's exception does not carry."""
+    import grpc
+    from rocketmq.grpc_protocol import MessagingServiceStub, QueryRouteRequest
+    from rocketmq.v5.util.signature import Signature
+    ak, sk = ("" if a == "-" else a for a in sys.argv[4:6])
+    cfg = ClientConfiguration(endpoint, Credentials(ak, sk))
+    try:
+        p = Producer(cfg, (topic,), tls_enable=True)
+        p.startup()
+        try:
+            r = p.send(message(topic, f"signed by {ak or 'nobody'}"))
+            out(ok=True, message_id=r.message_id)
+        finally:
+            p.shutdown()
+        return
+    except Exception as e:
+        failure = str(e)
+    stub = MessagingServiceStub(grpc.secure_channel(endpoint, grpc.ssl_channel_credentials()))
+    req = QueryRouteRequest()
+    req.topic.name = topic
+    try:
+        stub.QueryRoute(req, metadata=Signature.metadata(cfg, "auth-scenario"), timeout=10)
+        out(ok=False, client_error=failure, code="OK", error="")
+    except grpc.RpcError as e:
+        out(ok=False, client_error=failure, code=e.code().name, error=e.details())
+
+
 def errors(endpoint, topic):
     """Requests a well-behaved client would not send, straight through the gRPC stubs that ship
     with the client; prints each answer's status code and text."""
@@ -306,4 +338,4 @@ def errors(endpoint, topic):
 if __name__ == "__main__":
     endpoint, scenario, topic = sys.argv[1:4]
     {"send": send, "transaction": transaction, "simple": simple, "push": push,
-     "restart": restart, "errors": errors}[scenario](endpoint, topic)
+     "restart": restart, "auth": auth, "errors": errors}[scenario](endpoint, topic)

@@ -46,6 +46,8 @@ pub struct Shared {
     pub clients: Arc<Clients>,
     /// The largest body a producer may send (the store's message limit).
     pub max_body_size: u32,
+    /// Access keys whose signatures requests must carry (none: anonymous clients).
+    pub access_keys: crate::AccessKeys,
     /// Long polls end when the broker shuts down.
     pub shutdown: tokio_util::sync::CancellationToken,
 }

@@ -105,6 +105,7 @@ fn grpc(config: &Config, parts: &Parts) -> (FrontEnd, Arc<dyn ProducerLinks>) {
         service: Arc::clone(&parts.service),
         clients: Arc::clone(&clients),
         max_body_size: config.store.message_bytes_max,
+        access_keys: config.access_keys.clone(),
         shutdown: parts.shutdown.clone(),
     }));
     let (connections_max, shutdown) = (config.connections_max.get() as usize, parts.shutdown.clone());
