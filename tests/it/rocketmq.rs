@@ -263,7 +263,8 @@ fn bad_input_on_the_grpc_port_gets_a_clear_answer_and_the_broker_stays_up() {
 }
 
 /// A broker SIGKILLed (and restarted on the same ports) while a Python SimpleConsumer works
-/// through 300 messages: the consumer carries on by itself, every message is acknowledged in
+/// through 300 messages (listed in the admin API as a gRPC member of its group, with its
+/// language and version): the consumer carries on by itself, every message is acknowledged in
 /// the end, and each one it left unacknowledged comes back (at least once: messages acknowledged
 /// shortly before the kill may come again, as the group's offsets are saved every 5 s).
 #[test]
@@ -286,6 +287,10 @@ fn a_python_simple_consumer_carries_on_through_a_broker_sigkill() {
     while seen.iter().filter(|l| l["step"] == "received").count() < N / 3 {
         next(&mut seen);
     }
+    // The admin API lists the Python consumer as a member of its group, as it says it is.
+    let group = rt.block_on(broker.admin().describe_group("rmq-restart")).unwrap();
+    let member = group.members.iter().find(|m| m.protocol == "grpc").unwrap_or_else(|| panic!("no gRPC member: {group:?}"));
+    assert_eq!((member.language.as_str(), member.version.as_str()), ("PYTHON", "5.1.2"), "{member:?}");
     let broker = broker.kill_and_restart();
     let killed_at = seen.len();
     while !seen.last().is_some_and(|l| l["step"] == "done") {

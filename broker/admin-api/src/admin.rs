@@ -533,6 +533,10 @@ async fn list_groups(State(s): State<AdminState>) -> Json<Vec<GroupSummary>> {
     )
 }
 
+/// A client not heard from for this long is no longer listed as a group's member (RocketMQ 5
+/// clients send a heartbeat every 10 to 30 s).
+const CLIENT_SILENT_MS: u64 = 90_000;
+
 async fn describe_group(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
     let engine = &s.engine;
     let view = engine.describe_group(&name);
@@ -546,8 +550,29 @@ async fn describe_group(State(s): State<AdminState>, Path(name): Path<String>) -
         for q in &a.queues {
             owners.insert(q.clone(), client_id.clone());
         }
-        members.push(GroupMember { client_id, queues: a.queues.iter().map(|(t, q)| format!("{t}/{q}")).collect() });
+        let queues = a.queues.iter().map(|(t, q)| format!("{t}/{q}")).collect();
+        members.push(GroupMember { client_id, queues, protocol: "native".into(), language: String::new(), version: String::new() });
     }
+    // Clients of the group that receive message by message (RocketMQ 5 gRPC), heard from lately.
+    let now_ms = crate::now_ms();
+    let mut receivers: Vec<GroupMember> = engine
+        .clients()
+        .into_iter()
+        .filter(|(id, c)| {
+            c.consumer_groups.contains(&name)
+                && now_ms.saturating_sub(c.last_seen_ms) <= CLIENT_SILENT_MS
+                && !members.iter().any(|m| &m.client_id == id)
+        })
+        .map(|(client_id, c)| GroupMember {
+            client_id,
+            queues: Vec::new(),
+            protocol: c.about.protocol,
+            language: c.about.language,
+            version: c.about.version,
+        })
+        .collect();
+    receivers.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+    members.extend(receivers);
     let mut keys: std::collections::BTreeSet<(String, u32)> = owners.keys().cloned().collect();
     for (topic, queues) in &committed {
         keys.extend(queues.keys().map(|q| (topic.clone(), *q)));

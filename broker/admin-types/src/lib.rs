@@ -167,8 +167,16 @@ pub struct GroupDetail {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GroupMember {
     pub client_id: String,
-    /// `topic/queue` items assigned to the member.
+    /// `topic/queue` items assigned to the member (none for a member that receives message by
+    /// message from every queue, as RocketMQ 5 gRPC consumers do).
     pub queues: Vec<String>,
+    /// The protocol it speaks (`native`, `grpc`), and its language and version as it says them.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub language: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

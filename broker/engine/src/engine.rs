@@ -82,6 +82,16 @@ pub struct ClientInfo {
     pub last_seen_ms: u64,
     pub producer_groups: Vec<String>,
     pub consumer_groups: Vec<String>,
+    /// Which protocol it speaks (`native`, `grpc`) and what it says it is.
+    pub about: ClientAbout,
+}
+
+/// What a client says it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientAbout {
+    pub protocol: String,
+    pub language: String,
+    pub version: String,
 }
 
 #[derive(Debug, thiserror::Error)]

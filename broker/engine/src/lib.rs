@@ -14,7 +14,7 @@ mod replica;
 mod topics;
 
 pub use engine::{
-    ClientInfo, Engine, EngineError, GROUP_SESSION_TIMEOUT_MS_DEFAULT, GroupCommitError, MAX_RECONSUME_TIMES_DEFAULT,
+    ClientAbout, ClientInfo, Engine, EngineError, GROUP_SESSION_TIMEOUT_MS_DEFAULT, GroupCommitError, MAX_RECONSUME_TIMES_DEFAULT,
     ORDER_LOCK_TTL_MS_DEFAULT, ORIGIN_TOPIC_PROPERTY, PlainSend, PullError, RETRY_DELAYS_MS_DEFAULT, Receipt, ReceiptError, Receive,
     Received, SendBackOutcome, SendError, Wake, dlq_topic, retry_topic,
 };

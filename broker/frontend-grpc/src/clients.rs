@@ -111,6 +111,11 @@ impl Clients {
         self.lock().remove(client_id);
     }
 
+    /// The settings a client sent, if any.
+    pub(crate) fn settings_of(&self, client_id: &str) -> Option<pb::Settings> {
+        self.lock().get(client_id).and_then(|c| c.settings.clone())
+    }
+
     /// Every known client, by id.
     #[must_use]
     pub fn list(&self) -> Vec<ClientInfo> {

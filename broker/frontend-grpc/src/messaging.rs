@@ -100,6 +100,29 @@ impl Messaging {
         Ok(id)
     }
 
+    /// Tells the service a client is alive, with its groups: a consumer's group (from its
+    /// Settings or its heartbeat), a producer's per published topic.
+    fn client_alive(&self, (id, language, version): (String, String, String), consumer_group: Option<&str>) {
+        let settings = self.0.clients.settings_of(&id);
+        let mut consumer_groups: Vec<String> = consumer_group.filter(|g| !g.is_empty()).map(str::to_owned).into_iter().collect();
+        let mut producer_groups = Vec::new();
+        match settings.and_then(|s| s.pub_sub) {
+            Some(pb::settings::PubSub::Subscription(sub)) => {
+                if let Some(g) = sub.group.map(|g| g.name).filter(|g| !g.is_empty() && !consumer_groups.contains(g)) {
+                    consumer_groups.push(g);
+                }
+            }
+            Some(pb::settings::PubSub::Publishing(p)) => {
+                producer_groups = p.topics.iter().map(|t| crate::clients::producer_group(&t.name)).collect();
+            }
+            None => {}
+        }
+        let about = wasmq_engine::ClientAbout { protocol: PROTOCOL.into(), language, version };
+        if let Err(e) = self.0.service.client_heartbeat(&id, about, producer_groups, consumer_groups) {
+            tracing::debug!(client_id = id, error = %e, "client heartbeat not recorded");
+        }
+    }
+
     fn record(&self, op: &'static str, ok: bool, started: Instant) {
         self.0.service.metrics().request(PROTOCOL, op, ok, started.elapsed());
     }
@@ -252,6 +275,7 @@ impl MessagingService for Messaging {
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let started = Instant::now();
         self.seen(&req)?;
+        self.client_alive(client(&req)?, req.get_ref().group.as_ref().map(|g| g.name.as_str()));
         self.record("heartbeat", true, started);
         Ok(Response::new(pb::HeartbeatResponse { status: Some(wire::ok()) }))
     }
@@ -445,6 +469,7 @@ impl MessagingService for Messaging {
 
     async fn telemetry(&self, req: Request<tonic::Streaming<pb::TelemetryCommand>>) -> Result<Response<Self::TelemetryStream>, Status> {
         let client_id = self.seen(&req)?;
+        let who = client(&req)?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(TELEMETRY_QUEUE);
         let stream_id = self.0.clients.stream_id();
@@ -458,6 +483,7 @@ impl MessagingService for Messaging {
                 };
                 let reply = this.settings_reply(settings.clone());
                 this.0.clients.settings(&client_id, settings, Some((stream_id, tx.clone())));
+                this.client_alive(who.clone(), None);
                 let command =
                     pb::TelemetryCommand { status: Some(wire::ok()), command: Some(pb::telemetry_command::Command::Settings(reply)) };
                 if tx.send(Ok(command)).await.is_err() {
@@ -475,6 +501,7 @@ impl MessagingService for Messaging {
     ) -> Result<Response<pb::NotifyClientTerminationResponse>, Status> {
         let (id, _, _) = client(&req)?;
         self.0.clients.remove(&id);
+        self.0.service.forget_client(&id);
         Ok(Response::new(pb::NotifyClientTerminationResponse { status: Some(wire::ok()) }))
     }
 

@@ -38,6 +38,25 @@ impl Service {
         Ok(self.engine.heartbeat(client_id, producer_groups, consumer_groups)?)
     }
 
+    /// Records that a client of a protocol front end is alive, with what it says it is.
+    ///
+    /// # Errors
+    /// Invalid names, too many clients.
+    pub fn client_heartbeat(
+        &self,
+        client_id: &str,
+        about: wasmq_engine::ClientAbout,
+        producer_groups: Vec<String>,
+        consumer_groups: Vec<String>,
+    ) -> Result<(), ServiceError> {
+        Ok(self.engine.client_heartbeat(client_id, about, producer_groups, consumer_groups)?)
+    }
+
+    /// Forgets a client that said goodbye.
+    pub fn forget_client(&self, client_id: &str) {
+        self.engine.forget_client(client_id);
+    }
+
     /// A producer connection joined `group` (it can answer check-backs now).
     pub fn producer_joined(&self, group: &str) {
         self.engine.producer_joined(group);

@@ -349,6 +349,21 @@ impl Engine {
     /// # Errors
     /// Invalid group names, or too many clients.
     pub fn heartbeat(&self, client_id: &str, producer_groups: Vec<String>, consumer_groups: Vec<String>) -> Result<(), EngineError> {
+        let about = ClientAbout { protocol: "native".into(), ..ClientAbout::default() };
+        self.client_heartbeat(client_id, about, producer_groups, consumer_groups)
+    }
+
+    /// Records that a client is alive, with what it says it is.
+    ///
+    /// # Errors
+    /// Invalid group names, or too many clients.
+    pub fn client_heartbeat(
+        &self,
+        client_id: &str,
+        about: ClientAbout,
+        producer_groups: Vec<String>,
+        consumer_groups: Vec<String>,
+    ) -> Result<(), EngineError> {
         for g in producer_groups.iter().chain(&consumer_groups) {
             topics::validate_group(g).map_err(EngineError::Invalid)?;
         }
@@ -356,8 +371,13 @@ impl Engine {
         if clients.len() >= CLIENTS_MAX && !clients.contains_key(client_id) {
             return Err(EngineError::Invalid(format!("more than {CLIENTS_MAX} clients")));
         }
-        clients.insert(client_id.to_owned(), ClientInfo { last_seen_ms: self.clock.now_ms(), producer_groups, consumer_groups });
+        clients.insert(client_id.to_owned(), ClientInfo { last_seen_ms: self.clock.now_ms(), producer_groups, consumer_groups, about });
         Ok(())
+    }
+
+    /// Forgets a client that said goodbye.
+    pub fn forget_client(&self, client_id: &str) {
+        lock(&self.consumers.clients).remove(client_id);
     }
 
     pub fn clients(&self) -> HashMap<String, ClientInfo> {
