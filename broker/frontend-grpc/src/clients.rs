@@ -16,6 +16,13 @@ use wasmq_service::{Asked, CHECK_SEND_TIMEOUT, CheckBack, ProducerLinks};
 
 use crate::pb;
 
+/// The most clients the front end keeps (the engine's client registry has the same bound): a
+/// new client id past it is refused until others say goodbye or fall silent.
+pub const CLIENTS_MAX: usize = 100_000;
+/// A client silent this long is forgotten when room is needed for a new one (clients send a
+/// heartbeat every 10 to 30 s).
+const CLIENT_SILENT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Telemetry stream ids start here, apart from the native front end's connection ids (both
 /// go into one skip list of a check-back pass).
 const STREAM_IDS_FROM: u64 = 1 << 48;
@@ -67,17 +74,38 @@ impl Clients {
         self.by_id.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Notes that `client_id` was heard from (creating it).
-    pub(crate) fn seen(&self, client_id: &str, language: &str, version: &str) {
+    /// Notes that `client_id` was heard from (creating it). Past [`CLIENTS_MAX`], silent clients
+    /// are forgotten to make room; if none is, a new client is refused.
+    ///
+    /// # Errors
+    /// Too many clients.
+    pub(crate) fn seen(&self, client_id: &str, language: &str, version: &str) -> Result<(), String> {
+        self.seen_within(client_id, language, version, CLIENTS_MAX)
+    }
+
+    fn seen_within(&self, client_id: &str, language: &str, version: &str, max: usize) -> Result<(), String> {
         let mut clients = self.lock();
-        let c = clients.entry(client_id.to_owned()).or_insert_with(|| Client {
-            language: language.to_owned(),
-            version: version.to_owned(),
-            settings: None,
-            telemetry: None,
-            last_seen: Instant::now(),
-        });
-        c.last_seen = Instant::now();
+        if let Some(c) = clients.get_mut(client_id) {
+            c.last_seen = Instant::now();
+            return Ok(());
+        }
+        if clients.len() >= max {
+            clients.retain(|_, c| c.telemetry.as_ref().is_some_and(|(_, tx)| !tx.is_closed()) || c.last_seen.elapsed() < CLIENT_SILENT);
+            if clients.len() >= max {
+                return Err(format!("the broker already serves {max} RocketMQ clients; try again later"));
+            }
+        }
+        clients.insert(
+            client_id.to_owned(),
+            Client {
+                language: language.to_owned(),
+                version: version.to_owned(),
+                settings: None,
+                telemetry: None,
+                last_seen: Instant::now(),
+            },
+        );
+        Ok(())
     }
 
     /// Records a client's Settings and the stream they came on; returns the stream's id.
@@ -207,5 +235,23 @@ impl ProducerLinks for Clients {
 
     fn counts(&self) -> HashMap<String, usize> {
         self.publishers().into_iter().map(|(t, n)| (producer_group(&t), n)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_past_the_limit_are_refused_unless_silent_ones_make_room() {
+        let clients = Clients::default();
+        clients.seen_within("a", "PYTHON", "5.1.2", 2).unwrap();
+        clients.seen_within("b", "JAVA", "5.0.7", 2).unwrap();
+        clients.seen_within("a", "PYTHON", "5.1.2", 2).unwrap();
+        let refused = clients.seen_within("c", "GO", "5.1.0", 2).unwrap_err();
+        assert!(refused.contains("already serves 2"), "{refused}");
+        clients.remove("b");
+        clients.seen_within("c", "GO", "5.1.0", 2).unwrap();
+        assert_eq!(clients.list().iter().map(|c| c.client_id.as_str()).collect::<Vec<_>>(), ["a", "c"]);
     }
 }

@@ -20,7 +20,7 @@ use tonic::codegen::http;
 use wasmq_net::TlsStream;
 
 pub use auth::AccessKeys;
-pub use clients::{ClientInfo, Clients, PRODUCER_GROUP_PREFIX, producer_group};
+pub use clients::{CLIENTS_MAX, ClientInfo, Clients, PRODUCER_GROUP_PREFIX, producer_group};
 pub use messaging::{INVISIBLE_DEFAULT, INVISIBLE_MAX, INVISIBLE_MIN, LONG_POLLING_MAX, Messaging, PROTOCOL, Shared, transaction_id};
 
 /// The generated RocketMQ 5 API (`apache.rocketmq.v2`).

@@ -96,7 +96,7 @@ pub struct Messaging(pub Arc<Shared>);
 impl Messaging {
     fn seen<T>(&self, req: &Request<T>) -> Result<String, Status> {
         let (id, language, version) = client(req)?;
-        self.0.clients.seen(&id, &language, &version);
+        self.0.clients.seen(&id, &language, &version).map_err(Status::resource_exhausted)?;
         Ok(id)
     }
 
