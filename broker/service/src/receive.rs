@@ -18,6 +18,9 @@ pub const REVIVE_INTERVAL: Duration = Duration::from_millis(100);
 /// A waiting receive looks again at least this often: a retry falling due or a FIFO message
 /// becoming visible again append nothing that would wake it.
 const RECEIVE_REPOLL: Duration = Duration::from_millis(100);
+/// Pause before looking again when a wait could not be set up (a message arrived meanwhile, or
+/// a queue has too many waiters), so a waiter flood cannot spin.
+const REPARK_PAUSE: Duration = Duration::from_millis(1);
 /// The most messages one receive hands out.
 pub const RECEIVE_BATCH_MAX: usize = 1024;
 
@@ -100,22 +103,21 @@ impl Service {
             }
             // Wake on an append to any of the queues (past its current end), or look again soon.
             let notify = Arc::new(Notify::new());
-            let done = Arc::new(AtomicBool::new(false));
+            let waiting = Waiting::new(&self.metrics.long_polls_waiting);
+            let mut look_again = false;
             for (topic, _, queue_id) in &queues {
                 let end = engine.store().queue_bounds(topic, *queue_id).1;
-                let waker = Box::new(QueueWaker { notify: Arc::clone(&notify), done: Arc::clone(&done) });
-                if engine.wait_for(topic, *queue_id, end, waker).is_some() {
-                    notify.notify_one();
-                }
+                let waker = Box::new(QueueWaker { notify: Arc::clone(&notify), done: Arc::clone(&waiting.done) });
+                // Something arrived meanwhile, or the queue has too many waiters.
+                look_again |= engine.wait_for(topic, *queue_id, end, waker).is_some();
             }
-            self.metrics.long_polls_waiting.inc();
+            let pause = if look_again { REPARK_PAUSE } else { RECEIVE_REPOLL };
             tokio::select! {
                 () = notify.notified() => {}
-                () = tokio::time::sleep(RECEIVE_REPOLL.min(deadline - now)) => {}
+                () = tokio::time::sleep(pause.min(deadline - now)) => {}
                 () = cancel.cancelled() => {}
             }
-            self.metrics.long_polls_waiting.dec();
-            done.store(true, Ordering::Release);
+            drop(waiting);
         }
     }
 }
@@ -147,6 +149,27 @@ impl Service {
         self.engine.forward_to_dead_letter(group, handle)?;
         self.metrics.dead_letters.get_or_create(&crate::metrics::GroupLabels { group: group.to_owned() }).inc();
         Ok(())
+    }
+}
+
+/// A receive's wait: counted in `long_polls_waiting` and its wakers live while it lasts — also
+/// when the receive is dropped midway (a gRPC client that went away).
+struct Waiting<'a> {
+    gauge: &'a prometheus_client::metrics::gauge::Gauge,
+    done: Arc<AtomicBool>,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self { gauge, done: Arc::new(AtomicBool::new(false)) }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Release);
+        self.gauge.dec();
     }
 }
 
@@ -182,5 +205,54 @@ pub async fn reviver(engine: Arc<Engine>, stop: CancellationToken) {
         {
             tracing::debug!(messages = n, "unacknowledged messages visible again");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmq_store::{NewMessage, Store, StoreConfig, SystemClock};
+
+    fn service(dir: &std::path::Path) -> Service {
+        let (store, _) = Store::open(StoreConfig::small_for_tests(dir.join("s"))).unwrap();
+        let engine = Arc::new(Engine::open(Arc::new(store), dir.join("c"), "b", Arc::new(SystemClock)).unwrap());
+        engine.create_topic("t", 2).unwrap();
+        let replication = crate::Replication::new(&engine, "b", 0, crate::Role::Master, crate::Mode::Async, 0);
+        Service::new(engine, Arc::new(wasmq_engine::NoPlugins), replication)
+    }
+
+    fn request(wait: Duration) -> Receive {
+        Receive {
+            group: "g".into(),
+            topics: vec![("t".into(), None)],
+            max_messages: 8,
+            invisible: Duration::from_secs(30),
+            wait,
+            fifo: false,
+        }
+    }
+
+    /// A waiting receive answers soon after a message arrives in any of its queues, not at the
+    /// end of its wait; one dropped midway (a client that went away) leaves no waiter counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_receive_wakes_on_a_send_and_a_dropped_one_leaves_no_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(service(dir.path()));
+        let cancel = CancellationToken::new();
+        let waiting = {
+            let (s, cancel) = (Arc::clone(&s), cancel.clone());
+            tokio::spawn(async move { s.receive(&request(Duration::from_secs(10)), &cancel).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(s.metrics().long_polls_waiting.get(), 1);
+        let started = tokio::time::Instant::now();
+        let m = NewMessage { body: bytes::Bytes::from_static(b"x"), ..NewMessage::default() };
+        s.engine().send("t", Some(1), vec![m]).unwrap();
+        let got = waiting.await.unwrap().unwrap();
+        assert_eq!(got.len(), 1);
+        assert!(started.elapsed() < Duration::from_secs(1), "answered after the send, not at the wait's end");
+        let dropped = tokio::time::timeout(Duration::from_millis(50), s.receive(&request(Duration::from_secs(10)), &cancel)).await;
+        assert!(dropped.is_err(), "nothing to receive: still waiting when dropped");
+        assert_eq!(s.metrics().long_polls_waiting.get(), 0, "the dropped receive is not counted");
     }
 }
