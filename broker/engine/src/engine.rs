@@ -14,7 +14,7 @@ mod consumers;
 mod delivery;
 mod receipts;
 mod registry;
-pub use receipts::{Receipt, ReceiptError, Receive, Received};
+pub use receipts::{RECEIVED_PER_QUEUE_MAX, Receipt, ReceiptError, Receive, Received};
 
 use crate::topics::{self, QUEUES_PER_TOPIC_MAX, QueueStatus, TOPICS_MAX, TopicConfig, TopicError, TopicStatus};
 

@@ -15,6 +15,9 @@ use wasmq_store::StoredMessage;
 
 use super::*;
 
+/// The most messages of one queue a group may hold received and unacknowledged.
+pub const RECEIVED_PER_QUEUE_MAX: usize = 65_536;
+
 /// A receipt handle's text: `<queue>.<queue offset>.<nonce, hex>.<topic>` (the topic last: it may
 /// hold dots). The nonce changes with every delivery and every change of invisible time, so an
 /// older handle is refused.
@@ -171,9 +174,15 @@ impl Engine {
             }
             return Ok(out);
         }
+        // A group that keeps receiving without acknowledging gets nothing more from the queue
+        // once this many are in flight (each costs memory until acked or visible again).
+        let room = RECEIVED_PER_QUEUE_MAX.saturating_sub(q.in_flight.len()).min(r.max_messages);
+        if room == 0 {
+            return Ok(out);
+        }
         let read = |from: u64| match r.tag_filter {
-            Some(f) => self.pull_filtered(r.topic, r.queue_id, from, r.max_messages, r.max_bytes, f),
-            None => self.pull(r.topic, r.queue_id, from, r.max_messages, r.max_bytes),
+            Some(f) => self.pull_filtered(r.topic, r.queue_id, from, room, r.max_bytes, f),
+            None => self.pull(r.topic, r.queue_id, from, room, r.max_bytes),
         };
         let read = match read(q.next) {
             // Retention cut below where the group was: it goes on from the queue's start.
@@ -438,6 +447,29 @@ mod tests {
         let dlq = e.pull(&dlq_topic("g"), 0, 0, 10, 1 << 20).unwrap();
         assert_eq!(dlq.messages.len(), 1);
         assert_eq!(dlq.messages[0].properties.reconsume_times, 3);
+    }
+
+    #[test]
+    fn a_group_holding_the_most_unacked_messages_gets_no_more_until_it_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (e, _clock) = engine(dir.path());
+        let bodies_in: Vec<String> = (0..RECEIVED_PER_QUEUE_MAX + 1).map(|i| i.to_string()).collect();
+        for chunk in bodies_in.chunks(1024) {
+            send(&e, &chunk.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        let mut r = receive("g", "t", false);
+        r.max_messages = 1024;
+        let mut held = Vec::new();
+        loop {
+            let got = e.receive(&r).unwrap();
+            if got.is_empty() {
+                break;
+            }
+            held.extend(got);
+        }
+        assert_eq!(held.len(), RECEIVED_PER_QUEUE_MAX, "stops at the limit with one message left");
+        e.ack("g", &held[0].receipt.handle()).unwrap();
+        assert_eq!(bodies(&e.receive(&r).unwrap()), [RECEIVED_PER_QUEUE_MAX.to_string()], "one acked, one more");
     }
 
     #[test]
