@@ -172,7 +172,7 @@ impl Messaging {
         let name = resource_name(topic);
         let engine = self.0.service.engine();
         let endpoints = endpoints.ok_or_else(|| status(Code::IllegalAccessPoint, "the request names no endpoints"))?;
-        let config = engine.topic(name).ok_or_else(|| status(Code::TopicNotFound, format!("topic {name} does not exist")))?;
+        let config = engine.topic(name).ok_or_else(|| wire::topic_not_found(name))?;
         let queue = pb::MessageQueue {
             topic: Some(pb::Resource { resource_namespace: String::new(), name: name.to_owned() }),
             id: 0,
@@ -219,11 +219,7 @@ impl Messaging {
         let message_id = incoming.message.properties.unique_id.clone().unwrap_or_default();
         let engine = self.0.service.engine();
         let Some(config) = engine.topic(&topic) else {
-            return pb::SendResultEntry {
-                status: Some(status(Code::TopicNotFound, format!("topic {topic} does not exist"))),
-                message_id,
-                ..Default::default()
-            };
+            return pb::SendResultEntry { status: Some(wire::topic_not_found(&topic)), message_id, ..Default::default() };
         };
         // A FIFO message's group picks its queue on the broker (as the reference proxy does), by
         // the same hash as native ordering keys: one group, one queue, whichever client sent it.

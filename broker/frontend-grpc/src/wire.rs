@@ -18,6 +18,12 @@ pub fn status(code: Code, message: impl Into<String>) -> pb::Status {
     pb::Status { code: code as i32, message: message.into() }
 }
 
+/// TOPIC_NOT_FOUND for `topic`, saying what to do.
+#[must_use]
+pub fn topic_not_found(topic: &str) -> pb::Status {
+    status(Code::TopicNotFound, wasmq_service::unknown_topic(topic).to_string())
+}
+
 /// The OK status.
 #[must_use]
 pub fn ok() -> pb::Status {

@@ -69,7 +69,7 @@ impl From<ReadError> for ServiceError {
 impl From<SendError> for ServiceError {
     fn from(e: SendError) -> Self {
         match e {
-            SendError::UnknownTopic(_) => Self::UnknownTopic(e.to_string()),
+            SendError::UnknownTopic(topic) => crate::unknown_topic(&topic),
             SendError::InvalidQueue { .. } => Self::InvalidQueue(e.to_string()),
             SendError::Invalid(_) => Self::Invalid(e.to_string()),
             SendError::ReadOnly(why) => Self::NotMaster(why),
@@ -81,7 +81,7 @@ impl From<SendError> for ServiceError {
 impl From<PullError> for ServiceError {
     fn from(e: PullError) -> Self {
         match e {
-            PullError::UnknownTopic(_) => Self::UnknownTopic(e.to_string()),
+            PullError::UnknownTopic(topic) => crate::unknown_topic(&topic),
             PullError::InvalidQueue { .. } => Self::InvalidQueue(e.to_string()),
             PullError::Read(r) => r.into(),
             PullError::Filter(_) => Self::Invalid(e.to_string()),

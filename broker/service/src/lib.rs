@@ -41,6 +41,14 @@ pub use receive::{RECEIVE_BATCH_MAX, REVIVE_INTERVAL, Receive, reviver};
 pub use replication::{FETCH_BYTES_MAX, FETCH_WAIT_MS, Fetched, MasterLink, Mode, Replication, Role, SLAVES_MAX};
 pub use send::{Answer, Guarantee, Send, Sent, TransactionSend};
 
+/// The error for a topic that does not exist, saying how to make it.
+#[must_use]
+pub fn unknown_topic(topic: &str) -> ServiceError {
+    ServiceError::UnknownTopic(format!(
+        "topic {topic} does not exist; create it first (`wasmq topic create {topic} --queues N`, the admin API or the console)"
+    ))
+}
+
 /// The use cases over one broker's engine. Share it in an `Arc`; every front end holds one.
 #[derive(Debug)]
 pub struct Service {

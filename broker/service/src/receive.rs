@@ -52,7 +52,7 @@ impl Service {
                 return Err(ServiceError::InvalidTopic(format!("{topic} is internal to the broker")));
             }
             if engine.topic(topic).is_none() {
-                return Err(ServiceError::UnknownTopic(format!("topic {topic} does not exist")));
+                return Err(crate::unknown_topic(topic));
             }
         }
         let max = r.max_messages.clamp(1, RECEIVE_BATCH_MAX);

@@ -156,10 +156,7 @@ impl Service {
         let held = transaction.is_some() || scheduled;
         if held && !routed {
             // Held messages are stored elsewhere first: their queue is chosen now.
-            let queues = engine
-                .topic(&topic)
-                .map(|c| c.queues)
-                .ok_or_else(|| ServiceError::UnknownTopic(format!("topic {topic} does not exist")))?;
+            let queues = engine.topic(&topic).map(|c| c.queues).ok_or_else(|| crate::unknown_topic(&topic))?;
             let q = queue.unwrap_or_else(|| engine.pick_queue(queues));
             messages.iter_mut().for_each(|m| m.queue_id = q);
         }
