@@ -69,6 +69,15 @@ try {
     await page.fill("#topic-retention-hours", "24");
     await page.click("#create-topic button[type=submit]");
     await page.waitForSelector("tr.topic:has-text('e2e-orders') >> text=1d 0h");
+    await page.waitForSelector("tr.topic:has-text('e2e-orders') td.message-type >> text=MIXED");
+    // A topic of one message type: the API refuses sends of another kind.
+    await page.fill("#topic-name", "e2e-fifo");
+    await page.fill("#topic-retention-hours", "");
+    await page.selectOption("#topic-message-type", "FIFO");
+    await page.click("#create-topic button[type=submit]");
+    await page.waitForSelector("tr.topic:has-text('e2e-fifo') td.message-type >> text=FIFO");
+    const t = await api("GET", "/topics/e2e-fifo");
+    if (t.message_type !== "FIFO") throw new Error(`e2e-fifo: ${JSON.stringify(t)}`);
     // Bad input is refused with the API's words.
     await page.fill("#topic-name", "bad name");
     await page.click("#create-topic button[type=submit]");

@@ -9,7 +9,7 @@ mod plugins;
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use wasmq_admin_types::{BrokerInfo, ClusterView, GroupDetail, GroupSummary, ReplicaStatus, TopicSummary};
+use wasmq_admin_types::{BrokerInfo, ClusterView, GroupDetail, GroupSummary, ReplicaStatus, TopicMessageType, TopicSummary};
 
 /// How often the pages refresh their figures.
 const REFRESH_MS: u64 = 3_000;
@@ -218,6 +218,7 @@ fn Topics() -> impl IntoView {
     let (name, set_name) = signal(String::new());
     let (queues, set_queues) = signal("8".to_owned());
     let (retention_h, set_retention_h) = signal(String::new());
+    let (message_type, set_message_type) = signal("MIXED".to_owned());
     let (open, set_open) = signal(None::<String>);
     let (failure, set_failure) = signal(None::<String>);
     let create = move |ev: leptos::ev::SubmitEvent| {
@@ -234,6 +235,7 @@ fn Topics() -> impl IntoView {
             "name": name.get_untracked(),
             "queues": queues.get_untracked().parse::<u32>().unwrap_or(0),
             "retention_ms": retention_ms,
+            "message_type": message_type.get_untracked(),
         })
         .to_string();
         spawn_local(async move {
@@ -259,16 +261,19 @@ fn Topics() -> impl IntoView {
                 <input id="topic-name" placeholder="name" on:input=move |ev| set_name.set(event_target_value(&ev)) />
                 " queues " <input id="topic-queues" type="number" min="1" prop:value=queues on:input=move |ev| set_queues.set(event_target_value(&ev)) />
                 " retention (hours, empty: the log's) " <input id="topic-retention-hours" size="6" on:input=move |ev| set_retention_h.set(event_target_value(&ev)) />
+                " takes " <select id="topic-message-type" on:change=move |ev| set_message_type.set(event_target_value(&ev))>
+                    {TopicMessageType::ALL.map(|t| view! { <option value=t.as_str() selected=t == TopicMessageType::Mixed>{t.as_str()}</option> }).collect_view()}
+                </select> " messages "
                 <button type="submit">"Create"</button>
             </form>
             {move || failure.get().map(error_view)}
             {move || topics.get().map(|r| match r {
                 Ok(list) => view! {
                     <table>
-                        <tr><th>"Topic"</th><th>"Queues"</th><th>"Retention"</th><th>"Created"</th><th></th></tr>
+                        <tr><th>"Topic"</th><th>"Queues"</th><th>"Message type"</th><th>"Retention"</th><th>"Created"</th><th></th></tr>
                         {list.into_iter().map(|t| {
                             let (n, o) = (t.name.clone(), t.name.clone());
-                            view! { <tr class="topic"><td><a href="#" class="open-topic" on:click=move |ev| { ev.prevent_default(); set_open.set(Some(o.clone())); }>{t.name}</a></td><td>{t.queues}</td>
+                            view! { <tr class="topic"><td><a href="#" class="open-topic" on:click=move |ev| { ev.prevent_default(); set_open.set(Some(o.clone())); }>{t.name}</a></td><td>{t.queues}</td><td class="message-type">{t.message_type.as_str()}</td>
                                 <td>{t.retention_ms.map_or_else(|| "log's".to_owned(), api::duration)}</td><td>{api::time(t.created_ms)}</td>
                                 <td><button on:click=move |_| delete(n.clone())>"Delete"</button></td></tr> }
                         }).collect_view()}

@@ -242,7 +242,8 @@ fn bad_input_on_the_grpc_port_gets_a_clear_answer_and_the_broker_stays_up() {
         assert!(answer.starts_with("HTTP/1.1 505"), "{answer}");
         assert!(answer.contains("gRPC over HTTP/2"), "{answer}");
     });
-    let lines = scenario(&broker.grpc_listen, &broker.ca, "errors", &["rmq-bad", "65536"]);
+    broker.cli(&["topic", "create", "rmq-bad-fifo", "--queues", "2", "--message-type", "fifo"]);
+    let lines = scenario(&broker.grpc_listen, &broker.ca, "errors", &["rmq-bad", "65536", "rmq-bad-fifo"]);
     let code = |case: &str| {
         let l = lines.iter().find(|l| l["case"] == case).unwrap_or_else(|| panic!("{case} missing: {lines:?}"));
         (str_of(l, "code").to_owned(), str_of(l, "message").to_owned())
@@ -250,6 +251,18 @@ fn bad_input_on_the_grpc_port_gets_a_clear_answer_and_the_broker_stays_up() {
     assert_eq!(code("unknown topic").0, "TOPIC_NOT_FOUND");
     assert!(code("unknown topic").1.contains("no-such-topic"));
     assert_eq!(code("oversized body").0, "MESSAGE_BODY_TOO_LARGE", "{:?}", code("oversized body"));
+    let (mismatch, why) = code("normal message to a FIFO topic");
+    assert_eq!(mismatch, "MESSAGE_PROPERTY_CONFLICT_WITH_TYPE", "{why}");
+    assert!(why.contains("rmq-bad-fifo takes FIFO messages, not NORMAL"), "{why}");
+    let route = lines.iter().find(|l| l["case"] == "route of a FIFO topic").expect("route");
+    assert_eq!(route["accepts"], serde_json::json!(["FIFO"]), "{route}");
+    // The native protocol keeps the same rule: an ordering key makes a FIFO message.
+    let plain = broker.cli_command(&["send", "rmq-bad-fifo", "plain"]).output().unwrap();
+    assert!(!plain.status.success());
+    assert!(String::from_utf8_lossy(&plain.stderr).contains("takes FIFO messages, not NORMAL"), "{plain:?}");
+    broker.cli(&["send", "rmq-bad-fifo", "ordered", "--ordering-key", "k"]);
+    assert!(broker.cli(&["topic", "update", "rmq-bad-fifo", "--message-type", "mixed"]).contains("takes MIXED messages"));
+    broker.cli(&["send", "rmq-bad-fifo", "plain"]);
     assert_eq!(code("a message to receive").0, "OK");
     assert_eq!(code("receipt handle of another group").0, "INVALID_RECEIPT_HANDLE");
     assert_eq!(code("first ack").0, "OK");

@@ -11,8 +11,11 @@ tests/it/rocketmq.rs, which checks the outcome through wasmq's own client.
                                               N messages, acking all but every tenth at first
     scenarios.py ENDPOINT auth TOPIC AK SK    a send signed with access key AK and secret SK
                                               ("-" for none): did it go through?
-    scenarios.py ENDPOINT errors TOPIC        bad requests, through the client's own generated
-                                              gRPC stubs, each answered with its status
+    scenarios.py ENDPOINT errors TOPIC MAX FIFO_TOPIC
+                                              bad requests, through the client's own generated
+                                              gRPC stubs, each answered with its status (MAX:
+                                              the broker's body limit; FIFO_TOPIC: a topic of
+                                              message type FIFO)
 
 Each prints one JSON object per line for the test to read. Trust the broker's CA with
 GRPC_DEFAULT_SSL_ROOTS_FILE_PATH.
@@ -303,6 +306,16 @@ def errors(endpoint, topic):
 
     send("unknown topic", "no-such-topic", b"x")
     send("oversized body", topic, b"x" * (int(sys.argv[4]) + 1))
+    fifo_topic = sys.argv[5]
+    send("normal message to a FIFO topic", fifo_topic, b"x")
+    from rocketmq.grpc_protocol import Endpoints, MessageType, QueryRouteRequest
+    route = QueryRouteRequest()
+    route.topic.name = fifo_topic
+    host, port = endpoint.rsplit(":", 1)
+    route.endpoints.CopyFrom(Endpoints(addresses=[{"host": host, "port": int(port)}]))
+    r = stub.QueryRoute(route, metadata=meta, timeout=10)
+    out(case="route of a FIFO topic", code=Code.Name(r.status.code),
+        accepts=sorted({MessageType.Name(t) for q in r.message_queues for t in q.accept_message_types}))
 
     def receive(group):
         req = ReceiveMessageRequest()

@@ -12,7 +12,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use wasmq_admin_types::{
     ApiError, AttachPlugin, AttachmentView, BrokerInfo, CreateTopic, DeadLetter, GroupDetail, GroupMember, GroupQueue, GroupSummary,
-    PluginDetail, PluginVersion, QueueOffsets, Resend, Resent, ResetOffset, TopicDetail, TopicSummary,
+    PluginDetail, PluginVersion, QueueOffsets, Resend, Resent, ResetOffset, TopicDetail, TopicMessageType, TopicSummary, UpdateTopic,
 };
 use wasmq_engine::Engine;
 
@@ -48,7 +48,7 @@ fn topic_status(e: &wasmq_engine::TopicError) -> u16 {
     match e {
         TopicError::Exists(_) => 409,
         TopicError::Unknown(_) => 404,
-        TopicError::Invalid(_) | TopicError::BadQueueCount { .. } | TopicError::Reserved => 400,
+        TopicError::Invalid(_) | TopicError::BadQueueCount { .. } | TopicError::Reserved | TopicError::WrongMessageType { .. } => 400,
         TopicError::TooMany => 507,
         TopicError::ReadOnly(_) => 409,
         TopicError::Io(_) => 500,
@@ -94,7 +94,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/api/v1/broker", get(broker_info))
         .route("/api/v1/topics", get(list_topics).post(create_topic))
-        .route("/api/v1/topics/{name}", get(describe_topic).delete(delete_topic))
+        .route("/api/v1/topics/{name}", get(describe_topic).patch(update_topic).delete(delete_topic))
         .route("/api/v1/groups", get(list_groups))
         .route("/api/v1/groups/{name}", get(describe_group).delete(delete_group))
         .route("/api/v1/groups/{name}/reset-offset", post(reset_offset))
@@ -351,9 +351,35 @@ async fn list_topics(State(s): State<AdminState>) -> Json<Vec<TopicSummary>> {
             .topics()
             .into_iter()
             .filter(|(name, _)| !wasmq_engine::is_internal_topic(name))
-            .map(|(name, c)| TopicSummary { name, queues: c.queues, created_ms: c.created_ms, retention_ms: c.retention_ms })
+            .map(|(name, c)| summary(name, &c))
             .collect(),
     )
+}
+
+fn summary(name: String, c: &wasmq_engine::TopicConfig) -> TopicSummary {
+    TopicSummary { name, queues: c.queues, created_ms: c.created_ms, retention_ms: c.retention_ms, message_type: api_type(c.message_type) }
+}
+
+fn api_type(t: wasmq_engine::MessageType) -> TopicMessageType {
+    use wasmq_engine::MessageType as M;
+    match t {
+        M::Normal => TopicMessageType::Normal,
+        M::Fifo => TopicMessageType::Fifo,
+        M::Delay => TopicMessageType::Delay,
+        M::Transaction => TopicMessageType::Transaction,
+        M::Mixed => TopicMessageType::Mixed,
+    }
+}
+
+fn engine_type(t: TopicMessageType) -> wasmq_engine::MessageType {
+    use wasmq_engine::MessageType as M;
+    match t {
+        TopicMessageType::Normal => M::Normal,
+        TopicMessageType::Fifo => M::Fifo,
+        TopicMessageType::Delay => M::Delay,
+        TopicMessageType::Transaction => M::Transaction,
+        TopicMessageType::Mixed => M::Mixed,
+    }
 }
 
 async fn create_topic(State(s): State<AdminState>, body: Result<Json<CreateTopic>, axum::extract::rejection::JsonRejection>) -> Response {
@@ -361,16 +387,24 @@ async fn create_topic(State(s): State<AdminState>, body: Result<Json<CreateTopic
         Ok(b) => b,
         Err(resp) => return *resp,
     };
-    let created = match t.retention_ms {
-        Some(r) => s.engine.create_topic_with_retention(&t.name, t.queues, r),
-        None => s.engine.create_topic(&t.name, t.queues),
+    let options = wasmq_engine::TopicOptions { retention_ms: t.retention_ms, message_type: engine_type(t.message_type) };
+    match s.engine.create_topic_with(&t.name, t.queues, options) {
+        Ok(c) => (StatusCode::CREATED, Json(summary(t.name, &c))).into_response(),
+        Err(e) => error(topic_status(&e), e.to_string()),
+    }
+}
+
+async fn update_topic(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    body: Result<Json<UpdateTopic>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let u = match json_body(body) {
+        Ok(b) => b,
+        Err(resp) => return *resp,
     };
-    match created {
-        Ok(c) => (
-            StatusCode::CREATED,
-            Json(TopicSummary { name: t.name, queues: c.queues, created_ms: c.created_ms, retention_ms: c.retention_ms }),
-        )
-            .into_response(),
+    match s.engine.set_topic_message_type(&name, engine_type(u.message_type)) {
+        Ok(c) => Json(summary(name, &c)).into_response(),
         Err(e) => error(topic_status(&e), e.to_string()),
     }
 }
@@ -379,6 +413,7 @@ async fn describe_topic(State(s): State<AdminState>, Path(name): Path<String>) -
     match s.engine.describe(&name) {
         Ok(t) => Json(TopicDetail {
             retention_ms: s.engine.topic(&t.name).and_then(|c| c.retention_ms),
+            message_type: s.engine.topic(&t.name).map(|c| api_type(c.message_type)).unwrap_or_default(),
             name: t.name,
             created_ms: t.created_ms,
             queues: t

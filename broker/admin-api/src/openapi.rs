@@ -69,12 +69,22 @@ fn endpoints() -> Vec<Endpoint> {
             ..ep(
                 "post",
                 "/api/v1/topics",
-                "Create a topic with a queue count and, optionally, its own retention.",
+                "Create a topic with a queue count and, optionally, its own retention and message type.",
                 201,
                 Some(J(schema::<t::TopicSummary>)),
             )
         },
         ep("get", "/api/v1/topics/{name}", "A topic with each queue's min and max offsets.", 200, Some(J(schema::<t::TopicDetail>))),
+        Endpoint {
+            request: Some(J(schema::<t::UpdateTopic>)),
+            ..ep(
+                "patch",
+                "/api/v1/topics/{name}",
+                "Change a topic's message type (NORMAL, FIFO, DELAY, TRANSACTION, MIXED); sends of another kind are refused.",
+                200,
+                Some(J(schema::<t::TopicSummary>)),
+            )
+        },
         ep("delete", "/api/v1/topics/{name}", "Delete a topic (its messages stay in the log until retention).", 204, None),
         ep(
             "get",
@@ -282,7 +292,7 @@ mod tests {
         for chunk in src.split(".route(").skip(1) {
             let chunk = chunk.split("\n        .").next().unwrap_or(chunk);
             let path = if chunk.starts_with("crate::openapi::PATH") { PATH } else { chunk.split('"').nth(1).expect("a quoted path") };
-            for m in ["get", "post", "put", "delete"] {
+            for m in ["get", "post", "put", "patch", "delete"] {
                 if [format!(", {m}("), format!("\n            {m}("), format!(").{m}(")].iter().any(|p| chunk.contains(p.as_str())) {
                     out.insert((m.to_owned(), path.to_owned()));
                 }

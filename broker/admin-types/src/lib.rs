@@ -102,6 +102,57 @@ pub struct TopicSummary {
     /// The topic's own retention (null: the log's).
     #[serde(default)]
     pub retention_ms: Option<u64>,
+    #[serde(default)]
+    pub message_type: TopicMessageType,
+}
+
+/// The kind of message a topic takes (RocketMQ 5's topic message type): a send of another kind
+/// is refused. `MIXED`, the default, takes every kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TopicMessageType {
+    Normal,
+    /// Messages with a message group (ordering key).
+    Fifo,
+    /// Messages with a delivery time.
+    Delay,
+    /// Transactional messages.
+    Transaction,
+    #[default]
+    Mixed,
+}
+
+impl TopicMessageType {
+    pub const ALL: [Self; 5] = [Self::Normal, Self::Fifo, Self::Delay, Self::Transaction, Self::Mixed];
+
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "NORMAL",
+            Self::Fifo => "FIFO",
+            Self::Delay => "DELAY",
+            Self::Transaction => "TRANSACTION",
+            Self::Mixed => "MIXED",
+        }
+    }
+}
+
+impl std::fmt::Display for TopicMessageType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TopicMessageType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("message type {s:?}: one of {}", Self::ALL.map(Self::as_str).join(", ")))
+    }
 }
 
 /// `POST /api/v1/topics`.
@@ -113,6 +164,15 @@ pub struct CreateTopic {
     /// Messages stay readable this long (the log's own retention still applies when shorter).
     #[serde(default)]
     pub retention_ms: Option<u64>,
+    #[serde(default)]
+    pub message_type: TopicMessageType,
+}
+
+/// `PATCH /api/v1/topics/{name}`: what to change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct UpdateTopic {
+    pub message_type: TopicMessageType,
 }
 
 /// `GET /api/v1/topics/{name}`.
@@ -123,6 +183,8 @@ pub struct TopicDetail {
     pub created_ms: u64,
     #[serde(default)]
     pub retention_ms: Option<u64>,
+    #[serde(default)]
+    pub message_type: TopicMessageType,
     pub queues: Vec<QueueOffsets>,
 }
 

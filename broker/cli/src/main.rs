@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use wasmq_client::admin_types::{CreateTopic, TopicMessageType};
 use wasmq_client::{Admin, Connection, ConnectionOptions, OutgoingMessage, Producer, PullConsumer, TransactionProducer, TxDecision};
 
 #[derive(Debug, Parser)]
@@ -262,6 +263,16 @@ enum TopicCommand {
         /// Keep messages readable this long, in ms (default: as long as the log keeps them).
         #[arg(long)]
         retention_ms: Option<u64>,
+        /// The kind of message the topic takes: NORMAL, FIFO, DELAY, TRANSACTION or MIXED (any);
+        /// a send of another kind is refused.
+        #[arg(long, default_value = "MIXED")]
+        message_type: TopicMessageType,
+    },
+    /// Change a topic's message type.
+    Update {
+        name: String,
+        #[arg(long)]
+        message_type: TopicMessageType,
     },
     List,
     Describe {
@@ -754,6 +765,11 @@ async fn group(cli: &Cli, command: &GroupCommand) -> Result<()> {
     Ok(())
 }
 
+/// ", FIFO messages only" for a topic with a message type.
+fn type_text(t: TopicMessageType) -> String {
+    if t == TopicMessageType::Mixed { String::new() } else { format!(", {t} messages only") }
+}
+
 /// ", retention 3600000 ms" for a topic with its own retention.
 fn retention_text(retention_ms: Option<u64>) -> String {
     retention_ms.map(|r| format!(", retention {r} ms")).unwrap_or_default()
@@ -762,9 +778,14 @@ fn retention_text(retention_ms: Option<u64>) -> String {
 async fn topic(cli: &Cli, command: &TopicCommand) -> Result<()> {
     let admin = cli.admin()?;
     match command {
-        TopicCommand::Create { name, queues, retention_ms } => {
-            let t = admin.create_topic_with(name, *queues, *retention_ms).await?;
-            println!("created topic {} with {} queues{}", t.name, t.queues, retention_text(t.retention_ms));
+        TopicCommand::Create { name, queues, retention_ms, message_type } => {
+            let create = CreateTopic { name: name.clone(), queues: *queues, retention_ms: *retention_ms, message_type: *message_type };
+            let t = admin.create_topic_with(&create).await?;
+            println!("created topic {} with {} queues{}{}", t.name, t.queues, retention_text(t.retention_ms), type_text(t.message_type));
+        }
+        TopicCommand::Update { name, message_type } => {
+            let t = admin.set_topic_message_type(name, *message_type).await?;
+            println!("topic {} takes {} messages", t.name, t.message_type);
         }
         TopicCommand::List => {
             let topics = admin.list_topics().await?;
@@ -772,7 +793,7 @@ async fn topic(cli: &Cli, command: &TopicCommand) -> Result<()> {
                 return Ok(());
             }
             for t in topics {
-                println!("{}\t{} queues{}", t.name, t.queues, retention_text(t.retention_ms));
+                println!("{}\t{} queues{}{}", t.name, t.queues, retention_text(t.retention_ms), type_text(t.message_type));
             }
         }
         TopicCommand::Describe { name } => {
@@ -780,7 +801,7 @@ async fn topic(cli: &Cli, command: &TopicCommand) -> Result<()> {
             if printed_json(cli, &t)? {
                 return Ok(());
             }
-            println!("topic {}{}", t.name, retention_text(t.retention_ms));
+            println!("topic {}{}{}", t.name, retention_text(t.retention_ms), type_text(t.message_type));
             println!("queue\tmin\tmax");
             for q in t.queues {
                 println!("{}\t{}\t{}", q.queue_id, q.min_offset, q.max_offset);

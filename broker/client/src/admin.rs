@@ -7,7 +7,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use wasmq_admin_types::{
     ApiError, AttachPlugin, AttachmentView, BrokerInfo, CreateTopic, DeadLetter, GroupDetail, GroupSummary, PluginDetail, PluginVersion,
-    Resend, Resent, ResetOffset, TopicDetail, TopicSummary,
+    Resend, Resent, ResetOffset, TopicDetail, TopicMessageType, TopicSummary, UpdateTopic,
 };
 
 use crate::ClientError;
@@ -90,18 +90,27 @@ impl Admin {
     /// # Errors
     /// Exists, invalid name or queue count, connection failure.
     pub async fn create_topic(&self, name: &str, queues: u32) -> Result<TopicSummary, ClientError> {
-        self.create_topic_with(name, queues, None).await
+        self.create_topic_with(&CreateTopic { name: name.to_owned(), queues, retention_ms: None, message_type: TopicMessageType::Mixed })
+            .await
     }
 
-    /// A topic whose messages stay readable for `retention_ms` (`None`: as long as the log
-    /// keeps them).
+    /// A topic with its own retention (messages readable for `retention_ms`; `None`: as long
+    /// as the log keeps them) or message type.
     ///
     /// # Errors
     /// As [`Admin::create_topic`]; a retention of 0.
-    pub async fn create_topic_with(&self, name: &str, queues: u32, retention_ms: Option<u64>) -> Result<TopicSummary, ClientError> {
-        let body = serde_json::to_vec(&CreateTopic { name: name.to_owned(), queues, retention_ms })
-            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+    pub async fn create_topic_with(&self, topic: &CreateTopic) -> Result<TopicSummary, ClientError> {
+        let body = serde_json::to_vec(topic).map_err(|e| ClientError::Invalid(e.to_string()))?;
         self.call("POST", "/topics", Some(body)).await?.ok_or_else(|| ClientError::Malformed("empty answer".into()))
+    }
+
+    /// Changes a topic's message type.
+    ///
+    /// # Errors
+    /// Unknown topic, connection failure.
+    pub async fn set_topic_message_type(&self, name: &str, message_type: TopicMessageType) -> Result<TopicSummary, ClientError> {
+        let body = serde_json::to_vec(&UpdateTopic { message_type }).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.call("PATCH", &format!("/topics/{name}"), Some(body)).await?.ok_or_else(|| ClientError::Malformed("empty answer".into()))
     }
 
     /// Undecided transactions by topic and producer group, with counters.

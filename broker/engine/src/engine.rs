@@ -16,7 +16,7 @@ mod receipts;
 mod registry;
 pub use receipts::{RECEIVED_PER_QUEUE_MAX, Receipt, ReceiptError, Receive, Received};
 
-use crate::topics::{self, QUEUES_PER_TOPIC_MAX, QueueStatus, TOPICS_MAX, TopicConfig, TopicError, TopicStatus};
+use crate::topics::{self, MessageType, QUEUES_PER_TOPIC_MAX, QueueStatus, TOPICS_MAX, TopicConfig, TopicError, TopicOptions, TopicStatus};
 
 /// Most long-poll waiters parked on one queue; past it, a pull answers empty at once.
 const WAITERS_PER_QUEUE_MAX: usize = 10_000;
@@ -418,8 +418,9 @@ mod tests {
             Engine::open(Arc::new(store), dir.path().join("config"), "b0", clock.clone()).unwrap()
         };
         let e = open(&clock);
-        assert!(matches!(e.create_topic_with_retention("short", 1, 0), Err(TopicError::Invalid(_))));
-        e.create_topic_with_retention("short", 1, 10_000).unwrap();
+        let retention = |ms| TopicOptions { retention_ms: Some(ms), ..TopicOptions::default() };
+        assert!(matches!(e.create_topic_with("short", 1, retention(0)), Err(TopicError::Invalid(_))));
+        e.create_topic_with("short", 1, retention(10_000)).unwrap();
         e.create_topic("long", 1).unwrap();
         for t in ["short", "long"] {
             e.send(t, Some(0), vec![msg("old"); 3]).unwrap();
@@ -442,6 +443,33 @@ mod tests {
         let e = open(&clock);
         assert_eq!(e.store().queue_bounds("short", 0), (3, 5));
         assert_eq!(e.topic("short").unwrap().retention_ms, Some(10_000));
+    }
+
+    #[test]
+    fn a_topics_message_type_refuses_other_kinds_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let (store, _) = Store::open(StoreConfig::small_for_tests(dir.path().join("store"))).unwrap();
+            Engine::open(Arc::new(store), dir.path().join("config"), "b0", Arc::new(wasmq_store::SystemClock)).unwrap()
+        };
+        let e = open();
+        let fifo = TopicOptions { message_type: MessageType::Fifo, ..TopicOptions::default() };
+        e.create_topic_with("orders", 1, fifo).unwrap();
+        e.create_topic("any", 1).unwrap();
+        assert!(e.check_message_type("orders", MessageType::Fifo).is_ok());
+        let refused = e.check_message_type("orders", MessageType::Normal).unwrap_err();
+        assert!(matches!(refused, TopicError::WrongMessageType { accepts: MessageType::Fifo, sent: MessageType::Normal, .. }));
+        assert!(refused.to_string().contains("topic orders takes FIFO messages, not NORMAL"), "{refused}");
+        for t in MessageType::ALL {
+            assert!(e.check_message_type("any", t).is_ok(), "a topic without a type takes {t}");
+        }
+        assert_eq!(e.set_topic_message_type("any", MessageType::Delay).unwrap().message_type, MessageType::Delay);
+        assert!(matches!(e.set_topic_message_type("none", MessageType::Delay), Err(TopicError::Unknown(_))));
+        assert!(matches!(e.set_topic_message_type("%DLQ%g", MessageType::Delay), Err(TopicError::Reserved)));
+        drop(e);
+        let e = open();
+        assert_eq!(e.topic("orders").unwrap().message_type, MessageType::Fifo);
+        assert!(e.check_message_type("any", MessageType::Normal).is_err(), "the change was saved");
     }
 
     #[test]

@@ -29,4 +29,6 @@ pub use plugin::{
     Attachment, Delivery, DeliveryFilter, FailurePolicy, KeySelector, NoPlugins, OrderingKey, PlacementError, PluginMessage, Plugins,
     Route, Router, SendPath, Verdict, key_hash, place,
 };
-pub use topics::{QUEUES_PER_TOPIC_MAX, QueueStatus, TOPICS_MAX, TopicConfig, TopicError, TopicStatus, validate_group};
+pub use topics::{
+    MessageType, QUEUES_PER_TOPIC_MAX, QueueStatus, TOPICS_MAX, TopicConfig, TopicError, TopicOptions, TopicStatus, validate_group,
+};

@@ -76,8 +76,18 @@ fn resource_name(r: Option<&pb::Resource>) -> &str {
     r.map_or("", |r| r.name.as_str())
 }
 
-/// The message types every topic accepts (until topics carry a message type of their own).
-const ACCEPTED_TYPES: [MessageType; 4] = [MessageType::Normal, MessageType::Fifo, MessageType::Delay, MessageType::Transaction];
+/// The message types a topic of type `t` accepts, as the reference proxy lists them (MIXED: all).
+fn accepted_types(t: wasmq_engine::MessageType) -> Vec<i32> {
+    use wasmq_engine::MessageType as T;
+    let one = |m: MessageType| vec![m as i32];
+    match t {
+        T::Normal => one(MessageType::Normal),
+        T::Fifo => one(MessageType::Fifo),
+        T::Delay => one(MessageType::Delay),
+        T::Transaction => one(MessageType::Transaction),
+        T::Mixed => [MessageType::Normal, MessageType::Fifo, MessageType::Delay, MessageType::Transaction].map(|m| m as i32).to_vec(),
+    }
+}
 
 /// One status for a request of several entries: theirs when all agree, else MULTIPLE_RESULTS.
 fn overall<'a>(mut statuses: impl Iterator<Item = Option<&'a pb::Status>>) -> pb::Status {
@@ -178,7 +188,7 @@ impl Messaging {
             id: 0,
             permission: pb::Permission::ReadWrite as i32,
             broker: Some(pb::Broker { name: engine.broker_name().to_owned(), id: 0, endpoints: Some(endpoints) }),
-            accept_message_types: ACCEPTED_TYPES.map(|t| t as i32).to_vec(),
+            accept_message_types: accepted_types(config.message_type),
         };
         Ok((config, queue))
     }

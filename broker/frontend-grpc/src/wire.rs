@@ -62,6 +62,8 @@ pub fn service_error(e: &ServiceError) -> pb::Status {
         ServiceError::PluginFailed(_) => Code::InternalServerError,
         ServiceError::Fenced(_) => Code::PreconditionFailed,
         ServiceError::InvalidReceipt(_) => Code::InvalidReceiptHandle,
+        // As the reference proxy answers a message that does not fit its topic's type.
+        ServiceError::WrongMessageType(_) => Code::MessagePropertyConflictWithType,
         ServiceError::FlushTimeout(_) => Code::MasterPersistenceTimeout,
         ServiceError::Append(a) => append_code(a),
         ServiceError::Read(r) => read_code(r),

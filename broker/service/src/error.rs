@@ -26,6 +26,9 @@ pub enum ServiceError {
     /// A fail-closed plugin failed; nothing of the batch was stored.
     #[error("{0}")]
     PluginFailed(String),
+    /// A send whose kind of message (normal, FIFO, delay, transaction) the topic does not take.
+    #[error("{0}")]
+    WrongMessageType(String),
     /// A receipt handle that is malformed, or no longer in flight for the group (acknowledged,
     /// visible again, or another group's).
     #[error("{0}")]

@@ -1,6 +1,6 @@
 //! The send use case: place, hold or append, then wait for the promised durability.
 
-use wasmq_engine::{PlainSend, place};
+use wasmq_engine::{MessageType, PlainSend, place};
 use wasmq_store::{Appended, FlushMode, NewMessage};
 
 use crate::{Service, ServiceError};
@@ -141,6 +141,10 @@ impl Service {
         if messages.is_empty() {
             return Err(wasmq_store::AppendError::EmptyBatch.into());
         }
+        engine.check_message_type(&topic, message_type(&messages, transaction.is_some())).map_err(|e| match e {
+            wasmq_engine::TopicError::WrongMessageType { .. } => ServiceError::WrongMessageType(e.to_string()),
+            other => ServiceError::Internal(other.to_string()),
+        })?;
         // Routing and ordering-key plugins attached to the topic choose each message's queue; a
         // topic without them costs one map lookup here.
         let mut routed = false;
@@ -205,6 +209,21 @@ impl Service {
         let guarantee = self.replication.replicated(end_offset).await;
         self.metrics.replication_wait_seconds.observe(started.elapsed().as_secs_f64());
         Ok(guarantee)
+    }
+}
+
+/// The kind of message a batch carries, as a topic's message type names it: a transaction's,
+/// else delayed if any message has a delivery time, else FIFO if any has an ordering key (a
+/// RocketMQ message group).
+fn message_type(messages: &[NewMessage], transaction: bool) -> MessageType {
+    if transaction {
+        MessageType::Transaction
+    } else if messages.iter().any(|m| m.properties.delivery_ms.is_some()) {
+        MessageType::Delay
+    } else if messages.iter().any(|m| m.properties.ordering_key.is_some()) {
+        MessageType::Fifo
+    } else {
+        MessageType::Normal
     }
 }
 

@@ -31,21 +31,56 @@ impl Engine {
     /// # Errors
     /// [`TopicError`]: exists, bad name or queue count, too many topics, registry not saved.
     pub fn create_topic(&self, name: &str, queues: u32) -> Result<TopicConfig, TopicError> {
-        self.create(name, queues, None, false)
+        self.create(name, queues, TopicOptions::default(), false)
     }
 
-    /// Creates a topic whose messages stay readable for `retention_ms` (the log's retention
-    /// still applies when it is shorter).
+    /// Creates a topic with its own retention (messages stay readable for `retention_ms`; the
+    /// log's retention still applies when it is shorter) or message type.
     ///
     /// # Errors
     /// As [`Engine::create_topic`]; a retention of 0.
-    pub fn create_topic_with_retention(&self, name: &str, queues: u32, retention_ms: u64) -> Result<TopicConfig, TopicError> {
-        if retention_ms == 0 {
+    pub fn create_topic_with(&self, name: &str, queues: u32, options: TopicOptions) -> Result<TopicConfig, TopicError> {
+        if options.retention_ms == Some(0) {
             return Err(TopicError::Invalid(
                 "a retention of 0 ms would keep nothing: give a positive retention_ms, or none for the log's retention".into(),
             ));
         }
-        self.create(name, queues, Some(retention_ms), false)
+        self.create(name, queues, options, false)
+    }
+
+    /// Changes a topic's message type; sends already stored stay as they are.
+    ///
+    /// # Errors
+    /// Unknown topic, one of the broker's own (`%…`), a slave, the registry not saved.
+    pub fn set_topic_message_type(&self, name: &str, message_type: MessageType) -> Result<TopicConfig, TopicError> {
+        if name.starts_with('%') {
+            return Err(TopicError::Reserved);
+        }
+        if let Some(why) = self.read_only() {
+            return Err(TopicError::ReadOnly(why));
+        }
+        let _w = lock(&self.topics.write);
+        let mut table = (*self.snapshot()).clone();
+        let config = table.get_mut(name).ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
+        config.message_type = message_type;
+        let config = *config;
+        topics::save_json(&self.topics.path, &table)?;
+        *self.topics.map.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        tracing::info!(topic = name, %message_type, "topic message type changed");
+        Ok(config)
+    }
+
+    /// Refuses a send of `sent` messages to a topic of another type.
+    ///
+    /// # Errors
+    /// [`TopicError::WrongMessageType`]; an unknown topic is left to the send.
+    pub fn check_message_type(&self, topic: &str, sent: MessageType) -> Result<(), TopicError> {
+        match self.topic(topic) {
+            Some(c) if !c.message_type.accepts(sent) => {
+                Err(TopicError::WrongMessageType { topic: topic.to_owned(), accepts: c.message_type, sent })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Applies each topic's own retention: per queue, entries stored more than its retention
@@ -79,13 +114,13 @@ impl Engine {
         if let Some(c) = self.topic(name) {
             return Ok(c);
         }
-        match self.create(name, queues, None, true) {
+        match self.create(name, queues, TopicOptions::default(), true) {
             Err(TopicError::Exists(_)) => Ok(self.topic(name).expect("exists")),
             other => other,
         }
     }
 
-    pub(crate) fn create(&self, name: &str, queues: u32, retention_ms: Option<u64>, system: bool) -> Result<TopicConfig, TopicError> {
+    pub(crate) fn create(&self, name: &str, queues: u32, options: TopicOptions, system: bool) -> Result<TopicConfig, TopicError> {
         if let Some(why) = self.read_only() {
             return Err(TopicError::ReadOnly(why));
         }
@@ -104,11 +139,12 @@ impl Engine {
         if table.len() >= TOPICS_MAX {
             return Err(TopicError::TooMany);
         }
-        let config = TopicConfig { queues, created_ms: self.clock.now_ms(), retention_ms };
+        let TopicOptions { retention_ms, message_type } = options;
+        let config = TopicConfig { queues, created_ms: self.clock.now_ms(), retention_ms, message_type };
         table.insert(name.to_owned(), config);
         topics::save_json(&self.topics.path, &table)?;
         *self.topics.map.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
-        tracing::info!(topic = name, queues, retention_ms, "topic created");
+        tracing::info!(topic = name, queues, retention_ms, %message_type, "topic created");
         Ok(config)
     }
 
