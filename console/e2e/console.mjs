@@ -131,6 +131,8 @@ try {
     const consumer = cliInBackground("consume", "e2e-orders", "--group", "billing");
     try {
       await page.waitForSelector("article.group:has-text('billing') .total-lag >> text=/^0$/", { timeout: 30000 });
+      // The running member with the protocol it speaks and its queues.
+      await page.waitForSelector("article.group:has-text('billing') tr.member td.protocol >> text=native");
       for (let i = 0; ; i++) {
         const g = await api("GET", "/groups/billing");
         const qs = g.queues.filter((q) => q.topic === "e2e-orders");

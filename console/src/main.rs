@@ -311,8 +311,11 @@ fn Groups() -> impl IntoView {
                             <span class="total-lag">{g.queues.iter().map(|q| q.lag).sum::<u64>()}</span></p>
                         {(!g.members.is_empty()).then(|| view! {
                             <table class="members">
-                                <tr><th>"Member"</th><th>"Assigned queues"</th></tr>
-                                {g.members.iter().map(|m| view! { <tr><td>{m.client_id.clone()}</td><td>{m.queues.join(", ")}</td></tr> }).collect_view()}
+                                <tr><th>"Member"</th><th>"Protocol"</th><th>"Client"</th><th>"Assigned queues"</th></tr>
+                                {g.members.iter().map(|m| view! { <tr class="member"><td>{m.client_id.clone()}</td>
+                                    <td class="protocol">{if m.protocol.is_empty() { "native".to_owned() } else { m.protocol.clone() }}</td>
+                                    <td class="client">{format!("{} {}", m.language, m.version).trim().to_owned()}</td>
+                                    <td>{if m.queues.is_empty() { "every queue, message by message".to_owned() } else { m.queues.join(", ") }}</td></tr> }).collect_view()}
                             </table>
                         })}
                         <table>
