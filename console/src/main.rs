@@ -307,7 +307,7 @@ fn Groups() -> impl IntoView {
                 Ok(list) => list.into_iter().map(|g| view! {
                     <article class="group">
                         <h3>{g.name.clone()}</h3>
-                        <p class="group-summary">{format!("{} · generation {} · {} members · lag ", g.mode, g.generation, g.members.len())}
+                        <p class="group-summary">{format!("{}{} · generation {} · {} members · lag ", g.mode, if g.fifo { " · FIFO" } else { "" }, g.generation, g.members.len())}
                             <span class="total-lag">{g.queues.iter().map(|q| q.lag).sum::<u64>()}</span></p>
                         {(!g.members.is_empty()).then(|| view! {
                             <table class="members">

@@ -193,6 +193,49 @@ fn a_python_push_consumer_retries_a_failing_message_into_the_dead_letter_topic()
     wait_no_lag(&broker, "rmq-push", "rmq-push");
 }
 
+/// A FIFO consumer group (set through the CLI) and two Python SimpleConsumers: six message
+/// groups of ten messages each are processed in order, one message of a message group at a
+/// time across both consumers (the next starts only after the previous one's processing
+/// ended), both consumers get work, and a batch the first consumer abandons comes back in place
+/// with delivery attempt 2, still in order.
+#[test]
+fn a_fifo_group_hands_each_message_group_out_in_order_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    broker.cli(&["topic", "create", "rmq-fifo", "--queues", &QUEUES.to_string(), "--message-type", "FIFO"]);
+    assert!(broker.cli(&["group", "set", "rmq-fifo-g", "--fifo", "true"]).contains("fifo true"));
+    let detail = wasmq_tests::runtime().block_on(broker.admin().describe_group("rmq-fifo-g")).unwrap();
+    assert!(detail.fifo, "{detail:?}");
+    let (groups, per_group) = (6, 10);
+    let lines = scenario(&broker.grpc_listen, &broker.ca, "fifo", &["rmq-fifo", "rmq-fifo-g", &groups.to_string(), &per_group.to_string()]);
+    let abandoned: Vec<&str> = lines.iter().filter(|l| l.get("abandoned").is_some()).map(|l| str_of(l, "body")).collect();
+    assert!(!abandoned.is_empty(), "the first consumer abandoned its first batch: {lines:?}");
+    let processed: Vec<&Value> = lines.iter().filter(|l| l.get("consumer").is_some()).collect();
+    for c in ["c1", "c2"] {
+        assert!(processed.iter().any(|l| l["consumer"] == c), "{c} got no work: {processed:?}");
+    }
+    for g in 0..groups {
+        let mut mine: Vec<&&Value> = processed.iter().filter(|l| l["group"] == format!("g{g}")).collect();
+        mine.sort_by_key(|l| l["start"].as_u64());
+        let order: Vec<&str> = mine.iter().map(|l| str_of(l, "body")).collect();
+        let sent: Vec<String> = (0..per_group).map(|i| format!("g{g}:{i}")).collect();
+        assert_eq!(order, sent, "message group g{g}: each once, in order");
+        for w in mine.windows(2) {
+            assert!(
+                w[1]["start"].as_u64() >= w[0]["processed"].as_u64(),
+                "g{g}: {} started before {} was processed: {w:?}",
+                w[1]["body"],
+                w[0]["body"]
+            );
+        }
+        for l in &mine {
+            let attempt = if abandoned.contains(&str_of(l, "body")) { 2 } else { 1 };
+            assert_eq!(l["attempt"].as_u64(), Some(attempt), "{l}");
+        }
+    }
+    wait_no_lag(&broker, "rmq-fifo-g", "rmq-fifo");
+}
+
 /// A TLS connection to the gRPC port offering `alpn` (none: no ALPN), trusting the broker's CA.
 async fn tls_to(broker: &Broker, alpn: Option<&[u8]>) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let pem = std::fs::read(&broker.ca).unwrap();

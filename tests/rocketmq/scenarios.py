@@ -11,6 +11,10 @@ tests/it/rocketmq.rs, which checks the outcome through wasmq's own client.
                                               N messages, acking all but every tenth at first
     scenarios.py ENDPOINT auth TOPIC AK SK    a send signed with access key AK and secret SK
                                               ("-" for none): did it go through?
+    scenarios.py ENDPOINT fifo TOPIC GROUP K M
+                                              FIFO: K message groups of M messages each, then
+                                              two SimpleConsumers of the FIFO consumer group
+                                              GROUP; the first abandons its first batch
     scenarios.py ENDPOINT errors TOPIC MAX FIFO_TOPIC
                                               bad requests, through the client's own generated
                                               gRPC stubs, each answered with its status (MAX:
@@ -165,6 +169,60 @@ def simple(endpoint, topic):
             c.ack(m)
     finally:
         c.shutdown()
+
+
+def fifo(endpoint, topic):
+    """K message groups of M messages each, sent in order; two SimpleConsumers of a FIFO group
+    receive, process (20 ms) and ack them. Prints every processing (consumer, body, attempt, its start
+    and the end of its processing, before the ack, in ns) and, for the first consumer's first batch, which it abandons unacked
+    (as a crashed consumer would), each message it held."""
+    group, k, m = sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+    p = Producer(config(endpoint), (topic,), tls_enable=True)
+    p.startup()
+    try:
+        for seq in range(m):
+            for g in range(k):
+                p.send(message(topic, f"g{g}:{seq}", group=f"g{g}"))
+    finally:
+        p.shutdown()
+    total = k * m
+    done = []
+    lock = threading.Lock()
+
+    def consume(name, abandon_first):
+        c = SimpleConsumer(config(endpoint), group, {topic: FilterExpression()},
+                           await_duration=2, tls_enable=True)
+        c.startup()
+        try:
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                with lock:
+                    if len(done) >= total:
+                        return
+                batch = c.receive(8, 3)
+                if abandon_first and batch:
+                    abandon_first = False
+                    for msg in batch:
+                        out(abandoned=name, body=msg.body.decode(), attempt=msg.delivery_attempt)
+                    continue
+                for msg in batch:
+                    start = time.monotonic_ns()
+                    time.sleep(0.02)
+                    # Processed: only now may the broker hand out what follows it.
+                    processed = time.monotonic_ns()
+                    c.ack(msg)
+                    with lock:
+                        done.append(msg.body.decode())
+                    out(consumer=name, body=msg.body.decode(), group=msg.message_group,
+                        attempt=msg.delivery_attempt, start=start, processed=processed)
+        finally:
+            c.shutdown()
+
+    threads = [threading.Thread(target=consume, args=(n, n == "c1")) for n in ("c1", "c2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 class Recorder(MessageListener):
@@ -351,4 +409,4 @@ def errors(endpoint, topic):
 if __name__ == "__main__":
     endpoint, scenario, topic = sys.argv[1:4]
     {"send": send, "transaction": transaction, "simple": simple, "push": push,
-     "restart": restart, "auth": auth, "errors": errors}[scenario](endpoint, topic)
+     "restart": restart, "auth": auth, "errors": errors, "fifo": fifo}[scenario](endpoint, topic)

@@ -11,8 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use wasmq_admin_types::{
-    ApiError, AttachPlugin, AttachmentView, BrokerInfo, CreateTopic, DeadLetter, GroupDetail, GroupMember, GroupQueue, GroupSummary,
-    PluginDetail, PluginVersion, QueueOffsets, Resend, Resent, ResetOffset, TopicDetail, TopicMessageType, TopicSummary, UpdateTopic,
+    ApiError, AttachPlugin, AttachmentView, BrokerInfo, CreateTopic, DeadLetter, GroupDetail, GroupMember, GroupQueue, GroupSettings,
+    GroupSummary, PluginDetail, PluginVersion, QueueOffsets, Resend, Resent, ResetOffset, TopicDetail, TopicMessageType, TopicSummary,
+    UpdateTopic,
 };
 use wasmq_engine::Engine;
 
@@ -96,7 +97,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/topics", get(list_topics).post(create_topic))
         .route("/api/v1/topics/{name}", get(describe_topic).patch(update_topic).delete(delete_topic))
         .route("/api/v1/groups", get(list_groups))
-        .route("/api/v1/groups/{name}", get(describe_group).delete(delete_group))
+        .route("/api/v1/groups/{name}", get(describe_group).put(set_group_settings).delete(delete_group))
         .route("/api/v1/groups/{name}/reset-offset", post(reset_offset))
         .route("/api/v1/groups/{name}/dlq", get(list_dead_letters))
         .route("/api/v1/groups/{name}/dlq/resend", post(resend_dead_letter))
@@ -576,7 +577,8 @@ async fn describe_group(State(s): State<AdminState>, Path(name): Path<String>) -
     let engine = &s.engine;
     let view = engine.describe_group(&name);
     let committed = engine.offsets().groups.get(&name).cloned().unwrap_or_default();
-    if view.is_none() && committed.is_empty() {
+    let settings = engine.group_settings(&name);
+    if view.is_none() && committed.is_empty() && !engine.groups().contains(&name) {
         return error(404, format!("group {name} does not exist"));
     }
     let mut owners = std::collections::BTreeMap::new();
@@ -646,10 +648,28 @@ async fn describe_group(State(s): State<AdminState>, Path(name): Path<String>) -
         name,
         mode: view.as_ref().map_or_else(|| "none".into(), |v| mode_name(v.mode)),
         generation: view.map_or(0, |v| v.generation),
+        fifo: settings.fifo,
         members,
         queues,
     })
     .into_response()
+}
+
+async fn set_group_settings(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    body: Result<Json<GroupSettings>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let g = match json_body(body) {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
+    match s.engine.set_group_settings(&name, wasmq_engine::GroupSettings { fifo: g.fifo }) {
+        Ok(()) => Json(g).into_response(),
+        Err(e @ wasmq_engine::EngineError::Invalid(_)) => error(400, e.to_string()),
+        Err(e @ wasmq_engine::EngineError::ReadOnly(_)) => error(409, e.to_string()),
+        Err(e) => error(500, e.to_string()),
+    }
 }
 
 async fn reset_offset(

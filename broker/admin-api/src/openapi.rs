@@ -85,6 +85,16 @@ fn endpoints() -> Vec<Endpoint> {
                 Some(J(schema::<t::TopicSummary>)),
             )
         },
+        Endpoint {
+            request: Some(J(schema::<t::GroupSettings>)),
+            ..ep(
+                "put",
+                "/api/v1/groups/{name}",
+                "Set a consumer group's settings (creating the group): `fifo` for in-order consumption by RocketMQ 5 consumers.",
+                200,
+                Some(J(schema::<t::GroupSettings>)),
+            )
+        },
         ep("delete", "/api/v1/topics/{name}", "Delete a topic (its messages stay in the log until retention).", 204, None),
         ep(
             "get",

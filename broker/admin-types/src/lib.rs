@@ -213,6 +213,18 @@ pub struct GroupSummary {
     pub members: usize,
 }
 
+/// `PUT /api/v1/groups/{name}`: a consumer group's own settings (RocketMQ's subscription group
+/// config); setting them creates the group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct GroupSettings {
+    /// FIFO consumption for RocketMQ 5 consumers (message by message): one batch of a queue in
+    /// flight at a time for the group, so each message group is consumed in order, the next
+    /// message only after the ack.
+    #[serde(default)]
+    pub fifo: bool,
+}
+
 /// `GET /api/v1/groups/{name}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -220,6 +232,9 @@ pub struct GroupDetail {
     pub name: String,
     pub mode: String,
     pub generation: u64,
+    /// The group's FIFO setting (see [`GroupSettings`]).
+    #[serde(default)]
+    pub fifo: bool,
     pub members: Vec<GroupMember>,
     /// One per (topic, queue) the group has committed for or is assigned.
     pub queues: Vec<GroupQueue>,

@@ -235,6 +235,13 @@ enum GroupCommand {
         #[arg(long)]
         to: String,
     },
+    /// Set the group's own settings (creating it): `--fifo true` for in-order consumption by
+    /// RocketMQ 5 consumers, one batch of a queue in flight at a time.
+    Set {
+        name: String,
+        #[arg(long, action = clap::ArgAction::Set)]
+        fifo: bool,
+    },
     Delete {
         name: String,
     },
@@ -703,7 +710,7 @@ async fn group(cli: &Cli, command: &GroupCommand) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&g).unwrap_or_default());
             return;
         }
-        println!("group {} ({} mode, generation {})", g.name, g.mode, g.generation);
+        println!("group {} ({} mode, generation {}{})", g.name, g.mode, g.generation, if g.fifo { ", FIFO" } else { "" });
         for m in &g.members {
             println!("member {}: {}", m.client_id, m.queues.join(" "));
         }
@@ -733,6 +740,10 @@ async fn group(cli: &Cli, command: &GroupCommand) -> Result<()> {
         }
         GroupCommand::Describe { name } => print(admin.describe_group(name).await?),
         GroupCommand::ResetOffset { name, topic, to } => print(admin.reset_group_offsets(name, topic, to).await?),
+        GroupCommand::Set { name, fifo } => {
+            let s = admin.set_group_settings(name, wasmq_client::admin_types::GroupSettings { fifo: *fifo }).await?;
+            println!("group {name}: fifo {}", s.fifo);
+        }
         GroupCommand::Delete { name } => {
             admin.delete_group(name).await?;
             println!("deleted group {name}");

@@ -6,8 +6,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use wasmq_admin_types::{
-    ApiError, AttachPlugin, AttachmentView, BrokerInfo, CreateTopic, DeadLetter, GroupDetail, GroupSummary, PluginDetail, PluginVersion,
-    Resend, Resent, ResetOffset, TopicDetail, TopicMessageType, TopicSummary, UpdateTopic,
+    ApiError, AttachPlugin, AttachmentView, BrokerInfo, CreateTopic, DeadLetter, GroupDetail, GroupSettings, GroupSummary, PluginDetail,
+    PluginVersion, Resend, Resent, ResetOffset, TopicDetail, TopicMessageType, TopicSummary, UpdateTopic,
 };
 
 use crate::ClientError;
@@ -230,6 +230,15 @@ impl Admin {
         self.call("POST", &format!("/groups/{name}/reset-offset"), Some(body))
             .await?
             .ok_or_else(|| ClientError::Malformed("empty answer".into()))
+    }
+
+    /// Sets a group's own settings (creating the group).
+    ///
+    /// # Errors
+    /// A bad group name, a slave, connection failure.
+    pub async fn set_group_settings(&self, name: &str, settings: GroupSettings) -> Result<GroupSettings, ClientError> {
+        let body = serde_json::to_vec(&settings).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.call("PUT", &format!("/groups/{name}"), Some(body)).await?.ok_or_else(|| ClientError::Malformed("empty answer".into()))
     }
 
     /// # Errors

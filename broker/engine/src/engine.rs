@@ -14,6 +14,7 @@ mod consumers;
 mod delivery;
 mod receipts;
 mod registry;
+pub use consumers::GroupSettings;
 pub use receipts::{RECEIVED_PER_QUEUE_MAX, Receipt, ReceiptError, Receive, Received};
 
 use crate::topics::{self, MessageType, QUEUES_PER_TOPIC_MAX, QueueStatus, TOPICS_MAX, TopicConfig, TopicError, TopicOptions, TopicStatus};
@@ -196,6 +197,15 @@ impl Engine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => OffsetTable::default(),
             Err(source) => return Err(EngineError::Load { path: offsets_path, source }),
         };
+        let settings_path = dir.join("groups.json");
+        let settings = match std::fs::read(&settings_path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| EngineError::Load {
+                path: settings_path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(source) => return Err(EngineError::Load { path: settings_path, source }),
+        };
         let engine = Self {
             store,
             clock,
@@ -218,6 +228,8 @@ impl Engine {
                 locks: Mutex::new(HashMap::new()),
                 lock_ttl_ms: AtomicU64::new(ORDER_LOCK_TTL_MS_DEFAULT),
                 receipts: receipts::Receipts::default(),
+                settings_path,
+                settings: Mutex::new(settings),
             },
             read_only: Mutex::new(None),
             parked: Parked::default(),
@@ -470,6 +482,27 @@ mod tests {
         let e = open();
         assert_eq!(e.topic("orders").unwrap().message_type, MessageType::Fifo);
         assert!(e.check_message_type("any", MessageType::Normal).is_err(), "the change was saved");
+    }
+
+    #[test]
+    fn group_settings_are_kept_across_a_restart_and_go_with_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let (store, _) = Store::open(StoreConfig::small_for_tests(dir.path().join("store"))).unwrap();
+            Engine::open(Arc::new(store), dir.path().join("config"), "b0", Arc::new(wasmq_store::SystemClock)).unwrap()
+        };
+        let e = open();
+        assert!(!e.group_settings("g").fifo, "FIFO is off unless set");
+        e.set_group_settings("g", GroupSettings { fifo: true }).unwrap();
+        assert!(e.groups().contains(&"g".to_owned()), "setting a group's settings creates it");
+        assert!(matches!(e.set_group_settings("bad name", GroupSettings { fifo: true }), Err(EngineError::Invalid(_))));
+        drop(e);
+        let e = open();
+        assert!(e.group_settings("g").fifo, "kept in groups.json");
+        e.delete_group("g").unwrap();
+        assert!(!e.group_settings("g").fifo && !e.groups().contains(&"g".to_owned()));
+        drop(e);
+        assert!(!open().group_settings("g").fifo, "the deletion was saved");
     }
 
     #[test]

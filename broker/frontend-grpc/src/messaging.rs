@@ -156,7 +156,9 @@ impl Messaging {
             Some(pb::settings::PubSub::Subscription(sub)) => {
                 sub.receive_batch_size = Some(RECEIVE_BATCH_SIZE);
                 sub.long_polling_timeout = Some(wire::proto_duration(LONG_POLLING_TIMEOUT));
-                sub.fifo = Some(sub.fifo.unwrap_or(false));
+                // The group's setting, not the client's: FIFO is a group attribute in RocketMQ.
+                let group = sub.group.as_ref().map_or("", |g| g.name.as_str());
+                sub.fifo = Some(self.0.service.engine().group_settings(group).fifo);
                 let (delays, max_reconsume) = self.0.service.engine().retry_policy();
                 s.backoff_policy = Some(pb::RetryPolicy {
                     max_attempts: i32::try_from(max_reconsume).unwrap_or(i32::MAX).saturating_add(1),
@@ -217,7 +219,8 @@ impl Messaging {
         }
         let wait = req.long_polling_timeout.as_ref().map(wire::duration).unwrap_or(LONG_POLLING_TIMEOUT).min(LONG_POLLING_MAX);
         let max_messages = usize::try_from(req.batch_size).unwrap_or(0).clamp(1, wasmq_service::RECEIVE_BATCH_MAX);
-        Ok(wasmq_service::Receive { group, topics: vec![(topic, filter)], max_messages, invisible, wait, fifo: false })
+        let fifo = self.0.service.engine().group_settings(&group).fifo;
+        Ok(wasmq_service::Receive { group, topics: vec![(topic, filter)], max_messages, invisible, wait, fifo })
     }
 
     /// One message of a SendMessage request, stored.

@@ -2,6 +2,7 @@
 //! client heartbeats, orderly queue locks, and retries with their dead letters.
 
 use super::*;
+use serde::{Deserialize, Serialize};
 
 /// What the broker knows of its consumers.
 pub(crate) struct Consumers {
@@ -18,6 +19,20 @@ pub(crate) struct Consumers {
     pub(crate) lock_ttl_ms: AtomicU64,
     /// Messages received one by one and not yet acknowledged (`receipts.rs`).
     pub(crate) receipts: super::receipts::Receipts,
+    /// Groups' own settings (`groups.json`); a group without an entry has the defaults.
+    pub(crate) settings_path: PathBuf,
+    pub(crate) settings: Mutex<BTreeMap<String, GroupSettings>>,
+}
+
+/// A consumer group's own settings, as RocketMQ's subscription group config holds them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSettings {
+    /// FIFO consumption for consumers that receive message by message (RocketMQ 5 clients):
+    /// one batch of a queue in flight at a time for the group — so one message group at a time,
+    /// in order — the next only after the ack; a message whose invisible time ends comes again
+    /// before anything after it, and goes to the dead-letter topic after the maximum attempts.
+    #[serde(default)]
+    pub fifo: bool,
 }
 
 impl Engine {
@@ -252,9 +267,37 @@ impl Engine {
         lock(&self.consumers.coordinator).describe(group, self.queues_of())
     }
 
+    /// A group's settings (the defaults for a group that has none).
+    pub fn group_settings(&self, group: &str) -> GroupSettings {
+        lock(&self.consumers.settings).get(group).copied().unwrap_or_default()
+    }
+
+    /// Sets a group's settings (the group need not exist yet: it is created by them).
+    ///
+    /// # Errors
+    /// A bad group name, a slave, `groups.json` not saved.
+    pub fn set_group_settings(&self, group: &str, settings: GroupSettings) -> Result<(), EngineError> {
+        topics::validate_group(group).map_err(EngineError::Invalid)?;
+        if let Some(why) = self.read_only() {
+            return Err(EngineError::ReadOnly(why));
+        }
+        let mut all = lock(&self.consumers.settings);
+        let before = all.insert(group.to_owned(), settings);
+        if let Err(source) = topics::save_json(&self.consumers.settings_path, &*all) {
+            match before {
+                Some(b) => all.insert(group.to_owned(), b),
+                None => all.remove(group),
+            };
+            return Err(EngineError::Save { path: self.consumers.settings_path.clone(), source });
+        }
+        tracing::info!(group, fifo = settings.fifo, "group settings changed");
+        Ok(())
+    }
+
     pub fn groups(&self) -> Vec<String> {
         let mut g: Vec<String> = lock(&self.consumers.coordinator).groups();
         g.extend(lock(&self.consumers.offsets).groups.keys().cloned());
+        g.extend(lock(&self.consumers.settings).keys().cloned());
         g.sort();
         g.dedup();
         g
@@ -298,7 +341,17 @@ impl Engine {
         if self.describe_group(group).is_some_and(|g| !g.members.is_empty()) {
             return Err(EngineError::Invalid(format!("group {group} has live members; stop them first")));
         }
-        if lock(&self.consumers.offsets).groups.remove(group).is_none() {
+        let had_offsets = lock(&self.consumers.offsets).groups.remove(group).is_some();
+        let had_settings = {
+            let mut all = lock(&self.consumers.settings);
+            let had = all.remove(group).is_some();
+            if had {
+                topics::save_json(&self.consumers.settings_path, &*all)
+                    .map_err(|source| EngineError::Save { path: self.consumers.settings_path.clone(), source })?;
+            }
+            had
+        };
+        if !had_offsets && !had_settings {
             return Err(EngineError::Invalid(format!("group {group} does not exist")));
         }
         self.consumers.offsets_dirty.store(true, Ordering::Release);
