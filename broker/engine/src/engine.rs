@@ -12,9 +12,11 @@ use crate::offsets::OffsetTable;
 use crate::parked::{HALF_TOPIC, Parked, SCHEDULE_QUEUES, SCHEDULE_TOPIC, TX_OP_TOPIC};
 mod consumers;
 mod delivery;
+mod receipt_log;
 mod receipts;
 mod registry;
 pub use consumers::GroupSettings;
+pub use receipt_log::RECEIPTS_TOPIC;
 pub use receipts::{RECEIVED_PER_QUEUE_MAX, Receipt, ReceiptError, Receive, Received};
 
 use crate::topics::{self, MessageType, QUEUES_PER_TOPIC_MAX, QueueStatus, TOPICS_MAX, TopicConfig, TopicError, TopicOptions, TopicStatus};
@@ -227,7 +229,7 @@ impl Engine {
                 retry: RwLock::new((RETRY_DELAYS_MS_DEFAULT.to_vec(), MAX_RECONSUME_TIMES_DEFAULT)),
                 locks: Mutex::new(HashMap::new()),
                 lock_ttl_ms: AtomicU64::new(ORDER_LOCK_TTL_MS_DEFAULT),
-                receipts: receipts::Receipts::default(),
+                receipts: receipts::Receipts::new(dir.join("receipts.json")),
                 settings_path,
                 settings: Mutex::new(settings),
             },
@@ -235,12 +237,13 @@ impl Engine {
             parked: Parked::default(),
             parked_path: dir.join("parked.json"),
         };
-        for (topic, queues) in [(HALF_TOPIC, 1), (TX_OP_TOPIC, 1), (SCHEDULE_TOPIC, SCHEDULE_QUEUES)] {
+        for (topic, queues) in [(HALF_TOPIC, 1), (TX_OP_TOPIC, 1), (SCHEDULE_TOPIC, SCHEDULE_QUEUES), (receipt_log::RECEIPTS_TOPIC, 1)] {
             engine
                 .ensure_system_topic(topic, queues)
                 .map_err(|e| EngineError::Load { path: engine.topics.path.clone(), source: std::io::Error::other(e.to_string()) })?;
         }
         engine.recover_parked(&engine.parked_path)?;
+        engine.recover_receipts()?;
         // Topic retention cuts live in memory: cut again before anything is read (a failure is
         // retried by the periodic pass; it must not keep the broker from starting).
         if let Err(e) = engine.enforce_topic_retention() {

@@ -33,9 +33,10 @@ pub const HALF_TOPIC: &str = "%HALF%";
 pub const TX_OP_TOPIC: &str = "%TX_OP%";
 /// Scheduled messages until due.
 pub const SCHEDULE_TOPIC: &str = "%SCHEDULE%";
-/// The broker's internal topics for held messages: not listed to users, never deleted.
+/// The broker's internal topics — held messages, and the per-message receive state: not listed
+/// to users, never deleted.
 pub fn is_internal_topic(name: &str) -> bool {
-    [HALF_TOPIC, TX_OP_TOPIC, SCHEDULE_TOPIC].contains(&name)
+    [HALF_TOPIC, TX_OP_TOPIC, SCHEDULE_TOPIC, crate::engine::RECEIPTS_TOPIC].contains(&name)
 }
 
 /// Internal properties of a held message (removed from the copy consumers get).

@@ -384,11 +384,14 @@ impl MessagingService for Messaging {
         self.seen(&req)?;
         let req = req.into_inner();
         let group = resource_name(req.group.as_ref()).to_owned();
+        let handles: Vec<&str> = req.entries.iter().map(|e| e.receipt_handle.as_str()).collect();
+        let results = self.0.service.ack(&group, &handles).await;
         let entries: Vec<pb::AckMessageResultEntry> = req
             .entries
             .into_iter()
-            .map(|e| {
-                let status = match self.0.service.ack(&group, &e.receipt_handle) {
+            .zip(results)
+            .map(|(e, r)| {
+                let status = match r {
                     Ok(()) => wire::ok(),
                     Err(err) => wire::service_error(&err),
                 };
@@ -408,7 +411,7 @@ impl MessagingService for Messaging {
         self.seen(&req)?;
         let req = req.into_inner();
         let group = resource_name(req.group.as_ref());
-        let status = match self.0.service.forward_to_dead_letter(group, &req.receipt_handle) {
+        let status = match self.0.service.forward_to_dead_letter(group, &req.receipt_handle).await {
             Ok(()) => wire::ok(),
             Err(e) => wire::service_error(&e),
         };

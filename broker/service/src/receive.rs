@@ -123,12 +123,19 @@ impl Service {
 }
 
 impl Service {
-    /// Acknowledges a received message for `group`.
-    ///
-    /// # Errors
-    /// [`ServiceError::InvalidReceipt`].
-    pub fn ack(&self, group: &str, handle: &str) -> Result<(), ServiceError> {
-        self.engine.ack(group, handle).map(|_| ()).map_err(Into::into)
+    /// Acknowledges received messages for `group`, answering once the acknowledgements are as
+    /// safe as the broker set promises (flushed under sync flush): one result per handle —
+    /// [`ServiceError::InvalidReceipt`] for a stale one, the flush's error if it failed.
+    pub async fn ack(&self, group: &str, handles: &[&str]) -> Vec<Result<(), ServiceError>> {
+        let mut results: Vec<Result<(), ServiceError>> =
+            handles.iter().map(|h| self.engine.ack(group, h).map(|_| ()).map_err(Into::into)).collect();
+        if results.iter().any(Result::is_ok) {
+            let end = self.engine.store().end_offset();
+            if let Err(e) = self.durable(end, || format!("acknowledgements of group {group}")).await {
+                results.iter_mut().filter(|r| r.is_ok()).for_each(|r| *r = Err(e.clone()));
+            }
+        }
+        results
     }
 
     /// Hides a received message for `invisible` from now (zero: visible again at once); the
@@ -145,9 +152,10 @@ impl Service {
     ///
     /// # Errors
     /// A stale handle; the append failed.
-    pub fn forward_to_dead_letter(&self, group: &str, handle: &str) -> Result<(), ServiceError> {
+    pub async fn forward_to_dead_letter(&self, group: &str, handle: &str) -> Result<(), ServiceError> {
         self.engine.forward_to_dead_letter(group, handle)?;
         self.metrics.dead_letters.get_or_create(&crate::metrics::GroupLabels { group: group.to_owned() }).inc();
+        self.durable(self.engine.store().end_offset(), || format!("a dead letter of group {group}")).await?;
         Ok(())
     }
 }

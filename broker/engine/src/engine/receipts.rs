@@ -6,13 +6,14 @@
 //! a FIFO group, again in place, holding back the rest of its queue until it is acknowledged.
 //!
 //! The group's committed offset of a queue (the offsets every consumer of the group shares) is
-//! the lowest offset not yet acknowledged, so a restart redelivers what was in flight — at least
-//! once — and never skips what was not acknowledged. In-flight state is in memory.
+//! the lowest offset not yet acknowledged, so nothing unacknowledged is ever skipped. The
+//! in-flight state lives in memory and survives restarts through `receipt_log.rs`.
 
 use std::collections::BTreeMap;
 
 use wasmq_store::StoredMessage;
 
+use super::receipt_log::Record;
 use super::*;
 
 /// The most messages of one queue a group may hold received and unacknowledged.
@@ -91,26 +92,26 @@ pub struct Receive<'a> {
     pub fifo: bool,
 }
 
-#[derive(Debug, Clone)]
-struct InFlight {
-    nonce: u64,
-    invisible_until_ms: u64,
-    attempt: u32,
-    log_offset: u64,
-    fifo: bool,
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct InFlight {
+    pub(crate) nonce: u64,
+    pub(crate) invisible_until_ms: u64,
+    pub(crate) attempt: u32,
+    pub(crate) log_offset: u64,
+    pub(crate) fifo: bool,
 }
 
 /// One queue as one group receives it.
 #[derive(Debug, Default)]
-struct QueueState {
+pub(crate) struct QueueState {
     /// The next offset to hand out.
-    next: u64,
-    in_flight: BTreeMap<u64, InFlight>,
+    pub(crate) next: u64,
+    pub(crate) in_flight: BTreeMap<u64, InFlight>,
 }
 
 impl QueueState {
     /// The lowest offset not yet acknowledged.
-    fn committed(&self) -> u64 {
+    pub(crate) fn committed(&self) -> u64 {
         self.in_flight.keys().next().copied().map_or(self.next, |o| o.min(self.next))
     }
 }
@@ -118,10 +119,19 @@ impl QueueState {
 type QueueKey = (String, String, u32);
 
 /// Messages in flight, by (group, topic, queue).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Receipts {
-    queues: Mutex<HashMap<QueueKey, QueueState>>,
+    pub(crate) queues: Mutex<HashMap<QueueKey, QueueState>>,
     nonce: AtomicU64,
+    /// `receipts.json`, and whether the state changed since it was written.
+    pub(crate) path: PathBuf,
+    pub(crate) dirty: AtomicBool,
+}
+
+impl Receipts {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self { queues: Mutex::default(), nonce: AtomicU64::new(0), path, dirty: AtomicBool::new(false) }
+    }
 }
 
 /// An in-flight message whose invisible time ended (non-FIFO): for [`Engine::revive_expired`].
@@ -157,6 +167,7 @@ impl Engine {
             in_flight: BTreeMap::new(),
         });
         let mut out = Vec::new();
+        let mut records = Vec::new();
         if r.fifo && !q.in_flight.is_empty() {
             // In order: the first unacknowledged message again once its time is up, then those
             // after it that are due as well; nothing new while any is hidden.
@@ -169,9 +180,12 @@ impl Engine {
                 f.nonce = nonce;
                 f.attempt += 1;
                 f.invisible_until_ms = now + r.invisible_ms;
+                records.push(Record::set(r.group, r.topic, r.queue_id, offset, f));
                 let receipt = Receipt { topic: r.topic.to_owned(), queue_id: r.queue_id, queue_offset: offset, nonce };
                 out.push(Received { message, receipt, attempt: f.attempt, invisible_until_ms: f.invisible_until_ms });
             }
+            drop(queues);
+            self.log_receipts(records);
             return Ok(out);
         }
         // A group that keeps receiving without acknowledging gets nothing more from the queue
@@ -198,18 +212,20 @@ impl Engine {
             let attempt = message.properties.reconsume_times + 1;
             let f = InFlight { nonce, invisible_until_ms: now + r.invisible_ms, attempt, log_offset: message.log_offset, fifo: r.fifo };
             let receipt = Receipt { topic: r.topic.to_owned(), queue_id: r.queue_id, queue_offset: message.queue_offset, nonce };
+            records.push(Record::set(r.group, r.topic, r.queue_id, message.queue_offset, &f));
             q.in_flight.insert(message.queue_offset, f);
             out.push(Received { message, receipt, attempt, invisible_until_ms: now + r.invisible_ms });
         }
         let committed_now = q.committed();
         drop(queues);
+        self.log_receipts(records);
         if committed != Some(committed_now) {
             self.commit_received(r.group, r.topic, r.queue_id, committed_now);
         }
         Ok(out)
     }
 
-    fn commit_received(&self, group: &str, topic: &str, queue_id: u32, offset: u64) {
+    pub(crate) fn commit_received(&self, group: &str, topic: &str, queue_id: u32, offset: u64) {
         if let Err(e) = self.commit_offset(group, topic, queue_id, offset) {
             tracing::warn!(group, topic, queue_id, error = %e, "committing a received queue's offset failed");
         }
@@ -242,10 +258,11 @@ impl Engine {
     /// # Errors
     /// A malformed or stale handle.
     pub fn ack(&self, group: &str, handle: &str) -> Result<Receipt, ReceiptError> {
-        self.with_receipt(group, handle, |q, offset| {
+        let (receipt, ()) = self.with_receipt(group, handle, |q, offset| {
             q.in_flight.remove(&offset);
-        })
-        .map(|(r, ())| r)
+        })?;
+        self.log_receipts(vec![Record::done(group, &receipt.topic, receipt.queue_id, receipt.queue_offset)]);
+        Ok(receipt)
     }
 
     /// Hides a received message for `invisible_ms` from now instead (0: visible again at once, a
@@ -256,12 +273,13 @@ impl Engine {
     pub fn change_invisible(&self, group: &str, handle: &str, invisible_ms: u64) -> Result<Received, ReceiptError> {
         let now = self.clock.now_ms();
         let nonce = self.next_nonce();
-        let (receipt, (attempt, log_offset)) = self.with_receipt(group, handle, |q, offset| {
+        let (receipt, (attempt, log_offset, record)) = self.with_receipt(group, handle, |q, offset| {
             let f = q.in_flight.get_mut(&offset).expect("checked by with_receipt");
             f.nonce = nonce;
             f.invisible_until_ms = now + invisible_ms;
-            (f.attempt, f.log_offset)
+            (f.attempt, f.log_offset, f.clone())
         })?;
+        self.log_receipts(vec![Record::set(group, &receipt.topic, receipt.queue_id, receipt.queue_offset, &record)]);
         let message = self.store.read(log_offset).map_err(|e| ReceiptError::Stale(e.to_string()))?;
         Ok(Received { message, receipt: Receipt { nonce, ..receipt }, attempt, invisible_until_ms: now + invisible_ms })
     }
@@ -327,6 +345,7 @@ impl Engine {
                         q.in_flight.remove(&e.queue_offset);
                         let after = q.committed();
                         drop(queues);
+                        self.log_receipts(vec![Record::done(&e.group, &e.topic, e.queue_id, e.queue_offset)]);
                         if after != before {
                             self.commit_received(&e.group, &e.topic, e.queue_id, after);
                         }
@@ -387,6 +406,47 @@ mod tests {
 
     fn bodies(r: &[Received]) -> Vec<String> {
         r.iter().map(|m| String::from_utf8_lossy(&m.message.body).into_owned()).collect()
+    }
+
+    /// The engine over the same directory again, as after a restart (no topic created).
+    fn reopen(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Engine {
+        let (store, _) = Store::open(StoreConfig::small_for_tests(dir.join("store"))).unwrap();
+        let e = Engine::open(Arc::new(store), dir.join("config"), "broker-a", clock.clone()).unwrap();
+        e.set_retry_policy(vec![100, 300], 2).unwrap();
+        e
+    }
+
+    #[test]
+    fn in_flight_messages_and_their_handles_survive_a_crash_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (e, clock) = engine(dir.path());
+        send(&e, &["a", "b", "c", "d"]);
+        let got = e.receive(&Receive { max_messages: 2, ..receive("g", "t", false) }).unwrap();
+        // Saved with the offsets here; what follows is only in the receipts topic.
+        e.persist_offsets().unwrap();
+        let more = e.receive(&receive("g", "t", false)).unwrap();
+        assert_eq!((bodies(&got), bodies(&more)), (vec!["a".to_owned(), "b".to_owned()], vec!["c".to_owned(), "d".to_owned()]));
+        e.ack("g", &got[0].receipt.handle()).unwrap();
+        e.ack("g", &more[0].receipt.handle()).unwrap();
+        let renewed = e.change_invisible("g", &got[1].receipt.handle(), 5_000).unwrap();
+        // A crash: nothing saved since (dropping the engine saves nothing either).
+        drop(e);
+        let e = reopen(dir.path(), &clock);
+        assert_eq!(e.in_flight().get("g"), Some(&2), "b and d are still in flight");
+        assert_eq!(e.query_offset("g", "t", 0), Some(1), "b is the lowest unacknowledged");
+        assert!(e.receive(&receive("g", "t", false)).unwrap().is_empty(), "nothing acked or hidden comes again");
+        assert!(matches!(e.ack("g", &got[0].receipt.handle()), Err(ReceiptError::Stale(_))), "acked before the crash");
+        assert!(matches!(e.ack("g", &got[1].receipt.handle()), Err(ReceiptError::Stale(_))), "replaced by the renewal");
+        // d's invisible time (1 s) ends as before: it comes back through the retry topic.
+        clock.advance_ms(1_000);
+        assert_eq!(e.revive_expired(), 1);
+        // b keeps its renewed handle and time.
+        e.ack("g", &renewed.receipt.handle()).unwrap();
+        assert_eq!(e.query_offset("g", "t", 0), Some(4));
+        drop(e);
+        let e = reopen(dir.path(), &clock);
+        assert_eq!(e.in_flight().get("g").copied().unwrap_or(0), 0, "the ack and the revival were recorded too");
+        assert_eq!(e.query_offset("g", "t", 0), Some(4));
     }
 
     #[test]
