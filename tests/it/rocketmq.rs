@@ -236,6 +236,23 @@ fn a_fifo_group_hands_each_message_group_out_in_order_one_at_a_time() {
     wait_no_lag(&broker, "rmq-fifo-g", "rmq-fifo");
 }
 
+/// A receive with `auto_renew` (as the PushConsumer sends) and a 2 s invisible time: six
+/// seconds later the message is still hidden from its group — the broker renewed it while the
+/// client kept sending heartbeats — and the receipt handle of the first delivery still
+/// acknowledges it.
+#[test]
+fn an_auto_renewed_receive_stays_hidden_and_keeps_its_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    broker.cli(&["topic", "create", "rmq-renew", "--queues", &QUEUES.to_string()]);
+    let lines = scenario(&broker.grpc_listen, &broker.ca, "renew", &["rmq-renew"]);
+    let step = |s: &str| lines.iter().find(|l| l["step"] == s).unwrap_or_else(|| panic!("{s} missing: {lines:?}"));
+    assert_eq!(step("received")["bodies"], serde_json::json!(["renew-me"]));
+    assert_eq!(step("after 6 s")["bodies"], serde_json::json!([]), "renewed past its 2 s");
+    assert_eq!(step("ack with the first handle")["code"], "OK");
+    wait_no_lag(&broker, "rmq-renew", "rmq-renew");
+}
+
 /// A TLS connection to the gRPC port offering `alpn` (none: no ALPN), trusting the broker's CA.
 async fn tls_to(broker: &Broker, alpn: Option<&[u8]>) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let pem = std::fs::read(&broker.ca).unwrap();

@@ -15,6 +15,8 @@ tests/it/rocketmq.rs, which checks the outcome through wasmq's own client.
                                               FIFO: K message groups of M messages each, then
                                               two SimpleConsumers of the FIFO consumer group
                                               GROUP; the first abandons its first batch
+    scenarios.py ENDPOINT renew TOPIC         a receive with auto_renew stays hidden past its
+                                              invisible time; its first handle acks it
     scenarios.py ENDPOINT errors TOPIC MAX FIFO_TOPIC
                                               bad requests, through the client's own generated
                                               gRPC stubs, each answered with its status (MAX:
@@ -338,16 +340,67 @@ def auth(endpoint, topic):
         out(ok=False, client_error=failure, code=e.code().name, error=e.details())
 
 
+def stub_of(endpoint, client_id):
+    """The client's own generated gRPC stub, and the metadata naming the client."""
+    import grpc
+    from rocketmq.grpc_protocol import MessagingServiceStub
+    channel = grpc.secure_channel(endpoint, grpc.ssl_channel_credentials())
+    return MessagingServiceStub(channel), (("x-mq-client-id", client_id), ("x-mq-language", "PYTHON"))
+
+
+def renew(endpoint, topic):
+    """ReceiveMessage with auto_renew and a 2 s invisible time, as a PushConsumer receives (it
+    renews nothing itself): 6 s later the message is still hidden from the group, and the
+    original receipt handle acknowledges it. Prints each step's outcome."""
+    from rocketmq.grpc_protocol import (AckMessageEntry, AckMessageRequest, Code,
+                                        HeartbeatRequest, ReceiveMessageRequest)
+    stub, meta = stub_of(endpoint, "renew-scenario")
+    p = Producer(config(endpoint), (topic,), tls_enable=True)
+    p.startup()
+    try:
+        p.send(message(topic, "renew-me"))
+    finally:
+        p.shutdown()
+
+    def receive(auto_renew):
+        req = ReceiveMessageRequest()
+        req.group.name = "rmq-renew"
+        req.message_queue.topic.name = topic
+        req.batch_size = 1
+        req.auto_renew = auto_renew
+        req.invisible_duration.seconds = 2
+        req.long_polling_timeout.seconds = 2
+        got = [r for r in stub.ReceiveMessage(req, metadata=meta, timeout=10)]
+        return [r.message for r in got if r.WhichOneof("content") == "message"]
+
+    def heartbeat():
+        hb = HeartbeatRequest()
+        hb.group.name = "rmq-renew"
+        stub.Heartbeat(hb, metadata=meta, timeout=10)
+
+    heartbeat()
+    first = receive(True)
+    out(step="received", bodies=[m.body.decode() for m in first])
+    for _ in range(6):
+        time.sleep(1)
+        heartbeat()
+    out(step="after 6 s", bodies=[m.body.decode() for m in receive(False)])
+    req = AckMessageRequest()
+    req.group.name = "rmq-renew"
+    req.topic.name = topic
+    handle = first[0].system_properties.receipt_handle
+    req.entries.append(AckMessageEntry(message_id=first[0].system_properties.message_id, receipt_handle=handle))
+    r = stub.AckMessage(req, metadata=meta, timeout=10)
+    out(step="ack with the first handle", code=Code.Name(r.entries[0].status.code))
+
+
 def errors(endpoint, topic):
     """Requests a well-behaved client would not send, straight through the gRPC stubs that ship
     with the client; prints each answer's status code and text."""
     import grpc
     from rocketmq.grpc_protocol import (AckMessageEntry, AckMessageRequest, Code,
-                                        MessagingServiceStub, ReceiveMessageRequest,
-                                        SendMessageRequest)
-    channel = grpc.secure_channel(endpoint, grpc.ssl_channel_credentials())
-    stub = MessagingServiceStub(channel)
-    meta = (("x-mq-client-id", "errors-scenario"), ("x-mq-language", "PYTHON"))
+                                        ReceiveMessageRequest, SendMessageRequest)
+    stub, meta = stub_of(endpoint, "errors-scenario")
 
     def status(name, s):
         out(case=name, code=Code.Name(s.code), message=s.message)
@@ -409,4 +462,5 @@ def errors(endpoint, topic):
 if __name__ == "__main__":
     endpoint, scenario, topic = sys.argv[1:4]
     {"send": send, "transaction": transaction, "simple": simple, "push": push,
-     "restart": restart, "auth": auth, "errors": errors, "fifo": fifo}[scenario](endpoint, topic)
+     "restart": restart, "auth": auth, "errors": errors, "fifo": fifo,
+     "renew": renew}[scenario](endpoint, topic)

@@ -17,7 +17,9 @@ mod receipts;
 mod registry;
 pub use consumers::GroupSettings;
 pub use receipt_log::RECEIPTS_TOPIC;
-pub use receipts::{RECEIVED_PER_QUEUE_MAX, Receipt, ReceiptError, Receive, Received};
+pub use receipts::{
+    RECEIVED_PER_QUEUE_MAX, RENEW_AHEAD_MS, RENEW_CLIENT_SILENT_MS, RENEW_MAX_MS, RENEW_SLICE_MS, Receipt, ReceiptError, Receive, Received,
+};
 
 use crate::topics::{self, MessageType, QUEUES_PER_TOPIC_MAX, QueueStatus, TOPICS_MAX, TopicConfig, TopicError, TopicOptions, TopicStatus};
 

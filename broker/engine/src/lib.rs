@@ -16,8 +16,8 @@ mod topics;
 pub use engine::{
     ClientAbout, ClientInfo, Engine, EngineError, GROUP_SESSION_TIMEOUT_MS_DEFAULT, GroupCommitError, GroupSettings,
     MAX_RECONSUME_TIMES_DEFAULT, ORDER_LOCK_TTL_MS_DEFAULT, ORIGIN_TOPIC_PROPERTY, PlainSend, PullError, RECEIPTS_TOPIC,
-    RECEIVED_PER_QUEUE_MAX, RETRY_DELAYS_MS_DEFAULT, Receipt, ReceiptError, Receive, Received, SendBackOutcome, SendError, Wake, dlq_topic,
-    retry_topic,
+    RECEIVED_PER_QUEUE_MAX, RENEW_AHEAD_MS, RENEW_CLIENT_SILENT_MS, RENEW_MAX_MS, RENEW_SLICE_MS, RETRY_DELAYS_MS_DEFAULT, Receipt,
+    ReceiptError, Receive, Received, SendBackOutcome, SendError, Wake, dlq_topic, retry_topic,
 };
 pub use groups::{Assignment, Coordinator, FenceError, GROUP_MEMBERS_MAX, GROUP_TOPICS_MAX, GroupMode, GroupView, TagFilter};
 pub use offsets::OffsetTable;

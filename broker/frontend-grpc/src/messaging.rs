@@ -196,7 +196,7 @@ impl Messaging {
     }
 
     /// A ReceiveMessage request in the service's terms, or the status refusing it.
-    fn receive_request(&self, req: pb::ReceiveMessageRequest) -> Result<wasmq_service::Receive, pb::Status> {
+    fn receive_request(&self, req: pb::ReceiveMessageRequest, client_id: String) -> Result<wasmq_service::Receive, pb::Status> {
         let group = resource_name(req.group.as_ref()).to_owned();
         if let Err(e) = wasmq_engine::validate_group(&group) {
             return Err(status(Code::IllegalConsumerGroup, format!("consumer group {group:?}: {e}")));
@@ -220,7 +220,8 @@ impl Messaging {
         let wait = req.long_polling_timeout.as_ref().map(wire::duration).unwrap_or(LONG_POLLING_TIMEOUT).min(LONG_POLLING_MAX);
         let max_messages = usize::try_from(req.batch_size).unwrap_or(0).clamp(1, wasmq_service::RECEIVE_BATCH_MAX);
         let fifo = self.0.service.engine().group_settings(&group).fifo;
-        Ok(wasmq_service::Receive { group, topics: vec![(topic, filter)], max_messages, invisible, wait, fifo })
+        let renew_for = req.auto_renew.then_some(client_id);
+        Ok(wasmq_service::Receive { group, topics: vec![(topic, filter)], max_messages, invisible, wait, fifo, renew_for })
     }
 
     /// One message of a SendMessage request, stored.
@@ -333,6 +334,7 @@ impl MessagingService for Messaging {
     async fn receive_message(&self, req: Request<pb::ReceiveMessageRequest>) -> Result<Response<Self::ReceiveMessageStream>, Status> {
         let started = Instant::now();
         self.seen(&req)?;
+        let (client_id, _, _) = client(&req)?;
         let req = req.into_inner();
         let answer = |items: Vec<pb::receive_message_response::Content>| -> Result<Response<Self::ReceiveMessageStream>, Status> {
             let items: Vec<Result<pb::ReceiveMessageResponse, Status>> =
@@ -341,7 +343,7 @@ impl MessagingService for Messaging {
         };
         use pb::receive_message_response::Content;
         let refuse = |s: pb::Status| vec![Content::Status(s), Content::DeliveryTimestamp(wire::timestamp(wire::now_ms()))];
-        let r = match self.receive_request(req) {
+        let r = match self.receive_request(req, client_id) {
             Ok(r) => r,
             Err(s) => {
                 self.record("receive_message", false, started);

@@ -36,6 +36,8 @@ pub struct Receive {
     pub wait: Duration,
     /// FIFO: one message at a time per queue, redelivered in place.
     pub fifo: bool,
+    /// Keep the messages hidden while this client lives, until acknowledged (auto-renew).
+    pub renew_for: Option<String>,
 }
 
 impl Service {
@@ -82,6 +84,7 @@ impl Service {
                     invisible_ms,
                     tag_filter,
                     fifo: r.fifo,
+                    renew_for: r.renew_for.as_deref(),
                 };
                 match engine.receive(&receive) {
                     Ok(got) => out.extend(got),
@@ -237,6 +240,7 @@ mod tests {
             invisible: Duration::from_secs(30),
             wait,
             fifo: false,
+            renew_for: None,
         }
     }
 

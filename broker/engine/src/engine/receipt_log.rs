@@ -29,24 +29,14 @@ pub const RECEIPTS_TOPIC: &str = "%RECEIPTS%";
 #[serde(tag = "op", rename_all = "lowercase")]
 pub(crate) enum Record {
     /// In flight with this state (received, redelivered, or its invisible time changed).
-    Set { g: String, t: String, q: u32, o: u64, n: u64, u: u64, a: u32, l: u64, f: bool },
+    Set { g: String, t: String, q: u32, o: u64, s: InFlight },
     /// No longer in flight (acknowledged, dead-lettered, or revived through the retry topic).
     Done { g: String, t: String, q: u32, o: u64 },
 }
 
 impl Record {
     pub(crate) fn set(group: &str, topic: &str, queue_id: u32, offset: u64, f: &InFlight) -> Self {
-        Self::Set {
-            g: group.to_owned(),
-            t: topic.to_owned(),
-            q: queue_id,
-            o: offset,
-            n: f.nonce,
-            u: f.invisible_until_ms,
-            a: f.attempt,
-            l: f.log_offset,
-            f: f.fifo,
-        }
+        Self::Set { g: group.to_owned(), t: topic.to_owned(), q: queue_id, o: offset, s: f.clone() }
     }
 
     pub(crate) fn done(group: &str, topic: &str, queue_id: u32, offset: u64) -> Self {
@@ -56,11 +46,11 @@ impl Record {
     /// Applies the record to the state; returns the queue it changed.
     fn apply(self, queues: &mut HashMap<(String, String, u32), QueueState>) -> (String, String, u32) {
         match self {
-            Self::Set { g, t, q, o, n, u, a, l, f } => {
+            Self::Set { g, t, q, o, s: f } => {
                 let key = (g, t, q);
                 let s = queues.entry(key.clone()).or_insert_with(|| QueueState { next: o, in_flight: BTreeMap::new() });
                 s.next = s.next.max(o + 1);
-                s.in_flight.insert(o, InFlight { nonce: n, invisible_until_ms: u, attempt: a, log_offset: l, fifo: f });
+                s.in_flight.insert(o, f);
                 key
             }
             Self::Done { g, t, q, o } => {

@@ -19,6 +19,15 @@ use super::*;
 /// The most messages of one queue a group may hold received and unacknowledged.
 pub const RECEIVED_PER_QUEUE_MAX: usize = 65_536;
 
+/// Auto-renew (RocketMQ 5 PushConsumers): a message received with `renew_for` is hidden again
+/// for `RENEW_SLICE_MS` whenever its invisible time has at most `RENEW_AHEAD_MS` left, while its
+/// client is alive (heard from within `RENEW_CLIENT_SILENT_MS`) and for at most `RENEW_MAX_MS`
+/// after it was received — the reference proxy's defaults. Its handle stays the same.
+pub const RENEW_SLICE_MS: u64 = 60_000;
+pub const RENEW_AHEAD_MS: u64 = 10_000;
+pub const RENEW_MAX_MS: u64 = 3 * 3_600_000;
+pub const RENEW_CLIENT_SILENT_MS: u64 = 30_000;
+
 /// A receipt handle's text: `<queue>.<queue offset>.<nonce, hex>.<topic>` (the topic last: it may
 /// hold dots). The nonce changes with every delivery and every change of invisible time, so an
 /// older handle is refused.
@@ -90,6 +99,8 @@ pub struct Receive<'a> {
     /// One message group at a time: nothing more from the queue while any is in flight, and a
     /// message whose invisible time ends is delivered again before anything after it.
     pub fifo: bool,
+    /// Renew the invisible time for this client until it acknowledges (see [`RENEW_SLICE_MS`]).
+    pub renew_for: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -99,6 +110,11 @@ pub(crate) struct InFlight {
     pub(crate) attempt: u32,
     pub(crate) log_offset: u64,
     pub(crate) fifo: bool,
+    /// The client the invisible time is renewed for, and since when (this delivery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) renew_for: Option<String>,
+    #[serde(default)]
+    pub(crate) received_ms: u64,
 }
 
 /// One queue as one group receives it.
@@ -180,6 +196,8 @@ impl Engine {
                 f.nonce = nonce;
                 f.attempt += 1;
                 f.invisible_until_ms = now + r.invisible_ms;
+                f.renew_for = r.renew_for.map(str::to_owned);
+                f.received_ms = now;
                 records.push(Record::set(r.group, r.topic, r.queue_id, offset, f));
                 let receipt = Receipt { topic: r.topic.to_owned(), queue_id: r.queue_id, queue_offset: offset, nonce };
                 out.push(Received { message, receipt, attempt: f.attempt, invisible_until_ms: f.invisible_until_ms });
@@ -210,7 +228,15 @@ impl Engine {
         for message in read.messages {
             let nonce = self.next_nonce();
             let attempt = message.properties.reconsume_times + 1;
-            let f = InFlight { nonce, invisible_until_ms: now + r.invisible_ms, attempt, log_offset: message.log_offset, fifo: r.fifo };
+            let f = InFlight {
+                nonce,
+                invisible_until_ms: now + r.invisible_ms,
+                attempt,
+                log_offset: message.log_offset,
+                fifo: r.fifo,
+                renew_for: r.renew_for.map(str::to_owned),
+                received_ms: now,
+            };
             let receipt = Receipt { topic: r.topic.to_owned(), queue_id: r.queue_id, queue_offset: message.queue_offset, nonce };
             records.push(Record::set(r.group, r.topic, r.queue_id, message.queue_offset, &f));
             q.in_flight.insert(message.queue_offset, f);
@@ -266,7 +292,8 @@ impl Engine {
     }
 
     /// Hides a received message for `invisible_ms` from now instead (0: visible again at once, a
-    /// negative acknowledgement); returns its new handle (the old one is refused from now on).
+    /// negative acknowledgement), ending any auto-renew; returns its new handle (the old one is
+    /// refused from now on).
     ///
     /// # Errors
     /// A malformed or stale handle.
@@ -277,6 +304,9 @@ impl Engine {
             let f = q.in_flight.get_mut(&offset).expect("checked by with_receipt");
             f.nonce = nonce;
             f.invisible_until_ms = now + invisible_ms;
+            // The client chose the time: no more auto-renew (as the reference proxy drops the
+            // handle from its renewals).
+            f.renew_for = None;
             (f.attempt, f.log_offset, f.clone())
         })?;
         self.log_receipts(vec![Record::set(group, &receipt.topic, receipt.queue_id, receipt.queue_offset, &record)]);
@@ -311,11 +341,25 @@ impl Engine {
     pub fn revive_expired(&self) -> usize {
         let now = self.clock.now_ms();
         let max_attempts = self.retry_policy().1.saturating_add(1);
+        let alive: std::collections::HashSet<String> = lock(&self.consumers.clients)
+            .iter()
+            .filter(|(_, c)| now.saturating_sub(c.last_seen_ms) <= RENEW_CLIENT_SILENT_MS)
+            .map(|(id, _)| id.clone())
+            .collect();
         let mut expired = Vec::new();
+        let mut renewed = Vec::new();
         {
-            let queues = lock(&self.consumers.receipts.queues);
-            for ((group, topic, queue_id), q) in queues.iter() {
-                for (offset, f) in &q.in_flight {
+            let mut queues = lock(&self.consumers.receipts.queues);
+            for ((group, topic, queue_id), q) in queues.iter_mut() {
+                for (offset, f) in &mut q.in_flight {
+                    let renew = f.renew_for.as_ref().is_some_and(|c| alive.contains(c))
+                        && f.invisible_until_ms.saturating_sub(now) <= RENEW_AHEAD_MS
+                        && now.saturating_sub(f.received_ms) < RENEW_MAX_MS;
+                    if renew {
+                        f.invisible_until_ms = now + RENEW_SLICE_MS;
+                        renewed.push(Record::set(group, topic, *queue_id, *offset, f));
+                        continue;
+                    }
                     // A FIFO message is revived only when it has used up its attempts.
                     if f.invisible_until_ms <= now && (!f.fifo || f.attempt >= max_attempts) {
                         expired.push(Expired {
@@ -329,6 +373,7 @@ impl Engine {
                 }
             }
         }
+        self.log_receipts(renewed);
         let mut moved = 0;
         for e in expired {
             let fifo_exhausted = {
@@ -401,7 +446,17 @@ mod tests {
     }
 
     fn receive<'a>(group: &'a str, topic: &'a str, fifo: bool) -> Receive<'a> {
-        Receive { group, topic, queue_id: 0, max_messages: 10, max_bytes: 1 << 20, invisible_ms: 1_000, tag_filter: None, fifo }
+        Receive {
+            group,
+            topic,
+            queue_id: 0,
+            max_messages: 10,
+            max_bytes: 1 << 20,
+            invisible_ms: 1_000,
+            tag_filter: None,
+            fifo,
+            renew_for: None,
+        }
     }
 
     fn bodies(r: &[Received]) -> Vec<String> {
@@ -447,6 +502,50 @@ mod tests {
         let e = reopen(dir.path(), &clock);
         assert_eq!(e.in_flight().get("g").copied().unwrap_or(0), 0, "the ack and the revival were recorded too");
         assert_eq!(e.query_offset("g", "t", 0), Some(4));
+    }
+
+    #[test]
+    fn an_auto_renewed_message_stays_hidden_with_its_handle_while_its_client_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let (e, clock) = engine(dir.path());
+        send(&e, &["a", "b"]);
+        let alive = || e.client_heartbeat("c1", ClientAbout::default(), vec![], vec!["g".into()]).unwrap();
+        alive();
+        let got = e.receive(&Receive { renew_for: Some("c1"), ..receive("g", "t", false) }).unwrap();
+        assert_eq!(bodies(&got), ["a", "b"]);
+        // Asked for 1 s; kept hidden past it, in slices, while the client is heard from.
+        for _ in 0..3 {
+            clock.advance_ms(RENEW_SLICE_MS - RENEW_AHEAD_MS);
+            alive();
+            assert_eq!(e.revive_expired(), 0, "renewed, not made visible");
+            assert!(e.receive(&receive("g", "t", false)).unwrap().is_empty(), "still hidden");
+        }
+        e.ack("g", &got[0].receipt.handle()).unwrap();
+        // A negative acknowledgement ends the renewal: visible again when the client says.
+        let nacked = e.change_invisible("g", &got[1].receipt.handle(), 2_000).unwrap();
+        clock.advance_ms(2_000);
+        alive();
+        assert_eq!(e.revive_expired(), 1, "b comes back after the 2 s its client asked for");
+        assert!(matches!(e.ack("g", &nacked.receipt.handle()), Err(ReceiptError::Stale(_))));
+        send(&e, &["b2"]);
+        let got = e.receive(&Receive { renew_for: Some("c1"), ..receive("g", "t", false) }).unwrap();
+        assert_eq!(bodies(&got), ["b2"]);
+        // The client goes silent: its messages are renewed no more and come back.
+        clock.advance_ms(RENEW_SLICE_MS);
+        assert_eq!(e.revive_expired(), 1, "b2 comes back");
+        assert!(matches!(e.ack("g", &got[0].receipt.handle()), Err(ReceiptError::Stale(_))));
+        // Renewal ends after RENEW_MAX_MS even for a live client.
+        send(&e, &["c"]);
+        alive();
+        let c = e.receive(&Receive { renew_for: Some("c1"), ..receive("g", "t", false) }).unwrap();
+        assert_eq!(bodies(&c), ["c"]);
+        let mut revived = 0;
+        for _ in 0..=(RENEW_MAX_MS / (RENEW_SLICE_MS - RENEW_AHEAD_MS) + 2) {
+            clock.advance_ms(RENEW_SLICE_MS - RENEW_AHEAD_MS);
+            alive();
+            revived += e.revive_expired();
+        }
+        assert_eq!(revived, 1, "given up after {RENEW_MAX_MS} ms");
     }
 
     #[test]
