@@ -75,6 +75,15 @@ fn a_python_producers_messages_of_each_type_reach_a_native_consumer() {
     };
     assert!(delayed.store_ms >= deliver_at, "delivered at {} before its time {deliver_at}", delayed.store_ms);
     assert_eq!(delayed.message.unique_id, str_of(delay, "message_id"));
+    // Recalled with the handle its send returned: never delivered, though due with delay-1.
+    let recalled = receipts.iter().find(|r| r["type"] == "RECALLED").unwrap();
+    assert_eq!(recalled["recalled"], recalled["message_id"], "{recalled}");
+    let again = receipts.iter().find(|r| r["type"] == "RECALLED AGAIN").unwrap();
+    assert!(str_of(again, "error").contains("delivered already, recalled"), "{again}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!rt.block_on(drain(&conn, "rmq-orders")).iter().any(|(_, m)| body(m) == "recall-me"), "a recalled message was delivered");
+    let scheduled = rt.block_on(broker.admin().scheduled()).unwrap();
+    assert_eq!((scheduled.pending, scheduled.recalled), (0, 1), "{scheduled:?}");
 }
 
 /// Transactions from the Python producer: a commit is delivered, a rollback is not, and the two

@@ -83,6 +83,14 @@ def send(endpoint, topic):
         deliver_at = int(time.time()) + 3
         r = p.send(message(topic, "delay-1", deliver_at=deliver_at))
         receipt("DELAY", "delay-1", r, deliver_at_ms=deliver_at * 1000, sent_ms=int(time.time() * 1000))
+        # Another one, recalled before its time (and a second recall of it refused).
+        r = p.send(message(topic, "recall-me", deliver_at=deliver_at))
+        out(type="RECALLED", message_id=r.message_id, recalled=p.recall_message(topic, r.recall_handle))
+        try:
+            p.recall_message(topic, r.recall_handle)
+            out(type="RECALLED AGAIN", error=None)
+        except Exception as e:
+            out(type="RECALLED AGAIN", error=str(e)[:300])
     finally:
         p.shutdown()
 

@@ -343,6 +343,7 @@ async fn scheduled(State(s): State<AdminState>) -> Json<wasmq_admin_types::Sched
         due_within: st.due_within.into_iter().map(|(within_ms, count)| wasmq_admin_types::DueWithin { within_ms, count }).collect(),
         released: st.released,
         dropped: st.dropped,
+        recalled: st.recalled,
     })
 }
 

@@ -458,6 +458,9 @@ pub struct Scheduled {
     /// Since the broker started: delivered, and dropped because their topic was deleted.
     pub released: u64,
     pub dropped: u64,
+    /// Since the broker started: cancelled by their producer before they were due.
+    #[serde(default)]
+    pub recalled: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

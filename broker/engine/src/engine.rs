@@ -239,7 +239,13 @@ impl Engine {
             parked: Parked::default(),
             parked_path: dir.join("parked.json"),
         };
-        for (topic, queues) in [(HALF_TOPIC, 1), (TX_OP_TOPIC, 1), (SCHEDULE_TOPIC, SCHEDULE_QUEUES), (receipt_log::RECEIPTS_TOPIC, 1)] {
+        for (topic, queues) in [
+            (HALF_TOPIC, 1),
+            (TX_OP_TOPIC, 1),
+            (SCHEDULE_TOPIC, SCHEDULE_QUEUES),
+            (receipt_log::RECEIPTS_TOPIC, 1),
+            (crate::parked::RECALLED_TOPIC, 1),
+        ] {
             engine
                 .ensure_system_topic(topic, queues)
                 .map_err(|e| EngineError::Load { path: engine.topics.path.clone(), source: std::io::Error::other(e.to_string()) })?;

@@ -33,10 +33,13 @@ pub const HALF_TOPIC: &str = "%HALF%";
 pub const TX_OP_TOPIC: &str = "%TX_OP%";
 /// Scheduled messages until due.
 pub const SCHEDULE_TOPIC: &str = "%SCHEDULE%";
+/// Scheduled messages recalled before they were due: a record with the message's unique id
+/// and delivery time, which recovery looks up as it looks up a released copy.
+pub const RECALLED_TOPIC: &str = "%RECALLED%";
 /// The broker's internal topics — held messages, and the per-message receive state: not listed
 /// to users, never deleted.
 pub fn is_internal_topic(name: &str) -> bool {
-    [HALF_TOPIC, TX_OP_TOPIC, SCHEDULE_TOPIC, crate::engine::RECEIPTS_TOPIC].contains(&name)
+    [HALF_TOPIC, TX_OP_TOPIC, SCHEDULE_TOPIC, RECALLED_TOPIC, crate::engine::RECEIPTS_TOPIC].contains(&name)
 }
 
 /// Internal properties of a held message (removed from the copy consumers get).
@@ -186,6 +189,7 @@ struct ScheduleState {
     unreleased: Vec<BTreeSet<u64>>,
     released: u64,
     dropped: u64,
+    recalled: u64,
 }
 
 /// The transaction and scheduling policy.
@@ -249,6 +253,21 @@ pub struct ScheduleStatus {
     pub released: u64,
     /// Released while their topic no longer existed.
     pub dropped: u64,
+    /// Recalled by their producer before they were due.
+    pub recalled: u64,
+}
+
+/// Why a scheduled message could not be recalled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecallError {
+    #[error("{0}")]
+    Malformed(String),
+    /// Delivered already, recalled already, or not of the topic.
+    #[error("{0}")]
+    NotWaiting(String),
+    /// The broker could not record the recall (a slave, a full disk).
+    #[error("{0}")]
+    Failed(String),
 }
 
 fn internal(p: &[(String, String)], name: &str) -> Option<String> {
@@ -377,7 +396,8 @@ impl Engine {
                 let topic = internal(&m.properties.user, P_TOPIC).unwrap_or_default();
                 let uid = m.properties.unique_id.clone().unwrap_or_default();
                 let copies = e.store.find_by_id_in(&uid, &topic, 16).map_err(invalid)?;
-                if copies.iter().any(|c| c.properties.delivery_ms == Some(due)) {
+                let recalled = e.store.find_by_id_in(&uid, RECALLED_TOPIC, 16).map_err(invalid)?;
+                if copies.iter().chain(&recalled).any(|c| c.properties.delivery_ms == Some(due)) {
                     return Ok(());
                 }
                 let slot = Slot { queue_id: q, queue_offset: m.queue_offset, due_ms: due, stored_ms: m.store_ms };
@@ -573,6 +593,44 @@ mod tests {
         assert!(e.transactions().0.is_empty(), "the copy counts as the decision");
         assert_eq!(e.end_transaction(h, "id-1", Decision::Commit).unwrap(), EndOutcome::AlreadyDecided(Decided::Committed));
         assert_eq!(bodies(&e, "t"), vec!["x"]);
+    }
+
+    #[test]
+    fn a_recalled_scheduled_message_is_never_delivered_also_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(10_000));
+        let e = open(dir.path(), &clock);
+        e.create_topic("t", 1).unwrap();
+        e.create_topic("other", 1).unwrap();
+        let mut keep = msg("keep", "id-keep");
+        keep.properties.delivery_ms = Some(12_000);
+        let mut drop_me = msg("recall", "id-recall");
+        drop_me.properties.delivery_ms = Some(12_000);
+        let handle = Engine::recall_handle(&drop_me).unwrap();
+        e.send_scheduled("t", vec![keep, drop_me]).unwrap();
+        assert!(matches!(e.recall_scheduled("other", &handle), Err(RecallError::NotWaiting(_))), "another topic's");
+        assert!(matches!(e.recall_scheduled("t", "garbage"), Err(RecallError::Malformed(_))));
+        assert!(matches!(e.recall_scheduled("t", "11000:id-recall"), Err(RecallError::NotWaiting(_))), "another time");
+        assert_eq!(e.recall_scheduled("t", &handle).unwrap(), "id-recall");
+        assert!(matches!(e.recall_scheduled("t", &handle), Err(RecallError::NotWaiting(_))), "recalled already");
+        assert_eq!((e.schedule_status().pending, e.schedule_status().recalled), (1, 1));
+        drop(e);
+        // Reopened from the start of the schedule topic (no saved watermarks): still recalled.
+        let e = open(dir.path(), &clock);
+        assert_eq!(e.schedule_status().pending, 1);
+        clock.set_ms(12_000);
+        assert_eq!(e.release_due().0, 1);
+        assert_eq!(bodies(&e, "t"), vec!["keep"]);
+        let err = e.recall_scheduled(
+            "t",
+            &Engine::recall_handle(&{
+                let mut k = msg("keep", "id-keep");
+                k.properties.delivery_ms = Some(12_000);
+                k
+            })
+            .unwrap(),
+        );
+        assert!(err.unwrap_err().to_string().contains("delivered already"), "too late once delivered");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
-use wasmq_engine::{Decided, Decision, TopicConfig};
+use wasmq_engine::{Decided, Decision, Engine, TopicConfig};
 use wasmq_service::{Send, Service, TransactionSend, TxOutcome};
 
 use crate::clients::Clients;
@@ -241,6 +241,7 @@ impl Messaging {
         // proxy ignores it (Python and Node clients leave it 0).
         let queue = incoming.group.as_ref().map(|g| (wasmq_engine::key_hash(g.as_bytes()) % u64::from(config.queues)) as u32);
         let is_tx = incoming.kind == MessageType::Transaction;
+        let recall_handle = if incoming.kind == MessageType::Delay { Engine::recall_handle(&incoming.message) } else { None };
         let send = Send {
             topic: topic.clone(),
             queue,
@@ -255,7 +256,7 @@ impl Messaging {
                     message_id,
                     transaction_id: if is_tx { transaction_id(m.log_offset) } else { String::new() },
                     offset: i64::try_from(m.queue_offset).unwrap_or(i64::MAX),
-                    recall_handle: String::new(),
+                    recall_handle: recall_handle.unwrap_or_default(),
                 }
             }
             Err(e) => pb::SendResultEntry { status: Some(wire::service_error(&e)), message_id, ..Default::default() },
@@ -544,8 +545,17 @@ impl MessagingService for Messaging {
         Ok(Response::new(reply))
     }
 
-    async fn recall_message(&self, _: Request<pb::RecallMessageRequest>) -> Result<Response<pb::RecallMessageResponse>, Status> {
-        Err(Status::unimplemented("RecallMessage is not served yet"))
+    async fn recall_message(&self, req: Request<pb::RecallMessageRequest>) -> Result<Response<pb::RecallMessageResponse>, Status> {
+        let started = Instant::now();
+        self.seen(&req)?;
+        let req = req.into_inner();
+        let topic = resource_name(req.topic.as_ref());
+        let reply = match self.0.service.recall(topic, &req.recall_handle).await {
+            Ok(message_id) => pb::RecallMessageResponse { status: Some(wire::ok()), message_id },
+            Err(e) => pb::RecallMessageResponse { status: Some(wire::service_error(&e)), message_id: String::new() },
+        };
+        self.record("recall_message", reply.status.as_ref().is_some_and(|s| s.code == Code::Ok as i32), started);
+        Ok(Response::new(reply))
     }
 
     async fn sync_lite_subscription(

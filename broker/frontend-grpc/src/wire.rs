@@ -64,6 +64,7 @@ pub fn service_error(e: &ServiceError) -> pb::Status {
         ServiceError::InvalidReceipt(_) => Code::InvalidReceiptHandle,
         // As the reference proxy answers a message that does not fit its topic's type.
         ServiceError::WrongMessageType(_) => Code::MessagePropertyConflictWithType,
+        ServiceError::NotFound(_) => Code::NotFound,
         ServiceError::FlushTimeout(_) => Code::MasterPersistenceTimeout,
         ServiceError::Append(a) => append_code(a),
         ServiceError::Read(r) => read_code(r),

@@ -48,6 +48,7 @@ pub fn service_error(e: &ServiceError) -> WireError {
         ServiceError::InvalidTopic(_) => ErrorCode::InvalidTopic,
         ServiceError::Invalid(_) | ServiceError::InvalidReceipt(_) => ErrorCode::InvalidRequest,
         ServiceError::WrongMessageType(_) => ErrorCode::InvalidMessage,
+        ServiceError::NotFound(_) => ErrorCode::InvalidRequest,
         ServiceError::NotMaster(_) => ErrorCode::NotMaster,
         ServiceError::PluginRejected(_) => ErrorCode::PluginRejected,
         ServiceError::PluginFailed(_) => ErrorCode::PluginFailed,

@@ -26,6 +26,9 @@ pub enum ServiceError {
     /// A fail-closed plugin failed; nothing of the batch was stored.
     #[error("{0}")]
     PluginFailed(String),
+    /// What the request names is not there (a scheduled message delivered or recalled already).
+    #[error("{0}")]
+    NotFound(String),
     /// A send whose kind of message (normal, FIFO, delay, transaction) the topic does not take.
     #[error("{0}")]
     WrongMessageType(String),
@@ -66,6 +69,17 @@ impl From<AppendError> for ServiceError {
 impl From<ReadError> for ServiceError {
     fn from(e: ReadError) -> Self {
         Self::Read(e)
+    }
+}
+
+impl From<wasmq_engine::RecallError> for ServiceError {
+    fn from(e: wasmq_engine::RecallError) -> Self {
+        use wasmq_engine::RecallError as R;
+        match e {
+            R::Malformed(m) => Self::Invalid(m),
+            R::NotWaiting(m) => Self::NotFound(m),
+            R::Failed(m) => Self::Internal(m),
+        }
     }
 }
 

@@ -130,6 +130,17 @@ impl Service {
         self.engine.unlock_queue(group, member, topic, queue_id);
     }
 
+    /// Cancels a scheduled message of `topic` before it is due (`handle` as its send was
+    /// answered), answered once the recall is durable, as a send; returns the message id.
+    ///
+    /// # Errors
+    /// A malformed handle; [`ServiceError::NotFound`]: delivered or recalled already; the append.
+    pub async fn recall(&self, topic: &str, handle: &str) -> Result<String, ServiceError> {
+        let id = self.engine.recall_scheduled(topic, handle)?;
+        self.durable(self.engine.store().end_offset(), || format!("the recall of {id}")).await?;
+        Ok(id)
+    }
+
     /// Ends the transaction whose half message is at `log_offset`; a decision that applies is
     /// answered once durable, as a send.
     ///

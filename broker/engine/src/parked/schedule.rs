@@ -1,5 +1,5 @@
 //! Scheduled messages: held in `%SCHEDULE%` (one queue per delay range) until due, released
-//! as copies on their topic, rewritten ahead of retention when they wait long.
+//! as copies on their topic, rewritten ahead of retention when they wait long, or recalled.
 
 use super::*;
 
@@ -151,6 +151,56 @@ impl Engine {
         Ok(old.len())
     }
 
+    /// Cancels a scheduled message of `topic` not yet due — the one with this unique id and
+    /// delivery time (as its send answered: [`Engine::recall_handle`]) — so it is never
+    /// delivered: a record in `%RECALLED%` keeps it cancelled across restarts. Returns the
+    /// message id.
+    ///
+    /// # Errors
+    /// A malformed handle; no such message waiting (delivered, recalled already, another
+    /// topic's); the append.
+    pub fn recall_scheduled(&self, topic: &str, handle: &str) -> Result<String, RecallError> {
+        self.writable().map_err(|e| RecallError::Failed(e.to_string()))?;
+        let bad = || RecallError::Malformed(format!("{handle:?} is not a recall handle of this broker"));
+        let (due, uid) = handle.split_once(':').ok_or_else(bad)?;
+        let due: u64 = due.parse().map_err(|_| bad())?;
+        let mut s = lock(&self.parked.schedule);
+        let waiting: Vec<u64> = self
+            .store
+            .find_by_id_in(uid, SCHEDULE_TOPIC, 16)
+            .map_err(|e| RecallError::Failed(e.to_string()))?
+            .into_iter()
+            .filter(|m| {
+                s.at.contains_key(&m.log_offset)
+                    && m.properties.delivery_ms == Some(due)
+                    && internal(&m.properties.user, P_TOPIC).as_deref() == Some(topic)
+            })
+            .map(|m| m.log_offset)
+            .collect();
+        if waiting.is_empty() {
+            return Err(RecallError::NotWaiting(format!(
+                "no scheduled message {uid} of topic {topic} is waiting for {due}: delivered already, recalled, or never sent"
+            )));
+        }
+        let mut marker = NewMessage { topic: RECALLED_TOPIC.to_owned(), born_ms: self.clock.now_ms(), ..Default::default() };
+        marker.properties.unique_id = Some(uid.to_owned());
+        marker.properties.delivery_ms = Some(due);
+        marker.properties.user.push((P_TOPIC.to_owned(), topic.to_owned()));
+        self.store.append(&[marker]).map_err(|e| RecallError::Failed(e.to_string()))?;
+        for o in waiting {
+            untrack(&mut s, o);
+        }
+        s.recalled += 1;
+        tracing::info!(topic, message_id = uid, due, "scheduled message recalled");
+        Ok(uid.to_owned())
+    }
+
+    /// The handle that recalls a scheduled message ([`Engine::recall_scheduled`]).
+    #[must_use]
+    pub fn recall_handle(message: &NewMessage) -> Option<String> {
+        Some(format!("{}:{}", message.properties.delivery_ms?, message.properties.unique_id.as_deref()?))
+    }
+
     /// Scheduled messages not yet released.
     pub fn schedule_status(&self) -> ScheduleStatus {
         let now = self.clock.now_ms();
@@ -175,6 +225,7 @@ impl Engine {
             next_due_ms: s.at.values().map(|slot| slot.due_ms).min(),
             released: s.released,
             dropped: s.dropped,
+            recalled: s.recalled,
         }
     }
 }
