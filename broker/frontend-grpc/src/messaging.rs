@@ -248,7 +248,7 @@ impl Messaging {
             messages: vec![incoming.message],
             transaction: is_tx.then(|| TransactionSend { producer_group: crate::clients::producer_group(&topic), check_after_ms: None }),
         };
-        match self.0.service.send(send).await {
+        match self.0.service.send_gathered(send).await {
             Ok((sent, guarantee)) => {
                 let m = &sent.appended.messages[0];
                 pb::SendResultEntry {

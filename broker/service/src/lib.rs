@@ -59,6 +59,8 @@ pub struct Service {
     metrics: Arc<Metrics>,
     /// Where the next receive starts among its queues (`receive.rs`).
     receive_turn: std::sync::atomic::AtomicUsize,
+    /// Sends waiting to be appended together ([`Service::send_gathered`]).
+    gathered: send::Gathered,
 }
 
 impl Service {
@@ -68,7 +70,15 @@ impl Service {
         let fsync = metrics.log_fsync_seconds.clone();
         engine.store().on_log_sync(move |took| fsync.observe(took.as_secs_f64()));
         let appender = appender::Appender::new(Arc::clone(&engine), Arc::clone(&metrics));
-        Self { engine, plugins, replication, appender, metrics, receive_turn: std::sync::atomic::AtomicUsize::new(0) }
+        Self {
+            engine,
+            plugins,
+            replication,
+            appender,
+            metrics,
+            receive_turn: std::sync::atomic::AtomicUsize::new(0),
+            gathered: send::Gathered::default(),
+        }
     }
 
     /// The counters and histograms every front end and the service feed.

@@ -1,5 +1,7 @@
 //! The send use case: place, hold or append, then wait for the promised durability.
 
+use std::sync::Arc;
+
 use wasmq_engine::{MessageType, PlainSend, place};
 use wasmq_store::{Appended, FlushMode, NewMessage};
 
@@ -54,6 +56,22 @@ impl Sent {
     }
 }
 
+/// Sends gathered for one group append by [`Service::send_gathered`].
+#[derive(Default)]
+pub(crate) struct Gathered(std::sync::Mutex<Vec<(Send, Answer)>>);
+
+impl std::fmt::Debug for Gathered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gathered").finish_non_exhaustive()
+    }
+}
+
+impl Gathered {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Send, Answer)>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// What a sender queued with [`Service::submit`] is told (by whichever task appended it).
 pub type Answer = Box<dyn FnOnce(Result<(Sent, Guarantee), ServiceError>) + std::marker::Send>;
 
@@ -94,6 +112,48 @@ impl Service {
             }
             return;
         }
+        self.append_queued(sends);
+    }
+
+    /// Stores a send as [`Service::send`] does, gathered with the sends other tasks make
+    /// meanwhile into one group append: for a front end that serves each request on a task of
+    /// its own (gRPC streams), whose sends would otherwise each append alone. The first sender
+    /// to find nothing gathered starts a task that lets the tasks ready now run first, then
+    /// appends everything gathered.
+    ///
+    /// # Errors
+    /// As [`Service::send`].
+    pub async fn send_gathered(self: &Arc<Self>, send: Send) -> Result<(Sent, Guarantee), ServiceError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let answer: Answer = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        let first = {
+            let mut gathered = self.gathered.lock();
+            gathered.push((send, answer));
+            gathered.len() == 1
+        };
+        if first {
+            // On a task of its own: a sender whose request is dropped must not strand the rest.
+            let service = Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                let sends = std::mem::take(&mut *service.gathered.lock());
+                service.append_queued(sends);
+            });
+        }
+        let (sent, _) = rx.await.map_err(|_| ServiceError::ShuttingDown("the appender stopped".into()))??;
+        if self.answers_at_append() {
+            return Ok((sent, Guarantee::Ok));
+        }
+        let first = sent.appended.messages[0].log_offset;
+        let guarantee = self.durable(sent.appended.end_offset, || format!("stored at log offset {first}")).await?;
+        Ok((sent, guarantee))
+    }
+
+    /// Places sends and hands the plain ones to the group append; each one's answer comes once
+    /// it is appended (held ones once stored), with [`Guarantee::Ok`]: not yet durable.
+    fn append_queued(&self, sends: Vec<(Send, Answer)>) {
         let mut plain = Vec::with_capacity(sends.len());
         for (send, done) in sends {
             match self.prepare(send) {
