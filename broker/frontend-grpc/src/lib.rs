@@ -32,6 +32,11 @@ pub mod pb {
 /// The ALPN protocol name gRPC runs on.
 pub const ALPN: &[u8] = b"h2";
 
+/// HTTP/2 flow-control windows the broker grants each connection and each stream: room for
+/// hundreds of requests in flight on one connection, as a RocketMQ client keeps.
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
+pub const STREAM_WINDOW: u32 = 1 << 20;
+
 /// Bytes a request may carry beyond its bodies' limit (properties, keys, the envelope).
 const REQUEST_OVERHEAD_MAX: usize = 1 << 20;
 
@@ -70,7 +75,10 @@ pub async fn serve(tls: TlsStream, peer: SocketAddr, messaging: Messaging, shutd
             Ok(refusal)
         }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // HTTP/2's default windows (64 KiB) hold back a client with many sends in flight and make
+    // the broker write a WINDOW_UPDATE every few messages.
+    builder.http2().initial_connection_window_size(CONNECTION_WINDOW).initial_stream_window_size(STREAM_WINDOW);
     let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
