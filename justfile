@@ -27,7 +27,7 @@ plugins:
     cargo build --profile plugin --target wasm32-unknown-unknown --target-dir {{plugin_dir}} -p tenant-router -p json-order-key -p content-filter -p pii-guard
 
 # All benchmarks: the store, then the broker and plugins (start a broker with `just run` first).
-bench: bench-store bench-broker bench-plugins bench-transactions bench-replication
+bench: bench-store bench-broker bench-plugins bench-transactions bench-grpc bench-replication
 
 # Store throughput vs this disk's raw write bandwidth, group commit, recovery time.
 bench-store *ARGS:
@@ -55,6 +55,11 @@ bench-plugins: plugins
 # Transactions (half message + commit) vs plain one-message sends, alternating rounds (needs `just run`).
 bench-transactions:
     cargo run --release -p wasmq-cli -- bench transactions
+
+# The RocketMQ 5 gRPC front end (one message per SendMessage; receive + ack) beside the native
+# protocol's one-message sends, with the broker's CPU per message (needs `just run`).
+bench-grpc:
+    cargo run --release -p wasmq-cli -- bench grpc --broker-pid $(pgrep -n -x wasmq-broker)
 
 # A master and a slave (started by the script): produce throughput under async and sync
 # replication, and the slave's lag during the run.

@@ -29,6 +29,9 @@ pub(crate) enum BenchCommand {
     /// Transactions (a half message and its commit, one message each) against plain sends of
     /// one message, in alternating rounds.
     Transactions(TxBench),
+    /// The RocketMQ 5 gRPC front end: one message per SendMessage, then receive and ack, beside
+    /// the native protocol's one-message sends in the same run.
+    Grpc(crate::bench_grpc::GrpcBench),
     /// The TLS copy ceiling alone.
     Ceiling {
         #[arg(long, default_value_t = 1 << 30)]
@@ -82,6 +85,36 @@ pub(crate) struct Common {
     /// Consume: pull as this consumer group (a filter plugin attached to it then runs).
     #[arg(long)]
     group: Option<String>,
+}
+
+impl Common {
+    /// One message per send, as `bench grpc` compares with.
+    pub(crate) fn one_by_one(
+        topic: &str,
+        queues: u32,
+        size: usize,
+        concurrency: usize,
+        in_flight: usize,
+        duration: u64,
+        warmup: u64,
+    ) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            queues,
+            size,
+            batch: 1,
+            concurrency,
+            in_flight,
+            count: None,
+            duration,
+            warmup,
+            no_ceiling: true,
+            properties: Vec::new(),
+            keys: None,
+            key_per_batch: false,
+            group: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -195,11 +228,11 @@ fn steal_ms_of(proc_stat: &str, ticks_per_s: u64) -> Option<u64> {
 
 const LATE_WINDOW_US: u64 = 100_000;
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
-fn pct(h: &Histogram<u64>) -> String {
+pub(crate) fn pct(h: &Histogram<u64>) -> String {
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     format!("p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms", ms(0.5), ms(0.99), ms(0.999))
 }
@@ -266,6 +299,7 @@ pub(crate) async fn run(cli: &Cli, command: &BenchCommand) -> Result<()> {
         }
         BenchCommand::Plugins(p) => plugins(cli, p).await?,
         BenchCommand::Transactions(t) => transactions(cli, t).await?,
+        BenchCommand::Grpc(g) => crate::bench_grpc::run(cli, g).await?,
         BenchCommand::Ceiling { bytes } => {
             let mb = ceiling(*bytes).await?;
             println!("--- summary ---");
@@ -331,7 +365,7 @@ fn share(mb: f64, ceiling: Option<f64>) -> String {
     ceiling.map(|c| format!(", {:.0} % of ceiling ({c:.0} MB/s)", 100.0 * mb / c)).unwrap_or_default()
 }
 
-async fn ensure_topic(cli: &Cli, topic: &str, queues: u32) -> Result<()> {
+pub(crate) async fn ensure_topic(cli: &Cli, topic: &str, queues: u32) -> Result<()> {
     match cli.admin()?.create_topic(topic, queues).await {
         Ok(_) | Err(ClientError::Admin { status: 409, .. }) => Ok(()),
         Err(e) => Err(e.into()),
@@ -341,14 +375,14 @@ async fn ensure_topic(cli: &Cli, topic: &str, queues: u32) -> Result<()> {
 /// What `produce` measured: the messages of the sends started after the warm-up, over the
 /// seconds from its end until the last ack, and those sends' latencies; the warm-up's own
 /// messages and seconds, if there was one.
-struct Produced {
-    msgs: u64,
-    secs: f64,
-    latency: Histogram<u64>,
-    warmup: Option<(u64, f64)>,
+pub(crate) struct Produced {
+    pub(crate) msgs: u64,
+    pub(crate) secs: f64,
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) warmup: Option<(u64, f64)>,
 }
 
-async fn produce(cli: &Cli, c: &Common) -> Result<Produced> {
+pub(crate) async fn produce(cli: &Cli, c: &Common) -> Result<Produced> {
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let body = Bytes::from(vec![b'x'; c.size]);
@@ -407,7 +441,7 @@ async fn produce(cli: &Cli, c: &Common) -> Result<Produced> {
     Ok(Produced { msgs, secs, latency: h, warmup })
 }
 
-fn progress(counter: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+pub(crate) fn progress(counter: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last = 0;
         let mut t = 0;

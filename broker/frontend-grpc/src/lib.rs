@@ -3,7 +3,7 @@
 //! decoded into the service's terms and answered by the [`wasmq_service::Service`]
 //! (`messaging.rs`); the one mapping between the service and the API is `wire.rs`; the clients
 //! the broker knows, and the way back to them for transaction check-backs, are `clients.rs`.
-//! The API is generated from the vendored `.proto` files (`third_party/rocketmq-apis`).
+//! The API is generated from the vendored `.proto` files by `wasmq-rocketmq-api`.
 
 mod auth;
 mod clients;
@@ -24,10 +24,7 @@ pub use clients::{CLIENTS_MAX, ClientInfo, Clients, PRODUCER_GROUP_PREFIX, produ
 pub use messaging::{INVISIBLE_DEFAULT, INVISIBLE_MAX, INVISIBLE_MIN, LONG_POLLING_MAX, Messaging, PROTOCOL, Shared, transaction_id};
 
 /// The generated RocketMQ 5 API (`apache.rocketmq.v2`).
-#[allow(clippy::all, clippy::pedantic, missing_debug_implementations, unreachable_pub)]
-pub mod pb {
-    tonic::include_proto!("apache.rocketmq.v2");
-}
+pub use wasmq_rocketmq_api::pb;
 
 /// The ALPN protocol name gRPC runs on.
 pub const ALPN: &[u8] = b"h2";

@@ -1,5 +1,5 @@
-//! Generates the RocketMQ 5 API's messages and the `MessagingService` server trait from the
-//! vendored `.proto` files (`third_party/rocketmq-apis`, unmodified), compiled by `protox` so
+//! Generates the RocketMQ 5 API's messages, the `MessagingService` server trait and its client
+//! from the vendored `.proto` files (`third_party/rocketmq-apis`, unmodified), compiled by `protox` so
 //! that no `protoc` needs installing.
 
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={}", root.join("apache/rocketmq/v2").display());
     let descriptors = protox::compile([&service], [&root])?;
     tonic_prost_build::configure()
-        .build_client(false)
+        .build_client(true)
         .build_transport(false)
         .bytes(".apache.rocketmq.v2.Message.body")
         .compile_fds(descriptors)?;

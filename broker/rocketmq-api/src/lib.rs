@@ -1,0 +1,11 @@
+//! The RocketMQ 5 gRPC API, `apache.rocketmq.v2`, generated at build time from the `.proto`
+//! files vendored unmodified in `third_party/rocketmq-apis` (compiled by `protox`: no `protoc`
+//! to install): the messages, the `MessagingService` server trait the gRPC front end implements,
+//! and the client `wasmq bench grpc` drives it with. One crate, so that the CLI gets the client
+//! without the broker's crates.
+
+/// The generated API.
+#[allow(clippy::all, clippy::pedantic, missing_debug_implementations, unreachable_pub)]
+pub mod pb {
+    tonic::include_proto!("apache.rocketmq.v2");
+}
