@@ -37,8 +37,16 @@ from rocketmq import (ClientConfiguration, ConsumeResult, Credentials,
                       TransactionResolution)
 
 
+OUT = threading.Lock()
+
+
 def out(**fields):
-    print(json.dumps(fields), flush=True)
+    # One whole line at a time: scenarios print from several threads, and print() writes the
+    # text and its newline separately.
+    line = json.dumps(fields) + "\n"
+    with OUT:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def config(endpoint):
