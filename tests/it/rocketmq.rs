@@ -373,6 +373,8 @@ fn a_python_simple_consumer_carries_on_through_a_broker_sigkill() {
     let group = rt.block_on(broker.admin().describe_group("rmq-restart")).unwrap();
     let member = group.members.iter().find(|m| m.protocol == "grpc").unwrap_or_else(|| panic!("no gRPC member: {group:?}"));
     assert_eq!((member.language.as_str(), member.version.as_str()), ("PYTHON", "5.1.2"), "{member:?}");
+    let described = broker.cli(&["group", "describe", "rmq-restart"]);
+    assert!(described.contains("(grpc PYTHON 5.1.2): every queue, message by message"), "{described}");
     let broker = broker.kill_and_restart();
     let killed_at = seen.len();
     while !seen.last().is_some_and(|l| l["step"] == "done") {

@@ -713,7 +713,10 @@ async fn group(cli: &Cli, command: &GroupCommand) -> Result<()> {
         }
         println!("group {} ({} mode, generation {}{})", g.name, g.mode, g.generation, if g.fifo { ", FIFO" } else { "" });
         for m in &g.members {
-            println!("member {}: {}", m.client_id, m.queues.join(" "));
+            // A RocketMQ 5 client says what it is; it receives from every queue, message by message.
+            let client = [m.protocol.as_str(), m.language.as_str(), m.version.as_str()].join(" ");
+            let queues = if m.queues.is_empty() { "every queue, message by message".to_owned() } else { m.queues.join(" ") };
+            println!("member {} ({}): {queues}", m.client_id, client.trim());
         }
         println!("topic\tqueue\tcommitted\tmax\tlag\tlag_ms\towner");
         for q in g.queues {
