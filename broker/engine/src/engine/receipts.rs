@@ -372,8 +372,12 @@ impl Engine {
                     }
                 }
             }
+            // Recorded before the lock goes: the client may ack a renewed message at any moment,
+            // and its `done` must follow the renewal's `set` in the log. (A client's own changes
+            // are recorded after the lock: it acts on a message only after the answer, which
+            // follows the record.)
+            self.log_receipts(renewed);
         }
-        self.log_receipts(renewed);
         let mut moved = 0;
         for e in expired {
             let fifo_exhausted = {
