@@ -131,7 +131,7 @@ impl Service {
     /// [`ServiceError::InvalidReceipt`] for a stale one, the flush's error if it failed.
     pub async fn ack(&self, group: &str, handles: &[&str]) -> Vec<Result<(), ServiceError>> {
         let mut results: Vec<Result<(), ServiceError>> =
-            handles.iter().map(|h| self.engine.ack(group, h).map(|_| ()).map_err(Into::into)).collect();
+            self.engine.ack_many(group, handles).into_iter().map(|r| r.map(|_| ()).map_err(Into::into)).collect();
         if results.iter().any(Result::is_ok) {
             let end = self.engine.store().end_offset();
             if let Err(e) = self.durable(end, || format!("acknowledgements of group {group}")).await {

@@ -284,11 +284,24 @@ impl Engine {
     /// # Errors
     /// A malformed or stale handle.
     pub fn ack(&self, group: &str, handle: &str) -> Result<Receipt, ReceiptError> {
-        let (receipt, ()) = self.with_receipt(group, handle, |q, offset| {
-            q.in_flight.remove(&offset);
-        })?;
-        self.log_receipts(vec![Record::done(group, &receipt.topic, receipt.queue_id, receipt.queue_offset)]);
-        Ok(receipt)
+        self.ack_many(group, &[handle]).remove(0)
+    }
+
+    /// Acknowledges several received messages (one record in the log for all): one result per
+    /// handle, as [`Engine::ack`].
+    pub fn ack_many(&self, group: &str, handles: &[&str]) -> Vec<Result<Receipt, ReceiptError>> {
+        let results: Vec<Result<Receipt, ReceiptError>> = handles
+            .iter()
+            .map(|h| {
+                self.with_receipt(group, h, |q, offset| {
+                    q.in_flight.remove(&offset);
+                })
+                .map(|(r, ())| r)
+            })
+            .collect();
+        let records = results.iter().flatten().map(|r| Record::done(group, &r.topic, r.queue_id, r.queue_offset)).collect();
+        self.log_receipts(records);
+        results
     }
 
     /// Hides a received message for `invisible_ms` from now instead (0: visible again at once, a
@@ -485,8 +498,10 @@ mod tests {
         e.persist_offsets().unwrap();
         let more = e.receive(&receive("g", "t", false)).unwrap();
         assert_eq!((bodies(&got), bodies(&more)), (vec!["a".to_owned(), "b".to_owned()], vec!["c".to_owned(), "d".to_owned()]));
-        e.ack("g", &got[0].receipt.handle()).unwrap();
-        e.ack("g", &more[0].receipt.handle()).unwrap();
+        // Two acks in one record; a bad handle among them fails alone.
+        let acked = e.ack_many("g", &[&got[0].receipt.handle(), "garbage", &more[0].receipt.handle()]);
+        assert!(acked[0].is_ok() && acked[2].is_ok(), "{acked:?}");
+        assert!(matches!(acked[1], Err(ReceiptError::Malformed(_))));
         let renewed = e.change_invisible("g", &got[1].receipt.handle(), 5_000).unwrap();
         // A crash: nothing saved since (dropping the engine saves nothing either).
         drop(e);
