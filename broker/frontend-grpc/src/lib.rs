@@ -33,6 +33,8 @@ pub const ALPN: &[u8] = b"h2";
 /// hundreds of requests in flight on one connection, as a RocketMQ client keeps.
 pub const CONNECTION_WINDOW: u32 = 16 << 20;
 pub const STREAM_WINDOW: u32 = 1 << 20;
+/// Requests one connection may have in flight at once (hyper's default is 200).
+pub const STREAMS_MAX: u32 = 1024;
 
 /// Bytes a request may carry beyond its bodies' limit (properties, keys, the envelope).
 const REQUEST_OVERHEAD_MAX: usize = 1 << 20;
@@ -75,7 +77,11 @@ pub async fn serve(tls: TlsStream, peer: SocketAddr, messaging: Messaging, shutd
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // HTTP/2's default windows (64 KiB) hold back a client with many sends in flight and make
     // the broker write a WINDOW_UPDATE every few messages.
-    builder.http2().initial_connection_window_size(CONNECTION_WINDOW).initial_stream_window_size(STREAM_WINDOW);
+    builder
+        .http2()
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .max_concurrent_streams(STREAMS_MAX);
     let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
