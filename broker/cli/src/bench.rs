@@ -1,4 +1,5 @@
-//! `wasmq bench produce|consume|e2e|plugins|transactions|ceiling`: throughput and latency against a running broker,
+//! `wasmq bench produce|consume|e2e|plugins|transactions|grpc|ceiling`: throughput and latency against a running broker
+//! (`grpc` in `bench_grpc.rs`),
 //! each throughput also as a share of this machine's TLS ceiling measured in the same run (a
 //! plain rustls client→server copy over loopback with the same provider and cipher suites).
 

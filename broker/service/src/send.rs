@@ -56,7 +56,10 @@ impl Sent {
     }
 }
 
-/// Sends gathered for one group append by [`Service::send_gathered`].
+/// Sends gathered for one group append by [`Service::send_gathered`]. No limit of its own: each
+/// entry is a request in flight, which its front end bounds (gRPC: `STREAMS_MAX` per
+/// connection, and the broker's connection limit); the group append then takes them in groups of
+/// at most `GROUP_SENDS_MAX`.
 #[derive(Default)]
 pub(crate) struct Gathered(std::sync::Mutex<Vec<(Send, Answer)>>);
 
