@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use wasmq_client::{Connection, PulledMessage, queue_for_key};
-use wasmq_tests::broker::Broker;
+use wasmq_tests::broker::{Broker, Namesrv};
 use wasmq_tests::rocketmq::scenario;
 
 const QUEUES: u32 = 4;
@@ -441,4 +441,88 @@ fn a_broker_with_access_keys_takes_only_requests_signed_by_one() {
     let mut bodies: Vec<String> = rt.block_on(drain(&conn, "rmq-auth")).iter().map(|(_, m)| body(m)).collect();
     bodies.sort();
     assert_eq!(bodies, ["signed by app", "signed by ops"]);
+}
+
+/// Two broker sets and a name server: Python clients given broker A's gRPC address alone reach
+/// both sets through the routes (QueryRoute names each set's master at the gRPC address it
+/// registered, QueryAssignment each set). A topic that only broker B serves is sent to and
+/// received from through A as well; and each set keeps its own group state (no lag left on
+/// either).
+#[test]
+fn python_clients_given_one_broker_reach_every_broker_set_of_a_cluster() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ns = Namesrv::start(dirs[0].path(), None, 3_000);
+    let (cert, key, ca) = ns.tls_files();
+    let (cert, key, ca) = (cert.display().to_string(), key.display().to_string(), ca.display().to_string());
+    let start = |dir: &std::path::Path, name: &str| {
+        let env = [
+            ("WASMQ_TLS_CERT", cert.as_str()),
+            ("WASMQ_TLS_KEY", key.as_str()),
+            ("WASMQ_PEER_CA", ca.as_str()),
+            ("WASMQ_NAMESRV", ns.listen.as_str()),
+            ("WASMQ_REGISTER_INTERVAL_MS", "300"),
+            ("WASMQ_BROKER_NAME", name),
+        ];
+        Broker::start(dir, &env)
+    };
+    let (a, b) = (start(dirs[1].path(), "broker-a"), start(dirs[2].path(), "broker-b"));
+    for broker in [&a, &b] {
+        broker.cli(&["topic", "create", "rmq-spread", "--queues", &QUEUES.to_string()]);
+    }
+    b.cli(&["topic", "create", "rmq-only-b", "--queues", &QUEUES.to_string()]);
+    let rt = wasmq_tests::runtime();
+    let cluster = wasmq_client::Cluster::new(vec![ns.listen.clone()], &a.ca);
+    rt.block_on(async {
+        let started = Instant::now();
+        loop {
+            cluster.forget_route("rmq-spread");
+            cluster.forget_route("rmq-only-b");
+            let spread = cluster.route("rmq-spread").await.is_ok_and(|r| r.len() == 2);
+            if spread && cluster.route("rmq-only-b").await.is_ok() {
+                let grpc = cluster.route("rmq-spread").await.unwrap().iter().map(|s| s.master_endpoints.clone()).collect::<Vec<_>>();
+                let want = [&a, &b].map(|x| vec![wasmq_protocol::Endpoint { protocol: "grpc".into(), addr: x.grpc_listen.clone() }]);
+                assert_eq!(grpc, want, "each set's master registers its gRPC address");
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(15), "routes incomplete: {:?}", cluster.route("rmq-spread").await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    const N: usize = 40;
+    let lines = scenario(&a.grpc_listen, &a.ca, "cluster", &["rmq-spread", &N.to_string(), "rmq-cluster"]);
+    let of = |step: &str| -> Vec<&Value> { lines.iter().filter(|l| l["step"] == step).collect() };
+    let sent_to: HashMap<String, String> =
+        of("sent").iter().map(|l| (str_of(l, "body").to_owned(), str_of(l, "broker").to_owned())).collect();
+    assert_eq!(sent_to.len(), N, "{lines:?}");
+    let (conn_a, conn_b) = rt.block_on(async { (a.connect().await, b.connect().await) });
+    let stored_at =
+        |conn: &Connection, topic: &str| -> Vec<String> { rt.block_on(drain(conn, topic)).iter().map(|(_, m)| body(m)).collect() };
+    let (on_a, on_b) = (stored_at(&conn_a, "rmq-spread"), stored_at(&conn_b, "rmq-spread"));
+    assert!(!on_a.is_empty() && !on_b.is_empty(), "sends spread over both sets: {} on A, {} on B", on_a.len(), on_b.len());
+    assert_eq!(on_a.len() + on_b.len(), N, "each message stored once");
+    for (stored, name) in [(&on_a, "broker-a"), (&on_b, "broker-b")] {
+        assert!(stored.iter().all(|m| sent_to[m] == name), "{name} holds only what the receipts put there: {stored:?} {sent_to:?}");
+    }
+    let all: std::collections::BTreeSet<String> = (0..N).map(|i| format!("c-{i}")).collect();
+    for step in ["received", "pushed"] {
+        let got: std::collections::BTreeSet<String> = of(step).iter().map(|l| str_of(l, "body").to_owned()).collect();
+        assert_eq!(got, all, "{step}: every message, from both sets");
+    }
+    for group in ["rmq-cluster", "rmq-cluster-push"] {
+        wait_no_lag(&a, group, "rmq-spread");
+        wait_no_lag(&b, group, "rmq-spread");
+    }
+
+    // A topic broker A does not serve: through A, it is sent to and read from B.
+    const M: usize = 10;
+    let lines = scenario(&a.grpc_listen, &a.ca, "cluster", &["rmq-only-b", &M.to_string(), "rmq-only"]);
+    let sent: Vec<&Value> = lines.iter().filter(|l| l["step"] == "sent").collect();
+    assert!(sent.len() == M && sent.iter().all(|l| l["broker"] == "broker-b"), "{lines:?}");
+    assert_eq!(stored_at(&conn_b, "rmq-only-b").len(), M);
+    for step in ["received", "pushed"] {
+        let got: std::collections::BTreeSet<&str> = lines.iter().filter(|l| l["step"] == step).map(|l| str_of(l, "body")).collect();
+        assert_eq!(got.len(), M, "{step}: {lines:?}");
+    }
+    assert!(a.cli(&["topic", "list"]).lines().all(|l| !l.contains("rmq-only-b")), "nothing created on A");
 }

@@ -17,6 +17,11 @@ tests/it/rocketmq.rs, which checks the outcome through wasmq's own client.
                                               GROUP; the first abandons its first batch
     scenarios.py ENDPOINT renew TOPIC         a receive with auto_renew stays hidden past its
                                               invisible time; its first handle acks it
+    scenarios.py ENDPOINT cluster TOPIC N GROUP
+                                              N messages sent, then received and acked
+                                              (SimpleConsumer of GROUP) and consumed
+                                              (PushConsumer of GROUP-push), each client given
+                                              ENDPOINT alone: routes lead to every broker set
     scenarios.py ENDPOINT errors TOPIC MAX FIFO_TOPIC
                                               bad requests, through the client's own generated
                                               gRPC stubs, each answered with its status (MAX:
@@ -326,6 +331,51 @@ def restart(endpoint, topic):
     out(step="done", acked=len(acked))
 
 
+def cluster(endpoint, topic):
+    """N messages (argv[4]) "c-0" … through a producer that knows ENDPOINT alone, then a
+    SimpleConsumer of GROUP (argv[5]), also knowing ENDPOINT alone, receives and acks each, and
+    a PushConsumer of GROUP-push consumes each. Prints each send (with the broker set its queue
+    is on), each receipt and each push delivery."""
+    n, group = int(sys.argv[4]), sys.argv[5]
+    p = Producer(config(endpoint), (topic,), tls_enable=True)
+    p.startup()
+    try:
+        for i in range(n):
+            r = p.send(message(topic, f"c-{i}"))
+            out(step="sent", body=f"c-{i}", broker=str(r.message_queue).split(".", 1)[0])
+    finally:
+        p.shutdown()
+    c = SimpleConsumer(config(endpoint), group, {topic: FilterExpression()},
+                       await_duration=1, tls_enable=True)
+    c.startup()
+    acked = set()
+    try:
+        deadline = time.time() + 90
+        while len(acked) < n and time.time() < deadline:
+            for m in c.receive(32, 10):
+                c.ack(m)
+                acked.add(m.body.decode())
+                out(step="received", body=m.body.decode(), attempt=m.delivery_attempt)
+    finally:
+        c.shutdown()
+    # A PushConsumer of another group takes them all too (its assignments: every broker set).
+    recorder = Recorder()
+    pc = PushConsumer(config(endpoint), group + "-push", recorder, {topic: FilterExpression()},
+                      tls_enable=True)
+    pc.startup()
+    try:
+        while time.time() < deadline:
+            with recorder.lock:
+                if len({seen[0] for seen in recorder.seen}) >= n:
+                    break
+            time.sleep(0.1)
+    finally:
+        pc.shutdown()
+    with recorder.lock:
+        for body, attempt, _, _, _ in recorder.seen:
+            out(step="pushed", body=body, attempt=attempt)
+
+
 def auth(endpoint, topic):
     """A producer whose requests the client signs with AK/SK; when it cannot start, the same
     signed request (the client's own signing code) made through the stubs shows the broker's
@@ -479,4 +529,4 @@ if __name__ == "__main__":
     endpoint, scenario, topic = sys.argv[1:4]
     {"send": send, "transaction": transaction, "simple": simple, "push": push,
      "restart": restart, "auth": auth, "errors": errors, "fifo": fifo,
-     "renew": renew}[scenario](endpoint, topic)
+     "renew": renew, "cluster": cluster}[scenario](endpoint, topic)

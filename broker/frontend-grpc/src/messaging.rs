@@ -36,7 +36,8 @@ pub const INVISIBLE_DEFAULT: Duration = Duration::from_secs(60);
 pub const LONG_POLLING_MAX: Duration = Duration::from_secs(30);
 /// Commands queued for one client's Telemetry stream before the broker stops waiting for it.
 const TELEMETRY_QUEUE: usize = 16;
-/// The `protocol` label of this front end's metrics.
+/// The `protocol` label of this front end's metrics, and its name among a broker's registered
+/// endpoints.
 pub const PROTOCOL: &str = "grpc";
 
 /// What every RPC needs.
@@ -50,6 +51,9 @@ pub struct Shared {
     pub access_keys: crate::AccessKeys,
     /// Long polls end when the broker shuts down.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The cluster's name servers: routes name every broker set's master (none: this broker
+    /// alone).
+    pub names: Option<Arc<wasmq_namesrv::NameServers>>,
 }
 
 /// The transaction id of a half message: its log offset.
@@ -173,6 +177,66 @@ impl Messaging {
         s
     }
 
+    /// Queue 0 of every broker set serving a topic, with the set's queue count: this broker (at
+    /// the endpoints the client reached it by) and, in a cluster, each other set whose master is
+    /// up, at the gRPC address it registered with the name servers. A set without a live
+    /// master, or whose master serves no gRPC, is left out (its queues take no sends). When the
+    /// name servers cannot answer, or do not know the topic yet (they learn it at the next
+    /// registration), this broker alone.
+    async fn cluster_queues(
+        &self,
+        topic: Option<&pb::Resource>,
+        endpoints: Option<pb::Endpoints>,
+    ) -> Result<Vec<(u32, pb::MessageQueue)>, pb::Status> {
+        let endpoints = endpoints.ok_or_else(|| status(Code::IllegalAccessPoint, "the request names no endpoints"))?;
+        let local = self.queues_of(topic, Some(endpoints));
+        let Some(names) = &self.0.names else { return local.map(|(c, q)| vec![(c.queues, q)]) };
+        let name = resource_name(topic);
+        let sets = match names.route(name).await {
+            Ok(sets) => sets,
+            Err(e) => {
+                if e.code() != Some(wasmq_protocol::ErrorCode::UnknownTopic) {
+                    tracing::debug!(topic = name, error = %e, "name servers unreachable: routing to this broker alone");
+                }
+                return local.map(|(c, q)| vec![(c.queues, q)]);
+            }
+        };
+        let engine = self.0.service.engine();
+        let me = engine.broker_name();
+        let master_here = !self.0.service.replication().is_slave();
+        // The topic's message types as this broker knows them; a set's own broker checks each
+        // send against its own.
+        let accepted =
+            local.as_ref().map_or_else(|_| accepted_types(wasmq_engine::MessageType::Mixed), |(_, q)| q.accept_message_types.clone());
+        let mut out = Vec::with_capacity(sets.len() + 1);
+        for set in sets {
+            if set.broker_name == me && master_here {
+                continue; // answered from the local state below
+            }
+            let Some(addr) = wasmq_protocol::Endpoint::find(&set.master_endpoints, PROTOCOL) else { continue };
+            let Some(at) = wire::endpoints(addr) else {
+                tracing::warn!(broker = set.broker_name, addr, "a broker registered a gRPC address that is not host:port");
+                continue;
+            };
+            let queue = pb::MessageQueue {
+                topic: Some(pb::Resource { resource_namespace: String::new(), name: name.to_owned() }),
+                id: 0,
+                permission: pb::Permission::ReadWrite as i32,
+                broker: Some(pb::Broker { name: set.broker_name, id: 0, endpoints: Some(at) }),
+                accept_message_types: accepted.clone(),
+            };
+            out.push((set.queues, queue));
+        }
+        if master_here && let Ok((config, queue)) = &local {
+            out.push((config.queues, queue.clone()));
+        }
+        if out.is_empty() {
+            return local.map(|(c, q)| vec![(c.queues, q)]);
+        }
+        out.sort_by(|a, b| a.1.broker.as_ref().map(|b| &b.name).cmp(&b.1.broker.as_ref().map(|b| &b.name)));
+        Ok(out)
+    }
+
     /// A topic's configuration and its queue 0 as routes show it — READ_WRITE, on this broker,
     /// at the endpoints the client reached it by (as the reference proxy answers) — or the
     /// status refusing the request.
@@ -272,10 +336,13 @@ impl MessagingService for Messaging {
         let started = Instant::now();
         self.seen(&req)?;
         let req = req.into_inner();
-        let reply = match self.queues_of(req.topic.as_ref(), req.endpoints) {
-            Ok((config, queue)) => pb::QueryRouteResponse {
+        let reply = match self.cluster_queues(req.topic.as_ref(), req.endpoints).await {
+            Ok(sets) => pb::QueryRouteResponse {
                 status: Some(wire::ok()),
-                message_queues: (0..config.queues).map(|q| pb::MessageQueue { id: q as i32, ..queue.clone() }).collect(),
+                message_queues: sets
+                    .into_iter()
+                    .flat_map(|(queues, queue)| (0..queues).map(move |q| pb::MessageQueue { id: q as i32, ..queue.clone() }))
+                    .collect(),
             },
             Err(s) => pb::QueryRouteResponse { status: Some(s), message_queues: vec![] },
         };
@@ -319,11 +386,12 @@ impl MessagingService for Messaging {
         self.seen(&req)?;
         let req = req.into_inner();
         // Every push consumer of a group receives from the whole topic (messages are handed out
-        // one by one): one assignment, this broker.
-        let reply = match self.queues_of(req.topic.as_ref(), req.endpoints) {
-            Ok((_, queue)) => {
-                pb::QueryAssignmentResponse { status: Some(wire::ok()), assignments: vec![pb::Assignment { message_queue: Some(queue) }] }
-            }
+        // one by one): one assignment per broker set.
+        let reply = match self.cluster_queues(req.topic.as_ref(), req.endpoints).await {
+            Ok(sets) => pb::QueryAssignmentResponse {
+                status: Some(wire::ok()),
+                assignments: sets.into_iter().map(|(_, queue)| pb::Assignment { message_queue: Some(queue) }).collect(),
+            },
             Err(s) => pb::QueryAssignmentResponse { status: Some(s), assignments: vec![] },
         };
         self.record("query_assignment", reply.status.as_ref().is_some_and(|s| s.code == Code::Ok as i32), started);

@@ -85,6 +85,21 @@ pub fn guarantee(g: Guarantee) -> pb::Status {
     }
 }
 
+/// A `host:port` address as the API's endpoints (an IP address, else a domain name), or `None`
+/// when it is not one.
+#[must_use]
+pub fn endpoints(addr: &str) -> Option<pb::Endpoints> {
+    let (scheme, host, port) = match addr.parse::<std::net::SocketAddr>() {
+        Ok(std::net::SocketAddr::V4(a)) => (pb::AddressScheme::IPv4, a.ip().to_string(), a.port()),
+        Ok(std::net::SocketAddr::V6(a)) => (pb::AddressScheme::IPv6, a.ip().to_string(), a.port()),
+        Err(_) => {
+            let (host, port) = addr.rsplit_once(':')?;
+            (pb::AddressScheme::DomainName, host.to_owned(), port.parse().ok()?)
+        }
+    };
+    (!host.is_empty()).then(|| pb::Endpoints { scheme: scheme as i32, addresses: vec![pb::Address { host, port: i32::from(port) }] })
+}
+
 /// Milliseconds since the epoch as a protobuf timestamp.
 #[must_use]
 pub fn timestamp(ms: u64) -> prost_types::Timestamp {

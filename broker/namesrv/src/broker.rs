@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use wasmq_net::{ClientError, Connection, ConnectionOptions};
-use wasmq_protocol::{BrokerEntry, RegisterBrokerRequest, Request, Response};
+use wasmq_protocol::{BrokerEntry, BrokerRoute, RegisterBrokerRequest, Request, Response, RouteRequest};
 
 /// Longest a broker waits for a name server's answer.
 const NAMESRV_TIMEOUT: Duration = Duration::from_secs(5);
@@ -78,6 +78,26 @@ impl NameServers {
     /// # Errors
     /// No name server answered; the last one's error.
     pub async fn brokers(&self) -> Result<Vec<BrokerEntry>, ClientError> {
+        match self.ask(&Request::GetCluster).await? {
+            Response::GetCluster(b) => Ok(b),
+            _ => Err(ClientError::Malformed("GetCluster answered with another response".into())),
+        }
+    }
+
+    /// The broker sets serving `topic`, as the first name server to answer knows them.
+    ///
+    /// # Errors
+    /// No name server answered; or the one that did knows no live broker serving `topic`
+    /// ([`ClientError::Broker`] with `UnknownTopic`).
+    pub async fn route(&self, topic: &str) -> Result<Vec<BrokerRoute>, ClientError> {
+        match self.ask(&Request::GetRoute(RouteRequest { topic: topic.to_owned() })).await? {
+            Response::GetRoute(r) => Ok(r.brokers),
+            _ => Err(ClientError::Malformed("GetRoute answered with another response".into())),
+        }
+    }
+
+    /// `req`'s answer from the first name server that gives one (an error status is an answer).
+    async fn ask(&self, req: &Request) -> Result<Response, ClientError> {
         let mut last = ClientError::Closed("no name server configured".into());
         for (i, addr) in self.addrs.iter().enumerate() {
             let kept = self.conns.lock().await[i].clone().filter(|c| c.closed().is_none());
@@ -96,10 +116,10 @@ impl NameServers {
                     }
                 },
             };
-            match conn.call(&Request::GetCluster).await {
-                Ok(Response::GetCluster(b)) => return Ok(b),
-                Ok(_) => last = ClientError::Malformed("GetCluster answered with another response".into()),
+            match conn.call(req).await {
+                Err(e @ ClientError::Broker { .. }) => return Err(e),
                 Err(e) => last = e,
+                answer => return answer,
             }
         }
         Err(last)

@@ -131,10 +131,16 @@ impl RouteTable {
                 down.push(format!("{name} {id} at {}", r.req.addr));
                 continue;
             }
-            let set =
-                sets.entry(name).or_insert_with(|| BrokerRoute { broker_name: name.clone(), queues, master: None, slaves: Vec::new() });
+            let set = sets.entry(name).or_insert_with(|| BrokerRoute {
+                broker_name: name.clone(),
+                queues,
+                master: None,
+                slaves: Vec::new(),
+                master_endpoints: Vec::new(),
+            });
             if *id == 0 {
                 set.master = Some(r.req.addr.clone());
+                set.master_endpoints.clone_from(&r.req.endpoints);
                 set.queues = queues;
             } else {
                 set.slaves.push(r.req.addr.clone());
@@ -166,6 +172,7 @@ impl RouteTable {
                 last_seen_ms_ago: now.saturating_duration_since(r.at).as_millis() as u64,
                 down_ms_ago: r.down_since.map(|d| now.saturating_duration_since(d).as_millis() as u64),
                 live: r.req.live.clone(),
+                endpoints: r.req.endpoints.clone(),
             })
             .collect()
     }
@@ -282,6 +289,7 @@ mod tests {
             topics: vec![("orders".into(), 4)],
             live: wasmq_protocol::BrokerLive::default(),
             register_interval_ms: interval_ms,
+            endpoints: vec![wasmq_protocol::Endpoint { protocol: "grpc".into(), addr: format!("{name}-{id}:8081") }],
         }
     }
 
@@ -300,7 +308,9 @@ mod tests {
         let route = t.route("orders").unwrap();
         assert_eq!(route.len(), 2);
         assert_eq!((route[0].master.as_deref(), route[0].slaves.as_slice(), route[0].queues), (None, &["a-1:7070".to_owned()][..], 4));
+        assert!(route[0].master_endpoints.is_empty(), "a down master's front ends are in no route");
         assert_eq!(route[1].master.as_deref(), Some("b-0:7070"));
+        assert_eq!(wasmq_protocol::Endpoint::find(&route[1].master_endpoints, "grpc"), Some("b-0:8081"));
         // A connection that registered nothing, or another broker's, changes nothing.
         t.connection_closed(9);
         assert_eq!(down(&t).len(), 1);
@@ -310,6 +320,7 @@ mod tests {
         t.connection_closed(1);
         assert!(down(&t).is_empty());
         assert_eq!(t.route("orders").unwrap()[0].master.as_deref(), Some("a-0:7070"));
+        assert_eq!(wasmq_protocol::Endpoint::find(&t.route("orders").unwrap()[0].master_endpoints, "grpc"), Some("a-0:8081"));
         // Every broker of a topic down: the route says so, naming them.
         for conn in 2..=4 {
             t.connection_closed(conn);

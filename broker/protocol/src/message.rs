@@ -5,7 +5,7 @@ use bytes::Bytes;
 use crate::codec::{DecodeError, Reader, SHARED_BYTES_MIN, Writer};
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Most messages in one send.
 pub const BATCH_MESSAGES_MAX: usize = 1024;
 /// Largest message body a client may send (the broker may set a lower limit).
@@ -22,6 +22,8 @@ pub const TOPICS_PER_BROKER_MAX: usize = 10_000;
 pub const BROKERS_MAX: usize = 1_024;
 /// Most user properties, keys or topics in one message or request.
 const LIST_MAX: usize = 64;
+/// Most front-end endpoints one broker registers.
+pub const ENDPOINTS_MAX: usize = 16;
 
 /// Request ops (the `code` of a request frame). Numbers are stable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -452,6 +454,37 @@ pub struct RegisterBrokerRequest {
     pub live: BrokerLive,
     /// How often the broker registers: a name server marks it down once it misses a few.
     pub register_interval_ms: u32,
+    /// Where its other front ends listen (the native protocol's address is `addr`).
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A protocol front end's address: where clients of that protocol reach a broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The front end's name, as the broker's table of front ends calls it (`grpc`).
+    pub protocol: String,
+    /// `host:port`.
+    pub addr: String,
+}
+
+impl Endpoint {
+    /// The address of `protocol` among `endpoints`.
+    #[must_use]
+    pub fn find<'a>(endpoints: &'a [Self], protocol: &str) -> Option<&'a str> {
+        endpoints.iter().find(|e| e.protocol == protocol).map(|e| e.addr.as_str())
+    }
+}
+
+fn put_endpoints(w: &mut Writer, v: &[Endpoint]) {
+    w.count(v.len());
+    for e in v {
+        w.string(&e.protocol).string(&e.addr);
+    }
+}
+
+fn get_endpoints(r: &mut Reader) -> Result<Vec<Endpoint>, DecodeError> {
+    let n = r.count("endpoints", ENDPOINTS_MAX, 4)?;
+    r.list(n, |r| Ok(Endpoint { protocol: r.string("protocol")?, addr: r.string("addr")? }))
 }
 
 /// What a broker reports of itself with each registration, for cluster views.
@@ -495,6 +528,8 @@ pub struct BrokerRoute {
     pub master: Option<String>,
     /// Live slaves' protocol addresses.
     pub slaves: Vec<String>,
+    /// The master's other front ends (none while it is down).
+    pub master_endpoints: Vec<Endpoint>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -517,6 +552,8 @@ pub struct BrokerEntry {
     /// registrations); `None` while it is up. A down broker is in no route.
     pub down_ms_ago: Option<u64>,
     pub live: BrokerLive,
+    /// Its other front ends.
+    pub endpoints: Vec<Endpoint>,
 }
 
 /// A request with its body.
@@ -736,6 +773,7 @@ impl Request {
                 }
                 b.live.put(&mut w);
                 w.u32(b.register_interval_ms);
+                put_endpoints(&mut w, &b.endpoints);
             }
             Self::GetRoute(r) => {
                 w.string(&r.topic);
@@ -855,6 +893,7 @@ impl Request {
                 let topics = r.list(n, |r| Ok((r.string("topic")?, r.u32("queues")?)))?;
                 let live = BrokerLive::get(&mut r)?;
                 let register_interval_ms = r.u32("register_interval_ms")?;
+                let endpoints = get_endpoints(&mut r)?;
                 Self::RegisterBroker(RegisterBrokerRequest {
                     cluster,
                     broker_name,
@@ -864,6 +903,7 @@ impl Request {
                     topics,
                     live,
                     register_interval_ms,
+                    endpoints,
                 })
             }
             Op::GetRoute => Self::GetRoute(RouteRequest { topic: r.string("topic")? }),
@@ -926,6 +966,7 @@ impl Response {
                 for b in &g.brokers {
                     w.string(&b.broker_name).u32(b.queues).opt_string(b.master.as_deref());
                     put_strings(&mut w, &b.slaves);
+                    put_endpoints(&mut w, &b.master_endpoints);
                 }
             }
             Self::GetCluster(all) => {
@@ -934,6 +975,7 @@ impl Response {
                     w.string(&b.cluster).string(&b.broker_name).u32(b.broker_id).string(&b.addr).string(&b.admin_addr);
                     w.u32(b.topics).u64(b.last_seen_ms_ago).opt_u64(b.down_ms_ago);
                     b.live.put(&mut w);
+                    put_endpoints(&mut w, &b.endpoints);
                 }
             }
             Self::Pull(p) => {
@@ -1055,19 +1097,20 @@ impl Response {
             }),
             Op::GetRoute => {
                 let topic = r.string("topic")?;
-                let n = r.count("brokers", BROKERS_MAX, 11)?;
+                let n = r.count("brokers", BROKERS_MAX, 15)?;
                 let brokers = r.list(n, |r| {
                     Ok(BrokerRoute {
                         broker_name: r.string("broker_name")?,
                         queues: r.u32("queues")?,
                         master: r.opt_string("master")?,
                         slaves: get_strings(r, "slaves")?,
+                        master_endpoints: get_endpoints(r)?,
                     })
                 })?;
                 Self::GetRoute(GetRouteResponse { topic, brokers })
             }
             Op::GetCluster => {
-                let n = r.count("brokers", BROKERS_MAX, 30)?;
+                let n = r.count("brokers", BROKERS_MAX, 34)?;
                 let all = r.list(n, |r| {
                     Ok(BrokerEntry {
                         cluster: r.string("cluster")?,
@@ -1079,6 +1122,7 @@ impl Response {
                         last_seen_ms_ago: r.u64("last_seen_ms_ago")?,
                         down_ms_ago: r.opt_u64("down_ms_ago")?,
                         live: BrokerLive::get(r)?,
+                        endpoints: get_endpoints(r)?,
                     })
                 })?;
                 Self::GetCluster(all)
@@ -1120,6 +1164,10 @@ mod tests {
         }
     }
 
+    fn endpoints() -> impl Strategy<Value = Vec<Endpoint>> {
+        proptest::collection::vec((s(), s()).prop_map(|(protocol, addr)| Endpoint { protocol, addr }), 0..3)
+    }
+
     fn request() -> impl Strategy<Value = Request> {
         prop_oneof![
             (any::<u16>(), any::<u16>(), s()).prop_map(|(a, b, c)| Request::Hello(HelloRequest {
@@ -1143,8 +1191,8 @@ mod tests {
             ),
             (any::<u32>(), s())
                 .prop_map(|(broker_id, local_offsets_json)| Request::ReplicaMeta(ReplicaMetaRequest { broker_id, local_offsets_json })),
-            (s(), s(), any::<u32>(), s(), s(), proptest::collection::vec((s(), any::<u32>()), 0..4), live(), any::<u32>()).prop_map(
-                |(cluster, broker_name, broker_id, addr, admin_addr, topics, live, register_interval_ms)| {
+            ((s(), s(), any::<u32>(), s(), s()), proptest::collection::vec((s(), any::<u32>()), 0..4), live(), any::<u32>(), endpoints())
+                .prop_map(|((cluster, broker_name, broker_id, addr, admin_addr), topics, live, register_interval_ms, endpoints)| {
                     Request::RegisterBroker(RegisterBrokerRequest {
                         cluster,
                         broker_name,
@@ -1154,9 +1202,9 @@ mod tests {
                         topics,
                         live,
                         register_interval_ms,
+                        endpoints,
                     })
-                }
-            ),
+                }),
             s().prop_map(|topic| Request::GetRoute(RouteRequest { topic })),
             Just(Request::GetCluster),
             (s(), any::<u64>(), any::<u32>(), s(), any::<u32>(), message()).prop_map(
@@ -1226,23 +1274,46 @@ mod tests {
                 Response::ReplicaFetch(ReplicaFetchResponse { start_offset: a, master_end: b, segment_bytes: c, bytes: Bytes::from(d) })
             )),
             (s(), s()).prop_map(|(t, o)| (Op::ReplicaMeta, Response::ReplicaMeta(ReplicaMetaResponse { topics_json: t, offsets_json: o }))),
-            (s(), proptest::collection::vec((s(), any::<u32>(), proptest::option::of(s()), proptest::collection::vec(s(), 0..3)), 0..3))
+            (
+                s(),
+                proptest::collection::vec(
+                    (s(), any::<u32>(), proptest::option::of(s()), proptest::collection::vec(s(), 0..3), endpoints()),
+                    0..3
+                )
+            )
                 .prop_map(|(topic, b)| (
                     Op::GetRoute,
                     Response::GetRoute(GetRouteResponse {
                         topic,
                         brokers: b
                             .into_iter()
-                            .map(|(broker_name, queues, master, slaves)| BrokerRoute { broker_name, queues, master, slaves })
+                            .map(|(broker_name, queues, master, slaves, master_endpoints)| BrokerRoute {
+                                broker_name,
+                                queues,
+                                master,
+                                slaves,
+                                master_endpoints
+                            })
                             .collect()
                     })
                 )),
-            proptest::collection::vec((s(), s(), any::<u32>(), s(), s(), any::<u32>(), any::<u64>(), any::<Option<u64>>(), live()), 0..3)
-                .prop_map(|v| (
-                    Op::GetCluster,
-                    Response::GetCluster(
-                        v.into_iter()
-                            .map(|(cluster, broker_name, broker_id, addr, admin_addr, topics, last_seen_ms_ago, down_ms_ago, live)| {
+            proptest::collection::vec(
+                ((s(), s(), any::<u32>(), s(), s()), any::<u32>(), any::<u64>(), any::<Option<u64>>(), live(), endpoints()),
+                0..3
+            )
+            .prop_map(|v| (
+                Op::GetCluster,
+                Response::GetCluster(
+                    v.into_iter()
+                        .map(
+                            |(
+                                (cluster, broker_name, broker_id, addr, admin_addr),
+                                topics,
+                                last_seen_ms_ago,
+                                down_ms_ago,
+                                live,
+                                endpoints,
+                            )| {
                                 BrokerEntry {
                                     cluster,
                                     broker_name,
@@ -1253,11 +1324,13 @@ mod tests {
                                     last_seen_ms_ago,
                                     down_ms_ago,
                                     live,
+                                    endpoints,
                                 }
-                            })
-                            .collect()
-                    )
-                )),
+                            }
+                        )
+                        .collect()
+                )
+            )),
             (
                 proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), message()), 0..4),
                 any::<u64>(),

@@ -52,8 +52,8 @@ pub struct Started {
 
 /// The native protocol front end's name in the table (and in logs).
 const NATIVE: &str = "native";
-/// The RocketMQ 5 gRPC front end's name.
-const GRPC: &str = "grpc";
+/// The RocketMQ 5 gRPC front end's name (also its name among the endpoints a broker registers).
+const GRPC: &str = wasmq_frontend_grpc::PROTOCOL;
 
 /// Serves a bound listener's connections until shutdown (a front end's accept loop).
 type Serve = Box<dyn FnOnce(TcpListener, tokio_rustls::TlsAcceptor, TaskTracker) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
@@ -77,6 +77,8 @@ impl std::fmt::Debug for FrontEnd {
 struct Parts {
     service: Arc<Service>,
     shutdown: CancellationToken,
+    /// The cluster's name servers, if the broker registers with any.
+    names: Option<Arc<wasmq_namesrv::NameServers>>,
 }
 
 /// The native protocol's listener and its producer links.
@@ -107,6 +109,7 @@ fn grpc(config: &Config, parts: &Parts) -> (FrontEnd, Arc<dyn ProducerLinks>) {
         max_body_size: config.store.message_bytes_max,
         access_keys: config.access_keys.clone(),
         shutdown: parts.shutdown.clone(),
+        names: parts.names.clone(),
     }));
     let (connections_max, shutdown) = (config.connections_max.get() as usize, parts.shutdown.clone());
     let serve: Serve = Box::new(move |listener, acceptor, tracker| {
@@ -206,7 +209,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
         Replication::new(&engine, &config.broker_name, config.broker_id, role, config.replication, config.slave_read_behind_bytes);
     let service = Arc::new(Service::new(Arc::clone(&engine), plugins.clone(), Arc::clone(&replication)));
     service.metrics().recovery_seconds.set(report.elapsed.as_secs_f64());
-    let parts = Parts { service: Arc::clone(&service), shutdown: shutdown.clone() };
+    let names = (!config.namesrv.is_empty()).then(|| Arc::new(wasmq_namesrv::NameServers::new(config.namesrv.clone(), peer_ca.clone())));
+    let parts = Parts { service: Arc::clone(&service), shutdown: shutdown.clone(), names: names.clone() };
 
     let (mut table, links) = front_ends(&config, &parts);
     let producers: Arc<dyn ProducerLinks> = Arc::new(AllProducers(links));
@@ -241,6 +245,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
             topics: Vec::new(),
             live: wasmq_protocol::BrokerLive::default(),
             register_interval_ms: u32::try_from(config.register_interval.as_millis()).unwrap_or(u32::MAX),
+            endpoints: vec![wasmq_protocol::Endpoint { protocol: GRPC.to_owned(), addr: info.grpc_listen.to_string() }],
         };
         let service = Arc::clone(&service);
         let registration = move || {
@@ -295,7 +300,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
         started_ms,
         cluster: config.cluster.clone(),
         namesrvs: config.namesrv.clone(),
-        names: (!config.namesrv.is_empty()).then(|| Arc::new(wasmq_namesrv::NameServers::new(config.namesrv.clone(), peer_ca.clone()))),
+        names,
     };
     let admin_tls = tokio_rustls::TlsAcceptor::from(wasmq_net::server_config(&cert, &key, &[wasmq_admin_api::ALPN])?);
     tracker.spawn(wasmq_admin_api::serve(
