@@ -351,6 +351,16 @@ fn a_slave_down_for_100k_messages_catches_up() {
         wait_topic_on(&slave, "t").await;
         wait_caught_up(&master, Duration::from_secs(20)).await;
     });
+    // A group's settings reach the slave with the topics (a slave that takes over hands out a
+    // FIFO group's messages in order too).
+    master.cli(&["group", "set", "ordered", "--fifo", "true"]);
+    rt.block_on(async {
+        let started = Instant::now();
+        while !slave.admin().describe_group("ordered").await.is_ok_and(|g| g.fifo) {
+            assert!(started.elapsed() < Duration::from_secs(5), "the slave never took the FIFO setting");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
     assert!(slave.stop().success());
     rt.block_on(async {
         let p = Producer::new(master.connect().await, "bulk");

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use crate::engine::{Engine, EngineError, lock};
+use crate::engine::{Engine, EngineError, GroupSettings, lock};
 use crate::offsets::OffsetTable;
 use crate::topics::{self, TopicConfig};
 
@@ -45,6 +45,30 @@ impl Engine {
             }
             lock(&self.consumers.offsets).remove_topic(gone);
         }
+        Ok(())
+    }
+
+    /// Consumer groups' settings, for a slave to adopt.
+    pub fn group_settings_json(&self) -> String {
+        serde_json::to_string(&*lock(&self.consumers.settings)).unwrap_or_default()
+    }
+
+    /// On a slave: takes the master's group settings (a group the master deleted goes here
+    /// too), so that a slave promoted to master hands out FIFO groups' messages as the master
+    /// did.
+    ///
+    /// # Errors
+    /// Bad JSON, or the settings could not be saved.
+    pub fn adopt_group_settings(&self, json: &str) -> Result<(), EngineError> {
+        let table: BTreeMap<String, GroupSettings> =
+            serde_json::from_str(json).map_err(|e| EngineError::Invalid(format!("group settings from the master: {e}")))?;
+        let mut all = lock(&self.consumers.settings);
+        if *all == table {
+            return Ok(());
+        }
+        topics::save_json(&self.consumers.settings_path, &table)
+            .map_err(|source| EngineError::Save { path: self.consumers.settings_path.clone(), source })?;
+        *all = table;
         Ok(())
     }
 
@@ -154,6 +178,18 @@ mod tests {
         master.delete_topic("gone").unwrap();
         slave.adopt_topics(&master.topics_json()).unwrap();
         assert!(slave.topic("gone").is_none());
+
+        master.set_group_settings("fifo-group", crate::GroupSettings { fifo: true }).unwrap();
+        master.set_group_settings("plain", crate::GroupSettings { fifo: false }).unwrap();
+        slave.adopt_group_settings(&master.group_settings_json()).unwrap();
+        assert!(slave.group_settings("fifo-group").fifo && !slave.group_settings("plain").fifo);
+        master.delete_group("fifo-group").unwrap();
+        slave.adopt_group_settings(&master.group_settings_json()).unwrap();
+        assert!(!slave.group_settings("fifo-group").fifo, "the master's deletion reaches the slave");
+        drop(slave);
+        let slave = engine(s.path());
+        assert!(!slave.group_settings("fifo-group").fifo && slave.groups().contains(&"plain".to_owned()), "kept in groups.json");
+        slave.set_read_only("a slave of b0");
 
         master.commit_offset("g", "t", 0, 10).unwrap();
         slave.adopt_offsets(&master.offsets_json(), &Default::default()).unwrap();

@@ -454,8 +454,12 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
             }))
         }
         Request::ReplicaMeta(m) => {
-            let (topics_json, offsets_json) = service.replication().meta(engine, &m.local_offsets_json)?;
-            Ok(Response::ReplicaMeta(wasmq_protocol::ReplicaMetaResponse { topics_json, offsets_json }))
+            let meta = service.replication().meta(engine, &m.local_offsets_json)?;
+            Ok(Response::ReplicaMeta(wasmq_protocol::ReplicaMetaResponse {
+                topics_json: meta.topics_json,
+                offsets_json: meta.offsets_json,
+                groups_json: meta.groups_json,
+            }))
         }
         Request::RegisterBroker(_) | Request::GetRoute(_) | Request::GetCluster => {
             Err(WireError::new(ErrorCode::InvalidRequest, "this is a broker; routes and registrations go to a name server"))

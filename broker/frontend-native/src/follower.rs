@@ -96,5 +96,6 @@ async fn exchange_meta(r: &Replication, engine: &Engine, conn: &Connection) -> R
     };
     engine.adopt_topics(&m.topics_json).map_err(|e| e.to_string())?;
     engine.adopt_offsets(&m.offsets_json, &handed).map_err(|e| e.to_string())?;
+    engine.adopt_group_settings(&m.groups_json).map_err(|e| e.to_string())?;
     Ok(())
 }

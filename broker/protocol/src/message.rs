@@ -437,6 +437,8 @@ pub struct ReplicaMetaRequest {
 pub struct ReplicaMetaResponse {
     pub topics_json: String,
     pub offsets_json: String,
+    /// Consumer groups' settings (FIFO and the like).
+    pub groups_json: String,
 }
 
 /// A broker's registration with a name server, repeated as its heartbeat.
@@ -959,7 +961,7 @@ impl Response {
                 w.u64(f.start_offset).u64(f.master_end).u64(f.segment_bytes).shared_bytes(&f.bytes);
             }
             Self::ReplicaMeta(m) => {
-                w.bytes(m.topics_json.as_bytes()).bytes(m.offsets_json.as_bytes());
+                w.bytes(m.topics_json.as_bytes()).bytes(m.offsets_json.as_bytes()).bytes(m.groups_json.as_bytes());
             }
             Self::GetRoute(g) => {
                 w.string(&g.topic).count(g.brokers.len());
@@ -1094,6 +1096,7 @@ impl Response {
             Op::ReplicaMeta => Self::ReplicaMeta(ReplicaMetaResponse {
                 topics_json: json(&mut r, "topics_json")?,
                 offsets_json: json(&mut r, "offsets_json")?,
+                groups_json: json(&mut r, "groups_json")?,
             }),
             Op::GetRoute => {
                 let topic = r.string("topic")?;
@@ -1273,7 +1276,10 @@ mod tests {
                 Op::ReplicaFetch,
                 Response::ReplicaFetch(ReplicaFetchResponse { start_offset: a, master_end: b, segment_bytes: c, bytes: Bytes::from(d) })
             )),
-            (s(), s()).prop_map(|(t, o)| (Op::ReplicaMeta, Response::ReplicaMeta(ReplicaMetaResponse { topics_json: t, offsets_json: o }))),
+            (s(), s(), s()).prop_map(|(t, o, g)| (
+                Op::ReplicaMeta,
+                Response::ReplicaMeta(ReplicaMetaResponse { topics_json: t, offsets_json: o, groups_json: g })
+            )),
             (
                 s(),
                 proptest::collection::vec(

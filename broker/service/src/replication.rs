@@ -71,6 +71,14 @@ pub struct MasterLink {
     pub error: Option<String>,
 }
 
+/// What a master hands a slave besides the log: its registries, as JSON.
+#[derive(Debug, Clone)]
+pub struct ReplicaMeta {
+    pub topics_json: String,
+    pub offsets_json: String,
+    pub groups_json: String,
+}
+
 /// A fetch's answer: the master's log from `start_offset`.
 #[derive(Debug, Clone)]
 pub struct Fetched {
@@ -217,17 +225,21 @@ impl Replication {
         Ok(())
     }
 
-    /// Master: takes a slave's local offset commits (JSON), answers with the topics and the
-    /// offsets (JSON).
+    /// Master: takes a slave's local offset commits (JSON), answers with the topics, the
+    /// offsets and the group settings (JSON).
     ///
     /// # Errors
     /// Not a master; bad JSON.
-    pub fn meta(&self, engine: &Engine, local_offsets_json: &str) -> Result<(String, String), ServiceError> {
+    pub fn meta(&self, engine: &Engine, local_offsets_json: &str) -> Result<ReplicaMeta, ServiceError> {
         if self.is_slave() {
             return Err(ServiceError::NotMaster("this broker is a slave".into()));
         }
         engine.merge_offsets(local_offsets_json)?;
-        Ok((engine.topics_json(), engine.offsets_json()))
+        Ok(ReplicaMeta {
+            topics_json: engine.topics_json(),
+            offsets_json: engine.offsets_json(),
+            groups_json: engine.group_settings_json(),
+        })
     }
 
     /// Master, sync mode: waits until enough slaves hold everything below `end_offset`.
