@@ -13,7 +13,7 @@ pub mod wire;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::http;
@@ -74,7 +74,8 @@ pub async fn serve(tls: TlsStream, peer: SocketAddr, messaging: Messaging, shutd
             Ok(refusal)
         }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let executor = wasmq_rocketmq_api::local::ConnectionExecutor::default();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(executor.clone());
     // HTTP/2's default windows (64 KiB) hold back a client with many sends in flight and make
     // the broker write a WINDOW_UPDATE every few messages.
     builder
@@ -84,11 +85,16 @@ pub async fn serve(tls: TlsStream, peer: SocketAddr, messaging: Messaging, shutd
         .max_concurrent_streams(STREAMS_MAX);
     let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
     let mut conn = std::pin::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let mut streams = wasmq_rocketmq_api::local::Streams::new();
+    let mut stopping = false;
+    let result = loop {
+        tokio::select! {
+            r = std::future::poll_fn(|cx| executor.poll(cx, &mut streams, conn.as_mut())) => break r,
+            () = shutdown.cancelled(), if !stopping => {
+                // Requests under way finish (their streams are still driven), then it closes.
+                conn.as_mut().graceful_shutdown();
+                stopping = true;
+            }
         }
     };
     if let Err(e) = result {

@@ -2,7 +2,10 @@
 //! files vendored unmodified in `third_party/rocketmq-apis` (compiled by `protox`: no `protoc`
 //! to install): the messages, the `MessagingService` server trait the gRPC front end implements,
 //! and the client `wasmq bench grpc` drives it with. One crate, so that the CLI gets the client
-//! without the broker's crates.
+//! without the broker's crates. Both sides run a connection's HTTP/2 streams on the
+//! connection's own task ([`local`]).
+
+pub mod local;
 
 /// The generated API.
 #[allow(clippy::all, clippy::pedantic, missing_debug_implementations, unreachable_pub)]
