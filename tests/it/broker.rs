@@ -435,6 +435,38 @@ fn bench_produce_counts_only_what_follows_the_warm_up() {
     assert!(stored >= warm + measured && stored <= warm + measured + batch * in_flight, "stored {stored}, {out}");
 }
 
+/// `bench grpc` through the real broker's gRPC port: its consumer receives and acknowledges
+/// every message its producer stored, once each (the figure it reports is that count).
+#[test]
+fn bench_grpc_receives_and_acks_every_message_it_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let out = broker.cli(&[
+        "bench",
+        "grpc",
+        "--grpc",
+        &broker.grpc_listen,
+        "--no-native",
+        "--warmup",
+        "1",
+        "--duration",
+        "1",
+        "--queues",
+        "2",
+        "--in-flight",
+        "16",
+    ]);
+    let sent = out.lines().find(|l| l.starts_with("grpc send: ")).unwrap_or_else(|| panic!("no send line in {out}"));
+    assert!(sent["grpc send: ".len()..].split(' ').next().and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n > 0), "{out}");
+    let line = out.lines().find(|l| l.starts_with("grpc receive + ack: ")).unwrap_or_else(|| panic!("no receive line in {out}"));
+    let received: u64 =
+        line.split('(').nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+    let rt = wasmq_tests::runtime();
+    let stored: u64 = rt.block_on(broker.admin().describe_topic("bench-grpc")).unwrap().queues.iter().map(|q| q.max_offset).sum();
+    assert!(stored > 0);
+    assert_eq!(received, stored, "every stored message received and acknowledged once: {out}");
+}
+
 /// `bench e2e` through the real broker: every message sent in the measured second is delivered
 /// and counted once, and the host's steal is reported where the system accounts it.
 #[test]

@@ -14,10 +14,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::Args;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tonic::codegen::http;
+use wasmq_rocketmq_api::local::{ConnectionExecutor, Streams};
 use wasmq_rocketmq_api::pb::{self, messaging_service_client::MessagingServiceClient};
 
 use crate::Cli;
@@ -110,17 +113,56 @@ impl tower::Service<http::Request<tonic::body::Body>> for H2 {
 
 type Client = MessagingServiceClient<H2>;
 
-/// A gRPC client on its own TLS + HTTP/2 connection.
-async fn connect(addr: &str, server_name: &str, ca: &Path) -> Result<Client> {
+/// A client connection's driver: the HTTP/2 connection and the request bodies it spawned,
+/// polled on the task that runs the connection's requests too (no hand-offs between threads
+/// per request, as a broker connection runs).
+struct Link {
+    executor: ConnectionExecutor,
+    streams: Streams,
+    conn: Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>,
+}
+
+impl Link {
+    /// Runs `work` (futures calling through this connection) beside the connection, on this
+    /// task; their outputs once all are done.
+    async fn run<W: Future>(mut self, work: impl IntoIterator<Item = W>) -> Vec<W::Output> {
+        let mut work: FuturesUnordered<W> = work.into_iter().collect();
+        let mut out = Vec::with_capacity(work.len());
+        let mut conn_done = false;
+        std::future::poll_fn(|cx| {
+            loop {
+                match work.poll_next_unpin(cx) {
+                    Poll::Ready(Some(o)) => out.push(o),
+                    Poll::Ready(None) => return Poll::Ready(()),
+                    Poll::Pending => break,
+                }
+            }
+            // A connection that ended fails the requests still waiting on it.
+            if !conn_done && let Poll::Ready(r) = self.executor.poll(cx, &mut self.streams, self.conn.as_mut()) {
+                conn_done = true;
+                if let Err(e) = r {
+                    eprintln!("gRPC connection ended: {e}");
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        out
+    }
+}
+
+/// A gRPC client on its own TLS + HTTP/2 connection, and the connection's driver.
+async fn connect(addr: &str, server_name: &str, ca: &Path) -> Result<(Client, Link)> {
     let config = wasmq_client::client_config(ca, b"h2")?;
     let tcp = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to the gRPC port {addr}"))?;
     tcp.set_nodelay(true)?;
     let name = rustls_pki_types::ServerName::try_from(server_name.to_owned())?;
     let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.context("TLS handshake with the gRPC port")?;
-    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new()).handshake(TokioIo::new(tls)).await?;
-    tokio::spawn(conn);
+    let executor = ConnectionExecutor::default();
+    let (send, conn) = hyper::client::conn::http2::Builder::new(executor.clone()).handshake(TokioIo::new(tls)).await?;
     let origin: http::Uri = format!("https://{server_name}").parse()?;
-    Ok(MessagingServiceClient::with_origin(H2(send), origin).max_decoding_message_size(64 << 20))
+    let client = MessagingServiceClient::with_origin(H2(send), origin).max_decoding_message_size(64 << 20);
+    Ok((client, Link { executor, streams: Streams::new(), conn: Box::pin(conn) }))
 }
 
 /// A request with the headers every RocketMQ 5 client sends.
@@ -192,12 +234,12 @@ async fn grpc_produce(cli: &Cli, b: &GrpcBench) -> Result<(u64, f64, Histogram<u
     let deadline = measured_from + Duration::from_secs(b.duration);
     let mut tasks = Vec::new();
     for c in 0..b.concurrency {
-        let client = connect(&b.grpc, &b.server_name, &cli.ca).await?;
+        let (client, link) = connect(&b.grpc, &b.server_name, &cli.ca).await?;
         let client_id = format!("wasmq-bench-{}-{c}", std::process::id());
-        for t in 0..b.in_flight {
+        let loops = (0..b.in_flight).map(|t| {
             let (mut client, sent, body, topic, client_id) =
                 (client.clone(), sent.clone(), body.clone(), b.topic.clone(), client_id.clone());
-            tasks.push(tokio::spawn(async move {
+            async move {
                 let (mut h, mut n) = (histogram(), 0u64);
                 while Instant::now() < deadline {
                     let message = pb::Message {
@@ -223,13 +265,16 @@ async fn grpc_produce(cli: &Cli, b: &GrpcBench) -> Result<(u64, f64, Histogram<u
                     }
                 }
                 Ok::<_, anyhow::Error>(h)
-            }));
-        }
+            }
+        });
+        tasks.push(tokio::spawn(link.run(loops.collect::<Vec<_>>())));
     }
     let progress = progress(sent.clone(), stop.clone());
     let mut h = histogram();
     for t in tasks {
-        h.add(t.await??)?;
+        for one in t.await? {
+            h.add(one?)?;
+        }
     }
     let secs = measured_from.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
@@ -246,13 +291,13 @@ async fn grpc_consume(cli: &Cli, b: &GrpcBench) -> Result<(u64, f64)> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..b.concurrency {
-        let client = connect(&b.grpc, &b.server_name, &cli.ca).await?;
+        let (client, link) = connect(&b.grpc, &b.server_name, &cli.ca).await?;
         let client_id = format!("wasmq-bench-consumer-{}-{c}", std::process::id());
         // A few receives in flight per connection, as a PushConsumer keeps one per queue.
-        for _ in 0..b.queues.max(1) {
+        let loops = (0..b.queues.max(1)).map(|_| {
             let (mut client, received, topic, group, client_id, batch) =
                 (client.clone(), received.clone(), b.topic.clone(), group.clone(), client_id.clone(), b.receive_batch);
-            tasks.push(tokio::spawn(async move {
+            async move {
                 loop {
                     let req = pb::ReceiveMessageRequest {
                         group: resource(&group),
@@ -287,12 +332,15 @@ async fn grpc_consume(cli: &Cli, b: &GrpcBench) -> Result<(u64, f64)> {
                     check(reply.status.as_ref(), "AckMessage", false)?;
                     received.fetch_add(n, Ordering::Relaxed);
                 }
-            }));
-        }
+            }
+        });
+        tasks.push(tokio::spawn(link.run(loops.collect::<Vec<_>>())));
     }
     let progress = progress(received.clone(), stop.clone());
     for t in tasks {
-        t.await??;
+        for one in t.await? {
+            one?;
+        }
     }
     // The last receive of each task waited out its long poll for nothing: not counted.
     let secs = (started.elapsed().as_secs_f64() - 1.0).max(0.001);
