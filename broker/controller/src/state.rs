@@ -1,0 +1,302 @@
+//! The replicated state and the commands that change it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// A broker's id within its set.
+pub type BrokerId = u32;
+
+/// One broker set (a master and its slaves, sharing one log) as the controller holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerSet {
+    /// Every broker that registered, by id: its protocol address.
+    pub members: BTreeMap<BrokerId, String>,
+    /// The one member that may take writes in `epoch`.
+    pub master: Option<BrokerId>,
+    /// Raised at every change of master: a broker that learns of a higher epoch than its own
+    /// stops writing, and a log records where each epoch began.
+    pub epoch: u64,
+    /// The members that hold everything the master acknowledged (the master included): only
+    /// they may be elected without losing acknowledged messages.
+    pub in_sync: BTreeSet<BrokerId>,
+}
+
+/// How a new master is chosen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Election {
+    /// The master is gone: the in-sync member (other than it) whose log ends furthest, by the
+    /// log ends the leader last heard from each (ties: the lowest id). A member whose log end
+    /// the leader has not heard is not a candidate.
+    Failover { log_ends: BTreeMap<BrokerId, u64> },
+    /// An operator's choice, which must be in sync (a planned switchover).
+    To(BrokerId),
+    /// An operator's choice from outside the in-sync set: what it lacks of the acknowledged
+    /// messages is lost. Never taken without an operator asking.
+    Unclean(BrokerId),
+}
+
+/// A change of the state. Each one names the epoch it was decided in, so that one decided on
+/// stale knowledge is refused rather than applied twice or over a newer master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A broker joins its set, or joins again after a restart (its address may have changed).
+    /// The first broker of a set that never had a master becomes its master, in epoch 1.
+    Register { set: String, id: BrokerId, addr: String },
+    /// The master of `epoch` reports its in-sync set: a slave caught up (in) or fell behind
+    /// (out). The set must hold the master and only members.
+    AlterInSync { set: String, master: BrokerId, epoch: u64, in_sync: BTreeSet<BrokerId> },
+    /// A new master for `set`, replacing the master of `epoch`; the epoch goes up by one and the
+    /// in-sync set becomes the new master alone (the others rejoin once they have truncated
+    /// any tail it lacks and caught up).
+    Elect { set: String, epoch: u64, how: Election },
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Applied: the set as it is now.
+    Applied(BrokerSet),
+    /// Refused, and why; nothing changed.
+    Refused(String),
+}
+
+/// Every broker set the controller knows, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerState {
+    pub sets: BTreeMap<String, BrokerSet>,
+}
+
+impl ControllerState {
+    /// Applies `command`. Every controller node applies the same commands in the same order and
+    /// ends in the same state.
+    pub fn apply(&mut self, command: &Command) -> Outcome {
+        match command {
+            Command::Register { set, id, addr } => {
+                let s = self.sets.entry(set.clone()).or_default();
+                s.members.insert(*id, addr.clone());
+                if s.epoch == 0 {
+                    s.master = Some(*id);
+                    s.epoch = 1;
+                    s.in_sync = BTreeSet::from([*id]);
+                }
+                Outcome::Applied(s.clone())
+            }
+            Command::AlterInSync { set, master, epoch, in_sync } => {
+                let Some(s) = self.sets.get_mut(set) else { return Outcome::Refused(format!("no broker set {set}")) };
+                if let Err(why) = current(s, set, *epoch) {
+                    return Outcome::Refused(why);
+                }
+                if s.master != Some(*master) {
+                    return Outcome::Refused(format!("broker {master} is not the master of {set} in epoch {epoch}"));
+                }
+                if !in_sync.contains(master) {
+                    return Outcome::Refused(format!("the in-sync set of {set} must hold its master {master}"));
+                }
+                if let Some(stranger) = in_sync.iter().find(|id| !s.members.contains_key(id)) {
+                    return Outcome::Refused(format!("broker {stranger} is not a member of {set}"));
+                }
+                s.in_sync.clone_from(in_sync);
+                Outcome::Applied(s.clone())
+            }
+            Command::Elect { set, epoch, how } => {
+                let Some(s) = self.sets.get_mut(set) else { return Outcome::Refused(format!("no broker set {set}")) };
+                if let Err(why) = current(s, set, *epoch) {
+                    return Outcome::Refused(why);
+                }
+                let chosen = match how {
+                    Election::Failover { log_ends } => {
+                        let candidates = s.in_sync.iter().filter(|id| Some(**id) != s.master);
+                        // The furthest log end; among equals the lowest id (ids compared
+                        // reversed).
+                        let best = candidates
+                            .filter_map(|id| log_ends.get(id).map(|end| (*end, std::cmp::Reverse(*id))))
+                            .max()
+                            .map(|(_, std::cmp::Reverse(id))| id);
+                        match best {
+                            Some(id) => id,
+                            None => {
+                                return Outcome::Refused(format!(
+                                    "no in-sync member of {set} besides its master to elect (in sync: {:?}); an unclean election \
+                                     would lose acknowledged messages",
+                                    s.in_sync
+                                ));
+                            }
+                        }
+                    }
+                    Election::To(id) => {
+                        if Some(*id) == s.master {
+                            return Outcome::Refused(format!("broker {id} is the master of {set} already"));
+                        }
+                        if !s.in_sync.contains(id) {
+                            return Outcome::Refused(format!(
+                                "broker {id} is not in sync with the master of {set} (in sync: {:?}); wait for it to catch up",
+                                s.in_sync
+                            ));
+                        }
+                        *id
+                    }
+                    Election::Unclean(id) => {
+                        if !s.members.contains_key(id) {
+                            return Outcome::Refused(format!("broker {id} is not a member of {set}"));
+                        }
+                        *id
+                    }
+                };
+                s.master = Some(chosen);
+                s.epoch += 1;
+                s.in_sync = BTreeSet::from([chosen]);
+                Outcome::Applied(s.clone())
+            }
+        }
+    }
+}
+
+/// A command decided in `epoch` still applies to `s` (of set `name`).
+fn current(s: &BrokerSet, name: &str, epoch: u64) -> Result<(), String> {
+    if epoch == s.epoch { Ok(()) } else { Err(format!("epoch {epoch} of {name} is stale: it is in epoch {}", s.epoch)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn register(state: &mut ControllerState, id: BrokerId) -> Outcome {
+        state.apply(&Command::Register { set: "a".into(), id, addr: format!("10.0.0.{id}:7070") })
+    }
+
+    fn set(state: &ControllerState) -> &BrokerSet {
+        &state.sets["a"]
+    }
+
+    fn in_sync(ids: &[BrokerId]) -> BTreeSet<BrokerId> {
+        ids.iter().copied().collect()
+    }
+
+    fn alter(state: &mut ControllerState, master: BrokerId, epoch: u64, ids: &[BrokerId]) -> Outcome {
+        state.apply(&Command::AlterInSync { set: "a".into(), master, epoch, in_sync: in_sync(ids) })
+    }
+
+    fn failover(state: &mut ControllerState, epoch: u64, ends: &[(BrokerId, u64)]) -> Outcome {
+        state.apply(&Command::Elect { set: "a".into(), epoch, how: Election::Failover { log_ends: ends.iter().copied().collect() } })
+    }
+
+    #[test]
+    fn the_first_member_is_master_and_a_failover_takes_the_most_advanced_in_sync_slave() {
+        let mut s = ControllerState::default();
+        for id in [0, 1, 2] {
+            assert!(matches!(register(&mut s, id), Outcome::Applied(_)));
+        }
+        assert_eq!((set(&s).master, set(&s).epoch, &set(&s).in_sync), (Some(0), 1, &in_sync(&[0])));
+        assert!(matches!(alter(&mut s, 0, 1, &[0, 1, 2]), Outcome::Applied(_)));
+        // 2 is further ahead than 1; 9 is no member, 0 is the master that is gone.
+        assert!(matches!(failover(&mut s, 1, &[(0, 900), (1, 500), (2, 700), (9, 999)]), Outcome::Applied(_)));
+        assert_eq!((set(&s).master, set(&s).epoch, &set(&s).in_sync), (Some(2), 2, &in_sync(&[2])));
+        // The same failover decided again (the leader retrying) is stale now.
+        let Outcome::Refused(why) = failover(&mut s, 1, &[(1, 500)]) else { panic!("a second election for epoch 1") };
+        assert!(why.contains("epoch 1 of a is stale: it is in epoch 2"), "{why}");
+        // The old master returns: a member again, not a master, out of sync until it catches up.
+        register(&mut s, 0);
+        assert_eq!((set(&s).master, set(&s).epoch), (Some(2), 2));
+        let Outcome::Refused(why) = alter(&mut s, 0, 1, &[0, 1]) else { panic!("the fenced master altered the set") };
+        assert!(why.contains("stale"), "{why}");
+        assert!(matches!(alter(&mut s, 2, 2, &[2, 0]), Outcome::Applied(_)));
+    }
+
+    #[test]
+    fn no_failover_leaves_the_in_sync_set_unless_an_operator_forces_it() {
+        let mut s = ControllerState::default();
+        for id in [0, 1, 2] {
+            register(&mut s, id);
+        }
+        alter(&mut s, 0, 1, &[0, 1]);
+        // 1 is in sync but unheard of; 2 is heard of but not in sync.
+        let Outcome::Refused(why) = failover(&mut s, 1, &[(2, 1_000)]) else { panic!("elected outside the in-sync set") };
+        assert!(why.contains("no in-sync member of a besides its master"), "{why}");
+        assert_eq!((set(&s).master, set(&s).epoch), (Some(0), 1), "nothing changed");
+        let Outcome::Refused(why) = s.apply(&Command::Elect { set: "a".into(), epoch: 1, how: Election::To(2) }) else { panic!() };
+        assert!(why.contains("not in sync"), "{why}");
+        let Outcome::Refused(_) = s.apply(&Command::Elect { set: "a".into(), epoch: 1, how: Election::Unclean(7) }) else { panic!() };
+        assert!(matches!(s.apply(&Command::Elect { set: "a".into(), epoch: 1, how: Election::Unclean(2) }), Outcome::Applied(_)));
+        assert_eq!((set(&s).master, set(&s).epoch, &set(&s).in_sync), (Some(2), 2, &in_sync(&[2])));
+    }
+
+    #[test]
+    fn a_switchover_goes_to_an_in_sync_member_and_ties_go_to_the_lowest_id() {
+        let mut s = ControllerState::default();
+        for id in [0, 1, 2] {
+            register(&mut s, id);
+        }
+        alter(&mut s, 0, 1, &[0, 1, 2]);
+        assert!(matches!(s.apply(&Command::Elect { set: "a".into(), epoch: 1, how: Election::To(0) }), Outcome::Refused(_)));
+        assert!(matches!(s.apply(&Command::Elect { set: "a".into(), epoch: 1, how: Election::To(1) }), Outcome::Applied(_)));
+        assert_eq!(set(&s).master, Some(1));
+        alter(&mut s, 1, 2, &[0, 1, 2]);
+        failover(&mut s, 2, &[(0, 40), (2, 40)]);
+        assert_eq!(set(&s).master, Some(0), "equal log ends: the lowest id");
+        let Outcome::Refused(why) = alter(&mut s, 0, 3, &[0, 5]) else { panic!() };
+        assert!(why.contains("broker 5 is not a member of a"), "{why}");
+        let Outcome::Refused(why) = alter(&mut s, 0, 3, &[1]) else { panic!() };
+        assert!(why.contains("must hold its master 0"), "{why}");
+        let Outcome::Refused(why) = s.apply(&Command::AlterInSync { set: "b".into(), master: 0, epoch: 1, in_sync: in_sync(&[0]) }) else {
+            panic!()
+        };
+        assert!(why.contains("no broker set b"), "{why}");
+    }
+
+    fn command() -> impl Strategy<Value = Command> {
+        let id = 0u32..4;
+        let ids = proptest::collection::btree_set(0u32..5, 0..4);
+        let epoch = 0u64..6;
+        prop_oneof![
+            id.clone().prop_map(|id| Command::Register { set: "a".into(), id, addr: format!("h{id}:1") }),
+            (id.clone(), epoch.clone(), ids).prop_map(|(master, epoch, in_sync)| Command::AlterInSync {
+                set: "a".into(),
+                master,
+                epoch,
+                in_sync
+            }),
+            (epoch.clone(), proptest::collection::btree_map(0u32..5, 0u64..100, 0..4)).prop_map(|(epoch, log_ends)| Command::Elect {
+                set: "a".into(),
+                epoch,
+                how: Election::Failover { log_ends }
+            }),
+            (epoch.clone(), id.clone()).prop_map(|(epoch, id)| Command::Elect { set: "a".into(), epoch, how: Election::To(id) }),
+            (epoch, id).prop_map(|(epoch, id)| Command::Elect { set: "a".into(), epoch, how: Election::Unclean(id) }),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the commands: the master is an in-sync member, the in-sync set holds only
+        /// members, the epoch never goes down and goes up with every change of master, a refused
+        /// command changes nothing, and two nodes applying the same commands agree.
+        #[test]
+        fn commands_keep_the_invariants(commands in proptest::collection::vec(command(), 1..40)) {
+            let (mut s, mut replica) = (ControllerState::default(), ControllerState::default());
+            for c in &commands {
+                let before = s.clone();
+                let outcome = s.apply(c);
+                prop_assert_eq!(&replica.apply(c), &outcome);
+                let (b, a) = (before.sets.get("a").cloned().unwrap_or_default(), s.sets.get("a").cloned().unwrap_or_default());
+                match &outcome {
+                    Outcome::Refused(_) => prop_assert_eq!(&before, &s),
+                    Outcome::Applied(now) => prop_assert_eq!(now, &a),
+                }
+                prop_assert!(a.epoch >= b.epoch);
+                if a.master != b.master {
+                    prop_assert!(a.epoch > b.epoch, "a new master without a new epoch: {:?} -> {:?}", b, a);
+                }
+                if let Some(m) = a.master {
+                    prop_assert!(a.in_sync.contains(&m));
+                }
+                prop_assert!(a.in_sync.iter().all(|id| a.members.contains_key(id)));
+                if let (Command::Elect { how: Election::Failover { .. }, .. }, Outcome::Applied(now)) = (c, &outcome) {
+                    prop_assert!(b.in_sync.contains(&now.master.unwrap()) && now.master != b.master, "failover outside the in-sync set");
+                }
+            }
+            prop_assert_eq!(s, replica);
+        }
+    }
+}
