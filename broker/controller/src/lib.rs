@@ -5,6 +5,10 @@
 //! Decisions that depend on time — a master silent for too long — are taken outside, by the
 //! controller leader, which proposes an [`Command::Elect`] carrying what it observed.
 
+pub mod log_store;
+pub mod raft;
 mod state;
 
+pub use log_store::LogStore;
+pub use raft::{NodeId, Raft, StateMachine, TypeConfig};
 pub use state::{BrokerId, BrokerSet, Command, ControllerState, Election, Outcome};
