@@ -1,6 +1,7 @@
 //! Support for wasmq's end-to-end tests: helpers shared by the test binary (`it/`) and the child
 //! processes it starts and kills.
 
+pub mod checker;
 pub mod power_loss;
 pub mod rocketmq;
 
