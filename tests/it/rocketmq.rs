@@ -526,3 +526,22 @@ fn python_clients_given_one_broker_reach_every_broker_set_of_a_cluster() {
     }
     assert!(a.cli(&["topic", "list"]).lines().all(|l| !l.contains("rmq-only-b")), "nothing created on A");
 }
+
+/// A name server that takes connections and never answers (a host that went silent): routes do
+/// not wait for it past `ROUTE_LOOKUP_TIMEOUT`, so a Python client (which gives QueryRoute 3 s)
+/// sends and receives through the broker alone.
+#[test]
+fn a_silent_name_server_does_not_hold_up_grpc_routes() {
+    // Bound and listening: the kernel completes TCP handshakes, nobody reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_at = silent.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[("WASMQ_NAMESRV", silent_at.as_str()), ("WASMQ_REGISTER_INTERVAL_MS", "300")]);
+    broker.cli(&["topic", "create", "rmq-alone", "--queues", &QUEUES.to_string()]);
+    let lines = scenario(&broker.grpc_listen, &broker.ca, "cluster", &["rmq-alone", "5", "rmq-alone"]);
+    for step in ["sent", "received", "pushed"] {
+        let got: std::collections::BTreeSet<&str> = lines.iter().filter(|l| l["step"] == step).map(|l| str_of(l, "body")).collect();
+        assert_eq!(got.len(), 5, "{step}: {lines:?}");
+    }
+    drop(silent);
+}

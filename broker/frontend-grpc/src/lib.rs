@@ -21,7 +21,9 @@ use wasmq_net::TlsStream;
 
 pub use auth::AccessKeys;
 pub use clients::{CLIENTS_MAX, ClientInfo, Clients, PRODUCER_GROUP_PREFIX, producer_group};
-pub use messaging::{INVISIBLE_DEFAULT, INVISIBLE_MAX, INVISIBLE_MIN, LONG_POLLING_MAX, Messaging, PROTOCOL, Shared, transaction_id};
+pub use messaging::{
+    INVISIBLE_DEFAULT, INVISIBLE_MAX, INVISIBLE_MIN, LONG_POLLING_MAX, Messaging, PROTOCOL, ROUTE_LOOKUP_TIMEOUT, Shared, transaction_id,
+};
 
 /// The generated RocketMQ 5 API (`apache.rocketmq.v2`).
 pub use wasmq_rocketmq_api::pb;

@@ -36,6 +36,9 @@ pub const INVISIBLE_DEFAULT: Duration = Duration::from_secs(60);
 pub const LONG_POLLING_MAX: Duration = Duration::from_secs(30);
 /// Commands queued for one client's Telemetry stream before the broker stops waiting for it.
 const TELEMETRY_QUEUE: usize = 16;
+/// The longest a route waits for the name servers before answering with this broker alone (a
+/// client gives QueryRoute a few seconds; an unreachable name server takes longer to give up on).
+pub const ROUTE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 /// The `protocol` label of this front end's metrics, and its name among a broker's registered
 /// endpoints.
 pub const PROTOCOL: &str = "grpc";
@@ -181,8 +184,8 @@ impl Messaging {
     /// the endpoints the client reached it by) and, in a cluster, each other set whose master is
     /// up, at the gRPC address it registered with the name servers. A set without a live
     /// master, or whose master serves no gRPC, is left out (its queues take no sends). When the
-    /// name servers cannot answer, or do not know the topic yet (they learn it at the next
-    /// registration), this broker alone.
+    /// name servers cannot answer within [`ROUTE_LOOKUP_TIMEOUT`], or do not know the topic yet
+    /// (they learn it at the next registration), this broker alone.
     async fn cluster_queues(
         &self,
         topic: Option<&pb::Resource>,
@@ -192,12 +195,16 @@ impl Messaging {
         let local = self.queues_of(topic, Some(endpoints));
         let Some(names) = &self.0.names else { return local.map(|(c, q)| vec![(c.queues, q)]) };
         let name = resource_name(topic);
-        let sets = match names.route(name).await {
-            Ok(sets) => sets,
-            Err(e) => {
+        let sets = match tokio::time::timeout(ROUTE_LOOKUP_TIMEOUT, names.route(name)).await {
+            Ok(Ok(sets)) => sets,
+            Ok(Err(e)) => {
                 if e.code() != Some(wasmq_protocol::ErrorCode::UnknownTopic) {
                     tracing::debug!(topic = name, error = %e, "name servers unreachable: routing to this broker alone");
                 }
+                return local.map(|(c, q)| vec![(c.queues, q)]);
+            }
+            Err(_) => {
+                tracing::debug!(topic = name, "no name server answered in time: routing to this broker alone");
                 return local.map(|(c, q)| vec![(c.queues, q)]);
             }
         };
