@@ -29,6 +29,9 @@ pub struct ConnectionExecutor {
 
 #[derive(Default)]
 struct Inner {
+    /// Streams spawned since the connection's task last took them: no more than the
+    /// connection's concurrent streams (the server's `max_concurrent_streams`, the client's
+    /// requests in flight), as hyper spawns one per open stream.
     spawned: Mutex<Vec<Stream>>,
     /// The connection's task, woken when a stream is spawned from elsewhere.
     waker: AtomicWaker,
