@@ -464,6 +464,9 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
         Request::RegisterBroker(_) | Request::GetRoute(_) | Request::GetCluster => {
             Err(WireError::new(ErrorCode::InvalidRequest, "this is a broker; routes and registrations go to a name server"))
         }
+        Request::Controller(_) => {
+            Err(WireError::new(ErrorCode::InvalidRequest, "this is a broker; controller calls go to a controller node"))
+        }
         Request::CheckTransaction(_) => Err(WireError::new(ErrorCode::InvalidRequest, "CheckTransaction is sent by the broker, not to it")),
         Request::GroupCommit(c) => {
             service.group_commit(&c.group, &c.client_id, c.generation, &c.topic, c.queue_id, c.offset)?;

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use crate::codec::{DecodeError, Reader, SHARED_BYTES_MIN, Writer};
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 /// Most messages in one send.
 pub const BATCH_MESSAGES_MAX: usize = 1024;
 /// Largest message body a client may send (the broker may set a lower limit).
@@ -55,6 +55,9 @@ pub enum Op {
     GetRoute = 18,
     /// Every live broker a name server knows.
     GetCluster = 19,
+    /// A call to a controller node (from a broker, the CLI or another controller node); the
+    /// body is the controller's own message (`wasmq-controller`'s `rpc` module), both ways.
+    Controller = 20,
 }
 
 impl Op {
@@ -81,6 +84,7 @@ impl Op {
             Self::RegisterBroker => "register_broker",
             Self::GetRoute => "get_route",
             Self::GetCluster => "get_cluster",
+            Self::Controller => "controller",
         }
     }
 
@@ -105,6 +109,7 @@ impl Op {
             Self::RegisterBroker,
             Self::GetRoute,
             Self::GetCluster,
+            Self::Controller,
         ]
         .into_iter()
         .find(|o| *o as u16 == v)
@@ -580,6 +585,8 @@ pub enum Request {
     RegisterBroker(RegisterBrokerRequest),
     GetRoute(RouteRequest),
     GetCluster,
+    /// A controller call, its body opaque here.
+    Controller(Bytes),
 }
 
 /// A successful response with its body (errors are a status code and a text).
@@ -601,6 +608,8 @@ pub enum Response {
     ReplicaMeta(ReplicaMetaResponse),
     GetRoute(GetRouteResponse),
     GetCluster(Vec<BrokerEntry>),
+    /// A controller's answer, its body opaque here.
+    Controller(Bytes),
     /// OffsetCommit, Heartbeat, GroupLeave and GroupCommit answer with an empty body.
     Empty,
 }
@@ -683,6 +692,7 @@ impl Request {
             Self::RegisterBroker(_) => Op::RegisterBroker,
             Self::GetRoute(_) => Op::GetRoute,
             Self::GetCluster => Op::GetCluster,
+            Self::Controller(_) => Op::Controller,
         }
     }
 
@@ -781,6 +791,9 @@ impl Request {
                 w.string(&r.topic);
             }
             Self::GetCluster => {}
+            Self::Controller(b) => {
+                w.bytes(b);
+            }
         }
         w
     }
@@ -910,6 +923,7 @@ impl Request {
             }
             Op::GetRoute => Self::GetRoute(RouteRequest { topic: r.string("topic")? }),
             Op::GetCluster => Self::GetCluster,
+            Op::Controller => Self::Controller(r.bytes("controller")?),
             Op::ReplicaMeta => Self::ReplicaMeta(ReplicaMetaRequest {
                 broker_id: r.u32("broker_id")?,
                 local_offsets_json: json(&mut r, "local_offsets_json")?,
@@ -1008,6 +1022,9 @@ impl Response {
             }
             Self::EndTransaction(e) => {
                 w.u8(e.state as u8).bool(e.applied);
+            }
+            Self::Controller(b) => {
+                w.bytes(b);
             }
             Self::Empty => {}
         }
@@ -1130,6 +1147,7 @@ impl Response {
                 })?;
                 Self::GetCluster(all)
             }
+            Op::Controller => Self::Controller(r.bytes("controller")?),
             Op::OffsetCommit
             | Op::Heartbeat
             | Op::GroupLeave
@@ -1210,6 +1228,7 @@ mod tests {
                 }),
             s().prop_map(|topic| Request::GetRoute(RouteRequest { topic })),
             Just(Request::GetCluster),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| Request::Controller(Bytes::from(b))),
             (s(), any::<u64>(), any::<u32>(), s(), any::<u32>(), message()).prop_map(
                 |(producer_group, log_offset, checks, topic, queue_id, message)| {
                     Request::CheckTransaction(CheckTransactionRequest { producer_group, log_offset, checks, topic, queue_id, message })
@@ -1276,6 +1295,7 @@ mod tests {
                 Op::ReplicaFetch,
                 Response::ReplicaFetch(ReplicaFetchResponse { start_offset: a, master_end: b, segment_bytes: c, bytes: Bytes::from(d) })
             )),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| (Op::Controller, Response::Controller(Bytes::from(b)))),
             (s(), s(), s()).prop_map(|(t, o, g)| (
                 Op::ReplicaMeta,
                 Response::ReplicaMeta(ReplicaMetaResponse { topics_json: t, offsets_json: o, groups_json: g })
