@@ -362,9 +362,10 @@ fn a_python_simple_consumer_carries_on_through_a_broker_sigkill() {
     }
     let running = wasmq_tests::rocketmq::start(&broker.grpc_listen, &broker.ca, "restart", &["rmq-restart", &N.to_string()]);
     let mut seen: Vec<Value> = Vec::new();
-    let next = |seen: &mut Vec<Value>| {
-        let v = running.lines.recv_timeout(Duration::from_secs(60)).expect("the scenario went silent");
-        seen.push(v);
+    // On silence, say what came last (empty receives print a line of their own, with the time).
+    let next = |seen: &mut Vec<Value>| match running.lines.recv_timeout(Duration::from_secs(60)) {
+        Ok(v) => seen.push(v),
+        Err(_) => panic!("the scenario went silent for 60 s; its last lines: {:?}", &seen[seen.len().saturating_sub(8)..]),
     };
     while seen.iter().filter(|l| l["step"] == "received").count() < N / 3 {
         next(&mut seen);

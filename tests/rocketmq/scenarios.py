@@ -314,6 +314,8 @@ def restart(endpoint, topic):
                 out(step="error", call="receive", error=str(e)[:200])
                 time.sleep(0.2)
                 continue
+            if not got:
+                out(step="empty", acked=len(acked), t=round(time.time(), 3))
             for m in got:
                 body = m.body.decode()
                 leave = int(body.split("-")[1]) % 10 == 0 and m.delivery_attempt == 1 and body not in acked
