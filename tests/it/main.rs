@@ -2,6 +2,7 @@
 
 mod broker;
 mod cluster;
+mod controller;
 mod groups;
 mod plugins;
 mod reconnect;

@@ -306,27 +306,14 @@ pub mod broker {
                 cmd.arg("--tls-cert").arg(c).arg("--tls-key").arg(k);
             }
             let mut child = cmd.spawn().expect("start the name server");
-            let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-            let (mut listen, mut ca) = (String::new(), tls.map(|(_, _, ca)| ca.to_owned()).unwrap_or_default());
-            for line in lines.by_ref() {
-                let line = line.expect("name server output");
-                if let Some(rest) = line.strip_prefix("wasmq-namesrv listening on ") {
-                    rest.clone_into(&mut listen);
-                } else if let Some(rest) = line.strip_prefix("development CA: ") {
-                    ca = PathBuf::from(rest.split(' ').next().expect("ca path"));
-                } else if line == "ready" {
-                    break;
-                }
-            }
-            assert!(!listen.is_empty(), "the name server did not start");
-            std::thread::spawn(move || for _ in lines {});
+            let (listen, dev_ca) = started(&mut child, "wasmq-namesrv listening on ", "the name server");
+            let ca = dev_ca.or_else(|| tls.map(|(_, _, ca)| ca.to_owned())).unwrap_or_default();
             Self { child, data_dir: data_dir.to_owned(), listen, ca }
         }
 
         /// The development certificate, key and CA this name server generated, for the others.
         pub fn tls_files(&self) -> (PathBuf, PathBuf, PathBuf) {
-            let d = self.data_dir.join("tls");
-            (d.join("server.pem"), d.join("server-key.pem"), self.ca.clone())
+            dev_tls_files(&self.data_dir, &self.ca)
         }
 
         pub fn kill(mut self) {
@@ -337,6 +324,125 @@ pub mod broker {
     }
 
     impl Drop for Namesrv {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Reads a name server's or controller node's start-up lines up to `ready`: the address after
+    /// `listening` (up to a space) and the development CA it printed, if any. Its output is
+    /// drained from then on.
+    fn started(child: &mut Child, listening: &str, what: &str) -> (String, Option<PathBuf>) {
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let (mut listen, mut ca) = (String::new(), None);
+        for line in lines.by_ref() {
+            let line = line.expect("process output");
+            if let Some(rest) = line.strip_prefix(listening) {
+                listen = rest.split(' ').next().expect("address").to_owned();
+            } else if let Some(rest) = line.strip_prefix("development CA: ") {
+                ca = Some(PathBuf::from(rest.split(' ').next().expect("ca path")));
+            } else if line == "ready" {
+                break;
+            }
+        }
+        assert!(!listen.is_empty(), "{what} did not start");
+        std::thread::spawn(move || for _ in lines {});
+        (listen, ca)
+    }
+
+    /// The development certificate and key in `data_dir`, and `ca`.
+    pub fn dev_tls_files(data_dir: &Path, ca: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let d = data_dir.join("tls");
+        (d.join("server.pem"), d.join("server-key.pem"), ca.to_owned())
+    }
+
+    /// A free TCP address on 127.0.0.1 (bound and released: for processes that must know each
+    /// other's addresses before they start).
+    pub fn free_addr() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        l.local_addr().expect("local address").to_string()
+    }
+
+    /// A controller node process (`wasmq-broker controller`).
+    #[derive(Debug)]
+    pub struct Controller {
+        pub child: Child,
+        pub id: u64,
+        pub data_dir: PathBuf,
+        pub listen: String,
+        /// The CA its peers and clients trust.
+        pub ca: PathBuf,
+        args: Vec<String>,
+    }
+
+    impl Controller {
+        /// Starts node `id` of `nodes` (id → address) on `data_dir`; `tls`: (certificate, key,
+        /// CA), else it generates a development CA (give its files to the others:
+        /// [`Controller::tls_files`]). A master silent `master_timeout_ms` is replaced.
+        pub fn start(
+            id: u64,
+            nodes: &[(u64, String)],
+            data_dir: &Path,
+            tls: Option<(&Path, &Path, &Path)>,
+            master_timeout_ms: u64,
+        ) -> Self {
+            let listed: Vec<String> = nodes.iter().map(|(i, a)| format!("{i}={a}")).collect();
+            let mut args: Vec<String> = vec![
+                "controller".into(),
+                "--id".into(),
+                id.to_string(),
+                "--nodes".into(),
+                listed.join(","),
+                "--master-timeout-ms".into(),
+                master_timeout_ms.to_string(),
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+            ];
+            if let Some((c, k, ca)) = tls {
+                for (flag, path) in [("--tls-cert", c), ("--tls-key", k), ("--peer-ca", ca)] {
+                    args.push(flag.into());
+                    args.push(path.display().to_string());
+                }
+            }
+            Self::spawn(id, data_dir, args, tls.map(|(_, _, ca)| ca.to_owned()))
+        }
+
+        fn spawn(id: u64, data_dir: &Path, args: Vec<String>, ca: Option<PathBuf>) -> Self {
+            let mut child = Command::new(broker_binary())
+                .args(&args)
+                // Raft's complaints about a node the test killed would drown the rest.
+                .env("WASMQ_LOG", "warn,openraft=off,wasmq_controller=info")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start a controller node");
+            let (listen, dev_ca) = started(&mut child, &format!("wasmq-controller node {id} listening on "), "a controller node");
+            let ca = dev_ca.or(ca).unwrap_or_default();
+            Self { child, id, data_dir: data_dir.to_owned(), listen, ca, args }
+        }
+
+        /// The development certificate, key and CA this node generated, for the others.
+        pub fn tls_files(&self) -> (PathBuf, PathBuf, PathBuf) {
+            dev_tls_files(&self.data_dir, &self.ca)
+        }
+
+        /// SIGKILL.
+        pub fn kill(mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            std::mem::forget(self);
+        }
+
+        /// SIGKILL, then the same node again on its files and settings.
+        pub fn kill_and_restart(self) -> Self {
+            let (id, dir, args, ca) = (self.id, self.data_dir.clone(), self.args.clone(), self.ca.clone());
+            self.kill();
+            Self::spawn(id, &dir, args, Some(ca))
+        }
+    }
+
+    impl Drop for Controller {
         fn drop(&mut self) {
             let _ = self.child.kill();
             let _ = self.child.wait();

@@ -194,6 +194,27 @@ enum ClusterCommand {
         /// one at --admin.
         #[arg(long, value_delimiter = ',')]
         namesrv: Vec<String>,
+        /// The controller's view instead (comma-separated controller node addresses): its nodes
+        /// and leader, and per broker set the master, epoch, in-sync set and each member's lag.
+        #[arg(long, value_delimiter = ',', env = "WASMQ_CONTROLLER", conflicts_with = "namesrv")]
+        controller: Vec<String>,
+    },
+    /// Elect a new master for a broker set through the controller: a planned switchover to an
+    /// in-sync member (the most advanced one without --to), or, with --unclean, to any member
+    /// (what it lacks of acknowledged messages is lost).
+    Elect {
+        /// The broker set (broker name).
+        set: String,
+        /// The member to elect (its broker id).
+        #[arg(long)]
+        to: Option<u32>,
+        /// Allow a member outside the in-sync set (needs --to): acknowledged messages it lacks
+        /// are lost.
+        #[arg(long, requires = "to")]
+        unclean: bool,
+        /// Controller node addresses, comma-separated.
+        #[arg(long, value_delimiter = ',', env = "WASMQ_CONTROLLER", required = true)]
+        controller: Vec<String>,
     },
     /// Every broker of the cluster as the broker at --admin sees it (through its name servers):
     /// role, addresses, version, uptime, log end, lag, disk use.
@@ -438,8 +459,14 @@ async fn run(cli: &Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Cluster { command: ClusterCommand::Status { json, namesrv } } => {
+        Command::Cluster { command: ClusterCommand::Status { json, controller, .. } } if !controller.is_empty() => {
+            controller_status(cli, *json || cli.output == Output::Json, controller).await
+        }
+        Command::Cluster { command: ClusterCommand::Status { json, namesrv, .. } } => {
             cluster_status(cli, *json || cli.output == Output::Json, namesrv).await
+        }
+        Command::Cluster { command: ClusterCommand::Elect { set, to, unclean, controller } } => {
+            controller_elect(cli, set, *to, *unclean, controller).await
         }
         Command::Cluster { command: ClusterCommand::Brokers { json } } => cluster_brokers(cli, *json || cli.output == Output::Json).await,
         Command::Message { command } => message(cli, command).await,
@@ -628,6 +655,74 @@ fn status_text(status: &str, down_since_ms: Option<u64>) -> String {
         }
         ("", _) => "-".into(),
         (s, _) => s.into(),
+    }
+}
+
+/// The controller's view: its nodes and leader, each broker set's master, epoch and in-sync set,
+/// and what each member last said (log end, lag behind the master).
+async fn controller_status(cli: &Cli, json: bool, nodes: &[String]) -> Result<()> {
+    use wasmq_controller_api::rpc::{Answer, Call};
+    let client = wasmq_controller_api::Client::new(nodes.to_vec(), &cli.ca);
+    let status = match client.call(&Call::Status).await.with_context(|| format!("asking the controller ({})", nodes.join(", ")))? {
+        Answer::Status(s) => s,
+        other => anyhow::bail!("the controller answered {other:?}"),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!("controller: leader node {} (term {})", status.node, status.term);
+    for (id, addr) in &status.nodes {
+        let what = if *id == status.node {
+            "leader"
+        } else if status.nodes_up.contains(id) {
+            "follower"
+        } else {
+            "down"
+        };
+        println!("  node {id} {addr} {what}");
+    }
+    for (name, s) in &status.sets {
+        let master = s.set.master.map_or_else(|| "none".to_owned(), |m| m.to_string());
+        let in_sync: Vec<String> = s.set.in_sync.iter().map(u32::to_string).collect();
+        println!("broker set {name}: master {master}, epoch {}, in sync [{}]", s.set.epoch, in_sync.join(", "));
+        let master_end = s.set.master.and_then(|m| s.heard.get(&m)).map(|h| h.log_end);
+        println!("  {:>3} {:<7} {:<22} {:>14} {:>12} {:>8} {:>10}", "id", "role", "address", "log end", "lag bytes", "in sync", "heard");
+        for (id, addr) in &s.set.members {
+            let role = if s.set.master == Some(*id) { "master" } else { "slave" };
+            let sync = if s.set.in_sync.contains(id) { "yes" } else { "no" };
+            let (end, lag, heard) = match s.heard.get(id) {
+                Some(h) => (
+                    h.log_end.to_string(),
+                    master_end.map_or_else(|| "-".to_owned(), |m| m.saturating_sub(h.log_end).to_string()),
+                    format!("{:.1} s ago", h.ms_ago as f64 / 1000.0),
+                ),
+                None => ("-".into(), "-".into(), "never".into()),
+            };
+            println!("  {id:>3} {role:<7} {addr:<22} {end:>14} {lag:>12} {sync:>8} {heard:>10}");
+        }
+    }
+    Ok(())
+}
+
+/// `wasmq cluster elect`: a new master for `set` through the controller.
+async fn controller_elect(cli: &Cli, set: &str, to: Option<u32>, unclean: bool, nodes: &[String]) -> Result<()> {
+    use wasmq_controller_api::Outcome;
+    use wasmq_controller_api::rpc::{Answer, Call};
+    if unclean {
+        eprintln!("UNCLEAN election: acknowledged messages broker {} lacks are lost", to.unwrap_or_default());
+    }
+    let client = wasmq_controller_api::Client::new(nodes.to_vec(), &cli.ca);
+    let call = Call::Elect { set: set.to_owned(), to, unclean };
+    match client.call(&call).await.with_context(|| format!("asking the controller ({})", nodes.join(", ")))? {
+        Answer::Elected(Outcome::Applied(s)) => {
+            let master = s.master.map_or_else(|| "none".to_owned(), |m| m.to_string());
+            println!("broker set {set}: master {master} in epoch {}", s.epoch);
+            Ok(())
+        }
+        Answer::Elected(Outcome::Refused(why)) => anyhow::bail!("election refused: {why}"),
+        Answer::Failed(why) => anyhow::bail!("election failed: {why}"),
+        other => anyhow::bail!("the controller answered {other:?}"),
     }
 }
 

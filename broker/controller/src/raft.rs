@@ -11,7 +11,9 @@ use openraft::{BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, Snaps
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
-use crate::state::{Command, ControllerState, Outcome};
+use wasmq_controller_api::{Command, Outcome};
+
+use crate::state::ControllerState;
 
 openraft::declare_raft_types!(
     /// The controller's Raft types: commands in, outcomes out.
@@ -20,8 +22,8 @@ openraft::declare_raft_types!(
         R = Outcome,
 );
 
-/// A controller node's id.
-pub type NodeId = u64;
+pub use wasmq_controller_api::NodeId;
+
 /// A controller node.
 pub type Raft = openraft::Raft<TypeConfig>;
 
@@ -190,7 +192,7 @@ mod tests {
 
     use super::*;
     use crate::log_store::LogStore;
-    use crate::state::{BrokerSet, Election};
+    use wasmq_controller_api::{BrokerSet, Election};
 
     /// Nodes reach each other in process; a node out of the table is down.
     #[derive(Clone, Default)]

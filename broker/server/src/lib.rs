@@ -379,6 +379,71 @@ pub struct NamesrvConfig {
     pub broker_expiry: Duration,
 }
 
+/// The certificate and key given, or a development CA and certificate in `data_dir` (made
+/// then, with the CA's path).
+fn certificate_or_dev(
+    data_dir: &std::path::Path,
+    tls: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> Result<(std::path::PathBuf, std::path::PathBuf, Option<std::path::PathBuf>)> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    Ok(match tls {
+        Some((c, k)) => (c.clone(), k.clone(), None),
+        None => {
+            let (c, k) = tls::ensure_dev_certificates(data_dir)?;
+            (c, k, Some(tls::dev_ca_path(data_dir)))
+        }
+    })
+}
+
+/// How a controller node (`wasmq-broker controller`) runs.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub id: u64,
+    /// Every controller node by id, this one included: its address.
+    pub nodes: std::collections::BTreeMap<u64, String>,
+    pub listen: SocketAddr,
+    pub data_dir: std::path::PathBuf,
+    /// Certificate and key; without them a development certificate in `data_dir` (then the
+    /// nodes do not trust each other unless given one CA: use this for one node only).
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The CA the other nodes' certificates are checked against (default: its own).
+    pub peer_ca: Option<std::path::PathBuf>,
+    pub master_timeout: Duration,
+}
+
+/// Runs a controller node until `shutdown`; `started` gets the bound address and the
+/// development CA, if one was generated.
+///
+/// # Errors
+/// Configuration, certificates, binding, the node's files.
+pub async fn run_controller(
+    config: ControllerConfig,
+    shutdown: CancellationToken,
+    started: impl FnOnce(SocketAddr, Option<&std::path::Path>),
+) -> Result<()> {
+    let (cert, key, ca) = certificate_or_dev(&config.data_dir, config.tls.as_ref())?;
+    let Some(peer_ca) = config.peer_ca.clone().or_else(|| ca.clone()) else {
+        anyhow::bail!("a controller node with its own certificate needs the CA of the other nodes (WASMQ_PEER_CA)");
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(wasmq_net::server_config(&cert, &key, &[wasmq_frontend_native::ALPN])?);
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let node = wasmq_controller::Node::start(wasmq_controller::NodeConfig {
+        id: config.id,
+        nodes: config.nodes.clone(),
+        dir: config.data_dir.join("controller"),
+        peer_ca,
+        master_timeout: config.master_timeout,
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("controller node {}: {e}", config.id))?;
+    started(listener.local_addr()?, ca.as_deref());
+    let watch = tokio::spawn(Arc::clone(&node).watch(shutdown.clone()));
+    Arc::clone(&node).serve(listener, acceptor, shutdown).await;
+    let _ = watch.await;
+    node.shutdown().await;
+    Ok(())
+}
+
 /// Runs a name server until `shutdown`; `started` gets the bound address and the development
 /// CA, if one was generated.
 ///
@@ -389,14 +454,7 @@ pub async fn run_namesrv(
     shutdown: CancellationToken,
     started: impl FnOnce(SocketAddr, Option<&std::path::Path>),
 ) -> Result<()> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let (cert, key, ca) = match &config.tls {
-        Some((c, k)) => (c.clone(), k.clone(), None),
-        None => {
-            let (c, k) = tls::ensure_dev_certificates(&config.data_dir)?;
-            (c, k, Some(tls::dev_ca_path(&config.data_dir)))
-        }
-    };
+    let (cert, key, ca) = certificate_or_dev(&config.data_dir, config.tls.as_ref())?;
     let acceptor = tokio_rustls::TlsAcceptor::from(wasmq_net::server_config(&cert, &key, &[wasmq_frontend_native::ALPN])?);
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     started(listener.local_addr()?, ca.as_deref());

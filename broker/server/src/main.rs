@@ -32,6 +32,33 @@ enum Command {
         #[arg(long, env = "WASMQ_BROKER_EXPIRY_MS", default_value_t = 120_000)]
         broker_expiry_ms: u64,
     },
+    /// Run a controller node (automatic failover: masters, epochs, in-sync sets) instead of a
+    /// broker.
+    Controller {
+        /// This node's id, one of --nodes.
+        #[arg(long, env = "WASMQ_CONTROLLER_ID", default_value_t = 1)]
+        id: u64,
+        /// Every controller node, this one included, as ID=HOST:PORT, comma-separated: 1 node,
+        /// or 3 (or 5) to survive the loss of 1 (or 2).
+        #[arg(long, env = "WASMQ_CONTROLLER_NODES", value_delimiter = ',', default_value = "1=127.0.0.1:9878")]
+        nodes: Vec<String>,
+        /// Where to listen (default: this node's address in --nodes).
+        #[arg(long, env = "WASMQ_LISTEN")]
+        listen: Option<std::net::SocketAddr>,
+        /// Its Raft log, vote and snapshots (and a development certificate without --tls-cert).
+        #[arg(long, env = "WASMQ_DATA_DIR", default_value = "controller-data")]
+        data_dir: std::path::PathBuf,
+        #[arg(long, env = "WASMQ_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<std::path::PathBuf>,
+        #[arg(long, env = "WASMQ_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<std::path::PathBuf>,
+        /// The CA that signed the other nodes' certificates.
+        #[arg(long, env = "WASMQ_PEER_CA")]
+        peer_ca: Option<std::path::PathBuf>,
+        /// A broker set's master silent this long is replaced by an in-sync slave.
+        #[arg(long, env = "WASMQ_MASTER_TIMEOUT_MS", default_value_t = wasmq_controller::MASTER_TIMEOUT_DEFAULT.as_millis() as u64)]
+        master_timeout_ms: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -63,6 +90,37 @@ fn main() -> Result<()> {
             .await
         });
     }
+    if let Some(Command::Controller { id, nodes, listen, data_dir, tls_cert, tls_key, peer_ca, master_timeout_ms }) = args.command {
+        let nodes = controller_nodes(&nodes)?;
+        let listen = match listen {
+            Some(l) => l,
+            None => {
+                let Some(addr) = nodes.get(&id) else { anyhow::bail!("controller node {id} is not among --nodes {nodes:?}") };
+                addr.parse().map_err(|e| anyhow::anyhow!("controller node {id} at {addr}: {e}; pass --listen"))?
+            }
+        };
+        let config = wasmq_server::ControllerConfig {
+            id,
+            nodes,
+            listen,
+            data_dir,
+            tls: tls_cert.zip(tls_key),
+            peer_ca,
+            master_timeout: std::time::Duration::from_millis(master_timeout_ms),
+        };
+        return runtime.block_on(async {
+            stop_on_signal(shutdown.clone());
+            let (id, nodes) = (config.id, config.nodes.clone());
+            wasmq_server::run_controller(config, shutdown, |addr, ca| {
+                println!("wasmq-controller node {id} listening on {addr} (nodes {nodes:?})");
+                if let Some(ca) = ca {
+                    println!("development CA: {} (clients: --ca {})", ca.display(), ca.display());
+                }
+                println!("ready");
+            })
+            .await
+        });
+    }
     let raw = wasmq_server::RawConfig::load(args.config.as_deref(), std::env::vars())?;
     let config = wasmq_server::Config::try_from(raw)?;
     runtime.block_on(async {
@@ -77,6 +135,21 @@ fn main() -> Result<()> {
         })
         .await
     })
+}
+
+/// `ID=HOST:PORT` items by id, checked: ids unique, this node among them is checked later.
+fn controller_nodes(items: &[String]) -> Result<std::collections::BTreeMap<u64, String>> {
+    let mut nodes = std::collections::BTreeMap::new();
+    for item in items {
+        let Some((id, addr)) = item.split_once('=') else {
+            anyhow::bail!("controller node {item:?}: write ID=HOST:PORT, e.g. 1=10.0.0.1:9878");
+        };
+        let id: u64 = id.trim().parse().map_err(|e| anyhow::anyhow!("controller node {item:?}: id {id:?}: {e}"))?;
+        if nodes.insert(id, addr.trim().to_owned()).is_some() {
+            anyhow::bail!("controller node id {id} given twice");
+        }
+    }
+    Ok(nodes)
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.
