@@ -71,6 +71,11 @@ pub struct StoreConfig {
     /// older pages are dropped, in steps of 16 MiB, so that the next appends reuse them while
     /// they are warm (`None`: leave it all to the kernel).
     pub cached_bytes_behind: Option<u64>,
+    /// Cut the log at this offset while opening (a record boundary at or below its end): what
+    /// follows is removed — records, consume-queue entries, index entries, epochs begun there
+    /// or later. A broker rejoining a new master cuts what that master never had
+    /// ([`crate::diverge_at`]). Past the log's end: nothing is cut.
+    pub cut_log_at: Option<u64>,
 }
 
 impl StoreConfig {
@@ -91,6 +96,7 @@ impl StoreConfig {
             retention_check_interval: Duration::from_secs(10),
             pretouch_segments: false,
             cached_bytes_behind: Some(CACHED_BYTES_BEHIND_DEFAULT),
+            cut_log_at: None,
         }
     }
 

@@ -23,6 +23,12 @@ pub enum OpenError {
     /// rather than cut acknowledged messages off; repair from a replica or move the segment away.
     #[error("corrupt record at log offset {offset} inside the checkpointed region (durable up to {durable}): {reason}")]
     CorruptCommitted { offset: u64, durable: u64, reason: String },
+    /// The log was to be cut at an offset inside a record (or its segment's filler).
+    #[error("cannot cut the commit log at {at}: the record at {record} runs past it (cut at a record boundary)")]
+    CutInsideRecord { at: u64, record: u64 },
+    /// The epochs file is unreadable.
+    #[error("epochs file {path}: {reason}")]
+    Epochs { path: PathBuf, reason: String },
 }
 
 /// Appending messages failed; nothing of the batch was stored.

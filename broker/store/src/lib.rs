@@ -14,6 +14,7 @@ mod checkpoint;
 mod clock;
 mod config;
 mod consume_queue;
+mod epochs;
 mod error;
 mod index;
 mod journal;
@@ -27,6 +28,7 @@ pub use config::{
     MESSAGE_BYTES_LIMIT, MESSAGE_BYTES_MAX_DEFAULT, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, StoreConfig,
 };
 pub use consume_queue::{CQ_ENTRY_BYTES, CqEntry};
+pub use epochs::{EPOCHS_MAX, EpochStart, Epochs, diverge_at};
 pub use error::{AppendError, FlushError, OpenError, ReadError, ReplicaError};
 pub use journal::JOURNAL_ENV;
 pub use record::{

@@ -23,6 +23,7 @@ use crate::checkpoint::Checkpoint;
 use crate::clock::{Clock, DiskProbe, StatvfsProbe, SystemClock};
 use crate::config::{FlushMode, StoreConfig};
 use crate::consume_queue::{ConsumeQueue, CqEntry, PutError, file_name, parse_file_name};
+use crate::epochs::Epochs;
 use crate::error::{AppendError, FlushError, OpenError, ReadError, ReplicaError};
 use crate::index::{Index, id_hash, key_hash};
 use crate::mmap::{LogFile, sync_parent_dir};
@@ -112,6 +113,8 @@ pub struct RecoveryReport {
     pub records_recovered: u64,
     /// Where the log was cut (a torn or garbled tail past the durable offset), if it was.
     pub truncated_at: Option<u64>,
+    /// Where the log was cut as asked (`StoreConfig::cut_log_at`), if it reached that far.
+    pub cut_at: Option<u64>,
     /// The log's end after recovery.
     pub end_offset: u64,
     pub elapsed: Duration,
@@ -216,6 +219,8 @@ struct Inner {
     fail_next_sync: AtomicBool,
     /// Removed topics → the log offset they were removed at.
     removed: Mutex<BTreeMap<String, u64>>,
+    /// The master epochs of the log (`epochs`); changed under the writer lock.
+    epochs: Mutex<Epochs>,
     /// Called with the new end after every append (replication wakes its waiting slaves).
     appended: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
     /// Called with how long each fsync of the log took (metrics).
@@ -410,6 +415,43 @@ impl Store {
         let cq = self.inner.topics.write().unwrap_or_else(|e| e.into_inner()).remove(topic);
         if cq.is_some() {
             std::fs::remove_dir_all(self.inner.config.dir.join("consumequeue").join(topic))?;
+        }
+        Ok(())
+    }
+
+    /// The log's master epochs.
+    pub fn epochs(&self) -> Epochs {
+        lock(&self.inner.epochs).clone()
+    }
+
+    /// Begins master epoch `epoch` at the log's end (no append in between), durably; returns
+    /// the offset it begins at.
+    ///
+    /// # Errors
+    /// `epoch` not above the latest (`InvalidInput`); writing the file failed.
+    pub fn begin_epoch(&self, epoch: u64) -> io::Result<u64> {
+        let w = lock(&self.inner.writer);
+        let mut epochs = lock(&self.inner.epochs);
+        let mut next = epochs.clone();
+        next.begin(epoch, w.pos).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        crate::journal::replace_file(&self.inner.config.dir.join(EPOCHS_FILE), next.encode().as_bytes())?;
+        *epochs = next;
+        Ok(w.pos)
+    }
+
+    /// A slave takes its master's epochs that begin at or below its log's end (durably, when
+    /// any is new).
+    ///
+    /// # Errors
+    /// The master's epochs contradict this log's (`InvalidData`: the logs diverged); writing
+    /// the file failed.
+    pub fn adopt_epochs(&self, master: &Epochs) -> io::Result<()> {
+        let w = lock(&self.inner.writer);
+        let mut epochs = lock(&self.inner.epochs);
+        let mut next = epochs.clone();
+        if next.adopt(master, w.pos).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))? {
+            crate::journal::replace_file(&self.inner.config.dir.join(EPOCHS_FILE), next.encode().as_bytes())?;
+            *epochs = next;
         }
         Ok(())
     }
@@ -609,6 +651,9 @@ fn idle_scheduling_class() {
         tracing::debug!("could not move the writeback thread to the idle scheduling class");
     }
 }
+
+/// The file recording the log's master epochs ([`Epochs`]).
+pub(crate) const EPOCHS_FILE: &str = "epochs";
 
 /// The file recording removed topics: lines `<log offset> <topic>`.
 const REMOVED_TOPICS_FILE: &str = "removed-topics";

@@ -46,6 +46,15 @@ impl Store {
         let has_segments = std::fs::read_dir(&log_dir).map_err(io_err("list", &log_dir))?.next().is_some();
         // A store with no segments yet is new, not crashed.
         let crashed = abort_path.exists() || (checkpoint.is_none() && has_segments);
+        // A cut is recovered as after a crash: from a segment start, every record checked.
+        let cut = config.cut_log_at;
+        let rescan = crashed || cut.is_some();
+        let epochs_path = dir.join(EPOCHS_FILE);
+        let mut epochs = match std::fs::read_to_string(&epochs_path) {
+            Ok(text) => Epochs::parse(&text).map_err(|reason| OpenError::Epochs { path: epochs_path.clone(), reason })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Epochs::default(),
+            Err(e) => return Err(OpenError::Io { op: "read", path: epochs_path, source: e }),
+        };
         File::create(&abort_path).and_then(|_| sync_parent_dir(&abort_path)).map_err(io_err("create", &abort_path))?;
 
         // Log segments.
@@ -108,12 +117,27 @@ impl Store {
             tracing::warn!("consume queues or index missing; rebuilding them from the whole log");
             start = 0;
         }
-        if crashed {
+        if let Some(c) = cut {
+            start = start.min(c);
+        }
+        if rescan {
             start = seg_base(start, seg);
         }
         let last_base = *segments.keys().next_back().expect("non-empty");
         let start = start.clamp(first_base, last_base + seg);
         let durable = if checkpoint.is_some() { ck.log_flushed } else { 0 };
+        // Below the cut everything stays; past it nothing counts as durable.
+        let durable = cut.map_or(durable, |c| durable.min(c));
+
+        if let Some(c) = cut {
+            // Refuse a cut inside a record before anything is touched; then no later crash may
+            // trust what lies past the cut: the checkpoint comes down to it first.
+            check_cut(&segments, seg, c)?;
+            if let Some(ck) = checkpoint.filter(|ck| ck.log_flushed > c || ck.dispatch_safe > c) {
+                let lowered = Checkpoint { log_flushed: ck.log_flushed.min(c), dispatch_safe: ck.dispatch_safe.min(c), ..ck };
+                lowered.write(&ckpt_path).map_err(io_err("write checkpoint", &ckpt_path))?;
+            }
+        }
 
         // Trim derived data to what lies below the scan start.
         for (topic, queues) in &mut topics {
@@ -123,7 +147,7 @@ impl Store {
             }
         }
         index.truncate_from_log(start).map_err(io_err("truncate index", &index_dir))?;
-        if crashed {
+        if rescan {
             index.rebuild_slots().map_err(io_err("rebuild the index's slots", &index_dir))?;
         }
 
@@ -131,11 +155,22 @@ impl Store {
         let mut pos = start;
         let mut records_recovered = 0u64;
         let mut bad: Option<(u64, String)> = None;
+        // Where the last record looked at began (to name it when a cut falls inside it).
+        let mut last_record = pos;
         'segments: while pos < last_base + seg {
             let base = seg_base(pos, seg);
             let Some(file) = segments.get(&base) else { break };
             let mut mapped_to = 0;
             loop {
+                if let Some(c) = cut {
+                    if pos == c {
+                        break 'segments;
+                    }
+                    if pos > c {
+                        return Err(OpenError::CutInsideRecord { at: c, record: last_record });
+                    }
+                }
+                last_record = pos;
                 let rel = pos - base;
                 if rel + SCAN_MAP_MARGIN_BYTES >= mapped_to {
                     // The mapping reads around nothing (mmap.rs): read the scan's way in ahead.
@@ -217,8 +252,19 @@ impl Store {
         }
         let end = pos;
         let truncated_at = bad.as_ref().map(|(o, _)| *o);
+        let cut_at = cut.filter(|c| *c == end);
+        if let Some(c) = cut_at {
+            tracing::warn!(offset = c, "cutting the commit log as asked: what followed is removed");
+        }
+        // Epochs begun past the end are gone with the log there (a torn tail); a cut also
+        // removes the one begun exactly at it (the master the log is cut for never had it).
+        let before = epochs.clone();
+        epochs.truncate(if cut_at.is_some() { end } else { end.saturating_add(1) });
+        if epochs != before {
+            crate::journal::replace_file(&epochs_path, epochs.encode().as_bytes()).map_err(io_err("write", &epochs_path))?;
+        }
         let end_base = seg_base(end, seg);
-        if (crashed || truncated_at.is_some())
+        if (rescan || truncated_at.is_some())
             && let Some(f) = segments.get(&end_base)
         {
             // SAFETY: the store is not shared yet.
@@ -273,6 +319,7 @@ impl Store {
             clock,
             disk,
             removed: Mutex::new(removed_topics),
+            epochs: Mutex::new(epochs),
             appended: OnceLock::new(),
             synced: OnceLock::new(),
             _lock: lock_file,
@@ -292,11 +339,38 @@ impl Store {
         }
         inner.request_spare(end_base + seg);
 
-        let report =
-            RecoveryReport { crashed, scanned_from: start, records_recovered, truncated_at, end_offset: end, elapsed: started.elapsed() };
+        let report = RecoveryReport {
+            crashed,
+            scanned_from: start,
+            records_recovered,
+            truncated_at,
+            cut_at,
+            end_offset: end,
+            elapsed: started.elapsed(),
+        };
         if crashed {
             tracing::info!(?report, "store recovered after an unclean shutdown");
         }
         Ok((Self { inner, threads: Mutex::new(threads) }, report))
     }
+}
+
+/// Walks the records of the segment holding `cut` from its start: a cut must fall where a
+/// record begins, or past the last one (then nothing is cut).
+fn check_cut(segments: &BTreeMap<u64, Arc<LogFile>>, seg: u64, cut: u64) -> Result<(), OpenError> {
+    let base = seg_base(cut, seg);
+    let Some(file) = segments.get(&base) else { return Ok(()) };
+    let (mut pos, mut record) = (base, base);
+    while pos < cut {
+        let rel = pos - base;
+        // SAFETY: nothing else has the store yet; the file is ours alone.
+        let rest = unsafe { file.slice(rel, (seg - rel) as usize) };
+        record = pos;
+        match record::peek(rest, (seg - rel) as usize - FILLER_BYTES_MIN, true) {
+            Ok(Frame::Filler { len } | Frame::Record { len }) => pos += len as u64,
+            // The log ends (or is damaged, which the scan reports) before the cut.
+            Err(_) => return Ok(()),
+        }
+    }
+    if pos == cut { Ok(()) } else { Err(OpenError::CutInsideRecord { at: cut, record }) }
 }
