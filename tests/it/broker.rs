@@ -236,7 +236,12 @@ fn bad_input_gets_an_error_and_the_broker_stays_up() {
 
         // An unsupported version.
         let mut s = raw_tls(&broker).await;
-        let h = wasmq_protocol::Request::Hello(wasmq_protocol::HelloRequest { version_min: 7, version_max: 9, client_id: "x".into() });
+        let newer = wasmq_protocol::PROTOCOL_VERSION + 1;
+        let h = wasmq_protocol::Request::Hello(wasmq_protocol::HelloRequest {
+            version_min: newer,
+            version_max: newer + 2,
+            client_id: "x".into(),
+        });
         s.write_all(&Frame { kind: Kind::Request, request_id: 1, code: Op::Hello as u16, body: h.encode() }.to_bytes()).await.unwrap();
         assert_eq!(read_frame(&mut s).await.unwrap().code, ErrorCode::UnsupportedVersion as u16);
 
