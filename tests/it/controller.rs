@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use wasmq_controller_api::rpc::{Answer, Call, Heartbeat};
 use wasmq_controller_api::{BrokerSet, Client};
-use wasmq_tests::broker::{Controller, cli_binary, dev_tls_files, free_addr};
+use wasmq_tests::broker::{Broker, Controller, cli_binary, dev_tls_files, free_addr};
 
 /// A master silent this long is replaced (short, for the test).
 const MASTER_TIMEOUT_MS: u64 = 1_500;
@@ -100,11 +100,13 @@ impl Nodes {
 struct FakeBroker {
     alive: Arc<AtomicBool>,
     epoch: Arc<AtomicU64>,
+    /// The master timeout the controller last told it.
+    timeout_ms: Arc<AtomicU64>,
 }
 
 fn fake_broker(rt: &tokio::runtime::Runtime, nodes: &Nodes, set: &str, id: u32, log_end: u64, in_sync: &[u32]) -> FakeBroker {
-    let (alive, epoch) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicU64::new(0)));
-    let (a, e, client) = (Arc::clone(&alive), Arc::clone(&epoch), nodes.client());
+    let (alive, epoch, timeout_ms) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (a, e, t, client) = (Arc::clone(&alive), Arc::clone(&epoch), Arc::clone(&timeout_ms), nodes.client());
     let (set, in_sync): (String, BTreeSet<u32>) = (set.to_owned(), in_sync.iter().copied().chain([id]).collect());
     rt.spawn(async move {
         let mut master = false;
@@ -117,14 +119,15 @@ fn fake_broker(rt: &tokio::runtime::Runtime, nodes: &Nodes, set: &str, id: u32, 
                 log_end,
                 in_sync: master.then(|| in_sync.clone()),
             };
-            if let Ok(Answer::Set(s)) = client.call(&Call::Heartbeat(h)).await {
+            if let Ok(Answer::Beat { set: s, master_timeout_ms }) = client.call(&Call::Heartbeat(h)).await {
+                t.store(master_timeout_ms, Ordering::SeqCst);
                 e.store(s.epoch, Ordering::SeqCst);
                 master = s.master == Some(id);
             }
             tokio::time::sleep(BEAT).await;
         }
     });
-    FakeBroker { alive, epoch }
+    FakeBroker { alive, epoch, timeout_ms }
 }
 
 /// The set `name` as the controller's status shows it, once `pred` holds (within `within`).
@@ -162,6 +165,7 @@ fn three_controllers_fail_a_silent_master_over_and_survive_their_leader() {
     let _b1 = fake_broker(&rt, &nodes, "a", 1, 500, &[1]);
     let b2 = fake_broker(&rt, &nodes, "a", 2, 700, &[1, 2]);
     let (set, _) = wait_set(&nodes, "a", Duration::from_secs(10), "all three in sync", |s| s.in_sync.len() == 3);
+    assert_eq!(b0.timeout_ms.load(Ordering::SeqCst), MASTER_TIMEOUT_MS, "heartbeats are answered with the master timeout");
     assert_eq!(set.members.len(), 3, "{set:?}");
     let (ok, text, err) = nodes.cli(&["status"]);
     assert!(ok, "{err}");
@@ -257,4 +261,136 @@ fn a_controller_leader_killed_mid_election_still_ends_with_one_master() {
         }
         nodes.restart(killed, files.clone());
     }
+}
+
+/// Drains `topic` (`queues` queues) from `broker`: every message body.
+fn bodies(rt: &tokio::runtime::Runtime, broker: &Broker, topic: &str, queues: u32) -> BTreeSet<String> {
+    rt.block_on(async {
+        let conn = broker.connect().await;
+        wasmq_tests::drain(&conn, topic, queues).await.iter().map(|(_, m)| String::from_utf8_lossy(&m.message.body).into_owned()).collect()
+    })
+}
+
+/// [`bodies`], or `None` while the broker does not take connections (restarting for a new
+/// role).
+fn bodies_when_up(rt: &tokio::runtime::Runtime, broker: &Broker, topic: &str, queues: u32) -> Option<BTreeSet<String>> {
+    let up = rt.block_on(wasmq_client::Connection::connect(broker.options())).is_ok();
+    up.then(|| bodies(rt, broker, topic, queues))
+}
+
+/// A broker set of three real brokers under three controller nodes. The first broker to start
+/// is master in epoch 1, the others follow it. Both slaves are paused (SIGSTOP) while the master
+/// takes five more messages, and the master is killed (SIGKILL): a slave gets at most the first
+/// of them (a fetch already answered when it was paused). Once the slaves run again the
+/// controller elects one of them in epoch 2, which takes writes — the time from the kill is
+/// printed — and the other follows it. The old master, started again, learns it is a slave now,
+/// finds from the epochs that its log parted from the new master's where epoch 2 began, cuts
+/// what the new master never had (at least four messages) and follows: afterwards all three
+/// hold the same messages, and the old master refuses writes.
+#[test]
+fn a_killed_master_is_replaced_and_comes_back_as_a_slave_without_its_lost_tail() {
+    const TOPIC: &str = "fo";
+    let nodes = Nodes::start();
+    let rt = wasmq_tests::runtime();
+    let (cert, key, ca) = nodes.tls_files();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let env = |id: u32| -> Vec<(String, String)> {
+        vec![
+            ("WASMQ_CONTROLLER".into(), nodes.list()),
+            ("WASMQ_BROKER_NAME".into(), "fo-set".into()),
+            ("WASMQ_BROKER_ID".into(), id.to_string()),
+            ("WASMQ_LISTEN".into(), free_addr()),
+            ("WASMQ_TLS_CERT".into(), cert.display().to_string()),
+            ("WASMQ_TLS_KEY".into(), key.display().to_string()),
+            ("WASMQ_PEER_CA".into(), ca.display().to_string()),
+            ("WASMQ_ADMIN_TOKEN".into(), "failover-test-token-0123".into()),
+        ]
+    };
+    let start = |id: u32, env: &[(String, String)]| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Broker::start(dirs[id as usize].path(), &env)
+    };
+    let env0 = env(0);
+    let b0 = start(0, &env0);
+    wait_set(&nodes, "fo-set", Duration::from_secs(15), "broker 0 master", |s| s.master == Some(0) && s.epoch == 1);
+    let (b1, b2) = (start(1, &env(1)), start(2, &env(2)));
+    b0.cli(&["topic", "create", TOPIC, "--queues", "2"]);
+    for i in 0..20 {
+        b0.cli(&["send", TOPIC, &format!("before-{i}")]);
+    }
+    // Both slaves catch up and are reported in sync.
+    let started = Instant::now();
+    loop {
+        let s = nodes.status();
+        let set = &s["sets"]["fo-set"];
+        let ends: Vec<u64> = (0..3).filter_map(|id: u32| set["heard"][id.to_string()]["log_end"].as_u64()).collect();
+        // The slaves take the master's topics every second, apart from its log.
+        let know = |b: &Broker| b.cli_command(&["topic", "describe", TOPIC]).output().unwrap().status.success();
+        if set["set"]["in_sync"].as_array().is_some_and(|a| a.len() == 3)
+            && ends.len() == 3
+            && ends.iter().all(|e| *e == ends[0])
+            && know(&b1)
+            && know(&b2)
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the slaves did not catch up: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(bodies(&rt, &b1, TOPIC, 2).len(), 20, "slave 1 holds what the master took");
+
+    // The master takes five more while its slaves are paused, and dies before they see them.
+    b1.signal(libc::SIGSTOP);
+    b2.signal(libc::SIGSTOP);
+    for i in 0..5 {
+        b0.cli(&["send", TOPIC, &format!("lost-{i}")]);
+    }
+    let (b0_listen, b0_admin) = (b0.listen.clone(), b0.admin_listen.clone());
+    b0.kill();
+    let killed_at = Instant::now();
+    b1.signal(libc::SIGCONT);
+    b2.signal(libc::SIGCONT);
+    let (set, _) = wait_set(&nodes, "fo-set", Duration::from_secs(20), "a new master", |s| s.epoch == 2);
+    let (master, other) = match set.master {
+        Some(1) => (&b1, &b2),
+        Some(2) => (&b2, &b1),
+        m => panic!("master {m:?} in epoch 2: {set:?}"),
+    };
+    // Writes resume on the new master.
+    let resumed = loop {
+        if master.cli_command(&["send", TOPIC, "after-0"]).output().unwrap().status.success() {
+            break killed_at.elapsed();
+        }
+        assert!(killed_at.elapsed() < Duration::from_secs(20), "the new master never took writes");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("master killed → writes taken by the new master after {} ms (master timeout {MASTER_TIMEOUT_MS} ms)", resumed.as_millis());
+    for i in 1..10 {
+        master.cli(&["send", TOPIC, &format!("after-{i}")]);
+    }
+    // The old master comes back: a slave of broker 1, its five lost messages cut.
+    let b0 = Broker::start_again(dirs[0].path(), &env0, &b0_listen, &b0_admin);
+    let on_master = bodies(&rt, master, TOPIC, 2);
+    let kept: BTreeSet<String> = on_master.iter().filter(|b| b.starts_with("lost-")).cloned().collect();
+    assert!(kept.iter().all(|b| b == "lost-0"), "a paused slave got only what was on its way: {kept:?}");
+    let expected: BTreeSet<String> =
+        (0..20).map(|i| format!("before-{i}")).chain((0..10).map(|i| format!("after-{i}"))).chain(kept.iter().cloned()).collect();
+    assert_eq!(on_master, expected, "the new master holds everything from before, what it took, nothing else");
+    let started = Instant::now();
+    loop {
+        let (on0, on_other) = (bodies_when_up(&rt, &b0, TOPIC, 2), bodies_when_up(&rt, other, TOPIC, 2));
+        if on0.as_ref() == Some(&expected) && on_other.as_ref() == Some(&expected) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not the same messages everywhere: old master {on0:?}, other slave {on_other:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("the old master cut {} message(s) the new master never had", 5 - kept.len());
+    let sent = b0.cli_command(&["send", TOPIC, "to-the-old-master"]).output().unwrap();
+    assert!(!sent.status.success(), "the old master is a slave now");
+    let (after, _) = wait_set(&nodes, "fo-set", Duration::from_secs(10), "0 back in sync", |s| s.in_sync.len() == 3);
+    assert_eq!((after.master, after.epoch), (set.master, 2));
 }

@@ -66,8 +66,14 @@ pub struct Heartbeat {
 pub enum Answer {
     /// To a Raft call: openraft's result as JSON.
     Raft(serde_json::Value),
-    /// To a heartbeat: the broker's set as the controller holds it now (its master and epoch).
-    Set(BrokerSet),
+    /// To a heartbeat: the broker's set as the controller holds it now (its master and epoch),
+    /// and the controller's master timeout: a master that has not had an answer for that long
+    /// (counted from when it sent the heartbeat answered last) must stop taking writes, for by
+    /// then another may have been elected.
+    Beat {
+        set: BrokerSet,
+        master_timeout_ms: u64,
+    },
     /// To an election: what became of it.
     Elected(Outcome),
     Status(Status),

@@ -249,7 +249,7 @@ impl Node {
                 Err(a) => return a,
             }
         }
-        Answer::Set(set)
+        Answer::Beat { set, master_timeout_ms: self.config.master_timeout.as_millis() as u64 }
     }
 
     /// Log ends heard within the master timeout from members of `set`.

@@ -15,6 +15,11 @@ impl Engine {
         *lock(&self.read_only) = Some(why.into());
     }
 
+    /// Takes writes again (a fenced master that the controller confirms as master).
+    pub fn clear_read_only(&self) {
+        *lock(&self.read_only) = None;
+    }
+
     /// Why writes are refused, on a slave.
     pub fn read_only(&self) -> Option<String> {
         lock(&self.read_only).clone()

@@ -444,12 +444,13 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
         Request::ReplicaFetch(f) => {
             let r = service
                 .replication()
-                .fetch(engine, &f.broker_name, f.broker_id, &f.admin_addr, f.from, f.max_bytes, f.wait_ms, cancel)
+                .fetch(engine, &f.broker_name, f.broker_id, &f.admin_addr, f.from, f.max_bytes, f.wait_ms, f.epoch, cancel)
                 .await?;
             Ok(Response::ReplicaFetch(wasmq_protocol::ReplicaFetchResponse {
                 start_offset: r.start_offset,
                 master_end: r.master_end,
                 segment_bytes: r.segment_bytes,
+                epochs: r.epochs,
                 bytes: r.bytes,
             }))
         }

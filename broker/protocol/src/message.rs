@@ -418,6 +418,8 @@ pub struct ReplicaFetchRequest {
     pub wait_ms: u32,
     /// The slave's own admin address (for cluster status).
     pub admin_addr: String,
+    /// The newest master epoch the slave knows: a master behind it is no longer master.
+    pub epoch: u64,
 }
 
 /// Raw log bytes (whole records) starting at `start_offset`: `from`, or for an empty slave
@@ -427,8 +429,13 @@ pub struct ReplicaFetchResponse {
     pub start_offset: u64,
     pub master_end: u64,
     pub segment_bytes: u64,
+    /// The master's epochs: (epoch, the log offset it began at), oldest first.
+    pub epochs: Vec<(u64, u64)>,
     pub bytes: Bytes,
 }
+
+/// Most epochs a ReplicaFetch answer lists.
+pub const EPOCHS_LISTED_MAX: usize = 4096;
 
 /// Metadata kept in step: the slave sends the offsets committed on it since the last exchange
 /// (JSON); the master merges them and answers with its topics and offsets (JSON).
@@ -773,7 +780,7 @@ impl Request {
                 put_message(&mut w, &c.message);
             }
             Self::ReplicaFetch(f) => {
-                w.string(&f.broker_name).u32(f.broker_id).u64(f.from).u32(f.max_bytes).u32(f.wait_ms).string(&f.admin_addr);
+                w.string(&f.broker_name).u32(f.broker_id).u64(f.from).u32(f.max_bytes).u32(f.wait_ms).string(&f.admin_addr).u64(f.epoch);
             }
             Self::ReplicaMeta(m) => {
                 w.u32(m.broker_id).bytes(m.local_offsets_json.as_bytes());
@@ -900,6 +907,7 @@ impl Request {
                 max_bytes: r.u32("max_bytes")?,
                 wait_ms: r.u32("wait_ms")?,
                 admin_addr: r.string("admin_addr")?,
+                epoch: r.u64("epoch")?,
             }),
             Op::RegisterBroker => {
                 let (cluster, broker_name, broker_id) = (r.string("cluster")?, r.string("broker_name")?, r.u32("broker_id")?);
@@ -972,7 +980,11 @@ impl Response {
                 w.u8(s.status as u8);
             }
             Self::ReplicaFetch(f) => {
-                w.u64(f.start_offset).u64(f.master_end).u64(f.segment_bytes).shared_bytes(&f.bytes);
+                w.u64(f.start_offset).u64(f.master_end).u64(f.segment_bytes).count(f.epochs.len());
+                for (epoch, start) in &f.epochs {
+                    w.u64(*epoch).u64(*start);
+                }
+                w.shared_bytes(&f.bytes);
             }
             Self::ReplicaMeta(m) => {
                 w.bytes(m.topics_json.as_bytes()).bytes(m.offsets_json.as_bytes()).bytes(m.groups_json.as_bytes());
@@ -1108,6 +1120,10 @@ impl Response {
                 start_offset: r.u64("start_offset")?,
                 master_end: r.u64("master_end")?,
                 segment_bytes: r.u64("segment_bytes")?,
+                epochs: {
+                    let n = r.count("epochs", EPOCHS_LISTED_MAX, 16)?;
+                    r.list(n, |r| Ok((r.u64("epoch")?, r.u64("start")?)))?
+                },
                 bytes: r.bytes("bytes")?,
             }),
             Op::ReplicaMeta => Self::ReplicaMeta(ReplicaMetaResponse {
@@ -1205,9 +1221,9 @@ mod tests {
                 let decision = [TxDecision::Commit, TxDecision::Rollback, TxDecision::Unknown][usize::from(d - 1)];
                 Request::EndTransaction(EndTransactionRequest { producer_group, log_offset, unique_id, decision, from_check })
             }),
-            (s(), any::<u32>(), any::<u64>(), any::<u32>(), any::<u32>(), s()).prop_map(
-                |(broker_name, broker_id, from, max_bytes, wait_ms, admin_addr)| {
-                    Request::ReplicaFetch(ReplicaFetchRequest { broker_name, broker_id, from, max_bytes, wait_ms, admin_addr })
+            (s(), any::<u32>(), any::<u64>(), any::<u32>(), any::<u32>(), s(), any::<u64>()).prop_map(
+                |(broker_name, broker_id, from, max_bytes, wait_ms, admin_addr, epoch)| {
+                    Request::ReplicaFetch(ReplicaFetchRequest { broker_name, broker_id, from, max_bytes, wait_ms, admin_addr, epoch })
                 }
             ),
             (any::<u32>(), s())
@@ -1291,10 +1307,23 @@ mod tests {
                     })
                 )
             ),
-            (any::<u64>(), any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(a, b, c, d)| (
-                Op::ReplicaFetch,
-                Response::ReplicaFetch(ReplicaFetchResponse { start_offset: a, master_end: b, segment_bytes: c, bytes: Bytes::from(d) })
-            )),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec((any::<u64>(), any::<u64>()), 0..4),
+                proptest::collection::vec(any::<u8>(), 0..64)
+            )
+                .prop_map(|(a, b, c, epochs, d)| (
+                    Op::ReplicaFetch,
+                    Response::ReplicaFetch(ReplicaFetchResponse {
+                        start_offset: a,
+                        master_end: b,
+                        segment_bytes: c,
+                        epochs,
+                        bytes: Bytes::from(d)
+                    })
+                )),
             proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| (Op::Controller, Response::Controller(Bytes::from(b)))),
             (s(), s(), s()).prop_map(|(t, o, g)| (
                 Op::ReplicaMeta,

@@ -86,6 +86,9 @@ pub struct RawConfig {
     pub slave_read_behind_bytes: Option<u64>,
     /// Name servers to register with (protocol addresses).
     pub namesrv: Option<Vec<String>>,
+    /// The failover controller's nodes (protocol addresses): the controller then decides which
+    /// member of the broker set is master (`master` is not set).
+    pub controller: Option<Vec<String>>,
     /// The cluster this broker set belongs to (default `DefaultCluster`).
     pub cluster: Option<String>,
     /// How often the broker registers with each name server (default 30000).
@@ -167,6 +170,7 @@ const SETTINGS: &[&str] = &[
     "peer_ca",
     "slave_read_behind_bytes",
     "namesrv",
+    "controller",
     "cluster",
     "register_interval_ms",
     "in_flight_max",
@@ -245,6 +249,7 @@ impl RawConfig {
                 "peer_ca" => raw.peer_ca = Some(v.into()),
                 "slave_read_behind_bytes" => raw.slave_read_behind_bytes = Some(num(&v)?),
                 "namesrv" => raw.namesrv = Some(v.split(',').map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect()),
+                "controller" => raw.controller = Some(v.split(',').map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect()),
                 "cluster" => raw.cluster = Some(v),
                 "register_interval_ms" => raw.register_interval_ms = Some(num(&v)?),
                 "in_flight_max" => raw.in_flight_max = Some(num(&v)? as u32),
@@ -288,6 +293,8 @@ pub struct Config {
     pub peer_ca: Option<PathBuf>,
     pub slave_read_behind_bytes: u64,
     pub namesrv: Vec<String>,
+    /// The failover controller's nodes; empty: the role is `master` / `broker_id`'s.
+    pub controller: Vec<String>,
     pub cluster: String,
     pub register_interval: Duration,
     pub plugin_limits: wasmq_plugin_host::Limits,
@@ -361,9 +368,10 @@ impl TryFrom<RawConfig> for Config {
         {
             return Err(bad("frame_bytes_max", format!("between message_bytes_max + 64 KiB and {}", wasmq_protocol::FRAME_BYTES_MAX)));
         }
+        let listen = addr("listen", raw.listen, "127.0.0.1:7070")?;
         Ok(Self {
             broker_name,
-            listen: addr("listen", raw.listen, "127.0.0.1:7070")?,
+            listen,
             admin_listen: addr("admin_listen", raw.admin_listen, "127.0.0.1:7071")?,
             // RocketMQ's proxy serves gRPC on 8081.
             grpc_listen: addr("grpc_listen", raw.grpc_listen, "127.0.0.1:8081")?,
@@ -406,6 +414,10 @@ impl TryFrom<RawConfig> for Config {
             },
             broker_id: raw.broker_id.unwrap_or(0),
             master: match (raw.broker_id.unwrap_or(0), raw.master) {
+                (_, Some(_)) if raw.controller.as_ref().is_some_and(|c| !c.is_empty()) => {
+                    return Err(bad("master", "with a controller, the controller names the master: leave `master` unset"));
+                }
+                (_, None) if raw.controller.as_ref().is_some_and(|c| !c.is_empty()) => None,
                 (0, Some(_)) => return Err(bad("master", "only a slave (broker_id ≥ 1) has a master")),
                 (0, None) => None,
                 (_, None) => return Err(bad("master", "a slave (broker_id ≥ 1) needs its master's address")),
@@ -428,6 +440,15 @@ impl TryFrom<RawConfig> for Config {
             peer_ca: raw.peer_ca,
             slave_read_behind_bytes: raw.slave_read_behind_bytes.unwrap_or(0),
             namesrv: raw.namesrv.unwrap_or_default(),
+            controller: match raw.controller {
+                Some(c) if !c.is_empty() && listen.port() == 0 => {
+                    return Err(bad(
+                        "listen",
+                        format!("{listen}: with a controller, give a port (the controller hands this address to the slaves)"),
+                    ));
+                }
+                c => c.unwrap_or_default(),
+            },
             cluster: raw.cluster.unwrap_or_else(|| "DefaultCluster".to_owned()),
             register_interval: match raw.register_interval_ms {
                 Some(ms) if !(100..=60_000).contains(&ms) => return Err(bad("register_interval_ms", "between 100 and 60000")),

@@ -6,6 +6,7 @@
 //! `wasmq-admin-api`'s; nothing here answers a request.
 
 pub mod config;
+pub mod failover;
 pub mod tls;
 
 use std::future::Future;
@@ -163,12 +164,57 @@ fn raise_open_files_limit(connections_max: u32) {
     }
 }
 
+/// How long a restart for a new role waits for the store's lock (tasks of the stopped services
+/// letting go of it).
+const REOPEN_WAIT: Duration = Duration::from_secs(10);
+
 /// Runs a broker until `shutdown` is cancelled, then drains, flushes and checkpoints.
-/// `started` is called once the listeners are bound.
+/// `started` is called once the listeners are bound. With a failover controller, a change of
+/// role stops the broker's services and starts them again, on the same ports, as the new role
+/// ([`failover`]).
 ///
 /// # Errors
 /// Start-up failures (store, certificates, binding); a clean shutdown returns `Ok`.
 pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOnce(&Started)) -> Result<()> {
+    let mut config = config;
+    let mut announce = Some(started);
+    let mut plan = failover::Plan::default();
+    loop {
+        let stop = shutdown.child_token();
+        let restart = failover::Restart::new(stop.clone());
+        let bound = run_once(&config, stop, &restart, plan, &mut announce).await?;
+        let next = restart.take();
+        let Some(next) = next.filter(|_| !shutdown.is_cancelled()) else { return Ok(()) };
+        // The same ports again: clients and peers know them.
+        (config.listen, config.admin_listen, config.grpc_listen) = (bound.listen, bound.admin_listen, bound.grpc_listen);
+        config.store.cut_log_at = next.cut;
+        plan = next;
+    }
+}
+
+/// Opens the store, waiting while the services stopped for a restart still hold it.
+async fn open_store(config: wasmq_store::StoreConfig) -> Result<(Store, wasmq_store::RecoveryReport)> {
+    let waited = std::time::Instant::now();
+    loop {
+        let c = config.clone();
+        match tokio::task::spawn_blocking(move || Store::open(c)).await? {
+            Err(wasmq_store::OpenError::Locked { .. }) if waited.elapsed() < REOPEN_WAIT => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other.context("opening the store"),
+        }
+    }
+}
+
+/// One run of the broker's services as `plan` says, until `shutdown` (the process stops, or
+/// `restart` asked for another plan); returns where it listened.
+async fn run_once(
+    config: &Config,
+    shutdown: CancellationToken,
+    restart: &Arc<failover::Restart>,
+    plan: failover::Plan,
+    announce: &mut Option<impl FnOnce(&Started)>,
+) -> Result<Started> {
     let started_ms = now_ms();
     raise_open_files_limit(config.connections_max.get());
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
@@ -180,13 +226,36 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
         }
     };
     let peer_ca = config.peer_ca.clone().unwrap_or_else(|| tls::dev_ca_path(&config.data_dir));
-    let token = admin_token(&config)?;
-    let store_config = config.store.clone();
-    let (store, report) = tokio::task::spawn_blocking(move || Store::open(store_config)).await?.context("opening the store")?;
+    let token = admin_token(config)?;
+    let (store, report) = open_store(config.store.clone()).await?;
     if report.crashed {
         tracing::warn!(?report, "recovered after an unclean shutdown");
     }
     let store = Arc::new(store);
+    let controller =
+        (!config.controller.is_empty()).then(|| Arc::new(wasmq_controller_api::Client::new(config.controller.clone(), &peer_ca)));
+    let me =
+        failover::Me { set: config.broker_name.clone(), id: config.broker_id, addr: config.listen.to_string(), peer_ca: peer_ca.clone() };
+    let role = match (&controller, plan.role) {
+        (_, Some(role)) => role,
+        (Some(client), None) => match failover::initial_role(client, &me, &store, &shutdown).await? {
+            Some(role) => role,
+            None => {
+                tokio::task::spawn_blocking(move || store.shutdown()).await?.context("final flush")?;
+                return Ok(Started {
+                    listen: config.listen,
+                    admin_listen: config.admin_listen,
+                    grpc_listen: config.grpc_listen,
+                    ca_path,
+                    admin_token: token,
+                });
+            }
+        },
+        (None, None) => match &config.master {
+            None => Role::Master,
+            Some(master) => Role::Slave { master: master.clone(), peer_ca: peer_ca.clone() },
+        },
+    };
     let engine = Arc::new(Engine::open(Arc::clone(&store), config.data_dir.join("config"), &config.broker_name, Arc::new(SystemClock))?);
     engine.set_session_timeout(u64::try_from(config.group_session_timeout.as_millis()).unwrap_or(u64::MAX));
     engine.set_retry_policy(config.retry_delays_ms.clone(), config.max_reconsume_times)?;
@@ -201,10 +270,6 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
             .await?
             .context("opening the plugin registry")?,
     );
-    let role = match &config.master {
-        None => Role::Master,
-        Some(master) => Role::Slave { master: master.clone(), peer_ca: peer_ca.clone() },
-    };
     let replication =
         Replication::new(&engine, &config.broker_name, config.broker_id, role, config.replication, config.slave_read_behind_bytes);
     let service = Arc::new(Service::new(Arc::clone(&engine), plugins.clone(), Arc::clone(&replication)));
@@ -212,7 +277,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
     let names = (!config.namesrv.is_empty()).then(|| Arc::new(wasmq_namesrv::NameServers::new(config.namesrv.clone(), peer_ca.clone())));
     let parts = Parts { service: Arc::clone(&service), shutdown: shutdown.clone(), names: names.clone() };
 
-    let (mut table, links) = front_ends(&config, &parts);
+    let (mut table, links) = front_ends(config, &parts);
     let producers: Arc<dyn ProducerLinks> = Arc::new(AllProducers(links));
     let stats = Arc::new(wasmq_admin_api::stats::Stats::default());
     let admin_listener = TcpListener::bind(config.admin_listen).await.with_context(|| format!("binding {}", config.admin_listen))?;
@@ -270,14 +335,27 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
             registration,
         ));
     }
-    if replication.is_slave() {
-        // A slave appends nothing itself: held messages move on its master.
-        tracker.spawn(wasmq_frontend_native::follow(
-            Arc::clone(&replication),
+    if let Some(client) = &controller {
+        tracker.spawn(failover::heartbeats(
+            Arc::clone(client),
+            failover::Me { addr: info.listen.to_string(), ..me },
+            replication.role.clone(),
             Arc::clone(&engine),
-            info.admin_listen.to_string(),
+            Arc::clone(&replication),
+            Arc::clone(restart),
             shutdown.clone(),
         ));
+    }
+    if replication.is_slave() {
+        // A slave appends nothing itself: held messages move on its master.
+        let following =
+            wasmq_frontend_native::follow(Arc::clone(&replication), Arc::clone(&engine), info.admin_listen.to_string(), shutdown.clone());
+        let (role, restart) = (replication.role.clone(), Arc::clone(restart));
+        tracker.spawn(async move {
+            if let Some(cut) = following.await {
+                restart.request(failover::Plan { role: Some(role), cut: Some(cut) }, "the log parted from the master's");
+            }
+        });
     } else {
         // Check about four times per interval, so a check is at most a quarter interval late.
         let check_tick = Duration::from_millis((config.park.check_interval_ms / 4).clamp(10, 1_000));
@@ -311,7 +389,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
         tracker.clone(),
     ));
     tracker.spawn(housekeeping(Arc::clone(&engine), shutdown.clone()));
-    started(&info);
+    if let Some(announce) = announce.take() {
+        announce(&info);
+    }
 
     shutdown.cancelled().await;
     tracing::info!("shutting down: no new connections; draining");
@@ -323,7 +403,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, started: impl FnOn
     drop((engine, service, parts));
     tokio::task::spawn_blocking(move || store.shutdown()).await?.context("final flush")?;
     tracing::info!("stopped cleanly");
-    Ok(())
+    Ok(info)
 }
 
 /// The configured admin token, else the one saved in the data directory, else a new one (saved).

@@ -38,7 +38,9 @@ pub use held::{AllProducers, Asked, CHECK_SEND_TIMEOUT, CheckBack, ProducerLinks
 pub use metrics::Metrics;
 pub use pull::{PULL_BYTES_MAX, Pull, Pulled, ReadFrom};
 pub use receive::{RECEIVE_BATCH_MAX, REVIVE_INTERVAL, Receive, reviver};
-pub use replication::{FETCH_BYTES_MAX, FETCH_WAIT_MS, Fetched, MasterLink, Mode, ReplicaMeta, Replication, Role, SLAVES_MAX};
+pub use replication::{
+    FETCH_BYTES_MAX, FETCH_WAIT_MS, Fetched, IN_SYNC_CAUGHT_UP_WITHIN, MasterLink, Mode, ReplicaMeta, Replication, Role, SLAVES_MAX,
+};
 pub use send::{Answer, Guarantee, Send, Sent, TransactionSend};
 
 /// The error for a topic that does not exist, saying how to make it.

@@ -31,6 +31,9 @@ pub const FETCH_WAIT_MS: u32 = 500;
 const IN_SYNC_GAP_MAX: u64 = 256 << 20;
 /// Most slaves one master serves (and remembers).
 pub const SLAVES_MAX: usize = 16;
+/// A slave that held everything the master had within this long, and is connected, is in
+/// sync (what a master reports to the failover controller).
+pub const IN_SYNC_CAUGHT_UP_WITHIN: Duration = Duration::from_secs(3);
 
 /// How a broker set acknowledges sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +88,8 @@ pub struct Fetched {
     pub start_offset: u64,
     pub master_end: u64,
     pub segment_bytes: u64,
+    /// The master's epochs: (epoch, start offset), oldest first.
+    pub epochs: Vec<(u64, u64)>,
     pub bytes: Bytes,
 }
 
@@ -139,10 +144,12 @@ impl Replication {
         matches!(self.role, Role::Slave { .. })
     }
 
-    /// Master: answers a slave's fetch, recording its position as its acknowledgement.
+    /// Master: answers a slave's fetch, recording its position as its acknowledgement, with the
+    /// master's epochs (the slave compares them with its own to find where their logs part).
     ///
     /// # Errors
-    /// Not a master, another broker set, a slave whose position the master cannot serve.
+    /// Not a master; a slave that knows a newer master epoch than this master's (this broker
+    /// has been replaced); another broker set; a slave whose position the master cannot serve.
     #[allow(clippy::too_many_arguments)]
     pub async fn fetch(
         &self,
@@ -153,19 +160,39 @@ impl Replication {
         from: u64,
         max_bytes: u32,
         wait_ms: u32,
+        slave_epoch: u64,
         cancel: &CancellationToken,
     ) -> Result<Fetched, ServiceError> {
         if self.is_slave() {
             return Err(ServiceError::NotMaster("this broker is a slave; fetch from the master".into()));
         }
-        if broker_name != self.broker_name || broker_id == 0 {
+        let epochs = engine.store().epochs();
+        if slave_epoch > epochs.latest() {
+            return Err(ServiceError::NotMaster(format!(
+                "slave {broker_id} knows master epoch {slave_epoch}, this broker's is {}: it is no longer the master",
+                epochs.latest()
+            )));
+        }
+        // Any other member of the set may follow it (with a controller, any id may be a slave).
+        if broker_name != self.broker_name || broker_id == self.broker_id {
             return Err(ServiceError::Invalid(format!(
-                "this is the master of {}; a slave of {broker_name} id {broker_id} cannot follow it",
-                self.broker_name
+                "this is broker {} of {}; broker {broker_id} of {broker_name} cannot follow it",
+                self.broker_id, self.broker_name
             )));
         }
         let store = engine.store();
         let end = store.end_offset();
+        if !epochs.list().is_empty() && from > epochs.end_of(slave_epoch, end) {
+            // Past where this log holds the slave's latest epoch: the slave has a tail this
+            // master never had. No bytes: it finds where to cut from the epochs.
+            return Ok(Fetched {
+                start_offset: from,
+                master_end: end,
+                segment_bytes: store.segment_bytes(),
+                epochs: epochs.list().iter().map(|e| (e.epoch, e.start)).collect(),
+                bytes: Bytes::new(),
+            });
+        }
         if from > end {
             return Err(ServiceError::Invalid(format!(
                 "the slave's log ends at {from} past the master's end {end}: the two have diverged"
@@ -198,6 +225,7 @@ impl Replication {
             start_offset: chunk.start_offset,
             master_end: store.end_offset(),
             segment_bytes: store.segment_bytes(),
+            epochs: epochs.list().iter().map(|e| (e.epoch, e.start)).collect(),
             bytes: chunk.bytes,
         })
     }
@@ -304,6 +332,16 @@ impl Replication {
                 last_seen_ms_ago: s.last_seen.elapsed().as_millis() as u64,
             })
             .collect()
+    }
+
+    /// Master: the members in sync with it, itself included (connected slaves that held
+    /// everything it had within [`IN_SYNC_CAUGHT_UP_WITHIN`]).
+    pub fn in_sync(&self, end: u64) -> std::collections::BTreeSet<u32> {
+        let within = IN_SYNC_CAUGHT_UP_WITHIN.as_millis() as u64;
+        let mut set: std::collections::BTreeSet<u32> =
+            self.slaves(end).into_iter().filter(|s| s.connected && s.lag_ms <= within).map(|s| s.broker_id).collect();
+        set.insert(self.broker_id);
+        set
     }
 
     /// Slave: the link to the master.
