@@ -195,18 +195,17 @@ async fn cluster(State(s): State<AdminState>) -> Json<wasmq_admin_types::Cluster
                 let now = crate::now_ms();
                 let mut sets: std::collections::BTreeMap<String, Vec<ClusterBroker>> = std::collections::BTreeMap::new();
                 let master_end: std::collections::HashMap<String, u64> =
-                    entries.iter().filter(|e| e.broker_id == 0).map(|e| (e.broker_name.clone(), e.live.log_end_offset)).collect();
+                    entries.iter().filter(|e| e.master).map(|e| (e.broker_name.clone(), e.live.log_end_offset)).collect();
                 for e in entries.into_iter().filter(|e| e.cluster == s.cluster) {
-                    let lag = (e.broker_id != 0)
-                        .then(|| master_end.get(&e.broker_name).map(|m| m.saturating_sub(e.live.log_end_offset)))
-                        .flatten();
+                    let lag =
+                        (!e.master).then(|| master_end.get(&e.broker_name).map(|m| m.saturating_sub(e.live.log_end_offset))).flatten();
                     // Up or down as the name server holds it (down: its connection closed, or it
                     // missed registrations).
                     let status = if e.down_ms_ago.is_some() { "down" } else { "up" };
                     let down_since_ms = e.down_ms_ago.map(|ago| now.saturating_sub(ago));
                     sets.entry(e.broker_name).or_default().push(ClusterBroker {
                         broker_id: e.broker_id,
-                        role: if e.broker_id == 0 { "master" } else { "slave" }.into(),
+                        role: if e.master { "master" } else { "slave" }.into(),
                         addr: Some(e.addr),
                         admin_addr: e.admin_addr,
                         version: Some(e.live.version),

@@ -228,6 +228,8 @@ impl ClusterProducer {
             let queues: Vec<(&BrokerRoute, u32)> =
                 route.iter().filter(|b| b.master.is_some()).flat_map(|b| (0..b.queues).map(move |q| (b, q))).collect();
             if queues.is_empty() {
+                // Asked again next time: a new master (failover) registers within moments.
+                self.cluster.forget_route(topic);
                 return Err(last.unwrap_or_else(|| ClientError::Closed(format!("no broker set with a live master serves {topic}"))));
             }
             let pick = match &key {

@@ -124,6 +124,7 @@ impl RouteTable {
     pub fn route(&self, topic: &str) -> Result<Vec<BrokerRoute>, String> {
         let b = self.brokers.lock().unwrap_or_else(|e| e.into_inner());
         let mut sets: BTreeMap<&str, BrokerRoute> = BTreeMap::new();
+        let mut master_epochs: BTreeMap<&str, u64> = BTreeMap::new();
         let mut down = Vec::new();
         for ((name, id), r) in b.iter() {
             let Some(&(_, queues)) = r.req.topics.iter().find(|(t, _)| t == topic) else { continue };
@@ -138,8 +139,14 @@ impl RouteTable {
                 slaves: Vec::new(),
                 master_endpoints: Vec::new(),
             });
-            if *id == 0 {
-                set.master = Some(r.req.addr.clone());
+            // Two that say master (one replaced, not yet re-registered as a slave): the newer
+            // epoch's.
+            let newer = master_epochs.get(name.as_str()).is_none_or(|e| r.req.epoch > *e);
+            if r.req.master && newer {
+                if let Some(old) = set.master.replace(r.req.addr.clone()) {
+                    set.slaves.push(old);
+                }
+                master_epochs.insert(name, r.req.epoch);
                 set.master_endpoints.clone_from(&r.req.endpoints);
                 set.queues = queues;
             } else {
@@ -173,6 +180,8 @@ impl RouteTable {
                 down_ms_ago: r.down_since.map(|d| now.saturating_duration_since(d).as_millis() as u64),
                 live: r.req.live.clone(),
                 endpoints: r.req.endpoints.clone(),
+                master: r.req.master,
+                epoch: r.req.epoch,
             })
             .collect()
     }
@@ -290,7 +299,29 @@ mod tests {
             live: wasmq_protocol::BrokerLive::default(),
             register_interval_ms: interval_ms,
             endpoints: vec![wasmq_protocol::Endpoint { protocol: "grpc".into(), addr: format!("{name}-{id}:8081") }],
+            master: id == 0,
+            epoch: 0,
         }
+    }
+
+    /// Under a failover controller any member may be master: the route names the one that
+    /// registered as master in the newest epoch, whatever its id, and lists a replaced master
+    /// that still says so (hung, not yet re-registered) among the slaves.
+    #[test]
+    fn the_route_names_the_master_of_the_newest_epoch() {
+        let t = RouteTable::default();
+        let reg = |id: u32, master: bool, epoch: u64| RegisterBrokerRequest { master, epoch, ..registration("a", id, 1000) };
+        t.register(reg(0, true, 1), 1).unwrap();
+        t.register(reg(1, false, 1), 2).unwrap();
+        t.register(reg(2, true, 2), 3).unwrap();
+        let route = t.route("orders").unwrap();
+        assert_eq!(route[0].master.as_deref(), Some("a-2:7070"));
+        let mut slaves = route[0].slaves.clone();
+        slaves.sort();
+        assert_eq!(slaves, ["a-0:7070", "a-1:7070"]);
+        assert_eq!(wasmq_protocol::Endpoint::find(&route[0].master_endpoints, "grpc"), Some("a-2:8081"));
+        let cluster = t.cluster();
+        assert!(cluster.iter().any(|b| b.broker_id == 2 && b.master && b.epoch == 2), "{cluster:?}");
     }
 
     fn down(table: &RouteTable) -> Vec<(String, u32)> {

@@ -470,6 +470,11 @@ pub struct RegisterBrokerRequest {
     pub register_interval_ms: u32,
     /// Where its other front ends listen (the native protocol's address is `addr`).
     pub endpoints: Vec<Endpoint>,
+    /// It is its set's master (without a failover controller: `broker_id` 0).
+    pub master: bool,
+    /// The newest master epoch it knows (0 without a controller): of two brokers of a set that
+    /// both say master, routes name the one of the newer epoch.
+    pub epoch: u64,
 }
 
 /// A protocol front end's address: where clients of that protocol reach a broker.
@@ -568,6 +573,9 @@ pub struct BrokerEntry {
     pub live: BrokerLive,
     /// Its other front ends.
     pub endpoints: Vec<Endpoint>,
+    /// As it registered: its set's master, in this epoch.
+    pub master: bool,
+    pub epoch: u64,
 }
 
 /// A request with its body.
@@ -793,6 +801,7 @@ impl Request {
                 b.live.put(&mut w);
                 w.u32(b.register_interval_ms);
                 put_endpoints(&mut w, &b.endpoints);
+                w.bool(b.master).u64(b.epoch);
             }
             Self::GetRoute(r) => {
                 w.string(&r.topic);
@@ -917,6 +926,7 @@ impl Request {
                 let live = BrokerLive::get(&mut r)?;
                 let register_interval_ms = r.u32("register_interval_ms")?;
                 let endpoints = get_endpoints(&mut r)?;
+                let (master, epoch) = (r.bool("master")?, r.u64("epoch")?);
                 Self::RegisterBroker(RegisterBrokerRequest {
                     cluster,
                     broker_name,
@@ -927,6 +937,8 @@ impl Request {
                     live,
                     register_interval_ms,
                     endpoints,
+                    master,
+                    epoch,
                 })
             }
             Op::GetRoute => Self::GetRoute(RouteRequest { topic: r.string("topic")? }),
@@ -1004,6 +1016,7 @@ impl Response {
                     w.u32(b.topics).u64(b.last_seen_ms_ago).opt_u64(b.down_ms_ago);
                     b.live.put(&mut w);
                     put_endpoints(&mut w, &b.endpoints);
+                    w.bool(b.master).u64(b.epoch);
                 }
             }
             Self::Pull(p) => {
@@ -1159,6 +1172,8 @@ impl Response {
                         down_ms_ago: r.opt_u64("down_ms_ago")?,
                         live: BrokerLive::get(r)?,
                         endpoints: get_endpoints(r)?,
+                        master: r.bool("master")?,
+                        epoch: r.u64("epoch")?,
                     })
                 })?;
                 Self::GetCluster(all)
@@ -1228,20 +1243,38 @@ mod tests {
             ),
             (any::<u32>(), s())
                 .prop_map(|(broker_id, local_offsets_json)| Request::ReplicaMeta(ReplicaMetaRequest { broker_id, local_offsets_json })),
-            ((s(), s(), any::<u32>(), s(), s()), proptest::collection::vec((s(), any::<u32>()), 0..4), live(), any::<u32>(), endpoints())
-                .prop_map(|((cluster, broker_name, broker_id, addr, admin_addr), topics, live, register_interval_ms, endpoints)| {
-                    Request::RegisterBroker(RegisterBrokerRequest {
-                        cluster,
-                        broker_name,
-                        broker_id,
-                        addr,
-                        admin_addr,
+            (
+                (s(), s(), any::<u32>(), s(), s()),
+                proptest::collection::vec((s(), any::<u32>()), 0..4),
+                live(),
+                any::<u32>(),
+                endpoints(),
+                (any::<bool>(), any::<u64>())
+            )
+                .prop_map(
+                    |(
+                        (cluster, broker_name, broker_id, addr, admin_addr),
                         topics,
                         live,
                         register_interval_ms,
                         endpoints,
-                    })
-                }),
+                        (master, epoch),
+                    )| {
+                        Request::RegisterBroker(RegisterBrokerRequest {
+                            cluster,
+                            broker_name,
+                            broker_id,
+                            addr,
+                            admin_addr,
+                            topics,
+                            live,
+                            register_interval_ms,
+                            endpoints,
+                            master,
+                            epoch,
+                        })
+                    }
+                ),
             s().prop_map(|topic| Request::GetRoute(RouteRequest { topic })),
             Just(Request::GetCluster),
             proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| Request::Controller(Bytes::from(b))),
@@ -1353,7 +1386,14 @@ mod tests {
                     })
                 )),
             proptest::collection::vec(
-                ((s(), s(), any::<u32>(), s(), s()), any::<u32>(), any::<u64>(), any::<Option<u64>>(), live(), endpoints()),
+                (
+                    (s(), s(), any::<u32>(), s(), s()),
+                    any::<u32>(),
+                    any::<u64>(),
+                    any::<Option<u64>>(),
+                    live(),
+                    (endpoints(), any::<bool>(), any::<u64>())
+                ),
                 0..3
             )
             .prop_map(|v| (
@@ -1367,7 +1407,7 @@ mod tests {
                                 last_seen_ms_ago,
                                 down_ms_ago,
                                 live,
-                                endpoints,
+                                (endpoints, master, epoch),
                             )| {
                                 BrokerEntry {
                                     cluster,
@@ -1380,6 +1420,8 @@ mod tests {
                                     down_ms_ago,
                                     live,
                                     endpoints,
+                                    master,
+                                    epoch,
                                 }
                             }
                         )

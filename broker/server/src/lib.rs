@@ -311,10 +311,13 @@ async fn run_once(
             live: wasmq_protocol::BrokerLive::default(),
             register_interval_ms: u32::try_from(config.register_interval.as_millis()).unwrap_or(u32::MAX),
             endpoints: vec![wasmq_protocol::Endpoint { protocol: GRPC.to_owned(), addr: info.grpc_listen.to_string() }],
+            master: !replication.is_slave(),
+            epoch: 0,
         };
         let service = Arc::clone(&service);
         let registration = move || {
             let mut req = me.clone();
+            req.epoch = service.engine().store().epochs().latest();
             req.topics = service.engine().topics().into_iter().map(|(t, c)| (t, c.queues)).collect();
             let l = service.liveness(started_ms);
             req.live = wasmq_protocol::BrokerLive {
