@@ -66,6 +66,12 @@ bench-grpc:
 bench-replication:
     bash scripts/bench-replication.sh
 
+# The failover campaign with more master kills than CI runs (e.g. `just chaos 100`): three
+# controllers, a broker set of three under sync replication, a producer all along; prints the
+# checker's figures and the write-unavailability window per failover.
+chaos CYCLES="100":
+    WASMQ_FAILOVER_CYCLES={{CYCLES}} cargo test --release -p wasmq-tests --test it controller::under_sync -- --nocapture
+
 # The SIGKILL crash test with more cycles than CI runs (e.g. `just crash 200`).
 crash CYCLES="200":
     WASMQ_CRASH_CYCLES={{CYCLES}} cargo test --release -p wasmq-tests --test it store_crash -- --nocapture

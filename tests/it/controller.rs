@@ -263,6 +263,24 @@ fn a_controller_leader_killed_mid_election_still_ends_with_one_master() {
     }
 }
 
+/// The settings of broker `id` of `set` under the controller `nodes` (on a port of its own, with
+/// the nodes' certificate), and `extra`.
+fn broker_env(nodes: &Nodes, set: &str, id: u32, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let (cert, key, ca) = nodes.tls_files();
+    let mut env: Vec<(String, String)> = vec![
+        ("WASMQ_CONTROLLER".into(), nodes.list()),
+        ("WASMQ_BROKER_NAME".into(), set.into()),
+        ("WASMQ_BROKER_ID".into(), id.to_string()),
+        ("WASMQ_LISTEN".into(), free_addr()),
+        ("WASMQ_TLS_CERT".into(), cert.display().to_string()),
+        ("WASMQ_TLS_KEY".into(), key.display().to_string()),
+        ("WASMQ_PEER_CA".into(), ca.display().to_string()),
+        ("WASMQ_ADMIN_TOKEN".into(), "failover-test-token-0123".into()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
 /// Drains `topic` (`queues` queues) from `broker`: every message body.
 fn bodies(rt: &tokio::runtime::Runtime, broker: &Broker, topic: &str, queues: u32) -> BTreeSet<String> {
     rt.block_on(async {
@@ -292,20 +310,8 @@ fn a_killed_master_is_replaced_and_comes_back_as_a_slave_without_its_lost_tail()
     const TOPIC: &str = "fo";
     let nodes = Nodes::start();
     let rt = wasmq_tests::runtime();
-    let (cert, key, ca) = nodes.tls_files();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let env = |id: u32| -> Vec<(String, String)> {
-        vec![
-            ("WASMQ_CONTROLLER".into(), nodes.list()),
-            ("WASMQ_BROKER_NAME".into(), "fo-set".into()),
-            ("WASMQ_BROKER_ID".into(), id.to_string()),
-            ("WASMQ_LISTEN".into(), free_addr()),
-            ("WASMQ_TLS_CERT".into(), cert.display().to_string()),
-            ("WASMQ_TLS_KEY".into(), key.display().to_string()),
-            ("WASMQ_PEER_CA".into(), ca.display().to_string()),
-            ("WASMQ_ADMIN_TOKEN".into(), "failover-test-token-0123".into()),
-        ]
-    };
+    let env = |id: u32| broker_env(&nodes, "fo-set", id, &[]);
     let start = |id: u32, env: &[(String, String)]| {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         Broker::start(dirs[id as usize].path(), &env)
@@ -393,4 +399,132 @@ fn a_killed_master_is_replaced_and_comes_back_as_a_slave_without_its_lost_tail()
     assert!(!sent.status.success(), "the old master is a slave now");
     let (after, _) = wait_set(&nodes, "fo-set", Duration::from_secs(10), "0 back in sync", |s| s.in_sync.len() == 3);
     assert_eq!((after.master, after.epoch), (set.master, 2));
+}
+
+/// What the test's producer saw.
+#[derive(Default)]
+struct Produced {
+    acks: Vec<wasmq_tests::checker::Ack>,
+    /// When each acknowledgement came.
+    acked_at: Vec<Instant>,
+    /// Stored but answered with another status than Ok (not acknowledged).
+    not_acked: usize,
+    failed: usize,
+}
+
+/// Sends `m-0`, `m-1`, … through a `ClusterProducer` (routes from the name servers, which
+/// follow the master the controller elects) until `stop`, recording each acknowledgement (status
+/// Ok) with its queue and offset; a failed send is sent again.
+async fn produce(cluster: Arc<wasmq_client::Cluster>, topic: &'static str, stop: Arc<AtomicBool>, out: Arc<std::sync::Mutex<Produced>>) {
+    let producer = wasmq_client::ClusterProducer::new(cluster, "failover-producer");
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let id = format!("m-{n}");
+        match producer.send(topic, wasmq_client::OutgoingMessage::new(id.clone())).await {
+            Ok(r) => {
+                let mut o = out.lock().unwrap();
+                if r.receipt.status == wasmq_client::SendStatus::Ok {
+                    o.acks.push(wasmq_tests::checker::Ack { id, queue: r.receipt.queue_id, offset: r.receipt.queue_offset, key: None });
+                    o.acked_at.push(Instant::now());
+                } else {
+                    o.not_acked += 1;
+                }
+                n += 1;
+            }
+            Err(_) => {
+                out.lock().unwrap().failed += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Synchronous replication under the controller, a producer sending all along through the
+/// name server's routes: the master is killed (SIGKILL) `WASMQ_FAILOVER_CYCLES` times (default
+/// 3), each time started again to rejoin as a slave. Every acknowledged message is read back
+/// from the final master at the queue and offset it was acknowledged with, no offset holds two
+/// messages (the checker); the write-unavailability window of each failover (kill → next
+/// acknowledgement) is printed.
+#[test]
+fn under_sync_replication_killed_masters_lose_no_acknowledged_message() {
+    const SET: &str = "sync-set";
+    const TOPIC: &str = "acked";
+    let cycles: usize = std::env::var("WASMQ_FAILOVER_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let nodes = Nodes::start();
+    let rt = wasmq_tests::runtime();
+    let (cert, key, ca) = nodes.tls_files();
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ns = wasmq_tests::broker::Namesrv::start(dirs[3].path(), Some((&cert, &key, &ca)), 3_000);
+    let extra = [
+        ("WASMQ_REPLICATION", "sync"),
+        ("WASMQ_REPLICA_TIMEOUT_MS", "1000"),
+        ("WASMQ_NAMESRV", ns.listen.as_str()),
+        ("WASMQ_REGISTER_INTERVAL_MS", "300"),
+    ];
+    let envs: Vec<Vec<(String, String)>> = (0..3u32).map(|id| broker_env(&nodes, SET, id, &extra)).collect();
+    let start = |id: usize| {
+        let env: Vec<(&str, &str)> = envs[id].iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Broker::start(dirs[id].path(), &env)
+    };
+    let mut brokers: Vec<Option<Broker>> = vec![Some(start(0))];
+    wait_set(&nodes, SET, Duration::from_secs(15), "broker 0 master", |s| s.master == Some(0));
+    brokers.push(Some(start(1)));
+    brokers.push(Some(start(2)));
+    brokers[0].as_ref().unwrap().cli(&["topic", "create", TOPIC, "--queues", "2"]);
+    wait_set(&nodes, SET, Duration::from_secs(20), "all in sync", |s| s.in_sync.len() == 3);
+
+    let (stop, out) = (Arc::new(AtomicBool::new(false)), Arc::new(std::sync::Mutex::new(Produced::default())));
+    let cluster = wasmq_client::Cluster::new(vec![ns.listen.clone()], ca.clone());
+    let producer = rt.spawn(produce(cluster, TOPIC, Arc::clone(&stop), Arc::clone(&out)));
+    let mut windows = Vec::new();
+    for cycle in 0..cycles {
+        std::thread::sleep(Duration::from_millis(1500));
+        let (before, _) = wait_set(&nodes, SET, Duration::from_secs(5), "a master", |s| s.master.is_some());
+        let m = before.master.unwrap() as usize;
+        let b = brokers[m].take().unwrap();
+        let (listen, admin) = (b.listen.clone(), b.admin_listen.clone());
+        b.kill();
+        let killed_at = Instant::now();
+        wait_set(&nodes, SET, Duration::from_secs(20), "a new master", |s| s.epoch > before.epoch);
+        let resumed = loop {
+            if let Some(at) = out.lock().unwrap().acked_at.iter().find(|t| **t > killed_at) {
+                break *at - killed_at;
+            }
+            assert!(killed_at.elapsed() < Duration::from_secs(20), "cycle {cycle}: no acknowledgement after the kill");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        windows.push(resumed);
+        brokers[m] = Some(Broker::start_again(dirs[m].path(), &envs[m], &listen, &admin));
+        wait_set(&nodes, SET, Duration::from_secs(30), "the old master back in sync", |s| s.in_sync.len() == 3);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    rt.block_on(producer).unwrap();
+
+    let (last, _) = wait_set(&nodes, SET, Duration::from_secs(5), "a master", |s| s.master.is_some());
+    let master = brokers[last.master.unwrap() as usize].as_ref().unwrap();
+    let reads: Vec<wasmq_tests::checker::Seen> = rt.block_on(async {
+        let conn = master.connect().await;
+        wasmq_tests::drain(&conn, TOPIC, 2)
+            .await
+            .into_iter()
+            .map(|(queue, m)| wasmq_tests::checker::Seen {
+                queue,
+                offset: m.queue_offset,
+                id: String::from_utf8_lossy(&m.message.body).into_owned(),
+            })
+            .collect()
+    });
+    let o = out.lock().unwrap();
+    let report = wasmq_tests::checker::check(&o.acks, &reads, true);
+    windows.sort();
+    eprintln!(
+        "{cycles} master kills under sync replication: {report}; {} stored without acknowledgement, {} failed sends; writes resumed after (ms) median {} max {}",
+        o.not_acked,
+        o.failed,
+        windows[windows.len() / 2].as_millis(),
+        windows.last().unwrap().as_millis()
+    );
+    assert!(o.acks.len() > 100, "the producer got too few acknowledgements to mean anything: {}", o.acks.len());
+    assert!(report.lost.is_empty() && report.moved.is_empty() && report.conflicting.is_empty(), "{report}");
 }

@@ -131,6 +131,7 @@ const ENV_NOT_SETTINGS: &[&str] = &[
     "SKIP_ROOT_TESTS",
     "CRASH_CYCLES",
     "REPLICATION_CYCLES",
+    "FAILOVER_CYCLES",
 ];
 
 /// Every setting, by its TOML key (`WASMQ_` + the key in capitals in the environment).

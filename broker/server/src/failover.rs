@@ -30,6 +30,21 @@ const ROLE_RETRY: Duration = Duration::from_millis(300);
 /// A broker that cannot learn its role says so this often.
 const ROLE_WAIT_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
+/// What the controller told a starting broker.
+#[derive(Debug, Clone)]
+pub struct Assigned {
+    pub role: Role,
+    /// Its set as the controller holds it.
+    pub set: BrokerSet,
+    /// When the answered heartbeat was sent, and the master lease it gives from then.
+    pub lease: (Instant, Duration),
+}
+
+/// The lease a heartbeat answer with `master_timeout_ms` gives a master.
+fn lease(master_timeout_ms: u64) -> Duration {
+    Duration::from_millis(master_timeout_ms).saturating_sub(LEASE_MARGIN)
+}
+
 /// What a start (or restart) of the broker's services is to be.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
@@ -115,24 +130,30 @@ fn heartbeat(me: &Me, store: &wasmq_store::Store, in_sync: Option<BTreeSet<u32>>
     })
 }
 
-/// Asks the controller until it answers with this broker's role (`None` if `stop` comes
-/// first). Elected master of an epoch newer than the log's, the broker begins that epoch at its
-/// log's end before it takes a write.
+/// Asks the controller until it answers with this broker's role and its set as the controller
+/// holds it (`None` if `stop` comes first). Elected master of an epoch newer than the log's, the
+/// broker begins that epoch at its log's end before it takes a write.
 ///
 /// # Errors
 /// The epoch could not be recorded.
-pub async fn initial_role(client: &Client, me: &Me, store: &wasmq_store::Store, stop: &CancellationToken) -> anyhow::Result<Option<Role>> {
+pub async fn initial_role(
+    client: &Client,
+    me: &Me,
+    store: &wasmq_store::Store,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<Assigned>> {
     let mut said = Instant::now().checked_sub(ROLE_WAIT_LOG_INTERVAL).unwrap_or_else(Instant::now);
     loop {
+        let sent = Instant::now();
         let why = match client.call(&heartbeat(me, store, None)).await {
-            Ok(Answer::Beat { set, .. }) => match role_in(&set, me, store.epochs().latest()) {
+            Ok(Answer::Beat { set, master_timeout_ms }) => match role_in(&set, me, store.epochs().latest()) {
                 Ok((role, begin)) => {
                     if let Some(epoch) = begin {
                         let at = store.begin_epoch(epoch)?;
                         tracing::warn!(epoch, at, "elected master: epoch begun");
                     }
                     tracing::info!(?role, epoch = set.epoch, "role from the controller");
-                    return Ok(Some(role));
+                    return Ok(Some(Assigned { role, set, lease: (sent, lease(master_timeout_ms)) }));
                 }
                 Err(why) => why,
             },
@@ -152,12 +173,15 @@ pub async fn initial_role(client: &Client, me: &Me, store: &wasmq_store::Store, 
 
 /// Sends heartbeats until `stop`. An answer that changes this broker's role asks `restart` for
 /// a restart (a master replaced stops taking writes at once); a master whose lease ran out
-/// (no answer for the controller's master timeout less [`LEASE_MARGIN`]) takes no writes until
-/// an answer confirms it.
+/// (no answer for the controller's master timeout less [`LEASE_MARGIN`], counted from when the
+/// last answered heartbeat was sent; the first from `first_lease`) takes no writes until an
+/// answer confirms it.
+#[allow(clippy::too_many_arguments)]
 pub async fn heartbeats(
     client: Arc<Client>,
     me: Me,
     role: Role,
+    first_lease: Option<(Instant, Duration)>,
     engine: Arc<Engine>,
     replication: Arc<Replication>,
     restart: Arc<Restart>,
@@ -166,7 +190,7 @@ pub async fn heartbeats(
     let store = Arc::clone(engine.store());
     let master = role == Role::Master;
     // When the last answered heartbeat was sent, and the lease it gave.
-    let mut lease: Option<(Instant, Duration)> = master.then(|| (Instant::now(), Duration::ZERO));
+    let mut lease: Option<(Instant, Duration)> = if master { Some(first_lease.unwrap_or((Instant::now(), Duration::ZERO))) } else { None };
     let mut fenced = false;
     let mut every = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
@@ -180,7 +204,8 @@ pub async fn heartbeats(
             Ok(Answer::Beat { set, master_timeout_ms }) => match role_in(&set, &me, store.epochs().latest()) {
                 Ok((r, None)) if r == role => {
                     if master {
-                        lease = Some((sent, Duration::from_millis(master_timeout_ms).saturating_sub(LEASE_MARGIN)));
+                        replication.set_in_sync_committed(set.in_sync.clone());
+                        lease = Some((sent, self::lease(master_timeout_ms)));
                         if fenced {
                             fenced = false;
                             engine.clear_read_only();

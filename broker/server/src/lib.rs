@@ -236,10 +236,17 @@ async fn run_once(
         (!config.controller.is_empty()).then(|| Arc::new(wasmq_controller_api::Client::new(config.controller.clone(), &peer_ca)));
     let me =
         failover::Me { set: config.broker_name.clone(), id: config.broker_id, addr: config.listen.to_string(), peer_ca: peer_ca.clone() };
+    // Under a controller, a master's acknowledgements wait for the in-sync set it holds.
+    let (mut in_sync, mut first_lease) = (None, None);
     let role = match (&controller, plan.role) {
         (_, Some(role)) => role,
         (Some(client), None) => match failover::initial_role(client, &me, &store, &shutdown).await? {
-            Some(role) => role,
+            Some(assigned) => {
+                if assigned.role == Role::Master {
+                    (in_sync, first_lease) = (Some(assigned.set.in_sync), Some(assigned.lease));
+                }
+                assigned.role
+            }
             None => {
                 tokio::task::spawn_blocking(move || store.shutdown()).await?.context("final flush")?;
                 return Ok(Started {
@@ -272,6 +279,9 @@ async fn run_once(
     );
     let replication =
         Replication::new(&engine, &config.broker_name, config.broker_id, role, config.replication, config.slave_read_behind_bytes);
+    if let Some(in_sync) = in_sync {
+        replication.set_in_sync_committed(in_sync);
+    }
     let service = Arc::new(Service::new(Arc::clone(&engine), plugins.clone(), Arc::clone(&replication)));
     service.metrics().recovery_seconds.set(report.elapsed.as_secs_f64());
     let names = (!config.namesrv.is_empty()).then(|| Arc::new(wasmq_namesrv::NameServers::new(config.namesrv.clone(), peer_ca.clone())));
@@ -343,6 +353,7 @@ async fn run_once(
             Arc::clone(client),
             failover::Me { addr: info.listen.to_string(), ..me },
             replication.role.clone(),
+            first_lease,
             Arc::clone(&engine),
             Arc::clone(&replication),
             Arc::clone(restart),

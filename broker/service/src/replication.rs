@@ -8,7 +8,7 @@
 //! wait for new bytes — and, in `sync` mode, holds a send's answer until enough slaves hold it
 //! (or says why not).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,8 +61,10 @@ struct SlaveState {
     admin_addr: String,
     acked: u64,
     last_seen: Instant,
-    /// When the slave last held everything the master had.
-    caught_up: Instant,
+    /// When the slave last held everything the master had (never, since it connected: `None`).
+    caught_up: Option<Instant>,
+    /// When it connected (its lag is counted from then until it first catches up).
+    since: Instant,
 }
 
 /// What a slave knows of its master.
@@ -109,6 +111,8 @@ pub struct Replication {
     acked: Notify,
     slaves: Mutex<BTreeMap<u32, SlaveState>>,
     link: Mutex<MasterLink>,
+    /// Under a failover controller, the in-sync set it holds (see `set_in_sync_committed`).
+    in_sync_committed: Mutex<Option<BTreeSet<u32>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -137,6 +141,7 @@ impl Replication {
             acked: Notify::new(),
             slaves: Mutex::new(BTreeMap::new()),
             link: Mutex::new(MasterLink::default()),
+            in_sync_committed: Mutex::new(None),
         })
     }
 
@@ -240,13 +245,13 @@ impl Replication {
         }
         let s = slaves.entry(broker_id).or_insert_with(|| {
             tracing::info!(broker_id, admin_addr, "slave connected");
-            SlaveState { admin_addr: admin_addr.to_owned(), acked, last_seen: now, caught_up: now }
+            SlaveState { admin_addr: admin_addr.to_owned(), acked, last_seen: now, caught_up: None, since: now }
         });
         s.acked = s.acked.max(acked);
         s.last_seen = now;
         admin_addr.clone_into(&mut s.admin_addr);
         if acked >= end {
-            s.caught_up = now;
+            s.caught_up = Some(now);
         }
         drop(slaves);
         self.acked.notify_waiters();
@@ -270,12 +275,28 @@ impl Replication {
         })
     }
 
-    /// Master, sync mode: waits until enough slaves hold everything below `end_offset`.
+    /// Master, sync mode: waits until enough slaves hold everything below `end_offset` —
+    /// under a failover controller, every member of its in-sync set.
     pub async fn replicated(&self, end_offset: u64) -> Guarantee {
         let Mode::Sync { replicas, timeout } = self.mode else { return Guarantee::Ok };
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.acked.notified();
+            // (The guard must not live into the body: it waits.)
+            let committed = lock(&self.in_sync_committed).clone();
+            if let Some(in_sync) = committed {
+                let others: Vec<u32> = in_sync.into_iter().filter(|id| *id != self.broker_id).collect();
+                if (others.len() as u32) < replicas {
+                    return Guarantee::SlaveNotAvailable;
+                }
+                if others.iter().all(|id| lock(&self.slaves).get(id).is_some_and(|s| s.acked >= end_offset)) {
+                    return Guarantee::Ok;
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    return Guarantee::SlaveTimeout;
+                }
+                continue;
+            }
             let (live, holding) = {
                 let slaves = lock(&self.slaves);
                 let live =
@@ -327,21 +348,42 @@ impl Replication {
                 admin_addr: s.admin_addr.clone(),
                 acked_offset: s.acked,
                 lag_bytes: end.saturating_sub(s.acked),
-                lag_ms: if s.acked >= end { 0 } else { s.caught_up.elapsed().as_millis() as u64 },
+                lag_ms: if s.acked >= end { 0 } else { s.caught_up.unwrap_or(s.since).elapsed().as_millis() as u64 },
                 connected: s.last_seen.elapsed() < live_within,
                 last_seen_ms_ago: s.last_seen.elapsed().as_millis() as u64,
             })
             .collect()
     }
 
-    /// Master: the members in sync with it, itself included (connected slaves that held
-    /// everything it had within [`IN_SYNC_CAUGHT_UP_WITHIN`]).
-    pub fn in_sync(&self, end: u64) -> std::collections::BTreeSet<u32> {
-        let within = IN_SYNC_CAUGHT_UP_WITHIN.as_millis() as u64;
-        let mut set: std::collections::BTreeSet<u32> =
-            self.slaves(end).into_iter().filter(|s| s.connected && s.lag_ms <= within).map(|s| s.broker_id).collect();
+    /// Master: the members in sync with it, itself included: connected slaves that held
+    /// everything it had within [`IN_SYNC_CAUGHT_UP_WITHIN`] (a slave that connected and has
+    /// not caught up once is not, however recent).
+    pub fn in_sync(&self, end: u64) -> BTreeSet<u32> {
+        let live_within = Duration::from_millis(u64::from(FETCH_WAIT_MS) * 3);
+        let mut set: BTreeSet<u32> = lock(&self.slaves)
+            .iter()
+            .filter(|(_, s)| {
+                s.last_seen.elapsed() < live_within
+                    && (s.acked >= end || s.caught_up.is_some_and(|t| t.elapsed() <= IN_SYNC_CAUGHT_UP_WITHIN))
+            })
+            .map(|(id, _)| *id)
+            .collect();
         set.insert(self.broker_id);
         set
+    }
+
+    /// Master under a failover controller: the in-sync set the controller holds for this
+    /// master's epoch. From then on a synchronous send waits for every member of it (not for
+    /// any `replicas` slaves), so that whichever of them is elected next holds what was
+    /// acknowledged; fewer members than `replicas` besides the master: `SlaveNotAvailable`.
+    pub fn set_in_sync_committed(&self, in_sync: BTreeSet<u32>) {
+        let mut committed = lock(&self.in_sync_committed);
+        if committed.as_ref() != Some(&in_sync) {
+            *committed = Some(in_sync);
+            drop(committed);
+            // Sends waiting for a member that left the set may be answered now.
+            self.acked.notify_waiters();
+        }
     }
 
     /// Slave: the link to the master.
