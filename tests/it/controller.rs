@@ -185,7 +185,8 @@ fn three_controllers_fail_a_silent_master_over_and_survive_their_leader() {
     let silent_at = Instant::now();
     let (set, _) = wait_set(&nodes, "a", Duration::from_secs(10), "failover to broker 2", |s| s.epoch == 2);
     let took = silent_at.elapsed();
-    assert_eq!((set.master, set.in_sync.iter().copied().collect::<Vec<_>>()), (Some(2), vec![2]), "{set:?}");
+    // The old master leaves the in-sync set; the other in-sync member stays.
+    assert_eq!((set.master, set.in_sync.iter().copied().collect::<Vec<_>>()), (Some(2), vec![1, 2]), "{set:?}");
     eprintln!("master silent → new master elected: {} ms (master timeout {MASTER_TIMEOUT_MS} ms)", took.as_millis());
     // Its last heartbeat went out at most one beat (and a call) before it was stopped.
     assert!(took >= Duration::from_millis(MASTER_TIMEOUT_MS) - BEAT - Duration::from_millis(100), "elected too early: {took:?}");
@@ -206,8 +207,7 @@ fn three_controllers_fail_a_silent_master_over_and_survive_their_leader() {
     assert_eq!(set.master, Some(2));
     let (_, text, _) = nodes.cli(&["status"]);
     assert!(text.contains(&format!("node {} {} down", killed + 1, nodes.addrs[killed].1)), "{text}");
-    // Master 2 reports broker 1 in sync; a switchover to 0 (silent, out of sync) is refused.
-    wait_set(&nodes, "a", Duration::from_secs(10), "1 back in sync", |s| s.in_sync.contains(&1));
+    // A switchover to 0 (silent, out of sync) is refused.
     let (ok, _, err) = nodes.cli(&["elect", "a", "--to", "0"]);
     assert!(!ok && err.contains("broker 0 is not in sync"), "{err}");
     let (ok, out, err) = nodes.cli(&["elect", "a", "--to", "1"]);

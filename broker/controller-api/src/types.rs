@@ -48,8 +48,8 @@ pub enum Command {
     /// (out). The set must hold the master and only members.
     AlterInSync { set: String, master: BrokerId, epoch: u64, in_sync: BTreeSet<BrokerId> },
     /// A new master for `set`, replacing the master of `epoch`; the epoch goes up by one and the
-    /// in-sync set becomes the new master alone (the others rejoin once they have truncated
-    /// any tail it lacks and caught up).
+    /// old master leaves the in-sync set (it rejoins once it has cut any tail the new master lacks
+    /// and caught up); after an unclean election the new master is the in-sync set alone.
     Elect { set: String, epoch: u64, how: Election },
 }
 

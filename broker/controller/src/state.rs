@@ -87,9 +87,20 @@ impl ControllerState {
                         *id
                     }
                 };
+                // The other in-sync members hold every acknowledged message (an acknowledgement
+                // waited for each of them) and stay in sync, as in Kafka's ISR: the new master's
+                // acknowledgements wait for them from the start. The old master leaves it (it may
+                // hold a tail nobody acknowledged, and rejoins once it has cut it); after an
+                // unclean election nobody is known to hold what the new master has.
+                let old = s.master;
                 s.master = Some(chosen);
                 s.epoch += 1;
-                s.in_sync = BTreeSet::from([chosen]);
+                if matches!(how, Election::Unclean(_)) {
+                    s.in_sync = BTreeSet::from([chosen]);
+                } else {
+                    s.in_sync.retain(|id| Some(*id) != old);
+                    s.in_sync.insert(chosen);
+                }
                 Outcome::Applied(s.clone())
             }
         }
@@ -138,7 +149,7 @@ mod tests {
         assert!(matches!(alter(&mut s, 0, 1, &[0, 1, 2]), Outcome::Applied(_)));
         // 2 is further ahead than 1; 9 is no member, 0 is the master that is gone.
         assert!(matches!(failover(&mut s, 1, &[(0, 900), (1, 500), (2, 700), (9, 999)]), Outcome::Applied(_)));
-        assert_eq!((set(&s).master, set(&s).epoch, &set(&s).in_sync), (Some(2), 2, &in_sync(&[2])));
+        assert_eq!((set(&s).master, set(&s).epoch, &set(&s).in_sync), (Some(2), 2, &in_sync(&[1, 2])), "the old master leaves");
         // The same failover decided again (the leader retrying) is stale now.
         let Outcome::Refused(why) = failover(&mut s, 1, &[(1, 500)]) else { panic!("a second election for epoch 1") };
         assert!(why.contains("epoch 1 of a is stale: it is in epoch 2"), "{why}");
