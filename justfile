@@ -66,9 +66,9 @@ bench-grpc:
 bench-replication:
     bash scripts/bench-replication.sh
 
-# The failover campaign with more master kills than CI runs (e.g. `just chaos 100`): three
-# controllers, a broker set of three under sync replication, a producer all along; prints the
-# checker's figures and the write-unavailability window per failover.
+# The failover campaign with more master kills than CI runs (e.g. `just chaos 100`: 100 kills
+# and 50 pauses): three controllers, a broker set of three under sync replication, a producer
+# all along; prints the checker's figures and the write-unavailability windows.
 chaos CYCLES="100":
     WASMQ_FAILOVER_CYCLES={{CYCLES}} cargo test --release -p wasmq-tests --test it controller::under_sync -- --nocapture
 

@@ -405,8 +405,8 @@ fn a_killed_master_is_replaced_and_comes_back_as_a_slave_without_its_lost_tail()
 #[derive(Default)]
 struct Produced {
     acks: Vec<wasmq_tests::checker::Ack>,
-    /// When each acknowledgement came.
-    acked_at: Vec<Instant>,
+    /// For each acknowledgement: when its message was first sent, when it was acknowledged.
+    acked_at: Vec<(Instant, Instant)>,
     /// Stored but answered with another status than Ok (not acknowledged).
     not_acked: usize,
     failed: usize,
@@ -418,6 +418,7 @@ struct Produced {
 async fn produce(cluster: Arc<wasmq_client::Cluster>, topic: &'static str, stop: Arc<AtomicBool>, out: Arc<std::sync::Mutex<Produced>>) {
     let producer = wasmq_client::ClusterProducer::new(cluster, "failover-producer");
     let mut n = 0u64;
+    let mut first_sent = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let id = format!("m-{n}");
         match producer.send(topic, wasmq_client::OutgoingMessage::new(id.clone())).await {
@@ -425,11 +426,12 @@ async fn produce(cluster: Arc<wasmq_client::Cluster>, topic: &'static str, stop:
                 let mut o = out.lock().unwrap();
                 if r.receipt.status == wasmq_client::SendStatus::Ok {
                     o.acks.push(wasmq_tests::checker::Ack { id, queue: r.receipt.queue_id, offset: r.receipt.queue_offset, key: None });
-                    o.acked_at.push(Instant::now());
+                    o.acked_at.push((first_sent, Instant::now()));
                 } else {
                     o.not_acked += 1;
                 }
                 n += 1;
+                first_sent = Instant::now();
             }
             Err(_) => {
                 out.lock().unwrap().failed += 1;
@@ -441,15 +443,18 @@ async fn produce(cluster: Arc<wasmq_client::Cluster>, topic: &'static str, stop:
 
 /// Synchronous replication under the controller, a producer sending all along through the
 /// name server's routes: the master is killed (SIGKILL) `WASMQ_FAILOVER_CYCLES` times (default
-/// 3), each time started again to rejoin as a slave. Every acknowledged message is read back
-/// from the final master at the queue and offset it was acknowledged with, no offset holds two
-/// messages (the checker); the write-unavailability window of each failover (kill → next
-/// acknowledgement) is printed.
+/// 10), each time started again to rejoin as a slave, then paused (SIGSTOP) half as many times
+/// until another is elected, and continued (SIGCONT) to find itself replaced and rejoin. Every
+/// acknowledged message is read back from the final master at the queue and offset it was
+/// acknowledged with, no offset holds two messages (the checker); the write-unavailability
+/// window of each failover (kill or pause → next acknowledgement) is printed.
 #[test]
 fn under_sync_replication_killed_masters_lose_no_acknowledged_message() {
     const SET: &str = "sync-set";
     const TOPIC: &str = "acked";
-    let cycles: usize = std::env::var("WASMQ_FAILOVER_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let kills: usize = std::env::var("WASMQ_FAILOVER_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    // Half as many pauses as kills (the issue's 10 and 5 by default).
+    let pauses = kills / 2;
     let nodes = Nodes::start();
     let rt = wasmq_tests::runtime();
     let (cert, key, ca) = nodes.tls_files();
@@ -476,25 +481,43 @@ fn under_sync_replication_killed_masters_lose_no_acknowledged_message() {
     let (stop, out) = (Arc::new(AtomicBool::new(false)), Arc::new(std::sync::Mutex::new(Produced::default())));
     let cluster = wasmq_client::Cluster::new(vec![ns.listen.clone()], ca.clone());
     let producer = rt.spawn(produce(cluster, TOPIC, Arc::clone(&stop), Arc::clone(&out)));
-    let mut windows = Vec::new();
-    for cycle in 0..cycles {
-        std::thread::sleep(Duration::from_millis(1500));
+    let (mut kill_windows, mut pause_windows) = (Vec::new(), Vec::new());
+    for cycle in 0..kills + pauses {
+        let pause = cycle >= kills;
+        std::thread::sleep(Duration::from_millis(1000));
         let (before, _) = wait_set(&nodes, SET, Duration::from_secs(5), "a master", |s| s.master.is_some());
         let m = before.master.unwrap() as usize;
-        let b = brokers[m].take().unwrap();
-        let (listen, admin) = (b.listen.clone(), b.admin_listen.clone());
-        b.kill();
-        let killed_at = Instant::now();
+        let stopped_at = Instant::now();
+        let restart = if pause {
+            // SIGSTOP: hung, not dead; it comes back after a new master was elected.
+            brokers[m].as_ref().unwrap().signal(libc::SIGSTOP);
+            None
+        } else {
+            let b = brokers[m].take().unwrap();
+            let addrs = (b.listen.clone(), b.admin_listen.clone());
+            b.kill();
+            Some(addrs)
+        };
         wait_set(&nodes, SET, Duration::from_secs(20), "a new master", |s| s.epoch > before.epoch);
+        // Unavailable from the stop until a message sent after it is acknowledged (an answer
+        // already on its way when the master stopped does not count).
         let resumed = loop {
-            if let Some(at) = out.lock().unwrap().acked_at.iter().find(|t| **t > killed_at) {
-                break *at - killed_at;
+            if let Some((_, at)) = out.lock().unwrap().acked_at.iter().find(|(sent, _)| *sent > stopped_at) {
+                break *at - stopped_at;
             }
-            assert!(killed_at.elapsed() < Duration::from_secs(20), "cycle {cycle}: no acknowledgement after the kill");
+            assert!(stopped_at.elapsed() < Duration::from_secs(20), "cycle {cycle}: no acknowledgement after the master stopped");
             std::thread::sleep(Duration::from_millis(20));
         };
-        windows.push(resumed);
-        brokers[m] = Some(Broker::start_again(dirs[m].path(), &envs[m], &listen, &admin));
+        match restart {
+            Some((listen, admin)) => {
+                kill_windows.push(resumed);
+                brokers[m] = Some(Broker::start_again(dirs[m].path(), &envs[m], &listen, &admin));
+            }
+            None => {
+                pause_windows.push(resumed);
+                brokers[m].as_ref().unwrap().signal(libc::SIGCONT);
+            }
+        }
         wait_set(&nodes, SET, Duration::from_secs(30), "the old master back in sync", |s| s.in_sync.len() == 3);
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -517,13 +540,20 @@ fn under_sync_replication_killed_masters_lose_no_acknowledged_message() {
     });
     let o = out.lock().unwrap();
     let report = wasmq_tests::checker::check(&o.acks, &reads, true);
-    windows.sort();
+    let median_max = |w: &mut Vec<Duration>| -> String {
+        w.sort();
+        match w.last() {
+            Some(max) => format!("median {} max {}", w[w.len() / 2].as_millis(), max.as_millis()),
+            None => "-".into(),
+        }
+    };
     eprintln!(
-        "{cycles} master kills under sync replication: {report}; {} stored without acknowledgement, {} failed sends; writes resumed after (ms) median {} max {}",
+        "{kills} master kills and {pauses} pauses under sync replication: {report}; {} stored without acknowledgement, {} failed sends; \
+         writes resumed after (ms): kills {}, pauses {}",
         o.not_acked,
         o.failed,
-        windows[windows.len() / 2].as_millis(),
-        windows.last().unwrap().as_millis()
+        median_max(&mut kill_windows),
+        median_max(&mut pause_windows)
     );
     assert!(o.acks.len() > 100, "the producer got too few acknowledgements to mean anything: {}", o.acks.len());
     assert!(report.lost.is_empty() && report.moved.is_empty() && report.conflicting.is_empty(), "{report}");

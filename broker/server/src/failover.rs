@@ -191,6 +191,9 @@ pub async fn heartbeats(
     let master = role == Role::Master;
     // When the last answered heartbeat was sent, and the lease it gave.
     let mut lease: Option<(Instant, Duration)> = if master { Some(first_lease.unwrap_or((Instant::now(), Duration::ZERO))) } else { None };
+    if let Some((from, ttl)) = lease {
+        replication.extend_lease(from + ttl);
+    }
     let mut fenced = false;
     let mut every = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
@@ -206,6 +209,7 @@ pub async fn heartbeats(
                     if master {
                         replication.set_in_sync_committed(set.in_sync.clone());
                         lease = Some((sent, self::lease(master_timeout_ms)));
+                        replication.extend_lease(sent + self::lease(master_timeout_ms));
                         if fenced {
                             fenced = false;
                             engine.clear_read_only();

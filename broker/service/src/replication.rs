@@ -113,6 +113,9 @@ pub struct Replication {
     link: Mutex<MasterLink>,
     /// Under a failover controller, the in-sync set it holds (see `set_in_sync_committed`).
     in_sync_committed: Mutex<Option<BTreeSet<u32>>>,
+    /// Under a failover controller, until when this master may acknowledge writes (see
+    /// `extend_lease`).
+    lease_until: Mutex<Option<Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -142,6 +145,7 @@ impl Replication {
             slaves: Mutex::new(BTreeMap::new()),
             link: Mutex::new(MasterLink::default()),
             in_sync_committed: Mutex::new(None),
+            lease_until: Mutex::new(None),
         })
     }
 
@@ -384,6 +388,21 @@ impl Replication {
             // Sends waiting for a member that left the set may be answered now.
             self.acked.notify_waiters();
         }
+    }
+
+    /// Master under a failover controller: it may acknowledge writes until `until` (the send
+    /// time of the last heartbeat the controller answered, plus the controller's master timeout
+    /// less a margin: before another master can have been elected). Never shortened.
+    pub fn extend_lease(&self, until: Instant) {
+        let mut lease = lock(&self.lease_until);
+        if lease.is_none_or(|l| until > l) {
+            *lease = Some(until);
+        }
+    }
+
+    /// How long ago this master's lease ran out, if it did (never without a controller).
+    pub fn lease_expired(&self) -> Option<Duration> {
+        lock(&self.lease_until).and_then(|l| Instant::now().checked_duration_since(l)).filter(|d| !d.is_zero())
     }
 
     /// Slave: the link to the master.

@@ -265,12 +265,23 @@ impl Service {
                 Err(_) => return Err(ServiceError::FlushTimeout(format!("{} but not flushed within {timeout:?}", what()))),
             }
         }
-        if !matches!(self.replication.mode, crate::Mode::Sync { .. }) {
-            return Ok(crate::Guarantee::Ok);
+        let guarantee = if matches!(self.replication.mode, crate::Mode::Sync { .. }) {
+            let started = std::time::Instant::now();
+            let guarantee = self.replication.replicated(end_offset).await;
+            self.metrics.replication_wait_seconds.observe(started.elapsed().as_secs_f64());
+            guarantee
+        } else {
+            crate::Guarantee::Ok
+        };
+        // Checked last, at the moment of answering: a master paused or cut off past its lease
+        // acknowledges nothing, whatever it stored meanwhile.
+        if let Some(over) = self.replication.lease_expired() {
+            return Err(ServiceError::NotMaster(format!(
+                "{} but not acknowledged: this master's lease from the failover controller ran out {} ms ago (another master may have been elected)",
+                what(),
+                over.as_millis()
+            )));
         }
-        let started = std::time::Instant::now();
-        let guarantee = self.replication.replicated(end_offset).await;
-        self.metrics.replication_wait_seconds.observe(started.elapsed().as_secs_f64());
         Ok(guarantee)
     }
 }
