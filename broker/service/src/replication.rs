@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,8 +115,10 @@ pub struct Replication {
     /// Under a failover controller, the in-sync set it holds (see `set_in_sync_committed`).
     in_sync_committed: Mutex<Option<BTreeSet<u32>>>,
     /// Under a failover controller, until when this master may acknowledge writes (see
-    /// `extend_lease`).
-    lease_until: Mutex<Option<Instant>>,
+    /// `extend_lease`): nanoseconds after `created`, 0 for no lease. An atomic, as every write's
+    /// answer reads it.
+    lease_until_ns: AtomicU64,
+    created: Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -145,7 +148,8 @@ impl Replication {
             slaves: Mutex::new(BTreeMap::new()),
             link: Mutex::new(MasterLink::default()),
             in_sync_committed: Mutex::new(None),
-            lease_until: Mutex::new(None),
+            lease_until_ns: AtomicU64::new(0),
+            created: Instant::now(),
         })
     }
 
@@ -394,15 +398,18 @@ impl Replication {
     /// time of the last heartbeat the controller answered, plus the controller's master timeout
     /// less a margin: before another master can have been elected). Never shortened.
     pub fn extend_lease(&self, until: Instant) {
-        let mut lease = lock(&self.lease_until);
-        if lease.is_none_or(|l| until > l) {
-            *lease = Some(until);
-        }
+        let ns = u64::try_from(until.saturating_duration_since(self.created).as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.lease_until_ns.fetch_max(ns, Ordering::Release);
     }
 
     /// How long ago this master's lease ran out, if it did (never without a controller).
     pub fn lease_expired(&self) -> Option<Duration> {
-        lock(&self.lease_until).and_then(|l| Instant::now().checked_duration_since(l)).filter(|d| !d.is_zero())
+        let until = self.lease_until_ns.load(Ordering::Acquire);
+        if until == 0 {
+            return None;
+        }
+        let now = u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        (now > until).then(|| Duration::from_nanos(now - until))
     }
 
     /// Slave: the link to the master.
