@@ -217,14 +217,7 @@ async fn run_once(
 ) -> Result<Started> {
     let started_ms = now_ms();
     raise_open_files_limit(config.connections_max.get());
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let (cert, key, ca_path) = match &config.tls {
-        Some((c, k)) => (c.clone(), k.clone(), None),
-        None => {
-            let (c, k) = tls::ensure_dev_certificates(&config.data_dir)?;
-            (c, k, Some(tls::dev_ca_path(&config.data_dir)))
-        }
-    };
+    let (cert, key, ca_path) = certificate_or_dev(&config.data_dir, config.tls.as_ref())?;
     let peer_ca = config.peer_ca.clone().unwrap_or_else(|| tls::dev_ca_path(&config.data_dir));
     let token = admin_token(config)?;
     let (store, report) = open_store(config.store.clone()).await?;
