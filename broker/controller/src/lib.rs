@@ -21,5 +21,5 @@ pub use node::{
     CONNECTIONS_MAX, MASTER_TIMEOUT_DEFAULT, Node, NodeConfig, RAFT_ELECTION_TIMEOUT_MAX, RAFT_ELECTION_TIMEOUT_MIN, RAFT_HEARTBEAT,
 };
 pub use raft::{Raft, StateMachine, TypeConfig};
-pub use state::ControllerState;
+pub use state::{BROKER_SETS_MAX, ControllerState, MEMBERS_PER_SET_MAX};
 pub use wasmq_controller_api::{BrokerId, BrokerSet, Command, Election, NodeId, Outcome};

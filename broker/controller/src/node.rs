@@ -105,8 +105,8 @@ struct Watch {
     leading_since: Option<Instant>,
     /// By (set, member): its last heartbeat.
     heard: HashMap<(String, BrokerId), Heartbeat1>,
-    /// By (set, epoch): when a refused election was last logged.
-    refused_logged: HashMap<(String, u64), Instant>,
+    /// By set: the epoch and time a refused election was last logged.
+    refused_logged: HashMap<String, (u64, Instant)>,
 }
 
 /// A running controller node.
@@ -221,7 +221,7 @@ impl Node {
         if !self.leading() {
             return self.not_leader();
         }
-        lock(&self.watch).heard.insert((h.set.clone(), h.id), Heartbeat1 { at: Instant::now(), log_end: h.log_end, epoch: h.epoch });
+        let heard = Heartbeat1 { at: Instant::now(), log_end: h.log_end, epoch: h.epoch };
         let known = self.sm.state().await.sets.get(&h.set).cloned();
         let mut set = match known {
             Some(s) if s.members.get(&h.id) == Some(&h.addr) => s,
@@ -234,6 +234,8 @@ impl Node {
                 Err(a) => return a,
             },
         };
+        // Only members are remembered (the state bounds them), so `heard` is bounded too.
+        lock(&self.watch).heard.insert((h.set.clone(), h.id), heard);
         if let Some(in_sync) = h.in_sync
             && set.master == Some(h.id)
             && set.epoch == h.epoch
@@ -367,9 +369,9 @@ impl Node {
                     ),
                     Ok(Outcome::Refused(why)) => {
                         let mut w = lock(&self.watch);
-                        let logged = w.refused_logged.entry((name.clone(), set.epoch)).or_insert(now - REFUSAL_LOG_INTERVAL);
-                        if now.duration_since(*logged) >= REFUSAL_LOG_INTERVAL {
-                            *logged = now;
+                        let logged = w.refused_logged.entry(name.clone()).or_insert((set.epoch, now - REFUSAL_LOG_INTERVAL));
+                        if logged.0 != set.epoch || now.duration_since(logged.1) >= REFUSAL_LOG_INTERVAL {
+                            *logged = (set.epoch, now);
                             tracing::error!(set = %name, master, silent_ms = silent.as_millis() as u64, %why, "master silent and no new master can be elected");
                         }
                     }

@@ -5,6 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use wasmq_controller_api::{BrokerSet, Command, Election, Outcome};
 
+/// Most broker sets one controller holds (a Register of another is refused).
+pub const BROKER_SETS_MAX: usize = 1024;
+/// Most members of one broker set (a master and as many slaves as one master serves).
+pub const MEMBERS_PER_SET_MAX: usize = 17;
+
 /// Every broker set the controller knows, by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControllerState {
@@ -17,6 +22,12 @@ impl ControllerState {
     pub fn apply(&mut self, command: &Command) -> Outcome {
         match command {
             Command::Register { set, id, addr } => {
+                if !self.sets.contains_key(set) && self.sets.len() >= BROKER_SETS_MAX {
+                    return Outcome::Refused(format!("the controller holds {BROKER_SETS_MAX} broker sets already; {set} cannot join"));
+                }
+                if self.sets.get(set).is_some_and(|s| !s.members.contains_key(id) && s.members.len() >= MEMBERS_PER_SET_MAX) {
+                    return Outcome::Refused(format!("{set} has {MEMBERS_PER_SET_MAX} members already; broker {id} cannot join"));
+                }
                 let s = self.sets.entry(set.clone()).or_default();
                 s.members.insert(*id, addr.clone());
                 if s.epoch == 0 {
@@ -177,6 +188,23 @@ mod tests {
         let Outcome::Refused(_) = s.apply(&Command::Elect { set: "a".into(), epoch: 1, how: Election::Unclean(7) }) else { panic!() };
         assert!(matches!(s.apply(&Command::Elect { set: "a".into(), epoch: 1, how: Election::Unclean(2) }), Outcome::Applied(_)));
         assert_eq!((set(&s).master, set(&s).epoch, &set(&s).in_sync), (Some(2), 2, &in_sync(&[2])));
+    }
+
+    #[test]
+    fn sets_and_members_beyond_their_limits_are_refused() {
+        let mut s = ControllerState::default();
+        for id in 0..MEMBERS_PER_SET_MAX as BrokerId {
+            assert!(matches!(register(&mut s, id), Outcome::Applied(_)));
+        }
+        let Outcome::Refused(why) = register(&mut s, 99) else { panic!("a member past the limit") };
+        assert!(why.contains(&format!("a has {MEMBERS_PER_SET_MAX} members already; broker 99")), "{why}");
+        assert!(matches!(register(&mut s, 3), Outcome::Applied(_)), "a member again is not a new one");
+        for n in 1..BROKER_SETS_MAX {
+            s.apply(&Command::Register { set: format!("s{n}"), id: 0, addr: "h:1".into() });
+        }
+        let Outcome::Refused(why) = s.apply(&Command::Register { set: "late".into(), id: 0, addr: "h:1".into() }) else { panic!() };
+        assert!(why.contains(&format!("holds {BROKER_SETS_MAX} broker sets already; late")), "{why}");
+        assert_eq!(s.sets.len(), BROKER_SETS_MAX);
     }
 
     #[test]
