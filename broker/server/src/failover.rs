@@ -203,7 +203,23 @@ pub async fn heartbeats(
         }
         let sent = Instant::now();
         let in_sync = master.then(|| replication.in_sync(store.end_offset()));
-        match client.call(&heartbeat(&me, &store, in_sync)).await {
+        // A call to an unreachable controller hangs until its timeouts (a partition drops
+        // packets silently): the lease runs out meanwhile, and the master stops taking writes
+        // then, not when the call gives up.
+        let beat = heartbeat(&me, &store, in_sync);
+        let call = client.call(&beat);
+        tokio::pin!(call);
+        let answer = loop {
+            let fence_at = lease.filter(|_| !fenced).map(|(from, ttl)| tokio::time::Instant::from_std(from + ttl));
+            tokio::select! {
+                a = &mut call => break a,
+                () = tokio::time::sleep_until(fence_at.unwrap_or_else(tokio::time::Instant::now)), if fence_at.is_some() => {
+                    fenced = fence(&engine, &me, lease);
+                }
+                () = stop.cancelled() => return,
+            }
+        };
+        match answer {
             Ok(Answer::Beat { set, master_timeout_ms }) => match role_in(&set, &me, store.epochs().latest()) {
                 Ok((r, None)) if r == role => {
                     if master {
@@ -233,20 +249,27 @@ pub async fn heartbeats(
             Ok(other) => tracing::warn!(answer = ?other, "the controller answered a heartbeat with something else"),
             Err(e) => tracing::debug!(error = %e, "heartbeat to the controller failed"),
         }
-        if let Some((from, ttl)) = lease
-            && !fenced
-            && from.elapsed() > ttl
-        {
-            fenced = true;
-            engine.set_read_only(format!(
-                "broker {} id {} has not heard from the controller for {} ms: it takes no writes until it does (another master may have been elected)",
-                me.set,
-                me.id,
-                from.elapsed().as_millis()
-            ));
-            tracing::warn!(since_ms = from.elapsed().as_millis() as u64, "master lease ran out: writes refused");
+        if !fenced {
+            fenced = fence(&engine, &me, lease);
         }
     }
+}
+
+/// Stops writes if `lease` (when the last answered heartbeat was sent, and the lease it gave)
+/// ran out; whether it did.
+fn fence(engine: &Engine, me: &Me, lease: Option<(Instant, Duration)>) -> bool {
+    let Some((from, ttl)) = lease else { return false };
+    if from.elapsed() < ttl {
+        return false;
+    }
+    engine.set_read_only(format!(
+        "broker {} id {} has not heard from the controller for {} ms: it takes no writes until it does (another master may have been elected)",
+        me.set,
+        me.id,
+        from.elapsed().as_millis()
+    ));
+    tracing::warn!(since_ms = from.elapsed().as_millis() as u64, "master lease ran out: writes refused");
+    true
 }
 
 #[cfg(test)]
