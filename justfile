@@ -66,11 +66,12 @@ bench-grpc:
 bench-replication:
     bash scripts/bench-replication.sh
 
-# The failover campaign with more master kills than CI runs (e.g. `just chaos 100`: 100 kills
-# and 50 pauses): three controllers, a broker set of three under sync replication, a producer
-# all along; prints the checker's figures and the write-unavailability windows.
+# The failover campaign with more cycles than CI runs (e.g. `just chaos 100`: 100 master kills,
+# 50 pauses, then 50 network partitions): three controllers, a broker set of three under sync
+# replication, a producer all along; prints the checker's figures and the write-unavailability
+# windows. The partitions need root and iproute2 (network namespaces); skipped, saying so, else.
 chaos CYCLES="100":
-    WASMQ_FAILOVER_CYCLES={{CYCLES}} cargo test --release -p wasmq-tests --test it controller::under_sync -- --nocapture
+    WASMQ_FAILOVER_CYCLES={{CYCLES}} cargo test --release -p wasmq-tests --test it -- --nocapture --test-threads 1 controller::under_sync controller::masters_partitioned
 
 # The SIGKILL crash test with more cycles than CI runs (e.g. `just crash 200`).
 crash CYCLES="200":

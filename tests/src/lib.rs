@@ -2,6 +2,7 @@
 //! processes it starts and kills.
 
 pub mod checker;
+pub mod netns;
 pub mod power_loss;
 pub mod rocketmq;
 
@@ -112,7 +113,16 @@ pub mod broker {
         }
 
         fn start_with(data_dir: &Path, env: Vec<(String, String)>) -> Self {
-            let mut cmd = Command::new(broker_binary());
+            Self::start_by(Command::new(broker_binary()), data_dir, env)
+        }
+
+        /// [`Broker::start`] inside `side` of the partition `lab` (give it listen, admin and
+        /// gRPC addresses on that side's address).
+        pub fn start_in(lab: &crate::netns::Lab, side: crate::netns::Side, data_dir: &Path, env: &[(String, String)]) -> Self {
+            Self::start_by(lab.command(side, &broker_binary()), data_dir, env.to_vec())
+        }
+
+        fn start_by(mut cmd: Command, data_dir: &Path, env: Vec<(String, String)>) -> Self {
             cmd.env("WASMQ_DATA_DIR", data_dir)
                 .env("WASMQ_LISTEN", "127.0.0.1:0")
                 .env("WASMQ_ADMIN_LISTEN", "127.0.0.1:0")
@@ -387,8 +397,38 @@ pub mod broker {
             tls: Option<(&Path, &Path, &Path)>,
             master_timeout_ms: u64,
         ) -> Self {
+            let mut args = Self::args(id, nodes, data_dir, master_timeout_ms);
+            if let Some((c, k, ca)) = tls {
+                for (flag, path) in [("--tls-cert", c), ("--tls-key", k), ("--peer-ca", ca)] {
+                    args.push(flag.into());
+                    args.push(path.display().to_string());
+                }
+            }
+            Self::spawn(Command::new(broker_binary()), id, data_dir, args, tls.map(|(_, _, ca)| ca.to_owned()))
+        }
+
+        /// Node `id` of `nodes` inside `side` of the partition `lab`, with the certificate,
+        /// key and CA `tls`.
+        pub fn start_in(
+            lab: &crate::netns::Lab,
+            side: crate::netns::Side,
+            id: u64,
+            nodes: &[(u64, String)],
+            data_dir: &Path,
+            tls: (&Path, &Path, &Path),
+            master_timeout_ms: u64,
+        ) -> Self {
+            let mut args = Self::args(id, nodes, data_dir, master_timeout_ms);
+            for (flag, path) in [("--tls-cert", tls.0), ("--tls-key", tls.1), ("--peer-ca", tls.2)] {
+                args.push(flag.into());
+                args.push(path.display().to_string());
+            }
+            Self::spawn(lab.command(side, &broker_binary()), id, data_dir, args, Some(tls.2.to_owned()))
+        }
+
+        fn args(id: u64, nodes: &[(u64, String)], data_dir: &Path, master_timeout_ms: u64) -> Vec<String> {
             let listed: Vec<String> = nodes.iter().map(|(i, a)| format!("{i}={a}")).collect();
-            let mut args: Vec<String> = vec![
+            vec![
                 "controller".into(),
                 "--id".into(),
                 id.to_string(),
@@ -398,18 +438,11 @@ pub mod broker {
                 master_timeout_ms.to_string(),
                 "--data-dir".into(),
                 data_dir.display().to_string(),
-            ];
-            if let Some((c, k, ca)) = tls {
-                for (flag, path) in [("--tls-cert", c), ("--tls-key", k), ("--peer-ca", ca)] {
-                    args.push(flag.into());
-                    args.push(path.display().to_string());
-                }
-            }
-            Self::spawn(id, data_dir, args, tls.map(|(_, _, ca)| ca.to_owned()))
+            ]
         }
 
-        fn spawn(id: u64, data_dir: &Path, args: Vec<String>, ca: Option<PathBuf>) -> Self {
-            let mut child = Command::new(broker_binary())
+        fn spawn(mut program: Command, id: u64, data_dir: &Path, args: Vec<String>, ca: Option<PathBuf>) -> Self {
+            let mut child = program
                 .args(&args)
                 // Raft's complaints about a node the test killed would drown the rest.
                 .env("WASMQ_LOG", "warn,openraft=off,wasmq_controller=info")
@@ -438,7 +471,7 @@ pub mod broker {
         pub fn kill_and_restart(self) -> Self {
             let (id, dir, args, ca) = (self.id, self.data_dir.clone(), self.args.clone(), self.ca.clone());
             self.kill();
-            Self::spawn(id, &dir, args, Some(ca))
+            Self::spawn(Command::new(broker_binary()), id, &dir, args, Some(ca))
         }
     }
 
