@@ -430,20 +430,35 @@ struct Produced {
     failed: usize,
 }
 
-/// Sends `m-0`, `m-1`, … through a `ClusterProducer` (routes from the name servers, which
-/// follow the master the controller elects) until `stop`, recording each acknowledgement (status
-/// Ok) with its queue and offset; a failed send is sent again.
+/// How many ordering keys the producer spreads its messages over.
+const KEYS: u64 = 8;
+
+/// Message `m-N`'s ordering key and its place among the key's sends.
+fn key_of(n: u64) -> (String, u64) {
+    (format!("k{}", n % KEYS), n / KEYS)
+}
+
+/// Sends `m-0`, `m-1`, … with ordering keys ([`key_of`]) through a `ClusterProducer` (routes
+/// from the name servers, which follow the master the controller elects) until `stop`,
+/// recording each acknowledgement (status Ok) with its queue and offset; a failed send is sent
+/// again.
 async fn produce(cluster: Arc<wasmq_client::Cluster>, topic: &'static str, stop: Arc<AtomicBool>, out: Arc<std::sync::Mutex<Produced>>) {
     let producer = wasmq_client::ClusterProducer::new(cluster, "failover-producer");
     let mut n = 0u64;
     let mut first_sent = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let id = format!("m-{n}");
-        match producer.send(topic, wasmq_client::OutgoingMessage::new(id.clone())).await {
+        let key = key_of(n);
+        match producer.send(topic, wasmq_client::OutgoingMessage::new(id.clone()).with_ordering_key(key.0.clone())).await {
             Ok(r) => {
                 let mut o = out.lock().unwrap();
                 if r.receipt.status == wasmq_client::SendStatus::Ok {
-                    o.acks.push(wasmq_tests::checker::Ack { id, queue: r.receipt.queue_id, offset: r.receipt.queue_offset, key: None });
+                    o.acks.push(wasmq_tests::checker::Ack {
+                        id,
+                        queue: r.receipt.queue_id,
+                        offset: r.receipt.queue_offset,
+                        key: Some(key),
+                    });
                     o.acked_at.push((first_sent, Instant::now()));
                 } else {
                     o.not_acked += 1;
@@ -456,6 +471,50 @@ async fn produce(cluster: Arc<wasmq_client::Cluster>, topic: &'static str, stop:
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// An orderly consumer's deliveries: (message id, key, send number), in the order it got them.
+type Deliveries = Arc<std::sync::Mutex<Vec<(String, String, u64)>>>;
+
+/// An orderly member of group `failover-orderly` on `topic` across the cluster (on the master
+/// the routes name, following it through failovers): every delivery as (message id, key, send
+/// number), in the order the handler saw them.
+fn consume_orderly(
+    rt: &tokio::runtime::Runtime,
+    cluster: Arc<wasmq_client::Cluster>,
+    topic: &str,
+) -> (wasmq_client::ClusterConsumer, Deliveries) {
+    let deliveries: Deliveries = Arc::default();
+    let seen = Arc::clone(&deliveries);
+    let handler: wasmq_client::Handler = Arc::new(move |_, _, m| {
+        let id = String::from_utf8_lossy(&m.message.body).into_owned();
+        let n: u64 = id.strip_prefix("m-").and_then(|n| n.parse().ok()).expect("a producer's message");
+        let (key, k) = key_of(n);
+        seen.lock().unwrap().push((id, key, k));
+        wasmq_client::ConsumeResult::Success
+    });
+    let mut options = wasmq_client::GroupOptions::new("failover-orderly", topic);
+    options.orderly = true;
+    options.heartbeat_interval = Duration::from_millis(500);
+    options.pull_wait = Duration::from_millis(500);
+    let consumer = rt.block_on(wasmq_client::ClusterConsumer::start(cluster, options, handler)).expect("start the orderly consumer");
+    (consumer, deliveries)
+}
+
+/// Waits (up to 30 s) until the orderly consumer got every acknowledged message, then checks
+/// its deliveries ([`wasmq_tests::checker::check_consumed`]).
+fn consumed(
+    acks: &[wasmq_tests::checker::Ack],
+    deliveries: &std::sync::Mutex<Vec<(String, String, u64)>>,
+) -> wasmq_tests::checker::Consumed {
+    let started = Instant::now();
+    loop {
+        let report = wasmq_tests::checker::check_consumed(acks, &deliveries.lock().unwrap());
+        if report.missed.is_empty() || started.elapsed() > Duration::from_secs(30) {
+            return report;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -499,6 +558,7 @@ fn under_sync_replication_killed_masters_lose_no_acknowledged_message() {
     let (stop, out) = (Arc::new(AtomicBool::new(false)), Arc::new(std::sync::Mutex::new(Produced::default())));
     let cluster = wasmq_client::Cluster::new(vec![ns.listen.clone()], ca.clone());
     let producer = rt.spawn(produce(cluster, TOPIC, Arc::clone(&stop), Arc::clone(&out)));
+    let (consumer, deliveries) = consume_orderly(&rt, wasmq_client::Cluster::new(vec![ns.listen.clone()], ca.clone()), TOPIC);
     let (mut kill_windows, mut pause_windows) = (Vec::new(), Vec::new());
     for cycle in 0..kills + pauses {
         let pause = cycle >= kills;
@@ -546,16 +606,22 @@ fn under_sync_replication_killed_masters_lose_no_acknowledged_message() {
     let master = brokers[last.master.unwrap() as usize].as_ref().unwrap();
     let o = out.lock().unwrap();
     let report = wasmq_tests::checker::check(&o.acks, &reads(&rt, master, TOPIC, 2), true);
+    let consumed = consumed(&o.acks, &deliveries);
+    drop(consumer);
     eprintln!(
         "{kills} master kills and {pauses} pauses under sync replication: {report}; {} stored without acknowledgement, {} failed sends; \
-         writes resumed after (ms): kills {}, pauses {}",
+         writes resumed after (ms): kills {}, pauses {}; orderly consumer: {consumed}",
         o.not_acked,
         o.failed,
         median_max(&mut kill_windows),
         median_max(&mut pause_windows)
     );
     assert!(o.acks.len() > 100, "the producer got too few acknowledgements to mean anything: {}", o.acks.len());
-    assert!(report.lost.is_empty() && report.moved.is_empty() && report.conflicting.is_empty(), "{report}");
+    assert!(
+        report.lost.is_empty() && report.moved.is_empty() && report.conflicting.is_empty() && report.out_of_order.is_empty(),
+        "{report}"
+    );
+    assert!(consumed.missed.is_empty() && consumed.out_of_order.is_empty(), "orderly consumer: {consumed}; missed {:?}", consumed.missed);
 }
 
 /// The queue offsets and bodies of every message of `topic` (`queues` queues) on `broker`.
@@ -669,6 +735,7 @@ fn masters_partitioned_from_controller_and_slaves_stop_acking_and_are_replaced()
     let (stop, out) = (Arc::new(AtomicBool::new(false)), Arc::new(std::sync::Mutex::new(Produced::default())));
     let cluster = wasmq_client::Cluster::new(vec![ns.listen.clone()], files.2.clone());
     let producer = rt.spawn(produce(cluster, TOPIC, Arc::clone(&stop), Arc::clone(&out)));
+    let (consumer, deliveries) = consume_orderly(&rt, wasmq_client::Cluster::new(vec![ns.listen.clone()], files.2.clone()), TOPIC);
     let (mut elected, mut resumed, mut rejoined) = (Vec::new(), Vec::new(), Vec::new());
     let (mut direct_sent, mut direct_refused, mut direct_stored) = (0, 0, 0);
     for cycle in 0..cycles {
@@ -728,8 +795,10 @@ fn masters_partitioned_from_controller_and_slaves_stop_acking_and_are_replaced()
     let master = &brokers[last.master.unwrap() as usize];
     let o = out.lock().unwrap();
     let report = wasmq_tests::checker::check(&o.acks, &reads(&rt, master, TOPIC, 2), true);
+    let consumed = consumed(&o.acks, &deliveries);
+    drop(consumer);
     eprintln!(
-        "{cycles} partitions under sync replication: {report}; the cut-off masters answered {direct_sent} direct sends: 0 acknowledged, \
+        "{cycles} partitions under sync replication: {report}; orderly consumer: {consumed}; the cut-off masters answered {direct_sent} direct sends: 0 acknowledged, \
          {direct_refused} refused, {direct_stored} stored (then cut); new master elected after the cut (ms): {}; \
          producer acknowledged again (ms): {}; old master back in sync after healing (ms): {} (master timeout {MASTER_TIMEOUT_MS} ms)",
         median_max(&mut elected),
@@ -740,5 +809,9 @@ fn masters_partitioned_from_controller_and_slaves_stop_acking_and_are_replaced()
     assert!(direct_stored > 0, "no cut-off master stored a send (nothing to cut)");
     assert!(direct_refused > 0, "no cut-off master refused a send once its lease ran out");
     assert!(o.acks.len() > 100, "the producer got too few acknowledgements to mean anything: {}", o.acks.len());
-    assert!(report.lost.is_empty() && report.moved.is_empty() && report.conflicting.is_empty(), "{report}");
+    assert!(
+        report.lost.is_empty() && report.moved.is_empty() && report.conflicting.is_empty() && report.out_of_order.is_empty(),
+        "{report}"
+    );
+    assert!(consumed.missed.is_empty() && consumed.out_of_order.is_empty(), "orderly consumer: {consumed}; missed {:?}", consumed.missed);
 }

@@ -129,6 +129,57 @@ pub fn check(acks: &[Ack], reads: &[Seen], allow_duplicates: bool) -> Report {
     report
 }
 
+/// What an orderly consumer's deliveries say: the acknowledged messages it never got, and per
+/// key the messages it got for the first time after a later message of their key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Consumed {
+    pub delivered: usize,
+    /// Distinct messages delivered.
+    pub distinct: usize,
+    /// Acknowledged, and never delivered.
+    pub missed: Vec<String>,
+    /// (key, a send number, a later send number delivered first).
+    pub out_of_order: Vec<(String, u64, u64)>,
+}
+
+impl std::fmt::Display for Consumed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} deliveries of {} messages: {} acknowledged never delivered, {} delivered out of key order",
+            self.delivered,
+            self.distinct,
+            self.missed.len(),
+            self.out_of_order.len()
+        )
+    }
+}
+
+/// Checks an orderly consumer's `deliveries` (message id, key and send number, in the order
+/// the handler saw them) against `acks`. At-least-once allows a message again (a redelivery
+/// from the last committed offset after a failover): only first deliveries must keep each
+/// key's send numbers increasing, and every acknowledged message must have been delivered.
+#[must_use]
+pub fn check_consumed(acks: &[Ack], deliveries: &[(String, String, u64)]) -> Consumed {
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut report = Consumed { delivered: deliveries.len(), ..Consumed::default() };
+    for (id, key, n) in deliveries {
+        if !seen.insert(id) {
+            continue;
+        }
+        match last.get(key.as_str()) {
+            Some(&before) if before > *n => report.out_of_order.push((key.clone(), *n, before)),
+            _ => {
+                last.insert(key, *n);
+            }
+        }
+    }
+    report.distinct = seen.len();
+    report.missed = acks.iter().filter(|a| !seen.contains(a.id.as_str())).map(|a| a.id.clone()).collect();
+    report
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +226,22 @@ mod tests {
         let r = check(&acks, &reads, false);
         assert_eq!(r.out_of_order, [("k".to_owned(), 1, 2)]);
         assert_eq!(r.to_string(), "3 acknowledged, 3 read: 0 lost, 0 moved, 0 conflicting offsets, 0 duplicated, 1 out of order");
+    }
+
+    #[test]
+    fn redeliveries_are_allowed_but_a_first_delivery_after_a_later_one_is_not() {
+        let d = |id: &str, n: u64| (id.to_owned(), "k".to_owned(), n);
+        let acks = [ack("a", 0, 0, Some(("k", 1))), ack("b", 0, 1, Some(("k", 2))), ack("c", 0, 2, Some(("k", 3)))];
+        // a, b, then a and b again from an older offset, then c: clean.
+        let r = check_consumed(&acks, &[d("a", 1), d("b", 2), d("a", 1), d("b", 2), d("c", 3)]);
+        assert!(r.missed.is_empty() && r.out_of_order.is_empty(), "{r}");
+        assert_eq!((r.delivered, r.distinct), (5, 3));
+        // c before b (b's first delivery after a later one), and no other key mixed in.
+        let r = check_consumed(&acks, &[d("a", 1), d("c", 3), d("b", 2), ("x".into(), "j".into(), 1)]);
+        assert_eq!(r.out_of_order, [("k".to_owned(), 2, 3)]);
+        // b never delivered.
+        let r = check_consumed(&acks, &[d("a", 1), d("c", 3)]);
+        assert_eq!(r.missed, ["b"]);
+        assert_eq!(r.to_string(), "2 deliveries of 2 messages: 1 acknowledged never delivered, 0 delivered out of key order");
     }
 }
