@@ -417,6 +417,15 @@ fn a_killed_master_is_replaced_and_comes_back_as_a_slave_without_its_lost_tail()
     assert!(!sent.status.success(), "the old master is a slave now");
     let (after, _) = wait_set(&nodes, "fo-set", Duration::from_secs(10), "0 back in sync", |s| s.in_sync.len() == 3);
     assert_eq!((after.master, after.epoch), (set.master, 2));
+    // The admin API (the console's source) shows the same through any broker of the set.
+    let view = rt.block_on(b0.admin().controller()).expect("the controller through the admin API");
+    assert_eq!((view.leader.is_some(), view.error.as_deref(), view.nodes.len()), (true, None, 3), "{view:?}");
+    assert_eq!(view.nodes.iter().filter(|n| n.role == "leader").count(), 1, "{view:?}");
+    let s = view.sets.iter().find(|s| s.broker_name == "fo-set").expect("the set in the admin view");
+    assert_eq!((s.master, s.epoch, s.in_sync.len()), (set.master, 2, 3), "{s:?}");
+    let roles: Vec<(u32, &str, bool)> = s.members.iter().map(|m| (m.broker_id, m.role.as_str(), m.in_sync)).collect();
+    let master = set.master.unwrap();
+    assert_eq!(roles, (0..3).map(|id| (id, if id == master { "master" } else { "slave" }, true)).collect::<Vec<_>>());
 }
 
 /// What the test's producer saw.

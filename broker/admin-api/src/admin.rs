@@ -36,6 +36,8 @@ pub struct AdminState {
     /// client for them that keeps its connections.
     pub namesrvs: Vec<String>,
     pub names: Option<Arc<wasmq_namesrv::NameServers>>,
+    /// The failover controller's client, when this broker is under one.
+    pub controller: Option<Arc<wasmq_controller_api::Client>>,
 }
 
 /// The body of a JSON request, or a 400 answer saying what is wrong with it.
@@ -114,6 +116,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/scheduled", get(scheduled))
         .route("/api/v1/replicas", get(replicas))
         .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/controller", get(crate::controller::controller))
         .route("/api/v1/messages/{id}", get(crate::admin_data::message_by_id))
         .route("/api/v1/topics/{name}/messages", get(crate::admin_data::messages_by_key).post(crate::admin_data::send_message))
         .route("/api/v1/topics/{name}/queues/{queue}/messages", get(crate::admin_data::browse_queue))
@@ -820,6 +823,7 @@ mod tests {
             cluster: "c".into(),
             namesrvs: Vec::new(),
             names: None,
+            controller: None,
         };
         (router(state), engine, service)
     }

@@ -9,6 +9,7 @@
 mod admin;
 mod admin_data;
 mod console;
+mod controller;
 mod openapi;
 pub mod stats;
 

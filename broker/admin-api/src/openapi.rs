@@ -58,6 +58,13 @@ fn endpoints() -> Vec<Endpoint> {
         ),
         ep(
             "get",
+            "/api/v1/controller",
+            "The failover controller: nodes and leader; per broker set the master, epoch, in-sync set and each member's lag.",
+            200,
+            Some(J(schema::<t::ControllerView>)),
+        ),
+        ep(
+            "get",
             "/api/v1/replicas",
             "This broker's replication: its slaves, or its master link.",
             200,

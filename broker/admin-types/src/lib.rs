@@ -54,6 +54,60 @@ pub struct ClusterView {
     pub broker_sets: Vec<BrokerSetView>,
 }
 
+/// The failover controller as the broker's admin API asks it (`GET /api/v1/controller`): its
+/// nodes and leader, and each broker set's master, epoch, in-sync set and members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ControllerView {
+    /// The controller nodes this broker is configured with (empty: it is not under a failover
+    /// controller, and its role is its own settings').
+    pub nodes: Vec<ControllerNode>,
+    /// The leader's node id and Raft term, when a leader answered.
+    pub leader: Option<u64>,
+    pub term: Option<u64>,
+    /// Why no leader answered, when none did.
+    pub error: Option<String>,
+    pub sets: Vec<ControllerSet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ControllerNode {
+    /// Null for a configured address the leader does not list.
+    pub id: Option<u64>,
+    pub addr: String,
+    /// `leader`, `follower` (heard by the leader within the election timeout), `down`, or
+    /// `unknown` (no leader answered).
+    pub role: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ControllerSet {
+    pub broker_name: String,
+    pub master: Option<u32>,
+    /// Raised at every change of master.
+    pub epoch: u64,
+    /// The members that may be elected without losing an acknowledged message.
+    pub in_sync: Vec<u32>,
+    pub members: Vec<ControllerMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ControllerMember {
+    pub broker_id: u32,
+    pub addr: String,
+    /// `master` or `slave`.
+    pub role: String,
+    pub in_sync: bool,
+    /// From its last heartbeat to the leader (null: none since that node became leader).
+    pub log_end_offset: Option<u64>,
+    /// Bytes behind the master, by the log ends both last reported.
+    pub lag_bytes: Option<u64>,
+    pub heard_ms_ago: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BrokerSetView {

@@ -673,14 +673,7 @@ async fn controller_status(cli: &Cli, json: bool, nodes: &[String]) -> Result<()
     }
     println!("controller: leader node {} (term {})", status.node, status.term);
     for (id, addr) in &status.nodes {
-        let what = if *id == status.node {
-            "leader"
-        } else if status.nodes_up.contains(id) {
-            "follower"
-        } else {
-            "down"
-        };
-        println!("  node {id} {addr} {what}");
+        println!("  node {id} {addr} {}", status.node_role(*id));
     }
     for (name, s) in &status.sets {
         let master = s.set.master.map_or_else(|| "none".to_owned(), |m| m.to_string());

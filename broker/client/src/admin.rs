@@ -282,6 +282,15 @@ impl Admin {
         self.call_some("GET", "/cluster", None).await
     }
 
+    /// The failover controller as the broker asks it: nodes and leader, each set's master,
+    /// epoch, in-sync set and members (no nodes: the broker is not under a controller).
+    ///
+    /// # Errors
+    /// Connection failure or the API's error.
+    pub async fn controller(&self) -> Result<wasmq_admin_types::ControllerView, ClientError> {
+        self.call_some("GET", "/controller", None).await
+    }
+
     async fn call_some<T: serde::de::DeserializeOwned>(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<T, ClientError> {
         self.call(method, path, body).await?.ok_or_else(|| ClientError::Malformed("empty answer".into()))
     }

@@ -98,6 +98,21 @@ pub struct Status {
     pub sets: BTreeMap<String, SetStatus>,
 }
 
+impl Status {
+    /// Node `id` as the leader sees it: `leader`, `follower` (heard within the election timeout)
+    /// or `down`.
+    #[must_use]
+    pub fn node_role(&self, id: NodeId) -> &'static str {
+        if id == self.node {
+            "leader"
+        } else if self.nodes_up.contains(&id) {
+            "follower"
+        } else {
+            "down"
+        }
+    }
+}
+
 /// One broker set: the replicated state, and what each member said in its last heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetStatus {

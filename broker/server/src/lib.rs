@@ -386,6 +386,7 @@ async fn run_once(
         cluster: config.cluster.clone(),
         namesrvs: config.namesrv.clone(),
         names,
+        controller: controller.clone(),
     };
     let admin_tls = tokio_rustls::TlsAcceptor::from(wasmq_net::server_config(&cert, &key, &[wasmq_admin_api::ALPN])?);
     tracker.spawn(wasmq_admin_api::serve(
