@@ -3,8 +3,9 @@
 # 1. the README's run command, verbatim, in a clean clone of HEAD (default ports 7070 and 7071,
 #    data in the clone's ./data): the broker it builds and starts serves the console, and the
 #    token it prints logs in (console/e2e/readme.mjs);
-# 2. every page against a name server and a broker set (master + slave, ports picked by the OS,
-#    fresh data directories, a read-only token) built from this work tree (console/e2e/console.mjs).
+# 2. every page against a name server, a failover controller (one node) and a broker set under it
+#    (master + slave, free ports, fresh data directories, a read-only token) built from this work
+#    tree (console/e2e/console.mjs).
 # Screenshots of every page go to $SHOTS (default target/console-shots).
 # Needs: chromium (apt), node and npm (.ci/run installs them).
 set -euo pipefail
@@ -68,19 +69,34 @@ wait_for "$DATA/ns.out" '^ready'
 NAMESRV=$(sed -n 's/^wasmq-namesrv listening on //p' "$DATA/ns.out")
 CA=$(sed -n 's/^development CA: \([^ ]*\).*/\1/p' "$DATA/ns.out")
 
+# Free ports for the processes that must know each other's addresses before they start: the
+# controller node (named in its own --nodes) and the brokers under it (registered by address).
+read -r CTL_PORT MASTER_PORT SLAVE_PORT < <(node -e '
+  const net = require("net"); const ports = [];
+  const next = () => { const s = net.createServer().listen(0, "127.0.0.1", () => {
+    ports.push(s.address().port); s.close(() => ports.length < 3 ? next() : console.log(ports.join(" "))); }); };
+  next();')
+CONTROLLER=127.0.0.1:$CTL_PORT
+"$T/debug/wasmq-broker" controller --id 1 --nodes "1=$CONTROLLER" --data-dir "$DATA/ctl" \
+  --tls-cert "$DATA/ns/tls/server.pem" --tls-key "$DATA/ns/tls/server-key.pem" --peer-ca "$CA" > "$DATA/ctl.out" 2> "$DATA/ctl.err" &
+PIDS+=($!)
+wait_for "$DATA/ctl.out" '^ready'
+
 TOKEN=admin-token-e2e-0123456789
 READ_TOKEN=read-only-token-0123456789
-# One broker set (broker-a) of the cluster e2e, sharing the name server's certificate.
+# One broker set (broker-a) of the cluster e2e under the controller (the first to register is
+# master), sharing the name server's certificate.
 export WASMQ_TLS_CERT="$DATA/ns/tls/server.pem" WASMQ_TLS_KEY="$DATA/ns/tls/server-key.pem" WASMQ_PEER_CA="$CA" \
-  WASMQ_NAMESRV="$NAMESRV" WASMQ_CLUSTER=e2e WASMQ_BROKER_NAME=broker-a WASMQ_REGISTER_INTERVAL_MS=1000 \
-  WASMQ_ADMIN_TOKEN=$TOKEN WASMQ_ADMIN_READ_TOKEN=$READ_TOKEN WASMQ_RETRY_DELAYS_MS=200 WASMQ_LOG=warn \
-  WASMQ_LISTEN=127.0.0.1:0 WASMQ_ADMIN_LISTEN=127.0.0.1:0 WASMQ_GRPC_LISTEN=127.0.0.1:0 WASMQ_RETENTION_DISK_PERCENT=99
-WASMQ_DATA_DIR="$DATA/master" "$T/debug/wasmq-broker" > "$DATA/master.out" 2> "$DATA/master.err" &
+  WASMQ_NAMESRV="$NAMESRV" WASMQ_CONTROLLER="$CONTROLLER" WASMQ_CLUSTER=e2e WASMQ_BROKER_NAME=broker-a \
+  WASMQ_REGISTER_INTERVAL_MS=1000 WASMQ_ADMIN_TOKEN=$TOKEN WASMQ_ADMIN_READ_TOKEN=$READ_TOKEN WASMQ_RETRY_DELAYS_MS=200 \
+  WASMQ_LOG=warn WASMQ_ADMIN_LISTEN=127.0.0.1:0 WASMQ_GRPC_LISTEN=127.0.0.1:0 WASMQ_RETENTION_DISK_PERCENT=99
+WASMQ_DATA_DIR="$DATA/master" WASMQ_LISTEN=127.0.0.1:$MASTER_PORT "$T/debug/wasmq-broker" > "$DATA/master.out" 2> "$DATA/master.err" &
 PIDS+=($!)
 wait_for "$DATA/master.out" '^admin token'
 ADMIN=$(sed -n 's/.*(admin \(https:\/\/[^)]*\)).*/\1/p' "$DATA/master.out")
 SERVER=$(sed -n 's/^wasmq-broker listening on \([^ ]*\) .*/\1/p' "$DATA/master.out")
-WASMQ_DATA_DIR="$DATA/slave" WASMQ_BROKER_ID=1 WASMQ_MASTER="$SERVER" "$T/debug/wasmq-broker" > "$DATA/slave.out" 2> "$DATA/slave.err" &
+WASMQ_DATA_DIR="$DATA/slave" WASMQ_LISTEN=127.0.0.1:$SLAVE_PORT WASMQ_BROKER_ID=1 "$T/debug/wasmq-broker" \
+  > "$DATA/slave.out" 2> "$DATA/slave.err" &
 PIDS+=($!)
 wait_for "$DATA/slave.out" '^admin token'
 

@@ -1,5 +1,6 @@
 // End-to-end test of the console in headless Debian chromium (playwright-core, no download),
-// against a master (with a slave and a name server) started by scripts/console-e2e.sh.
+// against a master (with a slave, a name server and a one-node failover controller) started by
+// scripts/console-e2e.sh.
 // Env: ADMIN=https://127.0.0.1:PORT, TOKEN (admin), READ_TOKEN, SHOTS (screenshot directory),
 // CHROMIUM, CLI (the wasmq binary), SERVER (protocol address), CA, PLUGIN (a plugin's .wasm),
 // SLAVE_PID (killed by the last step).
@@ -61,6 +62,13 @@ try {
     await page.waitForSelector("#cluster tr.cluster-broker td.status >> text=up");
     // Replication: the slave is connected.
     await page.waitForSelector("#replicas tr.slave td.link >> text=connected", { timeout: 10000 });
+    // The failover controller: its one node leads; the set's master 0 in epoch 1, both in sync.
+    await page.waitForSelector("#controller-leader >> text=Leader: node 1");
+    await page.waitForSelector("#controller-nodes tr.controller-node td.role:text-is('leader')");
+    await page.waitForSelector("#controller-sets tr.controller-member:has(td.role:text-is('master')) td.epoch:text-is('1')");
+    await page.waitForFunction(
+      () => [...document.querySelectorAll("#controller-sets tr.controller-member td.in-sync")].map((td) => td.textContent).join() === "yes,yes",
+      null, { timeout: 15000 });
   });
   await step("03-topics", async () => {
     await page.click("nav >> text=Topics");
@@ -222,8 +230,10 @@ try {
     await page.click("nav >> text=Overview");
     await page.waitForSelector("#cluster tr.cluster-broker:has(td.role:text-is('slave')) td.status >> text=/^down since /", { timeout: 10000 });
     await page.waitForSelector("#cluster tr.cluster-broker:has(td.role:text-is('master')) td.status:text-is('up')");
-    // The master's replication link to it is down too.
+    // The master's replication link to it is down too, and the controller drops it from the
+    // in-sync set (it could no longer be elected without losing acknowledged messages).
     await page.waitForSelector("#replicas tr.slave td.link >> text=down", { timeout: 10000 });
+    await page.waitForSelector("#controller-sets tr.controller-member:has(td.role:text-is('slave')) td.in-sync:text-is('no')", { timeout: 15000 });
   });
   console.log("console e2e: all steps passed");
 } finally {

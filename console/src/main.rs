@@ -9,7 +9,9 @@ mod plugins;
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use wasmq_admin_types::{BrokerInfo, ClusterView, GroupDetail, GroupSummary, ReplicaStatus, TopicMessageType, TopicSummary};
+use wasmq_admin_types::{
+    BrokerInfo, ClusterView, ControllerView, GroupDetail, GroupSummary, ReplicaStatus, TopicMessageType, TopicSummary,
+};
 
 /// How often the pages refresh their figures.
 const REFRESH_MS: u64 = 3_000;
@@ -134,6 +136,7 @@ fn Overview() -> impl IntoView {
     let info = polled::<BrokerInfo>(tick, None, "/broker".into());
     let cluster = polled::<ClusterView>(tick, None, "/cluster".into());
     let replicas = polled::<ReplicaStatus>(tick, None, "/replicas".into());
+    let controller = polled::<ControllerView>(tick, None, "/controller".into());
     let dash = || "-".to_owned();
     view! {
         <section id="overview">
@@ -183,6 +186,38 @@ fn Overview() -> impl IntoView {
                                     }}</td>
                                     <td>{b.topics.map_or_else(dash, |t| t.to_string())}</td>
                                     <td>{b.last_seen_ms_ago.map_or_else(dash, |ms| format!("{} ago", api::duration(ms)))}</td></tr>
+                            })
+                        }).collect_view()}
+                    </table>
+                }.into_any(),
+                Err(e) => error_view(e),
+            })}
+            <h2>"Failover controller"</h2>
+            {move || controller.get().map(|r| match r {
+                Ok(c) if c.nodes.is_empty() => view! {
+                    <p id="controller-none">"Not under a failover controller: roles come from each broker's settings."</p>
+                }.into_any(),
+                Ok(c) => view! {
+                    <p id="controller-leader">{match (c.leader, c.term) {
+                        (Some(l), Some(t)) => format!("Leader: node {l} (term {t})."),
+                        _ => "No controller leader answered.".to_owned(),
+                    }}</p>
+                    {c.error.map(error_view)}
+                    <table id="controller-nodes">
+                        <tr><th>"Node"</th><th>"Address"</th><th>"Role"</th></tr>
+                        {c.nodes.into_iter().map(|n| view! {
+                            <tr class="controller-node"><td>{n.id.map_or_else(dash, |i| i.to_string())}</td><td>{n.addr}</td><td class="role">{n.role}</td></tr>
+                        }).collect_view()}
+                    </table>
+                    <table id="controller-sets">
+                        <tr><th>"Broker set"</th><th>"Epoch"</th><th>"Id"</th><th>"Role"</th><th>"Address"</th><th>"In sync"</th><th>"Log end"</th><th>"Lag"</th><th>"Heard"</th></tr>
+                        {c.sets.into_iter().flat_map(|set| {
+                            let (name, epoch) = (set.broker_name, set.epoch);
+                            set.members.into_iter().map(move |m| view! {
+                                <tr class="controller-member"><td>{name.clone()}</td><td class="epoch">{epoch}</td><td>{m.broker_id}</td><td class="role">{m.role}</td>
+                                    <td>{m.addr}</td><td class="in-sync">{if m.in_sync { "yes" } else { "no" }}</td>
+                                    <td>{m.log_end_offset.map_or_else(dash, |e| e.to_string())}</td><td class="lag">{m.lag_bytes.map_or_else(dash, api::bytes)}</td>
+                                    <td>{m.heard_ms_ago.map_or_else(|| "never".to_owned(), |ms| format!("{} ago", api::duration(ms)))}</td></tr>
                             })
                         }).collect_view()}
                     </table>
