@@ -167,6 +167,9 @@ pub struct Engine {
     pub(crate) consumers: consumers::Consumers,
     /// On a slave: why writes are refused (`replica.rs`).
     pub(crate) read_only: Mutex<Option<String>>,
+    /// A slave's: its log arrives from the master, and its held messages are not tracked as
+    /// they arrive (`replica.rs`).
+    pub(crate) follows: std::sync::atomic::AtomicBool,
     /// Half messages and scheduled messages (`parked.rs`).
     pub(crate) parked: Parked,
     parked_path: PathBuf,
@@ -236,6 +239,7 @@ impl Engine {
                 settings: Mutex::new(settings),
             },
             read_only: Mutex::new(None),
+            follows: std::sync::atomic::AtomicBool::new(false),
             parked: Parked::default(),
             parked_path: dir.join("parked.json"),
         };

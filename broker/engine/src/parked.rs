@@ -577,6 +577,35 @@ mod tests {
     }
 
     #[test]
+    fn a_slave_elected_master_finds_the_halves_and_schedule_it_replicated() {
+        let (m, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let clock = Arc::new(ManualClock::new(1_000));
+        let master = open(m.path(), &clock);
+        let slave = open(s.path(), &clock);
+        slave.set_follower();
+        slave.set_read_only("a slave of b0");
+        master.create_topic("t", 1).unwrap();
+        master.send_half("t", "pg", None, vec![msg("undecided", "id-1")]).unwrap();
+        let mut later = msg("later", "id-2");
+        later.properties.delivery_ms = Some(5_000);
+        master.send_scheduled("t", vec![later]).unwrap();
+        // The slave's log: the master's bytes, as replication appends them.
+        let raw = master.store.read_raw(0, 1 << 20).unwrap();
+        slave.store.append_raw(raw.start_offset, &raw.bytes).unwrap();
+        slave.adopt_topics(&master.topics_json()).unwrap();
+        // Its periodic save must not pass what it never tracked.
+        slave.persist_offsets().unwrap();
+        drop(slave);
+        // Elected: opened again as master.
+        let elected = open(s.path(), &clock);
+        assert_eq!(elected.transactions().0.iter().map(|p| p.pending).sum::<u64>(), 1, "the undecided half is pending");
+        assert_eq!(elected.schedule_status().pending, 1, "the scheduled message waits");
+        clock.set_ms(5_000);
+        assert_eq!(elected.release_due().0, 1);
+        assert_eq!(bodies(&elected, "t"), vec!["later"]);
+    }
+
+    #[test]
     fn a_commit_whose_op_record_was_lost_is_not_repeated() {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(1_000));

@@ -15,6 +15,15 @@ impl Engine {
         *lock(&self.read_only) = Some(why.into());
     }
 
+    /// Marks this engine a slave's: its log arrives from the master, so the transactions and
+    /// scheduled messages in it are not tracked as they arrive, and it keeps the recovery
+    /// watermarks it has on disk (from when it was last master, or none) instead of saving its
+    /// own: a watermark it wrote would pass halves and scheduled messages it never saw, and
+    /// once elected it would not find them. Elected, it opens again and scans from those.
+    pub fn set_follower(&self) {
+        self.follows.store(true, Ordering::Release);
+    }
+
     /// Takes writes again (a fenced master that the controller confirms as master).
     pub fn clear_read_only(&self) {
         *lock(&self.read_only) = None;

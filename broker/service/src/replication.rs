@@ -133,6 +133,7 @@ impl Replication {
         let hook = Arc::clone(&appended);
         engine.store().on_append(move |_| hook.notify_waiters());
         if let Role::Slave { master, .. } = &role {
+            engine.set_follower();
             engine.set_read_only(format!(
                 "broker {broker_name} id {broker_id} is a slave and takes no writes; send to its master at {master}"
             ));

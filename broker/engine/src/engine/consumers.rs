@@ -386,7 +386,9 @@ impl Engine {
     /// # Errors
     /// The file could not be written.
     pub fn persist_offsets(&self) -> Result<(), EngineError> {
-        self.save_watermarks(&self.parked_path).map_err(|source| EngineError::Save { path: self.parked_path.clone(), source })?;
+        if !self.follows.load(Ordering::Acquire) {
+            self.save_watermarks(&self.parked_path).map_err(|source| EngineError::Save { path: self.parked_path.clone(), source })?;
+        }
         self.save_receipts().map_err(|source| EngineError::Save { path: self.consumers.receipts.path.clone(), source })?;
         if !self.consumers.offsets_dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
