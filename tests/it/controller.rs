@@ -26,20 +26,26 @@ struct Nodes {
     /// The certificate, key and CA every node, broker and name server uses.
     files: (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf),
     dirs: Vec<tempfile::TempDir>,
+    master_timeout_ms: u64,
 }
 
 impl Nodes {
     /// Three nodes; the first generates the certificate all three use.
     fn start() -> Self {
+        Self::start_with(MASTER_TIMEOUT_MS)
+    }
+
+    /// [`Nodes::start`] replacing a master silent `master_timeout_ms`.
+    fn start_with(master_timeout_ms: u64) -> Self {
         let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let addrs: Vec<(u64, String)> = (1..=3).map(|id| (id, free_addr())).collect();
-        let first = Controller::start(1, &addrs, dirs[0].path(), None, MASTER_TIMEOUT_MS);
+        let first = Controller::start(1, &addrs, dirs[0].path(), None, master_timeout_ms);
         let (cert, key, ca) = first.tls_files();
         let mut nodes = vec![Some(first)];
         for (i, d) in dirs.iter().enumerate().skip(1) {
-            nodes.push(Some(Controller::start(i as u64 + 1, &addrs, d.path(), Some((&cert, &key, &ca)), MASTER_TIMEOUT_MS)));
+            nodes.push(Some(Controller::start(i as u64 + 1, &addrs, d.path(), Some((&cert, &key, &ca)), master_timeout_ms)));
         }
-        Self { nodes, addrs, ca: ca.clone(), files: (cert, key, ca), dirs }
+        Self { nodes, addrs, ca: ca.clone(), files: (cert, key, ca), dirs, master_timeout_ms }
     }
 
     /// Three nodes inside `side` of `lab` on ports 7101–7103 of its address, with the
@@ -54,7 +60,7 @@ impl Nodes {
                 Some(Controller::start_in(lab, side, *id, &addrs, d.path(), (&files.0, &files.1, &files.2), MASTER_TIMEOUT_MS))
             })
             .collect();
-        Self { nodes, addrs, ca: files.2.clone(), files, dirs }
+        Self { nodes, addrs, ca: files.2.clone(), files, dirs, master_timeout_ms: MASTER_TIMEOUT_MS }
     }
 
     fn list(&self) -> String {
@@ -104,7 +110,7 @@ impl Nodes {
         let (id, _) = self.addrs[i].clone();
         let dir = self.dirs[i].path().to_owned();
         let tls = if i == 0 { None } else { Some((ca_files.0.as_path(), ca_files.1.as_path(), ca_files.2.as_path())) };
-        self.nodes[i] = Some(Controller::start(id, &self.addrs, &dir, tls, MASTER_TIMEOUT_MS));
+        self.nodes[i] = Some(Controller::start(id, &self.addrs, &dir, tls, self.master_timeout_ms));
     }
 
     /// The certificate, key and CA of every node (node 1's, generated, unless given).
@@ -823,4 +829,217 @@ fn masters_partitioned_from_controller_and_slaves_stop_acking_and_are_replaced()
         "{report}"
     );
     assert!(consumed.missed.is_empty() && consumed.out_of_order.is_empty(), "orderly consumer: {consumed}; missed {:?}", consumed.missed);
+}
+
+/// Milliseconds since the epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Bodies of `topic` on `broker` with how often each is stored.
+fn counted(rt: &tokio::runtime::Runtime, broker: &Broker, topic: &str, queues: u32) -> std::collections::BTreeMap<String, usize> {
+    let mut n = std::collections::BTreeMap::new();
+    for s in reads(rt, broker, topic, queues) {
+        *n.entry(s.id).or_insert(0) += 1;
+    }
+    n
+}
+
+/// Waits (up to 20 s) until `broker` acknowledges a send to the topic `probe`.
+fn wait_for_writes(broker: &Broker) {
+    let started = Instant::now();
+    while !broker.cli_command(&["send", "probe", "ready"]).output().unwrap().status.success() {
+        assert!(started.elapsed() < Duration::from_secs(20), "{} never took writes", broker.listen);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What the broker set holds besides plain messages continues on the new master after the
+/// master is killed (SIGKILL), under synchronous replication: undecided transactions are
+/// checked back by the new master and settled once (with those ended before the kill, each
+/// committed message visible once, no rolled-back one); scheduled messages stored before the
+/// kill are delivered by the new master when due — never early, each once; a consumer group's
+/// committed offsets (exchanged with the slaves every second) are where the group resumes.
+#[test]
+fn transactions_scheduled_messages_and_group_offsets_continue_on_the_new_master() {
+    const SET: &str = "state-set";
+    const N_TX: usize = 20;
+    const N_LATER: usize = 20;
+    const DELAY_MS: u64 = 5_000;
+    // Its sends must each be acknowledged: a lease long enough that a loaded machine's slow
+    // heartbeat does not fence the master for a moment.
+    let nodes = Nodes::start_with(5_000);
+    let rt = wasmq_tests::runtime();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let extra = [("WASMQ_REPLICATION", "sync"), ("WASMQ_REPLICA_TIMEOUT_MS", "2000"), ("WASMQ_TRANSACTION_CHECK_INTERVAL_MS", "1000")];
+    let envs: Vec<Vec<(String, String)>> = (0..3u32).map(|id| broker_env(&nodes, SET, id, &extra)).collect();
+    let start = |id: usize| {
+        let env: Vec<(&str, &str)> = envs[id].iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Broker::start(dirs[id].path(), &env)
+    };
+    let b0 = start(0);
+    wait_set(&nodes, SET, Duration::from_secs(15), "broker 0 master", |s| s.master == Some(0));
+    let slaves = [start(1), start(2)];
+    for topic in ["pay", "later", "plain", "probe"] {
+        b0.cli(&["topic", "create", topic, "--queues", "2"]);
+    }
+    wait_set(&nodes, SET, Duration::from_secs(20), "all in sync", |s| s.in_sync.len() == 3);
+    wait_for_writes(&b0);
+    // The slaves take the master's topics every second.
+    let started = Instant::now();
+    while !slaves.iter().all(|b| b.cli_command(&["topic", "describe", "plain"]).output().unwrap().status.success()) {
+        assert!(started.elapsed() < Duration::from_secs(10), "the slaves never learned the topics");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Even transactions commit, odd ones roll back — whoever decides.
+    let decide = |body: &str| {
+        let i: usize = body.trim_start_matches("tx-").parse().expect("a test transaction");
+        if i.is_multiple_of(2) { wasmq_client::TxDecision::Commit } else { wasmq_client::TxDecision::Rollback }
+    };
+    let later_sent_ms = rt.block_on(async {
+        // Transactions: the first half ended by the producer, the rest left undecided (the
+        // local transaction says unknown, and the producer is gone before any check-back).
+        let tx = wasmq_client::TransactionProducer::start(b0.connect().await, "payments", |_: &wasmq_client::TransactionCheck| {
+            wasmq_client::TxDecision::Unknown
+        })
+        .await
+        .unwrap()
+        .with_check_after_ms(2_000);
+        for i in 0..N_TX {
+            let body = format!("tx-{i}");
+            let local = if i < N_TX / 2 { decide(&body) } else { wasmq_client::TxDecision::Unknown };
+            let t = tx.send("pay", wasmq_client::OutgoingMessage::new(body), |_| local).await.unwrap();
+            assert_eq!(t.receipt.status, wasmq_client::SendStatus::Ok, "half message {i} acknowledged by the in-sync set");
+        }
+        drop(tx);
+        // Scheduled messages, due DELAY_MS from now.
+        let p = wasmq_client::Producer::new(b0.connect().await, "reminders");
+        let sent_ms = now_ms();
+        for i in 0..N_LATER {
+            let r =
+                p.send("later", wasmq_client::OutgoingMessage::new(format!("later-{i}")).with_delay(Duration::from_millis(DELAY_MS))).await;
+            assert_eq!(r.unwrap().status, wasmq_client::SendStatus::Ok);
+        }
+        // A consumer group takes the first 50 plain messages, commits, and leaves.
+        for i in 0..100 {
+            assert_eq!(
+                p.send("plain", wasmq_client::OutgoingMessage::new(format!("plain-{i}"))).await.unwrap().status,
+                wasmq_client::SendStatus::Ok
+            );
+        }
+        sent_ms
+    });
+    let first = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let got = Arc::clone(&first);
+    let handler: wasmq_client::Handler = Arc::new(move |_, _, m| {
+        let mut got = got.lock().unwrap();
+        if got.len() >= 50 {
+            return wasmq_client::ConsumeResult::Release;
+        }
+        got.push(String::from_utf8_lossy(&m.message.body).into_owned());
+        wasmq_client::ConsumeResult::Success
+    });
+    let mut options = wasmq_client::GroupOptions::new("readers", "plain");
+    options.batch = 10;
+    rt.block_on(async {
+        let member = wasmq_client::GroupConsumer::start(b0.connect().await, options.clone(), handler).await.unwrap();
+        let started = Instant::now();
+        while first.lock().unwrap().len() < 50 {
+            assert!(started.elapsed() < Duration::from_secs(20), "the group got {} of 50", first.lock().unwrap().len());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        member.shutdown().await;
+    });
+    let committed = |b: &Broker| -> u64 {
+        rt.block_on(b.admin().describe_group("readers")).map(|g| g.queues.iter().filter_map(|q| q.committed).sum()).unwrap_or(0)
+    };
+    assert_eq!(committed(&b0), 50, "the group committed what it consumed");
+    // Offsets reach the slaves with the every-second exchange.
+    let started = Instant::now();
+    while !slaves.iter().all(|b| committed(b) == 50) {
+        assert!(started.elapsed() < Duration::from_secs(10), "the slaves never took the group's offsets");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pending_before: u64 = rt.block_on(b0.admin().transactions()).unwrap().pending.iter().map(|p| p.pending).sum();
+    assert_eq!(pending_before, (N_TX / 2) as u64, "half of the transactions undecided at the kill");
+    assert!(now_ms() < later_sent_ms + DELAY_MS - 1_000, "the kill comes well before the scheduled messages are due");
+
+    b0.kill();
+    let (set, _) = wait_set(&nodes, SET, Duration::from_secs(20), "a new master", |s| s.epoch == 2);
+    let master = &slaves[set.master.expect("a master") as usize - 1];
+    // Elected, it restarts its services as master.
+    wait_for_writes(master);
+
+    // A producer of the group on the new master answers its check-backs.
+    let checks = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&checks);
+    let _checker = rt.block_on(async {
+        wasmq_client::TransactionProducer::start(master.connect().await, "payments", move |c: &wasmq_client::TransactionCheck| {
+            let body = String::from_utf8_lossy(&c.message.body).into_owned();
+            seen.lock().unwrap().push(body.clone());
+            decide(&body)
+        })
+        .await
+        .unwrap()
+    });
+    let started = Instant::now();
+    loop {
+        let t = rt.block_on(master.admin().transactions()).unwrap();
+        if t.pending.iter().map(|p| p.pending).sum::<u64>() == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "transactions still undecided on the new master: {t:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pay = counted(&rt, master, "pay", 2);
+    let want: BTreeSet<String> = (0..N_TX).filter(|i| i % 2 == 0).map(|i| format!("tx-{i}")).collect();
+    assert_eq!(pay.keys().cloned().collect::<BTreeSet<_>>(), want, "exactly the committed transactions are visible");
+    assert!(pay.values().all(|n| *n == 1), "each committed once: {pay:?}");
+    let checked: BTreeSet<String> = checks.lock().unwrap().iter().cloned().collect();
+    let undecided: BTreeSet<String> = (N_TX / 2..N_TX).map(|i| format!("tx-{i}")).collect();
+    assert_eq!(checked, undecided, "the new master checked back exactly the undecided ones");
+
+    // The scheduled messages arrive when due, once.
+    let started = Instant::now();
+    let later = loop {
+        let later = counted(&rt, master, "later", 2);
+        if later.len() == N_LATER {
+            break later;
+        }
+        assert!(now_ms() >= later_sent_ms + DELAY_MS || later.is_empty(), "scheduled messages delivered early: {later:?}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{} of {N_LATER} scheduled messages delivered", later.len());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let due_after_ms = now_ms().saturating_sub(later_sent_ms + DELAY_MS);
+    assert!(later.values().all(|n| *n == 1), "each scheduled message delivered once: {later:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(counted(&rt, master, "later", 2), later, "no scheduled message delivered again");
+
+    // The group resumes at its committed offsets: the other 50, none of the first again.
+    let rest = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let got = Arc::clone(&rest);
+    let handler: wasmq_client::Handler = Arc::new(move |_, _, m| {
+        got.lock().unwrap().push(String::from_utf8_lossy(&m.message.body).into_owned());
+        wasmq_client::ConsumeResult::Success
+    });
+    rt.block_on(async {
+        let member = wasmq_client::GroupConsumer::start(master.connect().await, options, handler).await.unwrap();
+        let started = Instant::now();
+        while rest.lock().unwrap().len() < 50 {
+            assert!(started.elapsed() < Duration::from_secs(20), "the group got {} of the other 50", rest.lock().unwrap().len());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        member.shutdown().await;
+    });
+    let before: BTreeSet<String> = first.lock().unwrap().iter().cloned().collect();
+    let after: BTreeSet<String> = rest.lock().unwrap().iter().cloned().collect();
+    assert_eq!(rest.lock().unwrap().len(), 50, "no message delivered twice after the failover");
+    assert!(before.is_disjoint(&after), "redelivered after the failover: {:?}", before.intersection(&after).collect::<Vec<_>>());
+    assert_eq!(before.union(&after).count(), 100, "every message consumed once");
+    eprintln!(
+        "after the master's kill: {} undecided transactions checked back and settled by the new master, {N_LATER} scheduled messages \
+         delivered {due_after_ms} ms after due, the group resumed at offset 50 of 100",
+        N_TX / 2
+    );
 }
