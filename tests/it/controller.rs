@@ -687,7 +687,8 @@ async fn send_direct(
 
 /// Network partitions in namespaces this test makes (`ip netns`, veth links to a bridge in the
 /// test's namespace): the three controller nodes on one side, each broker of a synchronously
-/// replicated set on a side of its own, the name server and the test in the test's namespace.
+/// replicated set on a side of its own (bound to every interface there, published at its
+/// address by `advertise_host`), the name server and the test in the test's namespace.
 /// Each cycle cuts the master off from the controller and both slaves — not from the test,
 /// whose producer follows the name server's routes and whose own connection keeps sending to
 /// the cut-off master (to a topic of its own). Cut off, the master acknowledges nothing (its
@@ -732,20 +733,29 @@ fn masters_partitioned_from_controller_and_slaves_stop_acking_and_are_replaced()
         .map(|id: usize| {
             let mut env = broker_env(&nodes, SET, id as u32, &extra);
             env.retain(|(k, _)| k != "WASMQ_LISTEN");
+            // Bound to every interface of its namespace, published at its address.
             for (k, port) in [("WASMQ_LISTEN", 7200), ("WASMQ_ADMIN_LISTEN", 7201), ("WASMQ_GRPC_LISTEN", 7202)] {
-                env.push((k.into(), format!("{}:{port}", side(id).ip())));
+                env.push((k.into(), format!("0.0.0.0:{port}")));
             }
+            env.push(("WASMQ_ADVERTISE_HOST".into(), side(id).ip()));
             env
         })
         .collect();
-    let start = |id: usize| Broker::start_in(&lab, side(id), dirs[id].path(), &envs[id]);
+    let start = |id: usize| {
+        let mut b = Broker::start_in(&lab, side(id), dirs[id].path(), &envs[id]);
+        (b.listen, b.admin_listen, b.grpc_listen) =
+            (format!("{}:7200", side(id).ip()), format!("{}:7201", side(id).ip()), format!("{}:7202", side(id).ip()));
+        b
+    };
     let mut brokers = vec![start(0)];
     wait_set(&nodes, SET, Duration::from_secs(15), "broker 0 master", |s| s.master == Some(0));
     brokers.push(start(1));
     brokers.push(start(2));
     brokers[0].cli(&["topic", "create", TOPIC, "--queues", "2"]);
     brokers[0].cli(&["topic", "create", DIRECT, "--queues", "1"]);
-    wait_set(&nodes, SET, Duration::from_secs(20), "all in sync", |s| s.in_sync.len() == 3);
+    let (all, _) = wait_set(&nodes, SET, Duration::from_secs(20), "all in sync", |s| s.in_sync.len() == 3);
+    let published: Vec<&String> = all.members.values().collect();
+    assert_eq!(published, (0..3).map(|id| format!("{}:7200", side(id).ip())).collect::<Vec<_>>().iter().collect::<Vec<_>>(), "advertised");
 
     let (stop, out) = (Arc::new(AtomicBool::new(false)), Arc::new(std::sync::Mutex::new(Produced::default())));
     let cluster = wasmq_client::Cluster::new(vec![ns.listen.clone()], files.2.clone());

@@ -25,6 +25,9 @@ pub struct RawConfig {
     pub admin_listen: Option<String>,
     /// RocketMQ 5 gRPC (TLS, HTTP/2) address, e.g. `127.0.0.1:8081`; port 0 picks one.
     pub grpc_listen: Option<String>,
+    /// The host other machines reach this broker at (RocketMQ's `brokerIP1`): published with the
+    /// listeners' ports to name servers, the controller and slaves instead of the bind address.
+    pub advertise_host: Option<String>,
     pub data_dir: Option<PathBuf>,
     /// PEM server certificate chain and key; without them a development CA and certificate are
     /// generated in `<data_dir>/tls/` on first start.
@@ -140,6 +143,7 @@ const SETTINGS: &[&str] = &[
     "listen",
     "admin_listen",
     "grpc_listen",
+    "advertise_host",
     "data_dir",
     "tls_cert",
     "tls_key",
@@ -215,6 +219,7 @@ impl RawConfig {
                 "listen" => raw.listen = Some(v),
                 "admin_listen" => raw.admin_listen = Some(v),
                 "grpc_listen" => raw.grpc_listen = Some(v),
+                "advertise_host" => raw.advertise_host = Some(v),
                 "data_dir" => raw.data_dir = Some(v.into()),
                 "tls_cert" => raw.tls_cert = Some(v.into()),
                 "tls_key" => raw.tls_key = Some(v.into()),
@@ -273,6 +278,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub grpc_listen: SocketAddr,
+    /// The host published instead of the listeners' bind addresses (see [`Config::published`]).
+    pub advertise_host: Option<String>,
     pub data_dir: PathBuf,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub admin_token: Option<String>,
@@ -304,6 +311,34 @@ pub struct Config {
 fn addr(key: &str, v: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
     let v = v.unwrap_or_else(|| default.to_owned());
     v.parse().map_err(|_| bad(key, format!("{v:?} is not an address like 127.0.0.1:7070")))
+}
+
+/// Longest `advertise_host` (a DNS name's limit).
+pub const ADVERTISE_HOST_BYTES_MAX: usize = 253;
+
+/// An IP address or a host name, without a port.
+fn advertise_host(v: Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(h) = v else { return Ok(None) };
+    let ok_name = !h.is_empty()
+        && h.len() <= ADVERTISE_HOST_BYTES_MAX
+        && h.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if h.parse::<std::net::IpAddr>().is_ok() || ok_name {
+        Ok(Some(h))
+    } else {
+        Err(bad("advertise_host", format!("{h:?} is not an IP address or host name (without a port)")))
+    }
+}
+
+impl Config {
+    /// `bound` as other hosts reach it: `advertise_host` with its port, else itself.
+    #[must_use]
+    pub fn published(&self, bound: SocketAddr) -> String {
+        match &self.advertise_host {
+            Some(h) if h.contains(':') => format!("[{h}]:{}", bound.port()),
+            Some(h) => format!("{h}:{}", bound.port()),
+            None => bound.to_string(),
+        }
+    }
 }
 
 fn non_zero(key: &str, v: Option<u32>, default: u32) -> Result<NonZeroU32, ConfigError> {
@@ -370,7 +405,18 @@ impl TryFrom<RawConfig> for Config {
             return Err(bad("frame_bytes_max", format!("between message_bytes_max + 64 KiB and {}", wasmq_protocol::FRAME_BYTES_MAX)));
         }
         let listen = addr("listen", raw.listen, "127.0.0.1:7070")?;
+        let advertise_host = advertise_host(raw.advertise_host)?;
+        let published_to = raw.namesrv.as_ref().is_some_and(|n| !n.is_empty()) || raw.controller.as_ref().is_some_and(|c| !c.is_empty());
+        if advertise_host.is_none() && published_to && listen.ip().is_unspecified() {
+            return Err(bad(
+                "advertise_host",
+                format!(
+                    "listen {listen} is no address other hosts can reach: name the host name servers, the controller and slaves should use"
+                ),
+            ));
+        }
         Ok(Self {
+            advertise_host,
             broker_name,
             listen,
             admin_listen: addr("admin_listen", raw.admin_listen, "127.0.0.1:7071")?,
@@ -573,5 +619,28 @@ mod tests {
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "listen = \"127.0.0.1:9\"\nbogus = 1\n").unwrap();
         assert!(RawConfig::load(Some(&p), env(&[])).unwrap_err().reason.contains("bogus"));
+    }
+
+    #[test]
+    fn the_advertised_host_replaces_the_bind_address_where_others_connect() {
+        let load = |vars: &[(&str, &str)]| Config::try_from(RawConfig::load(None, env(vars)).unwrap());
+        let bound: SocketAddr = "0.0.0.0:7070".parse().unwrap();
+        let c = load(&[("WASMQ_ADVERTISE_HOST", "broker-a.example.com")]).unwrap();
+        assert_eq!(c.published(bound), "broker-a.example.com:7070");
+        assert_eq!(load(&[("WASMQ_ADVERTISE_HOST", "fd00::7")]).unwrap().published(bound), "[fd00::7]:7070");
+        assert_eq!(load(&[]).unwrap().published("10.0.0.5:7070".parse().unwrap()), "10.0.0.5:7070", "without it, the bind address");
+        for bad_host in ["host:7070", "", "a..b", "white space", &"x".repeat(ADVERTISE_HOST_BYTES_MAX + 1)] {
+            let e = load(&[("WASMQ_ADVERTISE_HOST", bad_host)]).unwrap_err();
+            assert_eq!(e.key, "advertise_host", "{bad_host:?}: {e}");
+        }
+        // Bound to every interface and published to name servers or a controller: which address
+        // would they hand out? Refused, naming the setting.
+        for to in [("WASMQ_NAMESRV", "10.0.0.9:9876"), ("WASMQ_CONTROLLER", "10.0.0.9:9878")] {
+            let e = load(&[("WASMQ_LISTEN", "0.0.0.0:7070"), to]).unwrap_err();
+            assert_eq!(e.key, "advertise_host", "{to:?}: {e}");
+            assert!(e.to_string().contains("0.0.0.0:7070"), "{e}");
+            load(&[("WASMQ_LISTEN", "0.0.0.0:7070"), to, ("WASMQ_ADVERTISE_HOST", "10.0.0.5")]).unwrap();
+        }
+        load(&[("WASMQ_LISTEN", "0.0.0.0:7070")]).expect("a broker publishing to no one may bind every interface");
     }
 }

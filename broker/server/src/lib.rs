@@ -227,8 +227,12 @@ async fn run_once(
     let store = Arc::new(store);
     let controller =
         (!config.controller.is_empty()).then(|| Arc::new(wasmq_controller_api::Client::new(config.controller.clone(), &peer_ca)));
-    let me =
-        failover::Me { set: config.broker_name.clone(), id: config.broker_id, addr: config.listen.to_string(), peer_ca: peer_ca.clone() };
+    let me = failover::Me {
+        set: config.broker_name.clone(),
+        id: config.broker_id,
+        addr: config.published(config.listen),
+        peer_ca: peer_ca.clone(),
+    };
     // Under a controller, a master's acknowledgements wait for the in-sync set it holds.
     let (mut in_sync, mut first_lease) = (None, None);
     let role = match (&controller, plan.role) {
@@ -308,12 +312,12 @@ async fn run_once(
             cluster: config.cluster.clone(),
             broker_name: config.broker_name.clone(),
             broker_id: config.broker_id,
-            addr: info.listen.to_string(),
-            admin_addr: info.admin_listen.to_string(),
+            addr: config.published(info.listen),
+            admin_addr: config.published(info.admin_listen),
             topics: Vec::new(),
             live: wasmq_protocol::BrokerLive::default(),
             register_interval_ms: u32::try_from(config.register_interval.as_millis()).unwrap_or(u32::MAX),
-            endpoints: vec![wasmq_protocol::Endpoint { protocol: GRPC.to_owned(), addr: info.grpc_listen.to_string() }],
+            endpoints: vec![wasmq_protocol::Endpoint { protocol: GRPC.to_owned(), addr: config.published(info.grpc_listen) }],
             master: !replication.is_slave(),
             epoch: 0,
         };
@@ -344,7 +348,7 @@ async fn run_once(
     if let Some(client) = &controller {
         tracker.spawn(failover::heartbeats(
             Arc::clone(client),
-            failover::Me { addr: info.listen.to_string(), ..me },
+            failover::Me { addr: config.published(info.listen), ..me },
             replication.role.clone(),
             first_lease,
             Arc::clone(&engine),
@@ -355,8 +359,12 @@ async fn run_once(
     }
     if replication.is_slave() {
         // A slave appends nothing itself: held messages move on its master.
-        let following =
-            wasmq_frontend_native::follow(Arc::clone(&replication), Arc::clone(&engine), info.admin_listen.to_string(), shutdown.clone());
+        let following = wasmq_frontend_native::follow(
+            Arc::clone(&replication),
+            Arc::clone(&engine),
+            config.published(info.admin_listen),
+            shutdown.clone(),
+        );
         let (role, restart) = (replication.role.clone(), Arc::clone(restart));
         tracker.spawn(async move {
             if let Some(cut) = following.await {
