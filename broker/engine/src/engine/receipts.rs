@@ -489,6 +489,33 @@ mod tests {
     }
 
     #[test]
+    fn a_slave_elected_master_has_the_receive_state_it_replicated() {
+        let (m, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (master, clock) = engine(m.path());
+        // The slave opens (and saves its receive state) before the master's records arrive.
+        let (slave, _) = engine(s.path());
+        slave.set_follower();
+        slave.set_read_only("a slave of broker-a");
+        send(&master, &["a", "b", "c"]);
+        let got = master.receive(&receive("g", "t", false)).unwrap();
+        master.ack("g", &got[0].receipt.handle()).unwrap();
+        let renewed = master.change_invisible("g", &got[1].receipt.handle(), 5_000).unwrap();
+        let raw = master.store.read_raw(0, 1 << 20).unwrap();
+        slave.store.append_raw(raw.start_offset, &raw.bytes).unwrap();
+        slave.persist_offsets().unwrap();
+        drop(slave);
+        // Elected: opened again as master.
+        let e = reopen(s.path(), &clock);
+        assert_eq!(e.in_flight().get("g"), Some(&2), "b and c are in flight, a acknowledged");
+        assert!(e.receive(&receive("g", "t", false)).unwrap().is_empty(), "nothing acknowledged or hidden comes again");
+        assert!(matches!(e.ack("g", &got[0].receipt.handle()), Err(ReceiptError::Stale(_))), "acknowledged on the old master");
+        e.ack("g", &renewed.receipt.handle()).expect("the renewed handle is valid on the new master");
+        // c's invisible time (1 s) ends as on the old master: it comes back.
+        clock.advance_ms(1_000);
+        assert_eq!(e.revive_expired(), 1);
+    }
+
+    #[test]
     fn in_flight_messages_and_their_handles_survive_a_crash_and_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let (e, clock) = engine(dir.path());
