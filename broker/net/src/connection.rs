@@ -49,9 +49,11 @@ type Inbound = Arc<Mutex<Option<mpsc::Sender<Request>>>>;
 /// again later).
 const INBOUND_MAX: usize = 1024;
 /// Waits between reconnection attempts: doubled after each failure from the first to the
-/// last, each with up to a fifth of jitter either way; none before the first attempt.
+/// last, each with up to a fifth of jitter either way; none before the first attempt. The last
+/// bounds how long a client stays away from a broker that is back (a restart, a failover), as
+/// Kafka's `reconnect.backoff.max.ms` (1 s) does.
 const RECONNECT_BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Registrations a connection repeats after reconnecting (one per producer group it serves).
 pub const REPLAY_MAX: usize = 64;
 
