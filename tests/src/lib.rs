@@ -83,11 +83,21 @@ pub mod broker {
     }
 
     fn workspace_binary(package: &str, bin: &str) -> PathBuf {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo).args(["build", "-q", "-p", package, "--bin", bin]).status().expect("run cargo build for a binary");
-        assert!(status.success(), "building {bin} failed");
         let exe = std::env::current_exe().expect("own path");
         let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-q", "-p", package, "--bin", bin]);
+        // The binary is taken from this test binary's profile directory (`just chaos` runs in
+        // release), so it is built with that profile (`debug` is the `dev` profile's).
+        match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => {}
+            Some(profile) => {
+                build.args(["--profile", profile]);
+            }
+        }
+        let status = build.status().expect("run cargo build for a binary");
+        assert!(status.success(), "building {bin} failed");
         let path = dir.join(bin);
         assert!(path.exists(), "{} missing", path.display());
         path
