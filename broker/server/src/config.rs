@@ -405,23 +405,30 @@ impl TryFrom<RawConfig> for Config {
             return Err(bad("frame_bytes_max", format!("between message_bytes_max + 64 KiB and {}", wasmq_protocol::FRAME_BYTES_MAX)));
         }
         let listen = addr("listen", raw.listen, "127.0.0.1:7070")?;
+        let admin_listen = addr("admin_listen", raw.admin_listen, "127.0.0.1:7071")?;
+        // RocketMQ's proxy serves gRPC on 8081.
+        let grpc_listen = addr("grpc_listen", raw.grpc_listen, "127.0.0.1:8081")?;
         let advertise_host = advertise_host(raw.advertise_host)?;
         let published_to = raw.namesrv.as_ref().is_some_and(|n| !n.is_empty()) || raw.controller.as_ref().is_some_and(|c| !c.is_empty());
-        if advertise_host.is_none() && published_to && listen.ip().is_unspecified() {
-            return Err(bad(
-                "advertise_host",
-                format!(
-                    "listen {listen} is no address other hosts can reach: name the host name servers, the controller and slaves should use"
-                ),
-            ));
+        if advertise_host.is_none() && published_to {
+            let every_interface = [("listen", listen), ("admin_listen", admin_listen), ("grpc_listen", grpc_listen)]
+                .into_iter()
+                .find(|(_, a)| a.ip().is_unspecified());
+            if let Some((key, a)) = every_interface {
+                return Err(bad(
+                    "advertise_host",
+                    format!(
+                        "{key} {a} is no address other hosts can reach: name the host name servers, the controller and slaves should use"
+                    ),
+                ));
+            }
         }
         Ok(Self {
             advertise_host,
             broker_name,
             listen,
-            admin_listen: addr("admin_listen", raw.admin_listen, "127.0.0.1:7071")?,
-            // RocketMQ's proxy serves gRPC on 8081.
-            grpc_listen: addr("grpc_listen", raw.grpc_listen, "127.0.0.1:8081")?,
+            admin_listen,
+            grpc_listen,
             data_dir,
             tls,
             admin_read_token: match raw.admin_read_token {
@@ -638,8 +645,11 @@ mod tests {
         for to in [("WASMQ_NAMESRV", "10.0.0.9:9876"), ("WASMQ_CONTROLLER", "10.0.0.9:9878")] {
             let e = load(&[("WASMQ_LISTEN", "0.0.0.0:7070"), to]).unwrap_err();
             assert_eq!(e.key, "advertise_host", "{to:?}: {e}");
-            assert!(e.to_string().contains("0.0.0.0:7070"), "{e}");
-            load(&[("WASMQ_LISTEN", "0.0.0.0:7070"), to, ("WASMQ_ADVERTISE_HOST", "10.0.0.5")]).unwrap();
+            assert!(e.to_string().contains("listen 0.0.0.0:7070"), "{e}");
+            let e = load(&[("WASMQ_LISTEN", "10.0.0.5:7070"), ("WASMQ_ADMIN_LISTEN", "0.0.0.0:7071"), to]).unwrap_err();
+            assert!(e.to_string().contains("admin_listen 0.0.0.0:7071"), "{e}");
+            load(&[("WASMQ_LISTEN", "0.0.0.0:7070"), ("WASMQ_GRPC_LISTEN", "[::]:8081"), to, ("WASMQ_ADVERTISE_HOST", "10.0.0.5")])
+                .unwrap();
         }
         load(&[("WASMQ_LISTEN", "0.0.0.0:7070")]).expect("a broker publishing to no one may bind every interface");
     }
