@@ -234,14 +234,14 @@ impl Engine {
                 retry: RwLock::new((RETRY_DELAYS_MS_DEFAULT.to_vec(), MAX_RECONSUME_TIMES_DEFAULT)),
                 locks: Mutex::new(HashMap::new()),
                 lock_ttl_ms: AtomicU64::new(ORDER_LOCK_TTL_MS_DEFAULT),
-                receipts: receipts::Receipts::new(dir.join("receipts.json")),
+                receipts: receipts::Receipts::new(dir.join(crate::parked::RECEIVE_STATE_FILE)),
                 settings_path,
                 settings: Mutex::new(settings),
             },
             read_only: Mutex::new(None),
             follows: std::sync::atomic::AtomicBool::new(false),
             parked: Parked::default(),
-            parked_path: dir.join("parked.json"),
+            parked_path: dir.join(crate::parked::WATERMARKS_FILE),
         };
         for (topic, queues) in [
             (HALF_TOPIC, 1),

@@ -23,8 +23,8 @@ pub use groups::{Assignment, Coordinator, FenceError, GROUP_MEMBERS_MAX, GROUP_T
 pub use offsets::OffsetTable;
 pub use parked::{
     CheckDue, DELAY_MAX_MS_DEFAULT, Decided, Decision, EndOutcome, HALF_TOPIC, PENDING_HALVES_MAX, ParkPolicy, PendingTransactions,
-    RECALLED_TOPIC, RecallError, SCHEDULE_TOPIC, SCHEDULED_MAX, ScheduleStatus, TX_CHECK_INTERVAL_MS_DEFAULT, TX_CHECKS_MAX_DEFAULT,
-    TX_OP_TOPIC, TxCounters, is_internal_topic,
+    RECALLED_TOPIC, RECEIVE_STATE_FILE, RecallError, SCHEDULE_TOPIC, SCHEDULED_MAX, ScheduleStatus, TX_CHECK_INTERVAL_MS_DEFAULT,
+    TX_CHECKS_MAX_DEFAULT, TX_OP_TOPIC, TxCounters, WATERMARKS_FILE, forget_recovery_state, is_internal_topic,
 };
 pub use plugin::{
     Attachment, Delivery, DeliveryFilter, FailurePolicy, KeySelector, NoPlugins, OrderingKey, PlacementError, PluginMessage, Plugins,

@@ -206,6 +206,31 @@ impl Default for ParkPolicy {
     }
 }
 
+/// Where the recovery watermarks are saved, in the engine's configuration directory.
+pub const WATERMARKS_FILE: &str = "parked.json";
+
+/// Where the per-message receive state is saved (`engine/receipt_log.rs`), with the
+/// `%RECEIPTS%` queue offset its replay starts from.
+pub const RECEIVE_STATE_FILE: &str = "receipts.json";
+
+/// Forgets what recovery would start from in `config_dir` — the recovery watermarks and the
+/// saved receive state — before the engine opens on a log that was cut (a rejoining broker cut
+/// the tail its master never had): what is appended after the cut takes queue offsets these
+/// may already have passed, and the saved state may hold the cut records' effects. The next
+/// recovery scans and replays from the start instead.
+///
+/// # Errors
+/// A file exists and could not be removed.
+pub fn forget_recovery_state(config_dir: &Path) -> std::io::Result<()> {
+    for file in [WATERMARKS_FILE, RECEIVE_STATE_FILE] {
+        match std::fs::remove_file(config_dir.join(file)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Recovery watermarks, saved with the offsets (a stale file only means a longer scan).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Watermarks {
@@ -603,6 +628,37 @@ mod tests {
         clock.set_ms(5_000);
         assert_eq!(elected.release_due().0, 1);
         assert_eq!(bodies(&elected, "t"), vec!["later"]);
+    }
+
+    #[test]
+    fn after_a_cut_the_watermarks_are_forgotten_and_later_halves_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000));
+        let e = open(dir.path(), &clock);
+        e.create_topic("t", 1).unwrap();
+        // Two transactions decided: the watermark passes both (half queue offset 2).
+        let first = e.send_half("t", "pg", None, vec![msg("a", "id-a"), msg("b", "id-b")]).unwrap();
+        let cut = first.messages[0].log_offset;
+        for (m, id) in first.messages.iter().zip(["id-a", "id-b"]) {
+            e.end_transaction(m.log_offset, id, Decision::Rollback).unwrap();
+        }
+        e.persist_offsets().unwrap();
+        drop(e);
+        // The tail is cut (this broker's master never had it), as a rejoining broker does.
+        let reopen = |cut_at: Option<u64>| {
+            let mut config = StoreConfig::small_for_tests(dir.path().join("store"));
+            config.cut_log_at = cut_at;
+            let (store, _) = Store::open_with(config, clock.clone(), Arc::new(StatvfsProbe)).unwrap();
+            Engine::open(Arc::new(store), dir.path().join("config"), "b0", clock.clone()).unwrap()
+        };
+        forget_recovery_state(&dir.path().join("config")).unwrap();
+        let e = reopen(Some(cut));
+        // A half arriving after the cut takes half queue offset 0, below the old watermark.
+        e.send_half("t", "pg", None, vec![msg("c", "id-c")]).unwrap();
+        drop(e);
+        let e = reopen(None);
+        assert_eq!(e.transactions().0.iter().map(|p| p.pending).sum::<u64>(), 1, "the half after the cut is pending");
+        forget_recovery_state(&dir.path().join("config")).expect("no file is no error");
     }
 
     #[test]

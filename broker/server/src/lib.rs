@@ -224,6 +224,10 @@ async fn run_once(
     if report.crashed {
         tracing::warn!(?report, "recovered after an unclean shutdown");
     }
+    if report.cut_at.is_some() {
+        // What follows the cut takes queue offsets the saved recovery state may have passed.
+        wasmq_engine::forget_recovery_state(&config.data_dir.join("config")).context("forgetting the recovery state after a cut")?;
+    }
     let store = Arc::new(store);
     let controller =
         (!config.controller.is_empty()).then(|| Arc::new(wasmq_controller_api::Client::new(config.controller.clone(), &peer_ca)));

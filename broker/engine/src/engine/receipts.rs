@@ -489,6 +489,27 @@ mod tests {
     }
 
     #[test]
+    fn after_a_cut_the_receive_state_is_replayed_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (e, clock) = engine(dir.path());
+        send(&e, &["a", "b"]);
+        let got = e.receive(&receive("g", "t", false)).unwrap();
+        let ack_at = e.store.queue_bounds(receipt_log::RECEIPTS_TOPIC, 0).1;
+        e.ack("g", &got[0].receipt.handle()).unwrap();
+        // Saved with the ack applied; then the ack's record is cut (its master never had it).
+        e.persist_offsets().unwrap();
+        let cut = e.store.read_queue(receipt_log::RECEIPTS_TOPIC, 0, ack_at, 1, 1 << 20).unwrap().messages[0].log_offset;
+        drop(e);
+        crate::forget_recovery_state(&dir.path().join("config")).unwrap();
+        let mut config = StoreConfig::small_for_tests(dir.path().join("store"));
+        config.cut_log_at = Some(cut);
+        let (store, _) = Store::open(config).unwrap();
+        let e = Engine::open(Arc::new(store), dir.path().join("config"), "broker-a", clock.clone()).unwrap();
+        assert_eq!(e.in_flight().get("g"), Some(&2), "a's ack was cut: a is in flight again, with b");
+        e.ack("g", &got[0].receipt.handle()).expect("a's handle is valid again");
+    }
+
+    #[test]
     fn a_slave_elected_master_has_the_receive_state_it_replicated() {
         let (m, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (master, clock) = engine(m.path());
