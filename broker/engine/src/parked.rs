@@ -509,7 +509,12 @@ mod tests {
     use wasmq_store::{ManualClock, StatvfsProbe, Store, StoreConfig};
 
     fn open(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Engine {
-        let config = StoreConfig::small_for_tests(dir.join("store"));
+        open_cut(dir, clock, None)
+    }
+
+    /// [`open`] with the log cut at `cut_log_at` first.
+    fn open_cut(dir: &std::path::Path, clock: &Arc<ManualClock>, cut_log_at: Option<u64>) -> Engine {
+        let config = StoreConfig { cut_log_at, ..StoreConfig::small_for_tests(dir.join("store")) };
         let (store, _) = Store::open_with(config, clock.clone(), Arc::new(StatvfsProbe)).unwrap();
         Engine::open(Arc::new(store), dir.join("config"), "b0", clock.clone()).unwrap()
     }
@@ -645,18 +650,12 @@ mod tests {
         e.persist_offsets().unwrap();
         drop(e);
         // The tail is cut (this broker's master never had it), as a rejoining broker does.
-        let reopen = |cut_at: Option<u64>| {
-            let mut config = StoreConfig::small_for_tests(dir.path().join("store"));
-            config.cut_log_at = cut_at;
-            let (store, _) = Store::open_with(config, clock.clone(), Arc::new(StatvfsProbe)).unwrap();
-            Engine::open(Arc::new(store), dir.path().join("config"), "b0", clock.clone()).unwrap()
-        };
         forget_recovery_state(&dir.path().join("config")).unwrap();
-        let e = reopen(Some(cut));
+        let e = open_cut(dir.path(), &clock, Some(cut));
         // A half arriving after the cut takes half queue offset 0, below the old watermark.
         e.send_half("t", "pg", None, vec![msg("c", "id-c")]).unwrap();
         drop(e);
-        let e = reopen(None);
+        let e = open(dir.path(), &clock);
         assert_eq!(e.transactions().0.iter().map(|p| p.pending).sum::<u64>(), 1, "the half after the cut is pending");
         forget_recovery_state(&dir.path().join("config")).expect("no file is no error");
     }

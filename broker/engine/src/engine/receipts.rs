@@ -482,7 +482,12 @@ mod tests {
 
     /// The engine over the same directory again, as after a restart (no topic created).
     fn reopen(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Engine {
-        let (store, _) = Store::open(StoreConfig::small_for_tests(dir.join("store"))).unwrap();
+        reopen_cut(dir, clock, None)
+    }
+
+    /// [`reopen`] with the log cut at `cut_log_at` first.
+    fn reopen_cut(dir: &std::path::Path, clock: &Arc<ManualClock>, cut_log_at: Option<u64>) -> Engine {
+        let (store, _) = Store::open(StoreConfig { cut_log_at, ..StoreConfig::small_for_tests(dir.join("store")) }).unwrap();
         let e = Engine::open(Arc::new(store), dir.join("config"), "broker-a", clock.clone()).unwrap();
         e.set_retry_policy(vec![100, 300], 2).unwrap();
         e
@@ -501,10 +506,7 @@ mod tests {
         let cut = e.store.read_queue(receipt_log::RECEIPTS_TOPIC, 0, ack_at, 1, 1 << 20).unwrap().messages[0].log_offset;
         drop(e);
         crate::forget_recovery_state(&dir.path().join("config")).unwrap();
-        let mut config = StoreConfig::small_for_tests(dir.path().join("store"));
-        config.cut_log_at = Some(cut);
-        let (store, _) = Store::open(config).unwrap();
-        let e = Engine::open(Arc::new(store), dir.path().join("config"), "broker-a", clock.clone()).unwrap();
+        let e = reopen_cut(dir.path(), &clock, Some(cut));
         assert_eq!(e.in_flight().get("g"), Some(&2), "a's ack was cut: a is in flight again, with b");
         e.ack("g", &got[0].receipt.handle()).expect("a's handle is valid again");
     }
