@@ -347,7 +347,8 @@ fn bad_input_on_the_grpc_port_gets_a_clear_answer_and_the_broker_stays_up() {
 /// A broker SIGKILLed (and restarted on the same ports) while a Python SimpleConsumer works
 /// through 300 messages (listed in the admin API as a gRPC member of its group, with its
 /// language and version): the consumer carries on by itself, every message is acknowledged in
-/// the end, each one it left unacknowledged comes back, and none whose ack was answered OK is
+/// the end (in the broker's view too: no lag left; an ack whose answer the kill cut off may
+/// have been done, so its message need not come back), each one it left unacknowledged comes back, and none whose ack was answered OK is
 /// delivered again — the in-flight state is recovered, not only the offsets saved every 5 s.
 #[test]
 fn a_python_simple_consumer_carries_on_through_a_broker_sigkill() {
@@ -382,10 +383,23 @@ fn a_python_simple_consumer_carries_on_through_a_broker_sigkill() {
         next(&mut seen);
     }
     running.wait();
+    // The broker's own view: nothing of the group left unacknowledged, in the topic or in the
+    // group's retry topic (a committed offset is the lowest unacknowledged one).
+    let group = rt.block_on(broker.admin().describe_group("rmq-restart")).unwrap();
+    let pending: Vec<_> = group.queues.iter().filter(|q| q.lag > 0).collect();
+    assert!(pending.is_empty(), "the broker holds messages of the group unacknowledged: {pending:?}");
     drop(broker);
     let received: Vec<&Value> = seen.iter().filter(|l| l["step"] == "received").collect();
     let acked: std::collections::HashSet<&str> = received.iter().filter(|l| l["acked"] == true).map(|l| str_of(l, "body")).collect();
-    assert_eq!(acked.len(), N, "every message acknowledged in the end: {} of {N}", acked.len());
+    // An ack whose call failed as the broker died may have reached it first: that message is
+    // done and never comes back. Such messages are settled by the broker's view above.
+    let uncertain: Vec<&str> = seen.last().unwrap()["uncertain"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let history = |body: &str| seen.iter().filter(|l| l["body"] == body).collect::<Vec<_>>();
+    for body in (0..N).map(|i| format!("r-{i}")).filter(|b| !acked.contains(b.as_str())) {
+        assert!(uncertain.contains(&body.as_str()), "{body} was never acknowledged: {:?}", history(&body));
+    }
+    assert!(uncertain.len() <= 1, "only an ack in flight at the kill may go unanswered: {uncertain:?}");
+    assert_eq!(acked.len() + uncertain.len(), N, "every message acknowledged in the end");
     for left in (0..N).step_by(10).map(|i| format!("r-{i}")) {
         let deliveries = received.iter().filter(|l| l["body"] == left.as_str()).count();
         assert!(deliveries >= 2, "{left} was left unacknowledged and must come back ({deliveries} deliveries)");
