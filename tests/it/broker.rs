@@ -206,6 +206,7 @@ fn hello_frame() -> Frame {
         version_min: wasmq_protocol::PROTOCOL_VERSION,
         version_max: wasmq_protocol::PROTOCOL_VERSION,
         client_id: "raw".into(),
+        credentials: None,
     });
     Frame { kind: Kind::Request, request_id: 1, code: Op::Hello as u16, body: h.encode() }
 }
@@ -241,6 +242,7 @@ fn bad_input_gets_an_error_and_the_broker_stays_up() {
             version_min: newer,
             version_max: newer + 2,
             client_id: "x".into(),
+            credentials: None,
         });
         s.write_all(&Frame { kind: Kind::Request, request_id: 1, code: Op::Hello as u16, body: h.encode() }.to_bytes()).await.unwrap();
         assert_eq!(read_frame(&mut s).await.unwrap().code, ErrorCode::UnsupportedVersion as u16);

@@ -8,6 +8,7 @@ mod plugins;
 mod reconnect;
 mod replication;
 mod rocketmq;
+mod security;
 mod store_crash;
 mod store_disk_full;
 mod transactions;

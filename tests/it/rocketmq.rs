@@ -425,20 +425,42 @@ fn a_python_simple_consumer_carries_on_through_a_broker_sigkill() {
     );
 }
 
-/// With access keys configured, a Python producer signing with a right key sends; a wrong
-/// secret, an unknown access key or no key at all is refused with gRPC UNAUTHENTICATED naming
-/// the reason (never the secret), and nothing of theirs is stored.
+/// Once the broker has users, a Python producer signing with a user's access key (its name) and
+/// secret sends where a policy allows it; a wrong secret, an unknown access key or no key at
+/// all is refused with gRPC UNAUTHENTICATED naming the reason (never the secret); a user signing
+/// correctly whom no policy allows is answered FORBIDDEN naming the user, action and topic; and
+/// nothing of theirs is stored.
 #[test]
-fn a_broker_with_access_keys_takes_only_requests_signed_by_one() {
+fn a_broker_with_users_takes_only_requests_signed_by_one_that_may() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), &[("WASMQ_ACCESS_KEYS", "app:app-secret-1,ops:ops-secret-2")]);
+    let broker = Broker::start(dir.path(), &[]);
     broker.cli(&["topic", "create", "rmq-auth", "--queues", &QUEUES.to_string()]);
+    let rt = wasmq_tests::runtime();
+    let admin = broker.admin();
+    let (root_password, password) = ("root-password-1", "user-password-1");
+    let mut secrets = HashMap::new();
+    rt.block_on(async {
+        admin.create_user("root", root_password, &["admin"]).await.unwrap();
+        for user in ["app", "ops", "nosy"] {
+            admin.create_user(user, password, &[]).await.unwrap();
+            secrets.insert(user, admin.new_access_key(user).await.unwrap().secret_key);
+        }
+        for user in ["app", "ops"] {
+            let p = wasmq_client::admin_types::PolicyView {
+                subject: format!("user:{user}"),
+                resource: "topic:rmq-*".into(),
+                actions: vec!["produce".into()],
+                effect: "allow".into(),
+            };
+            admin.add_policy(&p).await.unwrap();
+        }
+    });
     let try_with = |ak: &str, sk: &str| {
         let lines = scenario(&broker.grpc_listen, &broker.ca, "auth", &["rmq-auth", ak, sk]);
         lines.into_iter().next().expect("the scenario's answer")
     };
-    assert_eq!(try_with("app", "app-secret-1")["ok"], true);
-    assert_eq!(try_with("ops", "ops-secret-2")["ok"], true);
+    assert_eq!(try_with("app", &secrets["app"])["ok"], true);
+    assert_eq!(try_with("ops", &secrets["ops"])["ok"], true);
     for (ak, sk, why) in [
         ("app", "guess", "wrong signature for access key \"app\""),
         ("nobody", "x", "unknown access key"),
@@ -449,10 +471,12 @@ fn a_broker_with_access_keys_takes_only_requests_signed_by_one() {
         let error = str_of(&r, "error");
         assert_eq!(str_of(&r, "code"), "UNAUTHENTICATED", "{ak}/{sk}: {r}");
         assert!(error.contains(why), "{ak}/{sk}: {error}");
-        assert!(!error.contains("secret"), "no secret in the answer: {error}");
+        assert!(!error.contains("secret") && !error.contains(&secrets["app"]), "no secret in the answer: {error}");
     }
-    let rt = wasmq_tests::runtime();
-    let conn = rt.block_on(broker.connect());
+    let nosy = try_with("nosy", &secrets["nosy"]);
+    assert_eq!((nosy["ok"].as_bool(), nosy["status"].as_i64()), (Some(false), Some(40300)), "FORBIDDEN: {nosy}");
+    assert_eq!(str_of(&nosy, "error"), "not authorized: user nosy may not describe on topic rmq-auth");
+    let conn = rt.block_on(wasmq_client::Connection::connect(broker.options().login("root", root_password))).unwrap();
     let mut bodies: Vec<String> = rt.block_on(drain(&conn, "rmq-auth")).iter().map(|(_, m)| body(m)).collect();
     bodies.sort();
     assert_eq!(bodies, ["signed by app", "signed by ops"]);

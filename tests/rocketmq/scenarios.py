@@ -392,7 +392,8 @@ def cluster(endpoint, topic):
 def auth(endpoint, topic):
     """A producer whose requests the client signs with AK/SK; when it cannot start, the same
     signed request (the client's own signing code) made through the stubs shows the broker's
-    answer, which the client's exception does not carry."""
+    answer, which the client's exception does not carry: a gRPC status when the signature is
+    refused, a RocketMQ status inside the answer when the policies refuse the user."""
     import grpc
     from rocketmq.grpc_protocol import MessagingServiceStub, QueryRouteRequest
     from rocketmq.v5.util.signature import Signature
@@ -413,8 +414,9 @@ def auth(endpoint, topic):
     req = QueryRouteRequest()
     req.topic.name = topic
     try:
-        stub.QueryRoute(req, metadata=Signature.metadata(cfg, "auth-scenario"), timeout=10)
-        out(ok=False, client_error=failure, code="OK", error="")
+        r = stub.QueryRoute(req, metadata=Signature.metadata(cfg, "auth-scenario"), timeout=10)
+        # Authenticated, but refused by the broker's policies: a status inside the answer.
+        out(ok=False, client_error=failure, code="OK", status=r.status.code, error=r.status.message)
     except grpc.RpcError as e:
         out(ok=False, client_error=failure, code=e.code().name, error=e.details())
 

@@ -1,14 +1,14 @@
-//! The admin HTTP API (JSON under `/api/v1`, bearer token), served over HTTPS by the server's admin listener.
+//! The admin HTTP API (JSON under `/api/v1`; who may call what: `authz.rs`), served over HTTPS by the server's admin listener.
 //! `router(state)` is a plain axum router, tested without sockets.
 
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::extract::{Path, Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use wasmq_admin_types::{
     ApiError, AttachPlugin, AttachmentView, BrokerInfo, CreateTopic, DeadLetter, GroupDetail, GroupMember, GroupQueue, GroupSettings,
@@ -63,36 +63,6 @@ pub(crate) fn error(status: u16, message: impl Into<String>) -> Response {
     (status, Json(ApiError { error: message.into() })).into_response()
 }
 
-/// Compares without an early exit, so the time taken says nothing about the token.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The bearer token decides the role: the admin token may do everything, the read-only token
-/// only read (GET); a request from another origin (a page elsewhere posting here) is refused.
-async fn auth(State(state): State<AdminState>, req: Request, next: Next) -> Response {
-    if let Some(origin) = req.headers().get(header::ORIGIN) {
-        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
-        if origin.to_str().ok() != Some(&format!("https://{host}")) {
-            return error(403, "cross-origin request refused: the admin API answers pages it serves itself");
-        }
-    }
-    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let read_only = |t: &str| state.read_token.as_deref().is_some_and(|r| same(t.as_bytes(), r.as_bytes()));
-    match given {
-        Some(t) if same(t.as_bytes(), state.token.as_bytes()) => next.run(req).await,
-        Some(t) if read_only(t) => {
-            if req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD {
-                next.run(req).await
-            } else {
-                error(403, "the read-only token cannot change anything; use the admin token")
-            }
-        }
-        Some(_) => error(401, "wrong token"),
-        None => error(401, "missing bearer token (Authorization: Bearer <token>)"),
-    }
-}
-
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/api/v1/broker", get(broker_info))
@@ -123,9 +93,18 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(crate::admin_data::metrics))
         .route("/api/v1/topics/{topic}/plugins/{role}", put(attach_topic_plugin).delete(detach_topic_plugin))
         .route("/api/v1/groups/{group}/filters/{topic}", put(attach_filter).delete(detach_filter))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth))
-        // After the auth layer: the API's description needs no token.
+        .route("/api/v1/login", post(crate::users::login))
+        .route("/api/v1/logout", post(crate::users::logout))
+        .route("/api/v1/me", get(crate::users::me))
+        .route("/api/v1/users", get(crate::users::list_users).post(crate::users::create_user))
+        .route("/api/v1/users/{name}", get(crate::users::describe_user).patch(crate::users::update_user).delete(crate::users::delete_user))
+        .route("/api/v1/users/{name}/access-key", post(crate::users::new_access_key))
+        .route("/api/v1/policies", get(crate::users::list_policies).post(crate::users::add_policy).delete(crate::users::remove_policy))
+        .route("/api/v1/tokens", get(crate::users::list_tokens).post(crate::users::create_token))
+        .route("/api/v1/tokens/{id}", delete(crate::users::delete_token))
         .route(crate::openapi::PATH, get(crate::openapi::serve))
+        // Every route above: who asks, and whether its decision in `authz.rs` allows it.
+        .route_layer(middleware::from_fn_with_state(state.clone(), crate::authz::auth))
         .fallback(crate::console::serve)
         .with_state(state)
 }

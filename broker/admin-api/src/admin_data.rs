@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -46,11 +46,19 @@ fn visible(m: &StoredMessage) -> bool {
     !wasmq_engine::is_internal_topic(&m.topic)
 }
 
-pub(crate) async fn message_by_id(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
+pub(crate) async fn message_by_id(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<crate::authz::Caller>,
+    Path(id): Path<String>,
+) -> Response {
     // The newest message with the id: a delivered copy is newer than its held original, and
     // a message still held (scheduled, or in a transaction) is not shown.
     match s.engine.store().find_by_id(&id) {
-        Ok(Some(m)) if visible(&m) => Json(view(m)).into_response(),
+        // Reading it is consuming its topic.
+        Ok(Some(m)) if visible(&m) => match caller.allow(&s, wasmq_service::Action::Consume, &wasmq_service::topic_resource(&m.topic)) {
+            Ok(()) => Json(view(m)).into_response(),
+            Err(r) => *r,
+        },
         Ok(Some(_)) => error(404, format!("message {id} is held (scheduled, or in an undecided transaction)")),
         Ok(None) => error(404, format!("no message with id {id}")),
         Err(e) => error(500, e.to_string()),
@@ -141,6 +149,7 @@ pub(crate) async fn send_message(
             let status = match &e {
                 E::UnknownTopic(_) => 404,
                 E::NotMaster(_) => 409,
+                E::Denied(_) => 403,
                 E::Append(wasmq_store::AppendError::DiskFull { .. } | wasmq_store::AppendError::Failed { .. }) => 507,
                 E::StoreFailed(_) | E::FlushTimeout(_) | E::ShuttingDown(_) | E::Internal(_) => 500,
                 _ => 400,

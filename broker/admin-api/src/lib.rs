@@ -8,10 +8,12 @@
 
 mod admin;
 mod admin_data;
+mod authz;
 mod console;
 mod controller;
 mod openapi;
 pub mod stats;
+mod users;
 
 use std::time::Duration;
 
@@ -50,9 +52,14 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let stop = shutdown.clone();
-    wasmq_net::serve_tls("admin", listener, acceptor, ADMIN_CONNECTIONS_MAX, shutdown, tracker, move |tls, _peer| {
+    wasmq_net::serve_tls("admin", listener, acceptor, ADMIN_CONNECTIONS_MAX, shutdown, tracker, move |tls, peer| {
         let (router, shutdown) = (router.clone(), stop.clone());
         async move {
+            // Logins are rate limited per address too.
+            let router = tower::ServiceExt::map_request(router, move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(users::Peer(peer));
+                req
+            });
             let service = hyper_util::service::TowerToHyperService::new(router);
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())

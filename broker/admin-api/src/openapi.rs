@@ -228,7 +228,64 @@ fn endpoints() -> Vec<Endpoint> {
         ep("get", "/api/v1/scheduled", "Scheduled messages waiting, overdue and due soon.", 200, Some(J(schema::<t::Scheduled>))),
         ep("get", "/metrics", "Prometheus metrics (text format).", 200, Some(Text)),
         ep("get", PATH, "This document (no token needed).", 200, None),
+        Endpoint {
+            request: Some(J(schema::<t::Login>)),
+            ..ep(
+                "post",
+                "/api/v1/login",
+                "Log in with a user name and password: a session (the `wasmq_session` cookie, and its token for `Authorization: Bearer`). Failed logins are rate limited (429).",
+                200,
+                Some(J(schema::<t::Session>)),
+            )
+        },
+        ep("post", "/api/v1/logout", "End the session the request carries.", 204, None),
+        ep("get", "/api/v1/me", "Who the request's credentials name, and their console role.", 200, Some(J(schema::<t::Me>))),
+        ep("get", "/api/v1/users", "Users (no credentials shown). Needs admin on the cluster.", 200, Some(J(schema::<Vec<t::UserView>>))),
+        Endpoint {
+            request: Some(J(schema::<t::CreateUser>)),
+            ..ep("post", "/api/v1/users", "Create a user with a password and roles.", 201, Some(J(schema::<t::UserView>)))
+        },
+        ep("get", "/api/v1/users/{name}", "A user.", 200, Some(J(schema::<t::UserView>))),
+        Endpoint {
+            request: Some(J(schema::<t::UpdateUser>)),
+            ..ep(
+                "patch",
+                "/api/v1/users/{name}",
+                "Change a user's password, roles or certificate names (a user may change its own password).",
+                200,
+                Some(J(schema::<t::UserView>)),
+            )
+        },
+        ep("delete", "/api/v1/users/{name}", "Delete a user, its API tokens and policies; its sessions end.", 204, None),
+        ep(
+            "post",
+            "/api/v1/users/{name}/access-key",
+            "A new access secret for RocketMQ 5 clients (access key: the user's name), shown once (an admin, or the user itself).",
+            200,
+            Some(J(schema::<t::AccessKey>)),
+        ),
+        ep("get", "/api/v1/policies", "Every policy.", 200, Some(J(schema::<Vec<t::PolicyView>>))),
+        Endpoint {
+            request: Some(J(schema::<t::PolicyView>)),
+            ..ep("post", "/api/v1/policies", "Add a policy (201; 200 when an equal one exists).", 201, Some(J(schema::<t::PolicyView>)))
+        },
+        Endpoint {
+            request: Some(J(schema::<t::PolicyView>)),
+            ..ep("delete", "/api/v1/policies", "Remove the policy equal to the body.", 204, None)
+        },
+        ep("get", "/api/v1/tokens", "API tokens: the caller's own (an admin: all).", 200, Some(J(schema::<Vec<t::TokenView>>))),
+        Endpoint {
+            request: Some(J(schema::<t::CreateToken>)),
+            ..ep("post", "/api/v1/tokens", "Make an API token (its secret is shown once).", 201, Some(J(schema::<t::TokenCreated>)))
+        },
+        ep("delete", "/api/v1/tokens/{id}", "Delete an API token (one's own, or as an admin any).", 204, None),
     ]
+}
+
+/// Every documented (method, path), for the authorization table's test.
+#[cfg(test)]
+pub(crate) fn routes() -> Vec<(&'static str, &'static str)> {
+    endpoints().into_iter().map(|e| (e.method, e.path)).collect()
 }
 
 fn content(body: &Body, g: &mut SchemaGenerator) -> Value {
@@ -264,11 +321,11 @@ pub(crate) fn document() -> Value {
         responses.insert(e.ok.to_string(), ok);
         responses.insert(
             "default".into(),
-            json!({ "description": "an error, in words (400 bad input, 401 token, 403 read-only or cross-origin, 404 unknown, 409 conflict)",
+            json!({ "description": "an error, in words (400 bad input, 401 not logged in, 403 not authorized or cross-origin, 404 unknown, 409 conflict, 429 too many failed logins)",
                     "content": { "application/json": { "schema": error } } }),
         );
         let mut op = json!({ "summary": e.summary, "operationId": format!("{}{}", e.method, e.path.replace(['/', '{', '}', '.', '-'], "_")), "parameters": parameters, "responses": responses });
-        if e.path == PATH {
+        if e.path == PATH || e.path == "/api/v1/login" {
             op["security"] = json!([]);
         }
         if let Some(b) = &e.request {
@@ -281,7 +338,7 @@ pub(crate) fn document() -> Value {
         "info": {
             "title": "wasmq admin API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Everything the console does. Bearer token: the admin token may do everything, the read-only token only GET. Requests whose Origin is not the admin address itself are refused."
+            "description": "Everything the console does. Log in (POST /api/v1/login) for a session cookie or bearer token, or send an API token as a bearer token; once the broker has users, every endpoint checks the caller's roles and policies. The broker's configured admin token may do everything, its read-only token only read. Requests whose Origin is not the admin address itself are refused."
         },
         "paths": paths,
         "components": {

@@ -630,3 +630,155 @@ pub struct SentMessage {
     #[serde(default)]
     pub status: String,
 }
+
+/// `POST /api/v1/login`: a user name and password. Its `Debug` leaves the password out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Login {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login").field("user", &self.user).finish_non_exhaustive()
+    }
+}
+
+/// The answer to a login: the session (also set as the `wasmq_session` cookie, for the
+/// console; tools send it as `Authorization: Bearer <token>`) and who it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Session {
+    pub token: String,
+    pub me: Me,
+}
+
+/// `GET /api/v1/me`: who the request's credentials name and what the console may show them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Me {
+    pub user: String,
+    pub roles: Vec<String>,
+    /// The highest built-in role (`viewer`, `operator`, `admin`), if any: what the console shows.
+    #[serde(default)]
+    pub console_role: Option<String>,
+}
+
+/// A user as the API shows it (no credential).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct UserView {
+    pub name: String,
+    pub roles: Vec<String>,
+    /// Whether the user has an access secret for RocketMQ 5 clients (its access key is its name).
+    pub access_key: bool,
+    /// Client certificate names (subject CN, DNS or email SAN) that log in as this user.
+    #[serde(default)]
+    pub certificates: Vec<String>,
+}
+
+/// `POST /api/v1/users`. Its `Debug` leaves the password out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct CreateUser {
+    pub name: String,
+    pub password: String,
+    /// Built-in (`viewer`, `operator`, `admin`) or any other role name policies use.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+impl std::fmt::Debug for CreateUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateUser").field("name", &self.name).field("roles", &self.roles).finish_non_exhaustive()
+    }
+}
+
+/// `PATCH /api/v1/users/{name}`: what to change (absent: unchanged).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct UpdateUser {
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub roles: Option<Vec<String>>,
+    #[serde(default)]
+    pub certificates: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for UpdateUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateUser").field("roles", &self.roles).field("certificates", &self.certificates).finish_non_exhaustive()
+    }
+}
+
+/// `POST /api/v1/users/{name}/access-key`: a new access secret, shown this once.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct AccessKey {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl std::fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessKey").field("access_key", &self.access_key).finish_non_exhaustive()
+    }
+}
+
+/// A policy: `subject` (`user:NAME` or `role:NAME`) may (`allow`) or may not (`deny`) do
+/// `actions` (produce, consume, create, delete, alter, describe, admin) on `resource`
+/// (`topic:NAME`, `group:NAME` — NAME may end with `*` — or `cluster`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct PolicyView {
+    pub subject: String,
+    pub resource: String,
+    pub actions: Vec<String>,
+    /// `allow` (the default) or `deny`; a matching deny wins.
+    #[serde(default = "allow")]
+    pub effect: String,
+}
+
+fn allow() -> String {
+    "allow".into()
+}
+
+/// `POST /api/v1/tokens`: an API token for the caller (or, for an admin, `user`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct CreateToken {
+    pub name: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Lifetime in milliseconds (none: until deleted).
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+}
+
+/// An API token as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct TokenView {
+    pub id: String,
+    pub user: String,
+    pub name: String,
+    pub created_ms: u64,
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
+}
+
+/// A token just made: its secret is shown this once.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct TokenCreated {
+    pub token: String,
+    pub view: TokenView,
+}
+
+impl std::fmt::Debug for TokenCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCreated").field("view", &self.view).finish_non_exhaustive()
+    }
+}

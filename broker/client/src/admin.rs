@@ -28,7 +28,14 @@ impl Admin {
         Ok(Self { addr: addr.into(), token: token.into(), tls: wasmq_net::client_config(ca, b"http/1.1")? })
     }
 
-    async fn call<T: serde::de::DeserializeOwned>(
+    /// The same client with another bearer token.
+    #[must_use]
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = token.into();
+        self
+    }
+
+    pub(crate) async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: &str,
         path: &str,
@@ -61,11 +68,14 @@ impl Admin {
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.map_err(|e| connect_err(e.to_string()))?;
         tokio::spawn(conn);
-        let req = Request::builder()
+        let mut req = Request::builder();
+        if !self.token.is_empty() {
+            req = req.header("authorization", format!("Bearer {}", self.token));
+        }
+        let req = req
             .method(method)
             .uri(path)
             .header("host", &self.addr)
-            .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Invalid(e.to_string()))?;

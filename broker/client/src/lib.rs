@@ -5,6 +5,7 @@
 //! Knows the wire protocol and TLS; knows nothing of the broker's internals.
 
 mod admin;
+mod admin_users;
 mod cluster;
 mod consumer;
 mod group;

@@ -1,68 +1,73 @@
-//! RocketMQ 5 request signatures: `authorization: MQv2-HMAC-SHA1 Credential=<access key>,
-//! SignedHeaders=x-mq-date-time, Signature=<hex HMAC-SHA1 of the x-mq-date-time header under the
-//! secret key>`, checked against the broker's configured access keys when it has any (without
-//! any, anonymous clients are accepted; the security issue widens this).
+//! Who a gRPC request comes from: RocketMQ 5 request signatures, `authorization:
+//! MQv2-HMAC-SHA1 Credential=<access key>, SignedHeaders=x-mq-date-time, Signature=<hex
+//! HMAC-SHA1 of the x-mq-date-time header under the secret key>`. The access key is a user's
+//! name and the secret its access secret (`wasmq user access-key`); a request without the
+//! header is anonymous, which is refused once the broker has users. What each RPC then needs
+//! is `authz.rs`'s.
 
-use std::collections::HashMap;
+use std::net::IpAddr;
 
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use tonic::codegen::http::HeaderMap;
+use wasmq_service::{Identity, Security};
 
 /// The signature scheme RocketMQ 5 clients use.
 const SCHEME: &str = "MQv2-HMAC-SHA1";
 
-/// Access keys and their secrets. Its `Debug` shows the access keys only.
-#[derive(Clone, Default)]
-pub struct AccessKeys(HashMap<String, String>);
-
-impl std::fmt::Debug for AccessKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut keys: Vec<&String> = self.0.keys().collect();
-        keys.sort();
-        f.debug_tuple("AccessKeys").field(&keys).finish()
-    }
+/// A signature as a request carries it.
+#[derive(Debug, PartialEq, Eq)]
+struct Signed<'a> {
+    access_key: &'a str,
+    signature: Vec<u8>,
+    date_time: &'a str,
 }
 
-impl AccessKeys {
-    /// From `(access key, secret key)` pairs.
-    #[must_use]
-    pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
-        Self(pairs.into_iter().collect())
-    }
-
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Checks a request's signature; returns its access key, or why it is refused (naming the
-    /// access key, never a secret).
-    ///
-    /// # Errors
-    /// No or a malformed `authorization` header, an unknown access key, a wrong signature.
-    pub fn check(&self, headers: &HeaderMap) -> Result<String, String> {
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let auth = header("authorization")
-            .ok_or("the request carries no access key (no authorization header); this broker requires access keys")?;
+/// The request's signature fields; `None` without an `authorization` header.
+fn parse(headers: &HeaderMap) -> Option<Result<Signed<'_>, String>> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let auth = headers.get("authorization")?;
+    Some((|| {
+        let auth = auth.to_str().map_err(|_| "the authorization header is not text".to_owned())?;
         let fields = auth.strip_prefix(SCHEME).ok_or_else(|| format!("the authorization header is not {SCHEME}"))?;
         let field = |name: &str| fields.split(',').map(str::trim).find_map(|f| f.strip_prefix(name).and_then(|v| v.strip_prefix('=')));
         let credential = field("Credential").ok_or("the authorization header names no Credential")?;
         // Some clients append a scope after the access key (`ak/...`).
         let access_key = credential.split('/').next().unwrap_or(credential);
         if access_key.is_empty() {
-            return Err("the request carries no access key; this broker requires access keys".into());
+            return Err("the request carries no access key (its Credential is empty)".into());
         }
         let signature = field("Signature").ok_or("the authorization header has no Signature")?;
         let signature = hex::decode(signature).map_err(|_| "the Signature is not hexadecimal".to_owned())?;
         let date_time = header("x-mq-date-time").ok_or("the signed header x-mq-date-time is missing")?;
-        let secret = self.0.get(access_key).ok_or_else(|| format!("unknown access key {access_key:?}"))?;
-        let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).map_err(|e| e.to_string())?;
-        mac.update(date_time.as_bytes());
-        // verify_slice compares in constant time.
-        mac.verify_slice(&signature).map_err(|_| format!("wrong signature for access key {access_key:?}"))?;
-        Ok(access_key.to_owned())
+        Ok(Signed { access_key, signature, date_time })
+    })())
+}
+
+/// Who sent a request: anonymous without a signature, else the user whose access secret made
+/// it.
+///
+/// # Errors
+/// Why a signature is refused (naming the access key, never a secret): malformed, unknown
+/// access key, wrong signature, too many failures from this address.
+pub(crate) fn identify(security: &Security, headers: &HeaderMap, peer: IpAddr) -> Result<Identity, String> {
+    // Without users every request is anonymous, whatever it carries (clients sign with empty
+    // credentials by default).
+    if !security.enforcing() {
+        return Ok(Identity::Anonymous);
     }
+    let Some(signed) = parse(headers) else {
+        return Err("the request carries no access key (no authorization header); this broker requires one".into());
+    };
+    let signed = signed?;
+    security
+        .access_key(signed.access_key, Some(peer), |secret| {
+            let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(secret) else { return false };
+            mac.update(signed.date_time.as_bytes());
+            // verify_slice compares in constant time.
+            mac.verify_slice(&signed.signature).is_ok()
+        })
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -82,18 +87,27 @@ mod tests {
     }
 
     #[test]
-    fn a_signature_is_checked_against_the_access_keys_secret() {
-        let keys = AccessKeys::new([("app".to_owned(), "s3cret".to_owned())]);
-        assert_eq!(keys.check(&signed("app", "s3cret", "20261207T120000Z")), Ok("app".to_owned()));
-        let wrong = keys.check(&signed("app", "guess", "20261207T120000Z")).unwrap_err();
+    fn a_signature_names_the_user_whose_access_secret_made_it() {
+        let security = Security::in_memory();
+        security.bootstrap(Some("admin-password-1")).unwrap();
+        security.create_user("app", "app-password-12", &[]).unwrap();
+        let sk = security.new_access_secret("app").unwrap();
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let id = |h: &HeaderMap| identify(&security, h, peer);
+        assert_eq!(id(&signed("app", &sk, "20261207T120000Z")), Ok(Identity::User("app".into())));
+        assert!(id(&HeaderMap::new()).unwrap_err().contains("carries no access key"), "anonymous is refused once users exist");
+        let wrong = id(&signed("app", "guess", "20261207T120000Z")).unwrap_err();
         assert!(wrong.contains("wrong signature for access key \"app\""), "{wrong}");
-        assert!(keys.check(&signed("other", "s3cret", "x")).unwrap_err().contains("unknown access key"));
-        assert!(keys.check(&HeaderMap::new()).unwrap_err().contains("carries no access key"));
-        assert!(keys.check(&signed("", "", "x")).unwrap_err().contains("carries no access key"));
+        assert!(id(&signed("other", &sk, "x")).unwrap_err().contains("unknown access key"));
+        assert!(id(&signed("", "", "x")).unwrap_err().contains("carries no access key"));
         // The date signed is the date sent: a signature over another date does not pass.
-        let mut moved = signed("app", "s3cret", "20261207T120000Z");
+        let mut moved = signed("app", &sk, "20261207T120000Z");
         moved.insert("x-mq-date-time", HeaderValue::from_static("20261207T120001Z"));
-        assert!(keys.check(&moved).is_err());
-        assert!(!format!("{keys:?}").contains("s3cret"), "secrets stay out of Debug");
+        assert!(id(&moved).is_err());
+        // Five failures of the access key (two above): now even a right signature waits.
+        for _ in 0..3 {
+            assert!(id(&signed("app", "guess", "20261207T120000Z")).is_err());
+        }
+        assert!(id(&signed("app", &sk, "20261207T120000Z")).unwrap_err().contains("too many failed logins"));
     }
 }

@@ -6,6 +6,7 @@
 //! The API is generated from the vendored `.proto` files by `wasmq-rocketmq-api`.
 
 mod auth;
+pub mod authz;
 mod clients;
 mod messaging;
 pub mod wire;
@@ -19,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::codegen::http;
 use wasmq_net::TlsStream;
 
-pub use auth::AccessKeys;
 pub use clients::{CLIENTS_MAX, ClientInfo, Clients, PRODUCER_GROUP_PREFIX, producer_group};
 pub use messaging::{
     INVISIBLE_DEFAULT, INVISIBLE_MAX, INVISIBLE_MIN, LONG_POLLING_MAX, Messaging, PROTOCOL, ROUTE_LOOKUP_TIMEOUT, Shared, transaction_id,
@@ -54,19 +54,22 @@ pub async fn serve(tls: TlsStream, peer: SocketAddr, messaging: Messaging, shutd
     // Room for a message at the broker's limit and its properties: a larger one is refused by
     // the store with MESSAGE_BODY_TOO_LARGE rather than by the decoder.
     let decode_max = messaging.0.max_body_size as usize + REQUEST_OVERHEAD_MAX;
-    let keys = messaging.0.access_keys.clone();
+    let security = Arc::clone(messaging.0.service.security());
     let grpc = pb::messaging_service_server::MessagingServiceServer::new(messaging).max_decoding_message_size(decode_max);
     let service = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let mut grpc = grpc.clone();
-        let keys = keys.clone();
+        let security = Arc::clone(&security);
         async move {
             if req.version() == http::Version::HTTP_2 {
-                if !keys.is_empty()
-                    && let Err(why) = keys.check(req.headers())
-                {
-                    tracing::warn!(%peer, path = %req.uri().path(), why, "gRPC request refused");
-                    return Ok(tonic::Status::unauthenticated(why).into_http());
-                }
+                let mut req = req;
+                match auth::identify(&security, req.headers(), peer.ip()) {
+                    // The handlers find who asked in the request's extensions (`authz.rs`).
+                    Ok(who) => req.extensions_mut().insert(who),
+                    Err(why) => {
+                        tracing::warn!(%peer, path = %req.uri().path(), why, "gRPC request refused");
+                        return Ok(tonic::Status::unauthenticated(why).into_http());
+                    }
+                };
                 return tower::Service::call(&mut grpc, req).await;
             }
             let body = tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from_static(HTTP1_REFUSAL.as_bytes())));

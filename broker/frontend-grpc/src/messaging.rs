@@ -10,8 +10,9 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 use wasmq_engine::{Decided, Decision, Engine, TopicConfig};
-use wasmq_service::{Send, Service, TransactionSend, TxOutcome};
+use wasmq_service::{Action, Identity, Resource, Send, Service, TransactionSend, TxOutcome};
 
+use crate::authz;
 use crate::clients::Clients;
 use crate::pb::{self, Code, MessageType, messaging_service_server::MessagingService};
 use crate::wire::{self, status};
@@ -50,8 +51,6 @@ pub struct Shared {
     pub clients: Arc<Clients>,
     /// The largest body a producer may send (the store's message limit).
     pub max_body_size: u32,
-    /// Access keys whose signatures requests must carry (none: anonymous clients).
-    pub access_keys: crate::AccessKeys,
     /// Long polls end when the broker shuts down.
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The cluster's name servers: routes name every broker set's master (none: this broker
@@ -138,6 +137,11 @@ impl Messaging {
         if let Err(e) = self.0.service.client_heartbeat(&id, about, producer_groups, consumer_groups) {
             tracing::debug!(client_id = id, error = %e, "client heartbeat not recorded");
         }
+    }
+
+    /// Whether `who` may do each of `needs`; the status refusing it if not.
+    fn allow(&self, who: &Identity, needs: &[(Action, Resource)]) -> Result<(), pb::Status> {
+        needs.iter().try_for_each(|(a, r)| self.0.service.authorize(who, *a, r).map_err(|e| wire::service_error(&e)))
     }
 
     fn record(&self, op: &'static str, ok: bool, started: Instant) {
@@ -342,7 +346,12 @@ impl MessagingService for Messaging {
     async fn query_route(&self, req: Request<pb::QueryRouteRequest>) -> Result<Response<pb::QueryRouteResponse>, Status> {
         let started = Instant::now();
         self.seen(&req)?;
+        let who = authz::who(&req);
         let req = req.into_inner();
+        if let Err(s) = self.allow(&who, &[authz::topic(Action::Describe, req.topic.as_ref())]) {
+            self.record("query_route", false, started);
+            return Ok(Response::new(pb::QueryRouteResponse { status: Some(s), message_queues: vec![] }));
+        }
         let reply = match self.cluster_queues(req.topic.as_ref(), req.endpoints).await {
             Ok(sets) => pb::QueryRouteResponse {
                 status: Some(wire::ok()),
@@ -360,6 +369,13 @@ impl MessagingService for Messaging {
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let started = Instant::now();
         self.seen(&req)?;
+        let consumer = req.get_ref().group.as_ref().filter(|g| !g.name.is_empty());
+        if let Some(g) = consumer
+            && let Err(s) = self.allow(&authz::who(&req), &[authz::group(Some(g))])
+        {
+            self.record("heartbeat", false, started);
+            return Ok(Response::new(pb::HeartbeatResponse { status: Some(s) }));
+        }
         self.client_alive(client(&req)?, req.get_ref().group.as_ref().map(|g| g.name.as_str()));
         self.record("heartbeat", true, started);
         Ok(Response::new(pb::HeartbeatResponse { status: Some(wire::ok()) }))
@@ -368,6 +384,7 @@ impl MessagingService for Messaging {
     async fn send_message(&self, req: Request<pb::SendMessageRequest>) -> Result<Response<pb::SendMessageResponse>, Status> {
         let started = Instant::now();
         self.seen(&req)?;
+        let who = authz::who(&req);
         let messages = req.into_inner().messages;
         if messages.is_empty() {
             self.record("send_message", false, started);
@@ -375,7 +392,14 @@ impl MessagingService for Messaging {
         }
         let mut entries = Vec::with_capacity(messages.len());
         for m in messages {
-            entries.push(self.send_one(m).await);
+            match self.allow(&who, &[authz::topic(Action::Produce, m.topic.as_ref())]) {
+                Ok(()) => entries.push(self.send_one(m).await),
+                Err(s) => entries.push(pb::SendResultEntry {
+                    status: Some(s),
+                    message_id: m.system_properties.map(|p| p.message_id).unwrap_or_default(),
+                    ..Default::default()
+                }),
+            }
         }
         let code = |e: &pb::SendResultEntry| e.status.as_ref().map_or(Code::Ok as i32, |s| s.code);
         let first = entries[0].status.clone();
@@ -391,7 +415,12 @@ impl MessagingService for Messaging {
     async fn query_assignment(&self, req: Request<pb::QueryAssignmentRequest>) -> Result<Response<pb::QueryAssignmentResponse>, Status> {
         let started = Instant::now();
         self.seen(&req)?;
+        let who = authz::who(&req);
         let req = req.into_inner();
+        if let Err(s) = self.allow(&who, &[authz::group(req.group.as_ref()), authz::topic(Action::Consume, req.topic.as_ref())]) {
+            self.record("query_assignment", false, started);
+            return Ok(Response::new(pb::QueryAssignmentResponse { status: Some(s), assignments: vec![] }));
+        }
         // Every push consumer of a group receives from the whole topic (messages are handed out
         // one by one): one assignment per broker set.
         let reply = match self.cluster_queues(req.topic.as_ref(), req.endpoints).await {
@@ -411,7 +440,12 @@ impl MessagingService for Messaging {
         let started = Instant::now();
         self.seen(&req)?;
         let (client_id, _, _) = client(&req)?;
+        let who = authz::who(&req);
         let req = req.into_inner();
+        let allowed = self.allow(
+            &who,
+            &[authz::group(req.group.as_ref()), authz::topic(Action::Consume, req.message_queue.as_ref().and_then(|q| q.topic.as_ref()))],
+        );
         let answer = |items: Vec<pb::receive_message_response::Content>| -> Result<Response<Self::ReceiveMessageStream>, Status> {
             let items: Vec<Result<pb::ReceiveMessageResponse, Status>> =
                 items.into_iter().map(|c| Ok(pb::ReceiveMessageResponse { content: Some(c) })).collect();
@@ -419,7 +453,7 @@ impl MessagingService for Messaging {
         };
         use pb::receive_message_response::Content;
         let refuse = |s: pb::Status| vec![Content::Status(s), Content::DeliveryTimestamp(wire::timestamp(wire::now_ms()))];
-        let r = match self.receive_request(req, client_id) {
+        let r = match allowed.and_then(|()| self.receive_request(req, client_id)) {
             Ok(r) => r,
             Err(s) => {
                 self.record("receive_message", false, started);
@@ -460,10 +494,16 @@ impl MessagingService for Messaging {
     async fn ack_message(&self, req: Request<pb::AckMessageRequest>) -> Result<Response<pb::AckMessageResponse>, Status> {
         let started = Instant::now();
         self.seen(&req)?;
+        let who = authz::who(&req);
         let req = req.into_inner();
         let group = resource_name(req.group.as_ref()).to_owned();
-        let handles: Vec<&str> = req.entries.iter().map(|e| e.receipt_handle.as_str()).collect();
-        let results = self.0.service.ack(&group, &handles).await;
+        let results = match self.allow(&who, &[authz::group(req.group.as_ref()), authz::topic(Action::Consume, req.topic.as_ref())]) {
+            Ok(()) => {
+                let handles: Vec<&str> = req.entries.iter().map(|e| e.receipt_handle.as_str()).collect();
+                self.0.service.ack(&group, &handles).await
+            }
+            Err(s) => req.entries.iter().map(|_| Err(wasmq_service::ServiceError::Denied(s.message.clone()))).collect(),
+        };
         let entries: Vec<pb::AckMessageResultEntry> = req
             .entries
             .into_iter()
@@ -487,11 +527,15 @@ impl MessagingService for Messaging {
     ) -> Result<Response<pb::ForwardMessageToDeadLetterQueueResponse>, Status> {
         let started = Instant::now();
         self.seen(&req)?;
+        let who = authz::who(&req);
         let req = req.into_inner();
         let group = resource_name(req.group.as_ref());
-        let status = match self.0.service.forward_to_dead_letter(group, &req.receipt_handle).await {
-            Ok(()) => wire::ok(),
-            Err(e) => wire::service_error(&e),
+        let status = match self.allow(&who, &[authz::group(req.group.as_ref()), authz::topic(Action::Consume, req.topic.as_ref())]) {
+            Err(s) => s,
+            Ok(()) => match self.0.service.forward_to_dead_letter(group, &req.receipt_handle).await {
+                Ok(()) => wire::ok(),
+                Err(e) => wire::service_error(&e),
+            },
         };
         self.record("forward_to_dead_letter", status.code == Code::Ok as i32, started);
         Ok(Response::new(pb::ForwardMessageToDeadLetterQueueResponse { status: Some(status) }))
@@ -518,12 +562,22 @@ impl MessagingService for Messaging {
     async fn end_transaction(&self, req: Request<pb::EndTransactionRequest>) -> Result<Response<pb::EndTransactionResponse>, Status> {
         let started = Instant::now();
         self.seen(&req)?;
+        let who = authz::who(&req);
         let req = req.into_inner();
         let reply = |s: pb::Status| Ok(Response::new(pb::EndTransactionResponse { status: Some(s) }));
+        if let Err(s) = self.allow(&who, &[authz::topic(Action::Produce, req.topic.as_ref())]) {
+            self.record("end_transaction", false, started);
+            return reply(s);
+        }
         let Some(log_offset) = parse_transaction_id(&req.transaction_id) else {
             self.record("end_transaction", false, started);
             return reply(status(Code::InvalidTransactionId, format!("{:?} is not a transaction id of this broker", req.transaction_id)));
         };
+        // The topic the request names may not be the half's: its own topic decides.
+        if let Err(e) = self.0.service.authorize_end_transaction(&who, log_offset, &req.message_id) {
+            self.record("end_transaction", false, started);
+            return reply(wire::service_error(&e));
+        }
         let decision = match pb::TransactionResolution::try_from(req.resolution) {
             Ok(pb::TransactionResolution::Commit) => Decision::Commit,
             Ok(pb::TransactionResolution::Rollback) => Decision::Rollback,
@@ -560,6 +614,7 @@ impl MessagingService for Messaging {
     async fn telemetry(&self, req: Request<tonic::Streaming<pb::TelemetryCommand>>) -> Result<Response<Self::TelemetryStream>, Status> {
         let client_id = self.seen(&req)?;
         let who = client(&req)?;
+        let identity = authz::who(&req);
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(TELEMETRY_QUEUE);
         let stream_id = self.0.clients.stream_id();
@@ -571,11 +626,16 @@ impl MessagingService for Messaging {
                     // Command results (thread stacks, message verification) are not asked for.
                     continue;
                 };
-                let reply = this.settings_reply(settings.clone());
-                this.0.clients.settings(&client_id, settings, Some((stream_id, tx.clone())));
-                this.client_alive(who.clone(), None);
-                let command =
-                    pb::TelemetryCommand { status: Some(wire::ok()), command: Some(pb::telemetry_command::Command::Settings(reply)) };
+                let command = match this.allow(&identity, &authz::settings(&settings)) {
+                    Ok(()) => {
+                        let reply = this.settings_reply(settings.clone());
+                        this.0.clients.settings(&client_id, settings, Some((stream_id, tx.clone())));
+                        this.client_alive(who.clone(), None);
+                        pb::TelemetryCommand { status: Some(wire::ok()), command: Some(pb::telemetry_command::Command::Settings(reply)) }
+                    }
+                    // Not registered: no group membership, no check-backs of the topics' halves.
+                    Err(s) => pb::TelemetryCommand { status: Some(s), command: None },
+                };
                 if tx.send(Ok(command)).await.is_err() {
                     break;
                 }
@@ -601,11 +661,15 @@ impl MessagingService for Messaging {
     ) -> Result<Response<pb::ChangeInvisibleDurationResponse>, Status> {
         let started = Instant::now();
         self.seen(&req)?;
+        let who = authz::who(&req);
         let req = req.into_inner();
         let group = resource_name(req.group.as_ref());
         let invisible = req.invisible_duration.as_ref().map(wire::duration).unwrap_or_default();
+        let allowed = self.allow(&who, &[authz::group(req.group.as_ref()), authz::topic(Action::Consume, req.topic.as_ref())]);
         // Zero is a negative acknowledgement (visible again at once); otherwise within bounds.
-        let reply = if invisible > INVISIBLE_MAX {
+        let reply = if let Err(s) = allowed {
+            pb::ChangeInvisibleDurationResponse { status: Some(s), receipt_handle: String::new() }
+        } else if invisible > INVISIBLE_MAX {
             pb::ChangeInvisibleDurationResponse {
                 status: Some(status(Code::IllegalInvisibleTime, format!("at most {INVISIBLE_MAX:?}"))),
                 receipt_handle: String::new(),
@@ -623,11 +687,16 @@ impl MessagingService for Messaging {
     async fn recall_message(&self, req: Request<pb::RecallMessageRequest>) -> Result<Response<pb::RecallMessageResponse>, Status> {
         let started = Instant::now();
         self.seen(&req)?;
+        let who = authz::who(&req);
         let req = req.into_inner();
         let topic = resource_name(req.topic.as_ref());
-        let reply = match self.0.service.recall(topic, &req.recall_handle).await {
-            Ok(message_id) => pb::RecallMessageResponse { status: Some(wire::ok()), message_id },
-            Err(e) => pb::RecallMessageResponse { status: Some(wire::service_error(&e)), message_id: String::new() },
+        let allowed = self.allow(&who, &[authz::topic(Action::Produce, req.topic.as_ref())]);
+        let reply = match allowed {
+            Err(s) => pb::RecallMessageResponse { status: Some(s), message_id: String::new() },
+            Ok(()) => match self.0.service.recall(topic, &req.recall_handle).await {
+                Ok(message_id) => pb::RecallMessageResponse { status: Some(wire::ok()), message_id },
+                Err(e) => pb::RecallMessageResponse { status: Some(wire::service_error(&e)), message_id: String::new() },
+            },
         };
         self.record("recall_message", reply.status.as_ref().is_some_and(|s| s.code == Code::Ok as i32), started);
         Ok(Response::new(reply))

@@ -70,6 +70,7 @@ pub fn service_error(e: &ServiceError) -> pb::Status {
         ServiceError::Read(r) => read_code(r),
         ServiceError::OffsetTrimmed(_) => Code::IllegalOffset,
         ServiceError::StoreFailed(_) | ServiceError::ShuttingDown(_) | ServiceError::Internal(_) => Code::InternalServerError,
+        ServiceError::Denied(_) => Code::Forbidden,
     };
     status(code, e.to_string())
 }

@@ -15,7 +15,7 @@ use wasmq_protocol::{
     PULL_MESSAGES_MAX, PULL_WAIT_MAX_MS, PullResponse, QUEUE_ANY, Request, Response, RouteResponse, SendResponse, SendResult, TxDecision,
     TxState,
 };
-use wasmq_service::{PULL_BYTES_MAX, Pull, Service, TransactionSend, TxOutcome};
+use wasmq_service::{Identity, PULL_BYTES_MAX, Pull, Service, TransactionSend, TxOutcome};
 
 use crate::wire::{self, WireError};
 
@@ -41,6 +41,8 @@ pub struct Shared {
 /// What a request handler knows of its connection.
 struct ConnCtx<'a> {
     id: u64,
+    /// Who logged in (in Hello).
+    who: &'a Identity,
     tx: &'a mpsc::Sender<OutFrame>,
     cancel: &'a CancellationToken,
 }
@@ -97,6 +99,7 @@ async fn serve_connection(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr,
     let in_flight = Arc::new(Semaphore::new(shared.in_flight_max as usize));
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut hello_done = false;
+    let mut who = Identity::Anonymous;
     let hello_deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let conn_cancel = shared.shutdown.child_token();
     let conn_id = shared.producers.connection_id();
@@ -136,9 +139,19 @@ async fn serve_connection(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr,
                         continue;
                     };
                     if frame.code == Op::Hello as u16 {
-                        let (reply, ok) = hello(&shared, frame.request_id, frame.body);
-                        hello_done |= ok;
-                        if tx.send(reply).await.is_err() || !ok {
+                        if hello_done {
+                            let e = WireError::new(ErrorCode::InvalidRequest, "Hello was already sent");
+                            if tx.send(error_frame(frame.request_id, &e)).await.is_err() {
+                                break 'conn;
+                            }
+                            continue;
+                        }
+                        let (reply, logged_in) = hello(&shared, frame.request_id, frame.body, peer).await;
+                        hello_done = logged_in.is_some();
+                        if let Some(id) = logged_in {
+                            who = id;
+                        }
+                        if tx.send(reply).await.is_err() || !hello_done {
                             break 'conn;
                         }
                         continue;
@@ -163,7 +176,7 @@ async fn serve_connection(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr,
                         if let Some(send) = queue_send(
                             &shared,
                             frame,
-                            &ConnCtx { id: conn_id, tx: &tx, cancel: &conn_cancel },
+                            &ConnCtx { id: conn_id, who: &who, tx: &tx, cancel: &conn_cancel },
                             (slot, permit),
                             Arc::clone(&send_metrics),
                         ) {
@@ -173,12 +186,12 @@ async fn serve_connection(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr,
                     }
                     // Sends read before this request are queued before it is handled.
                     shared.service.submit(std::mem::take(&mut pending)).await;
-                    let (shared, tx, cancel) = (Arc::clone(&shared), tx.clone(), conn_cancel.clone());
+                    let (shared, tx, cancel, who) = (Arc::clone(&shared), tx.clone(), conn_cancel.clone(), who.clone());
                     tokio::spawn(async move {
                         let one_way = frame.request_id == 0;
                         let started = std::time::Instant::now();
                         let op = Op::from_u16(frame.code).map_or("unknown", Op::name);
-                        let reply = handle(&shared, frame, &ConnCtx { id: conn_id, tx: &tx, cancel: &cancel }).await;
+                        let reply = handle(&shared, frame, &ConnCtx { id: conn_id, who: &who, tx: &tx, cancel: &cancel }).await;
                         shared.service.metrics().request(PROTOCOL, op, reply.code == 0, started.elapsed());
                         if !one_way {
                             let _ = tx.send(reply).await;
@@ -230,19 +243,40 @@ async fn serve_connection(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr,
     let _ = writer.await;
 }
 
-fn hello(shared: &Shared, request_id: u32, body: Bytes) -> (OutFrame, bool) {
+/// Answers Hello; returns who logged in (`None`: refused, the connection closes). Credentials
+/// are checked on a blocking thread (argon2 takes milliseconds of CPU by design).
+async fn hello(shared: &Shared, request_id: u32, body: Bytes, peer: std::net::SocketAddr) -> (OutFrame, Option<Identity>) {
     let req = match Request::decode(Op::Hello, body) {
         Ok(Request::Hello(h)) => h,
         Ok(_) => unreachable!("decoded as Hello"),
-        Err(e) => return (error_frame(request_id, &WireError::new(ErrorCode::Malformed, e.to_string())), false),
+        Err(e) => return (error_frame(request_id, &WireError::new(ErrorCode::Malformed, e.to_string())), None),
     };
     if !(req.version_min..=req.version_max).contains(&PROTOCOL_VERSION) {
         let e = WireError::new(
             ErrorCode::UnsupportedVersion,
             format!("broker speaks version {PROTOCOL_VERSION}; client offered {}..={}", req.version_min, req.version_max),
         );
-        return (error_frame(request_id, &e), false);
+        return (error_frame(request_id, &e), None);
     }
+    let who = match req.credentials {
+        None if shared.service.security().enforcing() => {
+            let e = WireError::new(
+                ErrorCode::NotAuthenticated,
+                "this broker requires a user: log in (the CLI's --user and --password, ConnectionOptions::login)",
+            );
+            return (error_frame(request_id, &e), None);
+        }
+        None => Identity::Anonymous,
+        Some(c) => {
+            let security = Arc::clone(shared.service.security());
+            let checked = tokio::task::spawn_blocking(move || security.login(&c.user, &c.password, Some(peer.ip()))).await;
+            match checked {
+                Ok(Ok(who)) => who,
+                Ok(Err(e)) => return (error_frame(request_id, &WireError::new(ErrorCode::NotAuthenticated, e.to_string())), None),
+                Err(e) => return (error_frame(request_id, &WireError::new(ErrorCode::Internal, e.to_string())), None),
+            }
+        }
+    };
     let resp = Response::Hello(HelloResponse {
         version: PROTOCOL_VERSION,
         broker_name: shared.service.engine().broker_name().to_owned(),
@@ -250,7 +284,7 @@ fn hello(shared: &Shared, request_id: u32, body: Bytes) -> (OutFrame, bool) {
         in_flight_max: shared.in_flight_max,
         message_bytes_max: shared.service.engine().store().config().message_bytes_max,
     });
-    (response(request_id, 0, resp.encode_parts()), true)
+    (response(request_id, 0, resp.encode_parts()), Some(who))
 }
 
 async fn handle(shared: &Shared, frame: Frame, conn: &ConnCtx<'_>) -> OutFrame {
@@ -322,6 +356,13 @@ fn queue_send(
             return None;
         }
     };
+    if let Err(e) = shared.service.authorize_topic(conn.who, wasmq_service::Action::Produce, &s.topic) {
+        metrics.record(false, std::time::Duration::ZERO);
+        if id != 0 {
+            slot.send(error_frame(id, &wire::service_error(&e)));
+        }
+        return None;
+    }
     let started = std::time::Instant::now();
     let answer = move |r: Result<(wasmq_service::Sent, wasmq_service::Guarantee), wasmq_service::ServiceError>| {
         // Released before the answer leaves, so a client that keeps within the limit never
@@ -342,6 +383,9 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
     let service = &shared.service;
     let engine = service.engine();
     let cancel = conn.cancel;
+    for (action, resource) in crate::authz::required(&req) {
+        service.authorize(conn.who, action, &resource)?;
+    }
     match req {
         Request::Hello(_) => Err(WireError::new(ErrorCode::InvalidRequest, "Hello was already sent")),
         Request::Send(s) => {
@@ -427,6 +471,7 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
                 Decided::RolledBack => TxState::RolledBack,
                 Decided::Discarded => TxState::Discarded,
             };
+            service.authorize_end_transaction(conn.who, t.log_offset, &t.unique_id)?;
             let resp = match service.end_transaction(t.log_offset, &t.unique_id, decision).await? {
                 TxOutcome::Applied(d) => EndTransactionResponse { state: state(d), applied: true },
                 TxOutcome::StillPending => EndTransactionResponse { state: TxState::Pending, applied: false },

@@ -60,6 +60,7 @@ pub fn service_error(e: &ServiceError) -> WireError {
         ServiceError::StoreFailed(_) => ErrorCode::StoreFailed,
         ServiceError::ShuttingDown(_) => ErrorCode::ShuttingDown,
         ServiceError::Internal(_) => ErrorCode::Internal,
+        ServiceError::Denied(_) => ErrorCode::NotAuthorized,
     };
     WireError::new(code, e.to_string())
 }

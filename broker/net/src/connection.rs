@@ -30,11 +30,26 @@ pub struct ConnectionOptions {
     pub client_id: String,
     /// Longest a request (other than a long poll's own wait) may take.
     pub request_timeout: Duration,
+    /// The user to log in as in Hello (again on every reconnection); none: anonymous.
+    pub credentials: Option<wasmq_protocol::Credentials>,
 }
 
 impl ConnectionOptions {
     pub fn new(addr: impl Into<String>, ca: impl Into<PathBuf>) -> Self {
-        Self { addr: addr.into(), ca: ca.into(), client_id: default_client_id(), request_timeout: Duration::from_secs(10) }
+        Self {
+            addr: addr.into(),
+            ca: ca.into(),
+            client_id: default_client_id(),
+            request_timeout: Duration::from_secs(10),
+            credentials: None,
+        }
+    }
+
+    /// Logs in as `user` with `password`.
+    #[must_use]
+    pub fn login(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credentials = Some(wasmq_protocol::Credentials { user: user.into(), password: password.into() });
+        self
     }
 }
 
@@ -249,6 +264,7 @@ impl Connection {
             version_min: PROTOCOL_VERSION,
             version_max: PROTOCOL_VERSION,
             client_id: self.inner.options.client_id.clone(),
+            credentials: self.inner.options.credentials.clone(),
         });
         match link.call(self.next_id(), &req, self.inner.options.request_timeout).await? {
             Response::Hello(h) => Ok(h),

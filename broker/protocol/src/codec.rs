@@ -120,6 +120,11 @@ impl Reader {
         Ok(v)
     }
 
+    /// Whether everything was read (for fields a newer peer adds at the end).
+    pub fn at_end(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     /// Fails if anything is left.
     pub fn finish(self) -> Result<(), DecodeError> {
         if self.buf.is_empty() { Ok(()) } else { Err(DecodeError::Trailing(self.buf.len())) }

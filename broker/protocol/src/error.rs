@@ -58,10 +58,16 @@ pub enum ErrorCode {
     /// A fail-closed plugin attached to the topic failed (trap, timeout, open breaker): nothing
     /// was stored. Retrying later may succeed.
     PluginFailed = 61,
+    /// Hello's credentials were refused (wrong user or password, too many failed logins, or
+    /// none where the broker requires them): the connection is closed.
+    NotAuthenticated = 70,
+    /// The policies do not allow this user this action on this resource (the body says which);
+    /// the connection stays usable.
+    NotAuthorized = 71,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 27] = [
         Self::Malformed,
         Self::UnsupportedVersion,
         Self::UnknownOp,
@@ -87,6 +93,8 @@ impl ErrorCode {
         Self::Internal,
         Self::PluginRejected,
         Self::PluginFailed,
+        Self::NotAuthenticated,
+        Self::NotAuthorized,
     ];
 
     pub fn from_u16(v: u16) -> Option<Self> {
@@ -141,6 +149,8 @@ mod tests {
             (ErrorCode::Internal, 50),
             (ErrorCode::PluginRejected, 60),
             (ErrorCode::PluginFailed, 61),
+            (ErrorCode::NotAuthenticated, 70),
+            (ErrorCode::NotAuthorized, 71),
         ];
         assert_eq!(golden.len(), ErrorCode::ALL.len(), "every code is pinned");
         for (code, n) in golden {

@@ -21,11 +21,11 @@ pub use frame::{
     FRAME_BYTES_MAX, FRAME_HEADER_BYTES, Frame, FrameDecoder, FrameError, Kind, OutFrame, WRITE_BATCH_BYTES_MAX, gather_batch,
 };
 pub use message::{
-    BATCH_MESSAGES_MAX, BROKERS_MAX, BrokerEntry, BrokerLive, BrokerRoute, CheckTransactionRequest, ENDPOINTS_MAX, EPOCHS_LISTED_MAX,
-    EndTransactionRequest, EndTransactionResponse, Endpoint, GetRouteResponse, GroupCommitRequest, GroupHeartbeatRequest,
-    GroupHeartbeatResponse, GroupLeaveRequest, GroupMode, HeartbeatRequest, HelloRequest, HelloResponse, LockQueueRequest,
-    MESSAGE_BYTES_MAX, Message, OffsetCommitRequest, OffsetQueryRequest, OffsetQueryResponse, Op, PROTOCOL_VERSION, PULL_MESSAGES_MAX,
-    PULL_WAIT_MAX_MS, PullRequest, PullResponse, PulledMessage, QUEUE_ANY, ReadFrom, RegisterBrokerRequest, ReplicaFetchRequest,
-    ReplicaFetchResponse, ReplicaMetaRequest, ReplicaMetaResponse, Request, Response, RouteRequest, RouteResponse, SendBackRequest,
-    SendRequest, SendResponse, SendResult, SendStatus, TOPICS_PER_BROKER_MAX, TxDecision, TxState,
+    BATCH_MESSAGES_MAX, BROKERS_MAX, BrokerEntry, BrokerLive, BrokerRoute, CheckTransactionRequest, Credentials, ENDPOINTS_MAX,
+    EPOCHS_LISTED_MAX, EndTransactionRequest, EndTransactionResponse, Endpoint, GetRouteResponse, GroupCommitRequest,
+    GroupHeartbeatRequest, GroupHeartbeatResponse, GroupLeaveRequest, GroupMode, HeartbeatRequest, HelloRequest, HelloResponse,
+    LockQueueRequest, MESSAGE_BYTES_MAX, Message, OffsetCommitRequest, OffsetQueryRequest, OffsetQueryResponse, Op, PROTOCOL_VERSION,
+    PULL_MESSAGES_MAX, PULL_WAIT_MAX_MS, PullRequest, PullResponse, PulledMessage, QUEUE_ANY, ReadFrom, RegisterBrokerRequest,
+    ReplicaFetchRequest, ReplicaFetchResponse, ReplicaMetaRequest, ReplicaMetaResponse, Request, Response, RouteRequest, RouteResponse,
+    SendBackRequest, SendRequest, SendResponse, SendResult, SendStatus, TOPICS_PER_BROKER_MAX, TxDecision, TxState,
 };

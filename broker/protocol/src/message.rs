@@ -122,6 +122,22 @@ pub struct HelloRequest {
     pub version_min: u16,
     pub version_max: u16,
     pub client_id: String,
+    /// The user and password to log in as (none: anonymous, or the user its client certificate
+    /// names). Optional at the end of the body: a Hello without them is an anonymous one.
+    pub credentials: Option<Credentials>,
+}
+
+/// A user name and password. Its `Debug` leaves the password out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("user", &self.user).finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -730,6 +746,9 @@ impl Request {
         match self {
             Self::Hello(h) => {
                 w.u16(h.version_min).u16(h.version_max).string(&h.client_id);
+                if let Some(c) = &h.credentials {
+                    w.string(&c.user).string(&c.password);
+                }
             }
             Self::Send(s) => {
                 w.string(&s.topic).u32(s.queue_id).string(&s.producer_group).count(s.messages.len());
@@ -825,6 +844,7 @@ impl Request {
                 version_min: r.u16("version_min")?,
                 version_max: r.u16("version_max")?,
                 client_id: r.string("client_id")?,
+                credentials: if r.at_end() { None } else { Some(Credentials { user: r.string("user")?, password: r.string("password")? }) },
             }),
             Op::Send => {
                 let topic = r.string("topic")?;
@@ -1222,10 +1242,11 @@ mod tests {
 
     fn request() -> impl Strategy<Value = Request> {
         prop_oneof![
-            (any::<u16>(), any::<u16>(), s()).prop_map(|(a, b, c)| Request::Hello(HelloRequest {
+            (any::<u16>(), any::<u16>(), s(), proptest::option::of((s(), s()))).prop_map(|(a, b, c, creds)| Request::Hello(HelloRequest {
                 version_min: a,
                 version_max: b,
-                client_id: c
+                client_id: c,
+                credentials: creds.map(|(user, password)| Credentials { user, password }),
             })),
             (s(), any::<u32>(), s(), proptest::collection::vec(message(), 0..4), any::<bool>(), any::<u32>()).prop_map(
                 |(topic, queue_id, producer_group, messages, transactional, check_after_ms)| {
@@ -1500,7 +1521,15 @@ mod tests {
             let b = req.encode();
             if !b.is_empty() {
                 let n = cut.index(b.len());
-                prop_assert!(Request::decode(req.op(), b.slice(..n)).is_err());
+                match (Request::decode(req.op(), b.slice(..n)), &req) {
+                    // Hello's credentials are optional at its end: cut exactly there, it is a
+                    // Hello without them (which a broker with users refuses).
+                    (Ok(Request::Hello(h)), Request::Hello(full)) => {
+                        prop_assert!(full.credentials.is_some() && h.credentials.is_none());
+                        prop_assert_eq!(&h.client_id, &full.client_id);
+                    }
+                    (r, _) => prop_assert!(r.is_err()),
+                }
             }
         }
     }

@@ -37,9 +37,6 @@ pub struct RawConfig {
     pub admin_token: Option<String>,
     /// A read-only token of the admin API (GET only); none by default.
     pub admin_read_token: Option<String>,
-    /// RocketMQ 5 access keys, `ACCESS_KEY:SECRET_KEY` each: with any, every gRPC request must
-    /// carry a signature by one of them (in the environment: comma-separated).
-    pub access_keys: Option<Vec<String>>,
     /// `sync` or `async`.
     pub flush: Option<String>,
     pub flush_interval_ms: Option<u64>,
@@ -149,7 +146,6 @@ const SETTINGS: &[&str] = &[
     "tls_key",
     "admin_token",
     "admin_read_token",
-    "access_keys",
     "flush",
     "flush_interval_ms",
     "flush_timeout_ms",
@@ -225,7 +221,6 @@ impl RawConfig {
                 "tls_key" => raw.tls_key = Some(v.into()),
                 "admin_token" => raw.admin_token = Some(v),
                 "admin_read_token" => raw.admin_read_token = Some(v),
-                "access_keys" => raw.access_keys = Some(v.split(',').map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()).collect()),
                 "flush" => raw.flush = Some(v),
                 "flush_interval_ms" => raw.flush_interval_ms = Some(num(&v)?),
                 "flush_timeout_ms" => raw.flush_timeout_ms = Some(num(&v)?),
@@ -284,7 +279,6 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub admin_token: Option<String>,
     pub admin_read_token: Option<String>,
-    pub access_keys: wasmq_frontend_grpc::AccessKeys,
     pub store: StoreConfig,
     pub connections_max: NonZeroU32,
     pub in_flight_max: NonZeroU32,
@@ -439,7 +433,6 @@ impl TryFrom<RawConfig> for Config {
                 t => t,
             },
             admin_token: raw.admin_token,
-            access_keys: access_keys(raw.access_keys.unwrap_or_default())?,
             store,
             connections_max: non_zero("connections_max", raw.connections_max, CONNECTIONS_MAX_DEFAULT)?,
             in_flight_max: non_zero("in_flight_max", raw.in_flight_max, IN_FLIGHT_MAX_DEFAULT)?,
@@ -552,22 +545,6 @@ impl TryFrom<RawConfig> for Config {
     }
 }
 
-/// `ACCESS_KEY:SECRET_KEY` pairs, each part non-empty, no access key twice.
-fn access_keys(pairs: Vec<String>) -> Result<wasmq_frontend_grpc::AccessKeys, ConfigError> {
-    let mut keys = std::collections::HashMap::new();
-    for pair in pairs {
-        let (ak, sk) = pair.split_once(':').filter(|(a, s)| !a.is_empty() && !s.is_empty()).ok_or_else(|| {
-            // The secret stays out of the message.
-            let shown = pair.split(':').next().unwrap_or_default();
-            bad("access_keys", format!("{shown:?}…: each entry is ACCESS_KEY:SECRET_KEY"))
-        })?;
-        if keys.insert(ak.to_owned(), sk.to_owned()).is_some() {
-            return Err(bad("access_keys", format!("access key {ak:?} is listed twice")));
-        }
-    }
-    Ok(wasmq_frontend_grpc::AccessKeys::new(keys))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,17 +579,11 @@ mod tests {
             ("WASMQ_SEGMENT_BYTES", "1000", "segment_bytes"),
             ("WASMQ_CONNECTIONS_MAX", "0", "connections_max"),
             ("WASMQ_ADMIN_TOKEN", "short", "admin_token"),
-            ("WASMQ_ACCESS_KEYS", "app:s1,no-secret", "access_keys"),
-            ("WASMQ_ACCESS_KEYS", "app:s1,app:s2", "access_keys"),
             ("WASMQ_GRPC_LISTEN", "nowhere", "grpc_listen"),
         ] {
             let e = Config::try_from(RawConfig::load(None, env(&[(k, v)])).unwrap()).unwrap_err();
             assert_eq!(e.key, key, "{k}={v}: {e}");
         }
-        let e = Config::try_from(RawConfig::load(None, env(&[("WASMQ_ACCESS_KEYS", "app:top-secret,broken")])).unwrap()).unwrap_err();
-        assert!(e.to_string().contains("\"broken\"") && !e.to_string().contains("top-secret"), "names the entry, not a secret: {e}");
-        let c = Config::try_from(RawConfig::load(None, env(&[("WASMQ_ACCESS_KEYS", "app:top-secret")])).unwrap()).unwrap();
-        assert!(!format!("{c:?}").contains("top-secret"), "no secret in the configuration's Debug");
         let e = RawConfig::load(None, env(&[("WASMQ_FLUSHH", "sync")])).unwrap_err();
         assert_eq!(e.to_string(), "config `WASMQ_FLUSHH`: WASMQ_FLUSHH is not a setting; did you mean WASMQ_FLUSH?");
         let e = RawConfig::load(None, env(&[("WASMQ_NOTHING_LIKE_IT", "1")])).unwrap_err();

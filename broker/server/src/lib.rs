@@ -33,6 +33,8 @@ const GROUP_EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often topics' own retention is applied.
 const TOPIC_RETENTION_INTERVAL: Duration = Duration::from_secs(10);
+/// Users, credentials and policies, in the data directory's `config/`.
+const SECURITY_FILE: &str = "security.json";
 
 /// Wall-clock milliseconds since the epoch.
 fn now_ms() -> u64 {
@@ -108,7 +110,6 @@ fn grpc(config: &Config, parts: &Parts) -> (FrontEnd, Arc<dyn ProducerLinks>) {
         service: Arc::clone(&parts.service),
         clients: Arc::clone(&clients),
         max_body_size: config.store.message_bytes_max,
-        access_keys: config.access_keys.clone(),
         shutdown: parts.shutdown.clone(),
         names: parts.names.clone(),
     }));
@@ -283,7 +284,10 @@ async fn run_once(
     if let Some(in_sync) = in_sync {
         replication.set_in_sync_committed(in_sync);
     }
-    let service = Arc::new(Service::new(Arc::clone(&engine), plugins.clone(), Arc::clone(&replication)));
+    let security = Arc::new(
+        wasmq_auth::Security::open(&config.data_dir.join("config").join(SECURITY_FILE)).context("opening the users and policies")?,
+    );
+    let service = Arc::new(Service::new(Arc::clone(&engine), plugins.clone(), Arc::clone(&replication)).with_security(security));
     service.metrics().recovery_seconds.set(report.elapsed.as_secs_f64());
     let names = (!config.namesrv.is_empty()).then(|| Arc::new(wasmq_namesrv::NameServers::new(config.namesrv.clone(), peer_ca.clone())));
     let parts = Parts { service: Arc::clone(&service), shutdown: shutdown.clone(), names: names.clone() };

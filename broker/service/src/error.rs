@@ -56,6 +56,9 @@ pub enum ServiceError {
     StoreFailed(String),
     #[error("{0}")]
     ShuttingDown(String),
+    /// The policies do not allow the request: "not authorized: user U may not ACTION on RESOURCE".
+    #[error("{0}")]
+    Denied(String),
     #[error("{0}")]
     Internal(String),
 }

@@ -13,10 +13,14 @@
 //!   held messages, which reach producers through [`ProducerLinks`] a front end implements
 //!   (`held.rs`); replication's master side (`replication.rs`).
 //!
+//! - who may do what: [`Service::authorize`] over `wasmq-auth`'s users and policies, with the
+//!   rights of internal topics taken from their owners (`authz.rs`).
+//!
 //! Knows the engine and the store; no sockets, no wire types. Errors are [`ServiceError`];
 //! each front end maps them to its codes in one file.
 
 mod appender;
+mod authz;
 mod error;
 mod groups;
 mod held;
@@ -32,6 +36,7 @@ use wasmq_engine::{Engine, Plugins};
 use wasmq_store::FlushMode;
 
 pub use appender::{GROUP_BYTES_MAX, GROUP_SENDS_MAX};
+pub use authz::topic_resource;
 pub use error::ServiceError;
 pub use groups::TxOutcome;
 pub use held::{AllProducers, Asked, CHECK_SEND_TIMEOUT, CheckBack, ProducerLinks, check_back, scheduler};
@@ -42,6 +47,7 @@ pub use replication::{
     FETCH_BYTES_MAX, FETCH_WAIT_MS, Fetched, IN_SYNC_CAUGHT_UP_WITHIN, MasterLink, Mode, ReplicaMeta, Replication, Role, SLAVES_MAX,
 };
 pub use send::{Answer, Guarantee, Send, Sent, TransactionSend};
+pub use wasmq_auth::{Action, Identity, Resource, Security};
 
 /// The error for a topic that does not exist, saying how to make it.
 #[must_use]
@@ -63,6 +69,8 @@ pub struct Service {
     receive_turn: std::sync::atomic::AtomicUsize,
     /// Sends waiting to be appended together ([`Service::send_gathered`]).
     gathered: send::Gathered,
+    /// Users and policies (`authz.rs`); without users everything is allowed.
+    security: Arc<Security>,
 }
 
 impl Service {
@@ -80,7 +88,15 @@ impl Service {
             metrics,
             receive_turn: std::sync::atomic::AtomicUsize::new(0),
             gathered: send::Gathered::default(),
+            security: Arc::new(Security::in_memory()),
         }
+    }
+
+    /// The users and policies requests are checked against (default: none, so all allowed).
+    #[must_use]
+    pub fn with_security(mut self, security: Arc<Security>) -> Self {
+        self.security = security;
+        self
     }
 
     /// The counters and histograms every front end and the service feed.

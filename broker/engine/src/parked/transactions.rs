@@ -75,6 +75,12 @@ impl Engine {
     ///
     /// # Errors
     /// No half message there with that id; its topic was deleted (it is discarded); the append.
+    /// The topic of the pending half message at `log_offset` with `unique_id`, if it is pending.
+    #[must_use]
+    pub fn pending_half_topic(&self, log_offset: u64, unique_id: &str) -> Option<String> {
+        lock(&self.parked.tx).pending.get(&log_offset).filter(|h| h.unique_id == unique_id).map(|h| h.topic.clone())
+    }
+
     pub fn end_transaction(&self, log_offset: u64, unique_id: &str, decision: Decision) -> Result<EndOutcome, EngineError> {
         if let Some(why) = self.read_only() {
             return Err(EngineError::ReadOnly(why));

@@ -1,0 +1,78 @@
+//! What each RPC of `apache.rocketmq.v2.MessagingService` needs, with the identity `auth.rs`
+//! put in the request's extensions. [`RPCS`] lists every RPC with its decision; a test checks
+//! that it names exactly the RPCs of the vendored API, so a new RPC cannot be served without
+//! one. A refusal is a RocketMQ `FORBIDDEN` status inside the answer, as other business
+//! outcomes are.
+
+use tonic::Request;
+use wasmq_service::{Action, Identity, Resource, topic_resource};
+
+use crate::pb;
+
+/// Every RPC and what it needs (consumers need `consume` on their group and on the topic).
+pub const RPCS: &[(&str, &str)] = &[
+    ("QueryRoute", "describe on the topic"),
+    ("Heartbeat", "consume on the consumer group it names, if any"),
+    ("SendMessage", "produce on each message's topic"),
+    ("QueryAssignment", "consume on the group and the topic"),
+    ("ReceiveMessage", "consume on the group and the topic"),
+    ("AckMessage", "consume on the group and each entry's topic"),
+    ("ForwardMessageToDeadLetterQueue", "consume on the group and the topic"),
+    ("PullMessage", "nothing: not served"),
+    ("UpdateOffset", "nothing: not served"),
+    ("GetOffset", "nothing: not served"),
+    ("QueryOffset", "nothing: not served"),
+    ("EndTransaction", "produce on the topic"),
+    ("Telemetry", "a consumer's Settings: consume on its group and topics; a producer's: produce on its topics"),
+    ("NotifyClientTermination", "nothing: it ends the client's own registration"),
+    ("ChangeInvisibleDuration", "consume on the group and the topic"),
+    ("RecallMessage", "produce on the topic"),
+    ("SyncLiteSubscription", "nothing: not served"),
+];
+
+/// Who sent the request (anonymous when `auth.rs` put no identity in it).
+pub(crate) fn who<T>(req: &Request<T>) -> Identity {
+    req.extensions().get::<Identity>().cloned().unwrap_or(Identity::Anonymous)
+}
+
+fn name(r: Option<&pb::Resource>) -> &str {
+    r.map_or("", |r| r.name.as_str())
+}
+
+pub(crate) fn group(g: Option<&pb::Resource>) -> (Action, Resource) {
+    (Action::Consume, Resource::Group(name(g).to_owned()))
+}
+
+pub(crate) fn topic(action: Action, t: Option<&pb::Resource>) -> (Action, Resource) {
+    (action, topic_resource(name(t)))
+}
+
+/// What a client's Settings (on its Telemetry stream) need.
+pub(crate) fn settings(s: &pb::Settings) -> Vec<(Action, Resource)> {
+    match &s.pub_sub {
+        Some(pb::settings::PubSub::Subscription(sub)) => std::iter::once(group(sub.group.as_ref()))
+            .chain(sub.subscriptions.iter().map(|e| topic(Action::Consume, e.topic.as_ref())))
+            .collect(),
+        Some(pb::settings::PubSub::Publishing(p)) => p.topics.iter().map(|t| topic(Action::Produce, Some(t))).collect(),
+        None => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The RPCs of the vendored API, read from its `.proto`: the table must name each once.
+    #[test]
+    fn every_rpc_has_a_decision() {
+        let proto = include_str!("../../../third_party/rocketmq-apis/apache/rocketmq/v2/service.proto");
+        let mut defined: Vec<&str> = proto
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("rpc "))
+            .map(|l| l.split(|c: char| c == '(' || c.is_whitespace()).next().unwrap_or_default())
+            .collect();
+        defined.sort_unstable();
+        let mut decided: Vec<&str> = super::RPCS.iter().map(|(rpc, _)| *rpc).collect();
+        decided.sort_unstable();
+        assert!(defined.len() >= 17, "{defined:?}");
+        assert_eq!(decided, defined, "RPCS must list every RPC of MessagingService, once");
+    }
+}

@@ -1,0 +1,182 @@
+//! Users, logins and policies through the real broker over TLS: the native protocol's Hello and
+//! every request, the admin API's logins, roles and user management.
+
+use std::time::Duration;
+
+use wasmq_client::admin_types::PolicyView;
+use wasmq_client::{Connection, OutgoingMessage, Producer, PullConsumer};
+use wasmq_protocol::ErrorCode;
+use wasmq_tests::broker::Broker;
+
+const ROOT: (&str, &str) = ("root", "root-password-1");
+const PASSWORD: &str = "user-password-1";
+
+fn policy(subject: &str, resource: &str, actions: &[&str], effect: &str) -> PolicyView {
+    PolicyView {
+        subject: subject.into(),
+        resource: resource.into(),
+        actions: actions.iter().map(|a| (*a).to_owned()).collect(),
+        effect: effect.into(),
+    }
+}
+
+/// A broker with topics `orders`, `orders.eu`, `billing` and `audit`, an admin `root`, and
+/// users: `app` (produce to and consume `orders*`, consume `billing`, as group `g1`), `viewer`
+/// and `operator` with those built-in roles.
+fn broker_with_users(dir: &std::path::Path) -> Broker {
+    let broker = Broker::start(dir, &[]);
+    for t in ["orders", "orders.eu", "billing", "audit"] {
+        broker.cli(&["topic", "create", t, "--queues", "2"]);
+    }
+    let admin = broker.admin();
+    wasmq_tests::runtime().block_on(async {
+        admin.create_user(ROOT.0, ROOT.1, &["admin"]).await.unwrap();
+        admin.create_user("app", PASSWORD, &[]).await.unwrap();
+        admin.create_user("viewer", PASSWORD, &["viewer"]).await.unwrap();
+        admin.create_user("operator", PASSWORD, &["operator"]).await.unwrap();
+        admin.add_policy(&policy("user:app", "topic:orders*", &["produce", "consume"], "allow")).await.unwrap();
+        admin.add_policy(&policy("user:app", "topic:billing", &["consume"], "allow")).await.unwrap();
+        admin.add_policy(&policy("user:app", "group:g1", &["consume"], "allow")).await.unwrap();
+    });
+    broker
+}
+
+fn broker_code(e: &wasmq_client::ClientError) -> Option<ErrorCode> {
+    e.code()
+}
+
+/// Hello logs in: anonymous, a wrong password and an unknown user are refused once users
+/// exist; a user is then allowed exactly what its policies say, each refusal naming the user,
+/// the action and the resource, and the connection carries on after one.
+#[test]
+fn the_native_protocol_logs_in_and_checks_every_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker_with_users(dir.path());
+    let rt = wasmq_tests::runtime();
+    rt.block_on(async {
+        let anonymous = Connection::connect(broker.options()).await.unwrap_err();
+        assert_eq!(broker_code(&anonymous), Some(ErrorCode::NotAuthenticated), "{anonymous}");
+        assert!(anonymous.to_string().contains("requires a user"), "{anonymous}");
+        let wrong = Connection::connect(broker.options().login("app", "not-the-password")).await.unwrap_err();
+        assert_eq!(broker_code(&wrong), Some(ErrorCode::NotAuthenticated), "{wrong}");
+        assert!(wrong.to_string().contains("wrong user name or password") && !wrong.to_string().contains("not-the-password"));
+        let unknown = Connection::connect(broker.options().login("ghost", PASSWORD)).await.unwrap_err();
+        assert_eq!(wrong.to_string().replace("app", "ghost"), unknown.to_string(), "an unknown user is answered as a wrong password");
+
+        let conn = Connection::connect(broker.options().login("app", PASSWORD)).await.unwrap();
+        let producer = Producer::new(conn.clone(), "app-producer");
+        producer.send("orders", OutgoingMessage::new("o-1")).await.unwrap();
+        producer.send("orders.eu", OutgoingMessage::new("o-2")).await.unwrap();
+        let denied = producer.send("billing", OutgoingMessage::new("b-1")).await.unwrap_err();
+        assert_eq!(broker_code(&denied), Some(ErrorCode::NotAuthorized), "{denied}");
+        assert!(denied.to_string().contains("not authorized: user app may not produce on topic billing"), "{denied}");
+        // The same connection carries on.
+        producer.send("orders", OutgoingMessage::new("o-3")).await.unwrap();
+
+        let as_g1 = PullConsumer::for_group(conn.clone(), "g1");
+        let pulled = as_g1.pull("orders", 0, 0, 10, Duration::ZERO).await.unwrap();
+        let pulled_1 = as_g1.pull("orders", 1, 0, 10, Duration::ZERO).await.unwrap();
+        assert_eq!(pulled.messages.len() + pulled_1.messages.len(), 2);
+        let as_g2 = PullConsumer::for_group(conn.clone(), "g2");
+        let denied = as_g2.pull("orders", 0, 0, 10, Duration::ZERO).await.unwrap_err();
+        assert!(denied.to_string().contains("not authorized: user app may not consume on group g2"), "{denied}");
+        let denied = as_g1.pull("audit", 0, 0, 10, Duration::ZERO).await.unwrap_err();
+        assert!(denied.to_string().contains("not authorized: user app may not consume on topic audit"), "{denied}");
+        // Nothing allowed on a topic: not even its route.
+        let denied = producer.send("audit", OutgoingMessage::new("a-1")).await.unwrap_err();
+        assert!(denied.to_string().contains("not authorized: user app may not describe on topic audit"), "{denied}");
+        // The group's retry topic is the group's.
+        let retry = as_g1.pull("%RETRY%g1", 0, 0, 10, Duration::ZERO).await;
+        assert!(retry.as_ref().err().and_then(broker_code) != Some(ErrorCode::NotAuthorized), "{retry:?}");
+        let retry = as_g2.pull("%RETRY%g2", 0, 0, 10, Duration::ZERO).await.unwrap_err();
+        assert!(retry.to_string().contains("may not consume on group g2"), "{retry}");
+
+        // A policy taken away takes effect on the open connection; a deny wins over an allow.
+        let admin = broker.admin();
+        admin.add_policy(&policy("user:app", "topic:orders.eu", &["produce"], "deny")).await.unwrap();
+        let denied = producer.send("orders.eu", OutgoingMessage::new("o-4")).await.unwrap_err();
+        assert!(denied.to_string().contains("may not produce on topic orders.eu"), "{denied}");
+        producer.send("orders", OutgoingMessage::new("o-5")).await.unwrap();
+        admin.delete_user("app").await.unwrap();
+        let gone = producer.send("orders", OutgoingMessage::new("o-6")).await.unwrap_err();
+        assert_eq!(broker_code(&gone), Some(ErrorCode::NotAuthorized), "a deleted user's connection is refused: {gone}");
+
+        // Nothing refused was stored.
+        let root = Connection::connect(broker.options().login(ROOT.0, ROOT.1)).await.unwrap();
+        let bodies = |topic: &'static str| {
+            let root = root.clone();
+            async move {
+                wasmq_tests::drain(&root, topic, 2)
+                    .await
+                    .into_iter()
+                    .map(|(_, m)| String::from_utf8_lossy(&m.message.body).into_owned())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert!(bodies("billing").await.is_empty() && bodies("audit").await.is_empty());
+        let mut orders = bodies("orders").await;
+        orders.sort();
+        assert_eq!(orders, ["o-1", "o-3", "o-5"]);
+    });
+}
+
+/// The admin API: a login gives a session (cookie and bearer token); each built-in role sees
+/// and does what it says; the refusals name the user; users and policies need an admin; a user
+/// changes its own password; failed logins are rate limited.
+#[test]
+fn the_admin_api_logs_users_in_and_holds_them_to_their_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker_with_users(dir.path());
+    let rt = wasmq_tests::runtime();
+    let login = |user: &str, password: &str| rt.block_on(wasmq_client::Admin::login(&broker.admin_listen, &broker.ca, user, password));
+    fn status<T>(r: Result<T, wasmq_client::ClientError>) -> u16 {
+        match r {
+            Ok(_) => 200,
+            Err(wasmq_client::ClientError::Admin { status, .. }) => status,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let viewer = login("viewer", PASSWORD).unwrap();
+    let operator = login("operator", PASSWORD).unwrap();
+    let root = login(ROOT.0, ROOT.1).unwrap();
+    rt.block_on(async {
+        let me = viewer.me().await.unwrap();
+        assert_eq!((me.user.as_str(), me.console_role.as_deref()), ("viewer", Some("viewer")));
+        assert_eq!(viewer.list_topics().await.unwrap().len(), 4);
+        let refused = viewer.create_topic("new-topic", 2).await.unwrap_err();
+        assert_eq!(status(Err::<(), _>(refused.clone())), 403);
+        assert!(refused.to_string().contains("not authorized: user viewer may not create on topic new-topic"), "{refused}");
+        assert_eq!(status(viewer.users().await), 403);
+        let peek = viewer.browse("orders", 0, wasmq_client::Browse::Offset(0), 10).await.unwrap_err();
+        assert!(peek.to_string().contains("may not consume on topic orders"), "a viewer reads no message: {peek}");
+        operator.create_topic("new-topic", 2).await.unwrap();
+        assert_eq!(status(operator.users().await), 403, "users are an admin's");
+        assert_eq!(status(operator.create_user("x", PASSWORD, &[]).await), 403);
+        let users: Vec<String> = root.users().await.unwrap().into_iter().map(|u| u.name).collect();
+        assert_eq!(users, ["app", "operator", "root", "viewer"]);
+        // A user changes its own password, not its roles.
+        let own = wasmq_client::admin_types::UpdateUser { password: Some("viewer-password-2".into()), ..Default::default() };
+        viewer.update_user("viewer", &own).await.unwrap();
+        let promote = wasmq_client::admin_types::UpdateUser { roles: Some(vec!["admin".into()]), ..Default::default() };
+        assert_eq!(status(viewer.update_user("viewer", &promote).await), 403);
+        // API tokens act as their user, and end with it.
+        let token = root.create_token("ci", Some("operator"), None).await.unwrap();
+        let by_token = wasmq_client::Admin::new(&broker.admin_listen, &broker.ca, &token.token).unwrap();
+        assert_eq!(by_token.me().await.unwrap().user, "operator");
+        assert!(!format!("{:?}", root.tokens().await.unwrap()).contains(&token.token), "a token's secret is shown once");
+        root.delete_token(&token.view.id).await.unwrap();
+        assert_eq!(status(by_token.me().await), 401);
+        // No credentials, or a forged session: 401.
+        let nobody = wasmq_client::Admin::new(&broker.admin_listen, &broker.ca, "").unwrap();
+        assert_eq!(status(nobody.list_topics().await), 401);
+        let forged = wasmq_client::Admin::new(&broker.admin_listen, &broker.ca, "0123456789abcdef0123456789abcdef").unwrap();
+        assert_eq!(status(forged.list_topics().await), 401);
+    });
+    assert!(login("viewer", PASSWORD).is_err(), "the old password no longer works");
+    assert!(login("viewer", "viewer-password-2").is_ok());
+    // Five failures of a user and its next attempt is refused unchecked, right or wrong.
+    for _ in 0..wasmq_auth::limiter::LOGIN_FAILURES_PER_USER_MAX {
+        assert_eq!(status(login("operator", "wrong-password-x")), 401);
+    }
+    assert_eq!(status(login("operator", PASSWORD)), 429);
+}
