@@ -117,6 +117,26 @@ fn the_native_protocol_logs_in_and_checks_every_request() {
         let mut orders = bodies("orders").await;
         orders.sort();
         assert_eq!(orders, ["o-1", "o-3", "o-5"]);
+
+        // The audit log has the refusals (who, from where, what), the failed logins and the
+        // admin changes; never a password.
+        let audit = admin.audit(10_000).await.unwrap();
+        let has = |f: &dyn Fn(&wasmq_client::admin_types::AuditEntry) -> bool| audit.iter().any(f);
+        assert!(
+            has(&|e| e.via == "native"
+                && e.user == "app"
+                && e.from.as_deref() == Some("127.0.0.1")
+                && e.what == "produce"
+                && e.result == "denied: not authorized: user app may not produce on topic billing"),
+            "{audit:#?}"
+        );
+        assert!(has(&|e| e.via == "native" && e.what == "login" && e.user == "ghost" && e.result.starts_with("denied: ")));
+        assert!(has(&|e| e.via == "admin" && e.what == "POST /api/v1/policies" && e.result == "ok" && e.user == "admin token"));
+        assert!(has(&|e| e.via == "admin" && e.what == "DELETE /api/v1/users/app" && e.result == "ok"));
+        let text = std::fs::read_to_string(dir.path().join("audit").join("audit.log")).unwrap();
+        for secret in [PASSWORD, ROOT.1, "not-the-password"] {
+            assert!(!text.contains(secret), "a password in the audit log");
+        }
     });
 }
 

@@ -102,6 +102,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/policies", get(crate::users::list_policies).post(crate::users::add_policy).delete(crate::users::remove_policy))
         .route("/api/v1/tokens", get(crate::users::list_tokens).post(crate::users::create_token))
         .route("/api/v1/tokens/{id}", delete(crate::users::delete_token))
+        .route("/api/v1/audit", get(crate::users::audit))
         .route(crate::openapi::PATH, get(crate::openapi::serve))
         // Every route above: who asks, and whether its decision in `authz.rs` allows it.
         .route_layer(middleware::from_fn_with_state(state.clone(), crate::authz::auth))

@@ -10,10 +10,12 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use wasmq_service::{Action, Identity, Resource};
+use wasmq_service::{Action, Asker, Identity, Resource};
 
 use crate::admin::{AdminState, error};
 
+/// The admin API's name in the audit log.
+pub(crate) const VIA: &str = "admin";
 /// The console's session cookie.
 pub(crate) const SESSION_COOKIE: &str = "wasmq_session";
 /// Largest body read to find the name of a topic being created.
@@ -99,6 +101,7 @@ pub(crate) const ENDPOINTS: &[(&str, &str, Need)] = &[
     ("get", "/api/v1/tokens", LoggedIn),
     ("post", "/api/v1/tokens", LoggedIn),
     ("delete", "/api/v1/tokens/{id}", LoggedIn),
+    ("get", "/api/v1/audit", Do(Admin, Cluster)),
 ];
 
 /// Who made a request, for handlers (an extension the middleware adds).
@@ -108,7 +111,7 @@ pub(crate) enum Caller {
     Token {
         read_only: bool,
     },
-    User(Identity),
+    User(Asker),
 }
 
 impl Caller {
@@ -119,14 +122,14 @@ impl Caller {
             // Reads, as before users existed (the endpoints a GET reaches).
             Self::Token { read_only: true } if matches!(action, Describe | Consume) => Ok(()),
             Self::Token { read_only: true } => Err(Box::new(error(403, "the read-only token cannot change anything; use the admin token"))),
-            Self::User(who) => s.service.authorize(who, action, resource).map_err(|e| Box::new(error(403, e.to_string()))),
+            Self::User(asker) => s.service.authorize(asker, action, resource).map_err(|e| Box::new(error(403, e.to_string()))),
         }
     }
 
     /// The user, if the caller is one.
     pub(crate) fn user(&self) -> Option<&str> {
         match self {
-            Self::User(who) => who.user(),
+            Self::User(asker) => asker.who.user(),
             Self::Token { .. } => None,
         }
     }
@@ -161,17 +164,19 @@ pub(crate) fn session_cookie(req: &Request) -> Option<String> {
 
 /// Who the request's credentials name; `Err` answers 401.
 fn caller(s: &AdminState, req: &Request) -> Result<Caller, Box<Response>> {
+    let from = req.extensions().get::<crate::users::Peer>().map(|p| p.0.ip());
+    let user = |who: Identity| Caller::User(Asker::new(who, from, VIA));
     let bearer = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     let security = s.service.security();
     let unauthenticated = |e: wasmq_auth::AuthError| Box::new(error(401, e.to_string()));
     match bearer {
         Some(t) if same(t.as_bytes(), s.token.as_bytes()) => Ok(Caller::Token { read_only: false }),
         Some(t) if s.read_token.as_deref().is_some_and(|r| same(t.as_bytes(), r.as_bytes())) => Ok(Caller::Token { read_only: true }),
-        Some(t) if t.starts_with("wqt_") => security.token_user(t, crate::now_ms()).map(Caller::User).map_err(unauthenticated),
-        Some(t) if security.enforcing() => security.session_user(t).map(Caller::User).map_err(unauthenticated),
+        Some(t) if t.starts_with("wqt_") => security.token_user(t, crate::now_ms()).map(user).map_err(unauthenticated),
+        Some(t) if security.enforcing() => security.session_user(t).map(user).map_err(unauthenticated),
         Some(_) => Err(Box::new(error(401, "wrong token"))),
         None => match session_cookie(req) {
-            Some(t) => security.session_user(&t).map(Caller::User).map_err(unauthenticated),
+            Some(t) => security.session_user(&t).map(user).map_err(unauthenticated),
             None => Err(Box::new(error(
                 401,
                 "not logged in: POST /api/v1/login with a user and password, or send Authorization: Bearer <API token>",
@@ -235,8 +240,22 @@ pub(crate) async fn auth(State(s): State<AdminState>, mut req: Request, next: Ne
             return *r;
         }
     }
-    req.extensions_mut().insert(caller);
-    next.run(req).await
+    let change = !matches!(*req.method(), Method::GET | Method::HEAD);
+    let what = format!("{} {}", req.method(), req.uri().path());
+    req.extensions_mut().insert(caller.clone());
+    let resp = next.run(req).await;
+    if change {
+        let status = resp.status();
+        let result = if status.is_success() { "ok".to_owned() } else { format!("failed: {}", status.as_u16()) };
+        let asker = match &caller {
+            Caller::User(a) => a.clone(),
+            Caller::Token { read_only } => {
+                Asker::new(Identity::User(if *read_only { "read-only token" } else { "admin token" }.into()), None, VIA)
+            }
+        };
+        s.service.record(&asker, &what, &pattern, &result);
+    }
+    resp
 }
 
 #[cfg(test)]

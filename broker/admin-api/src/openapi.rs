@@ -279,6 +279,16 @@ fn endpoints() -> Vec<Endpoint> {
             ..ep("post", "/api/v1/tokens", "Make an API token (its secret is shown once).", 201, Some(J(schema::<t::TokenCreated>)))
         },
         ep("delete", "/api/v1/tokens/{id}", "Delete an API token (one's own, or as an admin any).", 204, None),
+        Endpoint {
+            query: &[("limit", "how many entries, newest first (default 100, at most 10000)")],
+            ..ep(
+                "get",
+                "/api/v1/audit",
+                "The audit log: admin changes, refused requests and failed logins (who, from where, what, result).",
+                200,
+                Some(J(schema::<Vec<t::AuditEntry>>)),
+            )
+        },
     ]
 }
 

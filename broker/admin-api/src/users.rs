@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, body::Bytes};
 use wasmq_admin_types::{
-    AccessKey, CreateToken, CreateUser, Login, Me, PolicyView, Session, TokenCreated, TokenView, UpdateUser, UserView,
+    AccessKey, AuditEntry, CreateToken, CreateUser, Login, Me, PolicyView, Session, TokenCreated, TokenView, UpdateUser, UserView,
 };
 use wasmq_auth::{Action, AuthError, Effect, Pattern, Policy, Resource, Subject};
 
@@ -52,7 +52,8 @@ fn me_of(s: &AdminState, caller: &Caller) -> Me {
             let role = if *read_only { "viewer" } else { "admin" };
             Me { user: format!("{role} token"), roles: vec![role.to_owned()], console_role: Some(role.to_owned()) }
         }
-        Caller::User(who) => {
+        Caller::User(asker) => {
+            let who = &asker.who;
             let security = s.service.security();
             let roles = who.user().and_then(|u| security.user(u)).map(|u| u.roles).unwrap_or_default();
             Me { user: who.to_string(), roles, console_role: security.console_role(who).map(|r| r.name().to_owned()) }
@@ -65,15 +66,15 @@ pub(crate) async fn login(State(s): State<AdminState>, peer: Option<Extension<Pe
         Ok(l) => l,
         Err(r) => return *r,
     };
-    let security = Arc::clone(s.service.security());
+    let service = Arc::clone(&s.service);
     let ip = peer.map(|Extension(Peer(p))| p.ip());
     let user = login.user.clone();
-    let who = match blocking(move || security.login(&login.user, &login.password, ip)).await {
+    let who = match blocking(move || service.login(&login.user, &login.password, ip, crate::authz::VIA)).await {
         Ok(who) => who,
         Err(r) => return r,
     };
     let token = s.service.security().start_session(&user);
-    let me = me_of(&s, &Caller::User(who));
+    let me = me_of(&s, &Caller::User(wasmq_service::Asker::new(who, ip, crate::authz::VIA)));
     let mut resp = Json(Session { token: token.clone(), me }).into_response();
     if let Ok(v) = format!("{SESSION_COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/").parse() {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -292,4 +293,29 @@ pub(crate) async fn delete_token(State(s): State<AdminState>, Extension(caller):
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => auth_error(&e),
     }
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct AuditQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// The audit log, newest first (default 100 entries).
+pub(crate) async fn audit(State(s): State<AdminState>, axum::extract::Query(q): axum::extract::Query<AuditQuery>) -> Json<Vec<AuditEntry>> {
+    let entries = s.service.audit().recent(q.limit.unwrap_or(100));
+    Json(
+        entries
+            .into_iter()
+            .map(|e| AuditEntry {
+                at_ms: e.at_ms,
+                user: e.user,
+                from: e.from,
+                via: e.via,
+                what: e.what,
+                resource: e.resource,
+                result: e.result,
+            })
+            .collect(),
+    )
 }

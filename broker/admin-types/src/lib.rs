@@ -782,3 +782,20 @@ impl std::fmt::Debug for TokenCreated {
         f.debug_struct("TokenCreated").field("view", &self.view).finish_non_exhaustive()
     }
 }
+
+/// An item of `GET /api/v1/audit`: an admin change, a refused request or a failed login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct AuditEntry {
+    pub at_ms: u64,
+    pub user: String,
+    #[serde(default)]
+    pub from: Option<String>,
+    /// `native`, `grpc` or `admin`.
+    pub via: String,
+    /// An action (`produce`, `login`, …) or an admin request (`POST /api/v1/users`).
+    pub what: String,
+    pub resource: String,
+    /// `ok`, `denied: …` or `failed: STATUS`.
+    pub result: String,
+}

@@ -9,6 +9,7 @@
 //! The rule: once any user exists, a request is **denied unless allowed** — by a built-in role
 //! of its user or an allow policy naming the user or one of its roles, and no deny policy.
 
+pub mod audit;
 pub mod limiter;
 pub mod model;
 pub mod password;
@@ -18,6 +19,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use audit::{AuditEvent, AuditLog};
 pub use model::{Action, BuiltinRole, Effect, Kind, Pattern, Policy, Resource, Subject};
 pub use security::{BOOTSTRAP_USER, Security, TokenView, User, UserView};
 

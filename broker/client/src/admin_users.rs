@@ -87,6 +87,14 @@ impl Admin {
         self.call::<serde_json::Value>("DELETE", "/policies", json(policy)?).await.map(|_| ())
     }
 
+    /// The audit log, newest first.
+    ///
+    /// # Errors
+    /// Not an admin (403), connection failure.
+    pub async fn audit(&self, limit: usize) -> Result<Vec<wasmq_admin_types::AuditEntry>, ClientError> {
+        answer(self.call("GET", &format!("/audit?limit={limit}"), None).await?)
+    }
+
     /// # Errors
     /// Connection failure.
     pub async fn tokens(&self) -> Result<Vec<TokenView>, ClientError> {

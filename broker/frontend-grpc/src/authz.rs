@@ -5,7 +5,7 @@
 //! outcomes are.
 
 use tonic::Request;
-use wasmq_service::{Action, Identity, Resource, topic_resource};
+use wasmq_service::{Action, Asker, Identity, Resource, topic_resource};
 
 use crate::pb;
 
@@ -30,9 +30,9 @@ pub const RPCS: &[(&str, &str)] = &[
     ("SyncLiteSubscription", "nothing: not served"),
 ];
 
-/// Who sent the request (anonymous when `auth.rs` put no identity in it).
-pub(crate) fn who<T>(req: &Request<T>) -> Identity {
-    req.extensions().get::<Identity>().cloned().unwrap_or(Identity::Anonymous)
+/// Who sent the request, from where (anonymous when `auth.rs` put no one in it).
+pub(crate) fn who<T>(req: &Request<T>) -> Asker {
+    req.extensions().get::<Asker>().cloned().unwrap_or_else(|| Asker::new(Identity::Anonymous, None, crate::PROTOCOL))
 }
 
 fn name(r: Option<&pb::Resource>) -> &str {

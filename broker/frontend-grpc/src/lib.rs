@@ -55,18 +55,21 @@ pub async fn serve(tls: TlsStream, peer: SocketAddr, messaging: Messaging, shutd
     // the store with MESSAGE_BODY_TOO_LARGE rather than by the decoder.
     let decode_max = messaging.0.max_body_size as usize + REQUEST_OVERHEAD_MAX;
     let security = Arc::clone(messaging.0.service.security());
+    let service = Arc::clone(&messaging.0.service);
     let grpc = pb::messaging_service_server::MessagingServiceServer::new(messaging).max_decoding_message_size(decode_max);
     let service = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let mut grpc = grpc.clone();
-        let security = Arc::clone(&security);
+        let (security, service) = (Arc::clone(&security), Arc::clone(&service));
         async move {
             if req.version() == http::Version::HTTP_2 {
                 let mut req = req;
                 match auth::identify(&security, req.headers(), peer.ip()) {
                     // The handlers find who asked in the request's extensions (`authz.rs`).
-                    Ok(who) => req.extensions_mut().insert(who),
+                    Ok(who) => req.extensions_mut().insert(wasmq_service::Asker::new(who, Some(peer.ip()), PROTOCOL)),
                     Err(why) => {
                         tracing::warn!(%peer, path = %req.uri().path(), why, "gRPC request refused");
+                        let asker = wasmq_service::Asker::new(wasmq_service::Identity::Anonymous, Some(peer.ip()), PROTOCOL);
+                        service.record(&asker, "login", req.uri().path(), &format!("denied: {why}"));
                         return Ok(tonic::Status::unauthenticated(why).into_http());
                     }
                 };

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 use wasmq_engine::{Decided, Decision, Engine, TopicConfig};
-use wasmq_service::{Action, Identity, Resource, Send, Service, TransactionSend, TxOutcome};
+use wasmq_service::{Action, Asker, Resource, Send, Service, TransactionSend, TxOutcome};
 
 use crate::authz;
 use crate::clients::Clients;
@@ -140,7 +140,7 @@ impl Messaging {
     }
 
     /// Whether `who` may do each of `needs`; the status refusing it if not.
-    fn allow(&self, who: &Identity, needs: &[(Action, Resource)]) -> Result<(), pb::Status> {
+    fn allow(&self, who: &Asker, needs: &[(Action, Resource)]) -> Result<(), pb::Status> {
         needs.iter().try_for_each(|(a, r)| self.0.service.authorize(who, *a, r).map_err(|e| wire::service_error(&e)))
     }
 

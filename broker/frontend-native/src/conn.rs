@@ -15,7 +15,7 @@ use wasmq_protocol::{
     PULL_MESSAGES_MAX, PULL_WAIT_MAX_MS, PullResponse, QUEUE_ANY, Request, Response, RouteResponse, SendResponse, SendResult, TxDecision,
     TxState,
 };
-use wasmq_service::{Identity, PULL_BYTES_MAX, Pull, Service, TransactionSend, TxOutcome};
+use wasmq_service::{Asker, Identity, PULL_BYTES_MAX, Pull, Service, TransactionSend, TxOutcome};
 
 use crate::wire::{self, WireError};
 
@@ -41,8 +41,8 @@ pub struct Shared {
 /// What a request handler knows of its connection.
 struct ConnCtx<'a> {
     id: u64,
-    /// Who logged in (in Hello).
-    who: &'a Identity,
+    /// Who logged in (in Hello), from where.
+    asker: &'a Asker,
     tx: &'a mpsc::Sender<OutFrame>,
     cancel: &'a CancellationToken,
 }
@@ -99,7 +99,7 @@ async fn serve_connection(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr,
     let in_flight = Arc::new(Semaphore::new(shared.in_flight_max as usize));
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut hello_done = false;
-    let mut who = Identity::Anonymous;
+    let mut asker = Asker::new(Identity::Anonymous, Some(peer.ip()), PROTOCOL);
     let hello_deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let conn_cancel = shared.shutdown.child_token();
     let conn_id = shared.producers.connection_id();
@@ -149,7 +149,7 @@ async fn serve_connection(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr,
                         let (reply, logged_in) = hello(&shared, frame.request_id, frame.body, peer).await;
                         hello_done = logged_in.is_some();
                         if let Some(id) = logged_in {
-                            who = id;
+                            asker.who = id;
                         }
                         if tx.send(reply).await.is_err() || !hello_done {
                             break 'conn;
@@ -176,7 +176,7 @@ async fn serve_connection(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr,
                         if let Some(send) = queue_send(
                             &shared,
                             frame,
-                            &ConnCtx { id: conn_id, who: &who, tx: &tx, cancel: &conn_cancel },
+                            &ConnCtx { id: conn_id, asker: &asker, tx: &tx, cancel: &conn_cancel },
                             (slot, permit),
                             Arc::clone(&send_metrics),
                         ) {
@@ -186,12 +186,12 @@ async fn serve_connection(tls: wasmq_net::TlsStream, peer: std::net::SocketAddr,
                     }
                     // Sends read before this request are queued before it is handled.
                     shared.service.submit(std::mem::take(&mut pending)).await;
-                    let (shared, tx, cancel, who) = (Arc::clone(&shared), tx.clone(), conn_cancel.clone(), who.clone());
+                    let (shared, tx, cancel, asker) = (Arc::clone(&shared), tx.clone(), conn_cancel.clone(), asker.clone());
                     tokio::spawn(async move {
                         let one_way = frame.request_id == 0;
                         let started = std::time::Instant::now();
                         let op = Op::from_u16(frame.code).map_or("unknown", Op::name);
-                        let reply = handle(&shared, frame, &ConnCtx { id: conn_id, who: &who, tx: &tx, cancel: &cancel }).await;
+                        let reply = handle(&shared, frame, &ConnCtx { id: conn_id, asker: &asker, tx: &tx, cancel: &cancel }).await;
                         shared.service.metrics().request(PROTOCOL, op, reply.code == 0, started.elapsed());
                         if !one_way {
                             let _ = tx.send(reply).await;
@@ -268,8 +268,8 @@ async fn hello(shared: &Shared, request_id: u32, body: Bytes, peer: std::net::So
         }
         None => Identity::Anonymous,
         Some(c) => {
-            let security = Arc::clone(shared.service.security());
-            let checked = tokio::task::spawn_blocking(move || security.login(&c.user, &c.password, Some(peer.ip()))).await;
+            let service = Arc::clone(&shared.service);
+            let checked = tokio::task::spawn_blocking(move || service.login(&c.user, &c.password, Some(peer.ip()), PROTOCOL)).await;
             match checked {
                 Ok(Ok(who)) => who,
                 Ok(Err(e)) => return (error_frame(request_id, &WireError::new(ErrorCode::NotAuthenticated, e.to_string())), None),
@@ -356,7 +356,7 @@ fn queue_send(
             return None;
         }
     };
-    if let Err(e) = shared.service.authorize_topic(conn.who, wasmq_service::Action::Produce, &s.topic) {
+    if let Err(e) = shared.service.authorize_topic(conn.asker, wasmq_service::Action::Produce, &s.topic) {
         metrics.record(false, std::time::Duration::ZERO);
         if id != 0 {
             slot.send(error_frame(id, &wire::service_error(&e)));
@@ -384,7 +384,7 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
     let engine = service.engine();
     let cancel = conn.cancel;
     for (action, resource) in crate::authz::required(&req) {
-        service.authorize(conn.who, action, &resource)?;
+        service.authorize(conn.asker, action, &resource)?;
     }
     match req {
         Request::Hello(_) => Err(WireError::new(ErrorCode::InvalidRequest, "Hello was already sent")),
@@ -471,7 +471,7 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
                 Decided::RolledBack => TxState::RolledBack,
                 Decided::Discarded => TxState::Discarded,
             };
-            service.authorize_end_transaction(conn.who, t.log_offset, &t.unique_id)?;
+            service.authorize_end_transaction(conn.asker, t.log_offset, &t.unique_id)?;
             let resp = match service.end_transaction(t.log_offset, &t.unique_id, decision).await? {
                 TxOutcome::Applied(d) => EndTransactionResponse { state: state(d), applied: true },
                 TxOutcome::StillPending => EndTransactionResponse { state: TxState::Pending, applied: false },

@@ -35,6 +35,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const TOPIC_RETENTION_INTERVAL: Duration = Duration::from_secs(10);
 /// Users, credentials and policies, in the data directory's `config/`.
 const SECURITY_FILE: &str = "security.json";
+/// The audit log's directory in the data directory.
+const AUDIT_DIR: &str = "audit";
 
 /// Wall-clock milliseconds since the epoch.
 fn now_ms() -> u64 {
@@ -287,7 +289,9 @@ async fn run_once(
     let security = Arc::new(
         wasmq_auth::Security::open(&config.data_dir.join("config").join(SECURITY_FILE)).context("opening the users and policies")?,
     );
-    let service = Arc::new(Service::new(Arc::clone(&engine), plugins.clone(), Arc::clone(&replication)).with_security(security));
+    let audit = Arc::new(wasmq_auth::AuditLog::open(&config.data_dir.join(AUDIT_DIR)).context("opening the audit log")?);
+    let service =
+        Arc::new(Service::new(Arc::clone(&engine), plugins.clone(), Arc::clone(&replication)).with_security(security).with_audit(audit));
     service.metrics().recovery_seconds.set(report.elapsed.as_secs_f64());
     let names = (!config.namesrv.is_empty()).then(|| Arc::new(wasmq_namesrv::NameServers::new(config.namesrv.clone(), peer_ca.clone())));
     let parts = Parts { service: Arc::clone(&service), shutdown: shutdown.clone(), names: names.clone() };

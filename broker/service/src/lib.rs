@@ -36,7 +36,7 @@ use wasmq_engine::{Engine, Plugins};
 use wasmq_store::FlushMode;
 
 pub use appender::{GROUP_BYTES_MAX, GROUP_SENDS_MAX};
-pub use authz::topic_resource;
+pub use authz::{Asker, topic_resource};
 pub use error::ServiceError;
 pub use groups::TxOutcome;
 pub use held::{AllProducers, Asked, CHECK_SEND_TIMEOUT, CheckBack, ProducerLinks, check_back, scheduler};
@@ -47,7 +47,7 @@ pub use replication::{
     FETCH_BYTES_MAX, FETCH_WAIT_MS, Fetched, IN_SYNC_CAUGHT_UP_WITHIN, MasterLink, Mode, ReplicaMeta, Replication, Role, SLAVES_MAX,
 };
 pub use send::{Answer, Guarantee, Send, Sent, TransactionSend};
-pub use wasmq_auth::{Action, Identity, Resource, Security};
+pub use wasmq_auth::{Action, Effect, Identity, Pattern, Policy, Resource, Security, Subject};
 
 /// The error for a topic that does not exist, saying how to make it.
 #[must_use]
@@ -71,6 +71,8 @@ pub struct Service {
     gathered: send::Gathered,
     /// Users and policies (`authz.rs`); without users everything is allowed.
     security: Arc<Security>,
+    /// Refusals, failed logins and admin changes (none kept by default).
+    audit: Arc<wasmq_auth::AuditLog>,
 }
 
 impl Service {
@@ -89,7 +91,15 @@ impl Service {
             receive_turn: std::sync::atomic::AtomicUsize::new(0),
             gathered: send::Gathered::default(),
             security: Arc::new(Security::in_memory()),
+            audit: Arc::new(wasmq_auth::AuditLog::disabled()),
         }
+    }
+
+    /// The audit log to keep (default: none).
+    #[must_use]
+    pub fn with_audit(mut self, audit: Arc<wasmq_auth::AuditLog>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// The users and policies requests are checked against (default: none, so all allowed).
