@@ -306,7 +306,7 @@ async fn handle(shared: &Shared, frame: Frame, conn: &ConnCtx<'_>) -> OutFrame {
 /// the producer group (for check-backs).
 fn to_send(shared: &Shared, s: wasmq_protocol::SendRequest, conn: &ConnCtx<'_>) -> wasmq_service::Send {
     let transaction = if s.transactional {
-        if shared.producers.register(conn.id, &s.producer_group, conn.tx) {
+        if shared.producers.register(conn.id, &s.producer_group, conn.tx, &conn.asker.who) {
             shared.service.producer_joined(&s.producer_group);
         }
         Some(TransactionSend {
@@ -428,7 +428,7 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
         }
         Request::Heartbeat(h) => {
             for g in &h.producer_groups {
-                if shared.producers.register(conn.id, g, conn.tx) {
+                if shared.producers.register(conn.id, g, conn.tx, &conn.asker.who) {
                     service.producer_joined(g);
                 }
             }

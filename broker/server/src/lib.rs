@@ -88,7 +88,7 @@ struct Parts {
 
 /// The native protocol's listener and its producer links.
 fn native(config: &Config, parts: &Parts) -> (FrontEnd, Arc<dyn ProducerLinks>) {
-    let producers = Arc::new(wasmq_frontend_native::Producers::default());
+    let producers = Arc::new(wasmq_frontend_native::Producers::new(Arc::clone(parts.service.security())));
     let shared = Arc::new(wasmq_frontend_native::Shared {
         service: Arc::clone(&parts.service),
         in_flight_max: config.in_flight_max.get(),
