@@ -160,6 +160,7 @@ mod tests {
         }
         let e = s.login("admin", "admin-password-1", peer).unwrap_err();
         assert!(matches!(e, AuthError::RateLimited(_)), "even the right password waits: {e}");
+        assert!(s.login("admin", "admin-password-1", Some("10.9.9.9".parse().unwrap())).is_ok(), "not from another address");
         // An unknown user is answered as a wrong password is.
         let unknown = s.login("nobody", "whatever-whatever", None).unwrap_err().to_string();
         assert!(unknown.contains("wrong user name or password"), "{unknown}");

@@ -1,14 +1,14 @@
-//! Login rate limiting: failed attempts counted per user name and per peer address; past
-//! [`LOGIN_FAILURES_PER_USER_MAX`] (or, for an address, [`LOGIN_FAILURES_PER_ADDRESS_MAX`]: many
-//! clients may share one behind NAT) within [`LOGIN_WINDOW`] every attempt of that key is
-//! refused until the window of its oldest counted failure has passed. Successful logins cost
-//! nothing.
+//! Login rate limiting: failed attempts counted per user name from one address and per address;
+//! past [`LOGIN_FAILURES_PER_USER_MAX`] (or, for an address, [`LOGIN_FAILURES_PER_ADDRESS_MAX`]:
+//! many clients may share one behind NAT) within [`LOGIN_WINDOW`] every attempt of that key is
+//! refused until the window of its oldest counted failure has passed. Failures from one address
+//! do not lock a user out of another. Successful logins cost nothing.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Failed logins a user name may have within [`LOGIN_WINDOW`].
+/// Failed logins a user name may have from one address within [`LOGIN_WINDOW`].
 pub const LOGIN_FAILURES_PER_USER_MAX: usize = 5;
 /// Failed logins a peer address may have within [`LOGIN_WINDOW`].
 pub const LOGIN_FAILURES_PER_ADDRESS_MAX: usize = 30;

@@ -590,11 +590,12 @@ fn actions(a: &[Action]) -> String {
 
 fn limiter_keys(name: &str, peer: Option<IpAddr>) -> Vec<(String, usize)> {
     use crate::limiter::{LOGIN_FAILURES_PER_ADDRESS_MAX, LOGIN_FAILURES_PER_USER_MAX};
-    let mut keys = vec![(format!("user:{name}"), LOGIN_FAILURES_PER_USER_MAX)];
-    if let Some(ip) = peer {
-        keys.push((format!("ip:{ip}"), LOGIN_FAILURES_PER_ADDRESS_MAX));
+    // A user from one address, not the user everywhere: failures from elsewhere cannot lock a
+    // user out.
+    match peer {
+        Some(ip) => vec![(format!("user:{name}@{ip}"), LOGIN_FAILURES_PER_USER_MAX), (format!("ip:{ip}"), LOGIN_FAILURES_PER_ADDRESS_MAX)],
+        None => vec![(format!("user:{name}"), LOGIN_FAILURES_PER_USER_MAX)],
     }
-    keys
 }
 
 fn user_mut<'a>(s: &'a mut State, name: &str) -> Result<&'a mut User, AuthError> {
