@@ -200,3 +200,61 @@ fn the_admin_api_logs_users_in_and_holds_them_to_their_roles() {
     }
     assert_eq!(status(login("operator", PASSWORD)), 429);
 }
+
+/// A slave logs in to its master as a user with admin on the cluster and takes the master's
+/// users and policies: a user logs in at the slave as at the master and is held to the same
+/// policies there; the slave refuses to change them itself. A slave without a login is refused
+/// by the master, and says so.
+#[test]
+fn a_slave_logs_in_to_its_master_and_takes_its_users_and_policies() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let master = broker_with_users(dirs[0].path());
+    let slave = Broker::start_slave(dirs[1].path(), &master, &[("WASMQ_REPLICATION_USER", ROOT.0), ("WASMQ_REPLICATION_PASSWORD", ROOT.1)]);
+    let stranger = Broker::start_slave(dirs[2].path(), &master, &[("WASMQ_BROKER_ID", "2")]);
+    let rt = wasmq_tests::runtime();
+    rt.block_on(async {
+        let app = Connection::connect(master.options().login("app", PASSWORD)).await.unwrap();
+        Producer::new(app, "app-producer").send("orders", OutgoingMessage::new("o-1")).await.unwrap();
+        // The users reach the slave with its next exchange with the master.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let at_slave = loop {
+            match Connection::connect(slave.options().login("app", PASSWORD)).await {
+                Ok(c) => break c,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert_eq!(broker_code(&e), Some(ErrorCode::NotAuthenticated), "{e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("the slave never took the master's users: {e}"),
+            }
+        };
+        let as_g1 = PullConsumer::for_group(at_slave, "g1");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut got = 0;
+            for q in 0..2 {
+                got += as_g1.pull("orders", q, 0, 10, Duration::ZERO).await.unwrap().messages.len();
+            }
+            if got == 1 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the message never reached the slave");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let denied = as_g1.pull("audit", 0, 0, 10, Duration::ZERO).await.unwrap_err();
+        assert!(denied.to_string().contains("not authorized: user app may not consume on topic audit"), "{denied}");
+        let root_at_slave = wasmq_client::Admin::login(&slave.admin_listen, &slave.ca, ROOT.0, ROOT.1).await.unwrap();
+        let refused = root_at_slave.create_user("late", PASSWORD, &[]).await.unwrap_err();
+        assert!(refused.to_string().contains("this broker is a slave"), "{refused}");
+        // The one without a login: its link to the master is down, saying why.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let link = stranger.admin().replicas().await.unwrap().master.expect("a slave's master link");
+            if link.error.as_deref().is_some_and(|e| e.contains("requires a user")) {
+                assert!(!link.connected);
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{link:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}

@@ -33,6 +33,17 @@ fn auth_error(e: &AuthError) -> Response {
     error(status, e.to_string())
 }
 
+/// Users, policies and API tokens change on the master: a slave adopts them whole from it.
+fn on_master(s: &AdminState) -> Result<(), Box<Response>> {
+    match &s.replication.role {
+        wasmq_service::Role::Slave { master, .. } => Err(Box::new(error(
+            409,
+            format!("this broker is a slave: change users, policies and API tokens on its master ({master}); it takes them from there"),
+        ))),
+        wasmq_service::Role::Master => Ok(()),
+    }
+}
+
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
     serde_json::from_slice(body).map_err(|e| Box::new(error(400, format!("bad JSON: {e}"))))
 }
@@ -114,6 +125,9 @@ pub(crate) async fn describe_user(State(s): State<AdminState>, Path(name): Path<
 }
 
 pub(crate) async fn create_user(State(s): State<AdminState>, body: Bytes) -> Response {
+    if let Err(r) = on_master(&s) {
+        return *r;
+    }
     let c: CreateUser = match parse(&body) {
         Ok(c) => c,
         Err(r) => return *r,
@@ -136,6 +150,9 @@ pub(crate) async fn update_user(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
+    if let Err(r) = on_master(&s) {
+        return *r;
+    }
     let u: UpdateUser = match parse(&body) {
         Ok(u) => u,
         Err(r) => return *r,
@@ -169,6 +186,9 @@ pub(crate) async fn update_user(
 }
 
 pub(crate) async fn delete_user(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    if let Err(r) = on_master(&s) {
+        return *r;
+    }
     match s.service.security().delete_user(&name) {
         Ok(()) => {
             tracing::info!(user = name, "user deleted");
@@ -184,6 +204,9 @@ pub(crate) async fn new_access_key(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Response {
+    if let Err(r) = on_master(&s) {
+        return *r;
+    }
     if caller.user() != Some(name.as_str())
         && let Err(r) = caller.allow(&s, Action::Admin, &Resource::Cluster)
     {
@@ -225,6 +248,9 @@ pub(crate) async fn list_policies(State(s): State<AdminState>) -> Json<Vec<Polic
 }
 
 pub(crate) async fn add_policy(State(s): State<AdminState>, body: Bytes) -> Response {
+    if let Err(r) = on_master(&s) {
+        return *r;
+    }
     let p = match parse::<PolicyView>(&body).map(policy) {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return auth_error(&e),
@@ -238,6 +264,9 @@ pub(crate) async fn add_policy(State(s): State<AdminState>, body: Bytes) -> Resp
 }
 
 pub(crate) async fn remove_policy(State(s): State<AdminState>, body: Bytes) -> Response {
+    if let Err(r) = on_master(&s) {
+        return *r;
+    }
     let p = match parse::<PolicyView>(&body).map(policy) {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return auth_error(&e),
@@ -265,6 +294,9 @@ pub(crate) async fn list_tokens(State(s): State<AdminState>, Extension(caller): 
 }
 
 pub(crate) async fn create_token(State(s): State<AdminState>, Extension(caller): Extension<Caller>, body: Bytes) -> Response {
+    if let Err(r) = on_master(&s) {
+        return *r;
+    }
     let c: CreateToken = match parse(&body) {
         Ok(c) => c,
         Err(r) => return *r,
@@ -283,6 +315,9 @@ pub(crate) async fn create_token(State(s): State<AdminState>, Extension(caller):
 }
 
 pub(crate) async fn delete_token(State(s): State<AdminState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Response {
+    if let Err(r) = on_master(&s) {
+        return *r;
+    }
     let Some(owner) = s.service.security().token_owner(&id) else {
         return error(404, format!("API token {id} does not exist"));
     };

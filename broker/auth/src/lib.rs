@@ -206,6 +206,21 @@ mod tests {
     }
 
     #[test]
+    fn a_slave_adopts_its_masters_state_whole() {
+        let master = Security::in_memory();
+        master.bootstrap(Some("admin-password-1")).unwrap();
+        master.create_user("app", "app-password-12", &["team".into()]).unwrap();
+        master.add_policy(policy("role:team", "topic:t", &[Action::Produce], Effect::Allow)).unwrap();
+        let slave = Security::in_memory();
+        slave.bootstrap(Some("slave-password-1")).unwrap();
+        assert!(slave.adopt(&master.export()).unwrap());
+        assert!(!slave.adopt(&master.export()).unwrap(), "nothing new the second time");
+        assert!(slave.login("admin", "admin-password-1", None).is_ok() && slave.login("admin", "slave-password-1", None).is_err());
+        assert!(slave.authorize(&user("app"), Action::Produce, &topic("t")).is_ok());
+        assert!(slave.adopt("{not json").unwrap_err().to_string().contains("the master's users and policies"));
+    }
+
+    #[test]
     fn the_state_survives_a_reopen_in_a_private_file() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();

@@ -173,6 +173,31 @@ impl Security {
         Ok(out)
     }
 
+    /// The whole state (users with their hashes and secrets, policies, API tokens) as JSON, for
+    /// a slave to adopt: it carries secrets, so it only travels to a replication link.
+    #[must_use]
+    pub fn export(&self) -> String {
+        serde_json::to_string(&*self.snapshot()).unwrap_or_default()
+    }
+
+    /// Replaces the state with a master's ([`Security::export`]); returns whether it changed.
+    /// Sessions stay: they are this broker's own.
+    ///
+    /// # Errors
+    /// Not a state; the file cannot be written.
+    pub fn adopt(&self, json: &str) -> Result<bool, AuthError> {
+        let theirs: State = serde_json::from_str(json).map_err(|e| AuthError::Invalid(format!("the master's users and policies: {e}")))?;
+        let mine = serde_json::to_string(&*self.snapshot()).unwrap_or_default();
+        if serde_json::to_string(&theirs).unwrap_or_default() == mine {
+            return Ok(false);
+        }
+        self.change(|s| {
+            *s = theirs;
+            Ok(())
+        })?;
+        Ok(true)
+    }
+
     /// Whether any user exists: then every request needs an identity and a policy allowing it.
     #[must_use]
     pub fn enforcing(&self) -> bool {

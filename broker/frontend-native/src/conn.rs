@@ -505,6 +505,8 @@ async fn dispatch(shared: &Shared, req: Request, conn: &ConnCtx<'_>) -> Result<R
                 topics_json: meta.topics_json,
                 offsets_json: meta.offsets_json,
                 groups_json: meta.groups_json,
+                // Only to an admin of the cluster (authz.rs): it carries hashes and secrets.
+                security_json: service.security().export(),
             }))
         }
         Request::RegisterBroker(_) | Request::GetRoute(_) | Request::GetCluster => {

@@ -1,6 +1,7 @@
 //! A slave's follower of its master, over the native protocol: `ReplicaFetch` from its own end
 //! (the position is also its acknowledgement), `Store::append_raw`, and `ReplicaMeta` every
-//! second to exchange topics and consumer offsets. The state it updates is the service's
+//! second to exchange topics and consumer offsets and take the master's users and policies
+//! (logged in as `replication_user` once the master has users). The state it updates is the service's
 //! [`Replication`]. Each answer carries the master's epochs: the slave takes them as its log
 //! reaches them, and when they show that its log has parted from the master's (it holds a tail
 //! the master never had: it was master itself, or followed one that was replaced) it stops and
@@ -14,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use wasmq_engine::Engine;
 use wasmq_net::{Connection, ConnectionOptions};
 use wasmq_protocol::{ReplicaFetchRequest, ReplicaMetaRequest, Request, Response};
-use wasmq_service::{FETCH_BYTES_MAX, FETCH_WAIT_MS, Replication, Role};
+use wasmq_service::{FETCH_BYTES_MAX, FETCH_WAIT_MS, Replication, Role, Security};
 use wasmq_store::{Epochs, diverge_at};
 
 /// How often a slave exchanges topics and offsets with its master.
@@ -42,12 +43,19 @@ impl From<String> for Stopped {
 /// Follows the master until `stop`, reconnecting after failures (a master does nothing here).
 /// Returns where this broker's log must be cut when it has parted from the master's (it
 /// follows no further), `None` when stopped.
-pub async fn follow(replication: Arc<Replication>, engine: Arc<Engine>, admin_addr: String, stop: CancellationToken) -> Option<u64> {
+pub async fn follow(
+    replication: Arc<Replication>,
+    engine: Arc<Engine>,
+    security: Arc<Security>,
+    login: Option<wasmq_protocol::Credentials>,
+    admin_addr: String,
+    stop: CancellationToken,
+) -> Option<u64> {
     let Role::Slave { master, peer_ca } = replication.role.clone() else { return None };
     let mut last_error = String::new();
     loop {
         let result = tokio::select! {
-            r = follow_once(&replication, &engine, &master, &peer_ca, &admin_addr) => r,
+            r = follow_once(&replication, &engine, &security, login.as_ref(), (&master, &peer_ca), &admin_addr) => r,
             () = stop.cancelled() => return None,
         };
         let e = match result {
@@ -72,16 +80,25 @@ pub async fn follow(replication: Arc<Replication>, engine: Arc<Engine>, admin_ad
     }
 }
 
-async fn follow_once(r: &Replication, engine: &Arc<Engine>, master: &str, peer_ca: &Path, admin_addr: &str) -> Result<(), Stopped> {
+async fn follow_once(
+    r: &Replication,
+    engine: &Arc<Engine>,
+    security: &Security,
+    login: Option<&wasmq_protocol::Credentials>,
+    (master, peer_ca): (&str, &Path),
+    admin_addr: &str,
+) -> Result<(), Stopped> {
     let mut options = ConnectionOptions::new(master, peer_ca);
     options.client_id = format!("{}-{}", r.broker_name, r.broker_id);
+    // A master with users takes a slave that logs in as one with admin on the cluster.
+    options.credentials = login.cloned();
     let conn = Connection::connect(options).await.map_err(|e| e.to_string())?;
     let store = engine.store();
     let mut last_meta = Instant::now().checked_sub(META_INTERVAL).unwrap_or_else(Instant::now);
     loop {
         if last_meta.elapsed() >= META_INTERVAL {
             last_meta = Instant::now();
-            exchange_meta(r, engine, &conn).await?;
+            exchange_meta(r, engine, security, &conn).await?;
         }
         let from = store.end_offset();
         let req = Request::ReplicaFetch(ReplicaFetchRequest {
@@ -122,7 +139,7 @@ async fn follow_once(r: &Replication, engine: &Arc<Engine>, master: &str, peer_c
     }
 }
 
-async fn exchange_meta(r: &Replication, engine: &Engine, conn: &Connection) -> Result<(), String> {
+async fn exchange_meta(r: &Replication, engine: &Engine, security: &Security, conn: &Connection) -> Result<(), String> {
     let handed = engine.local_commits();
     let req = Request::ReplicaMeta(ReplicaMetaRequest {
         broker_id: r.broker_id,
@@ -134,5 +151,10 @@ async fn exchange_meta(r: &Replication, engine: &Engine, conn: &Connection) -> R
     engine.adopt_topics(&m.topics_json).map_err(|e| e.to_string())?;
     engine.adopt_offsets(&m.offsets_json, &handed).map_err(|e| e.to_string())?;
     engine.adopt_group_settings(&m.groups_json).map_err(|e| e.to_string())?;
+    // The master's users and policies, so that clients reading here log in as there (and a
+    // slave elected master keeps them).
+    if !m.security_json.is_empty() && security.adopt(&m.security_json).map_err(|e| e.to_string())? {
+        tracing::info!(users = security.users().len(), "took the master's users and policies");
+    }
     Ok(())
 }

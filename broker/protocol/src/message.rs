@@ -467,6 +467,9 @@ pub struct ReplicaMetaResponse {
     pub offsets_json: String,
     /// Consumer groups' settings (FIFO and the like).
     pub groups_json: String,
+    /// The master's users and policies (`wasmq-auth`'s state), which the slave adopts whole;
+    /// optional at the end of the body (empty: none sent).
+    pub security_json: String,
 }
 
 /// A broker's registration with a name server, repeated as its heartbeat.
@@ -1020,6 +1023,9 @@ impl Response {
             }
             Self::ReplicaMeta(m) => {
                 w.bytes(m.topics_json.as_bytes()).bytes(m.offsets_json.as_bytes()).bytes(m.groups_json.as_bytes());
+                if !m.security_json.is_empty() {
+                    w.bytes(m.security_json.as_bytes());
+                }
             }
             Self::GetRoute(g) => {
                 w.string(&g.topic).count(g.brokers.len());
@@ -1163,6 +1169,7 @@ impl Response {
                 topics_json: json(&mut r, "topics_json")?,
                 offsets_json: json(&mut r, "offsets_json")?,
                 groups_json: json(&mut r, "groups_json")?,
+                security_json: if r.at_end() { String::new() } else { json(&mut r, "security_json")? },
             }),
             Op::GetRoute => {
                 let topic = r.string("topic")?;
@@ -1379,9 +1386,9 @@ mod tests {
                     })
                 )),
             proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| (Op::Controller, Response::Controller(Bytes::from(b)))),
-            (s(), s(), s()).prop_map(|(t, o, g)| (
+            (s(), s(), s(), s()).prop_map(|(t, o, g, sec)| (
                 Op::ReplicaMeta,
-                Response::ReplicaMeta(ReplicaMetaResponse { topics_json: t, offsets_json: o, groups_json: g })
+                Response::ReplicaMeta(ReplicaMetaResponse { topics_json: t, offsets_json: o, groups_json: g, security_json: sec })
             )),
             (
                 s(),

@@ -15,6 +15,17 @@ pub const CONNECTIONS_MAX_DEFAULT: u32 = 1024;
 pub const IN_FLIGHT_MAX_DEFAULT: u32 = 256;
 
 /// The configuration as written: every field optional.
+/// A secret setting: its `Debug` does not show it.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<hidden>")
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawConfig {
@@ -72,6 +83,10 @@ pub struct RawConfig {
     pub broker_id: Option<u32>,
     /// A slave's master: its protocol address.
     pub master: Option<String>,
+    /// The user a slave logs in to its master as, once the master has users (it needs admin
+    /// on the cluster), and its password.
+    pub replication_user: Option<String>,
+    pub replication_password: Option<Secret>,
     /// A master's acknowledgement: `async` (after the local append) or `sync` (also once
     /// `sync_replicas` slaves hold it).
     pub replication: Option<String>,
@@ -165,6 +180,8 @@ const SETTINGS: &[&str] = &[
     "delay_max_ms",
     "broker_id",
     "master",
+    "replication_user",
+    "replication_password",
     "replication",
     "sync_replicas",
     "replica_timeout_ms",
@@ -244,6 +261,8 @@ impl RawConfig {
                 "delay_max_ms" => raw.delay_max_ms = Some(num(&v)?),
                 "broker_id" => raw.broker_id = Some(num(&v)? as u32),
                 "master" => raw.master = Some(v),
+                "replication_user" => raw.replication_user = Some(v),
+                "replication_password" => raw.replication_password = Some(Secret(v)),
                 "replication" => raw.replication = Some(v),
                 "sync_replicas" => raw.sync_replicas = Some(num(&v)? as u32),
                 "replica_timeout_ms" => raw.replica_timeout_ms = Some(num(&v)?),
@@ -291,6 +310,8 @@ pub struct Config {
     pub broker_id: u32,
     /// A slave's master address.
     pub master: Option<String>,
+    /// Who a slave logs in to its master as (`Credentials`' `Debug` hides the password).
+    pub replication_login: Option<wasmq_protocol::Credentials>,
     pub replication: wasmq_service::Mode,
     pub peer_ca: Option<PathBuf>,
     pub slave_read_behind_bytes: u64,
@@ -460,6 +481,11 @@ impl TryFrom<RawConfig> for Config {
                 None => Duration::from_millis(wasmq_engine::ORDER_LOCK_TTL_MS_DEFAULT),
             },
             broker_id: raw.broker_id.unwrap_or(0),
+            replication_login: match (raw.replication_user, raw.replication_password) {
+                (Some(user), Some(Secret(password))) => Some(wasmq_protocol::Credentials { user, password }),
+                (None, None) => None,
+                _ => return Err(bad("replication_user/replication_password", "give both or neither")),
+            },
             master: match (raw.broker_id.unwrap_or(0), raw.master) {
                 (_, Some(_)) if raw.controller.as_ref().is_some_and(|c| !c.is_empty()) => {
                     return Err(bad("master", "with a controller, the controller names the master: leave `master` unset"));

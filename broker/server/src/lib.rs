@@ -374,6 +374,8 @@ async fn run_once(
         let following = wasmq_frontend_native::follow(
             Arc::clone(&replication),
             Arc::clone(&engine),
+            Arc::clone(service.security()),
+            config.replication_login.clone(),
             config.published(info.admin_listen),
             shutdown.clone(),
         );
