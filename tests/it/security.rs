@@ -258,3 +258,67 @@ fn a_slave_logs_in_to_its_master_and_takes_its_users_and_policies() {
         }
     });
 }
+
+/// The CLI: `user`, `acl`, `token` and `audit` manage and show what the admin API does, and
+/// `--user` / `--password` log in on both ports.
+#[test]
+fn the_cli_manages_users_and_policies_and_logs_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    broker.cli(&["topic", "create", "cli-orders", "--queues", "1"]);
+    broker.cli(&["topic", "create", "cli-billing", "--queues", "1"]);
+    // A new password from standard input, or from the environment.
+    let mut root = broker.cli_command(&["user", "create", ROOT.0, "--role", "admin"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut root.stdin.take().unwrap(), format!("{}\n", ROOT.1).as_bytes()).unwrap();
+    assert!(root.wait().unwrap().success());
+    let created = broker.cli_command(&["user", "create", "app"]).env("WASMQ_NEW_PASSWORD", PASSWORD).output().unwrap();
+    assert!(created.status.success(), "{created:?}");
+    assert!(String::from_utf8_lossy(&created.stdout).contains("created user app (roles: none)"));
+    broker.cli(&["acl", "add", "--subject", "user:app", "--resource", "topic:cli-o*", "--action", "produce,consume"]);
+    let acl = broker.cli(&["acl", "list"]);
+    assert!(
+        acl.lines().any(|l| l.contains("allow") && l.contains("user:app") && l.contains("topic:cli-o*") && l.contains("produce,consume")),
+        "{acl}"
+    );
+    let users = broker.cli(&["user", "list"]);
+    assert!(users.contains("app") && users.lines().any(|l| l.starts_with("root") && l.contains("admin")), "{users}");
+
+    // Logged in as app, without the admin token: the protocol port and the admin API.
+    let bare = || {
+        let mut c = std::process::Command::new(wasmq_tests::broker::cli_binary());
+        c.args(["--server", &broker.listen, "--admin", &broker.admin_listen, "--ca"]).arg(&broker.ca).env_remove("WASMQ_TOKEN");
+        c
+    };
+    let as_user = |user: &str, password: &str, args: &[&str]| {
+        bare().env("WASMQ_USER", user).env("WASMQ_PASSWORD", password).args(args).output().unwrap()
+    };
+    let sent = as_user("app", PASSWORD, &["send", "cli-orders", "hello"]);
+    assert!(sent.status.success(), "{sent:?}");
+    let refused = as_user("app", PASSWORD, &["send", "cli-billing", "hello"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not authorized: user app may not describe on topic cli-billing"),
+        "{refused:?}"
+    );
+    let whoami = as_user(ROOT.0, ROOT.1, &["user", "whoami"]);
+    assert_eq!(String::from_utf8_lossy(&whoami.stdout).trim(), "root (roles: admin)", "{whoami:?}");
+    let wrong = as_user(ROOT.0, "not-the-password", &["user", "whoami"]);
+    assert!(!wrong.status.success() && String::from_utf8_lossy(&wrong.stderr).contains("wrong user name or password"), "{wrong:?}");
+
+    // An access key, shown once; an API token that acts as its user.
+    let key = broker.cli(&["user", "access-key", "app"]);
+    assert!(key.contains("access key: app") && key.contains("secret key: "), "{key}");
+    let token = broker.cli(&["token", "create", "ci", "--for-user", "app"]);
+    let secret = token.split_whitespace().find(|w| w.starts_with("wqt_")).unwrap_or_else(|| panic!("{token}"));
+    let by_token = bare().args(["--token", secret, "user", "whoami"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&by_token.stdout).trim(), "app (roles: none)", "{by_token:?}");
+    assert!(broker.cli(&["user", "list"]).lines().any(|l| l.starts_with("app") && l.contains("yes")), "access key listed");
+
+    let audit = broker.cli(&["audit", "--limit", "100"]);
+    assert!(audit.contains("denied: not authorized: user app may not describe on topic cli-billing"), "{audit}");
+    assert!(audit.contains("POST /api/v1/users") && audit.contains("POST /api/v1/policies"), "{audit}");
+    assert!(!audit.contains(PASSWORD) && !audit.contains(ROOT.1) && !audit.contains(secret));
+    broker.cli(&["user", "delete", "app"]);
+    let gone = as_user("app", PASSWORD, &["send", "cli-orders", "again"]);
+    assert!(!gone.status.success());
+}

@@ -367,7 +367,7 @@ fn share(mb: f64, ceiling: Option<f64>) -> String {
 }
 
 pub(crate) async fn ensure_topic(cli: &Cli, topic: &str, queues: u32) -> Result<()> {
-    match cli.admin()?.create_topic(topic, queues).await {
+    match cli.admin().await?.create_topic(topic, queues).await {
         Ok(_) | Err(ClientError::Admin { status: 409, .. }) => Ok(()),
         Err(e) => Err(e.into()),
     }
@@ -634,7 +634,7 @@ async fn e2e(cli: &Cli, e: &E2e) -> Result<E2eResult> {
 /// (best of `rounds` each), then catch-up consumption of each (the plugin topic pulled as the
 /// filtered group), then the plugins' own time per message from their stats.
 async fn plugins(cli: &Cli, p: &PluginBench) -> Result<()> {
-    let admin = cli.admin()?;
+    let admin = cli.admin().await?;
     let upload = |path: &std::path::Path| {
         let (admin, path) = (admin.clone(), path.to_owned());
         async move {

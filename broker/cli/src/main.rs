@@ -8,6 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench;
 mod bench_grpc;
 mod plugin;
+mod users;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,9 +30,16 @@ pub(crate) struct Cli {
     /// CA certificate (PEM) the broker's certificate is signed by.
     #[arg(long, global = true, env = "WASMQ_CA", default_value = "data/tls/ca.pem")]
     ca: PathBuf,
-    /// Admin API token (default: the contents of data/admin-token).
+    /// Admin API token: an API token (`wasmq token create`) or the broker's configured admin
+    /// token (default, without --user: the contents of data/admin-token).
     #[arg(long, global = true, env = "WASMQ_TOKEN")]
     token: Option<String>,
+    /// The user to log in as, on the protocol port (Hello) and the admin API.
+    #[arg(long, global = true, env = "WASMQ_USER")]
+    user: Option<String>,
+    /// The user's password (better in the environment than on a command line).
+    #[arg(long, global = true, env = "WASMQ_PASSWORD", hide_env_values = true, requires = "user")]
+    password: Option<String>,
     /// How reports print: tables for people, JSON for scripts.
     #[arg(long, global = true, value_enum, default_value = "table")]
     output: Output,
@@ -155,6 +163,26 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: bench::BenchCommand,
+    },
+    /// Users: create, delete, passwords, roles, access keys, certificate names.
+    User {
+        #[command(subcommand)]
+        command: users::UserCommand,
+    },
+    /// Policies: who may do what on which topics, groups and the cluster.
+    Acl {
+        #[command(subcommand)]
+        command: users::AclCommand,
+    },
+    /// API tokens for scripts and tools.
+    Token {
+        #[command(subcommand)]
+        command: users::TokenCommand,
+    },
+    /// The audit log: admin changes, refused requests, failed logins (newest first).
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
     },
 }
 
@@ -313,9 +341,22 @@ enum TopicCommand {
 }
 
 impl Cli {
-    pub(crate) fn admin(&self) -> Result<Admin> {
-        Admin::new(&self.admin, &self.ca, self.admin_token()?)
-            .with_context(|| format!("reading the CA certificate {} (--ca)", self.ca.display()))
+    /// The admin API client: with `--token`, that token; with `--user`, a login; else the
+    /// development token in `data/admin-token`.
+    pub(crate) async fn admin(&self) -> Result<Admin> {
+        self.admin_at(&self.admin).await
+    }
+
+    /// [`Cli::admin`] for the broker whose admin API is at `addr` (a login is per broker).
+    async fn admin_at(&self, addr: &str) -> Result<Admin> {
+        let read_ca = || format!("reading the CA certificate {} (--ca)", self.ca.display());
+        match (&self.token, &self.user) {
+            (None, Some(user)) => {
+                let password = self.password.as_deref().context("--user needs --password (or WASMQ_PASSWORD)")?;
+                Admin::login(addr, &self.ca, user, password).await.with_context(|| format!("logging in as {user} at {addr}"))
+            }
+            _ => Admin::new(addr, &self.ca, self.admin_token()?).with_context(read_ca),
+        }
     }
 
     /// `--token`, or the development token in `data/admin-token`.
@@ -329,7 +370,16 @@ impl Cli {
     }
 
     pub(crate) async fn connect(&self) -> Result<Connection> {
-        Ok(Connection::connect(ConnectionOptions::new(&self.server, &self.ca)).await?)
+        Ok(Connection::connect(self.connection_options()?).await?)
+    }
+
+    /// The protocol port's options, logging in as `--user` when given.
+    pub(crate) fn connection_options(&self) -> Result<ConnectionOptions> {
+        let options = ConnectionOptions::new(&self.server, &self.ca);
+        Ok(match &self.user {
+            Some(user) => options.login(user, self.password.as_deref().context("--user needs --password (or WASMQ_PASSWORD)")?),
+            None => options,
+        })
     }
 
     /// What went wrong, said first: a missing or wrong CA file, a broker that is not there.
@@ -500,6 +550,10 @@ async fn run(cli: &Cli) -> Result<()> {
         Command::Group { command } => group(cli, command).await,
         Command::Plugin { command } => plugin::run(cli, command).await,
         Command::Bench { command } => bench::run(cli, command).await,
+        Command::User { command } => users::user(cli, command).await,
+        Command::Acl { command } => users::acl(cli, command).await,
+        Command::Token { command } => users::token(cli, command).await,
+        Command::Audit { limit } => users::audit(cli, *limit).await,
     }
 }
 
@@ -528,7 +582,7 @@ fn print_message(m: &wasmq_client::admin_types::MessageView) {
 }
 
 async fn transactions(cli: &Cli) -> Result<()> {
-    let t = cli.admin()?.transactions().await?;
+    let t = cli.admin().await?.transactions().await?;
     if printed_json(cli, &t)? {
         return Ok(());
     }
@@ -551,7 +605,7 @@ async fn transactions(cli: &Cli) -> Result<()> {
 }
 
 async fn scheduled(cli: &Cli) -> Result<()> {
-    let s = cli.admin()?.scheduled().await?;
+    let s = cli.admin().await?.scheduled().await?;
     if printed_json(cli, &s)? {
         return Ok(());
     }
@@ -571,7 +625,7 @@ async fn scheduled(cli: &Cli) -> Result<()> {
 }
 
 async fn message(cli: &Cli, command: &MessageCommand) -> Result<()> {
-    let admin = cli.admin()?;
+    let admin = cli.admin().await?;
     let json = cli.output == Output::Json;
     match command {
         MessageCommand::Get { id } if json => println!("{}", serde_json::to_string_pretty(&admin.message(id).await?)?),
@@ -598,7 +652,7 @@ async fn message(cli: &Cli, command: &MessageCommand) -> Result<()> {
 }
 
 async fn cluster_brokers(cli: &Cli, json: bool) -> Result<()> {
-    let c = cli.admin()?.cluster().await?;
+    let c = cli.admin().await?.cluster().await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&c)?);
         return Ok(());
@@ -722,14 +776,13 @@ async fn controller_elect(cli: &Cli, set: &str, to: Option<u32>, unclean: bool, 
 async fn cluster_status(cli: &Cli, json: bool, namesrvs: &[String]) -> Result<()> {
     // Who to ask: the master at --admin (and its slaves), or every broker the name servers know
     // — each asked on its own, so one that is down is shown down and the others as they are.
-    let token = cli.admin_token()?;
     let mut all = Vec::new();
     // (broker set, id, protocol address, why) of those that did not answer.
     let mut down: Vec<(String, u32, String, String)> = Vec::new();
     let mut lags = std::collections::HashMap::new();
     let mut ask = Vec::new();
     if namesrvs.is_empty() {
-        let first = Admin::new(&cli.admin, &cli.ca, token.clone())?.replicas().await.with_context(|| format!("broker at {}", cli.admin))?;
+        let first = cli.admin().await?.replicas().await.with_context(|| format!("broker at {}", cli.admin))?;
         for s in &first.slaves {
             let seen = if s.connected { 0 } else { s.last_seen_ms_ago };
             ask.push((first.broker_name.clone(), s.broker_id, s.admin_addr.clone(), s.admin_addr.clone(), seen));
@@ -742,7 +795,8 @@ async fn cluster_status(cli: &Cli, json: bool, namesrvs: &[String]) -> Result<()
         }
     }
     for (name, id, addr, admin_addr, last_seen_ms_ago) in ask {
-        match Admin::new(&admin_addr, &cli.ca, token.clone())?.replicas().await {
+        let asked = async { cli.admin_at(&admin_addr).await?.replicas().await.map_err(anyhow::Error::from) };
+        match asked.await {
             Ok(r) => {
                 for s in &r.slaves {
                     lags.insert((r.broker_name.clone(), s.broker_id), s.lag_ms);
@@ -792,7 +846,7 @@ async fn cluster_status(cli: &Cli, json: bool, namesrvs: &[String]) -> Result<()
 }
 
 async fn group(cli: &Cli, command: &GroupCommand) -> Result<()> {
-    let admin = cli.admin()?;
+    let admin = cli.admin().await?;
     let json = cli.output == Output::Json;
     let print = |g: wasmq_client::admin_types::GroupDetail| {
         if json {
@@ -879,7 +933,7 @@ fn retention_text(retention_ms: Option<u64>) -> String {
 }
 
 async fn topic(cli: &Cli, command: &TopicCommand) -> Result<()> {
-    let admin = cli.admin()?;
+    let admin = cli.admin().await?;
     match command {
         TopicCommand::Create { name, queues, retention_ms, message_type } => {
             let create = CreateTopic { name: name.clone(), queues: *queues, retention_ms: *retention_ms, message_type: *message_type };

@@ -84,7 +84,7 @@ fn print_attachment(a: &AttachmentView) {
 }
 
 pub(crate) async fn run(cli: &Cli, command: &PluginCommand) -> Result<()> {
-    let admin = cli.admin()?;
+    let admin = cli.admin().await?;
     match command {
         PluginCommand::Upload { file } => {
             let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
