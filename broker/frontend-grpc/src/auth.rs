@@ -7,13 +7,10 @@
 
 use std::net::IpAddr;
 
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
 use tonic::codegen::http::HeaderMap;
 use wasmq_service::{Identity, Security};
 
-/// The signature scheme RocketMQ 5 clients use.
-const SCHEME: &str = "MQv2-HMAC-SHA1";
+use wasmq_rocketmq_api::sign::SCHEME;
 
 /// A signature as a request carries it.
 #[derive(Debug, PartialEq, Eq)]
@@ -61,12 +58,7 @@ pub(crate) fn identify(security: &Security, headers: &HeaderMap, peer: IpAddr) -
     };
     let signed = signed?;
     security
-        .access_key(signed.access_key, Some(peer), |secret| {
-            let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(secret) else { return false };
-            mac.update(signed.date_time.as_bytes());
-            // verify_slice compares in constant time.
-            mac.verify_slice(&signed.signature).is_ok()
-        })
+        .access_key(signed.access_key, Some(peer), |secret| wasmq_rocketmq_api::sign::verify(secret, signed.date_time, &signed.signature))
         .map_err(|e| e.to_string())
 }
 
@@ -76,9 +68,7 @@ mod tests {
     use tonic::codegen::http::HeaderValue;
 
     fn signed(ak: &str, sk: &str, date: &str) -> HeaderMap {
-        let mut mac = Hmac::<Sha1>::new_from_slice(sk.as_bytes()).unwrap();
-        mac.update(date.as_bytes());
-        let sig = hex::encode(mac.finalize().into_bytes());
+        let sig = wasmq_rocketmq_api::sign::signature(sk.as_bytes(), date);
         let mut h = HeaderMap::new();
         h.insert("x-mq-date-time", HeaderValue::from_str(date).unwrap());
         let auth = format!("{SCHEME} Credential={ak}, SignedHeaders=x-mq-date-time, Signature={sig}");
