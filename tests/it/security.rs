@@ -322,3 +322,281 @@ fn the_cli_manages_users_and_policies_and_logs_in() {
     let gone = as_user("app", PASSWORD, &["send", "cli-orders", "again"]);
     assert!(!gone.status.success());
 }
+
+/// What each test user may do, written out here (not asked of the broker): `admin`, `operator`
+/// and `viewer` have the built-in roles; `app` may produce to and consume topics `m*` and consume
+/// as group `mg`; `nobody` has nothing.
+fn may(user: &str, action: wasmq_auth::Action, resource: &wasmq_auth::Resource) -> bool {
+    use wasmq_auth::{Action as A, Resource as R};
+    match (user, resource) {
+        ("admin", _) => true,
+        ("operator", R::Cluster) => action == A::Describe,
+        ("operator", _) => action != A::Admin,
+        ("viewer", _) => action == A::Describe,
+        ("app", R::Topic(t)) if t.starts_with('m') => matches!(action, A::Produce | A::Consume | A::Describe),
+        ("app", R::Group(g)) if g == "mg" => matches!(action, A::Consume | A::Describe),
+        _ => false,
+    }
+}
+
+/// A request of `op` on `topic` and `group` (every op has one: a new op does not compile here
+/// until it gets one).
+fn request_of(op: wasmq_protocol::Op, topic: &str, group: &str) -> wasmq_protocol::Request {
+    use wasmq_protocol::{Op, Request as R};
+    let (t, g) = (topic.to_owned(), group.to_owned());
+    match op {
+        Op::Hello => R::Hello(wasmq_protocol::HelloRequest { version_min: 1, version_max: 99, client_id: "m".into(), credentials: None }),
+        Op::Send => R::Send(wasmq_protocol::SendRequest {
+            topic: t,
+            queue_id: 0,
+            producer_group: "pg".into(),
+            messages: vec![wasmq_protocol::Message { body: "x".into(), ..Default::default() }],
+            transactional: false,
+            check_after_ms: 0,
+        }),
+        Op::Pull => R::Pull(wasmq_protocol::PullRequest {
+            topic: t,
+            queue_id: 0,
+            offset: 0,
+            max_messages: 1,
+            max_bytes: 1 << 20,
+            wait_ms: 0,
+            filter: None,
+            group: Some(g),
+        }),
+        Op::Route => R::Route(wasmq_protocol::RouteRequest { topic: t }),
+        Op::OffsetCommit => R::OffsetCommit(wasmq_protocol::OffsetCommitRequest { group: g, topic: t, queue_id: 0, offset: 0 }),
+        Op::OffsetQuery => R::OffsetQuery(wasmq_protocol::OffsetQueryRequest { group: g, topic: t, queue_id: 0 }),
+        Op::Heartbeat => {
+            R::Heartbeat(wasmq_protocol::HeartbeatRequest { client_id: "m".into(), producer_groups: vec![], consumer_groups: vec![g] })
+        }
+        Op::GroupHeartbeat => R::GroupHeartbeat(wasmq_protocol::GroupHeartbeatRequest {
+            group: g,
+            client_id: "m".into(),
+            mode: wasmq_protocol::GroupMode::Clustering,
+            subscriptions: vec![(t, "*".into())],
+        }),
+        Op::GroupLeave => R::GroupLeave(wasmq_protocol::GroupLeaveRequest { group: g, client_id: "m".into() }),
+        Op::GroupCommit => R::GroupCommit(wasmq_protocol::GroupCommitRequest {
+            group: g,
+            client_id: "m".into(),
+            generation: 0,
+            topic: t,
+            queue_id: 0,
+            offset: 0,
+        }),
+        Op::SendBack => R::SendBack(wasmq_protocol::SendBackRequest {
+            group: g,
+            topic: t,
+            queue_id: 0,
+            log_offset: 0,
+            dead_letter: false,
+            max_reconsume_times: 0,
+        }),
+        Op::LockQueue => {
+            R::LockQueue(wasmq_protocol::LockQueueRequest { group: g, client_id: "m".into(), topic: t, queue_id: 0, unlock: false })
+        }
+        Op::EndTransaction => R::EndTransaction(wasmq_protocol::EndTransactionRequest {
+            producer_group: "pg".into(),
+            log_offset: 0,
+            unique_id: "none".into(),
+            decision: wasmq_protocol::TxDecision::Commit,
+            from_check: false,
+        }),
+        Op::CheckTransaction => R::CheckTransaction(wasmq_protocol::CheckTransactionRequest {
+            producer_group: "pg".into(),
+            log_offset: 0,
+            checks: 0,
+            topic: t,
+            queue_id: 0,
+            message: wasmq_protocol::Message::default(),
+        }),
+        Op::ReplicaFetch => R::ReplicaFetch(wasmq_protocol::ReplicaFetchRequest {
+            broker_name: "matrix".into(),
+            broker_id: 9,
+            from: 0,
+            max_bytes: 1024,
+            wait_ms: 0,
+            admin_addr: "127.0.0.1:1".into(),
+            epoch: 0,
+        }),
+        Op::ReplicaMeta => R::ReplicaMeta(wasmq_protocol::ReplicaMetaRequest { broker_id: 9, local_offsets_json: "{}".into() }),
+        Op::RegisterBroker => R::RegisterBroker(wasmq_protocol::RegisterBrokerRequest {
+            cluster: "c".into(),
+            broker_name: "b".into(),
+            broker_id: 0,
+            addr: "127.0.0.1:1".into(),
+            admin_addr: "127.0.0.1:2".into(),
+            topics: vec![],
+            live: wasmq_protocol::BrokerLive::default(),
+            register_interval_ms: 1000,
+            endpoints: vec![],
+            master: true,
+            epoch: 0,
+        }),
+        Op::GetRoute => R::GetRoute(wasmq_protocol::RouteRequest { topic: t }),
+        Op::GetCluster => R::GetCluster,
+        Op::Controller => R::Controller(bytes::Bytes::from_static(b"{}")),
+    }
+}
+
+/// The authorization matrix of the native protocol: every op (`Op::ALL`) on resources `app` may
+/// and may not use, as each of five users; each cell's answer (refused `NotAuthorized` or not)
+/// must be what the op's decision (`wasmq_frontend_native::authz::required`) and the users'
+/// rights written out above say — no unexpected allow, no unexpected refusal.
+#[test]
+fn the_native_authorization_matrix_holds_cell_by_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    for t in ["m1", "x1"] {
+        broker.cli(&["topic", "create", t, "--queues", "1"]);
+    }
+    let users = ["admin", "operator", "viewer", "app", "nobody"];
+    let rt = wasmq_tests::runtime();
+    rt.block_on(async {
+        let admin = broker.admin();
+        for u in users {
+            let roles: &[&str] = match u {
+                "admin" | "operator" | "viewer" => &[u],
+                _ => &[],
+            };
+            admin.create_user(u, PASSWORD, roles).await.unwrap();
+        }
+        admin.add_policy(&policy("user:app", "topic:m*", &["produce", "consume"], "allow")).await.unwrap();
+        admin.add_policy(&policy("user:app", "group:mg", &["consume"], "allow")).await.unwrap();
+        let (mut cells, mut refused, mut wrong) = (0, 0, Vec::new());
+        for u in users {
+            let conn = Connection::connect(broker.options().login(u, PASSWORD)).await.unwrap();
+            for op in wasmq_protocol::Op::ALL {
+                for (topic, group) in [("m1", "mg"), ("x1", "xg")] {
+                    let req = request_of(op, topic, group);
+                    let needs = wasmq_frontend_native::authz::required(&req);
+                    let allowed = needs.iter().all(|(a, r)| may(u, *a, r));
+                    let answer = tokio::time::timeout(Duration::from_secs(10), conn.call(&req)).await.expect("an answer");
+                    let denied = answer.as_ref().err().and_then(broker_code) == Some(ErrorCode::NotAuthorized);
+                    if denied {
+                        refused += 1;
+                        let text = answer.as_ref().unwrap_err().to_string();
+                        assert!(text.contains(&format!("not authorized: user {u} may not ")), "{text}");
+                    }
+                    if denied == allowed {
+                        wrong.push(format!(
+                            "{u} {op:?} on {topic}/{group}: needs {needs:?}, {}",
+                            if denied { "refused" } else { "allowed" }
+                        ));
+                    }
+                    cells += 1;
+                }
+            }
+        }
+        eprintln!("native authorization matrix: {cells} cells, {refused} refused, {} wrong", wrong.len());
+        assert!(wrong.is_empty(), "cells answered against their decision:\n{}", wrong.join("\n"));
+        assert_eq!(cells, users.len() * wasmq_protocol::Op::ALL.len() * 2);
+        assert!(refused > 0 && refused < cells);
+    });
+}
+
+/// The authorization matrix of the admin API: every operation its OpenAPI document lists, as
+/// each of five users (by API token), on resources `app` may and may not use; each cell's answer
+/// (403 "not authorized" or not) must match the operation's documented need
+/// (`x-wasmq-authorization`) and the users' rights written out above. Operations whose handler
+/// decides (a user changing itself, its tokens, a message found by id) have their own cells.
+#[test]
+fn the_admin_authorization_matrix_holds_cell_by_cell() {
+    use wasmq_auth::{Action, Resource};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    for t in ["m1", "x1"] {
+        broker.cli(&["topic", "create", t, "--queues", "1"]);
+    }
+    let users = ["admin", "operator", "viewer", "app", "nobody"];
+    let rt = wasmq_tests::runtime();
+    rt.block_on(async {
+        let root = broker.admin();
+        let mut tokens = std::collections::HashMap::new();
+        for u in users {
+            let roles: &[&str] = match u {
+                "admin" | "operator" | "viewer" => &[u],
+                _ => &[],
+            };
+            root.create_user(u, PASSWORD, roles).await.unwrap();
+            tokens.insert(u, root.create_token("matrix", Some(u), None).await.unwrap().token);
+        }
+        root.add_policy(&policy("user:app", "topic:m*", &["produce", "consume"], "allow")).await.unwrap();
+        root.add_policy(&policy("user:app", "group:mg", &["consume"], "allow")).await.unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&raw(&broker, "GET", "/api/v1/openapi.json", None, "").await.1).unwrap();
+        let (mut cells, mut refused, mut wrong) = (0, 0, Vec::new());
+        for u in users {
+            for (path, ops) in doc["paths"].as_object().unwrap() {
+                for (method, op) in ops.as_object().unwrap() {
+                    let need = &op["x-wasmq-authorization"];
+                    if need["action"].is_null() {
+                        continue; // public, or decided by the handler: the cells below
+                    }
+                    let action = Action::parse(need["action"].as_str().unwrap()).unwrap();
+                    for (topic, group) in [("m1", "mg"), ("x1", "xg")] {
+                        let url = path
+                            .replace("{name}", if path.starts_with("/api/v1/groups") { group } else { topic })
+                            .replace("{topic}", topic)
+                            .replace("{group}", group)
+                            .replace("{role}", "router")
+                            .replace("{queue}", "0");
+                        let resource = match need["resource"].as_str().unwrap() {
+                            "cluster" => Resource::Cluster,
+                            r if r.starts_with("group:") => Resource::Group(group.into()),
+                            _ => Resource::Topic(topic.into()),
+                        };
+                        // A created topic is named in the body; other bodies need not be valid.
+                        let body = if need["resource"] == "topic:(the body's name)" {
+                            format!(r#"{{"name":"{topic}-new","queues":1}}"#)
+                        } else {
+                            "{}".into()
+                        };
+                        let resource = match &resource {
+                            Resource::Topic(_) if body.contains("-new") => Resource::Topic(format!("{topic}-new")),
+                            _ => resource,
+                        };
+                        let (status, text) = raw(&broker, &method.to_uppercase(), &url, Some(&tokens[u]), &body).await;
+                        let denied = status == 403 && text.contains("not authorized");
+                        assert_ne!(status, 401, "{u} {method} {url}: {text}");
+                        refused += usize::from(denied);
+                        if denied == may(u, action, &resource) {
+                            wrong.push(format!("{u} {method} {url}: {status} {text}"));
+                        }
+                        cells += 1;
+                    }
+                }
+            }
+        }
+        // The handler's own decisions: a user's own password and tokens, not another's.
+        for u in users {
+            let own = raw(&broker, "PATCH", &format!("/api/v1/users/{u}"), Some(&tokens[u]), r#"{"password":"user-password-1"}"#).await.0;
+            // (The roles it has already: an allowed cell changes nothing for the next user.)
+            let other = raw(&broker, "PATCH", "/api/v1/users/viewer", Some(&tokens[u]), r#"{"roles":["viewer"]}"#).await.0;
+            let key = raw(&broker, "POST", "/api/v1/users/nobody/access-key", Some(&tokens[u]), "").await.0;
+            let admin = u == "admin";
+            for (cell, status, allowed) in
+                [("own password", own, true), ("another's roles", other, admin), ("another's key", key, admin || u == "nobody")]
+            {
+                if (status == 403) == allowed {
+                    wrong.push(format!("{u} {cell}: {status}"));
+                }
+                refused += usize::from(status == 403);
+                cells += 1;
+            }
+        }
+        eprintln!("admin authorization matrix: {cells} cells, {refused} refused, {} wrong", wrong.len());
+        assert!(wrong.is_empty(), "cells answered against their decision:\n{}", wrong.join("\n"));
+        assert!(cells > 400 && refused > 0 && refused < cells, "{cells} {refused}");
+    });
+}
+
+/// One admin API request with an optional bearer token: (status, body).
+async fn raw(broker: &Broker, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let admin = wasmq_client::Admin::new(&broker.admin_listen, &broker.ca, token.unwrap_or_default()).unwrap();
+    match admin.raw(method, path, (!body.is_empty()).then(|| body.as_bytes().to_vec())).await {
+        Ok(b) => (200, String::from_utf8_lossy(&b).into_owned()),
+        Err(wasmq_client::ClientError::Admin { status, message }) => (status, message),
+        Err(e) => panic!("{method} {path}: {e}"),
+    }
+}

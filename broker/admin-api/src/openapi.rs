@@ -341,6 +341,17 @@ pub(crate) fn document() -> Value {
         if let Some(b) = &e.request {
             op["requestBody"] = json!({ "required": true, "content": content(b, &mut g) });
         }
+        // What the caller needs (`authz.rs`), for people and for the authorization matrix test.
+        op["x-wasmq-authorization"] = match crate::authz::need(&e.method.to_uppercase().parse().unwrap_or_default(), e.path) {
+            Some(crate::authz::Need::Public) | None => json!({ "public": true }),
+            Some(crate::authz::Need::LoggedIn) => json!({ "logged_in": true }),
+            Some(crate::authz::Need::Do(action, on)) => json!({ "action": action.name(), "resource": match on {
+                crate::authz::On::Cluster => "cluster".to_owned(),
+                crate::authz::On::Topic(p) => format!("topic:{{{p}}}"),
+                crate::authz::On::Group(p) => format!("group:{{{p}}}"),
+                crate::authz::On::TopicInBody => "topic:(the body's name)".to_owned(),
+            } }),
+        };
         paths.entry(e.path.to_owned()).or_insert_with(|| json!({}))[e.method] = op;
     }
     json!({
@@ -392,6 +403,28 @@ mod tests {
         assert!(routed.len() > 30, "the route reader found the routes: {routed:?}");
         assert_eq!(documented.difference(&routed).collect::<Vec<_>>(), Vec::<&(String, String)>::new(), "documented but not routed");
         assert_eq!(routed.difference(&documented).collect::<Vec<_>>(), Vec::<&(String, String)>::new(), "routed but not documented");
+    }
+
+    /// Each operation says what it needs; only the document itself and the login are public.
+    #[test]
+    fn every_operation_says_what_it_needs() {
+        let doc = document();
+        let mut n = 0;
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                let a = &op["x-wasmq-authorization"];
+                assert!(a.is_object(), "{method} {path}");
+                if a["public"] == true {
+                    assert!(path == PATH || path == "/api/v1/login", "{method} {path} is public");
+                }
+                n += 1;
+            }
+        }
+        assert!(n > 40, "{n}");
+        assert_eq!(
+            doc["paths"]["/api/v1/topics/{name}"]["delete"]["x-wasmq-authorization"],
+            json!({"action": "delete", "resource": "topic:{name}"})
+        );
     }
 
     #[test]

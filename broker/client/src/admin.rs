@@ -57,6 +57,15 @@ impl Admin {
         String::from_utf8(bytes.to_vec()).map_err(|e| ClientError::Malformed(e.to_string()))
     }
 
+    /// One request of `method` to `path` (the whole path: `/api/v1/…`, `/metrics`), for what
+    /// this client has no call for; the body of a successful answer.
+    ///
+    /// # Errors
+    /// Connection failure or the API's error (status and text).
+    pub async fn raw(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Bytes, ClientError> {
+        self.request(method, path, body).await
+    }
+
     /// One request; the body of a successful answer.
     async fn request(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Bytes, ClientError> {
         let connect_err = |reason: String| ClientError::Connect { addr: self.addr.clone(), reason };

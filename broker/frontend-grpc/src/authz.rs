@@ -9,25 +9,37 @@ use wasmq_service::{Action, Asker, Identity, Resource, topic_resource};
 
 use crate::pb;
 
+/// Where a need's resource comes from in an RPC's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum On {
+    /// The topic it names (each message's, for a send).
+    Topic,
+    /// The consumer group it names.
+    Group,
+}
+
 /// Every RPC and what it needs (consumers need `consume` on their group and on the topic).
-pub const RPCS: &[(&str, &str)] = &[
-    ("QueryRoute", "describe on the topic"),
-    ("Heartbeat", "consume on the consumer group it names, if any"),
-    ("SendMessage", "produce on each message's topic"),
-    ("QueryAssignment", "consume on the group and the topic"),
-    ("ReceiveMessage", "consume on the group and the topic"),
-    ("AckMessage", "consume on the group and each entry's topic"),
-    ("ForwardMessageToDeadLetterQueue", "consume on the group and the topic"),
-    ("PullMessage", "nothing: not served"),
-    ("UpdateOffset", "nothing: not served"),
-    ("GetOffset", "nothing: not served"),
-    ("QueryOffset", "nothing: not served"),
-    ("EndTransaction", "produce on the topic"),
-    ("Telemetry", "a consumer's Settings: consume on its group and topics; a producer's: produce on its topics"),
-    ("NotifyClientTermination", "nothing: it ends the client's own registration"),
-    ("ChangeInvisibleDuration", "consume on the group and the topic"),
-    ("RecallMessage", "produce on the topic"),
-    ("SyncLiteSubscription", "nothing: not served"),
+/// Telemetry needs what the Settings it carries need ([`settings`]: a consumer's group and
+/// topics, a producer's topics); Heartbeat needs its group only when it names one; the RPCs not
+/// served, and NotifyClientTermination (which ends the client's own registration), need nothing.
+pub const RPCS: &[(&str, &[(Action, On)])] = &[
+    ("QueryRoute", &[(Action::Describe, On::Topic)]),
+    ("Heartbeat", &[(Action::Consume, On::Group)]),
+    ("SendMessage", &[(Action::Produce, On::Topic)]),
+    ("QueryAssignment", &[(Action::Consume, On::Group), (Action::Consume, On::Topic)]),
+    ("ReceiveMessage", &[(Action::Consume, On::Group), (Action::Consume, On::Topic)]),
+    ("AckMessage", &[(Action::Consume, On::Group), (Action::Consume, On::Topic)]),
+    ("ForwardMessageToDeadLetterQueue", &[(Action::Consume, On::Group), (Action::Consume, On::Topic)]),
+    ("PullMessage", &[]),
+    ("UpdateOffset", &[]),
+    ("GetOffset", &[]),
+    ("QueryOffset", &[]),
+    ("EndTransaction", &[(Action::Produce, On::Topic)]),
+    ("Telemetry", &[]),
+    ("NotifyClientTermination", &[]),
+    ("ChangeInvisibleDuration", &[(Action::Consume, On::Group), (Action::Consume, On::Topic)]),
+    ("RecallMessage", &[(Action::Produce, On::Topic)]),
+    ("SyncLiteSubscription", &[]),
 ];
 
 /// Who sent the request, from where (anonymous when `auth.rs` put no one in it).

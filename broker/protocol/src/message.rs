@@ -61,6 +61,30 @@ pub enum Op {
 }
 
 impl Op {
+    /// Every op, in number order.
+    pub const ALL: [Op; 20] = [
+        Self::Hello,
+        Self::Send,
+        Self::Pull,
+        Self::Route,
+        Self::OffsetCommit,
+        Self::OffsetQuery,
+        Self::Heartbeat,
+        Self::GroupHeartbeat,
+        Self::GroupLeave,
+        Self::GroupCommit,
+        Self::SendBack,
+        Self::LockQueue,
+        Self::EndTransaction,
+        Self::CheckTransaction,
+        Self::ReplicaFetch,
+        Self::ReplicaMeta,
+        Self::RegisterBroker,
+        Self::GetRoute,
+        Self::GetCluster,
+        Self::Controller,
+    ];
+
     /// The operation's name in logs and metrics (`send`, `group_heartbeat`, ...).
     #[must_use]
     pub fn name(self) -> &'static str {
@@ -89,30 +113,7 @@ impl Op {
     }
 
     pub fn from_u16(v: u16) -> Option<Self> {
-        [
-            Self::Hello,
-            Self::Send,
-            Self::Pull,
-            Self::Route,
-            Self::OffsetCommit,
-            Self::OffsetQuery,
-            Self::Heartbeat,
-            Self::GroupHeartbeat,
-            Self::GroupLeave,
-            Self::GroupCommit,
-            Self::SendBack,
-            Self::LockQueue,
-            Self::EndTransaction,
-            Self::CheckTransaction,
-            Self::ReplicaFetch,
-            Self::ReplicaMeta,
-            Self::RegisterBroker,
-            Self::GetRoute,
-            Self::GetCluster,
-            Self::Controller,
-        ]
-        .into_iter()
-        .find(|o| *o as u16 == v)
+        Self::ALL.into_iter().find(|o| *o as u16 == v)
     }
 }
 
@@ -1568,5 +1569,8 @@ mod tests {
             assert_eq!(Op::from_u16(n), Some(op));
         }
         assert_eq!(Op::from_u16(0), None);
+        // ALL lists each op once, in number order, without a gap.
+        let numbers: Vec<u16> = Op::ALL.iter().map(|o| *o as u16).collect();
+        assert_eq!(numbers, (1..=Op::ALL.len() as u16).collect::<Vec<_>>());
     }
 }
