@@ -600,3 +600,269 @@ async fn raw(broker: &Broker, method: &str, path: &str, token: Option<&str>, bod
         Err(e) => panic!("{method} {path}: {e}"),
     }
 }
+
+/// A gRPC client over its own TLS + HTTP/2 connection (hyper's, driven on a task of its own).
+mod grpc {
+    use wasmq_rocketmq_api::client::H2;
+    use wasmq_rocketmq_api::pb::messaging_service_client::MessagingServiceClient;
+
+    pub(super) async fn connect(addr: &str, ca: &std::path::Path) -> MessagingServiceClient<H2> {
+        let config = wasmq_client::client_config(ca, b"h2").unwrap();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+        let (send, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        MessagingServiceClient::with_origin(H2(send), "https://localhost".parse().unwrap())
+    }
+}
+
+/// A request signed by `user` with its access secret, as a RocketMQ 5 client sends it.
+fn signed_as<T>(m: T, user: &str, secret: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(m);
+    r.metadata_mut().insert("x-mq-client-id", format!("matrix-{user}").parse().unwrap());
+    wasmq_rocketmq_api::sign::sign(r.metadata_mut(), user, secret, "20261208T120000Z");
+    r
+}
+
+/// The authorization matrix of the RocketMQ 5 gRPC port: every RPC of the table
+/// (`wasmq_frontend_grpc::authz::RPCS`, held to the vendored `service.proto`) signed by each of
+/// five users, on resources `app` may and may not use; each answer (the `FORBIDDEN` status or
+/// not) held to the RPC's needs and the users' rights written out above. Telemetry carries a
+/// producer's Settings, which need produce on its topics.
+#[test]
+fn the_grpc_authorization_matrix_holds_cell_by_cell() {
+    use wasmq_auth::{Action, Resource};
+    use wasmq_frontend_grpc::authz::{On, RPCS};
+    use wasmq_rocketmq_api::pb;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    for t in ["m1", "x1"] {
+        broker.cli(&["topic", "create", t, "--queues", "1"]);
+    }
+    let users = ["admin", "operator", "viewer", "app", "nobody"];
+    let forbidden = pb::Code::Forbidden as i32;
+    let rt = wasmq_tests::runtime();
+    rt.block_on(async {
+        let root = broker.admin();
+        let mut secrets = std::collections::HashMap::new();
+        for u in users {
+            let roles: &[&str] = match u {
+                "admin" | "operator" | "viewer" => &[u],
+                _ => &[],
+            };
+            root.create_user(u, PASSWORD, roles).await.unwrap();
+            secrets.insert(u, root.new_access_key(u).await.unwrap().secret_key);
+        }
+        root.add_policy(&policy("user:app", "topic:m*", &["produce", "consume"], "allow")).await.unwrap();
+        root.add_policy(&policy("user:app", "group:mg", &["consume"], "allow")).await.unwrap();
+        let mut client = grpc::connect(&broker.grpc_listen, &broker.ca).await;
+        let res = |n: &str| Some(pb::Resource { resource_namespace: String::new(), name: n.to_owned() });
+        let (mut cells, mut refused, mut wrong) = (0, 0, Vec::new());
+        for u in users {
+            let sk = secrets[u].clone();
+            macro_rules! signed {
+                ($m:expr) => {
+                    signed_as($m, u, &sk)
+                };
+            }
+            for (rpc, needs) in RPCS {
+                for (topic, group) in [("m1", "mg"), ("x1", "xg")] {
+                    let (t, g) = (res(topic), res(group));
+                    let mq = Some(pb::MessageQueue { topic: t.clone(), ..Default::default() });
+                    let handle = "not-a-handle".to_owned();
+                    // The status in the answer; None: the call failed (not served).
+                    let status: Option<i32> = match *rpc {
+                        "QueryRoute" => client
+                            .query_route(signed!(pb::QueryRouteRequest { topic: t, endpoints: None }))
+                            .await
+                            .ok()
+                            .and_then(|r| r.into_inner().status)
+                            .map(|s| s.code),
+                        "Heartbeat" => client
+                            .heartbeat(signed!(pb::HeartbeatRequest { group: g, client_type: pb::ClientType::SimpleConsumer as i32 }))
+                            .await
+                            .ok()
+                            .and_then(|r| r.into_inner().status)
+                            .map(|s| s.code),
+                        "SendMessage" => {
+                            let m = pb::Message {
+                                topic: t,
+                                system_properties: Some(pb::SystemProperties {
+                                    message_id: format!("m-{u}-{topic}"),
+                                    ..Default::default()
+                                }),
+                                body: bytes::Bytes::from_static(b"x"),
+                                ..Default::default()
+                            };
+                            client
+                                .send_message(signed!(pb::SendMessageRequest { messages: vec![m] }))
+                                .await
+                                .ok()
+                                .and_then(|r| r.into_inner().status)
+                                .map(|s| s.code)
+                        }
+                        "QueryAssignment" => client
+                            .query_assignment(signed!(pb::QueryAssignmentRequest { topic: t, group: g, endpoints: None }))
+                            .await
+                            .ok()
+                            .and_then(|r| r.into_inner().status)
+                            .map(|s| s.code),
+                        "ReceiveMessage" => {
+                            let req = pb::ReceiveMessageRequest {
+                                group: g,
+                                message_queue: mq,
+                                batch_size: 1,
+                                invisible_duration: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+                                long_polling_timeout: Some(prost_types::Duration { seconds: 0, nanos: 0 }),
+                                ..Default::default()
+                            };
+                            match client.receive_message(signed!(req)).await {
+                                Ok(r) => {
+                                    let mut s = r.into_inner();
+                                    match futures_util::StreamExt::next(&mut s).await {
+                                        Some(Ok(pb::ReceiveMessageResponse {
+                                            content: Some(pb::receive_message_response::Content::Status(st)),
+                                        })) => Some(st.code),
+                                        _ => None,
+                                    }
+                                }
+                                Err(_) => None,
+                            }
+                        }
+                        "AckMessage" => {
+                            let e = pb::AckMessageEntry { message_id: "m".into(), receipt_handle: handle, lite_topic: None };
+                            client
+                                .ack_message(signed!(pb::AckMessageRequest { group: g, topic: t, entries: vec![e] }))
+                                .await
+                                .ok()
+                                .and_then(|r| r.into_inner().status)
+                                .map(|s| s.code)
+                        }
+                        "ForwardMessageToDeadLetterQueue" => {
+                            let req = pb::ForwardMessageToDeadLetterQueueRequest {
+                                group: g,
+                                topic: t,
+                                receipt_handle: handle,
+                                ..Default::default()
+                            };
+                            client
+                                .forward_message_to_dead_letter_queue(signed!(req))
+                                .await
+                                .ok()
+                                .and_then(|r| r.into_inner().status)
+                                .map(|s| s.code)
+                        }
+                        "PullMessage" => client
+                            .pull_message(signed!(pb::PullMessageRequest { group: g, message_queue: mq, ..Default::default() }))
+                            .await
+                            .ok()
+                            .map(|_| 0),
+                        "UpdateOffset" => client
+                            .update_offset(signed!(pb::UpdateOffsetRequest { group: g, message_queue: mq, offset: 0 }))
+                            .await
+                            .ok()
+                            .and_then(|r| r.into_inner().status)
+                            .map(|s| s.code),
+                        "GetOffset" => client
+                            .get_offset(signed!(pb::GetOffsetRequest { group: g, message_queue: mq }))
+                            .await
+                            .ok()
+                            .and_then(|r| r.into_inner().status)
+                            .map(|s| s.code),
+                        "QueryOffset" => client
+                            .query_offset(signed!(pb::QueryOffsetRequest { message_queue: mq, ..Default::default() }))
+                            .await
+                            .ok()
+                            .and_then(|r| r.into_inner().status)
+                            .map(|s| s.code),
+                        "EndTransaction" => {
+                            let req = pb::EndTransactionRequest {
+                                topic: t,
+                                message_id: "m".into(),
+                                transaction_id: "0000000000000000".into(),
+                                ..Default::default()
+                            };
+                            client.end_transaction(signed!(req)).await.ok().and_then(|r| r.into_inner().status).map(|s| s.code)
+                        }
+                        "Telemetry" => {
+                            let settings = pb::Settings {
+                                client_type: Some(pb::ClientType::Producer as i32),
+                                pub_sub: Some(pb::settings::PubSub::Publishing(pb::Publishing {
+                                    topics: vec![t.clone().unwrap()],
+                                    ..Default::default()
+                                })),
+                                ..Default::default()
+                            };
+                            let cmd =
+                                pb::TelemetryCommand { status: None, command: Some(pb::telemetry_command::Command::Settings(settings)) };
+                            match client.telemetry(signed!(futures_util::stream::iter(vec![cmd]))).await {
+                                Ok(r) => match futures_util::StreamExt::next(&mut r.into_inner()).await {
+                                    Some(Ok(c)) => c.status.map(|s| s.code),
+                                    _ => None,
+                                },
+                                Err(_) => None,
+                            }
+                        }
+                        "NotifyClientTermination" => client
+                            .notify_client_termination(signed!(pb::NotifyClientTerminationRequest { group: g }))
+                            .await
+                            .ok()
+                            .and_then(|r| r.into_inner().status)
+                            .map(|s| s.code),
+                        "ChangeInvisibleDuration" => {
+                            let req = pb::ChangeInvisibleDurationRequest {
+                                group: g,
+                                topic: t,
+                                receipt_handle: handle,
+                                invisible_duration: Some(prost_types::Duration { seconds: 10, nanos: 0 }),
+                                ..Default::default()
+                            };
+                            client.change_invisible_duration(signed!(req)).await.ok().and_then(|r| r.into_inner().status).map(|s| s.code)
+                        }
+                        "RecallMessage" => client
+                            .recall_message(signed!(pb::RecallMessageRequest { topic: t, recall_handle: handle }))
+                            .await
+                            .ok()
+                            .and_then(|r| r.into_inner().status)
+                            .map(|s| s.code),
+                        "SyncLiteSubscription" => {
+                            client.sync_lite_subscription(signed!(pb::SyncLiteSubscriptionRequest::default())).await.ok().map(|_| 0)
+                        }
+                        other => panic!("no request for the RPC {other}: add one here"),
+                    };
+                    let needs: Vec<(Action, Resource)> = if *rpc == "Telemetry" {
+                        vec![(Action::Produce, Resource::Topic(topic.into()))]
+                    } else {
+                        needs
+                            .iter()
+                            .map(|(a, on)| {
+                                (
+                                    *a,
+                                    match on {
+                                        On::Topic => Resource::Topic(topic.into()),
+                                        On::Group => Resource::Group(group.into()),
+                                    },
+                                )
+                            })
+                            .collect()
+                    };
+                    let allowed = needs.iter().all(|(a, r)| may(u, *a, r));
+                    let denied = status == Some(forbidden);
+                    refused += usize::from(denied);
+                    if denied == allowed {
+                        wrong.push(format!("{u} {rpc} on {topic}/{group}: needs {needs:?}, status {status:?}"));
+                    }
+                    cells += 1;
+                }
+            }
+        }
+        eprintln!("gRPC authorization matrix: {cells} cells, {refused} refused, {} wrong", wrong.len());
+        assert!(wrong.is_empty(), "cells answered against their decision:\n{}", wrong.join("\n"));
+        assert_eq!(cells, users.len() * RPCS.len() * 2);
+        assert!(refused > 0 && refused < cells);
+    });
+}

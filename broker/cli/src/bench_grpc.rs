@@ -8,7 +8,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context as TaskContext, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -17,9 +17,9 @@ use clap::Args;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
-use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
 use tonic::codegen::http;
+use wasmq_rocketmq_api::client::H2;
 use wasmq_rocketmq_api::local::{ConnectionExecutor, Streams};
 use wasmq_rocketmq_api::pb::{self, messaging_service_client::MessagingServiceClient};
 
@@ -90,24 +90,6 @@ impl Cpu {
             Some(us) if msgs > 0 => format!(", broker CPU {:.2} µs/msg", us as f64 / msgs as f64),
             _ => String::new(),
         }
-    }
-}
-
-/// One HTTP/2 connection as the `tower` service the generated client calls through.
-#[derive(Clone)]
-struct H2(SendRequest<tonic::body::Body>);
-
-impl tower::Service<http::Request<tonic::body::Body>> for H2 {
-    type Response = http::Response<hyper::body::Incoming>;
-    type Error = hyper::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(self.0.send_request(req))
     }
 }
 
