@@ -175,7 +175,12 @@ fn the_admin_api_logs_users_in_and_holds_them_to_their_roles() {
         let users: Vec<String> = root.users().await.unwrap().into_iter().map(|u| u.name).collect();
         assert_eq!(users, ["app", "operator", "root", "viewer"]);
         // A user changes its own password, not its roles.
-        let own = wasmq_client::admin_types::UpdateUser { password: Some("viewer-password-2".into()), ..Default::default() };
+        let mut own = wasmq_client::admin_types::UpdateUser { password: Some("viewer-password-2".into()), ..Default::default() };
+        let missing = viewer.update_user("viewer", &own).await.unwrap_err();
+        assert!(missing.to_string().contains("give current_password too"), "{missing}");
+        own.current_password = Some("not-the-password".into());
+        assert_eq!(status(viewer.update_user("viewer", &own).await), 403, "a wrong current password");
+        own.current_password = Some(PASSWORD.into());
         viewer.update_user("viewer", &own).await.unwrap();
         let promote = wasmq_client::admin_types::UpdateUser { roles: Some(vec!["admin".into()]), ..Default::default() };
         assert_eq!(status(viewer.update_user("viewer", &promote).await), 403);
@@ -570,7 +575,15 @@ fn the_admin_authorization_matrix_holds_cell_by_cell() {
         }
         // The handler's own decisions: a user's own password and tokens, not another's.
         for u in users {
-            let own = raw(&broker, "PATCH", &format!("/api/v1/users/{u}"), Some(&tokens[u]), r#"{"password":"user-password-1"}"#).await.0;
+            let own = raw(
+                &broker,
+                "PATCH",
+                &format!("/api/v1/users/{u}"),
+                Some(&tokens[u]),
+                r#"{"password":"user-password-1","current_password":"user-password-1"}"#,
+            )
+            .await
+            .0;
             // (The roles it has already: an allowed cell changes nothing for the next user.)
             let other = raw(&broker, "PATCH", "/api/v1/users/viewer", Some(&tokens[u]), r#"{"roles":["viewer"]}"#).await.0;
             let key = raw(&broker, "POST", "/api/v1/users/nobody/access-key", Some(&tokens[u]), "").await.0;

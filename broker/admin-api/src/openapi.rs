@@ -251,7 +251,7 @@ fn endpoints() -> Vec<Endpoint> {
             ..ep(
                 "patch",
                 "/api/v1/users/{name}",
-                "Change a user's password, roles or certificate names (a user may change its own password).",
+                "Change a user's password, roles or certificate names (a user may change its own password, giving the current one).",
                 200,
                 Some(J(schema::<t::UserView>)),
             )

@@ -157,9 +157,28 @@ pub(crate) async fn update_user(
         Ok(u) => u,
         Err(r) => return *r,
     };
-    let own_password = caller.user() == Some(name.as_str()) && u.roles.is_none() && u.certificates.is_none();
-    if !own_password && let Err(r) = caller.allow(&s, Action::Admin, &Resource::Cluster) {
+    let own = caller.user() == Some(name.as_str());
+    if !(own && u.roles.is_none() && u.certificates.is_none())
+        && let Err(r) = caller.allow(&s, Action::Admin, &Resource::Cluster)
+    {
         return *r;
+    }
+    // One's own password only with the current one: a session or token taken over does not
+    // become the account.
+    if own && u.password.is_some() {
+        let Some(current) = u.current_password.clone() else {
+            return error(400, "to change your own password, give current_password too");
+        };
+        let (service, user) = (Arc::clone(&s.service), name.clone());
+        let from = match &caller {
+            Caller::User(a) => a.from,
+            Caller::Token { .. } => None,
+        };
+        match blocking(move || service.login(&user, &current, from, crate::authz::VIA)).await {
+            Ok(_) => {}
+            Err(r) if r.status() == axum::http::StatusCode::UNAUTHORIZED => return error(403, "the current password is wrong"),
+            Err(r) => return r,
+        }
     }
     let security = Arc::clone(s.service.security());
     let target = name.clone();

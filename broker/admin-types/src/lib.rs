@@ -695,12 +695,15 @@ impl std::fmt::Debug for CreateUser {
     }
 }
 
-/// `PATCH /api/v1/users/{name}`: what to change (absent: unchanged).
+/// `PATCH /api/v1/users/{name}`: what to change (absent: unchanged). Changing one's own
+/// password needs the current one.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct UpdateUser {
     #[serde(default)]
     pub password: Option<String>,
+    #[serde(default)]
+    pub current_password: Option<String>,
     #[serde(default)]
     pub roles: Option<Vec<String>>,
     #[serde(default)]

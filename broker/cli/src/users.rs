@@ -21,7 +21,8 @@ pub(crate) enum UserCommand {
         #[arg(long, env = "WASMQ_NEW_PASSWORD", hide_env_values = true)]
         new_password: Option<String>,
     },
-    /// Set a user's password (yours, or anyone's as an admin); as for `create`.
+    /// Set a user's password (yours — logged in with --user and --password, which is taken as
+    /// the current one — or anyone's as an admin); the new one as for `create`.
     Passwd {
         name: String,
         #[arg(long, env = "WASMQ_NEW_PASSWORD", hide_env_values = true)]
@@ -142,7 +143,10 @@ pub(crate) async fn user(cli: &Cli, command: &UserCommand) -> Result<()> {
             println!("created user {} (roles: {})", u.name, if u.roles.is_empty() { "none".into() } else { u.roles.join(", ") });
         }
         UserCommand::Passwd { name, new_password: p } => {
-            admin.update_user(name, &UpdateUser { password: Some(new_password(p.as_ref())?), ..UpdateUser::default() }).await?;
+            // Your own password needs your current one: the --password you logged in with.
+            let current = (cli.user.as_deref() == Some(name.as_str())).then(|| cli.password.clone()).flatten();
+            let update = UpdateUser { password: Some(new_password(p.as_ref())?), current_password: current, ..UpdateUser::default() };
+            admin.update_user(name, &update).await?;
             println!("password of {name} changed");
         }
         UserCommand::Roles { name, roles } => {
