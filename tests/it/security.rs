@@ -328,6 +328,31 @@ fn the_cli_manages_users_and_policies_and_logs_in() {
     assert!(!gone.status.success());
 }
 
+/// The users of the authorization matrices, whose rights [`may`] writes out.
+const MATRIX_USERS: [&str; 5] = ["admin", "operator", "viewer", "app", "nobody"];
+
+/// A broker with topics `m1` and `x1` and the [`MATRIX_USERS`] (password [`PASSWORD`]) with
+/// the roles and policies [`may`] describes.
+fn matrix_broker(dir: &std::path::Path) -> Broker {
+    let broker = Broker::start(dir, &[]);
+    for t in ["m1", "x1"] {
+        broker.cli(&["topic", "create", t, "--queues", "1"]);
+    }
+    let admin = broker.admin();
+    wasmq_tests::runtime().block_on(async {
+        for u in MATRIX_USERS {
+            let roles: &[&str] = match u {
+                "admin" | "operator" | "viewer" => &[u],
+                _ => &[],
+            };
+            admin.create_user(u, PASSWORD, roles).await.unwrap();
+        }
+        admin.add_policy(&policy("user:app", "topic:m*", &["produce", "consume"], "allow")).await.unwrap();
+        admin.add_policy(&policy("user:app", "group:mg", &["consume"], "allow")).await.unwrap();
+    });
+    broker
+}
+
 /// What each test user may do, written out here (not asked of the broker): `admin`, `operator`
 /// and `viewer` have the built-in roles; `app` may produce to and consume topics `m*` and consume
 /// as group `mg`; `nobody` has nothing.
@@ -452,23 +477,10 @@ fn request_of(op: wasmq_protocol::Op, topic: &str, group: &str) -> wasmq_protoco
 #[test]
 fn the_native_authorization_matrix_holds_cell_by_cell() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), &[]);
-    for t in ["m1", "x1"] {
-        broker.cli(&["topic", "create", t, "--queues", "1"]);
-    }
-    let users = ["admin", "operator", "viewer", "app", "nobody"];
+    let broker = matrix_broker(dir.path());
+    let users = MATRIX_USERS;
     let rt = wasmq_tests::runtime();
     rt.block_on(async {
-        let admin = broker.admin();
-        for u in users {
-            let roles: &[&str] = match u {
-                "admin" | "operator" | "viewer" => &[u],
-                _ => &[],
-            };
-            admin.create_user(u, PASSWORD, roles).await.unwrap();
-        }
-        admin.add_policy(&policy("user:app", "topic:m*", &["produce", "consume"], "allow")).await.unwrap();
-        admin.add_policy(&policy("user:app", "group:mg", &["consume"], "allow")).await.unwrap();
         let (mut cells, mut refused, mut wrong) = (0, 0, Vec::new());
         for u in users {
             let conn = Connection::connect(broker.options().login(u, PASSWORD)).await.unwrap();
@@ -510,25 +522,15 @@ fn the_native_authorization_matrix_holds_cell_by_cell() {
 fn the_admin_authorization_matrix_holds_cell_by_cell() {
     use wasmq_auth::{Action, Resource};
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), &[]);
-    for t in ["m1", "x1"] {
-        broker.cli(&["topic", "create", t, "--queues", "1"]);
-    }
-    let users = ["admin", "operator", "viewer", "app", "nobody"];
+    let broker = matrix_broker(dir.path());
+    let users = MATRIX_USERS;
     let rt = wasmq_tests::runtime();
     rt.block_on(async {
         let root = broker.admin();
         let mut tokens = std::collections::HashMap::new();
         for u in users {
-            let roles: &[&str] = match u {
-                "admin" | "operator" | "viewer" => &[u],
-                _ => &[],
-            };
-            root.create_user(u, PASSWORD, roles).await.unwrap();
             tokens.insert(u, root.create_token("matrix", Some(u), None).await.unwrap().token);
         }
-        root.add_policy(&policy("user:app", "topic:m*", &["produce", "consume"], "allow")).await.unwrap();
-        root.add_policy(&policy("user:app", "group:mg", &["consume"], "allow")).await.unwrap();
         let doc: serde_json::Value = serde_json::from_str(&raw(&broker, "GET", "/api/v1/openapi.json", None, "").await.1).unwrap();
         let (mut cells, mut refused, mut wrong) = (0, 0, Vec::new());
         for u in users {
@@ -652,26 +654,16 @@ fn the_grpc_authorization_matrix_holds_cell_by_cell() {
     use wasmq_frontend_grpc::authz::{On, RPCS};
     use wasmq_rocketmq_api::pb;
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), &[]);
-    for t in ["m1", "x1"] {
-        broker.cli(&["topic", "create", t, "--queues", "1"]);
-    }
-    let users = ["admin", "operator", "viewer", "app", "nobody"];
+    let broker = matrix_broker(dir.path());
+    let users = MATRIX_USERS;
     let forbidden = pb::Code::Forbidden as i32;
     let rt = wasmq_tests::runtime();
     rt.block_on(async {
         let root = broker.admin();
         let mut secrets = std::collections::HashMap::new();
         for u in users {
-            let roles: &[&str] = match u {
-                "admin" | "operator" | "viewer" => &[u],
-                _ => &[],
-            };
-            root.create_user(u, PASSWORD, roles).await.unwrap();
             secrets.insert(u, root.new_access_key(u).await.unwrap().secret_key);
         }
-        root.add_policy(&policy("user:app", "topic:m*", &["produce", "consume"], "allow")).await.unwrap();
-        root.add_policy(&policy("user:app", "group:mg", &["consume"], "allow")).await.unwrap();
         let mut client = grpc::connect(&broker.grpc_listen, &broker.ca).await;
         let res = |n: &str| Some(pb::Resource { resource_namespace: String::new(), name: n.to_owned() });
         let (mut cells, mut refused, mut wrong) = (0, 0, Vec::new());

@@ -262,17 +262,19 @@ fn policy_view(p: Policy) -> PolicyView {
     }
 }
 
+/// The policy a change names, on a master (else the answer refusing it).
+fn policy_to_change(s: &AdminState, body: &Bytes) -> Result<Policy, Box<Response>> {
+    on_master(s)?;
+    policy(parse::<PolicyView>(body)?).map_err(|e| Box::new(auth_error(&e)))
+}
+
 pub(crate) async fn list_policies(State(s): State<AdminState>) -> Json<Vec<PolicyView>> {
     Json(s.service.security().policies().into_iter().map(policy_view).collect())
 }
 
 pub(crate) async fn add_policy(State(s): State<AdminState>, body: Bytes) -> Response {
-    if let Err(r) = on_master(&s) {
-        return *r;
-    }
-    let p = match parse::<PolicyView>(&body).map(policy) {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => return auth_error(&e),
+    let p = match policy_to_change(&s, &body) {
+        Ok(p) => p,
         Err(r) => return *r,
     };
     match s.service.security().add_policy(p.clone()) {
@@ -283,12 +285,8 @@ pub(crate) async fn add_policy(State(s): State<AdminState>, body: Bytes) -> Resp
 }
 
 pub(crate) async fn remove_policy(State(s): State<AdminState>, body: Bytes) -> Response {
-    if let Err(r) = on_master(&s) {
-        return *r;
-    }
-    let p = match parse::<PolicyView>(&body).map(policy) {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => return auth_error(&e),
+    let p = match policy_to_change(&s, &body) {
+        Ok(p) => p,
         Err(r) => return *r,
     };
     match s.service.security().remove_policy(p) {
